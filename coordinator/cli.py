@@ -1,0 +1,113 @@
+"""The `tunefleet` command line.
+
+Subcommands live in the package that owns them and are imported only when invoked, so
+`tunefleet --help` stays fast and a missing optional piece never breaks the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """Where a subcommand is defined and the one line `--help` shows for it."""
+
+    target: str  # "module:attribute"
+    summary: str
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    "ops": CommandSpec("tunefleet.ir.cli:ops", "List the operator library and its shape parameters."),
+    "show": CommandSpec("tunefleet.ir.cli:show", "Print an operator's IR or generated source."),
+    "targets": CommandSpec("tunefleet.workers.cli:targets", "Detect and fingerprint CPU and GPU targets."),
+    "measure": CommandSpec("tunefleet.workers.cli:measure", "Build, check and time one schedule."),
+    "tune": CommandSpec("tunefleet.tuner.cli:tune", "Tune an operator and record every trial."),
+    "tasks": CommandSpec("tunefleet.coordinator.tasks_cli:tasks", "Split a model into tuning tasks."),
+    "db": CommandSpec("tunefleet.database.cli:db", "Manage and query the tuning-record database."),
+}
+
+
+def _package_version() -> str:
+    try:
+        return version("tunefleet")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use from `COMMANDS`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module_name, attr = spec.target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not module_name.startswith(err.name):
+                raise
+            return _unavailable(cmd_name, spec.summary)
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name].summary) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str, summary: str) -> click.Command:
+    """A placeholder for a subcommand whose module is not part of this build yet."""
+
+    @click.command(name=name, help=summary, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        raise click.ClickException(f"'{name}' is not available in tunefleet {_package_version()}")
+
+    return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_package_version(), "--version", prog_name="tunefleet")
+def cli() -> None:
+    """tunefleet: tune the tensor programs of large language models across a fleet."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage errors print one line and exit 2, other failures one line and exit 1."""
+    try:
+        cli.main(args=argv, prog_name="tunefleet", standalone_mode=False)
+    except click.UsageError as err:
+        hint = f" (see 'tunefleet{_subcommand_path(err.ctx)} --help')"
+        click.echo(f"tunefleet: error: {err.format_message()}{hint}", err=True)
+        return 2
+    except click.ClickException as err:
+        click.echo(f"tunefleet: error: {err.format_message()}", err=True)
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.Abort:
+        click.echo("tunefleet: aborted", err=True)
+        return 130
+    return 0
+
+
+def _subcommand_path(ctx: click.Context | None) -> str:
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return "".join(f" {n}" for n in reversed(names))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

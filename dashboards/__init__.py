@@ -1,0 +1,1 @@
+"""Grafana dashboards and the command that pushes them."""

@@ -1,0 +1,1 @@
+"""The tuning-record store: SQLAlchemy models, Alembic migrations and the record API."""

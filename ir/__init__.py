@@ -1,0 +1,1 @@
+"""The tensor-program IR: expressions, buffers, blocks, loops, PrimFuncs, schedules and codegen."""

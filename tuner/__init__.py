@@ -1,0 +1,1 @@
+"""Search over schedules: design-space rules, search strategies, cost models, task scheduling."""
