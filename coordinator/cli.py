@@ -23,12 +23,12 @@ class CommandSpec:
 
 
 COMMANDS: dict[str, CommandSpec] = {
-    "ops": CommandSpec("tunefleet.ir.cli:ops", "List the operator library and its shape parameters."),
+    "ops": CommandSpec("tunefleet.ir.cli:ops", "List the operator library."),
     "show": CommandSpec("tunefleet.ir.cli:show", "Print an operator's IR or generated source."),
-    "targets": CommandSpec("tunefleet.workers.cli:targets", "Detect and fingerprint CPU and GPU targets."),
+    "targets": CommandSpec("tunefleet.workers.cli:targets", "Detect and fingerprint targets."),
     "measure": CommandSpec("tunefleet.workers.cli:measure", "Build, check and time one schedule."),
     "tune": CommandSpec("tunefleet.tuner.cli:tune", "Tune an operator and record every trial."),
-    "tasks": CommandSpec("tunefleet.coordinator.tasks_cli:tasks", "Split a model into tuning tasks."),
+    "tasks": CommandSpec("tunefleet.coordinator.tasks_cli:tasks", "Split a model into tasks."),
     "db": CommandSpec("tunefleet.database.cli:db", "Manage and query the tuning-record database."),
 }
 

@@ -1,0 +1,81 @@
+"""Shared pytest set-up: server URLs for the postgres/redis markers and GPU detection.
+
+Server-backed tests read their URL from TUNEFLEET_TEST_POSTGRES_URL / TUNEFLEET_TEST_REDIS_URL
+(exported by .ci/services.sh). Where a URL is absent those tests skip with the reason; where it
+is set, a skip of such a test is turned into a failure so CI can never pass without the server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import cache
+
+import pytest
+
+SERVER_URLS = {
+    "postgres": "TUNEFLEET_TEST_POSTGRES_URL",
+    "redis": "TUNEFLEET_TEST_REDIS_URL",
+}
+
+
+@cache
+def cuda_device_count() -> int:
+    """Number of CUDA devices visible here, without requiring pycuda."""
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return cuda.Device.count()
+    except Exception:  # pycuda absent, or no driver: fall back to nvidia-smi
+        pass
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker, env in SERVER_URLS.items():
+            if marker in item.keywords and not os.environ.get(env):
+                item.add_marker(pytest.mark.skip(reason=f"{env} is not set (no {marker} server)"))
+        if "gpu" in item.keywords and cuda_device_count() == 0:
+            item.add_marker(pytest.mark.skip(reason="no CUDA device on this machine"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped:
+        return
+    for marker, env in SERVER_URLS.items():
+        if marker in item.keywords and os.environ.get(env):
+            report.outcome = "failed"
+            report.longrepr = f"{env} is set but this {marker} test was skipped: {report.longrepr}"
+            return
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """URL of the throwaway PostgreSQL database for tests marked `postgres`."""
+    url = os.environ.get(SERVER_URLS["postgres"])
+    if not url:
+        pytest.skip(f"{SERVER_URLS['postgres']} is not set")
+    return url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the throwaway Redis database for tests marked `redis`."""
+    url = os.environ.get(SERVER_URLS["redis"])
+    if not url:
+        pytest.skip(f"{SERVER_URLS['redis']} is not set")
+    return url
