@@ -1,0 +1,268 @@
+"""The versioned JSON-lines exchange format for moving records between databases.
+
+    line 1      {"format": "tunefleet-records", "version": 1, "exported_at": "..."}
+    then        {"type": "target", ...} and {"type": "workload", ...}, each before first use
+    then        {"type": "record", "uid": ..., "workload_key": ..., "target_fingerprint": ..., ...}
+    last line   {"type": "end", "targets": T, "workloads": W, "records": R}
+
+The end line makes a file cut at a line boundary detectable; records carry their uid so that
+importing the same file twice adds nothing. Job ids are local to a database and not exported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunefleet.database.errors import ImportFileError, InvalidRecordError
+from tunefleet.database.records import TargetInfo, WorkloadInfo, validate_measurement
+
+FORMAT_NAME = "tunefleet-records"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RecordLine:
+    """A record as exchanged: the measurement plus its uid and original commit time."""
+
+    uid: str
+    workload_key: str
+    target_fingerprint: str
+    trace_json: str
+    trace_hash: str
+    status: str
+    timings_ms: tuple[float, ...]
+    median_ms: float | None
+    error_msg: str
+    space_version: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EndLine:
+    """The closing line with the counts the importer must have seen."""
+
+    targets: int
+    workloads: int
+    records: int
+
+
+Item = TargetInfo | WorkloadInfo | RecordLine | EndLine
+
+
+def header_line() -> dict[str, Any]:
+    """The first line of every export."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "exported_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def item_to_line(item: Item) -> dict[str, Any]:
+    """The JSON object written for one item."""
+    if isinstance(item, TargetInfo):
+        return {"type": "target", **item.to_dict()}
+    if isinstance(item, WorkloadInfo):
+        return {"type": "workload", **item.to_dict()}
+    if isinstance(item, RecordLine):
+        return {
+            "type": "record",
+            "uid": item.uid,
+            "workload_key": item.workload_key,
+            "target_fingerprint": item.target_fingerprint,
+            "trace_json": item.trace_json,
+            "trace_hash": item.trace_hash,
+            "status": item.status,
+            "timings_ms": list(item.timings_ms),
+            "median_ms": item.median_ms,
+            "error_msg": item.error_msg,
+            "space_version": item.space_version,
+            "created_at": item.created_at.isoformat(),
+        }
+    return {
+        "type": "end",
+        "targets": item.targets,
+        "workloads": item.workloads,
+        "records": item.records,
+    }
+
+
+def write_file(path: str | Path, items: Iterable[Item]) -> EndLine:
+    """Write the header, the items and the end line (counted here); returns the end line."""
+    counts = {"target": 0, "workload": 0, "record": 0}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(header_line()) + "\n")
+        for item in items:
+            line = item_to_line(item)
+            counts[line["type"]] += 1
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        end = EndLine(counts["target"], counts["workload"], counts["record"])
+        out.write(json.dumps(item_to_line(end)) + "\n")
+    tmp.replace(path)  # a reader never sees a half-written export under the final name
+    return end
+
+
+def read_file(path: str | Path) -> Iterator[tuple[int, Item]]:
+    """Yield (line number, item) from an export, raising ImportFileError at the first bad line.
+
+    The end line is yielded last after its counts were checked; a file without it is truncated.
+    """
+    name = str(path)
+    try:
+        handle = Path(path).open("r", encoding="utf-8")
+    except OSError as err:
+        raise ImportFileError(name, 0, f"cannot open the file ({err.strerror})") from None
+    with handle:
+        counts = {"target": 0, "workload": 0, "record": 0}
+        ended = False
+        number = 0
+        for number, raw in enumerate(handle, start=1):
+            if ended:
+                raise ImportFileError(name, number, "data after the end line")
+            obj = _parse_json(name, number, raw)
+            if number == 1:
+                _check_header(name, obj)
+                continue
+            item = parse_item(name, number, obj)
+            if isinstance(item, EndLine):
+                seen = EndLine(counts["target"], counts["workload"], counts["record"])
+                if item != seen:
+                    raise ImportFileError(
+                        name, number, f"the end line announces {item} but the file holds {seen}"
+                    )
+                ended = True
+            else:
+                counts[obj["type"]] += 1
+            yield number, item
+        if number == 0:
+            raise ImportFileError(name, 1, "the file is empty")
+        if not ended:
+            raise ImportFileError(
+                name, number, "the file ends without its end line: it is truncated"
+            )
+
+
+def _parse_json(name: str, number: int, raw: str) -> dict[str, Any]:
+    if not raw.endswith("\n"):
+        raise ImportFileError(name, number, "the line is cut off (no newline): truncated file")
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ImportFileError(name, number, f"not valid JSON ({err.msg})") from None
+    if not isinstance(obj, dict):
+        raise ImportFileError(name, number, "expected a JSON object")
+    return obj
+
+
+def _check_header(name: str, obj: dict[str, Any]) -> None:
+    if obj.get("format") != FORMAT_NAME:
+        raise ImportFileError(name, 1, f"not a {FORMAT_NAME} file (no such header)")
+    version = obj.get("version")
+    if version != FORMAT_VERSION:
+        raise ImportFileError(
+            name,
+            1,
+            f"format version {version!r}; this tunefleet reads version {FORMAT_VERSION}"
+            + (": upgrade tunefleet" if isinstance(version, int) and version > 1 else ""),
+        )
+
+
+def parse_item(name: str, number: int, obj: dict[str, Any]) -> Item:
+    """Turn one parsed JSON object into a typed item, checking every field's type."""
+    kind = obj.get("type")
+    field = _FieldReader(name, number, obj)
+    try:
+        if kind == "target":
+            return TargetInfo(
+                kind=field.str("kind"),
+                fingerprint=field.str("fingerprint"),
+                device=field.str("device"),
+                arch=field.str("arch"),
+                details=field.dict("details"),
+            )
+        if kind == "workload":
+            return WorkloadInfo(
+                key=field.str("key"),
+                op=field.str("op"),
+                shape=field.dict("shape"),
+                dtype=field.str("dtype"),
+                ir_json=field.str("ir_json"),
+            )
+        if kind == "record":
+            status = field.str("status")
+            median = field.optional_float("median_ms")
+            validate_measurement(status, median)
+            return RecordLine(
+                uid=field.str("uid"),
+                workload_key=field.str("workload_key"),
+                target_fingerprint=field.str("target_fingerprint"),
+                trace_json=field.str("trace_json"),
+                trace_hash=field.str("trace_hash"),
+                status=status,
+                timings_ms=field.floats("timings_ms"),
+                median_ms=median,
+                error_msg=field.str("error_msg"),
+                space_version=field.str("space_version"),
+                created_at=field.time("created_at"),
+            )
+        if kind == "end":
+            return EndLine(field.int("targets"), field.int("workloads"), field.int("records"))
+    except InvalidRecordError as err:
+        raise ImportFileError(name, number, str(err)) from None
+    raise ImportFileError(name, number, f"unknown line type {kind!r}")
+
+
+class _FieldReader:
+    """Typed access to the fields of one line, failing with the line number and field name."""
+
+    def __init__(self, name: str, number: int, obj: dict[str, Any]) -> None:
+        self.name, self.number, self.obj = name, number, obj
+
+    def _get(self, key: str, types: type | tuple[type, ...], what: str) -> Any:
+        if key not in self.obj:
+            raise ImportFileError(self.name, self.number, f"missing field {key!r}")
+        value = self.obj[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ImportFileError(self.name, self.number, f"field {key!r} must be {what}")
+        return value
+
+    def str(self, key: str) -> str:
+        return self._get(key, str, "a string")
+
+    def int(self, key: str) -> int:
+        return self._get(key, int, "an integer")
+
+    def dict(self, key: str) -> dict[str, Any]:
+        return self._get(key, dict, "an object")
+
+    def optional_float(self, key: str) -> float | None:
+        if self.obj.get(key, ...) is None:
+            return None
+        return float(self._get(key, (int, float), "a number or null"))
+
+    def floats(self, key: str) -> tuple[float, ...]:
+        values = self._get(key, list, "a list of numbers")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ImportFileError(self.name, self.number, f"field {key!r} must hold numbers")
+        out = tuple(float(v) for v in values)
+        if not all(math.isfinite(v) for v in out):
+            raise ImportFileError(self.name, self.number, f"field {key!r} must be finite")
+        return out
+
+    def time(self, key: str) -> datetime:
+        text = self.str(key)
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise ImportFileError(
+                self.name, self.number, f"field {key!r} is not an ISO 8601 time"
+            ) from None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,155 @@
+"""SQLAlchemy 2.0 tables of the record store; every constraint and index has a fixed name.
+
+Migrations in `migrations/versions` create these tables; a test checks that a database at
+head matches this metadata exactly. Rows are turned into frozen records by the store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+STATUS_CHECK = "status IN ('ok', 'build_error', 'run_error', 'timeout', 'wrong_result')"
+JOB_STATUS_CHECK = "status IN ('pending', 'running', 'done', 'failed', 'cancelled')"
+
+# SQLite only aliases rowid for a column declared exactly INTEGER PRIMARY KEY.
+RecordId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base holding the shared metadata and its naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Target(Base):
+    """A device + compiler identified by its fingerprint."""
+
+    __tablename__ = "targets"
+    __table_args__ = (UniqueConstraint("fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    fingerprint: Mapped[str] = mapped_column(String(255))
+    device: Mapped[str] = mapped_column(String(255))
+    arch: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Workload(Base):
+    """A tensor program identified by its structural key, with its IR as JSON text."""
+
+    __tablename__ = "workloads"
+    __table_args__ = (UniqueConstraint("key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128))
+    op: Mapped[str] = mapped_column(String(128))
+    shape: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dtype: Mapped[str] = mapped_column(String(32))
+    ir_json: Mapped[str] = mapped_column(Text)
+
+
+class Record(Base):
+    """One trial. `job_id` is informational and has no foreign key: records outlive jobs and
+    travel between databases, where job ids mean nothing."""
+
+    __tablename__ = "tuning_records"
+    __table_args__ = (
+        UniqueConstraint("uid"),
+        CheckConstraint(STATUS_CHECK, name="status"),
+        CheckConstraint("status <> 'ok' OR median_ms IS NOT NULL", name="ok_has_median"),
+        # best(): an index range scan over ok records of one (workload, target) in time order.
+        Index(
+            "ix_tuning_records_best",
+            "workload_id",
+            "target_id",
+            "median_ms",
+            "id",
+            postgresql_where=text("status = 'ok'"),
+            sqlite_where=text("status = 'ok'"),
+        ),
+        # history() and has_measured(): every trial of a pair, found by trace hash.
+        Index("ix_tuning_records_pair_trace", "workload_id", "target_id", "trace_hash"),
+        Index("ix_tuning_records_job_id", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(RecordId, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32))
+    workload_id: Mapped[int] = mapped_column(ForeignKey("workloads.id"))
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
+    trace_json: Mapped[str] = mapped_column(Text)
+    trace_hash: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    timings_ms: Mapped[list[float]] = mapped_column(JSON)
+    median_ms: Mapped[float | None] = mapped_column(Float)
+    error_msg: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    space_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    """A coordinator job: one model tuned on one target within a trial budget."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(JOB_STATUS_CHECK, name="status"),
+        CheckConstraint("budget >= 0", name="budget_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
+    budget: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Task(Base):
+    """A workload of a job with its weight in the model, its budget and its progress."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "workload_id"),
+        CheckConstraint(JOB_STATUS_CHECK, name="status"),
+        CheckConstraint("trials_done >= 0", name="trials_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    workload_id: Mapped[int] = mapped_column(ForeignKey("workloads.id"))
+    weight: Mapped[float] = mapped_column(Float)
+    budget: Mapped[int] = mapped_column(Integer)
+    trials_done: Mapped[int] = mapped_column(Integer)
+    best_ms: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

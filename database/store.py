@@ -1,0 +1,859 @@
+"""RecordStore: the API every package uses to keep and query tuning records.
+
+All queries are per (workload, target): a record measured on one target never answers for
+another. Rows become frozen records (records.py) before they leave this module, and every
+driver error leaves as a DatabaseError with the password masked.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Row,
+    Table,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from tunefleet.database import jsonl, schema
+from tunefleet.database.engine import (
+    WRITE_OPTION,
+    EngineOptions,
+    is_locked_error,
+    make_engine,
+    translate,
+)
+from tunefleet.database.errors import DatabaseError, InvalidRecordError, UnknownKeyError
+from tunefleet.database.models import Job, Record, Target, Task, Workload
+from tunefleet.database.records import (
+    JOB_STATUSES,
+    JobInfo,
+    NewRecord,
+    NewTask,
+    PairSummary,
+    StoreStats,
+    TargetInfo,
+    TaskInfo,
+    TuningRecord,
+    WorkloadInfo,
+)
+from tunefleet.database.urls import mask_url, normalize_url
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TARGETS: Table = Target.__table__  # type: ignore[assignment]
+WORKLOADS: Table = Workload.__table__  # type: ignore[assignment]
+RECORDS: Table = Record.__table__  # type: ignore[assignment]
+JOBS: Table = Job.__table__  # type: ignore[assignment]
+TASKS: Table = Task.__table__  # type: ignore[assignment]
+
+IMPORT_CHUNK = 2000
+LOCK_RETRIES = 20
+
+_RECORD_COLUMNS = (
+    RECORDS.c.id,
+    RECORDS.c.uid,
+    RECORDS.c.trace_json,
+    RECORDS.c.trace_hash,
+    RECORDS.c.status,
+    RECORDS.c.timings_ms,
+    RECORDS.c.median_ms,
+    RECORDS.c.error_msg,
+    RECORDS.c.job_id,
+    RECORDS.c.space_version,
+    RECORDS.c.created_at,
+)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import or merge added; records already present (same uid) are skipped."""
+
+    targets_added: int
+    workloads_added: int
+    records_added: int
+    records_skipped: int
+
+
+def _translated(method: Callable[P, T]) -> Callable[P, T]:
+    """Turn SQLAlchemy errors raised by a store method into DatabaseErrors."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except SQLAlchemyError as err:
+            store = args[0]
+            assert isinstance(store, RecordStore)
+            raise translate(err, store.raw_url) from None
+
+    return wrapper
+
+
+class RecordStore:
+    """The tuning-record store over one SQLite file or PostgreSQL database."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        """Wrap an engine whose schema is already at head; use RecordStore.open normally."""
+        self._engine = engine
+        self.raw_url = url
+        self.url = mask_url(url)
+        self._target_ids: dict[str, int] = {}
+        self._workload_ids: dict[str, int] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, url: str, *, create: bool = True, options: EngineOptions | None = None
+    ) -> RecordStore:
+        """Open the store at `url`; a new database is migrated to head if `create` is set.
+
+        An existing database at an older revision raises SchemaTooOldError (run
+        `tunefleet db migrate`); one without the schema raises SchemaError unless `create`.
+        """
+        url = normalize_url(url)
+        engine = make_engine(url, options or EngineOptions(), create_dir=create)
+        try:
+            with engine.connect() as conn:
+                revision = schema.current_revision(conn)
+                fresh = revision is None and not schema.has_tunefleet_tables(conn)
+            if fresh and create:
+                schema.upgrade(engine)
+            else:
+                schema.check_revision(revision, mask_url(url))
+        except SQLAlchemyError as err:
+            engine.dispose()
+            raise translate(err, url) from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, url)
+
+    def close(self) -> None:
+        """Release the connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> RecordStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> str:
+        """'sqlite' or 'postgresql'."""
+        return self._engine.dialect.name
+
+    @_translated
+    def revision(self) -> str | None:
+        """The schema revision the database is at."""
+        with self._engine.connect() as conn:
+            return schema.current_revision(conn)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction, retrying while SQLite reports a lock."""
+        for attempt in range(LOCK_RETRIES):
+            try:
+                with self._engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
+                    with conn.begin():
+                        return work(conn)
+            except OperationalError as err:
+                if not is_locked_error(err) or attempt == LOCK_RETRIES - 1:
+                    raise
+                time.sleep(min(0.05 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    def _insert(self, table: Table) -> Insert:
+        """An INSERT that supports ON CONFLICT DO NOTHING on this dialect."""
+        if self.backend == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    # -- targets and workloads ---------------------------------------------------------------
+
+    @_translated
+    def ensure_target(self, target: TargetInfo) -> int:
+        """Register a target (idempotent, race-free, keyed by fingerprint); returns its id."""
+        if target.fingerprint in self._target_ids:
+            return self._target_ids[target.fingerprint]
+        target_id = self._write(lambda conn: self._upsert_target(conn, target)[0])
+        self._target_ids[target.fingerprint] = target_id
+        return target_id
+
+    @_translated
+    def ensure_workload(self, workload: WorkloadInfo) -> int:
+        """Register a workload (idempotent, race-free, keyed by structural key); returns its id."""
+        if workload.key in self._workload_ids:
+            return self._workload_ids[workload.key]
+        workload_id = self._write(lambda conn: self._upsert_workload(conn, workload)[0])
+        self._workload_ids[workload.key] = workload_id
+        return workload_id
+
+    def _upsert_target(self, conn: Connection, target: TargetInfo) -> tuple[int, bool]:
+        stmt = self._insert(TARGETS).values(
+            kind=target.kind,
+            fingerprint=target.fingerprint,
+            device=target.device,
+            arch=target.arch,
+            details=dict(target.details),
+        )
+        added = conn.execute(stmt.on_conflict_do_nothing(index_elements=["fingerprint"]))
+        found = conn.execute(
+            select(TARGETS.c.id).where(TARGETS.c.fingerprint == target.fingerprint)
+        ).scalar_one()
+        return found, added.rowcount == 1
+
+    def _upsert_workload(self, conn: Connection, workload: WorkloadInfo) -> tuple[int, bool]:
+        stmt = self._insert(WORKLOADS).values(
+            key=workload.key,
+            op=workload.op,
+            shape=dict(workload.shape),
+            dtype=workload.dtype,
+            ir_json=workload.ir_json,
+        )
+        added = conn.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
+        found = conn.execute(
+            select(WORKLOADS.c.id).where(WORKLOADS.c.key == workload.key)
+        ).scalar_one()
+        return found, added.rowcount == 1
+
+    @_translated
+    def get_target(self, fingerprint: str) -> TargetInfo | None:
+        """The target with this fingerprint, or None."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(TARGETS).where(TARGETS.c.fingerprint == fingerprint)).first()
+        return _target_info(row) if row is not None else None
+
+    @_translated
+    def get_workload(self, key: str) -> WorkloadInfo | None:
+        """The workload with this structural key, or None."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(WORKLOADS).where(WORKLOADS.c.key == key)).first()
+        return _workload_info(row) if row is not None else None
+
+    @_translated
+    def targets(self) -> list[TargetInfo]:
+        """Every registered target, by fingerprint."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(TARGETS).order_by(TARGETS.c.fingerprint)).all()
+        return [_target_info(row) for row in rows]
+
+    @_translated
+    def workloads(self) -> list[WorkloadInfo]:
+        """Every registered workload, by op then key."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(WORKLOADS).order_by(WORKLOADS.c.op, WORKLOADS.c.key)).all()
+        return [_workload_info(row) for row in rows]
+
+    def _lookup_ids(
+        self, conn: Connection, table: Table, column: str, keys: Iterable[str]
+    ) -> dict[str, int]:
+        cache = self._target_ids if table is TARGETS else self._workload_ids
+        wanted = set(keys)
+        missing = [key for key in wanted if key not in cache]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            col = table.c[column]
+            for key, row_id in conn.execute(select(col, table.c.id).where(col.in_(chunk))):
+                cache[key] = row_id
+        return {key: cache[key] for key in wanted if key in cache}
+
+    def _pair_ids(
+        self, conn: Connection, workload_key: str, target_fingerprint: str
+    ) -> tuple[int, int] | None:
+        workloads = self._lookup_ids(conn, WORKLOADS, "key", [workload_key])
+        targets = self._lookup_ids(conn, TARGETS, "fingerprint", [target_fingerprint])
+        if workload_key not in workloads or target_fingerprint not in targets:
+            return None
+        return workloads[workload_key], targets[target_fingerprint]
+
+    # -- records -----------------------------------------------------------------------------
+
+    @_translated
+    def commit(self, records: Sequence[NewRecord]) -> list[int]:
+        """Store a batch of trials in one transaction; returns their ids in input order.
+
+        Workloads and targets must be registered first (ensure_workload / ensure_target).
+        """
+        if not records:
+            return []
+        now = datetime.now(UTC)
+
+        def work(conn: Connection) -> list[int]:
+            workloads = self._lookup_ids(conn, WORKLOADS, "key", (r.workload_key for r in records))
+            targets = self._lookup_ids(
+                conn, TARGETS, "fingerprint", (r.target_fingerprint for r in records)
+            )
+            rows = []
+            for record in records:
+                if record.workload_key not in workloads:
+                    raise UnknownKeyError(
+                        f"workload {record.workload_key!r} is not registered; "
+                        "call ensure_workload first"
+                    )
+                if record.target_fingerprint not in targets:
+                    raise UnknownKeyError(
+                        f"target {record.target_fingerprint!r} is not registered; "
+                        "call ensure_target first"
+                    )
+                rows.append(
+                    _record_row(
+                        record,
+                        workloads[record.workload_key],
+                        targets[record.target_fingerprint],
+                        uuid.uuid4().hex,
+                        now,
+                    )
+                )
+            stmt = insert(RECORDS).returning(RECORDS.c.id, sort_by_parameter_order=True)
+            return list(conn.execute(stmt, rows).scalars())
+
+        return self._write(work)
+
+    @_translated
+    def best(self, workload_key: str, target_fingerprint: str, k: int = 1) -> list[TuningRecord]:
+        """The k fastest ok records of a workload on a target (an index range scan)."""
+        if k < 1:
+            raise InvalidRecordError(f"k must be at least 1 (got {k})")
+        with self._engine.connect() as conn:
+            pair = self._pair_ids(conn, workload_key, target_fingerprint)
+            if pair is None:
+                return []
+            rows = conn.execute(
+                select(*_RECORD_COLUMNS)
+                .where(
+                    RECORDS.c.workload_id == pair[0],
+                    RECORDS.c.target_id == pair[1],
+                    RECORDS.c.status == "ok",
+                )
+                .order_by(RECORDS.c.median_ms, RECORDS.c.id)
+                .limit(k)
+            ).all()
+        return [_tuning_record(row, workload_key, target_fingerprint) for row in rows]
+
+    @_translated
+    def history(
+        self, workload_key: str, target_fingerprint: str, limit: int | None = None
+    ) -> list[TuningRecord]:
+        """Every trial of a workload on a target in commit order (the latest `limit` if set)."""
+        with self._engine.connect() as conn:
+            pair = self._pair_ids(conn, workload_key, target_fingerprint)
+            if pair is None:
+                return []
+            query = (
+                select(*_RECORD_COLUMNS)
+                .where(RECORDS.c.workload_id == pair[0], RECORDS.c.target_id == pair[1])
+                .order_by(RECORDS.c.id.desc())
+            )
+            if limit is not None:
+                query = query.limit(limit)
+            rows = conn.execute(query).all()
+        return [_tuning_record(row, workload_key, target_fingerprint) for row in reversed(rows)]
+
+    @_translated
+    def has_measured(self, workload_key: str, target_fingerprint: str, trace_hash: str) -> bool:
+        """True if this trace was already tried for the workload on the target (any status)."""
+        with self._engine.connect() as conn:
+            pair = self._pair_ids(conn, workload_key, target_fingerprint)
+            if pair is None:
+                return False
+            found = conn.execute(
+                select(RECORDS.c.id)
+                .where(
+                    RECORDS.c.workload_id == pair[0],
+                    RECORDS.c.target_id == pair[1],
+                    RECORDS.c.trace_hash == trace_hash,
+                )
+                .limit(1)
+            ).first()
+        return found is not None
+
+    @_translated
+    def measured_hashes(self, workload_key: str, target_fingerprint: str) -> set[str]:
+        """Trace hashes already tried for the workload on the target (batch de-duplication)."""
+        with self._engine.connect() as conn:
+            pair = self._pair_ids(conn, workload_key, target_fingerprint)
+            if pair is None:
+                return set()
+            hashes = conn.execute(
+                select(RECORDS.c.trace_hash)
+                .where(RECORDS.c.workload_id == pair[0], RECORDS.c.target_id == pair[1])
+                .distinct()
+            ).scalars()
+            return set(hashes)
+
+    @_translated
+    def stats(self) -> StoreStats:
+        """Counts of targets, workloads, records by status, jobs and tasks."""
+        with self._engine.connect() as conn:
+
+            def count(table: Table) -> int:
+                return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+            by_status = dict(
+                conn.execute(
+                    select(RECORDS.c.status, func.count()).group_by(RECORDS.c.status)
+                ).all()
+            )
+            per_target = dict(
+                conn.execute(
+                    select(TARGETS.c.fingerprint, func.count(RECORDS.c.id))
+                    .join(RECORDS, RECORDS.c.target_id == TARGETS.c.id)
+                    .group_by(TARGETS.c.fingerprint)
+                ).all()
+            )
+            return StoreStats(
+                url=self.url,
+                backend=self.backend,
+                revision=schema.current_revision(conn),
+                targets=count(TARGETS),
+                workloads=count(WORKLOADS),
+                records=sum(by_status.values()),
+                by_status=by_status,
+                jobs=count(JOBS),
+                tasks=count(TASKS),
+                records_per_target=per_target,
+            )
+
+    @_translated
+    def summaries(self, target_fingerprint: str | None = None) -> list[PairSummary]:
+        """One line per (workload, target) with records: counts and the best median."""
+        ok = RECORDS.c.status == "ok"
+        query = (
+            select(
+                WORKLOADS.c.key,
+                WORKLOADS.c.op,
+                WORKLOADS.c.dtype,
+                WORKLOADS.c.shape,
+                TARGETS.c.fingerprint,
+                func.count(RECORDS.c.id),
+                func.count(case((ok, RECORDS.c.id))),
+                func.min(case((ok, RECORDS.c.median_ms))),
+            )
+            .select_from(RECORDS)
+            .join(WORKLOADS, WORKLOADS.c.id == RECORDS.c.workload_id)
+            .join(TARGETS, TARGETS.c.id == RECORDS.c.target_id)
+            .group_by(RECORDS.c.workload_id, RECORDS.c.target_id, WORKLOADS.c.id, TARGETS.c.id)
+            .order_by(WORKLOADS.c.op, WORKLOADS.c.key, TARGETS.c.fingerprint)
+        )
+        if target_fingerprint is not None:
+            query = query.where(TARGETS.c.fingerprint == target_fingerprint)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            PairSummary(
+                workload_key=row[0],
+                op=row[1],
+                dtype=row[2],
+                shape=row[3],
+                target_fingerprint=row[4],
+                records=row[5],
+                ok_records=row[6],
+                best_ms=row[7],
+            )
+            for row in rows
+        ]
+
+    @_translated
+    def prune(self, k: int) -> int:
+        """Keep only the k fastest ok records of each (workload, target); returns rows deleted.
+
+        Failures and slower trials are deleted too, so de-duplication forgets them.
+        """
+        if k < 1:
+            raise InvalidRecordError(f"prune keeps at least 1 record per pair (got k={k})")
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=(RECORDS.c.workload_id, RECORDS.c.target_id),
+                order_by=(RECORDS.c.median_ms, RECORDS.c.id),
+            )
+            .label("rank")
+        )
+        ranked = select(RECORDS.c.id, rank).where(RECORDS.c.status == "ok").subquery()
+        keep = select(ranked.c.id).where(ranked.c.rank <= k)
+        return self._write(
+            lambda conn: conn.execute(delete(RECORDS).where(RECORDS.c.id.not_in(keep))).rowcount
+        )
+
+    # -- export, import, merge ----------------------------------------------------------------
+
+    def iter_items(
+        self, *, target_fingerprint: str | None = None, workload_key: str | None = None
+    ) -> Iterator[jsonl.Item]:
+        """Targets, workloads and records in export order, streamed (optionally filtered)."""
+        try:
+            with self._engine.connect() as conn:
+                target_query = select(TARGETS).order_by(TARGETS.c.id)
+                if target_fingerprint is not None:
+                    target_query = target_query.where(TARGETS.c.fingerprint == target_fingerprint)
+                workload_query = select(WORKLOADS).order_by(WORKLOADS.c.id)
+                if workload_key is not None:
+                    workload_query = workload_query.where(WORKLOADS.c.key == workload_key)
+                targets = {row.id: _target_info(row) for row in conn.execute(target_query)}
+                workloads = {row.id: _workload_info(row) for row in conn.execute(workload_query)}
+                yield from targets.values()
+                yield from workloads.values()
+                query = select(
+                    RECORDS.c.workload_id, RECORDS.c.target_id, *_RECORD_COLUMNS
+                ).order_by(RECORDS.c.id)
+                if target_fingerprint is not None:
+                    query = query.where(RECORDS.c.target_id.in_(list(targets)))
+                if workload_key is not None:
+                    query = query.where(RECORDS.c.workload_id.in_(list(workloads)))
+                stream = conn.execution_options(stream_results=True, yield_per=5000)
+                for row in stream.execute(query):
+                    yield _record_line(
+                        row, workloads[row.workload_id].key, targets[row.target_id].fingerprint
+                    )
+        except SQLAlchemyError as err:
+            raise translate(err, self.raw_url) from None
+
+    def export_jsonl(
+        self,
+        path: str | Path,
+        *,
+        target_fingerprint: str | None = None,
+        workload_key: str | None = None,
+    ) -> jsonl.EndLine:
+        """Write the store (or one target's / workload's part) to a JSON-lines file."""
+        items = self.iter_items(target_fingerprint=target_fingerprint, workload_key=workload_key)
+        return jsonl.write_file(path, items)
+
+    @_translated
+    def import_jsonl(self, path: str | Path) -> ImportResult:
+        """Add the contents of an export file, all or nothing; known records are skipped."""
+        return self._write(
+            lambda conn: self._apply(conn, (item for _, item in jsonl.read_file(path)))
+        )
+
+    @_translated
+    def merge_from(self, other_url: str) -> ImportResult:
+        """Add every target, workload and record of another database (all or nothing)."""
+        other_url = normalize_url(other_url)
+        if other_url == self.raw_url:
+            raise DatabaseError(f"cannot merge {self.url} into itself")
+        with RecordStore.open(other_url, create=False) as other:
+            return self._write(lambda conn: self._apply(conn, other.iter_items()))
+
+    def _apply(self, conn: Connection, items: Iterable[jsonl.Item]) -> ImportResult:
+        target_ids: dict[str, int] = {}
+        workload_ids: dict[str, int] = {}
+        added = {"targets": 0, "workloads": 0, "records": 0, "seen": 0}
+        pending: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if pending:
+                stmt = self._insert(RECORDS).on_conflict_do_nothing(index_elements=["uid"])
+                before = self._count_records(conn)
+                conn.execute(stmt, pending)
+                added["records"] += self._count_records(conn) - before
+                pending.clear()
+
+        for item in items:
+            if isinstance(item, TargetInfo):
+                target_ids[item.fingerprint], new = self._upsert_target(conn, item)
+                added["targets"] += new
+            elif isinstance(item, WorkloadInfo):
+                workload_ids[item.key], new = self._upsert_workload(conn, item)
+                added["workloads"] += new
+            elif isinstance(item, jsonl.RecordLine):
+                if item.workload_key not in workload_ids:
+                    raise DatabaseError(f"record {item.uid} names an undeclared workload")
+                if item.target_fingerprint not in target_ids:
+                    raise DatabaseError(f"record {item.uid} names an undeclared target")
+                pending.append(
+                    {
+                        "uid": item.uid,
+                        "workload_id": workload_ids[item.workload_key],
+                        "target_id": target_ids[item.target_fingerprint],
+                        "trace_json": item.trace_json,
+                        "trace_hash": item.trace_hash,
+                        "status": item.status,
+                        "timings_ms": list(item.timings_ms),
+                        "median_ms": item.median_ms,
+                        "error_msg": item.error_msg,
+                        "job_id": None,
+                        "space_version": item.space_version,
+                        "created_at": item.created_at,
+                    }
+                )
+                added["seen"] += 1
+                if len(pending) >= IMPORT_CHUNK:
+                    flush()
+        flush()
+        return ImportResult(
+            targets_added=added["targets"],
+            workloads_added=added["workloads"],
+            records_added=added["records"],
+            records_skipped=added["seen"] - added["records"],
+        )
+
+    def _count_records(self, conn: Connection) -> int:
+        return conn.execute(select(func.count()).select_from(RECORDS)).scalar_one()
+
+    # -- jobs and tasks -------------------------------------------------------------------------
+
+    @_translated
+    def create_job(
+        self,
+        name: str,
+        model: str,
+        target_fingerprint: str,
+        budget: int,
+        config: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Create a pending job tuning `model` on a registered target; returns its id."""
+        if budget < 0:
+            raise InvalidRecordError(f"budget must be non-negative (got {budget})")
+        now = datetime.now(UTC)
+
+        def work(conn: Connection) -> int:
+            targets = self._lookup_ids(conn, TARGETS, "fingerprint", [target_fingerprint])
+            if target_fingerprint not in targets:
+                raise UnknownKeyError(
+                    f"target {target_fingerprint!r} is not registered; call ensure_target first"
+                )
+            stmt = insert(JOBS).values(
+                name=name,
+                model=model,
+                target_id=targets[target_fingerprint],
+                budget=budget,
+                status="pending",
+                config=dict(config or {}),
+                created_at=now,
+                updated_at=now,
+            )
+            return conn.execute(stmt.returning(JOBS.c.id)).scalar_one()
+
+        return self._write(work)
+
+    @_translated
+    def add_tasks(self, job_id: int, tasks: Sequence[NewTask]) -> list[int]:
+        """Add tasks (one per registered workload) to a job; returns their ids in input order."""
+        if not tasks:
+            return []
+        now = datetime.now(UTC)
+
+        def work(conn: Connection) -> list[int]:
+            if conn.execute(select(JOBS.c.id).where(JOBS.c.id == job_id)).first() is None:
+                raise UnknownKeyError(f"job {job_id} does not exist")
+            workloads = self._lookup_ids(conn, WORKLOADS, "key", (t.workload_key for t in tasks))
+            rows = []
+            for task in tasks:
+                if task.workload_key not in workloads:
+                    raise UnknownKeyError(
+                        f"workload {task.workload_key!r} is not registered; "
+                        "call ensure_workload first"
+                    )
+                if task.budget < 0:
+                    raise InvalidRecordError(f"task budget must be non-negative ({task})")
+                rows.append(
+                    {
+                        "job_id": job_id,
+                        "workload_id": workloads[task.workload_key],
+                        "weight": float(task.weight),
+                        "budget": task.budget,
+                        "trials_done": 0,
+                        "best_ms": None,
+                        "status": "pending",
+                        "updated_at": now,
+                    }
+                )
+            stmt = insert(TASKS).returning(TASKS.c.id, sort_by_parameter_order=True)
+            return list(conn.execute(stmt, rows).scalars())
+
+        return self._write(work)
+
+    @_translated
+    def update_task_progress(
+        self,
+        task_id: int,
+        *,
+        trials_done: int,
+        best_ms: float | None = None,
+        status: str | None = None,
+    ) -> TaskInfo:
+        """Record a task's progress: trials done, best median (kept if None) and status."""
+        if trials_done < 0:
+            raise InvalidRecordError(f"trials_done must be non-negative (got {trials_done})")
+        if status is not None and status not in JOB_STATUSES:
+            raise InvalidRecordError(f"status {status!r} is not one of {', '.join(JOB_STATUSES)}")
+        values: dict[str, Any] = {"trials_done": trials_done, "updated_at": datetime.now(UTC)}
+        if best_ms is not None:
+            values["best_ms"] = best_ms
+        if status is not None:
+            values["status"] = status
+
+        def work(conn: Connection) -> None:
+            done = conn.execute(update(TASKS).where(TASKS.c.id == task_id).values(**values))
+            if done.rowcount != 1:
+                raise UnknownKeyError(f"task {task_id} does not exist")
+
+        self._write(work)
+        return self._tasks(TASKS.c.id == task_id)[0]
+
+    @_translated
+    def set_job_status(self, job_id: int, status: str) -> None:
+        """Move a job to another status (pending, running, done, failed, cancelled)."""
+        if status not in JOB_STATUSES:
+            raise InvalidRecordError(f"status {status!r} is not one of {', '.join(JOB_STATUSES)}")
+
+        def work(conn: Connection) -> None:
+            stmt = update(JOBS).where(JOBS.c.id == job_id)
+            done = conn.execute(stmt.values(status=status, updated_at=datetime.now(UTC)))
+            if done.rowcount != 1:
+                raise UnknownKeyError(f"job {job_id} does not exist")
+
+        self._write(work)
+
+    @_translated
+    def list_jobs(self) -> list[JobInfo]:
+        """All jobs, newest first."""
+        query = (
+            select(JOBS, TARGETS.c.fingerprint)
+            .join(TARGETS, TARGETS.c.id == JOBS.c.target_id)
+            .order_by(JOBS.c.id.desc())
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            JobInfo(
+                id=row.id,
+                name=row.name,
+                model=row.model,
+                target_fingerprint=row.fingerprint,
+                budget=row.budget,
+                status=row.status,
+                config=row.config,
+                created_at=_utc(row.created_at),
+                updated_at=_utc(row.updated_at),
+            )
+            for row in rows
+        ]
+
+    @_translated
+    def list_tasks(self, job_id: int) -> list[TaskInfo]:
+        """The tasks of a job in the order they were added."""
+        return self._tasks(TASKS.c.job_id == job_id)
+
+    def _tasks(self, where: Any) -> list[TaskInfo]:
+        query = (
+            select(TASKS, WORKLOADS.c.key)
+            .join(WORKLOADS, WORKLOADS.c.id == TASKS.c.workload_id)
+            .where(where)
+            .order_by(TASKS.c.id)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            TaskInfo(
+                id=row.id,
+                job_id=row.job_id,
+                workload_key=row.key,
+                weight=row.weight,
+                budget=row.budget,
+                trials_done=row.trials_done,
+                best_ms=row.best_ms,
+                status=row.status,
+                updated_at=_utc(row.updated_at),
+            )
+            for row in rows
+        ]
+
+
+# -- row conversion ----------------------------------------------------------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite gives naive datetimes (stored as UTC); PostgreSQL gives aware ones."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _target_info(row: Row[Any]) -> TargetInfo:
+    return TargetInfo(
+        kind=row.kind,
+        fingerprint=row.fingerprint,
+        device=row.device,
+        arch=row.arch,
+        details=row.details,
+    )
+
+
+def _workload_info(row: Row[Any]) -> WorkloadInfo:
+    return WorkloadInfo(
+        key=row.key, op=row.op, shape=row.shape, dtype=row.dtype, ir_json=row.ir_json
+    )
+
+
+def _record_row(
+    record: NewRecord, workload_id: int, target_id: int, uid: str, created_at: datetime
+) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "workload_id": workload_id,
+        "target_id": target_id,
+        "trace_json": record.trace_json,
+        "trace_hash": record.trace_hash,
+        "status": record.status,
+        "timings_ms": list(record.timings_ms),
+        "median_ms": record.median_ms,
+        "error_msg": record.error_msg,
+        "job_id": record.job_id,
+        "space_version": record.space_version,
+        "created_at": created_at,
+    }
+
+
+def _tuning_record(row: Row[Any], workload_key: str, target_fingerprint: str) -> TuningRecord:
+    return TuningRecord(
+        id=row.id,
+        uid=row.uid,
+        workload_key=workload_key,
+        target_fingerprint=target_fingerprint,
+        trace_json=row.trace_json,
+        trace_hash=row.trace_hash,
+        status=row.status,
+        timings_ms=tuple(row.timings_ms),
+        median_ms=row.median_ms,
+        error_msg=row.error_msg,
+        job_id=row.job_id,
+        space_version=row.space_version,
+        created_at=_utc(row.created_at),
+    )
+
+
+def _record_line(row: Row[Any], workload_key: str, target_fingerprint: str) -> jsonl.RecordLine:
+    return jsonl.RecordLine(
+        uid=row.uid,
+        workload_key=workload_key,
+        target_fingerprint=target_fingerprint,
+        trace_json=row.trace_json,
+        trace_hash=row.trace_hash,
+        status=row.status,
+        timings_ms=tuple(row.timings_ms),
+        median_ms=row.median_ms,
+        error_msg=row.error_msg,
+        space_version=row.space_version,
+        created_at=_utc(row.created_at),
+    )
