@@ -58,6 +58,22 @@ def make_engine(url: str, options: EngineOptions, create_dir: bool = False) -> E
     )
 
 
+def sqlite_file_missing(url: str) -> str | None:
+    """The path of a SQLite file URL whose file does not exist yet, else None."""
+    try:
+        parsed = parse_url(url)
+    except ValueError:
+        return None
+    path = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or path in ("", ":memory:")
+        or path.startswith("file:")
+    ):
+        return None
+    return None if Path(path).expanduser().exists() else path
+
+
 def _sqlite_engine(url: URL, options: EngineOptions, create_dir: bool) -> Engine:
     path = url.database or ""
     in_memory = path in ("", ":memory:") or path.startswith("file::memory:")

@@ -37,9 +37,15 @@ from tunefleet.database.engine import (
     EngineOptions,
     is_locked_error,
     make_engine,
+    sqlite_file_missing,
     translate,
 )
-from tunefleet.database.errors import DatabaseError, InvalidRecordError, UnknownKeyError
+from tunefleet.database.errors import (
+    DatabaseError,
+    DatabaseUnreachableError,
+    InvalidRecordError,
+    UnknownKeyError,
+)
 from tunefleet.database.models import Job, Record, Target, Task, Workload
 from tunefleet.database.records import (
     JOB_STATUSES,
@@ -130,6 +136,11 @@ class RecordStore:
         `tunefleet db migrate`); one without the schema raises SchemaError unless `create`.
         """
         url = normalize_url(url)
+        missing = sqlite_file_missing(url)
+        if missing is not None and not create:
+            raise DatabaseUnreachableError(
+                f"no database file at {missing}; run 'tunefleet db init --db URL' to create one"
+            )
         engine = make_engine(url, options or EngineOptions(), create_dir=create)
         try:
             with engine.connect() as conn:
@@ -146,6 +157,18 @@ class RecordStore:
             engine.dispose()
             raise
         return cls(engine, url)
+
+    @staticmethod
+    def migrate(url: str, options: EngineOptions | None = None) -> tuple[str | None, str | None]:
+        """Create or upgrade the schema at `url` to head; returns (revision before, after)."""
+        url = normalize_url(url)
+        engine = make_engine(url, options or EngineOptions(), create_dir=True)
+        try:
+            return schema.upgrade(engine)
+        except SQLAlchemyError as err:
+            raise translate(err, url) from None
+        finally:
+            engine.dispose()
 
     def close(self) -> None:
         """Release the connections."""
@@ -475,10 +498,11 @@ class RecordStore:
         ]
 
     @_translated
-    def prune(self, k: int) -> int:
+    def prune(self, k: int, *, dry_run: bool = False) -> int:
         """Keep only the k fastest ok records of each (workload, target); returns rows deleted.
 
-        Failures and slower trials are deleted too, so de-duplication forgets them.
+        Failures and slower trials are deleted too, so de-duplication forgets them. With
+        `dry_run` nothing is deleted and the count of rows that would go is returned.
         """
         if k < 1:
             raise InvalidRecordError(f"prune keeps at least 1 record per pair (got k={k})")
@@ -492,6 +516,10 @@ class RecordStore:
         )
         ranked = select(RECORDS.c.id, rank).where(RECORDS.c.status == "ok").subquery()
         keep = select(ranked.c.id).where(ranked.c.rank <= k)
+        if dry_run:
+            doomed = select(func.count()).select_from(RECORDS).where(RECORDS.c.id.not_in(keep))
+            with self._engine.connect() as conn:
+                return conn.execute(doomed).scalar_one()
         return self._write(
             lambda conn: conn.execute(delete(RECORDS).where(RECORDS.c.id.not_in(keep))).rowcount
         )
