@@ -240,11 +240,12 @@ class RecordStore:
             arch=target.arch,
             details=dict(target.details),
         )
-        added = conn.execute(stmt.on_conflict_do_nothing(index_elements=["fingerprint"]))
-        found = conn.execute(
-            select(TARGETS.c.id).where(TARGETS.c.fingerprint == target.fingerprint)
-        ).scalar_one()
-        return found, added.rowcount == 1
+        stmt = stmt.on_conflict_do_nothing(index_elements=["fingerprint"])
+        new_id = conn.execute(stmt.returning(TARGETS.c.id)).scalar()
+        if new_id is not None:
+            return new_id, True
+        query = select(TARGETS.c.id).where(TARGETS.c.fingerprint == target.fingerprint)
+        return conn.execute(query).scalar_one(), False
 
     def _upsert_workload(self, conn: Connection, workload: WorkloadInfo) -> tuple[int, bool]:
         stmt = self._insert(WORKLOADS).values(
@@ -254,11 +255,12 @@ class RecordStore:
             dtype=workload.dtype,
             ir_json=workload.ir_json,
         )
-        added = conn.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
-        found = conn.execute(
-            select(WORKLOADS.c.id).where(WORKLOADS.c.key == workload.key)
-        ).scalar_one()
-        return found, added.rowcount == 1
+        stmt = stmt.on_conflict_do_nothing(index_elements=["key"])
+        new_id = conn.execute(stmt.returning(WORKLOADS.c.id)).scalar()
+        if new_id is not None:
+            return new_id, True
+        query = select(WORKLOADS.c.id).where(WORKLOADS.c.key == workload.key)
+        return conn.execute(query).scalar_one(), False
 
     @_translated
     def get_target(self, fingerprint: str) -> TargetInfo | None:
@@ -593,9 +595,8 @@ class RecordStore:
         def flush() -> None:
             if pending:
                 stmt = self._insert(RECORDS).on_conflict_do_nothing(index_elements=["uid"])
-                before = self._count_records(conn)
-                conn.execute(stmt, pending)
-                added["records"] += self._count_records(conn) - before
+                inserted = conn.execute(stmt.returning(RECORDS.c.id), pending).all()
+                added["records"] += len(inserted)  # rows skipped as known return nothing
                 pending.clear()
 
         for item in items:
@@ -636,9 +637,6 @@ class RecordStore:
             records_added=added["records"],
             records_skipped=added["seen"] - added["records"],
         )
-
-    def _count_records(self, conn: Connection) -> int:
-        return conn.execute(select(func.count()).select_from(RECORDS)).scalar_one()
 
     # -- jobs and tasks -------------------------------------------------------------------------
 

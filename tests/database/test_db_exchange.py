@@ -1,0 +1,148 @@
+"""Export, import and merge: equality across backends, idempotence, all-or-nothing imports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from records_factory import A100, CPU, H100, random_batch, workload
+from tunefleet.database import ImportFileError, RecordStore, TuningRecord
+
+
+def fill(store: RecordStore, seed: int, targets=(H100, A100), n_workloads: int = 3) -> None:
+    """Commit a reproducible mix of records over several workloads and targets."""
+    for t in targets:
+        store.ensure_target(t)
+    for i in range(n_workloads):
+        w = workload(i)
+        store.ensure_workload(w)
+        for j, t in enumerate(targets):
+            store.commit(random_batch(w, t, 30, seed=seed * 100 + i * 10 + j))
+
+
+def content(store: RecordStore) -> tuple[list, list, list]:
+    """Everything that must survive a move between databases (ids and job ids excluded)."""
+
+    def key(r: TuningRecord) -> tuple:
+        d = r.to_dict()
+        d.pop("id")
+        d.pop("job_id")
+        return tuple(sorted(d.items(), key=lambda kv: kv[0]))
+
+    records = []
+    for w in store.workloads():
+        for t in store.targets():
+            records.extend(key(r) for r in store.history(w.key, t.fingerprint))
+    return store.targets(), store.workloads(), sorted(records, key=repr)
+
+
+def test_export_then_import_gives_an_equal_database(
+    db_url: str, other_db_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "records.jsonl"
+    with RecordStore.open(db_url) as source, RecordStore.open(other_db_url) as dest:
+        fill(source, seed=1)
+        end = source.export_jsonl(path)
+        assert end.records == source.stats().records == 180
+        result = dest.import_jsonl(path)
+        assert (result.records_added, result.records_skipped) == (180, 0)
+        assert (result.targets_added, result.workloads_added) == (2, 3)
+        assert content(dest) == content(source)
+        again = dest.import_jsonl(path)
+        assert (again.records_added, again.records_skipped) == (0, 180)
+        assert dest.stats().records == 180
+
+
+def test_merge_adds_the_other_database_and_is_idempotent(db_url: str, other_db_url: str) -> None:
+    with RecordStore.open(db_url) as mine, RecordStore.open(other_db_url) as theirs:
+        fill(mine, seed=1, targets=(H100,))
+        fill(theirs, seed=2, targets=(H100, CPU), n_workloads=4)
+        _, _, mine_before = content(mine)
+        _, _, theirs_records = content(theirs)
+        result = mine.merge_from(other_db_url)
+        assert result.records_added == len(theirs_records)
+        assert (result.targets_added, result.workloads_added) == (1, 1)
+        targets, workloads, merged = content(mine)
+        assert merged == sorted(mine_before + theirs_records, key=repr)
+        assert {t.fingerprint for t in targets} == {H100.fingerprint, CPU.fingerprint}
+        assert len(workloads) == 4
+        assert mine.merge_from(other_db_url).records_added == 0
+        w = workload(0)
+        best = mine.best(w.key, H100.fingerprint, 1)[0]
+        all_ok = [r for r in mine.history(w.key, H100.fingerprint) if r.status == "ok"]
+        assert best.median_ms == min(r.median_ms for r in all_ok)
+
+
+def test_merging_a_database_into_itself_is_refused(db_url: str) -> None:
+    with RecordStore.open(db_url) as store:
+        with pytest.raises(Exception, match="into itself"):
+            store.merge_from(db_url)
+
+
+def test_export_can_be_limited_to_one_target(db_url: str, tmp_path: Path) -> None:
+    with RecordStore.open(db_url) as store:
+        fill(store, seed=3)
+        end = store.export_jsonl(tmp_path / "h100.jsonl", target_fingerprint=H100.fingerprint)
+        assert end.targets == 1 and end.records == 90
+        lines = [json.loads(x) for x in (tmp_path / "h100.jsonl").read_text().splitlines()]
+        assert {x["target_fingerprint"] for x in lines if x.get("type") == "record"} == {
+            H100.fingerprint
+        }
+
+
+def _export(tmp_path: Path) -> list[str]:
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    with RecordStore.open(url) as store:
+        fill(store, seed=4, n_workloads=2)
+        store.export_jsonl(tmp_path / "good.jsonl")
+    return (tmp_path / "good.jsonl").read_text().splitlines(keepends=True)
+
+
+def _damaged_files(lines: list[str]) -> dict[str, tuple[str, str]]:
+    """name -> (file text, expected message fragment)."""
+    header = json.loads(lines[0])
+    newer = json.dumps({**header, "version": 2}) + "\n"
+    middle = len(lines) // 2
+    bad_status = json.loads(lines[middle])
+    bad_status["status"] = "fast"
+    return {
+        "cut_mid_line": ("".join(lines)[:-30], "truncated"),
+        "cut_at_line_boundary": ("".join(lines[:middle]), "truncated"),
+        "newer_version": (newer + "".join(lines[1:]), "version 2"),
+        "not_an_export": ('{"hello": 1}\n', "not a tunefleet-records file"),
+        "garbage_line": ("".join(lines[:middle]) + "{oops\n" + "".join(lines[middle:]), "JSON"),
+        "bad_status": (
+            "".join(lines[:middle]) + json.dumps(bad_status) + "\n" + "".join(lines[middle + 1 :]),
+            "status",
+        ),
+        "wrong_count": ("".join(lines[:middle] + lines[middle + 1 :]), "end line"),
+        "empty": ("", "empty"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "cut_mid_line",
+        "cut_at_line_boundary",
+        "newer_version",
+        "not_an_export",
+        "garbage_line",
+        "bad_status",
+        "wrong_count",
+        "empty",
+    ],
+)
+def test_a_damaged_import_names_the_line_and_adds_nothing(
+    case: str, db_url: str, tmp_path: Path
+) -> None:
+    text, fragment = _damaged_files(_export(tmp_path))[case]
+    path = tmp_path / f"{case}.jsonl"
+    path.write_text(text)
+    with RecordStore.open(db_url) as store:
+        with pytest.raises(ImportFileError, match=fragment) as info:
+            store.import_jsonl(path)
+        assert f"{path}: line " in str(info.value)
+        stats = store.stats()
+        assert (stats.records, stats.targets, stats.workloads) == (0, 0, 0)
