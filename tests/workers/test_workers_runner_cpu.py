@@ -1,0 +1,94 @@
+"""The CPU runner checks results against numpy, times kernels and survives crashes and hangs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tunefleet.workers import probe_kernels as pk
+from tunefleet.workers.builder import BuildInput, build
+from tunefleet.workers.cpu_runner import time_calls
+from tunefleet.workers.results import MeasureConfig, RunInput, Status
+from tunefleet.workers.runner import Runner, RunnerConfig
+
+FAST = MeasureConfig(warmup_ms=1, repeats=5, min_repeat_ms=0.5, timeout_s=3)
+VADD = pk.vector_add_problem(50_000)
+
+
+@pytest.fixture(scope="module")
+def runner(cache_dir):
+    with Runner(RunnerConfig(device="cpu", cache_dir=cache_dir)) as r:
+        yield r
+
+
+def _artifact(kernel, target, build_config):
+    result = build(BuildInput(target, kernel=kernel), build_config)
+    assert result.status is Status.OK, result.message
+    return result.artifact
+
+
+def test_correct_kernels_pass_with_timings(runner, cpu_target, build_config):
+    art = _artifact(pk.c_vector_add("correct"), cpu_target, build_config)
+    result = runner.run(RunInput(art, VADD, FAST))
+    assert result.status is Status.OK, result.message
+    assert result.max_rel_err < 1e-6
+    assert len(result.timings_ms) == 5 and result.median_ms > 0
+    assert result.calls_per_repeat >= 1 and result.input_sets > 1  # small: rotated sets
+    matmul = _artifact(pk.c_matmul(), cpu_target, build_config)
+    result = runner.run(RunInput(matmul, pk.matmul_problem(33, 47, 65), FAST))
+    assert result.status is Status.OK, result.message
+    assert result.max_rel_err < 1e-5
+
+
+@pytest.mark.parametrize("behaviour", ["wrong", "partial"])
+def test_wrong_and_unwritten_outputs_are_wrong_result(runner, cpu_target, build_config, behaviour):
+    art = _artifact(pk.c_vector_add(behaviour), cpu_target, build_config)
+    result = runner.run(RunInput(art, VADD, FAST))
+    assert result.status is Status.WRONG_RESULT
+    assert result.max_rel_err > 1e-2
+    assert result.median_ms is None
+    if behaviour == "partial":  # one element never written: the NaN poison catches it
+        assert result.message.startswith("1 elements")
+
+
+def test_hang_then_segfault_then_the_same_runner_measures_correctly(
+    runner, cpu_target, build_config
+):
+    good = _artifact(pk.c_vector_add("correct"), cpu_target, build_config)
+    hang = _artifact(pk.c_vector_add("hang"), cpu_target, build_config)
+    crash = _artifact(pk.c_vector_add("segfault"), cpu_target, build_config)
+    restarts = runner.restarts
+
+    result = runner.run(RunInput(hang, VADD, MeasureConfig(timeout_s=1.0)))
+    assert result.status is Status.TIMEOUT and "killed" in result.message
+    after = runner.run(RunInput(good, VADD, FAST))
+    assert after.status is Status.OK and after.max_rel_err < 1e-6
+
+    result = runner.run(RunInput(crash, VADD, FAST))
+    assert result.status is Status.RUN_ERROR and "SIGSEGV" in result.message
+    after = runner.run(RunInput(good, VADD, FAST))
+    assert after.status is Status.OK and after.max_rel_err < 1e-6
+    assert runner.restarts == restarts + 2
+
+
+def test_a_problem_that_does_not_fit_the_kernel_is_a_run_error(runner, cpu_target, build_config):
+    art = _artifact(pk.c_vector_add("correct"), cpu_target, build_config)
+    result = runner.run(RunInput(art, pk.matmul_problem(4, 4, 4), FAST))
+    assert result.status is Status.RUN_ERROR and "holds 4 elements" in result.message
+    other = pk.Problem.create(pk.VADD_OP, {"m": 8}, "float32")
+    result = runner.run(RunInput(art, other, FAST))
+    assert result.status is Status.RUN_ERROR and "'n' is not a dim" in result.message
+
+
+def test_each_repeat_lasts_at_least_the_minimum():
+    calls = []
+    config = MeasureConfig(warmup_ms=1, repeats=4, min_repeat_ms=2.0)
+    timings, number = time_calls(lambda i: calls.append(i), 3, config)
+    assert len(timings) == 4 and number > 1
+    assert min(timings) * number >= 1.0  # a repeat is sized to about min_repeat_ms
+    assert set(calls) == {0, 1, 2}  # input sets rotate
+
+
+def test_inputs_are_random_and_never_zero():
+    rng = np.random.default_rng(0)
+    a, b = pk.VECTOR_ADD.make_inputs({"n": 1000}, "float32", rng)
+    assert np.all(a != 0) and np.all(b != 0) and a.std() > 0.1

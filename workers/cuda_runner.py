@@ -1,0 +1,164 @@
+"""Check and time a cubin on one GPU through pycuda, inside a runner's worker process.
+
+A faulting kernel (an illegal address) poisons the CUDA context for good, so after any CUDA
+error this measurer asks its supervisor to replace the process. pycuda is imported here
+only, so everything else imports without the `[cuda]` extra.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from tunefleet.workers.checking import compare_outputs
+from tunefleet.workers.inputs import WorkloadCache, WorkloadData, prepare, signature
+from tunefleet.workers.launch import LaunchExprError, evaluate, evaluate_all
+from tunefleet.workers.results import MeasureConfig, MeasureResult, RunInput, Status
+
+STATIC_SHARED_LIMIT = 48 * 1024
+
+
+class CudaMeasurer:
+    """Owns one CUDA context on one device; device copies of input sets live per workload."""
+
+    def __init__(self, device_index: int = 0) -> None:
+        import pycuda.driver as cuda
+
+        self.cuda = cuda
+        cuda.init()
+        dev = cuda.Device(device_index)
+        self.ctx = dev.make_context()
+        self.device = dev.name()
+        self.l2_bytes = dev.get_attribute(cuda.device_attribute.L2_CACHE_SIZE)
+        self.workloads = WorkloadCache(capacity=2)
+        self._flush: Any = None
+
+    def close(self) -> None:
+        self.ctx.pop()
+
+    def data(self, inp: RunInput) -> tuple[WorkloadData, list[list[Any]]]:
+        """Host data and its device copies (one list of allocations per input set)."""
+        key = signature(inp.problem, inp.artifact.args, inp.config)
+        cached = self.workloads.get(key)
+        if cached is None:
+            host = prepare(inp.problem, inp.artifact.args, inp.config, self.l2_bytes)
+            device = [[self.cuda.to_device(buf) for buf in bufs] for bufs in host.sets]
+            cached = (host, device)
+            self.workloads.put(key, cached)
+        return cached
+
+    def measure(self, inp: RunInput, prepared: Any) -> tuple[MeasureResult, bool]:
+        """Check then time one cubin; the flag is True when the context must be replaced."""
+        host, device = prepared
+        start = time.perf_counter()
+        try:
+            return self._measure(inp, host, device, start), False
+        except LaunchExprError as err:
+            return self._result(Status.RUN_ERROR, start, str(err)), False
+        except self.cuda.Error as err:
+            message = f"CUDA error: {type(err).__name__}: {err}".strip()
+            return self._result(Status.RUN_ERROR, start, message), True
+
+    def _measure(
+        self, inp: RunInput, host: WorkloadData, device: list[list[Any]], start: float
+    ) -> MeasureResult:
+        cuda, art, config = self.cuda, inp.artifact, inp.config
+        dims = inp.problem.dim_values
+        grid = evaluate_all(art.grid, dims)
+        block = evaluate_all(art.block, dims)
+        shared = evaluate(art.shared_bytes or 0, dims)
+        module = cuda.module_from_buffer(art.binary)
+        fn = module.get_function(art.entry)
+        if shared > STATIC_SHARED_LIMIT:
+            attr = cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES
+            fn.set_attribute(attr, shared)
+        n_buffers = sum(1 for a in art.args if a.kind == "buffer")
+        fn.prepare("P" * n_buffers + "q" * len(host.scalars))
+        arg_sets = [(*(int(d) for d in bufs), *host.scalars) for bufs in device]
+
+        def launch(index: int) -> None:
+            fn.prepared_call(grid, block, *arg_sets[index], shared_size=shared)
+
+        # the checked run: poisoned outputs in, outputs back, compared with the reference
+        n_in = host.n_inputs
+        host.poison_outputs(0)
+        for dev_buf, host_buf in zip(device[0][n_in:], host.outputs(0), strict=True):
+            cuda.memcpy_htod(dev_buf, host_buf)
+        launch(0)
+        self.ctx.synchronize()
+        outputs = [np.empty_like(h) for h in host.outputs(0)]
+        for out, dev_buf in zip(outputs, device[0][n_in:], strict=True):
+            cuda.memcpy_dtoh(out, dev_buf)
+        rtol = config.tolerance(inp.problem.dtype)
+        out_dtypes = host.buffer_dtypes[n_in:]
+        err, bad = compare_outputs(outputs, out_dtypes, host.reference, rtol)
+        if bad:
+            message = f"{bad} elements off by more than {rtol:g} relative (max {err:.3g})"
+            return self._result(Status.WRONG_RESULT, start, message, err)
+
+        timings, number = self._time(launch, len(arg_sets), config)
+        return MeasureResult(
+            status=Status.OK,
+            median_ms=statistics.median(timings),
+            timings_ms=tuple(timings),
+            max_rel_err=err,
+            calls_per_repeat=number,
+            input_sets=len(arg_sets),
+            run_s=time.perf_counter() - start,
+            device=self.device,
+        )
+
+    def _time(self, launch: Any, n_sets: int, config: MeasureConfig) -> tuple[list[float], int]:
+        """Per-launch times (ms) from CUDA events; one launch a repeat when flushing L2."""
+        cuda = self.cuda
+        begin, end = cuda.Event(), cuda.Event()
+        calls = 0
+        begin.record()
+        while True:
+            launch(calls % n_sets)
+            calls += 1
+            end.record()
+            end.synchronize()
+            elapsed = end.time_since(begin)
+            if elapsed >= config.warmup_ms or calls >= config.max_calls_per_repeat:
+                break
+        per_call = max(elapsed / calls, 1e-4)
+        if config.flush_l2:
+            number = 1
+            flush = self._flush_buffer()
+        else:
+            number = int(
+                min(config.max_calls_per_repeat, max(1, -(-config.min_repeat_ms // per_call)))
+            )
+        timings, index = [], 0
+        for rep in range(config.repeats):
+            if config.flush_l2:
+                cuda.memset_d32(flush[0], rep, flush[1])
+            begin.record()
+            for _ in range(number):
+                launch(index)
+                index = (index + 1) % n_sets
+            end.record()
+            end.synchronize()
+            timings.append(end.time_since(begin) / number)
+        return timings, number
+
+    def _flush_buffer(self) -> tuple[Any, int]:
+        """A device buffer twice the L2 size; writing it evicts the kernel's data from L2."""
+        if self._flush is None:
+            words = max(self.l2_bytes, 1 << 20) * 2 // 4
+            self._flush = (self.cuda.mem_alloc(words * 4), words)
+        return self._flush
+
+    def _result(
+        self, status: Status, start: float, message: str, max_rel_err: float | None = None
+    ) -> MeasureResult:
+        return MeasureResult(
+            status=status,
+            message=message,
+            max_rel_err=max_rel_err,
+            run_s=time.perf_counter() - start,
+            device=self.device,
+        )

@@ -1,0 +1,219 @@
+"""Typed records that flow through the workers: build inputs, artifacts and measurement results.
+
+Everything here is a frozen dataclass of plain values so it pickles across process pools and
+Ray, and so the database can store it without unpickling anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Outcome of building and measuring one candidate; every outcome is a recorded result."""
+
+    OK = "ok"
+    BUILD_ERROR = "build_error"
+    RUN_ERROR = "run_error"
+    TIMEOUT = "timeout"
+    WRONG_RESULT = "wrong_result"
+
+
+@dataclass(frozen=True)
+class KernelArg:
+    """One argument of a generated kernel: a buffer (passed as a pointer) or an int64 scalar."""
+
+    name: str
+    kind: str  # "buffer" | "scalar"
+    dtype: str
+    shape: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A complete translation unit and how to call it; the workers' copy of ir's KernelSource.
+
+    `grid` and `block` hold ints or arithmetic expressions (strings) over the symbolic dims;
+    they are None for C kernels.
+    """
+
+    lang: str  # "c" | "cuda"
+    source: str
+    entry: str
+    args: tuple[KernelArg, ...]
+    grid: tuple[Any, ...] | None = None
+    block: tuple[Any, ...] | None = None
+    shared_bytes: Any = 0
+
+    @classmethod
+    def from_source(cls, src: Any) -> Kernel:
+        """Copy any KernelSource-shaped object (lang, source, entry, args, ...) into a Kernel."""
+        if isinstance(src, Kernel):
+            return src
+        args = tuple(
+            KernelArg(str(a.name), str(a.kind), str(a.dtype), tuple(_dim(d) for d in a.shape))
+            for a in src.args
+        )
+        grid = getattr(src, "grid", None)
+        block = getattr(src, "block", None)
+        shared = getattr(src, "shared_bytes", None)
+        return cls(
+            lang=str(src.lang),
+            source=str(src.source),
+            entry=str(src.entry),
+            args=args,
+            grid=None if grid is None else tuple(_dim(g) for g in grid),
+            block=None if block is None else tuple(_dim(b) for b in block),
+            shared_bytes=0 if shared is None else _dim(shared),
+        )
+
+
+def _dim(value: Any) -> int | str:
+    """An int, or the text of a symbolic expression (ir expressions print as C-like text)."""
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a kernel must compute, so a runner can draw inputs and check outputs.
+
+    `op` names an operator of `tunefleet.ir.ops`, or "module:attribute" naming any object with
+    `make_inputs(dims, dtype, rng, **attrs)` and `reference(*inputs, **attrs)`.
+    """
+
+    op: str
+    dims: tuple[tuple[str, int], ...]
+    dtype: str
+    attrs: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def create(cls, op: str, dims: Mapping[str, int], dtype: str, **attrs: Any) -> Problem:
+        """Build a Problem from a dims mapping and keyword attributes, in canonical order."""
+        return cls(
+            op=op,
+            dims=tuple(sorted((str(k), int(v)) for k, v in dims.items())),
+            dtype=str(dtype),
+            attrs=tuple(sorted(attrs.items())),
+        )
+
+    @property
+    def dim_values(self) -> dict[str, int]:
+        return dict(self.dims)
+
+    @property
+    def attr_values(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+    @property
+    def key(self) -> str:
+        """A readable identity used to cache inputs per workload in a runner."""
+        dims = ",".join(f"{k}={v}" for k, v in self.dims)
+        attrs = ",".join(f"{k}={v}" for k, v in self.attrs)
+        return f"{self.op}[{dims}]:{self.dtype}" + (f"({attrs})" if attrs else "")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A compiled kernel: the binary's bytes (a shared library or a cubin) and how to call it.
+
+    The bytes travel with the artifact so a runner on another node needs no shared filesystem.
+    """
+
+    key: str
+    kernel_lang: str
+    entry: str
+    args: tuple[KernelArg, ...]
+    binary: bytes = field(repr=False)
+    grid: tuple[Any, ...] | None = None
+    block: tuple[Any, ...] | None = None
+    shared_bytes: Any = 0
+    target_kind: str = "cpu"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The outcome of one build: an artifact, or a build_error / timeout with the compiler's log."""
+
+    status: Status
+    artifact: Artifact | None
+    message: str = ""
+    build_s: float = 0.0
+    cache_hit: bool = False
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How to check and time a candidate; stored with the record so a measurement is reproducible.
+
+    Times are per kernel call. Each repeat runs enough calls to last at least `min_repeat_ms`
+    (on the GPU a repeat is one launch when `flush_l2` is set).
+    """
+
+    warmup_ms: float = 5.0
+    repeats: int = 10
+    min_repeat_ms: float = 1.0
+    max_calls_per_repeat: int = 100_000
+    timeout_s: float = 20.0
+    flush_l2: bool = False
+    rotate_inputs: bool = True
+    max_input_sets: int = 64
+    rtol: tuple[tuple[str, float], ...] = ()
+    seed: int = 0
+
+    def tolerance(self, dtype: str) -> float:
+        """The relative tolerance for `dtype`: an explicit override, else the per-dtype default."""
+        from tunefleet.workers.checking import default_tolerance
+
+        return dict(self.rtol).get(dtype, default_tolerance(dtype))
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """One candidate for a runner: a built artifact and the problem it must solve."""
+
+    artifact: Artifact
+    problem: Problem
+    config: MeasureConfig = MeasureConfig()
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    """The recorded outcome of one candidate: ok with timings, or a failure status and message."""
+
+    status: Status
+    median_ms: float | None = None
+    timings_ms: tuple[float, ...] = ()
+    max_rel_err: float | None = None
+    message: str = ""
+    calls_per_repeat: int = 0
+    input_sets: int = 0
+    build_s: float = 0.0
+    run_s: float = 0.0
+    device: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (status as its string value)."""
+        return {
+            "status": self.status.value,
+            "median_ms": self.median_ms,
+            "timings_ms": list(self.timings_ms),
+            "max_rel_err": self.max_rel_err,
+            "message": self.message,
+            "calls_per_repeat": self.calls_per_repeat,
+            "input_sets": self.input_sets,
+            "build_s": self.build_s,
+            "run_s": self.run_s,
+            "device": self.device,
+        }
