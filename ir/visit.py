@@ -1,0 +1,102 @@
+"""Generic traversal of IR nodes: rewriting, substitution and collection.
+
+Every node is a frozen dataclass, so one field-driven walker serves all node kinds (tinygrad's
+lesson: one node family, rewrites as small functions). Buffers are leaves unless asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .expr import Buffer, Expr, Var
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def fields_of(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        _FIELDS[cls] = names
+    return names
+
+
+def _is_node(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def rewrite(
+    root: Any,
+    post: Callable[[Any], Any | None],
+    into_buffers: bool = False,
+) -> Any:
+    """Rebuild `root` bottom-up; `post(node)` returns a replacement or None to keep the node."""
+    memo: dict[int, Any] = {}
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, tuple):
+            new = tuple(visit(v) for v in value)
+            return value if all(a is b for a, b in zip(new, value, strict=True)) else new
+        if not _is_node(value):
+            return value
+        if isinstance(value, Buffer) and not into_buffers:
+            out = post(value)
+            return value if out is None else out
+        key = id(value)
+        if key in memo:
+            return memo[key]
+        changes = {}
+        for name in fields_of(type(value)):
+            old = getattr(value, name)
+            new = visit(old)
+            if new is not old:
+                changes[name] = new
+        node = dataclasses.replace(value, **changes) if changes else value
+        out = post(node)
+        result = node if out is None else out
+        memo[key] = result
+        return result
+
+    return visit(root)
+
+
+def substitute(root: Any, mapping: Mapping[Var, Expr]) -> Any:
+    """Replace variables by expressions everywhere in `root` (buffers left alone)."""
+    if not mapping:
+        return root
+    return rewrite(root, lambda n: mapping.get(n) if isinstance(n, Var) else None)
+
+
+def walk(root: Any, into_buffers: bool = False) -> Iterator[Any]:
+    """Yield every node of `root` in pre-order."""
+    stack = [root]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, tuple):
+            stack.extend(reversed(value))
+            continue
+        if not _is_node(value):
+            continue
+        yield value
+        if isinstance(value, Buffer) and not into_buffers:
+            continue
+        stack.extend(reversed([getattr(value, f) for f in fields_of(type(value))]))
+
+
+def free_vars(root: Any) -> list[Var]:
+    """Variables used in `root`, in order of first appearance, without duplicates."""
+    seen: dict[Var, None] = {}
+    for n in walk(root):
+        if isinstance(n, Var):
+            seen.setdefault(n, None)
+    return list(seen)
+
+
+def uses_var(root: Any, var: Var) -> bool:
+    return any(n == var for n in walk(root) if isinstance(n, Var))
+
+
+def contains_expr(root: Any, kind: type) -> bool:
+    return any(isinstance(n, kind) for n in walk(root))
