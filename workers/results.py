@@ -181,7 +181,7 @@ class RunInput:
 
     artifact: Artifact
     problem: Problem
-    config: MeasureConfig = MeasureConfig()
+    config: MeasureConfig = field(default_factory=MeasureConfig)
 
 
 @dataclass(frozen=True)
