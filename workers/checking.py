@@ -23,6 +23,7 @@ _STORAGE = {
     "int64": np.int64,
     "int32": np.int32,
     "int16": np.int16,
+    "uint32": np.uint32,
     "int8": np.int8,
     "uint8": np.uint8,
     "bool": np.uint8,
@@ -49,8 +50,13 @@ def storage_dtype(dtype: str) -> np.dtype:
 
 
 def to_storage(array: np.ndarray, dtype: str) -> np.ndarray:
-    """Convert a host array to the contiguous bits a kernel of `dtype` reads."""
+    """Convert a host array to the contiguous bits a kernel of `dtype` reads.
+
+    bfloat16 values given as uint16 are taken as bit patterns already (the op library's form).
+    """
     if dtype == "bfloat16":
+        if np.asarray(array).dtype == np.uint16:
+            return np.ascontiguousarray(array)
         bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
         rounded = bits + 0x7FFF + ((bits >> 16) & 1)  # round to nearest even
         return (rounded >> 16).astype(np.uint16)

@@ -42,8 +42,12 @@ def _draw_matmul(dims: Mapping[str, int], rng: np.random.Generator) -> list[np.n
     return [rng.uniform(-1, 1, (m, k)), rng.uniform(-1, 1, (k, n))]
 
 
-VECTOR_ADD = ProbeOp("vector_add", _draw_vadd, lambda a, b: a + b)
-MATMUL = ProbeOp("matmul", _draw_matmul, lambda a, b: a @ b)
+def _f64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+VECTOR_ADD = ProbeOp("vector_add", _draw_vadd, lambda a, b: _f64(a) + _f64(b))
+MATMUL = ProbeOp("matmul", _draw_matmul, lambda a, b: _f64(a) @ _f64(b))
 
 
 VADD_OP = f"{__name__}:VECTOR_ADD"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from tunefleet.workers import probe_kernels as pk
 from tunefleet.workers.builder import BuildInput, build
+from tunefleet.workers.checking import count_mismatches, from_storage, relative_error, to_storage
 from tunefleet.workers.cpu_runner import time_calls
 from tunefleet.workers.results import MeasureConfig, RunInput, Status
 from tunefleet.workers.runner import Runner, RunnerConfig
@@ -92,3 +93,18 @@ def test_inputs_are_random_and_never_zero():
     rng = np.random.default_rng(0)
     a, b = pk.VECTOR_ADD.make_inputs({"n": 1000}, "float32", rng)
     assert np.all(a != 0) and np.all(b != 0) and a.std() > 0.1
+
+
+def test_bfloat16_storage_round_trips_and_keeps_bit_patterns():
+    values = np.array([1.0, -2.5, 3.140625, 1e-3], dtype=np.float32)
+    bits = to_storage(values, "bfloat16")
+    assert bits.dtype == np.uint16
+    assert np.allclose(from_storage(bits, "bfloat16"), values, rtol=4e-3)
+    assert np.array_equal(to_storage(bits, "bfloat16"), bits)  # bit patterns pass through
+
+
+def test_relative_error_fails_nan_and_scales_by_the_largest_reference():
+    ref = np.array([1000.0, 1e-6, -3.0])
+    assert relative_error(ref + np.array([0.0, 1e-3, 0.0]), ref) == pytest.approx(1e-6)
+    assert relative_error(np.array([1000.0, np.nan, -3.0]), ref) == float("inf")
+    assert count_mismatches(np.array([1000.0, np.nan, -2.0]), ref, 1e-5) == 2
