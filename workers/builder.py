@@ -73,7 +73,8 @@ def lower(inp: BuildInput) -> Kernel:
     kind = inp.target.kind
     try:
         if inp.trace is None:
-            scheduled = ir.default_schedule(inp.workload, target=kind)
+            default = getattr(ir, "default_schedule", None)
+            scheduled = inp.workload if default is None else default(inp.workload, target=kind)
         else:
             trace = inp.trace
             if isinstance(trace, str):

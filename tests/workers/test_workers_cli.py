@@ -1,0 +1,56 @@
+"""`tunefleet targets` and `tunefleet measure`: fingerprints, reports and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tunefleet import ir
+from tunefleet.coordinator.cli import main
+from tunefleet.workers.targets import detect_cpu, detect_targets
+
+INFO_KEYS = {"kind", "fingerprint", "device", "arch", "details"}
+
+
+def test_targets_json_lists_a_stable_cpu_fingerprint(capsys):
+    assert main(["targets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["kind"] == "cpu" and set(listed[0]) == INFO_KEYS
+    assert listed[0]["fingerprint"] == detect_cpu().fingerprint == detect_cpu().fingerprint
+    assert listed[0]["details"]["cores"] >= 1
+    assert len(listed) == len(detect_targets())
+
+
+def test_targets_text_names_each_target(capsys):
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    assert detect_cpu().fingerprint in out and "compiler:" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["measure", "no_such_op", "--shape", "m=4"], "unknown op 'no_such_op'"),
+        (["measure", "rmsnorm", "--shape", "m=x"], "'m=x' is not name=positive-int"),
+        (["measure", "rmsnorm", "--shape", "m=4,q=2"], "missing n; unknown q"),
+        (["measure", "rmsnorm", "--shape", "m=4,n=8", "--target", "tpu"], "'tpu' is not one of"),
+    ],
+)
+def test_measure_usage_errors_are_one_line_and_exit_2(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_measure_reports_json_or_names_the_missing_code_generator(capsys, cache_dir):
+    argv = ["measure", "rmsnorm", "--shape", "m=8,n=256", "--repeats", "3", "--json"]
+    code = main([*argv, "--cache-dir", cache_dir])
+    out, err = capsys.readouterr()
+    if not hasattr(ir, "build_source"):
+        assert code == 1 and "has no build_source" in err
+        return
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["status"] == "ok" and report["max_rel_err"] < 1e-5
+    assert report["median_ms"] > 0 and report["gflops"] > 0 and report["gbps"] > 0
+    assert report["target"]["kind"] == "cpu" and report["workload_key"]

@@ -1,0 +1,183 @@
+"""`tunefleet targets` and `tunefleet measure`: fingerprint this machine, measure one schedule.
+
+Configuration from the environment is read here only (the cache directory, a Ray address)
+and passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from tunefleet.workers.builder import BuildConfig, BuildInput
+from tunefleet.workers.executor import ExecutorError, MeasureInput, create_executor
+from tunefleet.workers.results import MeasureConfig, MeasureResult, Problem
+from tunefleet.workers.targets import Target, TargetError, detect_targets, resolve_target
+
+
+def default_cache_dir() -> str:
+    """$TUNEFLEET_CACHE_DIR, else ~/.cache/tunefleet/kernels."""
+    return os.environ.get("TUNEFLEET_CACHE_DIR") or str(
+        Path.home() / ".cache" / "tunefleet" / "kernels"
+    )
+
+
+@click.command(name="targets")
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
+def targets(as_json: bool) -> None:
+    """Detect the CPU and CUDA targets of this machine and print their fingerprints."""
+    found = detect_targets()
+    if as_json:
+        click.echo(json.dumps([t.to_info() for t in found], indent=2, default=str))
+        return
+    for target in found:
+        click.echo(f"{target.kind:<5} {target.fingerprint}  {target.device}  ({target.arch})")
+        for key, value in target.details:
+            shown = " ".join(value) if isinstance(value, tuple) else value
+            click.echo(f"      {key}: {shown}")
+
+
+def parse_shape(text: str) -> dict[str, int]:
+    """'m=32,n=4096' -> {'m': 32, 'n': 4096}; raises BadParameter naming the bad part."""
+    shape: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) <= 0:
+            raise click.BadParameter(
+                f"{part!r} is not name=positive-int (e.g. --shape m=32,n=4096)",
+                param_hint="--shape",
+            )
+        shape[name.strip()] = int(value)
+    if not shape:
+        raise click.BadParameter(
+            "give the op's dims, e.g. --shape m=32,n=4096", param_hint="--shape"
+        )
+    return shape
+
+
+@click.command(name="measure")
+@click.argument("op")
+@click.option("--shape", "shape_text", required=True, help="Dims as k=v,... (e.g. m=32,n=4096).")
+@click.option("--dtype", default="float32", show_default=True, help="Element type.")
+@click.option(
+    "--target", "target_kind", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True
+)
+@click.option(
+    "--trace",
+    "trace_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A trace (JSON) to replay; the default schedule otherwise.",
+)
+@click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", envvar="RAY_ADDRESS", default=None, help="Ray cluster to join.")
+@click.option("--repeats", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=float)
+@click.option("--flush-l2", is_flag=True, help="Flush the GPU's L2 before every timed launch.")
+@click.option("--cache-dir", default=None, help="Compiled-kernel cache [$TUNEFLEET_CACHE_DIR].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def measure(
+    op: str,
+    shape_text: str,
+    dtype: str,
+    target_kind: str,
+    trace_file: Path | None,
+    workers: str,
+    ray_address: str | None,
+    repeats: int,
+    timeout_s: float,
+    flush_l2: bool,
+    cache_dir: str | None,
+    as_json: bool,
+) -> None:
+    """Build, check and time one schedule of OP; prints status, time, GFLOP/s, GB/s, error."""
+    from tunefleet import ir
+
+    shape = parse_shape(shape_text)
+    func = _build_workload(ir, op, shape, dtype)
+    if not hasattr(ir, "build_source"):
+        raise click.ClickException(
+            "code generation is not available yet: tunefleet.ir has no build_source"
+        )
+    trace = _read_trace(ir, trace_file) if trace_file else None
+    try:
+        target = resolve_target(target_kind)
+    except TargetError as err:
+        raise click.ClickException(str(err)) from err
+
+    build_config = BuildConfig(cache_dir=cache_dir or default_cache_dir())
+    config = MeasureConfig(repeats=repeats, timeout_s=timeout_s, flush_l2=flush_l2)
+    item = MeasureInput(
+        BuildInput(target, workload=func, trace=trace), Problem.create(op, shape, dtype), config
+    )
+    options: dict[str, Any] = {"address": ray_address} if workers == "ray" else {}
+    try:
+        with create_executor(workers, build_config, **options) as executor:
+            (result,) = executor.measure_all([item])
+    except ExecutorError as err:
+        raise click.ClickException(str(err)) from err
+
+    report = summarize(result, target, ir.flops(func, shape), ir.bytes_moved(func, shape))
+    report["workload_key"] = ir.structural_hash(func)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print_report(op, shape_text, dtype, report)
+    if not result.ok:
+        raise click.exceptions.Exit(1)
+
+
+def summarize(result: MeasureResult, target: Target, flops: int, nbytes: int) -> dict[str, Any]:
+    """The measure command's report: status, median, error, achieved GFLOP/s and GB/s."""
+    seconds = result.median_ms / 1e3 if result.median_ms else None
+    return {
+        "status": result.status.value,
+        "median_ms": result.median_ms,
+        "max_rel_err": result.max_rel_err,
+        "gflops": flops / seconds / 1e9 if seconds else None,
+        "gbps": nbytes / seconds / 1e9 if seconds else None,
+        "target": target.to_info(),
+        "message": result.message,
+        "build_s": result.build_s,
+        "repeats": len(result.timings_ms),
+        "input_sets": result.input_sets,
+    }
+
+
+def _build_workload(ir: Any, op: str, shape: dict[str, int], dtype: str) -> Any:
+    from tunefleet.ir.ops import get_op
+
+    try:
+        opdef = get_op(op)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="OP") from err
+    try:
+        return opdef.build(shape, dtype)
+    except ValueError as err:  # bad dims, dtype or attributes
+        raise click.BadParameter(str(err), param_hint="--shape/--dtype") from err
+
+
+def _read_trace(ir: Any, path: Path) -> Any:
+    trace_cls = getattr(ir, "Trace", None)
+    if trace_cls is None:
+        raise click.ClickException("tunefleet.ir has no Trace yet: --trace cannot be replayed")
+    try:
+        return trace_cls.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as err:
+        raise click.BadParameter(f"{path} is not a trace: {err}", param_hint="--trace") from err
+
+
+def _print_report(op: str, shape_text: str, dtype: str, report: dict[str, Any]) -> None:
+    target = report["target"]
+    click.echo(f"{op} [{shape_text}] {dtype} on {target['device']} ({target['arch']})")
+    click.echo(f"  status       {report['status']}")
+    if report["message"]:
+        click.echo(f"  message      {report['message'].splitlines()[0][:200]}")
+    if report["median_ms"] is not None:
+        click.echo(f"  median       {report['median_ms']:.4f} ms over {report['repeats']} repeats")
+        click.echo(f"  achieved     {report['gflops']:.2f} GFLOP/s, {report['gbps']:.2f} GB/s")
+    if report["max_rel_err"] is not None:
+        click.echo(f"  max rel err  {report['max_rel_err']:.3g}")
+    click.echo(f"  workload     {report['workload_key']}")
