@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tunefleet.coordinator.graph import Phase
+from tunefleet.coordinator.graph import PINNED, Phase
 
 DIM_NAMES: dict[str, str] = {"b": "batch", "n": "new tokens", "m": "kv length"}
 
 DEFAULT_BUCKETS: dict[Phase, dict[str, tuple[int, ...]]] = {
     Phase.DECODE: {"b": (1, 4, 16, 64), "m": (4096,)},
-    Phase.PREFILL: {"b": (1,), "n": (128, 512, 2048), "m": (4096,)},
+    Phase.PREFILL: {"n": (128, 512, 2048), "m": (4096,)},
 }
 
 # Reported by default: one sequence; a 2048-token prompt with no cached context (m = n),
@@ -53,13 +53,19 @@ def parse_assignments(text: str) -> dict[str, tuple[int, ...]]:
 def eval_dims(phase: Phase, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
     """Dim values for cost reports: defaults of the phase with `overrides` applied.
 
-    Decode pins n to 1; in prefill an unset kv length defaults to the prompt length.
+    Decode pins n to 1 and prefill b to 1; in prefill an unset kv length defaults to the
+    prompt length.
     """
     dims = dict(DEFAULT_EVAL[phase])
     dims.update(overrides or {})
     if phase is Phase.DECODE and dims.get("n", 1) != 1:
         raise DimSpecError("decode adds one token per sequence: n must be 1 (use --phase prefill)")
-    dims["n"] = dims.get("n", 1)
+    if phase is Phase.PREFILL and dims.get("b", 1) != 1:
+        raise DimSpecError(
+            "prefill runs one prompt (pack several into n tokens): b must be 1 "
+            "(use --phase decode for batches)"
+        )
+    dims.update(PINNED[phase])
     dims.setdefault("m", dims["n"])
     if dims["m"] < dims["n"]:
         raise DimSpecError(f"kv length m={dims['m']} is shorter than the new tokens n={dims['n']}")
@@ -72,6 +78,8 @@ def buckets_for(
     """Bucket values per symbolic dim of the phase, defaults replaced by `overrides`."""
     out = dict(DEFAULT_BUCKETS[phase])
     for name, values in (overrides or {}).items():
+        if name in PINNED[phase]:
+            continue  # not symbolic in this phase
         if name not in out:
             raise DimSpecError(f"{phase.value} has no symbolic dim {name!r} to bucket")
         out[name] = tuple(sorted(set(values)))

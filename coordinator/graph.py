@@ -1,8 +1,10 @@
 """The graph level: one forward pass of a decoder-only LLM as a list of op calls.
 
 Shapes keep the symbolic dims of a serving engine: batch `b`, new tokens `n` and kv length
-`m`. Decode has one new token per sequence (`n = 1`, so only `b` and `m` stay symbolic);
-prefill keeps all three. Dense layers see the flattened token count `b*n`.
+`m`. Decode adds one token to each of `b` sequences (`n = 1`; `b` and `m` symbolic). Prefill
+runs one prompt of `n` tokens (`b = 1`; `n` and `m` symbolic; several prompts are packed into
+one token dim by serving engines). Dense layers see the token count `b*n`, so every op keeps
+a single symbolic row dim, as the op library requires.
 
 One decoder layer is built once and marked `per_layer`: every layer of these models is the
 same program, so its calls run `num_layers` times per forward pass. Projections that share an
@@ -22,14 +24,13 @@ from typing import Any
 from tunefleet.coordinator.models import ModelConfig
 from tunefleet.coordinator.symbolic import Dim, symbols_of
 
-# Bits per element: q4 weights are packed two to a byte.
+# Bits per element of graph tensors.
 DTYPE_BITS: dict[str, int] = {
     "float32": 32,
     "float16": 16,
     "bfloat16": 16,
     "int32": 32,
-    "uint8": 8,
-    "int4": 4,
+    "uint32": 32,
 }
 
 KINDS = ("dense", "attention", "norm", "elementwise", "embedding")
@@ -98,7 +99,7 @@ class Graph:
     phase: Phase
     quant: Quant
     calls: tuple[OpCall, ...]
-    fixed: Mapping[str, int] = field(default_factory=dict)  # dims the phase pins (decode n=1)
+    fixed: Mapping[str, int] = field(default_factory=dict)  # dims the phase pins (`PINNED`)
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -110,11 +111,13 @@ class Graph:
         return self.model.num_layers if call.per_layer else 1
 
 
+PINNED: dict[Phase, dict[str, int]] = {Phase.DECODE: {"n": 1}, Phase.PREFILL: {"b": 1}}
+
+
 def phase_dims(phase: Phase) -> dict[str, Dim]:
-    """The batch, new-token and kv-length dims of a phase (decode pins n to 1)."""
-    b, m = Dim.of("b"), Dim.of("m")
-    n = Dim.of(1) if phase is Phase.DECODE else Dim.of("n")
-    return {"b": b, "n": n, "m": m}
+    """The batch, new-token and kv-length dims of a phase, pinned ones as constants."""
+    pinned = PINNED[phase]
+    return {k: Dim.of(pinned.get(k, k)) for k in ("b", "n", "m")}
 
 
 class _Builder:
@@ -152,8 +155,9 @@ class _Builder:
         t, k = x.shape
         out = self.tensor(f"{name}.out", t, n)
         if self.quant is Quant.Q4:
-            w = self.tensor(f"{name}.qweight", n, k, dtype="int4")
-            s = self.tensor(f"{name}.scale", n, k.coeff // Q4_GROUP)
+            # eight 4-bit weights per uint32 word, one float16 scale per Q4_GROUP weights
+            w = self.tensor(f"{name}.qweight", n, k.coeff // 8, dtype="uint32")
+            s = self.tensor(f"{name}.scales", n, k.coeff // Q4_GROUP, dtype="float16")
             ins = [x, w, s]
             op, extra = "q4_dense", {"group_size": Q4_GROUP}
         else:
@@ -197,21 +201,25 @@ def build_graph(cfg: ModelConfig, phase: Phase, quant: Quant = Quant.NONE) -> Gr
     hn = g.rmsnorm("input_norm", x)
     qkv = g.dense("qkv_proj", hn, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
     # rope rotates the q and k columns of qkv in place of position; v passes through.
+    cos = g.tensor("rope.cos", tokens, hd // 2, dtype="float32")  # tables at the positions
+    sin = g.tensor("rope.sin", tokens, hd // 2, dtype="float32")
     qkv_r = g.call("rope", "rope", "elementwise",
-                   {"m": tokens, "h": h, "kv": kvh, "d": hd}, [qkv],
+                   {"m": tokens, "h": h, "kv": kvh, "d": hd}, [qkv, cos, sin],
                    g.tensor("rope.out", tokens, cfg.q_size + 2 * cfg.kv_size),
                    theta=cfg.rope_theta)  # fmt: skip
-    # q[b, h, n, d] . k_cache[b, kvh, m, d]^T with query head i reading kv head i // group
+    # q[b, h, n, d] . k_cache[b, kvh, m, d]^T with query head i reading kv head i // group;
+    # the 1/sqrt(d) scale is folded into the query projection's weights
     att_params = {"b": b, "h": h, "kv": kvh, "n": n, "m": m, "d": hd}
     k_cache = g.tensor("k_cache", b, kvh, m, hd)
     v_cache = g.tensor("v_cache", b, kvh, m, hd)
     scores = g.call("attn_scores", "batch_matmul", "attention", att_params, [qkv_r, k_cache],
                     g.tensor("scores", b, h, n, m), transpose_b=True,
-                    scale=1.0 / math.sqrt(hd))  # fmt: skip
+                    group=cfg.group_size)  # fmt: skip
     probs = g.call("attn_softmax", "softmax", "attention", {"m": b * h * n, "n": m}, [scores],
                    g.tensor("probs", b, h, n, m))  # fmt: skip
     ctx = g.call("attn_context", "batch_matmul", "attention", att_params, [probs, v_cache],
-                 g.tensor("context", tokens, cfg.q_size), transpose_b=False)  # fmt: skip
+                 g.tensor("context", tokens, cfg.q_size), transpose_b=False,
+                 group=cfg.group_size)  # fmt: skip
     o = g.dense("o_proj", ctx, cfg.hidden_size)
     x1 = g.add("attn_residual", o, x)
     hn2 = g.rmsnorm("post_norm", x1)
@@ -226,5 +234,4 @@ def build_graph(cfg: ModelConfig, phase: Phase, quant: Quant = Quant.NONE) -> Gr
     g.per_layer = False
     xf = g.rmsnorm("final_norm", x2)
     g.dense("lm_head", xf, cfg.vocab_size)
-    fixed = {"n": 1} if phase is Phase.DECODE else {}
-    return Graph(cfg, phase, quant, tuple(g.calls), fixed)
+    return Graph(cfg, phase, quant, tuple(g.calls), dict(PINNED[phase]))

@@ -154,8 +154,10 @@ def extract_tasks(
 
 
 def default_lowering() -> Lowering:
-    """Lower through ir when its op library is importable, else at the graph level."""
-    return graph_kernel
+    """Lowering through ir: PrimFuncs, structural-hash keys, FLOPs and bytes counted on them."""
+    from tunefleet.coordinator.kernels import ir_kernel  # kernels imports this module
+
+    return ir_kernel
 
 
 def model_tasks(

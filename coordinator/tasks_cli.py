@@ -43,7 +43,7 @@ from tunefleet.coordinator.tasks import Task, model_tasks
     default="",
     metavar="DIM=V,...",
     help="Dim values for FLOPs/bytes/share, e.g. n=128,b=1,m=4096 "
-    "(default b=1; decode m=4096; prefill n=2048, m=n).",
+    "(default: decode b=1, m=4096; prefill n=2048, m=n).",
 )
 @click.option(
     "--buckets",
@@ -51,7 +51,7 @@ from tunefleet.coordinator.tasks import Task, model_tasks
     default="",
     metavar="DIM=V:V,...",
     help="Bucket values to tune at, e.g. b=1:8:32 (default decode b=1:4:16:64, "
-    "m=4096; prefill b=1, n=128:512:2048, m=4096).",
+    "m=4096; prefill n=128:512:2048, m=4096).",
 )
 @click.option(
     "--target",
@@ -90,7 +90,7 @@ def tasks(model_spec: str, phase: str, quant: str, set_spec: str, bucket_spec: s
         try:
             dims = eval_dims(ph, overrides)
             found = model_tasks(model, ph, Quant(quant), fusion=not no_fuse,
-                                buckets=_for_phase(bucket_overrides, ph))  # fmt: skip
+                                buckets=bucket_overrides)  # fmt: skip
         except DimSpecError as err:
             raise click.BadParameter(str(err), param_hint="--set/--buckets") from None
         reports.append(_report(model, ph, found, dims, target))
@@ -111,13 +111,6 @@ def _single_values(values: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
             raise DimSpecError(f"{name}: give one value to report at, got {len(vals)}")
         out[name] = vals[0]
     return out
-
-
-def _for_phase(
-    overrides: Mapping[str, tuple[int, ...]], phase: Phase
-) -> dict[str, tuple[int, ...]]:
-    """Bucket overrides that apply to the phase (n is not symbolic in decode)."""
-    return {k: v for k, v in overrides.items() if not (phase is Phase.DECODE and k == "n")}
 
 
 def _report(model: ModelConfig, phase: Phase, found: Sequence[Task], dims: Mapping[str, int],

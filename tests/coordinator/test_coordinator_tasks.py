@@ -17,7 +17,7 @@ DIMS = [
     (Phase.DECODE, {"b": 1, "m": 4096}),
     (Phase.DECODE, {"b": 16, "m": 1024}),
     (Phase.PREFILL, {"b": 1, "n": 2048, "m": 2048}),
-    (Phase.PREFILL, {"b": 2, "n": 128, "m": 4096}),
+    (Phase.PREFILL, {"n": 128, "m": 4096}),
 ]
 
 
@@ -99,7 +99,11 @@ def test_shapes_symbols_and_buckets() -> None:
     assert att.kind == "attention" and att.symbolic == ("b", "m")
     prefill = {t.name: t for t in model_tasks(PRESETS["llama-3-8b"], Phase.PREFILL,
                                                buckets={"n": (64, 256)})}  # fmt: skip
-    assert dict(prefill["lm_head"].buckets) == {"b": (1,), "n": (64, 256)}
+    assert dict(prefill["lm_head"].buckets) == {"n": (64, 256)}
+    assert dict(prefill["attn_scores+attn_softmax+attn_context"].buckets) == {
+        "m": (4096,),
+        "n": (64, 256),
+    }
     assert {t.kind for t in prefill.values()} == {"dense", "attention", "norm", "embedding"}
 
 
@@ -148,4 +152,4 @@ def test_graph_calls_are_well_formed() -> None:
             for t in c.inputs:
                 assert t.name in produced or "." in t.name, (c.name, t.name)
             produced.add(c.output.name)
-        assert g.symbols == (("b", "m") if phase is Phase.DECODE else ("b", "m", "n"))
+        assert g.symbols == (("b", "m") if phase is Phase.DECODE else ("m", "n"))

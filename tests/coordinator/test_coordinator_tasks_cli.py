@@ -31,12 +31,12 @@ def test_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_json_schema_and_totals(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = run(capsys, "--model", "tiny", "--phase", "prefill", "--set", "n=128,b=2,m=256",
+    rc, out, _ = run(capsys, "--model", "tiny", "--phase", "prefill", "--set", "n=128,b=1,m=256",
                      "--json", "--target", "cpu")  # fmt: skip
     assert rc == 0
     doc = json.loads(out)
     assert doc["model"] == "tiny" and doc["phase"] == "prefill"
-    assert doc["dims"] == {"b": 2, "n": 128, "m": 256}
+    assert doc["dims"] == {"b": 1, "n": 128, "m": 256}
     for t in doc["tasks"]:
         assert {"workload_key", "op", "shape", "symbolic", "buckets", "weight", "flops",
                 "bytes", "kind"} <= set(t)  # fmt: skip
@@ -45,8 +45,8 @@ def test_json_schema_and_totals(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["flops_total"] == sum(t["weight"] * t["flops"] for t in doc["tasks"])
     assert abs(sum(t["share"] for t in doc["tasks"]) - 1) < 1e-4
     lm = next(t for t in doc["tasks"] if t["name"] == "lm_head")
-    assert lm["shape"] == {"m": "b*n", "n": 1024, "k": 256}
-    assert lm["flops"] == 2 * 2 * 128 * 1024 * 256
+    assert lm["shape"] == {"m": "n", "n": 1024, "k": 256}
+    assert lm["flops"] == 2 * 128 * 1024 * 256
 
 
 def test_both_phases_q4_and_config_path(tmp_path: Path,
@@ -72,6 +72,7 @@ def test_both_phases_q4_and_config_path(tmp_path: Path,
         (["--model", "tiny", "--set", "q=3"], 2, "unknown dim 'q'"),
         (["--model", "tiny", "--set", "b=x"], 2, "positive integers"),
         (["--model", "tiny", "--phase", "decode", "--set", "n=4"], 2, "n must be 1"),
+        (["--model", "tiny", "--phase", "prefill", "--set", "b=4"], 2, "b must be 1"),
         (["--model", "tiny", "--buckets", "m=0"], 2, "positive"),
         (["--model", "tiny", "--phase", "decode", "--buckets", "n=1:2"], 0, ""),
     ],

@@ -1,0 +1,243 @@
+"""Lowering fused graph calls to ir PrimFuncs: the workloads that get tuned.
+
+A single call is built by its op library entry (`ir.ops.get_op(op).build(...)`), so a task's
+workload key equals the key of the same op built anywhere else. A fused call is composed from
+the ops' compute functions with the ir tensor-expression frontend; the intermediate tensors
+become buffers allocated inside the PrimFunc, so the roofline bytes count only what the kernel
+reads and writes. Symbolic dims become `ir.Var("b")`, `ir.Var("n")`, `ir.Var("m")`.
+
+Kernel layouts: q/k/v heads are `[tokens, heads, head_dim]`; attention reads
+`q[b, h, n, d]` and the caches `[b, kv_heads, m, d]`; the attention scale 1/sqrt(d) is folded
+into the query projection's weights, so no kernel multiplies by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tunefleet.coordinator.fusion import FusedCall
+from tunefleet.coordinator.graph import Graph, OpCall, Phase
+from tunefleet.coordinator.symbolic import Dim
+from tunefleet.coordinator.tasks import Kernel
+from tunefleet.ir import (
+    Expr,
+    PrimFunc,
+    Var,
+    bytes_moved,
+    cast,
+    compute,
+    create_prim_func,
+    exp,
+    flops,
+    placeholder,
+    reduce_axis,
+    reduce_max,
+    reduce_sum,
+    select,
+    structural_hash,
+)
+from tunefleet.ir import ops as irops
+from tunefleet.ir.tensor_expr import Tensor as TeTensor
+
+
+class LoweringError(ValueError):
+    """A fused call that has no ir form."""
+
+
+def ir_dim(d: Dim) -> int | Expr:
+    """A graph dim as an ir shape entry: an int, a Var, or a product of Vars."""
+    if d.is_static:
+        return d.coeff
+    expr: Expr = Var(d.vars[0])
+    for v in d.vars[1:]:
+        expr = expr * Var(v)
+    return expr if d.coeff == 1 else d.coeff * expr
+
+
+def _shape(call: OpCall) -> dict[str, Any]:
+    return {k: ir_dim(v) for k, v in call.params}
+
+
+def _f32(e: Any) -> Expr:
+    return cast("float32", e)
+
+
+# ------------------------------------------------------------------- fused kernel builders
+
+
+def _dense_inputs(call: OpCall) -> tuple[list[TeTensor], TeTensor]:
+    """Placeholders of a dense/q4_dense call and its output tensor."""
+    s, a, dt = _shape(call), call.attr, call.dtype
+    x = placeholder((s["m"], s["k"]), dt, "x")
+    if call.op == "q4_dense":
+        gs = a["group_size"]
+        qw = placeholder((s["n"], s["k"] // 8), "uint32", "qweight")
+        sc = placeholder((s["n"], s["k"] // gs), "float16", "scales")
+        return [x, qw, sc], irops.q4_dense_compute(x, qw, sc, gs)
+    w = placeholder((s["n"], s["k"]), dt, "w")
+    if a.get("bias"):
+        bias = placeholder((s["n"],), dt, "bias")
+        return [x, w, bias], irops.dense_compute(x, w, bias)
+    return [x, w], irops.dense_compute(x, w)
+
+
+def _dense_add(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
+    """y = x . W^T + residual."""
+    ins, y = _dense_inputs(calls[0])
+    res = placeholder(y.shape, calls[0].dtype, "residual")
+    out = irops.add_compute(y, res, "residual_add")
+    return create_prim_func([*ins, res, out], name="dense_add")
+
+
+def _dense_act(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
+    """act(gate) * up over the two column halves of one dense."""
+    ins, gu = _dense_inputs(calls[0])
+    rows, inter = gu.shape[0], _shape(calls[1])["n"]
+    gate = compute((rows, inter), lambda i, j: gu[i, j], "gate")
+    up = compute((rows, inter), lambda i, j: gu[i, j + inter], "up")
+    out = _activation(calls[1].op, gate, up)
+    return create_prim_func([*ins, out], name="dense_" + calls[1].op)
+
+
+def _activation(op: str, gate: TeTensor, up: TeTensor) -> TeTensor:
+    if op == "silu_mul":
+        return irops.silu_mul_compute(gate, up)
+    act = irops.gelu_compute(gate, "tanh")
+    return compute(gate.shape, lambda i, j: cast(gate.dtype, _f32(act[i, j]) * _f32(up[i, j])),
+                   "gelu_mul")  # fmt: skip
+
+
+def _gelu_mul(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
+    """GeGLU on a `[tokens, 2*inter]` gate|up tensor (no library op: gelu and a multiply)."""
+    s, dt = _shape(calls[0]), calls[0].dtype
+    gu = placeholder((s["m"], 2 * s["n"]), dt, "gate_up")
+    gate = compute((s["m"], s["n"]), lambda i, j: gu[i, j], "gate")
+    up = compute((s["m"], s["n"]), lambda i, j: gu[i, j + s["n"]], "up")
+    return create_prim_func([gu, _activation("gelu_mul", gate, up)], name="gelu_mul")
+
+
+def _dense_rope(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
+    """q|k|v projection with rope on the q and k heads; writes q|k rotated and v."""
+    ins, qkv = _dense_inputs(calls[0])
+    r = _shape(calls[1])
+    t, h, kv, d = r["m"], r["h"], r["kv"], r["d"]
+    qk = compute((t, h + kv, d), lambda i, hh, j: qkv[i, hh * d + j], "qk")
+    cos = placeholder((t, d // 2), "float32", "cos")
+    sin = placeholder((t, d // 2), "float32", "sin")
+    qk_rot = irops.rope_compute(qk, cos, sin, "qk_rope")
+    v = compute((t, kv, d), lambda i, hh, j: qkv[i, (h + kv + hh) * d + j], "v")
+    return create_prim_func([*ins, cos, sin, qk_rot, v], name="dense_rope")
+
+
+def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
+    """softmax(q . k^T (causal in prefill)) . v with grouped-query heads, one kernel."""
+    s, dt = _shape(calls[0]), calls[0].dtype
+    b, h, kv, n, m, d = (s[k] for k in ("b", "h", "kv", "n", "m", "d"))
+    group = calls[0].attr.get("group", 1)
+    q = placeholder((b, h, n, d), dt, "q")
+    k = placeholder((b, kv, m, d), dt, "k_cache")
+    v = placeholder((b, kv, m, d), dt, "v_cache")
+    scores = irops.batch_matmul_compute(q, k, True, group, "float32", "scores")
+    if phase is Phase.PREFILL:  # new token i sits at position m - n + i
+        neg = float("-inf")
+        scores = compute(scores.shape,
+                         lambda z, hh, i, j: select(j <= i + (m - n), scores[z, hh, i, j], neg),
+                         "masked")  # fmt: skip
+    r1, r2 = reduce_axis(m, "k"), reduce_axis(m, "k")
+    mx = compute((b, h, n), lambda z, hh, i: reduce_max(scores[z, hh, i, r1], r1), "row_max")
+    den = compute((b, h, n),
+                  lambda z, hh, i: reduce_sum(exp(scores[z, hh, i, r2] - mx[z, hh, i]), r2),
+                  "row_sum")  # fmt: skip
+    probs = compute(scores.shape,
+                    lambda z, hh, i, j: cast(dt, exp(scores[z, hh, i, j] - mx[z, hh, i])
+                                             / den[z, hh, i]), "probs")  # fmt: skip
+    out = irops.batch_matmul_compute(probs, v, False, group, dt, "context")
+    return create_prim_func([q, k, v, out], name="attention")
+
+
+def _embedding(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
+    """Row gather from the embedding table, times Gemma's sqrt(hidden) where it applies."""
+    s, dt, scale = _shape(calls[0]), calls[0].dtype, calls[0].attr.get("scale", 1.0)
+    ids = placeholder((s["m"],), "int32", "input_ids")
+    table = placeholder((s["v"], s["n"]), dt, "table")
+    if scale == 1.0:
+        out = compute((s["m"], s["n"]), lambda i, j: table[cast("int64", ids[i]), j], "embed")
+    else:
+        out = compute((s["m"], s["n"]),
+                      lambda i, j: cast(dt, _f32(table[cast("int64", ids[i]), j]) * scale),
+                      "embed")  # fmt: skip
+    return create_prim_func([ids, table, out], name="embedding")
+
+
+_FUSED: dict[str, Callable[[tuple[OpCall, ...], Phase], PrimFunc]] = {
+    "dense+add": _dense_add,
+    "q4_dense+add": _dense_add,
+    "dense+silu_mul": _dense_act,
+    "q4_dense+silu_mul": _dense_act,
+    "dense+gelu_mul": _dense_act,
+    "q4_dense+gelu_mul": _dense_act,
+    "dense+rope": _dense_rope,
+    "q4_dense+rope": _dense_rope,
+    "batch_matmul+softmax+batch_matmul": _attention,
+    "embedding": _embedding,
+    "gelu_mul": _gelu_mul,
+}
+
+
+def _library_call(call: OpCall) -> PrimFunc:
+    """A single call through the op library, its graph params mapped onto the op's."""
+    s, a = _shape(call), call.attr
+    op = irops.get_op(call.op)
+    if call.op in ("dense", "q4_dense"):
+        attrs = {"bias": a["bias"]} if call.op == "dense" else {"group_size": a["group_size"]}
+        return op.build({"m": s["m"], "n": s["n"], "k": s["k"]}, call.dtype, **attrs)
+    if call.op == "batch_matmul":
+        group = a.get("group", 1)
+        # scores: [b,h,n,d] . [b,kv,m,d]^T; context: [b,h,n,m] . [b,kv,m,d]
+        nk = {"n": s["m"], "k": s["d"]} if a["transpose_b"] else {"n": s["d"], "k": s["m"]}
+        return op.build({"b": s["b"], "h": s["h"], "m": s["n"], **nk}, call.dtype,
+                        transpose_b=a["transpose_b"], group=group)  # fmt: skip
+    if call.op == "rope":
+        return op.build({"m": s["m"], "h": s["h"] + s["kv"], "d": s["d"]}, call.dtype)
+    if call.op == "rmsnorm":
+        return op.build({"m": s["m"], "n": s["n"]}, call.dtype, eps=a["eps"])
+    if call.op == "softmax" and not isinstance(s["m"], int | Var):
+        # rows = heads x tokens: a product the library's shape check refuses; same compute
+        x = placeholder((s["m"], s["n"]), call.dtype, "x")
+        return create_prim_func([x, irops.softmax_compute(x)], name="softmax")
+    if call.op in ("softmax", "silu_mul", "add"):
+        return op.build({"m": s["m"], "n": s["n"]}, call.dtype)
+    raise LoweringError(f"no ir form for op {call.op!r}")
+
+
+def build_func(group: FusedCall, phase: Phase) -> PrimFunc:
+    """The PrimFunc of a fused call."""
+    builder = _FUSED.get(group.op)
+    if builder is not None:
+        return builder(group.calls, phase)
+    if len(group.calls) == 1:
+        return _library_call(group.calls[0])
+    raise LoweringError(f"no fused ir form for {group.op!r} ({group.name})")
+
+
+def ir_kernel(group: FusedCall, graph: Graph) -> Kernel:
+    """Lower a fused call through ir: workload key, FLOPs and bytes from the PrimFunc.
+
+    A gather reads only the rows it takes, so an embedding's bytes are those rows, the ids and
+    the output, not the whole table that `ir.bytes_moved` would count.
+    """
+    func = build_func(group, graph.phase)
+    fixed = dict(graph.fixed)
+
+    def count_flops(dims: Mapping[str, int]) -> int:
+        return flops(func, {**dims, **fixed})
+
+    if group.op == "embedding":
+        count_bytes = group.nbytes
+    else:
+
+        def count_bytes(dims: Mapping[str, int]) -> int:
+            return bytes_moved(func, {**dims, **fixed})
+
+    return Kernel(structural_hash(func), count_flops, count_bytes, func)
