@@ -258,12 +258,10 @@ def _f(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def _dense_ref(
-    x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, **_: Any
-) -> np.ndarray:
+def _dense_ref(x: np.ndarray, w: np.ndarray, *rest: np.ndarray, **_: Any) -> np.ndarray:
     y = _f(x) @ _f(w).T
-    if bias is not None:
-        y = y + _f(bias)
+    if rest:  # the optional bias
+        y = y + _f(rest[0])
     return y.astype(np.float32)
 
 

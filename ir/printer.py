@@ -72,7 +72,9 @@ def _region(r: BufferRegion) -> str:
         if isinstance(rng.extent, Const) and rng.extent.value == 1:
             parts.append(expr_str(rng.min))
         else:
-            parts.append(f"{expr_str(rng.min)}:{expr_str(rng.min + rng.extent)}")
+            from .simplify import simplify
+
+            parts.append(f"{expr_str(rng.min)}:{expr_str(simplify(rng.min + rng.extent))}")
     return f"{r.buffer.name}[{', '.join(parts)}]"
 
 

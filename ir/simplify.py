@@ -262,7 +262,7 @@ def _simplify_node(e: Expr, ranges: Ranges) -> Expr | None:
             return a
         return None
     if op in ("add", "sub", "mul") and is_int(e.dtype):
-        terms, c = linear(e)
+        terms, c = _merge_divmod(*linear(e))
         return from_linear(terms, c, e.dtype)
     if op in ("floordiv", "floormod") and is_int(e.dtype):
         return _simplify_div(e, ranges)
@@ -289,6 +289,27 @@ def _simplify_node(e: Expr, ranges: Ranges) -> Expr | None:
             return const(verdict, "bool")
         return None
     return None
+
+
+def _merge_divmod(terms: dict[Expr, int], c: int) -> tuple[dict[Expr, int], int]:
+    """Fold (x // k) * k*a + (x % k) * a into x * a (fuse followed by flattening makes it)."""
+    terms = dict(terms)
+    changed = True
+    while changed:
+        changed = False
+        for t, coef in list(terms.items()):
+            if not (isinstance(t, BinOp) and t.op == "floormod" and isinstance(t.b, Const)):
+                continue
+            q = BinOp("floordiv", t.a, t.b)
+            if terms.get(q) == coef * t.b.value:
+                del terms[t], terms[q]
+                inner, k = linear(t.a)
+                for it, ic in inner.items():
+                    terms[it] = terms.get(it, 0) + ic * coef
+                c += k * coef
+                changed = True
+                break
+    return {t: v for t, v in terms.items() if v != 0}, c
 
 
 def _is(e: Expr, v: float) -> bool:

@@ -193,6 +193,20 @@ def compute(
 # ---------------------------------------------------------------- PrimFunc construction
 
 
+def simplify_stmt(s: Any) -> Any:
+    """Simplify the expressions of a statement (floats only get constant folding)."""
+    from .simplify import simplify
+
+    return rewrite(
+        s,
+        lambda n: (
+            BufferStore(n.buffer, tuple(simplify(i) for i in n.indices), simplify(n.value))
+            if isinstance(n, BufferStore)
+            else None
+        ),
+    )
+
+
 class NameSupply:
     """Hands out names unique within one function (`x`, `x_1`, `x_2`, ...)."""
 
@@ -333,6 +347,8 @@ def _block_nest(
         init = BufferStore(out, index, _reduce_identity(body.combiner, out.dtype))
     else:
         stmt = BufferStore(out, index, to_buffers(substitute(body, mapping)))
+    stmt = simplify_stmt(stmt)
+    init = None if init is None else simplify_stmt(init)
     block = with_regions(Block(out.name, tuple(iter_vars), (), (), stmt, init))
     nest: Stmt = BlockRealize(tuple(values), TRUE, block)
     for lv, extent in reversed(loop_vars):

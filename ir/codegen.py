@@ -1,0 +1,83 @@
+"""Code generation entry point: PrimFunc or Schedule -> KernelSource with its call description.
+
+Workers compile `source`, load `entry` and call it with the buffers' data pointers in `args`
+order followed by the symbolic dims as int64_t scalars, so nobody re-derives the ABI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CodegenError
+from .expr import Const, Expr, Var
+from .lower import lower
+from .render_c import CRenderer, CStyleRenderer, c_name
+from .simplify import simplify
+from .stmt import PrimFunc
+
+
+@dataclass(frozen=True)
+class KernelArg:
+    """One argument of a kernel: a buffer pointer or a symbolic-dim scalar (int64_t)."""
+
+    name: str
+    kind: str  # "buffer" | "scalar"
+    dtype: str
+    shape: tuple[int | Expr, ...] = ()
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """A complete translation unit and how to call its kernel.
+
+    `grid`, `block` and `shared_bytes` describe a CUDA launch (expressions over the symbolic
+    dims); they are None for C.
+    """
+
+    lang: str
+    source: str
+    entry: str
+    args: tuple[KernelArg, ...]
+    grid: tuple[int | Expr, ...] | None = None
+    block: tuple[int | Expr, ...] | None = None
+    shared_bytes: int | Expr | None = None
+
+    @property
+    def buffer_args(self) -> tuple[KernelArg, ...]:
+        return tuple(a for a in self.args if a.kind == "buffer")
+
+    @property
+    def scalar_args(self) -> tuple[KernelArg, ...]:
+        return tuple(a for a in self.args if a.kind == "scalar")
+
+
+RENDERERS: dict[str, type[CStyleRenderer]] = {"cpu": CRenderer, "c": CRenderer}
+
+
+def _dim(e: Expr) -> int | Expr:
+    s = simplify(e)
+    return int(s.value) if isinstance(s, Const) else s
+
+
+def build_source(func_or_schedule: Any, target: str = "cpu") -> KernelSource:
+    """Lower and render a PrimFunc (or a Schedule's current one) for `target`."""
+    func = getattr(func_or_schedule, "func", func_or_schedule)
+    if not isinstance(func, PrimFunc):
+        raise TypeError(
+            f"build_source needs a PrimFunc or a Schedule, got {type(func_or_schedule).__name__}"
+        )
+    renderer_cls = RENDERERS.get(target)
+    if renderer_cls is None:
+        known = ", ".join(sorted(RENDERERS))
+        raise CodegenError(
+            f"no code generator for target {target!r} in this build (available: {known})"
+        )
+    lowered = lower(func)
+    scalars: tuple[Var, ...] = func.shape_vars
+    entry = f"{c_name(func.name)}_kernel"
+    source = renderer_cls().render(lowered, entry, scalars)
+    args = tuple(
+        KernelArg(b.name, "buffer", b.dtype, tuple(_dim(d) for d in b.shape)) for b in func.params
+    ) + tuple(KernelArg(v.name, "scalar", "int64") for v in scalars)
+    return KernelSource(renderer_cls.lang, source, entry, args)

@@ -1,0 +1,216 @@
+"""Lowering: blocks to plain loops, guarded inits and predicates, placed and compacted buffers.
+
+The result is a PrimFunc whose body holds only For, IfThenElse, Allocate, SeqStmt and
+BufferStore. Intermediate buffers are allocated at the innermost statement that holds all
+their accesses (so a buffer used inside a parallel loop is private to each iteration) and
+shrunk to the region touched there when that region has a constant size (a cache tile).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .errors import LoweringError
+from .expr import Buffer, BufferLoad, Const, Expr, Var, const, eq, logical_and
+from .simplify import bounds, from_linear, linear, simplify
+from .stmt import (
+    TRUE,
+    Allocate,
+    Block,
+    BlockRealize,
+    BufferStore,
+    For,
+    IfThenElse,
+    PrimFunc,
+    SeqStmt,
+    Stmt,
+)
+from .visit import rewrite, substitute, walk
+
+
+def seq(stmts: list[Stmt]) -> Stmt:
+    flat: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, SeqStmt):
+            flat.extend(s.stmts)
+        else:
+            flat.append(s)
+    return flat[0] if len(flat) == 1 else SeqStmt(tuple(flat))
+
+
+def _and_all(conds: list[Expr]) -> Expr:
+    out: Expr = TRUE
+    for c in conds:
+        out = c if out == TRUE else logical_and(out, c)
+    return out
+
+
+def lower(func: PrimFunc) -> PrimFunc:
+    """Lower a (scheduled) PrimFunc to loops; see the module docstring."""
+    ranges: dict[Var, tuple[int, int]] = {}
+    allocs: list[Buffer] = []
+    body = _lower_stmt(func.body, ranges, allocs)
+    params = set(func.params)
+    for buf in allocs:
+        if buf in params:
+            raise LoweringError(f"parameter {buf.name} cannot also be allocated")
+        body = _place(body, buf)
+    return dataclasses.replace(func, body=body)  # type: ignore[arg-type]
+
+
+def _lower_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
+    if isinstance(s, SeqStmt):
+        return seq([_lower_stmt(c, ranges, allocs) for c in s.stmts])
+    if isinstance(s, For):
+        ext = simplify(s.extent)
+        if isinstance(ext, Const):
+            ranges[s.var] = (0, int(ext.value) - 1)
+        body = _lower_stmt(s.body, ranges, allocs)
+        return dataclasses.replace(s, extent=ext, body=body)
+    if isinstance(s, BlockRealize):
+        return _lower_realize(s, ranges, allocs)
+    if isinstance(s, IfThenElse | Allocate | BufferStore):
+        return s
+    raise LoweringError(f"cannot lower {type(s).__name__}")
+
+
+def _lower_realize(
+    br: BlockRealize, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]
+) -> Stmt:
+    blk: Block = br.block
+    allocs.extend(blk.alloc_buffers)
+    mapping: dict[Var, Expr] = {}
+    for iv, value in zip(blk.iter_vars, br.iter_values, strict=True):
+        mapping[iv.var] = simplify(value, ranges)
+    body = _lower_stmt(substitute(blk.body, mapping), ranges, allocs)
+    if blk.init is not None:
+        first = [eq(mapping[iv.var], iv.dom.min) for iv in blk.iter_vars if iv.kind == "reduce"]
+        cond = simplify(_and_all(first), ranges)
+        init = substitute(blk.init, mapping)
+        if isinstance(cond, Const):
+            body = seq([init, body]) if cond.value else body
+        else:
+            body = seq([IfThenElse(cond, init), body])
+    body = _simplify_stmt(body, ranges)
+    pred = simplify(substitute(br.predicate, mapping), ranges)
+    if isinstance(pred, Const):
+        if not pred.value:
+            return SeqStmt(())
+        return body
+    return IfThenElse(pred, body)
+
+
+def _simplify_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]]) -> Stmt:
+    return rewrite(
+        s,
+        lambda n: (
+            BufferStore(
+                n.buffer, tuple(simplify(i, ranges) for i in n.indices), simplify(n.value, ranges)
+            )
+            if isinstance(n, BufferStore)
+            else None
+        ),
+    )
+
+
+# ---------------------------------------------------------------- allocation placement
+
+
+def _accessed(s: Any, buf: Buffer) -> bool:
+    for n in walk(s):
+        if isinstance(n, BufferLoad | BufferStore) and n.buffer == buf:
+            return True
+    return False
+
+
+def _place(s: Stmt, buf: Buffer) -> Stmt:
+    """Wrap the innermost statement holding every access of `buf` in an Allocate."""
+    if isinstance(s, SeqStmt):
+        users = [i for i, c in enumerate(s.stmts) if _accessed(c, buf)]
+        if len(users) == 1:
+            i = users[0]
+            stmts = list(s.stmts)
+            stmts[i] = _place(stmts[i], buf)
+            return SeqStmt(tuple(stmts))
+        return _compact(s, buf)
+    if isinstance(s, For) and s.kind != "thread_binding":
+        return dataclasses.replace(s, body=_place(s.body, buf))
+    if isinstance(s, Allocate):
+        return dataclasses.replace(s, body=_place(s.body, buf))
+    return _compact(s, buf)
+
+
+def _inner_ranges(s: Stmt) -> dict[Var, tuple[int, int]] | None:
+    out: dict[Var, tuple[int, int]] = {}
+    for n in walk(s):
+        if isinstance(n, For):
+            if not isinstance(n.extent, Const):
+                out[n.var] = (0, -1)  # marks an unbounded inner loop
+            else:
+                out[n.var] = (0, int(n.extent.value) - 1)
+    return out
+
+
+def _compact(s: Stmt, buf: Buffer) -> Stmt:
+    inner = _inner_ranges(s) or {}
+    index_lists = [
+        n.indices for n in walk(s) if isinstance(n, BufferLoad | BufferStore) and n.buffer == buf
+    ]
+    offsets: list[Expr] = []
+    shape: list[Expr] = []
+    for d, full in enumerate(buf.shape):
+        off, ext = _dim_window([idx[d] for idx in index_lists], inner)
+        if off is None or (isinstance(full, Const) and ext >= int(full.value)):
+            offsets.append(const(0))
+            shape.append(full)
+        else:
+            offsets.append(off)
+            shape.append(const(ext))
+    if all(isinstance(o, Const) and o.value == 0 for o in offsets) and tuple(shape) == buf.shape:
+        return Allocate(buf, s)
+    new_buf = dataclasses.replace(buf, shape=tuple(shape))
+
+    def shift(idx: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        return tuple(simplify(i - o) for i, o in zip(idx, offsets, strict=True))
+
+    def post(n: Any) -> Any:
+        if isinstance(n, BufferLoad) and n.buffer == buf:
+            return BufferLoad(new_buf, shift(n.indices))
+        if isinstance(n, BufferStore) and n.buffer == buf:
+            return BufferStore(new_buf, shift(n.indices), n.value)
+        return None
+
+    return Allocate(new_buf, rewrite(s, post))
+
+
+def _dim_window(indices: list[Expr], inner: dict[Var, tuple[int, int]]) -> tuple[Expr | None, int]:
+    """(offset expression, constant extent) covering all `indices` within the scope, or None."""
+    outer_part: dict[Expr, int] | None = None
+    lo_all, hi_all = None, None
+    for idx in indices:
+        terms, c = linear(idx)
+        outer = {t: k for t, k in terms.items() if not _uses_any(t, inner)}
+        inner_terms = {t: k for t, k in terms.items() if t not in outer}
+        if outer_part is None:
+            outer_part = outer
+        elif outer != outer_part:
+            return None, 0
+        if any(inner[v][1] < 0 for v in inner if _uses_any_one(inner_terms, v)):
+            return None, 0
+        lo, hi = bounds(from_linear(inner_terms, c), inner)
+        if lo is None or hi is None:
+            return None, 0
+        lo_all = lo if lo_all is None else min(lo_all, lo)
+        hi_all = hi if hi_all is None else max(hi_all, hi)
+    if outer_part is None or lo_all is None or hi_all is None:
+        return None, 0
+    return simplify(from_linear(outer_part, lo_all)), hi_all - lo_all + 1
+
+
+def _uses_any(e: Expr, inner: dict[Var, tuple[int, int]]) -> bool:
+    return any(isinstance(n, Var) and n in inner for n in walk(e))
+
+
+def _uses_any_one(terms: dict[Expr, int], v: Var) -> bool:
+    return any(any(n == v for n in walk(t)) for t in terms)

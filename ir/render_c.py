@@ -1,0 +1,345 @@
+"""Table-driven C-style source renderers: a base shared by C and (later) CUDA C, and the C one.
+
+The base walks a lowered PrimFunc and looks every operator, type and intrinsic up in class
+tables, so a backend is a subclass that overrides a few tables and hooks (kernel prefix, how
+loops are annotated, how thread-bound loops become thread indices). bfloat16 is stored as
+uint16_t and widened to float for arithmetic; float16 uses _Float16.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import ClassVar
+
+from .dtypes import is_float
+from .errors import CodegenError
+from .expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
+from .simplify import simplify
+from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
+
+_C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if "
+    "inline int long register restrict return short signed sizeof static struct switch typedef "
+    "union unsigned void volatile while main exp log sqrt erf tanh abs free malloc".split()
+)
+
+PRELUDE_C = r"""#include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
+
+static inline float tf_bf16_to_f32(uint16_t v) {
+  uint32_t u = ((uint32_t)v) << 16; float f; __builtin_memcpy(&f, &u, 4); return f;
+}
+static inline uint16_t tf_f32_to_bf16(float f) {
+  uint32_t u; __builtin_memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u); return (uint16_t)(u >> 16);
+}
+static inline int64_t tf_floordiv(int64_t a, int64_t b) {
+  int64_t q = a / b; return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+static inline int64_t tf_floormod(int64_t a, int64_t b) {
+  int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+"""
+
+
+def c_name(name: str) -> str:
+    """A C identifier for an IR name."""
+    s = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    if not s or s[0].isdigit():
+        s = "_" + s
+    return s + "_" if s in _C_KEYWORDS else s
+
+
+class CStyleRenderer:
+    """Renders a lowered PrimFunc as one C-like function; subclasses override the tables."""
+
+    lang: ClassVar[str] = "c"
+    prelude: ClassVar[str] = PRELUDE_C
+    kernel_prefix: ClassVar[str] = "void"
+    restrict: ClassVar[str] = "__restrict__"
+    types: ClassVar[dict[str, str]] = {
+        "float32": "float",
+        "float16": "_Float16",
+        "bfloat16": "uint16_t",
+        "int8": "int8_t",
+        "int32": "int32_t",
+        "uint32": "uint32_t",
+        "int64": "int64_t",
+        "bool": "int",
+    }
+    infix: ClassVar[dict[str, str]] = {
+        "add": "+",
+        "sub": "-",
+        "mul": "*",
+        "div": "/",
+        "lt": "<",
+        "le": "<=",
+        "gt": ">",
+        "ge": ">=",
+        "eq": "==",
+        "ne": "!=",
+        "and": "&&",
+        "or": "||",
+        "shr": ">>",
+        "shl": "<<",
+        "bitand": "&",
+        "bitor": "|",
+    }
+    float_intrinsics: ClassVar[dict[str, str]] = {
+        "exp": "expf({0})",
+        "log": "logf({0})",
+        "sqrt": "sqrtf({0})",
+        "rsqrt": "(1.0f / sqrtf({0}))",
+        "erf": "erff({0})",
+        "tanh": "tanhf({0})",
+        "abs": "fabsf({0})",
+        "sigmoid": "(1.0f / (1.0f + expf(-({0}))))",
+    }
+    stack_limit_bytes: ClassVar[int] = 64 * 1024
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._parallel_depth = 0
+
+    # ------------------------------------------------------------ expressions
+
+    def ctype(self, dtype: str) -> str:
+        return self.types[dtype]
+
+    def const(self, c: Const) -> str:
+        v = c.value
+        if c.dtype == "bool":
+            return "1" if v else "0"
+        if is_float(c.dtype):
+            f = float(v)
+            if math.isinf(f):
+                text = "INFINITY" if f > 0 else "(-INFINITY)"
+            elif math.isnan(f):
+                text = "NAN"
+            else:
+                text = f"{f!r}f" if ("e" in repr(f) or "." in repr(f)) else f"{f!r}.0f"
+            if c.dtype == "float32":
+                return text
+            return self.from_float(text, c.dtype)
+        if c.dtype == "uint32":
+            return f"{int(v)}u"
+        if c.dtype == "int64" and not (-(2**31) <= int(v) < 2**31):
+            return f"{int(v)}LL"
+        return str(int(v))
+
+    def to_float(self, text: str, dtype: str) -> str:
+        """Widen a value of `dtype` to float for arithmetic."""
+        if dtype == "bfloat16":
+            return f"tf_bf16_to_f32({text})"
+        if dtype == "float32":
+            return text
+        return f"((float)({text}))"
+
+    def from_float(self, text: str, dtype: str) -> str:
+        """Narrow a float to `dtype`."""
+        if dtype == "bfloat16":
+            return f"tf_f32_to_bf16({text})"
+        if dtype == "float32":
+            return text
+        return f"(({self.ctype(dtype)})({text}))"
+
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Var):
+            return c_name(e.name)
+        if isinstance(e, Const):
+            return self.const(e)
+        if isinstance(e, BufferLoad):
+            return f"{c_name(e.buffer.name)}[{self.flat_index(e.buffer, e.indices)}]"
+        if isinstance(e, Cast):
+            return self.cast(e)
+        if isinstance(e, Select):
+            return f"({self.expr(e.cond)} ? {self.expr(e.true_value)} : {self.expr(e.false_value)})"
+        if isinstance(e, Call):
+            return self.call(e)
+        if isinstance(e, BinOp):
+            return self.binop(e)
+        raise CodegenError(f"cannot render {type(e).__name__} in {self.lang}")
+
+    def cast(self, e: Cast) -> str:
+        src, dst = e.value.dtype, e.dtype
+        inner = self.expr(e.value)
+        if src == "bfloat16" or dst == "bfloat16":
+            widened = self.to_float(inner, src) if is_float(src) else f"((float)({inner}))"
+            return (
+                self.from_float(widened, dst)
+                if is_float(dst)
+                else f"(({self.ctype(dst)})({widened}))"
+            )
+        return f"(({self.ctype(dst)})({inner}))"
+
+    def call(self, e: Call) -> str:
+        fmt = self.float_intrinsics.get(e.op)
+        if e.op == "not":
+            return f"(!({self.expr(e.args[0])}))"
+        if fmt is None:
+            raise CodegenError(f"intrinsic {e.op!r} has no {self.lang} spelling")
+        arg = e.args[0]
+        text = fmt.format(self.to_float(self.expr(arg), arg.dtype))
+        return self.from_float(text, e.dtype) if e.dtype != "float32" else text
+
+    def binop(self, e: BinOp) -> str:
+        a, b = e.a, e.b
+        if e.dtype == "bfloat16" or (
+            e.op in ("lt", "le", "gt", "ge", "eq", "ne") and a.dtype == "bfloat16"
+        ):
+            sa, sb = self.to_float(self.expr(a), a.dtype), self.to_float(self.expr(b), b.dtype)
+            text = self._binop_text(e.op, sa, sb, "float32")
+            return self.from_float(text, "bfloat16") if e.dtype == "bfloat16" else text
+        return self._binop_text(e.op, self.expr(a), self.expr(b), e.dtype, a, b)
+
+    def _binop_text(
+        self, op: str, sa: str, sb: str, dtype: str, a: Expr | None = None, b: Expr | None = None
+    ) -> str:
+        if op in ("min", "max"):
+            cmp = "<" if op == "min" else ">"
+            return f"(({sa}) {cmp} ({sb}) ? ({sa}) : ({sb}))"
+        if op in ("floordiv", "floormod"):
+            if is_float(dtype):
+                return (
+                    f"floorf({sa} / {sb})"
+                    if op == "floordiv"
+                    else f"({sa} - floorf({sa} / {sb}) * {sb})"
+                )
+            if a is not None and b is not None and _nonneg(a) and _nonneg(b):
+                return f"({sa} {'/' if op == 'floordiv' else '%'} {sb})"
+            return f"tf_{op}({sa}, {sb})"
+        return f"({sa} {self.infix[op]} {sb})"
+
+    def flat_index(self, buf: Buffer, indices: tuple[Expr, ...]) -> str:
+        if len(indices) != len(buf.shape):
+            raise CodegenError(
+                f"{buf.name} has {len(buf.shape)} dims, accessed with {len(indices)}"
+            )
+        flat: Expr | None = None
+        for idx, dim in zip(indices, buf.shape, strict=True):
+            flat = idx if flat is None else flat * dim + idx
+        return self.expr(simplify(flat)) if flat is not None else "0"
+
+    # ------------------------------------------------------------ statements
+
+    def emit(self, line: str, depth: int) -> None:
+        self._lines.append("  " * depth + line)
+
+    def stmt(self, s: Stmt, depth: int) -> None:
+        if isinstance(s, SeqStmt):
+            for c in s.stmts:
+                self.stmt(c, depth)
+        elif isinstance(s, For):
+            self.loop(s, depth)
+        elif isinstance(s, IfThenElse):
+            self.emit(f"if ({self.expr(s.cond)}) {{", depth)
+            self.stmt(s.then_case, depth + 1)
+            if s.else_case is not None:
+                self.emit("} else {", depth)
+                self.stmt(s.else_case, depth + 1)
+            self.emit("}", depth)
+        elif isinstance(s, BufferStore):
+            target = f"{c_name(s.buffer.name)}[{self.flat_index(s.buffer, s.indices)}]"
+            self.emit(f"{target} = {self.store_value(s)};", depth)
+        elif isinstance(s, Allocate):
+            self.allocate(s, depth)
+        else:
+            raise CodegenError(f"cannot render {type(s).__name__}; lower the function first")
+
+    def store_value(self, s: BufferStore) -> str:
+        v = s.value
+        if v.dtype != s.buffer.dtype:
+            raise CodegenError(
+                f"storing {v.dtype} into {s.buffer.dtype} buffer {s.buffer.name}; add a cast"
+            )
+        return self.expr(v)
+
+    def loop_pragmas(self, s: For) -> list[str]:
+        if s.kind == "parallel" and self._parallel_depth == 0:
+            return ["#pragma omp parallel for schedule(static)"]
+        if s.kind == "vectorized":
+            return ["#pragma omp simd"]
+        if s.kind == "unrolled":
+            n = int(s.extent.value) if isinstance(s.extent, Const) else 8
+            return [f"#pragma GCC unroll {max(1, min(n, 256))}"]
+        return []
+
+    def loop(self, s: For, depth: int) -> None:
+        if s.kind == "thread_binding":
+            raise CodegenError(
+                f"loop {s.var.name} is bound to {s.thread}; thread-bound loops need the cuda target"
+            )
+        for p in self.loop_pragmas(s):
+            self.emit(p, depth)
+        v = c_name(s.var.name)
+        self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
+        par = s.kind == "parallel"
+        self._parallel_depth += par
+        self.stmt(s.body, depth + 1)
+        self._parallel_depth -= par
+        self.emit("}", depth)
+
+    def allocate(self, s: Allocate, depth: int) -> None:
+        buf = s.buffer
+        size: Expr = Const(1, "int64")
+        for d in buf.shape:
+            size = size * d
+        size = simplify(size)
+        ct, name = self.ctype(buf.dtype), c_name(buf.name)
+        from .dtypes import itemsize
+
+        if (
+            isinstance(size, Const)
+            and int(size.value) * itemsize(buf.dtype) <= self.stack_limit_bytes
+        ):
+            self.emit(f"{ct} {name}[{int(size.value)}] __attribute__((aligned(64)));", depth)
+            self.stmt(s.body, depth)
+            return
+        bytes_expr = f"((sizeof({ct}) * (size_t)({self.expr(size)}) + 63) / 64 * 64)"
+        self.emit(f"{ct}* {name} = ({ct}*)aligned_alloc(64, {bytes_expr});", depth)
+        self.stmt(s.body, depth)
+        self.emit(f"free({name});", depth)
+
+    # ------------------------------------------------------------ function
+
+    def signature(self, func: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
+        args = [f"{self.ctype(b.dtype)}* {self.restrict} {c_name(b.name)}" for b in func.params]
+        args += [f"int64_t {c_name(v.name)}" for v in scalars]
+        return f"{self.kernel_prefix} {entry}({', '.join(args)})"
+
+    def render(self, lowered: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
+        """One complete translation unit holding the kernel `entry`."""
+        self._lines = []
+        self._parallel_depth = 0
+        self.stmt(lowered.body, 1)
+        body = "\n".join(self._lines)
+        return f"{self.prelude}\n{self.signature(lowered, entry, scalars)} {{\n{body}\n}}\n"
+
+
+class CRenderer(CStyleRenderer):
+    """Plain C for the CPU: OpenMP for parallel loops, `omp simd` for vectorised ones."""
+
+
+def _nonneg(e: Expr) -> bool:
+    """Loop, block and shape variables are never negative; so are sums/products of them."""
+    if isinstance(e, Var):
+        return True
+    if isinstance(e, Const):
+        return not isinstance(e.value, bool) and e.value >= 0
+    if isinstance(e, BinOp) and e.op in (
+        "add",
+        "mul",
+        "floordiv",
+        "floormod",
+        "min",
+        "max",
+        "shr",
+        "bitand",
+    ):
+        return _nonneg(e.a) and _nonneg(e.b)
+    if isinstance(e, Cast):
+        return _nonneg(e.value)
+    return False

@@ -1,0 +1,213 @@
+"""Traces: the recorded program of schedule primitives, with sampled decisions kept apart.
+
+An instruction is a primitive call: its kind (the Schedule method), positional inputs (random
+variables, literals or lists of them), keyword attributes and the random variables it
+produced. Sampling instructions have a decision (the choice made) stored in `decisions`,
+indexed by instruction position, so mutators change decisions without touching instructions.
+Replaying calls the same methods on a fresh Schedule; JSON and Python renderings come from the
+same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ScheduleError
+
+if TYPE_CHECKING:
+    from .schedule import Schedule
+    from .stmt import PrimFunc
+
+
+@dataclass(frozen=True)
+class RV:
+    """A random variable: a handle to a block ("b"), a loop ("l") or an integer ("v")."""
+
+    kind: str
+    id: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.id}"
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def BlockRV(i: int) -> RV:
+    return RV("b", i)
+
+
+def LoopRV(i: int) -> RV:
+    return RV("l", i)
+
+
+def ExprRV(i: int) -> RV:
+    return RV("v", i)
+
+
+SAMPLING_KINDS = ("sample_perfect_tile", "sample_categorical", "sample_compute_location")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One recorded primitive call."""
+
+    kind: str
+    inputs: tuple[Any, ...]
+    attrs: tuple[tuple[str, Any], ...]
+    outputs: tuple[RV, ...]
+
+
+def _enc(v: Any) -> Any:
+    if isinstance(v, RV):
+        return {"rv": v.name}
+    if isinstance(v, list | tuple):
+        return [_enc(x) for x in v]
+    return v
+
+
+def _dec(v: Any) -> Any:
+    if isinstance(v, dict) and "rv" in v:
+        name = v["rv"]
+        return RV(name[0], int(name[1:]))
+    if isinstance(v, list):
+        return [_dec(x) for x in v]
+    return v
+
+
+def _py(v: Any) -> str:
+    if isinstance(v, RV):
+        return v.name
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_py(x) for x in v) + "]"
+    return repr(v)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """An immutable sequence of instructions plus decisions for the sampling ones."""
+
+    insts: tuple[Instruction, ...] = ()
+    decisions: Mapping[int, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.insts)
+
+    def with_decision(self, index: int, decision: Any) -> Trace:
+        """A copy with one decision changed (a mutation)."""
+        if not (0 <= index < len(self.insts)) or self.insts[index].kind not in SAMPLING_KINDS:
+            raise ScheduleError(f"instruction #{index} is not a sampling instruction")
+        d = dict(self.decisions)
+        d[index] = decision
+        return Trace(self.insts, d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "insts": [
+                {
+                    "kind": i.kind,
+                    "inputs": _enc(i.inputs),
+                    "attrs": _enc(i.attrs),
+                    "outputs": _enc(i.outputs),
+                }
+                for i in self.insts
+            ],
+            "decisions": [[k, _enc(v)] for k, v in sorted(self.decisions.items())],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str | Mapping[str, Any]) -> Trace:
+        data = json.loads(text) if isinstance(text, str) else text
+        insts = tuple(
+            Instruction(
+                d["kind"],
+                tuple(_dec(x) for x in d["inputs"]),
+                tuple((k, _dec(v)) for k, v in d["attrs"]),
+                tuple(_dec(x) for x in d["outputs"]),
+            )
+            for d in data["insts"]
+        )
+        decisions = {int(k): _dec(v) for k, v in data["decisions"]}
+        return Trace(insts, decisions)
+
+    def as_python(self, func_name: str = "apply_schedule") -> str:
+        """The trace as a Python function over a Schedule `sch`."""
+        lines = [f"def {func_name}(sch):"]
+        for idx, inst in enumerate(self.insts):
+            args = [_py(x) for x in inst.inputs] + [f"{k}={_py(v)}" for k, v in inst.attrs]
+            if idx in self.decisions:
+                args.append(f"decision={_py(self.decisions[idx])}")
+            call = f"sch.{inst.kind}({', '.join(args)})"
+            if not inst.outputs:
+                lines.append(f"    {call}")
+            elif inst.kind in _LIST_RESULTS:
+                lines.append(f"    {', '.join(o.name for o in inst.outputs)}, = {call}")
+            else:
+                lines.append(f"    {inst.outputs[0].name} = {call}")
+        if len(lines) == 1:
+            lines.append("    pass")
+        return "\n".join(lines)
+
+    def apply(self, func: PrimFunc, decisions: Mapping[int, Any] | None = None) -> Schedule:
+        """Replay on `func` (with some decisions replaced) and return the resulting Schedule."""
+        from .schedule import Schedule
+
+        merged = dict(self.decisions)
+        if decisions:
+            merged.update(decisions)
+        sch = Schedule(func)
+        env: dict[RV, RV] = {}
+
+        def resolve(v: Any) -> Any:
+            if isinstance(v, RV):
+                try:
+                    return env[v]
+                except KeyError:
+                    raise ScheduleError(f"trace uses {v.name} before defining it") from None
+            if isinstance(v, list | tuple):
+                return [resolve(x) for x in v]
+            return v
+
+        for idx, inst in enumerate(self.insts):
+            method = getattr(sch, inst.kind, None)
+            if method is None or inst.kind.startswith("_"):
+                raise ScheduleError(f"instruction #{idx}: unknown primitive {inst.kind!r}")
+            kwargs = {k: resolve(v) for k, v in inst.attrs}
+            if inst.kind in SAMPLING_KINDS and idx in merged:
+                kwargs["decision"] = merged[idx]
+            try:
+                out = method(*[resolve(x) for x in inst.inputs], **kwargs)
+            except ScheduleError as err:
+                raise ScheduleError(f"replaying instruction #{idx} ({inst.kind}): {err}") from None
+            outs = list(out) if isinstance(out, list | tuple) else ([] if out is None else [out])
+            if len(outs) != len(inst.outputs):
+                raise ScheduleError(
+                    f"replaying instruction #{idx} ({inst.kind}) gave {len(outs)} "
+                    f"results, trace has {len(inst.outputs)}"
+                )
+            for old, new in zip(inst.outputs, outs, strict=True):
+                env[old] = new
+        return sch
+
+
+_LIST_RESULTS = (
+    "get_loops",
+    "split",
+    "sample_perfect_tile",
+    "get_producers",
+    "get_consumers",
+    "get_child_blocks",
+)
+
+
+def trace_hash(trace: Trace) -> str:
+    """Stable hex SHA-256 of a trace's instructions and decisions."""
+    return hashlib.sha256(trace.to_json().encode()).hexdigest()
