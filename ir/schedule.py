@@ -1035,6 +1035,7 @@ class Schedule:
             pos, _ = self._root_nest_of(blk.name, "rfactor")
             _, loops = find_block(self._func, blk.name)  # type: ignore[misc]
             names = self._names()
+            rf_block_name = names.fresh(f"{blk.name}_rf")
             rf_var = Var(names.fresh(f"v_{lp.var.name}"))
             red_loops = [x for x in loops if x.var in red and x.var != lp.var]
             new_red = {x.var: Var(names.fresh(f"v_{x.var.name}")) for x in red_loops}
@@ -1058,9 +1059,7 @@ class Schedule:
             rf_init = BufferStore(rf_buf, tuple(rf_idx), blk.init.value)
             ivs = [*spatial, IterVar(rf_var, Range(const(0), simplify(lp.extent)), "spatial")]
             ivs += [IterVar(new_red[x.var], Range(const(0), x.extent), "reduce") for x in red_loops]
-            rf_blk = with_regions(
-                Block(names.fresh(f"{blk.name}_rf"), tuple(ivs), (), (), rf_store, rf_init)
-            )
+            rf_blk = with_regions(Block(rf_block_name, tuple(ivs), (), (), rf_store, rf_init))
             rf_values = [
                 val
                 for iv, val in zip(blk.iter_vars, br.iter_values, strict=True)
