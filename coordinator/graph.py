@@ -212,7 +212,9 @@ def build_graph(cfg: ModelConfig, phase: Phase, quant: Quant = Quant.NONE) -> Gr
     att_params = {"b": b, "h": h, "kv": kvh, "n": n, "m": m, "d": hd}
     k_cache = g.tensor("k_cache", b, kvh, m, hd)
     v_cache = g.tensor("v_cache", b, kvh, m, hd)
-    scores = g.call("attn_scores", "batch_matmul", "attention", att_params, [qkv_r, k_cache],
+    # attention reads the query columns of the rotated qkv (keys and values went to the caches)
+    q = Tensor(qkv_r.name, (tokens, Dim.of(cfg.q_size)), qkv_r.dtype)
+    scores = g.call("attn_scores", "batch_matmul", "attention", att_params, [q, k_cache],
                     g.tensor("scores", b, h, n, m), transpose_b=True,
                     group=cfg.group_size)  # fmt: skip
     probs = g.call("attn_softmax", "softmax", "attention", {"m": b * h * n, "n": m}, [scores],

@@ -224,14 +224,22 @@ def build_func(group: FusedCall, phase: Phase) -> PrimFunc:
 def ir_kernel(group: FusedCall, graph: Graph) -> Kernel:
     """Lower a fused call through ir: workload key, FLOPs and bytes from the PrimFunc.
 
-    A gather reads only the rows it takes, so an embedding's bytes are those rows, the ids and
-    the output, not the whole table that `ir.bytes_moved` would count.
+    Two counts come from the graph instead: a gather reads only the rows it takes, so an
+    embedding's bytes are those rows, the ids and the output, not the whole table that
+    `ir.bytes_moved` counts; and a q4 dense dequantises each weight once per tile in any real
+    kernel, while `ir.flops` counts the dequantisation at every multiply-add of the loop nest
+    as written (2.5x the work), so q4 FLOPs are the multiply-adds (and epilogues), like those
+    of the dense layer they replace.
     """
     func = build_func(group, graph.phase)
     fixed = dict(graph.fixed)
 
-    def count_flops(dims: Mapping[str, int]) -> int:
-        return flops(func, {**dims, **fixed})
+    if group.anchor.op == "q4_dense":
+        count_flops = group.flops
+    else:
+
+        def count_flops(dims: Mapping[str, int]) -> int:
+            return flops(func, {**dims, **fixed})
 
     if group.op == "embedding":
         count_bytes = group.nbytes

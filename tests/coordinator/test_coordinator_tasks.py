@@ -33,12 +33,15 @@ def analytic_forward_flops(cfg: ModelConfig, dims: dict[str, int]) -> int:
     return dense + attention
 
 
+@pytest.mark.parametrize("quant", list(Quant))
 @pytest.mark.parametrize("name", FAMILY_PRESETS)
 @pytest.mark.parametrize(("phase", "set_dims"), DIMS)
-def test_task_flops_match_analytic(name: str, phase: Phase, set_dims: dict[str, int]) -> None:
+def test_task_flops_match_analytic(
+    name: str, phase: Phase, set_dims: dict[str, int], quant: Quant
+) -> None:
     cfg = PRESETS[name]
     dims = eval_dims(phase, set_dims)
-    tasks = model_tasks(cfg, phase)
+    tasks = model_tasks(cfg, phase, quant)
     total = sum(t.weight * t.flops(dims) for t in tasks)
     expected = analytic_forward_flops(cfg, dims)
     assert abs(total - expected) / expected < 0.01, (total, expected)
