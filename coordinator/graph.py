@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tunefleet.coordinator.models import ModelConfig
+from tunefleet.coordinator.models import ModelConfig, ModelConfigError
 from tunefleet.coordinator.symbolic import Dim, symbols_of
 
 # Bits per element of graph tensors.
@@ -155,6 +155,11 @@ class _Builder:
         t, k = x.shape
         out = self.tensor(f"{name}.out", t, n)
         if self.quant is Quant.Q4:
+            if k.coeff % Q4_GROUP or not k.is_static:
+                raise ModelConfigError(
+                    f"{self.cfg.name}: --quant q4 needs dense input widths that are multiples "
+                    f"of {Q4_GROUP}; {name} has k={k}"
+                )
             # eight 4-bit weights per uint32 word, one float16 scale per Q4_GROUP weights
             w = self.tensor(f"{name}.qweight", n, k.coeff // 8, dtype="uint32")
             s = self.tensor(f"{name}.scales", n, k.coeff // Q4_GROUP, dtype="float16")

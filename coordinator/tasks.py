@@ -52,6 +52,11 @@ class Task:
         return self.names[0]
 
     @property
+    def func(self) -> Any:
+        """The task's ir PrimFunc (None for tasks lowered without ir)."""
+        return self.kernel.func
+
+    @property
     def symbolic(self) -> tuple[str, ...]:
         """Symbolic dims the task's shape depends on."""
         return symbols_of(dict(self.shape))

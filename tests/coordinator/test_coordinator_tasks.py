@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from tunefleet.coordinator.buckets import DEFAULT_BUCKETS, eval_dims
 from tunefleet.coordinator.graph import Phase, Quant, build_graph
-from tunefleet.coordinator.models import ModelConfig
+from tunefleet.coordinator.models import ModelConfig, ModelConfigError
 from tunefleet.coordinator.presets import PRESETS
 from tunefleet.coordinator.tasks import model_tasks
 
@@ -156,3 +156,10 @@ def test_graph_calls_are_well_formed() -> None:
                 assert t.name in produced or "." in t.name, (c.name, t.name)
             produced.add(c.output.name)
         assert g.symbols == (("b", "m") if phase is Phase.DECODE else ("m", "n"))
+
+
+def test_q4_needs_group_aligned_widths() -> None:
+    odd = dataclasses.replace(PRESETS["tiny"], intermediate_size=688)
+    with pytest.raises(ModelConfigError, match="k=688"):
+        model_tasks(odd, Phase.DECODE, Quant.Q4)
+    assert model_tasks(odd, Phase.DECODE)  # unquantised is fine
