@@ -18,8 +18,8 @@ from typing import Any
 
 from tunefleet.coordinator.fusion import FusedCall
 from tunefleet.coordinator.graph import Graph, OpCall, Phase
+from tunefleet.coordinator.lowering import Kernel
 from tunefleet.coordinator.symbolic import Dim
-from tunefleet.coordinator.tasks import Kernel
 from tunefleet.ir import (
     Expr,
     PrimFunc,

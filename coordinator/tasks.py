@@ -7,30 +7,17 @@ one task of weight `2 * layers + 1`, and the layers themselves collapse into the
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tunefleet.coordinator.buckets import buckets_for
-from tunefleet.coordinator.fusion import FusedCall, fuse
+from tunefleet.coordinator.fusion import fuse
 from tunefleet.coordinator.graph import Graph, Phase, Quant, build_graph
+from tunefleet.coordinator.kernels import ir_kernel
+from tunefleet.coordinator.lowering import Kernel, Lowering
 from tunefleet.coordinator.models import ModelConfig
 from tunefleet.coordinator.symbolic import Dim, symbols_of
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A fused call lowered for tuning: its workload key and its cost functions."""
-
-    workload_key: str
-    flops: Callable[[Mapping[str, int]], int]
-    nbytes: Callable[[Mapping[str, int]], int]
-    func: Any = None  # the ir PrimFunc, where the call was lowered to ir
-
-
-Lowering = Callable[[FusedCall, Graph], Kernel]
 
 
 @dataclass(frozen=True)
@@ -87,36 +74,6 @@ class Task:
         }
 
 
-def graph_kernel(group: FusedCall, graph: Graph) -> Kernel:
-    """Lower a fused call without ir: a canonical-form key and the analytic costs."""
-    return Kernel(graph_workload_key(group), group.flops, group.nbytes)
-
-
-def graph_workload_key(group: FusedCall) -> str:
-    """A hash of the group's ops, shapes, dtypes and attributes that ignores every name.
-
-    Symbols are renamed by order of first appearance, as a structural hash would.
-    """
-    rename: dict[str, str] = {}
-
-    def dim(d: Dim) -> list[Any]:
-        return [d.coeff, [rename.setdefault(v, f"s{len(rename)}") for v in d.vars]]
-
-    form = []
-    for c in group.calls:
-        form.append(
-            {
-                "op": c.op,
-                "params": [[k, dim(v)] for k, v in c.params],
-                "inputs": [[t.dtype, [dim(d) for d in t.shape]] for t in c.inputs],
-                "output": [c.output.dtype, [dim(d) for d in c.output.shape]],
-                "attrs": [[k, repr(v)] for k, v in c.attrs],
-            }
-        )
-    text = json.dumps(form, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def extract_tasks(
     graph: Graph,
     *,
@@ -127,11 +84,11 @@ def extract_tasks(
     """Fuse the graph, lower each kernel and merge kernels with equal workload keys.
 
     `buckets` overrides the phase's default bucket values; `lowering` turns a fused call into
-    a `Kernel` (default: through ir where it can build the call, else the graph-level form).
-    Tasks come in order of first appearance in the pass.
+    a `Kernel` (default `ir_kernel`: an ir PrimFunc keyed by its structural hash;
+    `graph_kernel` needs no ir). Tasks come in order of first appearance in the pass.
     """
     if lowering is None:
-        lowering = default_lowering()
+        lowering = ir_kernel
     phase_buckets = buckets_for(graph.phase, buckets)
     by_key: dict[str, Task] = {}
     for group in fuse(graph, fusion):
@@ -156,13 +113,6 @@ def extract_tasks(
             kernel=kernel,
         )
     return list(by_key.values())
-
-
-def default_lowering() -> Lowering:
-    """Lowering through ir: PrimFuncs, structural-hash keys, FLOPs and bytes counted on them."""
-    from tunefleet.coordinator.kernels import ir_kernel  # kernels imports this module
-
-    return ir_kernel
 
 
 def model_tasks(

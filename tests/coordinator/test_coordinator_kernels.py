@@ -22,9 +22,10 @@ from tunefleet.coordinator.buckets import eval_dims
 from tunefleet.coordinator.fusion import FusedCall, fuse
 from tunefleet.coordinator.graph import Phase, Quant, build_graph
 from tunefleet.coordinator.kernels import build_func
+from tunefleet.coordinator.lowering import graph_kernel
 from tunefleet.coordinator.models import ModelConfig
 from tunefleet.coordinator.presets import PRESETS
-from tunefleet.coordinator.tasks import graph_kernel, model_tasks
+from tunefleet.coordinator.tasks import model_tasks
 from tunefleet.ir import Var, bytes_moved, flops, simplify, structural_hash
 from tunefleet.ir import ops as irops
 from tunefleet.ir.codegen import KernelSource, build_source

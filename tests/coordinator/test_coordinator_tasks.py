@@ -7,9 +7,10 @@ import dataclasses
 import pytest
 from tunefleet.coordinator.buckets import DEFAULT_BUCKETS, eval_dims
 from tunefleet.coordinator.graph import Phase, Quant, build_graph
+from tunefleet.coordinator.lowering import graph_kernel
 from tunefleet.coordinator.models import ModelConfig, ModelConfigError
 from tunefleet.coordinator.presets import PRESETS
-from tunefleet.coordinator.tasks import model_tasks
+from tunefleet.coordinator.tasks import extract_tasks, model_tasks
 
 FAMILY_PRESETS = ["llama-2-7b", "llama-3-8b", "llama-3-70b", "mistral-7b", "qwen2-7b",
                   "qwen2-0.5b", "gemma-2b", "gemma-7b", "phi-3-mini"]  # fmt: skip
@@ -163,3 +164,11 @@ def test_q4_needs_group_aligned_widths() -> None:
     with pytest.raises(ModelConfigError, match="k=688"):
         model_tasks(odd, Phase.DECODE, Quant.Q4)
     assert model_tasks(odd, Phase.DECODE)  # unquantised is fine
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_graph_level_keys_group_like_structural_hashes(phase: Phase) -> None:
+    cfg = PRESETS["phi-3-mini"]
+    ir_tasks = model_tasks(cfg, phase, fusion=False)
+    graph_tasks = extract_tasks(build_graph(cfg, phase), fusion=False, lowering=graph_kernel)
+    assert [(t.names, t.weight) for t in graph_tasks] == [(t.names, t.weight) for t in ir_tasks]
