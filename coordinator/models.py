@@ -94,6 +94,8 @@ class ModelConfig:
         ):
             if getattr(self, key) <= 0:
                 raise ModelConfigError(f"{self.name}: {key} must be positive")
+        if self.head_dim % 2:
+            raise ModelConfigError(f"{self.name}: rope needs an even head_dim, got {self.head_dim}")
         if self.num_heads % self.num_kv_heads:
             raise ModelConfigError(
                 f"{self.name}: num_attention_heads ({self.num_heads}) is not a multiple of "

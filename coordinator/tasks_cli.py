@@ -93,6 +93,8 @@ def tasks(model_spec: str, phase: str, quant: str, set_spec: str, bucket_spec: s
                                 buckets=bucket_overrides)  # fmt: skip
         except DimSpecError as err:
             raise click.BadParameter(str(err), param_hint="--set/--buckets") from None
+        except ModelConfigError as err:
+            raise click.ClickException(str(err)) from None
         reports.append(_report(model, ph, found, dims, target))
 
     if as_json:

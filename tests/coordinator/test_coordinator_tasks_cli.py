@@ -91,6 +91,11 @@ def test_config_errors_name_file_and_key(tmp_path: Path,
     path.write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 64}))
     rc, _, err = run(capsys, "--model", str(path))
     assert rc == 1 and str(path) in err and "intermediate_size" in err
+    odd = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "num_hidden_layers": 2,
+           "intermediate_size": 688, "num_attention_heads": 4, "vocab_size": 1000}  # fmt: skip
+    path.write_text(json.dumps(odd))
+    rc, _, err = run(capsys, "--model", str(path), "--quant", "q4")
+    assert rc == 1 and "down_proj has k=688" in err and len(err.strip().splitlines()) == 1
     path.write_text(json.dumps({"architectures": ["FalconForCausalLM"]}))
     rc, _, err = run(capsys, "--model", str(path))
     assert rc == 1 and "FalconForCausalLM" in err and "Phi3ForCausalLM" in err
