@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 from tunefleet.coordinator.buckets import DimSpecError, eval_dims, parse_assignments
-from tunefleet.coordinator.graph import Phase, Quant
+from tunefleet.coordinator.graph import PINNED, Phase, Quant
 from tunefleet.coordinator.models import ModelConfig, ModelConfigError
 from tunefleet.coordinator.presets import PRESETS, resolve_model
 from tunefleet.coordinator.roofline import RooflineTarget, UnknownTargetError, get_target, shares
@@ -88,7 +88,9 @@ def tasks(model_spec: str, phase: str, quant: str, set_spec: str, bucket_spec: s
     reports = []
     for ph in phases:
         try:
-            dims = eval_dims(ph, overrides)
+            # with both phases, a dim one of them pins (decode n, prefill b) is for the other
+            mine = {k: v for k, v in overrides.items() if len(phases) == 1 or k not in PINNED[ph]}
+            dims = eval_dims(ph, mine)
             found = model_tasks(model, ph, Quant(quant), fusion=not no_fuse,
                                 buckets=bucket_overrides)  # fmt: skip
         except DimSpecError as err:

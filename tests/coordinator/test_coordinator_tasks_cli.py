@@ -117,3 +117,12 @@ def test_command_is_fast() -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert heavy.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_set_with_both_phases_gives_each_its_dims(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "--model", "tiny", "--set", "n=128,b=4,m=4096", "--json")
+    assert rc == 0
+    assert json.loads(out)["dims"] == {
+        "prefill": {"b": 1, "n": 128, "m": 4096},
+        "decode": {"b": 4, "n": 1, "m": 4096},
+    }
