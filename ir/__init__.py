@@ -1,7 +1,11 @@
 """The tensor-program IR: expressions, buffers, blocks, loops, PrimFuncs, schedules and codegen."""
 
+from . import ops
 from .analysis import bytes_moved, flops
+from .codegen import KernelArg, KernelSource, build_source
+from .default_schedule import default_schedule
 from .dtypes import DTypeError
+from .errors import CodegenError, IRError, LoweringError, ScheduleError
 from .expr import (
     BinOp,
     Buffer,
@@ -25,6 +29,8 @@ from .expr import (
     sqrt,
     tanh,
 )
+from .lower import lower
+from .schedule import Schedule
 from .serialize import from_json, structural_equal, structural_hash, to_json
 from .simplify import simplify
 from .stmt import (
@@ -49,8 +55,10 @@ from .tensor_expr import (
 from .tensor_expr import max as reduce_max
 from .tensor_expr import min as reduce_min
 from .tensor_expr import sum as reduce_sum
+from .trace import RV, Instruction, Trace, trace_hash
 
 __all__ = [
+    "RV",
     "BinOp",
     "Block",
     "BlockRealize",
@@ -60,31 +68,44 @@ __all__ = [
     "BufferStore",
     "Call",
     "Cast",
+    "CodegenError",
     "Const",
     "DTypeError",
     "Expr",
     "For",
     "FrontendError",
+    "IRError",
+    "Instruction",
     "IterVar",
+    "KernelArg",
+    "KernelSource",
+    "LoweringError",
     "PrimFunc",
     "Range",
+    "Schedule",
+    "ScheduleError",
     "Select",
     "SeqStmt",
     "Tensor",
+    "Trace",
     "Var",
+    "build_source",
     "bytes_moved",
     "cast",
     "compute",
     "const",
     "create_prim_func",
+    "default_schedule",
     "erf",
     "exp",
     "floordiv",
     "floormod",
     "flops",
     "from_json",
+    "lower",
     "max_",
     "min_",
+    "ops",
     "placeholder",
     "reduce_axis",
     "reduce_max",
@@ -98,4 +119,5 @@ __all__ = [
     "structural_hash",
     "tanh",
     "to_json",
+    "trace_hash",
 ]
