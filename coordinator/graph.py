@@ -227,15 +227,15 @@ def build_graph(cfg: ModelConfig, phase: Phase, quant: Quant = Quant.NONE) -> Gr
     ctx = g.call("attn_context", "batch_matmul", "attention", att_params, [probs, v_cache],
                  g.tensor("context", tokens, cfg.q_size), transpose_b=False,
                  group=cfg.group_size)  # fmt: skip
-    o = g.dense("o_proj", ctx, cfg.hidden_size)
+    o = g.dense("o_proj", ctx, cfg.hidden_size, bias=cfg.o_bias)
     x1 = g.add("attn_residual", o, x)
     hn2 = g.rmsnorm("post_norm", x1)
     inter = cfg.intermediate_size
-    gu = g.dense("gate_up_proj", hn2, 2 * inter)
+    gu = g.dense("gate_up_proj", hn2, 2 * inter, bias=cfg.mlp_bias)
     act_op = "silu_mul" if cfg.activation == "silu" else "gelu_mul"
     act = g.call("act", act_op, "elementwise", {"m": tokens, "n": inter}, [gu],
                  g.tensor("act.out", tokens, inter))  # fmt: skip
-    down = g.dense("down_proj", act, cfg.hidden_size)
+    down = g.dense("down_proj", act, cfg.hidden_size, bias=cfg.mlp_bias)
     x2 = g.add("mlp_residual", down, x1)
 
     g.per_layer = False

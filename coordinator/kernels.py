@@ -74,7 +74,12 @@ def _dense_inputs(call: OpCall) -> tuple[list[TeTensor], TeTensor]:
         gs = a["group_size"]
         qw = placeholder((s["n"], s["k"] // 8), "uint32", "qweight")
         sc = placeholder((s["n"], s["k"] // gs), "float16", "scales")
-        return [x, qw, sc], irops.q4_dense_compute(x, qw, sc, gs)
+        y = irops.q4_dense_compute(x, qw, sc, gs)
+        if not a.get("bias"):
+            return [x, qw, sc], y
+        bias = placeholder((s["n"],), dt, "bias")  # the library's q4_dense has none
+        out = compute(y.shape, lambda i, j: cast(dt, _f32(y[i, j]) + _f32(bias[j])), "bias_add")
+        return [x, qw, sc, bias], out
     w = placeholder((s["n"], s["k"]), dt, "w")
     if a.get("bias"):
         bias = placeholder((s["n"],), dt, "bias")
@@ -189,6 +194,9 @@ def _library_call(call: OpCall) -> PrimFunc:
     """A single call through the op library, its graph params mapped onto the op's."""
     s, a = _shape(call), call.attr
     op = irops.get_op(call.op)
+    if call.op == "q4_dense" and a["bias"]:
+        ins, out = _dense_inputs(call)
+        return create_prim_func([*ins, out], name="q4_dense_bias")
     if call.op in ("dense", "q4_dense"):
         attrs = {"bias": a["bias"]} if call.op == "dense" else {"group_size": a["group_size"]}
         return op.build({"m": s["m"], "n": s["n"], "k": s["k"]}, call.dtype, **attrs)

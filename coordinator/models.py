@@ -76,6 +76,8 @@ class ModelConfig:
     vocab_size: int
     dtype: str = "float16"
     qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False  # gate/up and down projections carry biases
     activation: str = "silu"
     tie_embeddings: bool = False
     scale_embedding: bool = False
@@ -151,10 +153,8 @@ def parse_hf_config(data: Mapping[str, Any], source: str, name: str | None = Non
             )
         head_dim = hidden // heads
     head_dim = positive_int("head_dim", head_dim)
-    if data.get("attention_bias"):
-        qkv_bias = True
-    else:
-        qkv_bias = family.qkv_bias
+    # Llama-style attention_bias puts a bias on q, k, v and o; Qwen2's q/k/v bias is implied
+    attention_bias = bool(data.get("attention_bias", False))
     dtype_name = data.get("torch_dtype", data.get("dtype", "float32"))
     if dtype_name not in _DTYPES:
         raise ModelConfigError(
@@ -176,7 +176,9 @@ def parse_hf_config(data: Mapping[str, Any], source: str, name: str | None = Non
         head_dim=head_dim,
         vocab_size=positive_int("vocab_size", need("vocab_size")),
         dtype=_DTYPES[dtype_name],
-        qkv_bias=qkv_bias,
+        qkv_bias=family.qkv_bias or attention_bias,
+        o_bias=attention_bias,
+        mlp_bias=bool(data.get("mlp_bias", False)),
         activation=activation,
         tie_embeddings=family.tie_default if tie is None else bool(tie),
         scale_embedding=family.scale_embedding,

@@ -202,13 +202,32 @@ def test_embedding_gathers_rows(cfg: ModelConfig) -> None:
     np.testing.assert_allclose(out, table[ids] * scale, rtol=1e-6)
 
 
+def _q4_weights(n: int, k: int, gs: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    qw = rng.integers(0, 2**32, (n, k // 8), dtype=np.uint64).astype(np.uint32)
+    return qw, rng.uniform(0.01, 0.05, (n, k // gs)).astype(np.float16)
+
+
 @pytestmark_gcc
 def test_q4_dense_add_runs_like_numpy() -> None:
     group = _groups(TINY, Phase.DECODE, Quant.Q4)["o_proj+attn_residual"]
-    t, hid, gs = 2, TINY.hidden_size, 32
+    t, hid = 2, TINY.hidden_size
     x, res = _randn(t, hid), _randn(t, hid)
-    qw = rng.integers(0, 2**32, (hid, hid // 8), dtype=np.uint64).astype(np.uint32)
-    scales = rng.uniform(0.01, 0.05, (hid, hid // gs)).astype(np.float16)
+    qw, scales = _q4_weights(hid, hid)
     (y,) = _run(build_func(group, Phase.DECODE), [x, qw, scales, res], {"b": t})
-    w = irops.dequantize_q4(qw, scales, gs)
+    w = irops.dequantize_q4(qw, scales, 32)
     np.testing.assert_allclose(y, x.astype(np.float64) @ w.T + res, rtol=1e-4, atol=1e-4)
+
+
+@pytestmark_gcc
+@pytest.mark.parametrize("fusion", [True, False])
+def test_biased_q4_dense_keeps_its_bias(fusion: bool) -> None:
+    cfg = dataclasses.replace(TINY_QWEN, o_bias=True)
+    group = next(g for g in fuse(build_graph(cfg, Phase.DECODE, Quant.Q4), fusion)
+                 if g.anchor.name == "o_proj")  # fmt: skip
+    t, hid = 3, cfg.hidden_size
+    x, bias, res = _randn(t, hid), _randn(hid), _randn(t, hid)
+    qw, scales = _q4_weights(hid, hid)
+    ins = [x, qw, scales, bias] + ([res] if fusion else [])
+    (y,) = _run(build_func(group, Phase.DECODE), ins, {"b": t})
+    want = x.astype(np.float64) @ irops.dequantize_q4(qw, scales, 32).T + bias
+    np.testing.assert_allclose(y, want + (res if fusion else 0), rtol=1e-4, atol=1e-4)

@@ -131,6 +131,11 @@ def test_family_specifics() -> None:
     llama2 = parse_hf_config(HF_CONFIGS["llama-2-7b"], "l.json")
     assert llama2.num_kv_heads == llama2.num_heads  # no num_key_value_heads: plain MHA
     assert parse_hf_config(HF_CONFIGS["llama-3-8b"], "l.json").rope_theta == 500000.0
+    biased = parse_hf_config(dict(HF_CONFIGS["llama-3-8b"], attention_bias=True,
+                                  mlp_bias=True), "l.json")  # fmt: skip
+    assert biased.qkv_bias and biased.o_bias and biased.mlp_bias
+    qwen = parse_hf_config(HF_CONFIGS["qwen2-7b"], "q.json")
+    assert qwen.qkv_bias and not qwen.o_bias and not qwen.mlp_bias
 
 
 def test_missing_key_names_key_and_file(tmp_path: Path) -> None:
