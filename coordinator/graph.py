@@ -33,7 +33,7 @@ DTYPE_BITS: dict[str, int] = {
     "uint32": 32,
 }
 
-KINDS = ("dense", "attention", "norm", "elementwise", "embedding")
+KINDS = ("dense", "attention", "norm", "elementwise", "embedding")  # OpCall.kind values
 
 Q4_GROUP = 32  # elements of k sharing one scale in q4 weights
 

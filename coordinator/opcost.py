@@ -1,4 +1,8 @@
-"""Analytic FLOP counts of graph op calls, used where an op has no ir PrimFunc to count.
+"""Analytic FLOP and byte counts of graph op calls.
+
+They key and count kernels without ir (`lowering.graph_kernel`, which the tests hold the ir
+kernels to), and give the two counts ir's loop nests overstate: q4 dense FLOPs and the rows
+an embedding gather reads.
 
 A multiply-add is two FLOPs; elementwise work counts one FLOP per arithmetic operation the
 reference formula performs. Bytes come from the tensors a call touches (`Tensor.nbytes`).

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 from tunefleet.coordinator.buckets import DEFAULT_BUCKETS, eval_dims
-from tunefleet.coordinator.graph import Phase, Quant, build_graph
+from tunefleet.coordinator.graph import KINDS, Phase, Quant, build_graph
 from tunefleet.coordinator.lowering import graph_kernel
 from tunefleet.coordinator.models import ModelConfig, ModelConfigError
 from tunefleet.coordinator.presets import PRESETS
@@ -157,6 +157,7 @@ def test_graph_calls_are_well_formed() -> None:
                 assert t.name in produced or "." in t.name, (c.name, t.name)
             produced.add(c.output.name)
         assert g.symbols == (("b", "m") if phase is Phase.DECODE else ("m", "n"))
+        assert {c.kind for c in g.calls} == set(KINDS)
 
 
 def test_q4_needs_group_aligned_widths() -> None:
