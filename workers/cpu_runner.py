@@ -127,7 +127,9 @@ class CpuMeasurer:
         fn(*arg_sets[0])
         rtol = inp.config.tolerance(inp.problem.dtype)
         out_dtypes = data.buffer_dtypes[data.n_inputs :]
-        err, bad = compare_outputs(data.outputs(0), out_dtypes, data.reference, rtol)
+        err, bad = compare_outputs(
+            data.outputs(0), out_dtypes, data.reference, rtol, data.reference_scales
+        )
         if bad:
             message = f"{bad} elements off by more than {rtol:g} relative (max {err:.3g})"
             return self._result(Status.WRONG_RESULT, start, message, max_rel_err=err)

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
-from tunefleet.workers.checking import compare_outputs
+from tunefleet.workers.checking import INT_POISON, compare_outputs
 from tunefleet.workers.inputs import WorkloadCache, WorkloadData, prepare, signature
 from tunefleet.workers.launch import LaunchExprError, evaluate, evaluate_all
 from tunefleet.workers.results import MeasureConfig, MeasureResult, RunInput, Status
@@ -38,23 +38,25 @@ class CudaMeasurer:
     def close(self) -> None:
         self.ctx.pop()
 
-    def data(self, inp: RunInput) -> tuple[WorkloadData, list[list[Any]]]:
-        """Host data and its device copies (one list of allocations per input set)."""
+    def data(self, inp: RunInput) -> tuple[WorkloadData, list[list[Any]], list[np.ndarray]]:
+        """Host data, its device copies (a list of allocations per input set) and page-locked
+        host buffers that the checked outputs are copied back into."""
         key = signature(inp.problem, inp.artifact.args, inp.config)
         cached = self.workloads.get(key)
         if cached is None:
             host = prepare(inp.problem, inp.artifact.args, inp.config, self.l2_bytes)
             device = [[self.cuda.to_device(buf) for buf in bufs] for bufs in host.sets]
-            cached = (host, device)
+            pinned = [self.cuda.pagelocked_empty(o.shape, o.dtype) for o in host.outputs(0)]
+            cached = (host, device, pinned)
             self.workloads.put(key, cached)
         return cached
 
     def measure(self, inp: RunInput, prepared: Any) -> tuple[MeasureResult, bool]:
         """Check then time one cubin; the flag is True when the context must be replaced."""
-        host, device = prepared
+        host, device, pinned = prepared
         start = time.perf_counter()
         try:
-            return self._measure(inp, host, device, start), False
+            return self._measure(inp, host, device, pinned, start), False
         except LaunchExprError as err:
             return self._result(Status.RUN_ERROR, start, str(err)), False
         except self.cuda.Error as err:
@@ -62,7 +64,12 @@ class CudaMeasurer:
             return self._result(Status.RUN_ERROR, start, message), True
 
     def _measure(
-        self, inp: RunInput, host: WorkloadData, device: list[list[Any]], start: float
+        self,
+        inp: RunInput,
+        host: WorkloadData,
+        device: list[list[Any]],
+        pinned: list[np.ndarray],
+        start: float,
     ) -> MeasureResult:
         cuda, art, config = self.cuda, inp.artifact, inp.config
         dims = inp.problem.dim_values
@@ -81,19 +88,17 @@ class CudaMeasurer:
         def launch(index: int) -> None:
             fn.prepared_call(grid, block, *arg_sets[index], shared_size=shared)
 
-        # the checked run: poisoned outputs in, outputs back, compared with the reference
+        # the checked run: outputs poisoned on the device, copied back, compared
         n_in = host.n_inputs
-        host.poison_outputs(0)
-        for dev_buf, host_buf in zip(device[0][n_in:], host.outputs(0), strict=True):
-            cuda.memcpy_htod(dev_buf, host_buf)
+        out_dtypes = host.buffer_dtypes[n_in:]
+        for dev_buf, out, dtype in zip(device[0][n_in:], pinned, out_dtypes, strict=True):
+            self._poison(dev_buf, dtype, out.nbytes)
         launch(0)
         self.ctx.synchronize()
-        outputs = [np.empty_like(h) for h in host.outputs(0)]
-        for out, dev_buf in zip(outputs, device[0][n_in:], strict=True):
+        for out, dev_buf in zip(pinned, device[0][n_in:], strict=True):
             cuda.memcpy_dtoh(out, dev_buf)
         rtol = config.tolerance(inp.problem.dtype)
-        out_dtypes = host.buffer_dtypes[n_in:]
-        err, bad = compare_outputs(outputs, out_dtypes, host.reference, rtol)
+        err, bad = compare_outputs(pinned, out_dtypes, host.reference, rtol, host.reference_scales)
         if bad:
             message = f"{bad} elements off by more than {rtol:g} relative (max {err:.3g})"
             return self._result(Status.WRONG_RESULT, start, message, err)
@@ -144,6 +149,16 @@ class CudaMeasurer:
             end.synchronize()
             timings.append(end.time_since(begin) / number)
         return timings, number
+
+    def _poison(self, buf: Any, dtype: str, nbytes: int) -> None:
+        """Fill an output on the device with NaN (floats) or a byte pattern (integers)."""
+        cuda = self.cuda
+        if dtype in ("float32", "float64"):  # 0x7FF80000 twice is a float64 NaN too
+            cuda.memset_d32(buf, 0x7FC00000 if dtype == "float32" else 0x7FF80000, nbytes // 4)
+        elif dtype in ("float16", "bfloat16"):
+            cuda.memset_d16(buf, 0x7E00 if dtype == "float16" else 0x7FC0, nbytes // 2)
+        else:
+            cuda.memset_d8(buf, INT_POISON, nbytes)
 
     def _flush_buffer(self) -> tuple[Any, int]:
         """A device buffer twice the L2 size; writing it evicts the kernel's data from L2."""

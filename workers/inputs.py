@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tunefleet.workers.checking import poison, storage_dtype, to_storage
+from tunefleet.workers.checking import poison, reference_scale, storage_dtype, to_storage
 from tunefleet.workers.launch import LaunchExprError, evaluate
 from tunefleet.workers.results import KernelArg, MeasureConfig, Problem
 
@@ -27,13 +27,14 @@ class ProblemError(ValueError):
 
 @dataclass(frozen=True)
 class WorkloadData:
-    """Host-side buffers for every input set, plus the float64 reference of set 0."""
+    """Host-side buffers for every input set, plus the reference outputs of set 0."""
 
     sets: tuple[tuple[np.ndarray, ...], ...]  # per set: buffers in call order
     scalars: tuple[int, ...]
     n_inputs: int
     buffer_dtypes: tuple[str, ...]
-    reference: tuple[np.ndarray, ...]  # one per output, float64 (int64 for integer outputs)
+    reference: tuple[np.ndarray, ...]  # one per output: float32/float64, or int64
+    reference_scales: tuple[float, ...]  # max |ref| per output, computed once
 
     @property
     def set_bytes(self) -> int:
@@ -119,18 +120,25 @@ def prepare(
     for index in range(1, count):
         more = [to_storage(x, d) for x, d in zip(draw(config.seed + index), in_dtypes, strict=True)]
         sets.append((*more, *(np.empty_like(o) for o in outs)))
+    references = tuple(r if r.dtype in (np.float32, np.float64) else _widen(r) for r in refs)
     data = WorkloadData(
         sets=tuple(tuple(s) for s in sets),
         scalars=tuple(scalars),
         n_inputs=n_inputs,
         buffer_dtypes=tuple(a.dtype for a in buffers),
-        reference=tuple(
-            r.astype(np.float64) if np.issubdtype(r.dtype, np.floating) else r for r in refs
-        ),
+        reference=references,
+        reference_scales=tuple(reference_scale(r) for r in references),
     )
     for index in range(count):
         data.poison_outputs(index)
     return data
+
+
+def _widen(array: np.ndarray) -> np.ndarray:
+    """A reference in float64 (other floats) or int64 (integers) for comparison."""
+    if np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float64)
+    return array.astype(np.int64)
 
 
 def _check_size(

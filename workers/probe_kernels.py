@@ -46,8 +46,9 @@ def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-VECTOR_ADD = ProbeOp("vector_add", _draw_vadd, lambda a, b: _f64(a) + _f64(b))
-MATMUL = ProbeOp("matmul", _draw_matmul, lambda a, b: _f64(a) @ _f64(b))
+# computed in float64 and delivered as float32, as the op library's references are
+VECTOR_ADD = ProbeOp("vector_add", _draw_vadd, lambda a, b: (_f64(a) + _f64(b)).astype("float32"))
+MATMUL = ProbeOp("matmul", _draw_matmul, lambda a, b: (_f64(a) @ _f64(b)).astype("float32"))
 
 
 VADD_OP = f"{__name__}:VECTOR_ADD"
@@ -142,6 +143,7 @@ extern "C" __global__ void vadd(const float* __restrict__ a, const float* __rest
 CUDA_BODIES = {
     "correct": "c[i] = a[i] + b[i];",
     "wrong": "c[i] = a[i] - b[i];",
+    "partial": "if (i + 1 < n) c[i] = a[i] + b[i];",  # leaves the last element unwritten
     # far past the end of the allocation (1 TiB): unmapped, so the launch faults
     "oob_write": "c[i + (1LL << 38)] = a[i] + b[i];",
     "hang": "volatile float* vc = c; while (true) { vc[i] = a[i] + b[i]; }",

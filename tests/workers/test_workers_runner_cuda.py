@@ -51,6 +51,10 @@ def test_correct_wrong_fault_hang_then_correct_on_one_runner(gpu_runner, gpu_tar
     result = gpu_runner.run(RunInput(wrong, VADD, FAST))
     assert result.status is Status.WRONG_RESULT and result.max_rel_err > 1e-2
 
+    partial = _artifact(pk.cuda_vector_add("partial"), gpu_target, build_config)
+    result = gpu_runner.run(RunInput(partial, VADD, FAST))  # the device-side NaN poison
+    assert result.status is Status.WRONG_RESULT and result.message.startswith("1 elements")
+
     oob = _artifact(pk.cuda_vector_add("oob_write"), gpu_target, build_config)
     result = gpu_runner.run(RunInput(oob, VADD, FAST))
     assert result.status is Status.RUN_ERROR
