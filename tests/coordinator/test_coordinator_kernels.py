@@ -10,6 +10,7 @@ import ctypes
 import dataclasses
 import hashlib
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -84,7 +85,7 @@ def _run(func: object, inputs: Sequence[np.ndarray], dims: Mapping[str, int]) ->
         _BUILD_DIR.mkdir(exist_ok=True)
         src = lib.with_suffix(".c")
         src.write_text(ks.source)
-        tmp = lib.with_suffix(".tmp.so")
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp.so")  # concurrent runs never share one
         subprocess.run(["gcc", "-O1", "-shared", "-fPIC", "-o", str(tmp), str(src), "-lm"],
                        check=True, capture_output=True)  # fmt: skip
         tmp.replace(lib)
