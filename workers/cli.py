@@ -71,6 +71,13 @@ def parse_shape(text: str) -> dict[str, int]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A trace (JSON) to replay; the default schedule otherwise.",
 )
+@click.option(
+    "--best-from",
+    "best_from",
+    metavar="DB_URL",
+    default=None,
+    help="Replay the best trace recorded for this workload and target in this database.",
+)
 @click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None, help="Ray cluster to join.")
 @click.option("--repeats", default=20, show_default=True, type=click.IntRange(1, 10_000))
@@ -84,6 +91,7 @@ def measure(
     dtype: str,
     target_kind: str,
     trace_file: Path | None,
+    best_from: str | None,
     workers: str,
     ray_address: str | None,
     repeats: int,
@@ -101,11 +109,15 @@ def measure(
         raise click.ClickException(
             "code generation is not available yet: tunefleet.ir has no build_source"
         )
+    if trace_file and best_from:
+        raise click.UsageError("give either --trace or --best-from, not both")
     trace = _read_trace(ir, trace_file) if trace_file else None
     try:
         target = resolve_target(target_kind)
     except TargetError as err:
         raise click.ClickException(str(err)) from err
+    if best_from:
+        trace = _best_trace(best_from, ir.structural_hash(func), target)
 
     build_config = BuildConfig(cache_dir=cache_dir or default_cache_dir())
     config = MeasureConfig(repeats=repeats, timeout_s=timeout_s, flush_l2=flush_l2)
@@ -167,6 +179,24 @@ def _read_trace(ir: Any, path: Path) -> Any:
         return trace_cls.from_json(path.read_text())
     except (ValueError, KeyError, TypeError) as err:
         raise click.BadParameter(f"{path} is not a trace: {err}", param_hint="--trace") from err
+
+
+def _best_trace(url: str, workload_key: str, target: Target) -> str:
+    """The trace JSON of the fastest ok record for (workload, target) in the database."""
+    from tunefleet.database.errors import DatabaseError
+    from tunefleet.database.store import RecordStore
+
+    try:
+        with RecordStore.open(url, create=False) as store:
+            best = store.best(workload_key, target.fingerprint, 1)
+    except DatabaseError as err:
+        raise click.ClickException(str(err)) from err
+    if not best:
+        raise click.ClickException(
+            f"no ok record for workload {workload_key[:16]} on target {target.fingerprint} "
+            f"({target.device}) in that database; tune it first or drop --best-from"
+        )
+    return best[0].trace_json
 
 
 def _print_report(op: str, shape_text: str, dtype: str, report: dict[str, Any]) -> None:

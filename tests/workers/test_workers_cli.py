@@ -54,3 +54,34 @@ def test_measure_reports_json_or_names_the_missing_code_generator(capsys, cache_
     assert report["status"] == "ok" and report["max_rel_err"] < 1e-5
     assert report["median_ms"] > 0 and report["gflops"] > 0 and report["gbps"] > 0
     assert report["target"]["kind"] == "cpu" and report["workload_key"]
+
+
+def test_measure_replays_the_best_trace_from_the_database(capsys, tmp_path, cache_dir):
+    from tunefleet.database.records import NewRecord, TargetInfo, WorkloadInfo
+    from tunefleet.database.store import RecordStore
+    from tunefleet.ir.ops import get_op
+
+    shape = {"m": 32, "n": 32, "k": 32}
+    func = get_op("matmul").build(shape, "float32")
+    sch = ir.Schedule(func)
+    sch.split(sch.get_loops(sch.get_block("matmul"))[0], [None, 8])
+    trace = sch.trace
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    key = ir.structural_hash(func)
+    argv = ["measure", "matmul", "--shape", "m=32,n=32,k=32", "--repeats", "3", "--json"]
+    argv += ["--best-from", url, "--cache-dir", cache_dir]
+
+    with RecordStore.open(url) as store:
+        target = detect_cpu()
+        store.ensure_target(TargetInfo(**target.to_info()))
+        store.ensure_workload(WorkloadInfo(key, "matmul", shape, "float32", func.to_json()))
+    assert main(argv) == 1
+    assert "no ok record for workload" in capsys.readouterr().err
+
+    with RecordStore.open(url) as store:
+        record = NewRecord(key, target.fingerprint, trace.to_json(), ir.trace_hash(trace), "ok",
+                           (1.0,), 1.0)  # fmt: skip
+        store.commit([record])
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "ok" and report["workload_key"] == key
