@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunefleet.workers.compile_cache import CompileCache, cache_key
+from tunefleet.workers.cpu_harness import HARNESS_VERSION, harness_source
 from tunefleet.workers.results import Artifact, BuildResult, Kernel, Status
 from tunefleet.workers.targets import Target, compiler_version, nvcc_version
 
@@ -113,7 +114,7 @@ def compile_kernel(kernel: Kernel, target: Target, config: BuildConfig) -> Build
         compiler, suffix, src_suffix = config.nvcc, ".cubin", ".cu"
         flags = ("-cubin", f"-arch={target.arch}", *config.nvcc_flags)
         compiler_id = f"{compiler}|{nvcc_version(compiler)}"
-    key = cache_key(kernel.source, compiler_id, flags)
+    key = cache_key(kernel.source, compiler_id + HARNESS_VERSION, flags)
     cache = CompileCache(config.cache_dir)
 
     def artifact(binary: bytes) -> Artifact:
@@ -139,7 +140,10 @@ def compile_kernel(kernel: Kernel, target: Target, config: BuildConfig) -> Build
         with tempfile.TemporaryDirectory(prefix="tunefleet-build-") as tmp:
             src = Path(tmp) / f"kernel{src_suffix}"
             out = Path(tmp) / f"kernel{suffix}"
-            src.write_text(kernel.source)
+            text = kernel.source
+            if target.kind == "cpu":
+                text += harness_source(kernel)
+            src.write_text(text)
             cmd = [compiler, *flags, "-o", str(out), str(src)]
             status, log = _run_compiler(cmd, config.timeout_s)
             if status is not Status.OK:

@@ -16,47 +16,71 @@ from pathlib import Path
 
 from tunefleet.workers.checking import compare_outputs
 from tunefleet.workers.compile_cache import CompileCache
+from tunefleet.workers.cpu_harness import TIMER_SYMBOL
 from tunefleet.workers.inputs import WorkloadCache, WorkloadData, prepare, signature
 from tunefleet.workers.results import MeasureConfig, MeasureResult, RunInput, Status
 from tunefleet.workers.targets import cpu_cache_bytes, detect_cpu
 
 
-def time_calls(
-    call: Callable[[int], None], n_sets: int, config: MeasureConfig
-) -> tuple[list[float], int]:
-    """Per-call times (ms) of each repeat and the calls per repeat, rotating input sets.
+def time_calls(run: Callable[[int, int], float], config: MeasureConfig) -> tuple[list[float], int]:
+    """Per-call times (ms) of each repeat and the calls per repeat.
 
-    Warm up for `warmup_ms`, size each repeat to last at least `min_repeat_ms`, then time
-    `repeats` repeats with perf_counter_ns.
+    `run(first, count)` makes `count` calls starting at input set `first` (the sets rotate)
+    and returns the nanoseconds they took. Warm up for `warmup_ms` with doubling batches,
+    size each repeat to last at least `min_repeat_ms`, then time `repeats` repeats.
     """
-    clock = time.perf_counter_ns
-    calls, start = 0, clock()
-    while True:
-        call(calls % n_sets)
-        calls += 1
-        elapsed = clock() - start
-        if elapsed >= config.warmup_ms * 1e6 or calls >= config.max_calls_per_repeat:
-            break
-    target_ns = config.min_repeat_ms * 1e6
     limit = config.max_calls_per_repeat
-    number = int(min(limit, max(1, -(-target_ns // max(elapsed / calls, 1.0)))))
+    spent, calls, batch = 0.0, 0, 1
+    while spent < config.warmup_ms * 1e6 and calls < limit:
+        spent += run(calls, batch)
+        calls += batch
+        batch = min(batch * 2, limit)
+    target_ns = config.min_repeat_ms * 1e6
+    number = int(min(limit, max(1, -(-target_ns // max(spent / max(calls, 1), 1.0)))))
+    index = calls
     for _ in range(8):  # the warm-up estimate can be off: grow until a repeat is long enough
-        t0 = clock()
-        for i in range(number):
-            call(i % n_sets)
-        took = clock() - t0
+        took = run(index, number)
+        index += number
         if took >= target_ns or number >= limit:
             break
         number = int(min(limit, max(number + 1, -(-number * 1.2 * target_ns // max(took, 1)))))
     timings = []
-    index = 0
     for _ in range(config.repeats):
-        t0 = clock()
-        for _ in range(number):
-            call(index)
-            index = (index + 1) % n_sets
-        timings.append((clock() - t0) / number / 1e6)
+        timings.append(run(index, number) / number / 1e6)
+        index += number
     return timings, number
+
+
+def python_loop(fn: Callable[..., None], arg_sets: Sequence[tuple[int, ...]]) -> Callable:
+    """A `run(first, count)` that calls through ctypes (for libraries without the timer)."""
+    clock, n_sets = time.perf_counter_ns, len(arg_sets)
+
+    def run(first: int, count: int) -> float:
+        t0 = clock()
+        for c in range(first, first + count):
+            fn(*arg_sets[c % n_sets])
+        return float(clock() - t0)
+
+    return run
+
+
+def native_loop(lib: ctypes.CDLL, data: WorkloadData) -> Callable | None:
+    """A `run(first, count)` using the timing loop compiled into the library, if it has one."""
+    timer = getattr(lib, TIMER_SYMBOL, None)
+    if timer is None:
+        return None
+    timer.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_void_p]
+    timer.restype = ctypes.c_int64
+    n_buffers = len(data.sets[0])
+    pointers = [b.ctypes.data for bufs in data.sets for b in bufs]
+    buffers = (ctypes.c_void_p * max(len(pointers), 1))(*pointers)
+    scalars = (ctypes.c_int64 * max(len(data.scalars), 1))(*data.scalars)
+    n_sets = len(data.sets) if n_buffers else 1
+
+    def run(first: int, count: int) -> float:
+        return float(timer(first, count, n_sets, buffers, scalars))
+
+    return run
 
 
 def _pin_openmp_runtimes() -> list[ctypes.CDLL]:
@@ -134,7 +158,8 @@ class CpuMeasurer:
             message = f"{bad} elements off by more than {rtol:g} relative (max {err:.3g})"
             return self._result(Status.WRONG_RESULT, start, message, max_rel_err=err)
 
-        timings, number = time_calls(lambda i: fn(*arg_sets[i]), len(arg_sets), inp.config)
+        run = native_loop(lib, data) or python_loop(fn, arg_sets)
+        timings, number = time_calls(run, inp.config)
         return MeasureResult(
             status=Status.OK,
             median_ms=statistics.median(timings),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import statistics
+
 import numpy as np
 import pytest
 from tunefleet.workers import probe_kernels as pk
 from tunefleet.workers.builder import BuildInput, build
 from tunefleet.workers.checking import count_mismatches, from_storage, relative_error, to_storage
-from tunefleet.workers.cpu_runner import time_calls
+from tunefleet.workers.cpu_runner import CpuMeasurer, native_loop, python_loop, time_calls
 from tunefleet.workers.results import MeasureConfig, RunInput, Status
 from tunefleet.workers.runner import Runner, RunnerConfig
 
@@ -83,10 +86,37 @@ def test_a_problem_that_does_not_fit_the_kernel_is_a_run_error(runner, cpu_targe
 def test_each_repeat_lasts_at_least_the_minimum():
     calls = []
     config = MeasureConfig(warmup_ms=1, repeats=4, min_repeat_ms=2.0)
-    timings, number = time_calls(lambda i: calls.append(i), 3, config)
+
+    def call(*args: int) -> None:
+        calls.append(args[0])
+
+    timings, number = time_calls(python_loop(call, [(0,), (1,), (2,)]), config)
     assert len(timings) == 4 and number > 1
     assert min(timings) * number >= 1.0  # a repeat is sized to about min_repeat_ms
     assert set(calls) == {0, 1, 2}  # input sets rotate
+
+
+def test_the_compiled_timing_loop_matches_the_python_one(cpu_target, build_config, cache_dir):
+    art = _artifact(pk.c_vector_add("correct"), cpu_target, build_config)
+    measurer = CpuMeasurer(cache_dir)
+    inp = RunInput(art, pk.vector_add_problem(1 << 16), FAST)
+    data = measurer.data(inp)
+    lib = ctypes.CDLL(str(measurer.cache.ensure_file(art.key, ".so", art.binary)))
+    native = native_loop(lib, data)
+    assert native is not None
+    fn = lib.vadd
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]
+    arg_sets = [(*(b.ctypes.data for b in bufs), *data.scalars) for bufs in data.sets]
+    slow = python_loop(fn, arg_sets)
+    data.poison_outputs(3)
+    native(3, 1)  # the native loop computes with the same buffers: set 3 gets written
+    assert np.array_equal(data.outputs(3)[0], data.sets[3][0] + data.sets[3][1])
+    fast_ms = statistics.median(time_calls(native, FAST)[0])
+    slow_ms = statistics.median(time_calls(slow, FAST)[0])
+    assert fast_ms == pytest.approx(slow_ms, rel=0.5)  # same kernel, same work
+    tiny = RunInput(art, pk.vector_add_problem(1), FAST)
+    floor_native = statistics.median(time_calls(native_loop(lib, measurer.data(tiny)), FAST)[0])
+    assert floor_native < 0.5e-3  # well under the ~1 us a ctypes call costs
 
 
 def test_inputs_are_random_and_never_zero():
