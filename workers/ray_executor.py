@@ -9,6 +9,7 @@ existing cluster when given an address; starts a quiet local instance otherwise.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -65,6 +66,7 @@ class RayExecutor(Executor):
         self._actor_cls = ray.remote(RunnerActor)
         self._cpu_runners = cpu_runners
         self._lanes: dict[str, RoundRobin] = {}
+        self._lock = threading.Lock()  # build callbacks may ask for runners concurrently
         self._closed = False
 
     def build(self, batch: Sequence[BuildInput]) -> list[Future[BuildResult]]:
@@ -88,8 +90,9 @@ class RayExecutor(Executor):
             return
         self._closed = True
         ray = self._ray
-        actors = [a for robin in self._lanes.values() for a in robin.items]
-        self._lanes = {}
+        with self._lock:
+            actors = [a for robin in self._lanes.values() for a in robin.items]
+            self._lanes = {}
         try:
             ray.get([a.close.remote() for a in actors], timeout=30)
         except Exception:  # an actor that is already gone needs no closing
@@ -104,11 +107,12 @@ class RayExecutor(Executor):
             raise ExecutorError("this executor is closed")
 
     def _lanes_for(self, kind: str) -> RoundRobin:
-        robin = self._lanes.get(kind)
-        if robin is None:
-            robin = RoundRobin(self._start_actors(kind))
-            self._lanes[kind] = robin
-        return robin
+        with self._lock:
+            robin = self._lanes.get(kind)
+            if robin is None:
+                robin = RoundRobin(self._start_actors(kind))
+                self._lanes[kind] = robin
+            return robin
 
     def _start_actors(self, kind: str) -> list[Any]:
         cache_dir = self.build_config.cache_dir
