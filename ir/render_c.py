@@ -17,6 +17,7 @@ from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
 from .simplify import simplify
 from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
+from .visit import walk
 
 _C_KEYWORDS = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if "
@@ -103,6 +104,7 @@ class CStyleRenderer:
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._parallel_depth = 0
+        self._simd_depth = 0
 
     # ------------------------------------------------------------ expressions
 
@@ -258,9 +260,11 @@ class CStyleRenderer:
         return self.expr(v)
 
     def loop_pragmas(self, s: For) -> list[str]:
+        if self._simd_depth:
+            return []  # no OpenMP construct may nest inside a simd loop
         if s.kind == "parallel" and self._parallel_depth == 0:
             return ["#pragma omp parallel for schedule(static)"]
-        if s.kind == "vectorized":
+        if s.kind == "vectorized" and not any(isinstance(n, For) for n in walk(s.body)):
             return ["#pragma omp simd"]
         if s.kind == "unrolled":
             n = int(s.extent.value) if isinstance(s.extent, Const) else 8
@@ -276,10 +280,12 @@ class CStyleRenderer:
             self.emit(p, depth)
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
-        par = s.kind == "parallel"
+        par, simd = s.kind == "parallel", s.kind == "vectorized"
         self._parallel_depth += par
+        self._simd_depth += simd
         self.stmt(s.body, depth + 1)
         self._parallel_depth -= par
+        self._simd_depth -= simd
         self.emit("}", depth)
 
     def allocate(self, s: Allocate, depth: int) -> None:
@@ -314,6 +320,7 @@ class CStyleRenderer:
         """One complete translation unit holding the kernel `entry`."""
         self._lines = []
         self._parallel_depth = 0
+        self._simd_depth = 0
         self.stmt(lowered.body, 1)
         body = "\n".join(self._lines)
         return f"{self.prelude}\n{self.signature(lowered, entry, scalars)} {{\n{body}\n}}\n"

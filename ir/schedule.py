@@ -25,7 +25,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import ScheduleError
-from .expr import SCOPES, BinOp, Buffer, BufferLoad, Const, Expr, Var, binop, const, logical_and
+from .expr import (
+    SCOPES,
+    BinOp,
+    Buffer,
+    BufferLoad,
+    Const,
+    Expr,
+    Select,
+    Var,
+    binop,
+    const,
+    logical_and,
+)
 from .lower import _dim_window
 from .regions import with_regions
 from .schedule_tree import (
@@ -313,6 +325,17 @@ class Schedule:
                         f"loops {outer.var.name} and {inner.var.name} are not perfectly "
                         "nested one inside the other"
                     )
+            fused_vars = {lp.var for lp in found}
+            for n in walk(found[-1].body):
+                if isinstance(n, BlockRealize):
+                    sp = fused_vars & spatial_loop_vars(n)
+                    rd = fused_vars & reduce_loop_vars(n)
+                    if sp and rd:
+                        raise ScheduleError(
+                            f"cannot fuse spatial loop {sorted(v.name for v in sp)[0]} with "
+                            f"reduction loop {sorted(v.name for v in rd)[0]} of block "
+                            f"{n.block.name!r}: its init would no longer run first"
+                        )
             names = self._names()
             fv = Var(names.fresh("_".join(lp.var.name for lp in found) + "_fused"))
             exts = [simplify(lp.extent) for lp in found]
@@ -376,11 +399,17 @@ class Schedule:
         lp, _ = self._loop(loop)
         if kind in ("parallel", "vectorized", "thread_binding"):
             for n in walk(lp.body):
-                if isinstance(n, BlockRealize) and lp.var in reduce_loop_vars(n):
+                if not isinstance(n, BlockRealize):
+                    continue
+                if lp.var in reduce_loop_vars(n):
                     raise ScheduleError(
-                        f"cannot make loop {lp.var.name} {kind}: it iterates the "
-                        "reduction of block "
-                        f"{n.block.name!r}, so iterations would race on the same output"
+                        f"cannot make loop {lp.var.name} {kind}: it iterates the reduction of "
+                        f"block {n.block.name!r}, so iterations would race on the same output"
+                    )
+                if lp.var not in spatial_loop_vars(n):
+                    raise ScheduleError(
+                        f"cannot make loop {lp.var.name} {kind}: block {n.block.name!r} does not "
+                        "depend on it, so every iteration would race on the same elements"
                     )
         if kind == "vectorized" and any(isinstance(n, For) for n in walk(lp.body)):
             raise ScheduleError(
@@ -504,6 +533,7 @@ class Schedule:
                     f"{write_buffer_index} is out of range"
                 )
             buf = writes[write_buffer_index]
+            self._check_sole_writer(blk, buf, "cache_write")
             pos = top_index(
                 self._func, lambda n: isinstance(n, BlockRealize) and n.block.name == blk.name
             )
@@ -578,6 +608,7 @@ class Schedule:
                     "exactly its spatial iter vars"
                 )
             out = store.buffer
+            self._check_sole_writer(blk, out, "compute_at")
             pos, _ = self._root_nest_of(blk.name, "compute_at")
             target_pos = top_index(self._func, lambda n: isinstance(n, For) and n.var == lp.var)
             if target_pos <= pos:
@@ -605,6 +636,18 @@ class Schedule:
             windows = self._consumer_windows(lp, out)
             self._move_into(blk, br, out, windows, pos, lp, at_end=False)
             self._record("compute_at", [block, loop], {}, [])
+
+    def _check_sole_writer(self, blk: Block, buf: Buffer, what: str) -> None:
+        others = [
+            b.block.name
+            for b, _ in blocks(self._func)
+            if b.block.name != blk.name and buf in writes_of(b.block)
+        ]
+        if others:
+            raise ScheduleError(
+                f"{what} needs block {blk.name!r} to be the only writer of {buf.name}, but "
+                f"{', '.join(others)} also write it (apply {what} before decompose_reduction)"
+            )
 
     def _check_no_writer_between(self, blk: Block, pos: int, target_pos: int, lp: For) -> None:
         kids = children(root_body(self._func))
@@ -755,12 +798,6 @@ class Schedule:
                     f"reverse_compute_at needs block {blk.name!r} to read {buf.name} at "
                     "exactly its iter vars"
                 )
-            inner = loop_ranges([n for n in walk(lp.body) if isinstance(n, For)])
-            unbounded = {
-                n.var
-                for n in walk(lp.body)
-                if isinstance(n, For) and not isinstance(n.extent, Const)
-            }
             per_dim: list[list[Expr]] = [[] for _ in buf.shape]
             for p in producers_under:
                 mapping = {
@@ -770,7 +807,14 @@ class Schedule:
                     if isinstance(st, BufferStore) and st.buffer == buf:
                         for d, ix in enumerate(st.indices):
                             per_dim[d].append(simplify(substitute(ix, mapping)))
-            buf_windows = _windows(per_dim, buf, inner, unbounded)
+            extents = {n.var: simplify(n.extent) for n in walk(lp.body) if isinstance(n, For)}
+            buf_windows = _exact_windows(per_dim, extents)
+            if buf_windows is None:
+                raise ScheduleError(
+                    f"cannot prove that the part of {buf.name} written under loop {lp.var.name} "
+                    "is a dense box (strided, fused or mixed indices); move the consumer to a "
+                    "loop whose inner loops index the buffer directly"
+                )
             # express windows per dim of the consumer's own store
             var_window = {v: buf_windows[d] for d, v in enumerate(idx)}
             windows = (
@@ -796,6 +840,7 @@ class Schedule:
                     f"cannot inline {blk.name!r}: it must store at exactly its spatial iter vars"
                 )
             buf = store.buffer
+            self._check_sole_writer(blk, buf, "compute_inline")
             if buf in self._func.params:
                 raise ScheduleError(
                     f"cannot inline {blk.name!r}: it writes the function output {buf.name}"
@@ -939,6 +984,20 @@ class Schedule:
                     f"block {blk.name!r} has loops shared by spatial and reduce iter vars"
                 )
             below = list(loops[loops.index(lp) :])
+            outer_red = [a.var.name for a in lp_anc if a.var in red]
+            if outer_red:
+                raise ScheduleError(
+                    f"reduce loop {outer_red[0]} runs outside {lp.var.name}; an init placed before "
+                    f"{lp.var.name} would reset block {blk.name!r} on every iteration of it"
+                )
+            driving = red | spatial_loop_vars(br)
+            idle = [x.var.name for x in below if x.var not in driving]
+            if idle:
+                raise ScheduleError(
+                    f"loop {idle[0]} between {lp.var.name} and block {blk.name!r} drives none of "
+                    "its iter vars: the reduction is recomputed under it, so its init must stay "
+                    "inside"
+                )
             names = self._names()
             copies = [
                 (lp_, Var(names.fresh(f"{lp_.var.name}_init")))
@@ -1052,6 +1111,21 @@ class Schedule:
             rf_idx = list(store.indices)
             rf_idx.insert(factor_axis, rf_var)
             rhs = substitute(v.b, red_sub)
+            # Guards over the reduction loops move into the value, so every rf slot the
+            # write-back reads is initialised; guards over spatial loops stay on the realize.
+            red_set = {lp.var, *new_red}
+            spatial_guards: list[Expr] = []
+            for cond in _conjuncts(br.predicate):
+                used = loop_vars_in(cond)
+                if used <= red_set:
+                    assert isinstance(blk.init, BufferStore)
+                    rhs = Select(substitute(cond, ren), rhs, blk.init.value)
+                elif used & red_set:
+                    raise ScheduleError(
+                        f"block {blk.name!r} has a guard mixing spatial and reduction loops: {cond}"
+                    )
+                else:
+                    spatial_guards.append(cond)
             rf_store = BufferStore(
                 rf_buf, tuple(rf_idx), binop(v.op, BufferLoad(rf_buf, tuple(rf_idx)), rhs)
             )
@@ -1066,7 +1140,10 @@ class Schedule:
                 if iv.kind == "spatial"
             ]
             rf_values += [lp.var] + [x.var for x in red_loops]
-            rf_br = BlockRealize(tuple(rf_values), br.predicate, rf_blk)
+            rf_pred: Expr = TRUE
+            for cond in spatial_guards:
+                rf_pred = cond if rf_pred == TRUE else logical_and(rf_pred, cond)
+            rf_br = BlockRealize(tuple(rf_values), rf_pred, rf_blk)
             # write-back: C[i] = C[i] op C_rf[.., r, ..]
             wb_sp = [IterVar(Var(names.fresh(iv.var.name)), iv.dom, "spatial") for iv in spatial]
             wb_r = IterVar(
@@ -1339,6 +1416,37 @@ def _windows(
             out.append((const(0), full))
         else:
             out.append((off, const(ext)))
+    return out
+
+
+def _exact_windows(
+    per_dim: list[list[Expr]], extents: dict[Var, Expr]
+) -> list[tuple[Expr, Expr]] | None:
+    """Per dim (offset, extent) of exactly the set the indices cover as the inner loops run.
+
+    Only mixed-radix linear indices qualify (coefficients 1, E1, E1*E2, ... of distinct inner
+    loops), so the covered set is a dense interval; anything else gives None.
+    """
+    from .simplify import from_linear, linear
+
+    out: list[tuple[Expr, Expr]] = []
+    used: set[Var] = set()
+    for idxs in per_dim:
+        if not idxs or any(i != idxs[0] for i in idxs):
+            return None
+        terms, c = linear(idxs[0])
+        outer = {t: k for t, k in terms.items() if not (loop_vars_in(t) & set(extents))}
+        inner = [(k, t) for t, k in terms.items() if t not in outer]
+        for k, t in inner:
+            if not isinstance(t, Var) or t not in extents or k <= 0 or t in used:
+                return None
+            used.add(t)
+        size: Expr = const(1)
+        for k, t in sorted(inner, key=lambda kt: (kt[0], kt[1].name)):
+            if simplify(size - k) != const(0):
+                return None
+            size = simplify(size * extents[t])
+        out.append((simplify(from_linear(outer, c)), size))
     return out
 
 

@@ -108,3 +108,34 @@ def test_fp16_and_bf16_outputs_round_like_numpy() -> None:
 
         want = from_float32(op.reference(*inputs), dtype)
         assert np.array_equal(out, want)
+
+
+def test_integer_dtypes_through_gcc() -> None:
+    from tunefleet.ir import (
+        cast,
+        compute,
+        create_prim_func,
+        placeholder,
+        reduce_axis,
+        reduce_max,
+        reduce_sum,
+    )
+
+    m, n, k = Var("m"), 5, 77
+    a = placeholder((m, k), "int8", "a")
+    b = placeholder((n, k), "int8", "b")
+    u = placeholder((m, k), "uint32", "u")
+    r = reduce_axis(k, "r")
+    r2 = reduce_axis(k, "r2")
+    dot = compute(
+        (m, n), lambda i, j: reduce_sum(cast("int32", a[i, r]) * cast("int32", b[j, r]), r), "dot"
+    )
+    bits = compute((m,), lambda i: reduce_max(cast("int32", (u[i, r2] >> 3) & 7) - 4, r2), "bits")
+    func = create_prim_func([a, b, u, dot, bits])
+    rng = np.random.default_rng(0)
+    av = rng.integers(-128, 128, size=(7, k), dtype=np.int8)
+    bv = rng.integers(-128, 128, size=(n, k), dtype=np.int8)
+    uv = rng.integers(0, 2**32, size=(7, k), dtype=np.uint64).astype(np.uint32)
+    got_dot, got_bits = run_kernel(build_source(default_schedule(func)), [av, bv, uv], {"m": 7})
+    np.testing.assert_array_equal(got_dot, av.astype(np.int32) @ bv.astype(np.int32).T)
+    np.testing.assert_array_equal(got_bits, (((uv >> 3) & 7).astype(np.int32) - 4).max(axis=1))

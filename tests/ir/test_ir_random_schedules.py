@@ -1,0 +1,124 @@
+"""Random sequences of primitives on every op: whatever is accepted must keep the semantics.
+
+Refused primitives (ScheduleError) must leave the schedule untouched; accepted ones must
+still match numpy through gcc, at odd and at symbolic shapes, and replay identically.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import pytest
+from ir_gcc_harness import check_against_reference
+from tunefleet.ir import Var, ops
+from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import blocks
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+SHAPES = {
+    "dense": {"m": 7, "n": 13, "k": 77},
+    "matmul": {"m": 7, "n": 13, "k": 33},
+    "batch_matmul": {"b": 1, "h": 4, "m": 7, "n": 9, "k": 5},
+    "rmsnorm": {"m": 7, "n": 77},
+    "layernorm": {"m": 5, "n": 33},
+    "softmax": {"m": 7, "n": 129},
+    "rope": {"m": 7, "h": 3, "d": 16},
+    "silu_mul": {"m": 7, "n": 77},
+    "gelu": {"m": 1, "n": 129},
+    "add": {"m": 7, "n": 77},
+    "q4_dense": {"m": 7, "n": 5, "k": 64},
+}
+
+
+def _try(sch: Schedule, fn, *args):
+    before, trace = sch.func, sch.trace
+    try:
+        return fn(*args)
+    except ScheduleError:
+        assert sch.func == before and sch.trace == trace
+        return None
+
+
+def random_schedule(sch: Schedule, rng: random.Random) -> Schedule:
+    names = [br.block.name for br, _ in blocks(sch.func)]
+    for name in names:
+        b = _try(sch, sch.get_block, name)
+        if b is None:
+            continue
+        for _ in range(rng.randint(1, 5)):
+            loops = _try(sch, sch.get_loops, b)
+            if not loops:
+                break
+            choice = rng.choice(
+                [
+                    "split",
+                    "split",
+                    "reorder",
+                    "fuse",
+                    "compute_at",
+                    "parallel",
+                    "vectorize",
+                    "unroll",
+                    "decompose",
+                    "cache_read",
+                    "cache_write",
+                    "rfactor",
+                    "inline",
+                ]
+            )
+            loop = rng.choice(loops)
+            if choice == "split":
+                _try(sch, sch.split, loop, [None, rng.choice([1, 2, 3, 4, 8])])
+            elif choice == "reorder" and len(loops) >= 2:
+                a, c = rng.sample(loops, 2)
+                _try(sch, sch.reorder, a, c)
+            elif choice == "fuse" and len(loops) >= 2:
+                i = rng.randrange(len(loops) - 1)
+                _try(sch, sch.fuse, loops[i], loops[i + 1])
+            elif choice == "compute_at":
+                loc = _try(sch, sch.sample_compute_location, b)
+                if loc is not None:
+                    _try(sch, sch.compute_at, b, loc)
+            elif choice == "parallel":
+                _try(sch, sch.parallel, loops[0])
+            elif choice == "vectorize":
+                _try(sch, sch.vectorize, loops[-1])
+            elif choice == "unroll":
+                _try(sch, sch.unroll, loop)
+            elif choice == "decompose":
+                _try(sch, sch.decompose_reduction, b, loop)
+            elif choice == "cache_read":
+                cb = _try(sch, sch.cache_read, b, 0, "local")
+                if cb is not None:
+                    loc = _try(sch, sch.get_loops, b)
+                    if loc:
+                        _try(sch, sch.compute_at, cb, rng.choice(loc))
+            elif choice == "cache_write":
+                wb = _try(sch, sch.cache_write, b, 0, "local")
+                if wb is not None:
+                    loc = _try(sch, sch.get_loops, b)
+                    if loc:
+                        _try(sch, sch.reverse_compute_at, wb, rng.choice(loc))
+            elif choice == "rfactor":
+                _try(sch, sch.rfactor, loop, 0)
+            elif choice == "inline":
+                _try(sch, sch.compute_inline, b)
+    return sch
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_random_schedules_keep_semantics(name: str) -> None:
+    op = ops.get_op(name)
+    dims = SHAPES[name]
+    attrs = {"group": 2} if name == "batch_matmul" else {}
+    for seed in range(4):
+        rng = random.Random(seed * 31 + len(name))
+        symbolic = seed % 2 == 1
+        shape = {p: Var(p) if symbolic and p in ("m", "n") else v for p, v in dims.items()}
+        func = op.build(shape, "float32", **attrs)
+        sch = random_schedule(Schedule(func, seed=seed), rng)
+        check_against_reference(sch, op, dims, "float32", seed=seed, **attrs)
+        assert sch.trace.apply(func).func == sch.func
