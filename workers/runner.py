@@ -9,6 +9,7 @@ main module; it talks to its supervisor over a socket pair.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -130,17 +131,22 @@ class Runner:
         parent_sock, child_sock = socket.socketpair()
         fd = child_sock.fileno()
         code = f"from tunefleet.workers.runner import worker_entry; worker_entry({fd})"
+        # the caller's import path, so a source checkout works without being installed;
+        # stdout is discarded so a kernel that prints cannot corrupt the caller's output
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         proc = subprocess.Popen(
             [sys.executable, "-c", code],
             pass_fds=(fd,),
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
         )
         child_sock.close()
         parent = Connection(parent_sock.detach())
         self._proc, self._conn = proc, parent
         try:
-            parent.send((self.config, list(sys.path)))
+            parent.send(self.config)
         except OSError as err:
             self._stop(polite=False)
             return f"worker failed to start: {err}"
@@ -237,11 +243,7 @@ def _make_measurer(config: RunnerConfig) -> Any:
 def worker_entry(fd: int) -> None:
     """Entry point of a worker interpreter: adopt the socket, read the config, serve."""
     conn = Connection(fd)
-    config, path = conn.recv()
-    for entry in reversed(path):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    worker_main(conn, config)
+    worker_main(conn, conn.recv())
 
 
 def worker_main(conn: Connection, config: RunnerConfig) -> None:
