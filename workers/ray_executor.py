@@ -55,6 +55,7 @@ class RayExecutor(Executor):
                 ray.init(address=address, logging_level=logging.WARNING)
             else:
                 ray.init(
+                    address="local",  # a new instance, even where `ray start` left one
                     num_cpus=num_cpus,
                     include_dashboard=False,
                     logging_level=logging.WARNING,
