@@ -1,0 +1,121 @@
+"""`tunefleet db ...` end to end through the console entry point: data out as text and JSON,
+records moved by export/import/merge, and one clear line (no traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from records_factory import A100, H100, random_batch, workload
+from tunefleet.coordinator.cli import main
+from tunefleet.database import RecordStore
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["db", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> str:
+    """A SQLite database with two targets and two workloads."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    with RecordStore.open(url) as store:
+        for t in (H100, A100):
+            store.ensure_target(t)
+        for i in range(2):
+            w = workload(i)
+            store.ensure_workload(w)
+            for j, t in enumerate((H100, A100)):
+                store.commit(random_batch(w, t, 20, seed=i * 10 + j))
+    return url
+
+
+def test_init_and_migrate_report_the_revision(capsys, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new' / 'r.db'}"
+    code, out, _ = run(capsys, "init", "--db", url)
+    assert code == 0 and "ready at schema revision 0002" in out
+    code, out, _ = run(capsys, "migrate", "--db", url)
+    assert code == 0 and "already at schema revision 0002" in out
+
+
+def test_best_prints_the_fastest_records_as_json(capsys, filled: str) -> None:
+    w = workload(1)
+    code, out, _ = run(
+        capsys, "best", w.key[:10], "-t", H100.fingerprint, "-k", "3", "--db", filled, "--json"
+    )
+    assert code == 0
+    rows = json.loads(out)
+    with RecordStore.open(filled) as store:
+        expected = store.best(w.key, H100.fingerprint, 3)
+    assert [r["id"] for r in rows] == [r.id for r in expected]
+    assert [r["median_ms"] for r in rows] == sorted(r["median_ms"] for r in rows)
+    code, out, _ = run(capsys, "best", w.key, "-t", H100.fingerprint, "--db", filled)
+    assert code == 0 and f"{expected[0].median_ms:.6g}" in out
+
+
+def test_history_list_and_stats(capsys, filled: str, monkeypatch) -> None:
+    monkeypatch.setenv("TUNEFLEET_DB_URL", filled)  # read at the CLI edge
+    w = workload(0)
+    code, out, _ = run(capsys, "history", w.key, "-t", A100.fingerprint, "--json")
+    assert code == 0 and len(json.loads(out)) == 20
+    code, out, _ = run(capsys, "history", w.key, "-t", A100.fingerprint, "--limit", "5")
+    assert code == 0 and len(out.strip().splitlines()) == 6
+    code, out, _ = run(capsys, "list", "--json")
+    pairs = json.loads(out)
+    assert code == 0 and len(pairs) == 4 and all(p["records"] == 20 for p in pairs)
+    code, out, _ = run(capsys, "list", "targets")
+    assert code == 0 and H100.fingerprint in out and A100.fingerprint in out
+    code, out, _ = run(capsys, "stats", "--json")
+    assert code == 0 and json.loads(out)["records"] == 80
+    code, out, _ = run(capsys, "stats")
+    assert code == 0 and "records    80" in out
+
+
+def test_export_import_merge_and_prune(capsys, filled: str, tmp_path: Path) -> None:
+    dump = tmp_path / "out.jsonl"
+    code, out, _ = run(capsys, "export", str(dump), "--db", filled)
+    assert code == 0 and "wrote 80 records" in out
+    copy = f"sqlite:///{tmp_path / 'copy.db'}"
+    code, out, _ = run(capsys, "import", str(dump), "--db", copy)
+    assert code == 0 and "imported 80 records (0 already present)" in out
+    merged = f"sqlite:///{tmp_path / 'merged.db'}"
+    code, out, _ = run(capsys, "merge", filled, "--db", merged)
+    assert code == 0 and "merged 80 records" in out
+    code, out, _ = run(capsys, "merge", copy, "--db", merged)
+    assert code == 0 and "merged 0 records (80 already present)" in out
+    code, out, _ = run(capsys, "prune", "-k", "2", "--db", merged)
+    assert code == 0 and "would delete 72 records" in out
+    code, out, _ = run(capsys, "prune", "-k", "2", "--yes", "--db", merged)
+    assert code == 0 and "deleted 72 records" in out
+    code, out, _ = run(capsys, "stats", "--json", "--db", merged)
+    assert json.loads(out)["records"] == 8
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_input_gives_one_line(capsys, filled: str, tmp_path: Path) -> None:
+    w = workload(0)
+    code, _, err = run(capsys, "best", w.key, "--db", filled)
+    assert code == 2 and "--target" in _one_line(err)
+    code, _, err = run(capsys, "best", "ffffffffffff", "-t", H100.fingerprint, "--db", filled)
+    assert code == 2 and "no workload" in _one_line(err)
+    code, _, err = run(capsys, "stats", "--db", str(tmp_path / "missing.db"))
+    assert code == 1 and "db init" in _one_line(err)
+    code, _, err = run(capsys, "stats", "--db", "postgresql://bob:hunter2@127.0.0.1:1/x")
+    line = _one_line(err)
+    assert code == 1 and "cannot reach" in line and "hunter2" not in line
+    broken = tmp_path / "broken.jsonl"
+    run(capsys, "export", str(broken), "--db", filled)
+    broken.write_text(broken.read_text()[:-40])
+    code, _, err = run(capsys, "import", str(broken), "--db", filled)
+    assert code == 1 and "truncated" in _one_line(err)
+    code, _, err = run(capsys, "prune", "-k", "0", "--db", filled)
+    assert code == 2 and _one_line(err)
