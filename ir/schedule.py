@@ -406,7 +406,7 @@ class Schedule:
                         f"cannot make loop {lp.var.name} {kind}: it iterates the reduction of "
                         f"block {n.block.name!r}, so iterations would race on the same output"
                     )
-                if lp.var not in spatial_loop_vars(n):
+                if lp.var not in spatial_loop_vars(n) and not self._private_under(n.block, lp):
                     raise ScheduleError(
                         f"cannot make loop {lp.var.name} {kind}: block {n.block.name!r} does not "
                         "depend on it, so every iteration would race on the same elements"
@@ -416,6 +416,22 @@ class Schedule:
                 f"cannot vectorize loop {lp.var.name}: only innermost loops can be vectorized"
             )
         self._replace_loop(lp, dataclasses.replace(lp, kind=kind, thread=thread))
+
+    def _private_under(self, blk: Block, lp: For) -> bool:
+        """True when everything `blk` writes is an intermediate used only under `lp`.
+
+        Lowering then allocates it inside the loop, so each iteration has its own copy and a
+        block that does not depend on the loop variable cannot race.
+        """
+        under = {n.block.name for n in walk(lp) if isinstance(n, BlockRealize)}
+        for buf in writes_of(blk):
+            if buf in self._func.params:
+                return False
+            for other, _ in blocks(self._func):
+                touches = buf in reads_of(other.block) or buf in writes_of(other.block)
+                if touches and other.block.name not in under:
+                    return False
+        return True
 
     def parallel(self, loop: RV) -> None:
         """Run the loop's iterations on parallel threads (OpenMP on the CPU)."""

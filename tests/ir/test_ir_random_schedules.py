@@ -106,6 +106,20 @@ def random_schedule(sch: Schedule, rng: random.Random) -> Schedule:
                 _try(sch, sch.rfactor, loop, 0)
             elif choice == "inline":
                 _try(sch, sch.compute_inline, b)
+            elif choice == "reverse_inline":
+                _try(sch, sch.reverse_compute_inline, b)
+            elif choice == "parallel_any":
+                _try(sch, rng.choice([sch.parallel, sch.vectorize, sch.unroll]), loop)
+            elif choice == "reorder_many" and len(loops) >= 3:
+                _try(sch, sch.reorder, *rng.sample(loops, rng.randint(2, len(loops))))
+            elif choice == "compute_at_any":
+                others = [br.block.name for br, _ in blocks(sch.func) if br.block.name != name]
+                if others:
+                    ob = _try(sch, sch.get_block, rng.choice(others))
+                    oloops = _try(sch, sch.get_loops, ob) if ob is not None else None
+                    if oloops:
+                        target = rng.choice(oloops)
+                        _try(sch, rng.choice([sch.compute_at, sch.reverse_compute_at]), b, target)
     return sch
 
 
@@ -117,8 +131,9 @@ def test_random_schedules_keep_semantics(name: str) -> None:
     for seed in range(4):
         rng = random.Random(seed * 31 + len(name))
         symbolic = seed % 2 == 1
-        shape = {p: Var(p) if symbolic and p in ("m", "n") else v for p, v in dims.items()}
-        func = op.build(shape, "float32", **attrs)
+        shape = {p: Var(p) if symbolic and rng.random() < 0.7 else v for p, v in dims.items()}
+        dtype = "float16" if seed % 4 == 3 else "float32"
+        func = op.build(shape, dtype, **attrs)
         sch = random_schedule(Schedule(func, seed=seed), rng)
-        check_against_reference(sch, op, dims, "float32", seed=seed, **attrs)
+        check_against_reference(sch, op, dims, dtype, seed=seed, **attrs)
         assert sch.trace.apply(func).func == sch.func
