@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from tunefleet.database.errors import ImportFileError, InvalidRecordError
+from tunefleet.database.errors import DatabaseError, ImportFileError, InvalidRecordError
 from tunefleet.database.records import TargetInfo, WorkloadInfo, validate_measurement
 
 FORMAT_NAME = "tunefleet-records"
@@ -98,7 +98,11 @@ def write_file(path: str | Path, items: Iterable[Item]) -> EndLine:
     counts = {"target": 0, "workload": 0, "record": 0}
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", encoding="utf-8") as out:
+    try:
+        out = tmp.open("w", encoding="utf-8")
+    except OSError as err:
+        raise DatabaseError(f"cannot write {path}: {err.strerror}") from None
+    with out:
         out.write(json.dumps(header_line()) + "\n")
         for item in items:
             line = item_to_line(item)
@@ -124,7 +128,7 @@ def read_file(path: str | Path) -> Iterator[tuple[int, Item]]:
         counts = {"target": 0, "workload": 0, "record": 0}
         ended = False
         number = 0
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_lines(name, handle), start=1):
             if ended:
                 raise ImportFileError(name, number, "data after the end line")
             obj = _parse_json(name, number, raw)
@@ -148,6 +152,20 @@ def read_file(path: str | Path) -> Iterator[tuple[int, Item]]:
             raise ImportFileError(
                 name, number, "the file ends without its end line: it is truncated"
             )
+
+
+def _lines(name: str, handle: TextIO) -> Iterator[str]:
+    """The file's lines; bytes that are not UTF-8 stop the import at their line."""
+    number = 0
+    while True:
+        try:
+            raw = handle.readline()
+        except UnicodeDecodeError:
+            raise ImportFileError(name, number + 1, "not UTF-8 text") from None
+        if not raw:
+            return
+        number += 1
+        yield raw
 
 
 def _parse_json(name: str, number: int, raw: str) -> dict[str, Any]:

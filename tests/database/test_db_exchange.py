@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from records_factory import A100, CPU, H100, random_batch, workload
-from tunefleet.database import ImportFileError, RecordStore, TuningRecord
+from tunefleet.database import DatabaseError, ImportFileError, RecordStore, TuningRecord
 
 
 def fill(store: RecordStore, seed: int, targets=(H100, A100), n_workloads: int = 3) -> None:
@@ -118,6 +118,7 @@ def _damaged_files(lines: list[str]) -> dict[str, tuple[str, str]]:
         ),
         "wrong_count": ("".join(lines[:middle] + lines[middle + 1 :]), "end line"),
         "empty": ("", "empty"),
+        "binary": ("".join(lines[:2]) + "\udcff\n", "UTF-8"),
     }
 
 
@@ -132,6 +133,7 @@ def _damaged_files(lines: list[str]) -> dict[str, tuple[str, str]]:
         "bad_status",
         "wrong_count",
         "empty",
+        "binary",
     ],
 )
 def test_a_damaged_import_names_the_line_and_adds_nothing(
@@ -139,10 +141,16 @@ def test_a_damaged_import_names_the_line_and_adds_nothing(
 ) -> None:
     text, fragment = _damaged_files(_export(tmp_path))[case]
     path = tmp_path / f"{case}.jsonl"
-    path.write_text(text)
+    path.write_text(text, errors="surrogateescape")
     with RecordStore.open(db_url) as store:
         with pytest.raises(ImportFileError, match=fragment) as info:
             store.import_jsonl(path)
         assert f"{path}: line " in str(info.value)
         stats = store.stats()
         assert (stats.records, stats.targets, stats.workloads) == (0, 0, 0)
+
+
+def test_an_export_to_a_missing_folder_is_one_clear_error(tmp_path: Path) -> None:
+    with RecordStore.open(f"sqlite:///{tmp_path / 'x.db'}") as store:
+        with pytest.raises(DatabaseError, match="cannot write"):
+            store.export_jsonl(tmp_path / "no" / "such" / "out.jsonl")
