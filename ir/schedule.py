@@ -601,7 +601,7 @@ class Schedule:
             )
         return pos, nest
 
-    def compute_at(self, block: RV, loop: RV, preserve_unit_loops: bool = False) -> None:
+    def compute_at(self, block: RV, loop: RV) -> None:
         """Move a producer under a loop of its consumers, computing only the region they need.
 
         Fails when a consumer of the block lies outside the loop, when the block reads a
@@ -758,7 +758,7 @@ class Schedule:
         assert found is not None
         return [*found[1], found[0]]
 
-    def reverse_compute_at(self, block: RV, loop: RV, preserve_unit_loops: bool = False) -> None:
+    def reverse_compute_at(self, block: RV, loop: RV) -> None:
         """Move a consumer under a loop of its producer, computing the region produced there.
 
         Needs a spatial block that reads the producer's buffer at exactly its iter vars, and a
