@@ -52,6 +52,7 @@ class Row:
     load_s: float
     best_k1_ms_median: float
     best_k1_ms_p99: float
+    best_sql_ms_median: float
     best_k10_ms_median: float
     has_measured_ms_median: float
     commit_1_per_s: float
@@ -135,10 +136,36 @@ def time_calls(fn, calls: int) -> list[float]:  # type: ignore[no-untyped-def]
     return out
 
 
-def measure(store: RecordStore, backend: str, size: int, load_s: float, seed: int) -> Row:
+def time_raw_best(url: str, pairs: list[tuple[int, int]]) -> list[float]:
+    """best(k=1) as bare SQL on the driver's cursor: the database's share of the latency."""
+    engine = make_engine(url, EngineOptions())
+    mark = "%s" if engine.dialect.name == "postgresql" else "?"
+    sql = (
+        "SELECT id, median_ms, trace_json FROM tuning_records WHERE workload_id = "
+        f"{mark} AND target_id = {mark} AND status = 'ok' ORDER BY median_ms, id LIMIT 1"
+    )
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        it = iter(pairs)
+
+        def once() -> None:
+            cursor.execute(sql, next(it))
+            cursor.fetchall()
+
+        return time_calls(once, len(pairs))
+    finally:
+        raw.close()
+        engine.dispose()
+
+
+def measure(
+    store: RecordStore, url: str, ids: tuple[list[int], list[int]], size: int, load_s: float
+) -> Row:
     """best(), has_measured() and commit() timings on a store holding `size` records."""
-    rng = random.Random(seed)
+    rng = random.Random(size)
     keys = [workload(i).key for i in range(WORKLOADS)]
+    raw = time_raw_best(url, [(rng.choice(ids[0]), rng.choice(ids[1])) for _ in range(BEST_CALLS)])
     pairs = [(rng.choice(keys), rng.choice(TARGETS).fingerprint) for _ in range(BEST_CALLS)]
     it = iter(pairs * 3)
     store.best(*pairs[0])  # warm the id caches and the connection pool
@@ -170,11 +197,12 @@ def measure(store: RecordStore, backend: str, size: int, load_s: float, seed: in
         store.commit(batch)
     commit_100 = 100 * len(batches) / (time.perf_counter() - start)
     return Row(
-        backend=backend,
+        backend=store.backend,
         records=size,
         load_s=round(load_s, 2),
         best_k1_ms_median=round(statistics.median(k1), 3),
         best_k1_ms_p99=round(sorted(k1)[int(0.99 * len(k1))], 3),
+        best_sql_ms_median=round(statistics.median(raw), 3),
         best_k10_ms_median=round(statistics.median(k10), 3),
         has_measured_ms_median=round(statistics.median(seen), 3),
         commit_1_per_s=round(commit_1, 1),
@@ -182,7 +210,7 @@ def measure(store: RecordStore, backend: str, size: int, load_s: float, seed: in
     )
 
 
-def run_backend(backend: str, url: str, sizes: list[int]) -> list[Row]:
+def run_backend(url: str, sizes: list[int]) -> list[Row]:
     """Grow one database through `sizes`, measuring at each."""
     rows = []
     with RecordStore.open(url) as store:
@@ -194,7 +222,7 @@ def run_backend(backend: str, url: str, sizes: list[int]) -> list[Row]:
             if missing > 0:
                 bulk_load(url, missing, workload_ids, target_ids, seed=size)
             load_s = time.perf_counter() - start
-            row = measure(store, backend, size, load_s, seed=size)
+            row = measure(store, url, (workload_ids, target_ids), size, load_s)
             rows.append(row)
             print(format_row(row), flush=True)
     return rows
@@ -203,7 +231,8 @@ def run_backend(backend: str, url: str, sizes: list[int]) -> list[Row]:
 def format_row(row: Row) -> str:
     return (
         f"{row.backend:<10} {row.records:>9}  load {row.load_s:>7.1f} s  "
-        f"best k=1 {row.best_k1_ms_median:>6.3f} ms (p99 {row.best_k1_ms_p99:>6.3f})  "
+        f"best k=1 {row.best_k1_ms_median:>6.3f} ms (p99 {row.best_k1_ms_p99:>6.3f}, "
+        f"SQL alone {row.best_sql_ms_median:>6.3f})  "
         f"k=10 {row.best_k10_ms_median:>6.3f} ms  "
         f"has_measured {row.has_measured_ms_median:>6.3f} ms  "
         f"commit x1 {row.commit_1_per_s:>7.1f}/s  x100 {row.commit_100_records_per_s:>8.1f} rec/s"
@@ -237,13 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"postgresql: {mask_url(args.postgres)} (schema tunefleet_bench)")
         url = pg_schema(args.postgres, "tunefleet_bench", create=True)
         try:
-            results += run_backend("postgresql", url, sizes)
+            results += run_backend(url, sizes)
         finally:
             pg_schema(args.postgres, "tunefleet_bench", create=False)
     else:
         print("postgresql: skipped (no --postgres and no TUNEFLEET_TEST_POSTGRES_URL)")
     with tempfile.TemporaryDirectory() as tmp:
-        results += run_backend("sqlite", f"sqlite:///{tmp}/bench.db", sizes)
+        results += run_backend(f"sqlite:///{tmp}/bench.db", sizes)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
     return 0
