@@ -127,3 +127,23 @@ def test_q4_reference_matches_manual_dequant() -> None:
             nib = (int(qw[j, kk // 8]) >> (4 * (kk % 8))) & 15
             w[j, kk] = (nib - 8) * float(sc[j, kk // 32])
     np.testing.assert_allclose(op.reference(x, qw, sc), x.astype(np.float64) @ w.T, rtol=1e-5)
+
+
+def test_structural_hash_is_stable_across_processes() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from tunefleet.ir import ops, structural_hash, Var;"
+        "print(structural_hash(ops.get_op('q4_dense').build({'m': Var('m'), 'n': 64, 'k': 128})))"
+    )
+    here = structural_hash(ops.get_op("q4_dense").build({"m": Var("m"), "n": 64, "k": 128}))
+    for seed in ("0", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+        ).stdout.strip()
+        assert out == here
