@@ -134,11 +134,25 @@ def _place(s: Stmt, buf: Buffer) -> Stmt:
             stmts[i] = _place(stmts[i], buf)
             return SeqStmt(tuple(stmts))
         return _compact(s, buf)
-    if isinstance(s, For) and s.kind != "thread_binding":
+    if isinstance(s, For) and _may_enter(s, buf.scope):
         return dataclasses.replace(s, body=_place(s.body, buf))
     if isinstance(s, Allocate):
         return dataclasses.replace(s, body=_place(s.body, buf))
     return _compact(s, buf)
+
+
+def _may_enter(loop: For, scope: str) -> bool:
+    """Whether an allocation of `scope` may move inside `loop`.
+
+    Thread-bound loops are GPU threads: shared memory lives per thread block (inside
+    blockIdx loops, outside threadIdx loops), local memory and fragments per thread, and
+    global intermediates outside all of them.
+    """
+    if loop.kind != "thread_binding":
+        return True
+    if scope == "shared":
+        return (loop.thread or "").startswith("blockIdx")
+    return scope != "global"
 
 
 def _inner_ranges(s: Stmt) -> dict[Var, tuple[int, int]] | None:

@@ -275,3 +275,39 @@ def test_sample_compute_location() -> None:
         assert replay.func == sch.func
     msg = _assert_unchanged(sch, lambda: sch.sample_compute_location(sm, decision=5))
     assert "not -1 or a loop index" in msg
+
+
+def test_gpu_style_allocation_placement_follows_scope() -> None:
+    from tunefleet.ir.lower import lower
+    from tunefleet.ir.stmt import Allocate, For
+    from tunefleet.ir.visit import walk
+
+    sch = Schedule(MATMUL.build({"m": 64, "n": 64, "k": 64}))
+    blk = sch.get_block("matmul")
+    shared = sch.cache_read(blk, 1, "shared")
+    local = sch.cache_write(blk, 0, "local")
+    i, j, k = sch.get_loops(blk)
+    i0, i1 = sch.split(i, [None, 16])
+    sch.reorder(i0, i1, j, k)
+    sch.compute_at(shared, i0)
+    sch.reverse_compute_at(local, i1)
+    sch.bind(i0, "blockIdx.x")
+    sch.bind(i1, "threadIdx.x")
+    lowered = lower(sch.func)
+
+    def path_to(name):
+        def find(s, loops):
+            if isinstance(s, Allocate) and s.buffer.name == name:
+                return loops
+            for child in (getattr(s, "body", None), *getattr(s, "stmts", ())):
+                if child is not None and not isinstance(child, tuple):
+                    got = find(child, loops + ((s.thread,) if isinstance(s, For) else ()))
+                    if got is not None:
+                        return got
+            return None
+
+        return find(lowered.body, ())
+
+    assert path_to("b_shared") == ("blockIdx.x",)
+    assert path_to("matmul_local") == ("blockIdx.x", "threadIdx.x")
+    assert any(isinstance(n, Allocate) for n in walk(lowered.body))
