@@ -100,11 +100,14 @@ class CStyleRenderer:
         "sigmoid": "(1.0f / (1.0f + expf(-({0}))))",
     }
     stack_limit_bytes: ClassVar[int] = 64 * 1024
+    max_unroll: ClassVar[int] = 32  # per unrolled loop
+    max_unroll_product: ClassVar[int] = 256  # over nested unrolled loops
 
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._parallel_depth = 0
         self._simd_depth = 0
+        self._unroll_product = 1
 
     # ------------------------------------------------------------ expressions
 
@@ -268,7 +271,10 @@ class CStyleRenderer:
             return ["#pragma omp simd"]
         if s.kind == "unrolled":
             n = int(s.extent.value) if isinstance(s.extent, Const) else 8
-            return [f"#pragma GCC unroll {max(1, min(n, 256))}"]
+            n = max(1, min(n, self.max_unroll))
+            if self._unroll_product * n > self.max_unroll_product:
+                return []  # nested unrolling would blow up compile time
+            return [f"#pragma GCC unroll {n}"]
         return []
 
     def loop(self, s: For, depth: int) -> None:
@@ -281,11 +287,16 @@ class CStyleRenderer:
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
         par, simd = s.kind == "parallel", s.kind == "vectorized"
+        unroll = 1
+        if s.kind == "unrolled" and isinstance(s.extent, Const):
+            unroll = max(1, min(int(s.extent.value), self.max_unroll))
         self._parallel_depth += par
         self._simd_depth += simd
+        self._unroll_product *= unroll
         self.stmt(s.body, depth + 1)
         self._parallel_depth -= par
         self._simd_depth -= simd
+        self._unroll_product //= unroll
         self.emit("}", depth)
 
     def allocate(self, s: Allocate, depth: int) -> None:
@@ -321,6 +332,7 @@ class CStyleRenderer:
         self._lines = []
         self._parallel_depth = 0
         self._simd_depth = 0
+        self._unroll_product = 1
         self.stmt(lowered.body, 1)
         body = "\n".join(self._lines)
         return f"{self.prelude}\n{self.signature(lowered, entry, scalars)} {{\n{body}\n}}\n"
