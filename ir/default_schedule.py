@@ -30,8 +30,9 @@ def _as_func(op_or_func: Any) -> PrimFunc:
 
 
 def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
-    """CPU: fuse the two outer spatial loops of each nest, run them in parallel and vectorize an
-    innermost spatial loop of constant extent. CUDA schedules arrive with the GPU code generator."""
+    """CPU: fuse the two outer spatial loops of each nest and run them in parallel, hoist each
+    reduction's init out of its reduce loops, and vectorize an innermost spatial loop of
+    constant extent. CUDA schedules arrive with the GPU code generator."""
     func = _as_func(op_or_func)
     if target not in ("cpu", "c"):
         raise ScheduleError(
@@ -53,6 +54,8 @@ def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
             spatial_outer = [fused, *spatial_outer[2:]]
         if spatial_outer:
             sch.parallel(loops[0])
+        if br.block.init is not None and len(loops) > len(spatial_outer):
+            sch.decompose_reduction(block, loops[len(spatial_outer)])
         inner = sch.get(loops[-1])
         if (
             len(loops) > 1
