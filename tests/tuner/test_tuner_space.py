@@ -1,0 +1,130 @@
+"""Design spaces: sketches per op, sampled schedules that stay correct, replay, postprocessors."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from tunefleet.ir import ops
+from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.trace import trace_hash
+from tunefleet.tuner.candidates import SpaceSampler
+from tunefleet.tuner.mutators import MutateCategorical, MutateTileSize, MutatorMix
+from tunefleet.tuner.postproc import VerifyCodegen, default_postprocs
+from tunefleet.tuner.replay import replay, resample
+from tunefleet.tuner.space import SpaceContext, SpaceError, SpaceGenerator, create_rule
+from tunefleet.workers import BuildInput, MeasureConfig, MeasureInput, Problem
+
+CTX = SpaceContext("cpu", cores=2)
+CASES = [
+    ("dense", {"m": 4, "n": 24, "k": 64}, {"multi_level_tiling", "split_k_reduction"}),
+    ("dense", {"m": 1, "n": 16, "k": 256}, {"split_k_reduction"}),
+    ("matmul", {"m": 8, "n": 16, "k": 32}, {"multi_level_tiling", "split_k_reduction"}),
+    ("rmsnorm", {"m": 6, "n": 128}, {"split_k_reduction", "vectorize_spatial"}),
+    ("softmax", {"m": 6, "n": 96}, {"split_k_reduction", "vectorize_spatial"}),
+    ("add", {"m": 6, "n": 40}, {"vectorize_spatial"}),
+]
+
+
+def _sketches(op: str, dims: dict[str, int]):
+    func = ops.get_op(op).build(dims, "float32")
+    return func, SpaceGenerator().generate(func, CTX, seed=0)
+
+
+@pytest.mark.parametrize(("op", "dims", "rules"), CASES)
+def test_sketches_use_the_expected_rules(op: str, dims: dict[str, int], rules: set[str]) -> None:
+    _, sketches = _sketches(op, dims)
+    used = {part.split("(")[0] for s in sketches for part in s.name.split("+")}
+    assert rules <= used
+    for s in sketches:
+        assert any(i.kind.startswith("sample_") for i in s.trace.insts)
+
+
+@pytest.mark.parametrize(("op", "dims", "rules"), CASES)
+def test_sampled_schedules_match_numpy(op, dims, rules, executor, cpu) -> None:
+    """Every valid sample of every sketch builds with gcc and matches numpy in the runner."""
+    func, sketches = _sketches(op, dims)
+    sampler = SpaceSampler(func, sketches, CTX, default_postprocs("cpu"))
+    cands = sampler.sample_unique(random.Random(7), 6, set())
+    assert cands, "the space must yield valid candidates"
+    config = MeasureConfig(repeats=2, warmup_ms=0.5, min_repeat_ms=0.2)
+    problem = Problem.create(op, dims, "float32")
+    items = [
+        MeasureInput(BuildInput(cpu, workload=func, trace=c.trace_json), problem, config)
+        for c in cands
+    ]
+    for cand, res in zip(cands, executor.measure_all(items), strict=True):
+        assert res.ok, f"{cand.trace.as_python()}\n{res.status}: {res.message[:500]}"
+
+
+def _valid(func, trace, seed: int) -> bool:
+    try:
+        resample(func, trace, seed)
+    except ScheduleError:
+        return False
+    return True
+
+
+def test_resample_is_deterministic_and_replays_exactly() -> None:
+    func, sketches = _sketches("dense", {"m": 8, "n": 32, "k": 64})
+    for sketch in sketches:
+        seed = next(s for s in range(50) if _valid(func, sketch.trace, s))
+        a = resample(func, sketch.trace, seed)
+        b = resample(func, sketch.trace, seed)
+        assert a.trace == b.trace and a.func == b.func
+        again = replay(func, a.trace, decisions=a.trace.decisions)
+        assert again.func == a.func and trace_hash(again.trace) == trace_hash(a.trace)
+    hashes = {
+        trace_hash(resample(func, sketches[0].trace, s).trace)
+        for s in range(12)
+        if _valid(func, sketches[0].trace, s)
+    }
+    assert len(hashes) > 3, "different seeds must reach different points"
+
+
+def test_mutators_change_decisions_only() -> None:
+    func, sketches = _sketches("matmul", {"m": 16, "n": 32, "k": 64})
+    seed = next(s for s in range(50) if _valid(func, sketches[0].trace, s))
+    trace = resample(func, sketches[0].trace, seed).trace
+    rng = random.Random(0)
+    for mutator in (MutateTileSize(), MutateCategorical(), MutatorMix()):
+        mutant = mutator.mutate(trace, rng)
+        if mutant is None:
+            continue
+        assert mutant.insts == trace.insts
+        changed = [i for i in trace.decisions if trace.decisions[i] != mutant.decisions[i]]
+        assert len(changed) == 1
+        try:
+            sch = replay(func, mutant, decisions=mutant.decisions)
+        except ScheduleError:
+            continue
+        assert sch.trace.decisions == mutant.decisions
+
+
+def test_tile_mutation_keeps_the_product() -> None:
+    func, sketches = _sketches("matmul", {"m": 16, "n": 32, "k": 64})
+    seed = next(s for s in range(50) if _valid(func, sketches[0].trace, s))
+    trace = resample(func, sketches[0].trace, seed).trace
+    rng = random.Random(1)
+    for _ in range(20):
+        mutant = MutateTileSize().mutate(trace, rng)
+        assert mutant is not None
+        for i, d in trace.decisions.items():
+            if trace.insts[i].kind == "sample_perfect_tile":
+                assert math.prod(mutant.decisions[i]) == math.prod(d)
+
+
+def test_codegen_postproc_rejects_thread_bindings_on_cpu() -> None:
+    func = ops.get_op("add").build({"m": 4, "n": 8}, "float32")
+    sch = Schedule(func)
+    i, _ = sch.get_loops(sch.get_block("add"))
+    sch.bind(i, "threadIdx.x")
+    assert VerifyCodegen().check(sch, CTX) is not None
+    assert VerifyCodegen().check(Schedule(func), CTX) is None
+
+
+def test_unknown_rule_is_a_clear_error() -> None:
+    with pytest.raises(SpaceError, match="unknown rule"):
+        create_rule("no_such_rule")

@@ -1,0 +1,56 @@
+"""What rules need to know about a block: its loops by kind, constant extents, outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunefleet.ir.expr import Const
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import find_block, reduce_loop_vars, writes_of
+from tunefleet.ir.stmt import PrimFunc
+from tunefleet.ir.trace import RV
+
+
+@dataclass(frozen=True)
+class LoopInfo:
+    """One loop above a block: its handle, constant extent (None if symbolic) and kind."""
+
+    rv: RV
+    extent: int | None
+    reduce: bool
+
+
+def loop_infos(sch: Schedule, block: RV) -> list[LoopInfo]:
+    """The loops above `block`, outermost first, each marked spatial or reduction."""
+    br, _ = find_block(sch.func, sch.get(block).name)  # type: ignore[misc]
+    red = reduce_loop_vars(br)
+    out = []
+    for lp in sch.get_loops(block):
+        node = sch.get(lp)
+        ext = int(node.extent.value) if isinstance(node.extent, Const) else None
+        out.append(LoopInfo(lp, ext, node.var in red))
+    return out
+
+
+def is_reduction(func: PrimFunc, block: str) -> bool:
+    """True if the block has a reduce iter var (and so an init)."""
+    found = find_block(func, block)
+    return found is not None and any(iv.kind == "reduce" for iv in found[0].block.iter_vars)
+
+
+def writes_output(func: PrimFunc, block: str) -> bool:
+    """True if the block writes one of the function's output parameters."""
+    found = find_block(func, block)
+    return found is not None and bool(writes_of(found[0].block) & set(func.outputs))
+
+
+def divisors_among(extent: int | None, candidates: tuple[int, ...]) -> list[int]:
+    """The candidates that divide `extent` (none for a symbolic extent)."""
+    if extent is None:
+        return []
+    return [c for c in candidates if c <= extent and extent % c == 0]
+
+
+def uniform(n: int) -> list[float]:
+    """Equal probabilities for n categorical candidates."""
+    return [1.0 / n] * n

@@ -1,0 +1,111 @@
+"""Postprocessors: reject invalid candidates before they reach a builder.
+
+Each is a small class in a registry; `check(sch, ctx)` returns None for a valid program or a
+one-line reason. The CPU check generates the C source (catching programs that lower to
+nothing buildable, such as thread-bound loops); the GPU check enforces per-block limits on
+threads and shared memory from the launch the code generator describes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from tunefleet.ir.codegen import build_source
+from tunefleet.ir.errors import IRError
+from tunefleet.ir.schedule import Schedule
+
+from .space import SpaceContext, SpaceError
+
+
+@dataclass(frozen=True)
+class GpuLimits:
+    """Per-block limits of a CUDA device (sm_80+ defaults)."""
+
+    max_threads_per_block: int = 1024
+    max_shared_bytes: int = 48 * 1024
+    max_registers_per_thread: int = 255
+
+
+class Postproc(ABC):
+    """Validates one scheduled candidate."""
+
+    name = "abstract"
+
+    @abstractmethod
+    def check(self, sch: Schedule, ctx: SpaceContext) -> str | None:
+        """None when the candidate is valid, else why it is rejected."""
+
+
+class VerifyCodegen(Postproc):
+    """The program must lower and generate source for the target."""
+
+    name = "verify_codegen"
+
+    def check(self, sch: Schedule, ctx: SpaceContext) -> str | None:
+        try:
+            build_source(sch, target=ctx.target_kind)
+        except (IRError, ValueError) as err:
+            return f"codegen: {err}"
+        return None
+
+
+class VerifyGpuLimits(Postproc):
+    """Threads per block and static shared memory must fit the device."""
+
+    name = "verify_gpu_limits"
+
+    def __init__(self, limits: GpuLimits | None = None) -> None:
+        self.limits = limits or GpuLimits()
+
+    def check(self, sch: Schedule, ctx: SpaceContext) -> str | None:
+        if ctx.target_kind != "cuda":
+            return None
+        try:
+            src = build_source(sch, target="cuda")
+        except (IRError, ValueError) as err:
+            return f"codegen: {err}"
+        threads = 1
+        for dim in src.block or ():
+            if not isinstance(dim, int):
+                return None  # symbolic launch: checked at run time
+            threads *= dim
+        if threads > self.limits.max_threads_per_block:
+            return f"{threads} threads per block > {self.limits.max_threads_per_block}"
+        shared = getattr(src, "shared_bytes", 0) or 0
+        if isinstance(shared, int) and shared > self.limits.max_shared_bytes:
+            return f"{shared} bytes of shared memory per block > {self.limits.max_shared_bytes}"
+        return None
+
+
+_REGISTRY: dict[str, str] = {
+    "verify_codegen": "tunefleet.tuner.postproc:VerifyCodegen",
+    "verify_gpu_limits": "tunefleet.tuner.postproc:VerifyGpuLimits",
+}
+
+
+def create_postproc(name: str) -> Postproc:
+    """A postprocessor by registry name."""
+    try:
+        module, _, attr = _REGISTRY[name].partition(":")
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise SpaceError(f"unknown postprocessor {name!r}; known: {known}") from None
+    return getattr(importlib.import_module(module), attr)()
+
+
+def default_postprocs(target_kind: str) -> list[Postproc]:
+    """The checks every candidate of a target passes before it is measured."""
+    if target_kind == "cuda":
+        return [VerifyGpuLimits()]
+    return [VerifyCodegen()]
+
+
+def first_rejection(sch: Schedule, ctx: SpaceContext, procs: list[Postproc]) -> str | None:
+    """The first reason any postprocessor rejects `sch`, or None."""
+    for proc in procs:
+        reason = proc.check(sch, ctx)
+        if reason is not None:
+            return reason
+    return None

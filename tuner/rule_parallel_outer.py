@@ -1,0 +1,51 @@
+"""Parallel outer loops: run each top-level loop nest's outermost loop across the cores.
+
+When the outermost loop is too short to feed every core, it is first fused with the loop
+directly below it. Refused steps (a reduction loop, a loop that is not perfectly nested)
+leave the nest serial, which is always correct.
+"""
+
+from __future__ import annotations
+
+from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import blocks
+
+from .block_info import loop_infos
+from .space import GlobalRule, SpaceContext
+
+
+class ParallelOuter(GlobalRule):
+    """Fuse short outer loops and mark the outermost loop of every nest parallel."""
+
+    name = "parallel_outer"
+
+    def apply(self, sch: Schedule, ctx: SpaceContext) -> Schedule:
+        out = sch.copy()
+        if ctx.target_kind != "cpu":
+            return out
+        seen: set[str] = set()
+        for br, loops in blocks(out.func):
+            if not loops or loops[0].var.name in seen:
+                continue
+            seen.add(loops[0].var.name)
+            try:
+                infos = loop_infos(out, out.get_block(br.block.name))
+            except ScheduleError:
+                continue
+            top = infos[0].rv
+            if (
+                len(infos) > 1
+                and not infos[0].reduce
+                and not infos[1].reduce
+                and (infos[0].extent or 0) < 4 * ctx.cores
+            ):
+                try:
+                    top = out.fuse(infos[0].rv, infos[1].rv)
+                except ScheduleError:
+                    top = infos[0].rv
+            try:
+                out.parallel(top)
+            except ScheduleError:
+                pass
+        return out

@@ -1,0 +1,148 @@
+"""Design spaces: rules applied to each block (consumers first) turn a workload into sketches.
+
+A sketch is a trace with sampling instructions; its decisions are one point of the space, and
+`resample` draws others. A rule is a small class in a name registry; `apply` returns the
+schedules it forks into (an empty list when it does not apply to the block), and the first
+rule that applies to a block claims it. Rules see a `SpaceContext` (target kind, core count).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import blocks
+from tunefleet.ir.stmt import PrimFunc
+from tunefleet.ir.trace import Trace
+
+SPACE_VERSION = "cpu-1"
+
+
+class SpaceError(ValueError):
+    """A design space could not be generated (unknown rule, no valid sketch)."""
+
+
+@dataclass(frozen=True)
+class SpaceContext:
+    """What rules may depend on: the target kind ("cpu" or "cuda") and its parallelism."""
+
+    target_kind: str = "cpu"
+    cores: int = 2
+    vector_bytes: int = 64
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """One structure of the space: the rules that made it and a trace with sampling steps."""
+
+    name: str
+    trace: Trace
+
+
+class ScheduleRule(ABC):
+    """Schedules one block; returns the forked schedules, or [] when it does not apply.
+
+    An `exclusive` rule that applies claims the block; a non-exclusive one adds its sketches
+    and lets the following rules add alternatives of their own.
+    """
+
+    name = "abstract"
+    exclusive = True
+
+    @abstractmethod
+    def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
+        """Fork `sch` (never modify it) into schedules where `block` is handled."""
+
+
+class GlobalRule(ABC):
+    """Runs once over the whole function after the per-block rules (e.g. parallel loops)."""
+
+    name = "abstract"
+
+    @abstractmethod
+    def apply(self, sch: Schedule, ctx: SpaceContext) -> Schedule:
+        """A schedule with the rule applied (a copy; `sch` stays as it was)."""
+
+
+_RULES: dict[str, str] = {
+    "auto_inline": "tunefleet.tuner.rule_auto_inline:AutoInline",
+    "split_k_reduction": "tunefleet.tuner.rule_split_k_reduction:SplitKReduction",
+    "multi_level_tiling": "tunefleet.tuner.rule_multi_level_tiling:MultiLevelTiling",
+    "vectorize_spatial": "tunefleet.tuner.rule_vectorize_spatial:VectorizeSpatial",
+    "parallel_outer": "tunefleet.tuner.rule_parallel_outer:ParallelOuter",
+}
+
+CPU_BLOCK_RULES = ("auto_inline", "multi_level_tiling", "split_k_reduction", "vectorize_spatial")
+CPU_GLOBAL_RULES = ("parallel_outer",)
+
+
+def create_rule(name: str) -> ScheduleRule | GlobalRule:
+    """A rule by registry name."""
+    try:
+        module, _, attr = _RULES[name].partition(":")
+    except KeyError:
+        raise SpaceError(f"unknown rule {name!r}; known: {', '.join(sorted(_RULES))}") from None
+    return getattr(importlib.import_module(module), attr)()
+
+
+def block_names(func: PrimFunc) -> list[str]:
+    """The compute blocks of `func` in program order."""
+    return [br.block.name for br, _ in blocks(func)]
+
+
+class SpaceGenerator:
+    """Post-order application of block rules, then global rules, to get a workload's sketches."""
+
+    def __init__(
+        self,
+        block_rules: Sequence[ScheduleRule | str] = CPU_BLOCK_RULES,
+        global_rules: Sequence[GlobalRule | str] = CPU_GLOBAL_RULES,
+        max_sketches: int = 8,
+    ) -> None:
+        self.block_rules = [create_rule(r) if isinstance(r, str) else r for r in block_rules]
+        self.global_rules = [create_rule(r) if isinstance(r, str) else r for r in global_rules]
+        self.max_sketches = max_sketches
+
+    def generate(self, func: PrimFunc, ctx: SpaceContext, seed: int = 0) -> list[Sketch]:
+        """The sketches of `func`: consumers are scheduled before their producers."""
+        forks: list[tuple[str, Schedule]] = [("", Schedule(func, seed=seed))]
+        for block in reversed(block_names(func)):
+            nxt: list[tuple[str, Schedule]] = []
+            for label, sch in forks:
+                if block not in block_names(sch.func):
+                    nxt.append((label, sch))
+                    continue
+                claimed = False
+                for rule in self.block_rules:
+                    made = rule.apply(sch, block, ctx)  # type: ignore[call-arg]
+                    if made:
+                        tag = f"{rule.name}({block})"
+                        nxt.extend((f"{label}+{tag}" if label else tag, s) for s in made)
+                        claimed = True
+                        if rule.exclusive:  # type: ignore[union-attr]
+                            break
+                if not claimed:
+                    nxt.append((label, sch))
+            forks = nxt[: self.max_sketches]
+        sketches = []
+        for label, sch in forks:
+            for rule in self.global_rules:
+                sch = rule.apply(sch, ctx)  # type: ignore[call-arg]
+            sketches.append(Sketch(label or "identity", sch.trace))
+        if not sketches:
+            raise SpaceError(f"no sketch for {func.name}")
+        return sketches
+
+
+def try_fork(sch: Schedule, build: object) -> Schedule | None:
+    """Run `build(copy)` on a copy of `sch`; None if a primitive refuses (the rule skips)."""
+    trial = sch.copy()
+    try:
+        build(trial)  # type: ignore[operator]
+    except ScheduleError:
+        return None
+    return trial

@@ -1,0 +1,281 @@
+"""The tuning loop for one operator on one target: search, measure, record, learn.
+
+`tune(...)` builds the workload, opens the record store, generates the design space, loads
+what the database already knows (measured traces are never measured again; the fastest seed
+the search; all of them train the cost model), measures the untuned default schedule for
+reference, then alternates: the strategy proposes a batch, the executor measures it, every
+trial is committed, the cost model is retrained. A second call on the same database continues
+from what is there. The result is a frozen `TuneResult`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunefleet.database import NewRecord, RecordStore, TargetInfo, WorkloadInfo
+from tunefleet.ir import ops, structural_hash
+from tunefleet.ir.analysis import bytes_moved, flops
+from tunefleet.ir.errors import IRError
+from tunefleet.ir.trace import Trace
+from tunefleet.workers import (
+    BuildConfig,
+    BuildInput,
+    Executor,
+    MeasureConfig,
+    MeasureInput,
+    MeasureResult,
+    Problem,
+    Target,
+    create_executor,
+    resolve_target,
+)
+
+from .candidates import Candidate, SpaceSampler
+from .cost_model import CostModel, Sample, create_cost_model, model_path
+from .postproc import default_postprocs
+from .space import SPACE_VERSION, SpaceContext, SpaceGenerator
+from .strategy import SearchStrategy, create_strategy
+
+
+class TuneError(ValueError):
+    """The tuning request is invalid (unknown op, bad shape, empty design space...)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every measured trial (for progress bars and logs)."""
+
+    trials_done: int
+    trials_total: int
+    best_ms: float | None
+    failures: int
+    status: str
+    median_ms: float | None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What a tuning run achieved; `best_*` cover every record of the pair, this run or not."""
+
+    op: str
+    shape: Mapping[str, int]
+    dtype: str
+    workload_key: str
+    target: Mapping[str, Any]
+    trials: int
+    total_trials: int
+    best_ms: float | None
+    default_ms: float | None
+    gflops: float | None
+    gbps: float | None
+    failures: int
+    strategy: str
+    seed: int
+    best_trace_json: str | None = field(default=None, repr=False)
+    curve: tuple[float | None, ...] = field(default=(), repr=False)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON the CLI prints (`--json`)."""
+        return {
+            "workload_key": self.workload_key,
+            "target": dict(self.target),
+            "trials": self.trials,
+            "total_trials": self.total_trials,
+            "best_ms": self.best_ms,
+            "default_ms": self.default_ms,
+            "gflops": self.gflops,
+            "gbps": self.gbps,
+            "failures": self.failures,
+            "op": self.op,
+            "shape": dict(self.shape),
+            "dtype": self.dtype,
+            "strategy": self.strategy,
+            "seed": self.seed,
+        }
+
+
+def default_cache_dir() -> str:
+    """Where compiled kernels are cached unless a caller says otherwise."""
+    return str(Path("~/.cache/tunefleet/kernels").expanduser())
+
+
+def default_model_dir() -> str:
+    """Where cost models are saved per target unless a caller says otherwise."""
+    return str(Path("~/.cache/tunefleet/cost_models").expanduser())
+
+
+def _workload(op: str, shape: Mapping[str, int], dtype: str, attrs: Mapping[str, Any]) -> Any:
+    try:
+        opdef = ops.get_op(op)
+    except (KeyError, ValueError, IRError) as err:
+        raise TuneError(f"unknown op {op!r}: {err}") from None
+    try:
+        return opdef.build(dict(shape), dtype, **attrs)
+    except (KeyError, TypeError, ValueError, IRError) as err:
+        raise TuneError(f"cannot build {op} with shape {dict(shape)} {dtype}: {err}") from None
+
+
+def _target_info(target: Target) -> TargetInfo:
+    info = target.to_info()
+    return TargetInfo(
+        info["kind"], info["fingerprint"], info["device"], info["arch"], info["details"]
+    )
+
+
+def tune(
+    op: str,
+    shape: Mapping[str, int],
+    *,
+    dtype: str = "float32",
+    target: str | Target = "cpu",
+    trials: int = 64,
+    db_url: str | None = None,
+    workers: str | Executor = "local",
+    strategy: str | SearchStrategy = "evolutionary",
+    cost_model: str | CostModel = "xgb",
+    seed: int = 0,
+    batch_size: int = 16,
+    cache_dir: str | None = None,
+    model_dir: str | None = None,
+    measure_config: MeasureConfig | None = None,
+    measure_default: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+    **attrs: Any,
+) -> TuneResult:
+    """Tune `op` at `shape` on `target` for `trials` new measurements; see the module doc.
+
+    `db_url` None means the database package's default SQLite file; `workers` is "local",
+    "ray" or an Executor; `strategy` and `cost_model` are registry names or instances.
+    """
+    if trials < 0:
+        raise TuneError(f"trials must be >= 0 (got {trials})")
+    if batch_size < 1:
+        raise TuneError(f"batch_size must be >= 1 (got {batch_size})")
+    func = _workload(op, shape, dtype, attrs)
+    tgt = resolve_target(target) if isinstance(target, str) else target
+    key = structural_hash(func)
+    fp = tgt.fingerprint
+    ctx = SpaceContext(target_kind=tgt.kind, cores=os.cpu_count() or 1)
+    sketches = SpaceGenerator().generate(func, ctx, seed=seed)
+    sampler = SpaceSampler(func, sketches, ctx, default_postprocs(tgt.kind))
+    search = create_strategy(strategy, seed=seed) if isinstance(strategy, str) else strategy
+    model = create_cost_model(cost_model, seed=seed) if isinstance(cost_model, str) else cost_model
+    mdir = Path(model_dir or default_model_dir())
+    model.load(model_path(mdir, fp))
+    problem = Problem.create(op, shape, dtype, **attrs)
+    mconfig = measure_config or MeasureConfig(seed=seed)
+    from tunefleet.database import default_url
+
+    with RecordStore.open(db_url or default_url()) as store:
+        store.ensure_target(_target_info(tgt))
+        store.ensure_workload(WorkloadInfo(key, op, dict(shape), dtype, func.to_json()))
+        measured = store.measured_hashes(key, fp)
+        history = store.history(key, fp)
+        top: list[tuple[float, Trace]] = []
+        samples: list[Sample] = []
+        for rec in history:
+            try:
+                trace = Trace.from_json(rec.trace_json)
+            except (KeyError, ValueError):
+                continue
+            if rec.median_ms is not None:
+                top.append((rec.median_ms, trace))
+            cand = sampler.from_trace(trace)
+            if cand is not None:
+                samples.append(Sample(cand.features, key, rec.trace_hash, rec.median_ms))
+        model.update(samples)
+        top.sort(key=lambda p: p[0])
+        search.notify(top[:64])
+
+        owned = isinstance(workers, str)
+        executor = (
+            create_executor(workers, BuildConfig(cache_dir=cache_dir or default_cache_dir()))
+            if isinstance(workers, str)
+            else workers
+        )
+        try:
+            default_ms = None
+            if measure_default:
+                (dres,) = executor.measure_all(
+                    [MeasureInput(BuildInput(tgt, workload=func, trace=None), problem, mconfig)]
+                )
+                default_ms = dres.median_ms if dres.ok else None
+            done, failures = 0, 0
+            best_ms = top[0][0] if top else None
+            curve: list[float | None] = []
+            while done < trials:
+                batch = search.generate(sampler, model, measured, min(batch_size, trials - done))
+                if not batch:
+                    break  # the space has no unmeasured valid candidate left
+                results = executor.measure_all(
+                    [
+                        MeasureInput(
+                            BuildInput(tgt, workload=func, trace=c.trace_json), problem, mconfig
+                        )
+                        for c in batch
+                    ]
+                )
+                store.commit([_record(key, fp, c, r) for c, r in zip(batch, results, strict=True)])
+                new_samples = []
+                for cand, res in zip(batch, results, strict=True):
+                    done += 1
+                    measured.add(cand.trace_hash)
+                    ms = res.median_ms if res.ok else None
+                    new_samples.append(Sample(cand.features, key, cand.trace_hash, ms))
+                    if ms is None:
+                        failures += 1
+                    else:
+                        top.append((ms, cand.trace))
+                        best_ms = ms if best_ms is None else min(best_ms, ms)
+                    curve.append(best_ms)
+                    if on_progress is not None:
+                        on_progress(Progress(done, trials, best_ms, failures, res.status.value, ms))
+                model.update(new_samples)
+                top.sort(key=lambda p: p[0])
+                search.notify(top[:64])
+        finally:
+            if owned:
+                executor.close()
+        model.save(model_path(mdir, fp))
+        best = store.best(key, fp, 1)
+        total = len(measured)
+    best_rec = best[0] if best else None
+    best_ms = best_rec.median_ms if best_rec else None
+    work, nbytes = flops(func, shape), bytes_moved(func, shape)
+    return TuneResult(
+        op=op,
+        shape=dict(shape),
+        dtype=dtype,
+        workload_key=key,
+        target=tgt.to_info(),
+        trials=done,
+        total_trials=total,
+        best_ms=best_ms,
+        default_ms=default_ms,
+        gflops=work / (best_ms * 1e6) if best_ms else None,
+        gbps=nbytes / (best_ms * 1e6) if best_ms else None,
+        failures=failures,
+        strategy=search.name,
+        seed=seed,
+        best_trace_json=best_rec.trace_json if best_rec else None,
+        curve=tuple(curve),
+    )
+
+
+def _record(key: str, fp: str, cand: Candidate, res: MeasureResult) -> NewRecord:
+    ok = res.ok and res.median_ms is not None
+    return NewRecord(
+        workload_key=key,
+        target_fingerprint=fp,
+        trace_json=cand.trace_json,
+        trace_hash=cand.trace_hash,
+        status=res.status.value,
+        timings_ms=res.timings_ms if ok else (),
+        median_ms=res.median_ms if ok else None,
+        error_msg=res.message[:2000],
+        space_version=SPACE_VERSION,
+    )
