@@ -148,6 +148,8 @@ class Schedule:
         state = self._rng.getstate()
         try:
             yield
+            if self._func is not saved[0]:
+                self._check_races()
         except Exception:
             self._func, self._values, self._next, n, self._decisions = saved
             del self._insts[n:]
@@ -330,6 +332,13 @@ class Schedule:
                 if isinstance(n, BlockRealize):
                     sp = fused_vars & spatial_loop_vars(n)
                     rd = fused_vars & reduce_loop_vars(n)
+                    idle = fused_vars - sp - rd
+                    if idle and (sp or rd):
+                        raise ScheduleError(
+                            f"block {n.block.name!r} does not depend on loop "
+                            f"{sorted(v.name for v in idle)[0]} but does on the others; fused, "
+                            "the block would repeat inside one loop it depends on"
+                        )
                     if sp and rd:
                         raise ScheduleError(
                             f"cannot fuse spatial loop {sorted(v.name for v in sp)[0]} with "
@@ -397,25 +406,33 @@ class Schedule:
 
     def _set_kind(self, loop: RV, kind: str, thread: str | None = None) -> None:
         lp, _ = self._loop(loop)
-        if kind in ("parallel", "vectorized", "thread_binding"):
-            for n in walk(lp.body):
-                if not isinstance(n, BlockRealize):
-                    continue
-                if lp.var in reduce_loop_vars(n):
-                    raise ScheduleError(
-                        f"cannot make loop {lp.var.name} {kind}: it iterates the reduction of "
-                        f"block {n.block.name!r}, so iterations would race on the same output"
-                    )
-                if lp.var not in spatial_loop_vars(n) and not self._private_under(n.block, lp):
-                    raise ScheduleError(
-                        f"cannot make loop {lp.var.name} {kind}: block {n.block.name!r} does not "
-                        "depend on it, so every iteration would race on the same elements"
-                    )
         if kind == "vectorized" and any(isinstance(n, For) for n in walk(lp.body)):
             raise ScheduleError(
                 f"cannot vectorize loop {lp.var.name}: only innermost loops can be vectorized"
             )
         self._replace_loop(lp, dataclasses.replace(lp, kind=kind, thread=thread))
+
+    def _check_races(self) -> None:
+        """Refuse any state where iterations of a parallel, vectorized or thread-bound loop
+        would race: a block iterating its reduction over such a loop, or a block that does not
+        depend on the loop writing a buffer that is not private to it."""
+        for lp, _ in _loops(self._func):
+            if lp.kind not in ("parallel", "vectorized", "thread_binding"):
+                continue
+            kind = {"thread_binding": "thread-bound"}.get(lp.kind, lp.kind)
+            for n in walk(lp.body):
+                if not isinstance(n, BlockRealize):
+                    continue
+                if lp.var in reduce_loop_vars(n):
+                    raise ScheduleError(
+                        f"{kind} loop {lp.var.name} would iterate the reduction of block "
+                        f"{n.block.name!r}, so iterations would race on the same output"
+                    )
+                if lp.var not in spatial_loop_vars(n) and not self._private_under(n.block, lp):
+                    raise ScheduleError(
+                        f"block {n.block.name!r} does not depend on {kind} loop {lp.var.name} "
+                        "and writes a buffer shared across its iterations, so they would race"
+                    )
 
     def _private_under(self, blk: Block, lp: For) -> bool:
         """True when everything `blk` writes is an intermediate used only under `lp`.
@@ -1329,6 +1346,12 @@ class Schedule:
 
 
 # ---------------------------------------------------------------- module helpers
+
+
+def _loops(func: PrimFunc) -> list[tuple[For, tuple[For, ...]]]:
+    from .schedule_tree import iter_nodes
+
+    return [(n, lp) for n, lp in iter_nodes(root_body(func)) if isinstance(n, For)]
 
 
 def _product(exts: Sequence[Expr]) -> Expr:
