@@ -880,6 +880,19 @@ class Schedule:
                 )
             if any(isinstance(n, BufferLoad) and n.buffer == buf for n in walk(store.value)):
                 raise ScheduleError(f"cannot inline {blk.name!r}: it reads its own output")
+            order = [b.block for b, _ in blocks(self._func)]
+            start = next(i for i, b in enumerate(order) if b.name == blk.name)
+            needs = reads_of(blk)
+            for later in order[start + 1 :]:
+                if buf in reads_of(later):
+                    clobbered = [
+                        b for b in order[start + 1 : order.index(later)] if writes_of(b) & needs
+                    ]
+                    if clobbered:
+                        raise ScheduleError(
+                            f"cannot inline {blk.name!r} into {later.name!r}: block "
+                            f"{clobbered[0].name!r} writes a buffer it reads in between"
+                        )
 
             def inline_load(n: Any) -> Any:
                 if isinstance(n, BufferLoad) and n.buffer == buf:
