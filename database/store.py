@@ -108,7 +108,7 @@ def _translated(method: Callable[P, T]) -> Callable[P, T]:
         except SQLAlchemyError as err:
             store = args[0]
             assert isinstance(store, RecordStore)
-            raise translate(err, store.raw_url) from None
+            raise translate(err, store._url) from None
 
     return wrapper
 
@@ -119,8 +119,8 @@ class RecordStore:
     def __init__(self, engine: Engine, url: str) -> None:
         """Wrap an engine whose schema is already at head; use RecordStore.open normally."""
         self._engine = engine
-        self.raw_url = url
-        self.url = mask_url(url)
+        self._url = url
+        self.url = mask_url(url)  # safe to print; the password stays in _url
         self._target_ids: dict[str, int] = {}
         self._workload_ids: dict[str, int] = {}
 
@@ -557,7 +557,7 @@ class RecordStore:
                         row, workloads[row.workload_id].key, targets[row.target_id].fingerprint
                     )
         except SQLAlchemyError as err:
-            raise translate(err, self.raw_url) from None
+            raise translate(err, self._url) from None
 
     def export_jsonl(
         self,
@@ -581,7 +581,7 @@ class RecordStore:
     def merge_from(self, other_url: str) -> ImportResult:
         """Add every target, workload and record of another database (all or nothing)."""
         other_url = normalize_url(other_url)
-        if other_url == self.raw_url:
+        if other_url == self._url:
             raise DatabaseError(f"cannot merge {self.url} into itself")
         with RecordStore.open(other_url, create=False) as other:
             return self._write(lambda conn: self._apply(conn, other.iter_items()))
