@@ -10,6 +10,7 @@ from what is there. The result is a frozen `TuneResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ from tunefleet.workers import (
     BuildInput,
     Executor,
     MeasureConfig,
-    MeasureInput,
     MeasureResult,
     Problem,
+    RunInput,
+    Status,
     Target,
     create_executor,
     resolve_target,
@@ -200,8 +202,8 @@ def tune(
         try:
             default_ms = None
             if measure_default:
-                (dres,) = executor.measure_all(
-                    [MeasureInput(BuildInput(tgt, workload=func, trace=None), problem, mconfig)]
+                (dres,) = measure_batch(
+                    executor, [BuildInput(tgt, workload=func, trace=None)], problem, mconfig
                 )
                 default_ms = dres.median_ms if dres.ok else None
             done, failures = 0, 0
@@ -211,13 +213,11 @@ def tune(
                 batch = search.generate(sampler, model, measured, min(batch_size, trials - done))
                 if not batch:
                     break  # the space has no unmeasured valid candidate left
-                results = executor.measure_all(
-                    [
-                        MeasureInput(
-                            BuildInput(tgt, workload=func, trace=c.trace_json), problem, mconfig
-                        )
-                        for c in batch
-                    ]
+                results = measure_batch(
+                    executor,
+                    [BuildInput(tgt, workload=func, trace=c.trace_json) for c in batch],
+                    problem,
+                    mconfig,
                 )
                 store.commit([_record(key, fp, c, r) for c, r in zip(batch, results, strict=True)])
                 new_samples = []
@@ -264,6 +264,26 @@ def tune(
         best_trace_json=best_rec.trace_json if best_rec else None,
         curve=tuple(curve),
     )
+
+
+def measure_batch(
+    executor: Executor, builds: list[BuildInput], problem: Problem, config: MeasureConfig
+) -> list[MeasureResult]:
+    """Build every candidate first, then time them: no compiler competes with a timed kernel."""
+    built = [f.result() for f in executor.build(builds)]
+    runnable = [i for i, b in enumerate(built) if b.artifact is not None]
+    results: list[MeasureResult] = [
+        MeasureResult(b.status, message=b.message, build_s=b.build_s) for b in built
+    ]
+    if runnable:
+        runs = executor.run([RunInput(built[i].artifact, problem, config) for i in runnable])
+        for i, fut in zip(runnable, runs, strict=True):
+            try:
+                res = fut.result()
+            except Exception as err:  # a lost runner is that candidate's run_error
+                res = MeasureResult(Status.RUN_ERROR, message=f"{type(err).__name__}: {err}")
+            results[i] = dataclasses.replace(res, build_s=built[i].build_s)
+    return results
 
 
 def _record(key: str, fp: str, cand: Candidate, res: MeasureResult) -> NewRecord:

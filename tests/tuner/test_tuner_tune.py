@@ -1,0 +1,120 @@
+"""The whole loop on the CPU target with tiny budgets: search, records, model, continuation."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from tunefleet.database import RecordStore
+from tunefleet.ir import ops, structural_hash
+from tunefleet.tuner import TuneError, tune
+from tunefleet.tuner.cli import tune as tune_cli
+from tunefleet.tuner.cost_model import model_path
+from tunefleet.tuner.model_xgb import XGBModel
+from tunefleet.workers import MeasureConfig
+
+FAST = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
+SHAPE = {"m": 4, "n": 32, "k": 64}
+
+
+def _run(tmp_path: Path, executor, db: str, trials: int, **kw):
+    return tune(
+        "dense", SHAPE, trials=trials, db_url=db, workers=executor, batch_size=4,
+        model_dir=str(tmp_path / "models"), measure_config=FAST, measure_default=False, **kw,
+    )  # fmt: skip
+
+
+def test_tune_records_every_trial_and_continues(tmp_path: Path, executor, cpu) -> None:
+    db = f"sqlite:///{tmp_path / 'records.db'}"
+    first = _run(tmp_path, executor, db, 6, strategy="random", seed=1)
+    assert first.trials == 6 and first.total_trials == 6
+    key = structural_hash(ops.get_op("dense").build(SHAPE, "float32"))
+    assert first.workload_key == key
+    with RecordStore.open(db) as store:
+        hist = store.history(key, cpu.fingerprint)
+        assert len(hist) == 6
+        ok = [r.median_ms for r in hist if r.status == "ok"]
+        assert first.best_ms == min(ok)
+    second = _run(tmp_path, executor, db, 5, strategy="evolutionary", seed=1)
+    assert second.trials == 5 and second.total_trials == 11
+    assert second.best_ms is not None and second.best_ms <= first.best_ms
+    with RecordStore.open(db) as store:
+        hashes = [r.trace_hash for r in store.history(key, cpu.fingerprint)]
+    assert len(hashes) == len(set(hashes)) == 11, "no trace is measured twice"
+    assert first.gflops and first.gbps
+
+
+def test_same_seed_proposes_the_same_first_batch(tmp_path: Path, executor, cpu) -> None:
+    key = structural_hash(ops.get_op("dense").build(SHAPE, "float32"))
+    batches = []
+    for run in ("a", "b", "c"):
+        db = f"sqlite:///{tmp_path / (run + '.db')}"
+        _run(tmp_path / run, executor, db, 4, strategy="evolutionary", seed=0 if run != "c" else 5)
+        with RecordStore.open(db) as store:
+            batches.append([r.trace_hash for r in store.history(key, cpu.fingerprint)])
+    assert batches[0] == batches[1]
+    assert batches[0] != batches[2]
+
+
+def test_cost_model_is_saved_per_target_and_retrained(tmp_path: Path, executor, cpu) -> None:
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    _run(tmp_path, executor, db, 12, strategy="random", seed=2)
+    path = model_path(tmp_path / "models", cpu.fingerprint)
+    assert path.exists()
+    model = XGBModel(min_samples=4)
+    model.load(path)
+    assert len(model.samples) == 12
+    assert model.trained
+
+
+def test_bad_requests_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(TuneError, match="unknown op"):
+        tune("nope", {"m": 1}, trials=1, db_url=str(tmp_path / "x.db"))
+    with pytest.raises(TuneError, match="missing"):
+        tune("dense", {"m": 1}, trials=1, db_url=str(tmp_path / "x.db"))
+
+
+def test_cli_json_and_one_line_errors(tmp_path: Path, cpu) -> None:
+    runner = CliRunner()
+    db = str(tmp_path / "cli.db")
+    args = ["add", "--shape", "m=8,n=64", "--trials", "3", "--db", db, "--batch-size", "3"]
+    env = {"TUNEFLEET_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    res = runner.invoke(tune_cli, [*args, "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert {"workload_key", "target", "trials", "best_ms", "default_ms", "gflops", "gbps",
+            "failures"} <= set(data)  # fmt: skip
+    assert data["trials"] == 3 and data["best_ms"] > 0 and data["default_ms"] > 0
+    res = runner.invoke(tune_cli, ["add", "--shape", "m=8", "--db", db], env=env)
+    assert res.exit_code == 2 and "missing n" in res.output
+    res = runner.invoke(tune_cli, ["add", "--shape", "m=x", "--db", db], env=env)
+    assert res.exit_code == 2 and "--shape" in res.output
+
+
+@pytest.mark.postgres
+def test_continuation_on_postgres(tmp_path: Path, executor, cpu) -> None:
+    url = os.environ.get("TUNEFLEET_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("TUNEFLEET_TEST_POSTGRES_URL is not set")
+    import sqlalchemy as sa
+
+    schema = f"tuner_{uuid.uuid4().hex[:10]}"
+    base = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in base else "?"
+    scoped = f"{base}{sep}options=-csearch_path%3D{schema}"
+    try:
+        first = _run(tmp_path, executor, scoped, 4, strategy="random", seed=3)
+        second = _run(tmp_path, executor, scoped, 4, strategy="random", seed=3)
+        assert (first.total_trials, second.total_trials) == (4, 8)
+        assert second.best_ms <= first.best_ms
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()

@@ -1,0 +1,157 @@
+"""`tunefleet tune`: tune one operator on one target, record every trial, print a summary.
+
+    tunefleet tune OP --shape k=v,... [--dtype D] [--target cpu|cuda] [--trials N] [--db URL]
+                   [--workers local|ray] [--strategy evolutionary|random] [--seed S] [--json]
+
+A live progress bar shows trials, the best time so far, its GFLOP/s or GB/s and failures; a
+second run on the same database continues from the records already there. Environment
+variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+from tunefleet.database.cli import db_option, resolve_cli_url
+from tunefleet.database.errors import DatabaseError
+from tunefleet.ir.analysis import bytes_moved, flops
+from tunefleet.workers.cli import parse_shape
+from tunefleet.workers.executor import ExecutorError
+from tunefleet.workers.targets import TargetError
+
+from .cost_model import CostModelError
+from .space import SpaceError
+from .strategy import StrategyError
+from .tuning import Progress, TuneError, TuneResult, _workload, default_cache_dir
+from .tuning import tune as run_tune
+
+
+@click.command(name="tune")
+@click.argument("op")
+@click.option("--shape", "shape_text", required=True, help="Dims as k=v,... (e.g. m=32,n=4096).")
+@click.option("--dtype", default="float32", show_default=True, help="Element type.")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--trials", type=click.IntRange(min=0), default=64, show_default=True)
+@db_option
+@click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option(
+    "--strategy",
+    type=click.Choice(["evolutionary", "random"]),
+    default="evolutionary",
+    show_default=True,
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def tune(
+    op: str,
+    shape_text: str,
+    dtype: str,
+    target: str,
+    trials: int,
+    db_url: str | None,
+    workers: str,
+    strategy: str,
+    seed: int,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Tune OP at --shape on --target for --trials new measurements."""
+    shape = parse_shape(shape_text)
+    try:
+        func = _workload(op, shape, dtype, {})
+    except TuneError as err:
+        raise click.BadParameter(str(err), param_hint="OP/--shape/--dtype") from None
+    work, nbytes = flops(func, shape), bytes_moved(func, shape)
+    url = resolve_cli_url(db_url)
+    cache = os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir()
+    try:
+        if as_json:
+            result = run_tune(
+                op, shape, dtype=dtype, target=target, trials=trials, db_url=url,
+                workers=workers, strategy=strategy, seed=seed, batch_size=batch_size,
+                cache_dir=cache,
+            )  # fmt: skip
+        else:
+            result = _with_progress(
+                op, shape, dtype, target, trials, url, workers, strategy, seed, batch_size,
+                cache, work, nbytes,
+            )  # fmt: skip
+    except (
+        TuneError,
+        DatabaseError,
+        TargetError,
+        ExecutorError,
+        SpaceError,
+        StrategyError,
+        CostModelError,
+    ) as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(result.to_json_dict(), indent=2, default=str))
+    else:
+        _summary(result, shape_text)
+
+
+def _rate(ms: float | None, work: int, nbytes: int) -> str:
+    if ms is None or ms <= 0:
+        return "-"
+    gflops, gbps = work / (ms * 1e6), nbytes / (ms * 1e6)
+    return f"{gflops:.1f} GFLOP/s" if work / max(nbytes, 1) >= 4 else f"{gbps:.1f} GB/s"
+
+
+def _with_progress(
+    op: str, shape: dict[str, int], dtype: str, target: str, trials: int, url: str,
+    workers: str, strategy: str, seed: int, batch_size: int, cache: str, work: int, nbytes: int,
+) -> TuneResult:  # fmt: skip
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    columns = (
+        TextColumn(f"[bold]{op}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("failures {task.fields[failures]}"),
+        TimeElapsedColumn(),
+    )
+    with Bar(*columns, transient=False) as bar:
+        task = bar.add_task("tune", total=trials, best="best -", rate="", failures=0)
+
+        def update(p: Progress) -> None:
+            best = f"best {p.best_ms:.4f} ms" if p.best_ms is not None else "best -"
+            rate = _rate(p.best_ms, work, nbytes)
+            bar.update(task, completed=p.trials_done, best=best, rate=rate, failures=p.failures)
+
+        return run_tune(
+            op, shape, dtype=dtype, target=target, trials=trials, db_url=url, workers=workers,
+            strategy=strategy, seed=seed, batch_size=batch_size, cache_dir=cache,
+            on_progress=update,
+        )  # fmt: skip
+
+
+def _summary(result: TuneResult, shape_text: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f} ms"
+
+    table = Table(title=f"{result.op} [{shape_text}] {result.dtype}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    info = result.target
+    table.add_row("target", f"{info['device']} ({info['arch']}, {info['fingerprint']})")
+    table.add_row("workload", result.workload_key[:16])
+    table.add_row("trials", f"{result.trials} this run, {result.total_trials} recorded")
+    table.add_row("failures", str(result.failures))
+    table.add_row("best", ms(result.best_ms))
+    table.add_row("default schedule", ms(result.default_ms))
+    if result.best_ms and result.default_ms:
+        table.add_row("speed-up", f"{result.default_ms / result.best_ms:.2f}x")
+    table.add_row("GFLOP/s", "-" if result.gflops is None else f"{result.gflops:.2f}")
+    table.add_row("GB/s", "-" if result.gbps is None else f"{result.gbps:.2f}")
+    Console().print(table)
