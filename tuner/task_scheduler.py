@@ -1,0 +1,108 @@
+"""Task schedulers: which task of a model gets the next round of trials.
+
+`next_task()` names a task (or None when the budget is spent) and `on_results(task, trials,
+best_ms)` reports a finished round. Chosen by name (`create_task_scheduler("gradient", ...)`)
+or passed as instances; both are deterministic, so they are tested on recorded or simulated
+measurements without a device. Tasks are anything with `workload_key` and `weight` (the
+coordinator's `Task`), or `TaskSpec`s.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class SchedulerError(ValueError):
+    """Unknown scheduler, no tasks, or a report about a task that does not exist."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as the scheduler sees it: its identity and how often it runs in the model."""
+
+    workload_key: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """What a scheduler knows about one task after some rounds."""
+
+    rounds: int
+    trials: int
+    best_history: tuple[float, ...]  # best time after each round (inf while none is ok)
+
+    @property
+    def best_ms(self) -> float:
+        return self.best_history[-1] if self.best_history else float("inf")
+
+
+class TaskScheduler(ABC):
+    """Allocates rounds of `trials_per_round` trials across tasks within `max_trials`."""
+
+    name = "abstract"
+
+    def __init__(self, tasks: Sequence[Any], max_trials: int, trials_per_round: int = 16) -> None:
+        if not tasks:
+            raise SchedulerError("a task scheduler needs at least one task")
+        self.tasks = [
+            TaskSpec(str(t.workload_key), float(getattr(t, "weight", 1.0))) for t in tasks
+        ]
+        self.max_trials = max_trials
+        self.trials_per_round = trials_per_round
+        self._progress = [TaskProgress(0, 0, ()) for _ in self.tasks]
+        self._spent = 0
+
+    @property
+    def spent(self) -> int:
+        return self._spent
+
+    def progress(self, task: int) -> TaskProgress:
+        return self._progress[task]
+
+    def next_task(self) -> int | None:
+        """The task to tune next, or None when the trial budget is spent."""
+        if self._spent >= self.max_trials:
+            return None
+        return self._choose()
+
+    @abstractmethod
+    def _choose(self) -> int:
+        """Pick a task index (the budget is not yet spent)."""
+
+    def on_results(self, task: int, trials: int, best_ms: float | None) -> None:
+        """A round of `task` finished: `trials` measured, best time of the task now `best_ms`."""
+        if not 0 <= task < len(self.tasks):
+            raise SchedulerError(f"no task #{task} (there are {len(self.tasks)})")
+        p = self._progress[task]
+        best = min(p.best_ms, best_ms if best_ms is not None else float("inf"))
+        self._progress[task] = TaskProgress(
+            p.rounds + 1, p.trials + trials, (*p.best_history, best)
+        )
+        self._spent += trials
+
+    def weighted_latency(self) -> float:
+        """sum(weight * best) over tasks: the end-to-end time the schedule aims to minimise."""
+        return sum(t.weight * p.best_ms for t, p in zip(self.tasks, self._progress, strict=True))
+
+
+_REGISTRY: dict[str, str] = {
+    "round_robin": "tunefleet.tuner.scheduler_round_robin:RoundRobinScheduler",
+    "gradient": "tunefleet.tuner.scheduler_gradient:GradientScheduler",
+}
+
+
+def create_task_scheduler(
+    name: str, tasks: Sequence[Any], max_trials: int, **options: Any
+) -> TaskScheduler:
+    """A task scheduler by name ("gradient" or "round_robin")."""
+    try:
+        module, _, attr = _REGISTRY[name].partition(":")
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise SchedulerError(f"unknown task scheduler {name!r}; choose one of {known}") from None
+    return getattr(importlib.import_module(module), attr)(tasks, max_trials, **options)
