@@ -283,4 +283,4 @@ class _FieldReader:
             raise ImportFileError(
                 self.name, self.number, f"field {key!r} is not an ISO 8601 time"
             ) from None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from records_factory import A100, H100, random_batch, workload
+from sqlalchemy.engine import make_url
 from tunefleet.coordinator.cli import main
 from tunefleet.database import RecordStore
 
@@ -119,3 +120,22 @@ def test_bad_input_gives_one_line(capsys, filled: str, tmp_path: Path) -> None:
     assert code == 1 and "truncated" in _one_line(err)
     code, _, err = run(capsys, "prune", "-k", "0", "--db", filled)
     assert code == 2 and _one_line(err)
+
+
+def test_jobs_are_listed(capsys, filled: str) -> None:
+    with RecordStore.open(filled) as store:
+        job = store.create_job("decode sweep", "llama-3-8b", H100.fingerprint, 500)
+    code, out, _ = run(capsys, "list", "jobs", "--json", "--db", filled)
+    assert code == 0
+    [row] = json.loads(out)
+    assert (row["id"], row["status"], row["target"]) == (job, "pending", H100.fingerprint)
+
+
+@pytest.mark.postgres
+def test_postgres_by_url_with_the_password_masked(capsys, pg_schema_url: str) -> None:
+    password = make_url(pg_schema_url).password
+    code, out, err = run(capsys, "init", "--db", pg_schema_url)
+    assert code == 0 and "revision 0002" in out
+    code, out, err = run(capsys, "stats", "--db", pg_schema_url)
+    assert code == 0 and "postgresql" in out and "***" in out
+    assert password not in out + err

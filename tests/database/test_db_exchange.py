@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,22 @@ def test_an_export_to_a_missing_folder_is_one_clear_error(tmp_path: Path) -> Non
     with RecordStore.open(f"sqlite:///{tmp_path / 'x.db'}") as store:
         with pytest.raises(DatabaseError, match="cannot write"):
             store.export_jsonl(tmp_path / "no" / "such" / "out.jsonl")
+
+
+def test_import_times_with_an_offset_are_kept_as_the_same_instant(
+    db_url: str, tmp_path: Path
+) -> None:
+    lines = _export(tmp_path)
+    shifted = []
+    for line in lines:
+        obj = json.loads(line)
+        if obj.get("type") == "record":
+            when = datetime.fromisoformat(obj["created_at"])
+            obj["created_at"] = when.astimezone(
+                timezone(timedelta(hours=5, minutes=30))
+            ).isoformat()
+        shifted.append(json.dumps(obj) + "\n")
+    (tmp_path / "shifted.jsonl").write_text("".join(shifted))
+    with RecordStore.open(db_url) as a, RecordStore.open(f"sqlite:///{tmp_path / 'src.db'}") as b:
+        a.import_jsonl(tmp_path / "shifted.jsonl")
+        assert content(a) == content(b)
