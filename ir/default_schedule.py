@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ScheduleError
-from .expr import Const
+from .expr import BufferLoad, Const, Var
 from .schedule import Schedule
 from .schedule_tree import blocks, reduce_loop_vars
-from .stmt import PrimFunc
+from .stmt import BlockRealize, BufferStore, PrimFunc
+from .visit import uses_var, walk
 
 
 def _as_func(op_or_func: Any) -> PrimFunc:
@@ -30,9 +31,10 @@ def _as_func(op_or_func: Any) -> PrimFunc:
 
 
 def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
-    """CPU: fuse the two outer spatial loops of each nest and run them in parallel, hoist each
-    reduction's init out of its reduce loops, and vectorize an innermost spatial loop of
-    constant extent. CUDA schedules arrive with the GPU code generator."""
+    """CPU: move a unit-stride spatial loop inside the reduction (matmul's i, k, j), fuse the
+    two outer spatial loops and run them in parallel, hoist each reduction's init out of its
+    reduce loops, and vectorize an innermost spatial loop of constant extent. CUDA schedules
+    arrive with the GPU code generator."""
     func = _as_func(op_or_func)
     if target not in ("cpu", "c"):
         raise ScheduleError(
@@ -43,19 +45,26 @@ def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
         block = sch.get_block(br.block.name)
         loops = sch.get_loops(block)
         red = reduce_loop_vars(br)
-        spatial_outer = []
+        spatial = [lp for lp in loops if sch.get(lp).var not in red]
+        reduce_loops = [lp for lp in loops if sch.get(lp).var in red]
+        if reduce_loops and len(spatial) >= 2 and _unit_stride(br, sch.get(spatial[-1]).var):
+            # e.g. matmul: i, k, j keeps B and C rows contiguous and j free to vectorize
+            sch.reorder(*spatial[:-1], *reduce_loops, spatial[-1])
+            loops = sch.get_loops(block)
+        outer = []
         for lp in loops:
             if sch.get(lp).var in red:
                 break
-            spatial_outer.append(lp)
-        if len(spatial_outer) >= 2 and len(loops) > 2:
-            fused = sch.fuse(spatial_outer[0], spatial_outer[1])
+            outer.append(lp)
+        if len(outer) >= 2 and len(loops) > 2:
+            sch.fuse(outer[0], outer[1])
             loops = sch.get_loops(block)
-            spatial_outer = [fused, *spatial_outer[2:]]
-        if spatial_outer:
+            outer = outer[1:]
+        if outer:
             sch.parallel(loops[0])
-        if br.block.init is not None and len(loops) > len(spatial_outer):
-            sch.decompose_reduction(block, loops[len(spatial_outer)])
+        if br.block.init is not None and reduce_loops:
+            first_reduce = next(lp for lp in loops if sch.get(lp).var in red)
+            sch.decompose_reduction(block, first_reduce)
         inner = sch.get(loops[-1])
         if (
             len(loops) > 1
@@ -65,3 +74,18 @@ def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
         ):
             sch.vectorize(loops[-1])
     return sch
+
+
+def _unit_stride(br: BlockRealize, loop_var: Var) -> bool:
+    """True when the loop drives an iter var that every access uses only as its last index."""
+    ivs = [
+        iv.var for iv, v in zip(br.block.iter_vars, br.iter_values, strict=True) if v == loop_var
+    ]
+    if not ivs:
+        return False
+    iv = ivs[0]
+    for n in walk(br.block.body):
+        if isinstance(n, BufferLoad | BufferStore) and any(uses_var(i, iv) for i in n.indices):
+            if n.indices[-1] != iv or any(uses_var(i, iv) for i in n.indices[:-1]):
+                return False
+    return True
