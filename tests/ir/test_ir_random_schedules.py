@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 from ir_gcc_harness import check_against_reference
-from tunefleet.ir import Var, ops
+from tunefleet.ir import PrimFunc, Var, ops
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks
@@ -146,3 +146,4 @@ def test_random_schedules_keep_semantics(name: str) -> None:
         sch = random_schedule(Schedule(func, seed=seed), rng)
         check_against_reference(sch, op, dims, dtype, seed=seed, **attrs)
         assert sch.trace.apply(func).func == sch.func
+        assert PrimFunc.from_json(sch.func.to_json()) == sch.func
