@@ -105,17 +105,21 @@ class Schedule:
 
     @property
     def mod(self) -> PrimFunc:
+        """The current PrimFunc (TVM's name for it)."""
         return self._func
 
     @property
     def original(self) -> PrimFunc:
+        """The PrimFunc the schedule started from."""
         return self._orig
 
     @property
     def trace(self) -> Trace:
+        """An immutable snapshot of the instructions and decisions so far."""
         return Trace(tuple(self._insts), dict(self._decisions))
 
     def copy(self) -> Schedule:
+        """An independent schedule in the same state."""
         other = Schedule(self._orig)
         other._func = self._func
         other._insts = list(self._insts)
@@ -134,6 +138,7 @@ class Schedule:
         return self._value(rv)
 
     def show(self) -> str:
+        """The current PrimFunc as text."""
         return self._func.script()
 
     @contextlib.contextmanager

@@ -394,6 +394,7 @@ def _simplify_div(e: BinOp, ranges: Ranges) -> Expr | None:
 
 
 def simplify_linear(e: Expr, add: int, dtype: str) -> Expr:
+    """An expression plus a constant, in canonical linear form."""
     terms, k = linear(e)
     return from_linear(terms, k + add, dtype)
 
