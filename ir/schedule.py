@@ -646,6 +646,11 @@ class Schedule:
                     "exactly its spatial iter vars"
                 )
             out = store.buffer
+            if out in self._func.params:
+                raise ScheduleError(
+                    f"block {blk.name!r} writes the function output {out.name}, which must be "
+                    "produced whole; move its consumer with reverse_compute_at instead"
+                )
             self._check_sole_writer(blk, out, "compute_at")
             pos, _ = self._root_nest_of(blk.name, "compute_at")
             target_pos = top_index(self._func, lambda n: isinstance(n, For) and n.var == lp.var)
