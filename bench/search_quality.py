@@ -188,9 +188,12 @@ def tune_tvm(name: str, budget: int, state: Path, seed: int) -> dict[str, Any]:
 
     work_dir = state / f"tvm_{name}_{budget}"
     start = time.perf_counter()
+    # the default 30 s build timeout drops most candidates when the 2 cores are shared
     ms.tune_tir(
         tvm_func(name), tvm_target(), work_dir=str(work_dir), max_trials_global=budget,
         num_trials_per_iter=min(64, budget), seed=seed, num_tuning_cores=2,
+        builder=ms.builder.LocalBuilder(max_workers=2, timeout_sec=180.0),
+        runner=ms.runner.LocalRunner(timeout_sec=60.0),
     )  # fmt: skip
     return {"tuning_s": time.perf_counter() - start, "trials": budget, "work_dir": str(work_dir)}
 
@@ -202,6 +205,8 @@ def load_tvm(name: str, work_dir: str) -> Callable[[list[np.ndarray]], Any]:
     db = ms.database.JSONDatabase(work_dir=work_dir, allow_missing=False)
     target = tvm_target()
     sch = ms.tir_integration.compile_tir(db, tvm_func(name), target)
+    if sch is None:
+        raise RuntimeError(f"MetaSchedule found no valid {name} schedule in {work_dir}")
     lib = tvm.compile(sch.mod, target=target)
     main = lib["main"]
     dev = tvm.cpu()
@@ -306,7 +311,11 @@ def main() -> None:
                     variants[f"{strategy}@{budget}"] = binder([*inputs, out])
                     outputs[f"{strategy}@{budget}"] = out
             if use_tvm:
-                binder = load_tvm(name, report[f"tvm_{name}_{budget}"]["work_dir"])
+                try:
+                    binder = load_tvm(name, report[f"tvm_{name}_{budget}"]["work_dir"])
+                except RuntimeError as err:
+                    print(f"[skip] {err}", file=sys.stderr)
+                    continue
                 out = np.zeros(out_shape(name), dtype=np.float32)
                 variants[f"metaschedule@{budget}"] = binder([*inputs, out])
                 outputs[f"metaschedule@{budget}"] = binder
