@@ -1498,7 +1498,9 @@ def _exact_windows(
             return None
         terms, c = linear(idxs[0])
         outer = {t: k for t, k in terms.items() if not (loop_vars_in(t) & set(extents))}
-        inner = [(k, t) for t, k in terms.items() if t not in outer]
+        inner = [
+            (k, t) for t, k in terms.items() if t not in outer and extents.get(t) != const(1)
+        ]  # a loop of extent 1 only ever contributes 0
         for k, t in inner:
             if not isinstance(t, Var) or t not in extents or k <= 0 or t in used:
                 return None

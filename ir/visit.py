@@ -24,8 +24,15 @@ def fields_of(cls: type) -> tuple[str, ...]:
     return names
 
 
+_IS_NODE: dict[type, bool] = {}
+
+
 def _is_node(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+    cls = type(value)
+    known = _IS_NODE.get(cls)
+    if known is None:
+        known = _IS_NODE[cls] = dataclasses.is_dataclass(cls) and cls is not type
+    return known
 
 
 def rewrite(
