@@ -357,7 +357,10 @@ class Schedule:
             stride: Expr = const(1)
             for lp, e in reversed(list(zip(found, exts, strict=True))):
                 q = fv if stride == const(1) else binop("floordiv", fv, stride)
-                mapping[lp.var] = q if lp is found[0] else binop("floormod", q, e)
+                if e == const(1):
+                    mapping[lp.var] = const(0)  # a unit loop contributes nothing
+                else:
+                    mapping[lp.var] = q if lp is found[0] else binop("floormod", q, e)
                 stride = simplify(stride * e)
             total = simplify(_product(exts))
             ranges = {fv: (0, int(total.value) - 1)} if isinstance(total, Const) else {}
