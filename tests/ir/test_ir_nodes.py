@@ -34,6 +34,9 @@ def test_simplify_split_and_fuse_indices() -> None:
     assert simplify(const(3) * 4 + 2) == const(14)
     assert simplify(i1 < 8, ranges) == const(True)
     assert bounds(i0 * 8 + i1, ranges) == (0, 127)
+    n = Var("n")
+    assert simplify(floordiv(f, n) * n + floormod(f, n)) == f  # fuse then flatten, symbolic
+    assert simplify(floordiv(f, 16) * 16 + floormod(f, 16) + 2) == f + 2
 
 
 def test_simplify_keeps_values_for_random_points() -> None:
