@@ -54,6 +54,7 @@ from .schedule_tree import (
     map_stmt,
     reads_of,
     reduce_loop_vars,
+    reduction_update,
     root_body,
     spatial_loop_vars,
     store_of,
@@ -432,9 +433,16 @@ class Schedule:
                 if not isinstance(n, BlockRealize):
                     continue
                 if lp.var in reduce_loop_vars(n):
+                    if lp.kind == "vectorized" and _simd_reduction(lp, n) is None:
+                        continue
+                    reason = (
+                        _simd_reduction(lp, n)
+                        if lp.kind == "vectorized"
+                        else "so iterations would race on the same output"
+                    )
                     raise ScheduleError(
                         f"{kind} loop {lp.var.name} would iterate the reduction of block "
-                        f"{n.block.name!r}, so iterations would race on the same output"
+                        f"{n.block.name!r}, {reason}"
                     )
                 if lp.var not in spatial_loop_vars(n) and not self._private_under(n.block, lp):
                     raise ScheduleError(
@@ -1124,15 +1132,12 @@ class Schedule:
             if blk.init is None or store is None:
                 raise ScheduleError(f"block {blk.name!r} is not a reduction with an init")
             acc = store.buffer
-            v = store.value
-            if not (
-                isinstance(v, BinOp)
-                and v.op in ("add", "max", "min")
-                and isinstance(v.a, BufferLoad)
-                and v.a.buffer == acc
-                and v.a.indices == store.indices
-            ):
-                raise ScheduleError(f"block {blk.name!r} is not of the form C = C (+|max|min) expr")
+            update = reduction_update(store)
+            if update is None:
+                raise ScheduleError(
+                    f"block {blk.name!r} is not a reduction update C = C + e (or max, min)"
+                )
+            red_op, red_rhs = update
             if not is_identity_write(blk, store.indices):
                 raise ScheduleError(
                     f"block {blk.name!r} must store at exactly its spatial iter vars"
@@ -1169,7 +1174,7 @@ class Schedule:
             rf_buf = Buffer(names.fresh(f"{acc.name}_rf"), tuple(rf_shape), acc.dtype, "global")
             rf_idx = list(store.indices)
             rf_idx.insert(factor_axis, rf_var)
-            rhs = substitute(v.b, red_sub)
+            rhs = substitute(red_rhs, red_sub)
             # Guards over the reduction loops move into the value, so every rf slot the
             # write-back reads is initialised; guards over spatial loops stay on the realize.
             red_set = {lp.var, *new_red}
@@ -1186,7 +1191,7 @@ class Schedule:
                 else:
                     spatial_guards.append(cond)
             rf_store = BufferStore(
-                rf_buf, tuple(rf_idx), binop(v.op, BufferLoad(rf_buf, tuple(rf_idx)), rhs)
+                rf_buf, tuple(rf_idx), binop(red_op, BufferLoad(rf_buf, tuple(rf_idx)), rhs)
             )
             assert isinstance(blk.init, BufferStore)
             rf_init = BufferStore(rf_buf, tuple(rf_idx), blk.init.value)
@@ -1215,7 +1220,7 @@ class Schedule:
             wb_store = BufferStore(
                 acc,
                 wb_idx,
-                binop(v.op, BufferLoad(acc, wb_idx), BufferLoad(rf_buf, tuple(wb_rf_idx))),
+                binop(red_op, BufferLoad(acc, wb_idx), BufferLoad(rf_buf, tuple(wb_rf_idx))),
             )
             wb_init = BufferStore(acc, wb_idx, blk.init.value)
             wb_blk = with_regions(
@@ -1372,6 +1377,26 @@ class Schedule:
 
 
 # ---------------------------------------------------------------- module helpers
+
+
+SIMD_REDUCE_DTYPES = ("float32", "int32", "int64")
+
+
+def _simd_reduction(lp: For, br: BlockRealize) -> str | None:
+    """None when a vectorized loop over a reduction can become an OpenMP simd reduction,
+    else why not: the loop must hold just this block, with its init decomposed away, updating
+    `C[idx] = C[idx] (+|max|min) e` in float32, int32 or int64."""
+    if lp.body is not br and lp.body != br:
+        return "and a vectorized reduction loop must hold only that block"
+    blk = br.block
+    if blk.init is not None:
+        return "whose init runs inside it; decompose_reduction first"
+    store = store_of(blk)
+    if store is None or reduction_update(store) is None:
+        return "which is not a C = C + e (or max, min) update"
+    if store.buffer.dtype not in SIMD_REDUCE_DTYPES:
+        return f"and a {store.buffer.dtype} accumulator cannot be a simd reduction"
+    return None
 
 
 def _loops(func: PrimFunc) -> list[tuple[For, tuple[For, ...]]]:
