@@ -742,6 +742,7 @@ class Schedule:
         lp: For,
         at_end: bool,
         var_order: list[Var] | None = None,
+        extra_guards: list[Expr] | None = None,
     ) -> None:
         names = self._names()
         store = store_of(blk)
@@ -772,6 +773,7 @@ class Schedule:
                 rv_ = Var(names.fresh(f"{iv.var.name}_r"))
                 loops.append((rv_, iv.dom.extent))
                 values[iv.var] = simplify(iv.dom.min + rv_)
+        guards = [*(extra_guards or []), *guards]
         pred: Expr = TRUE
         for g in guards:
             pred = g if pred == TRUE else logical_and(pred, g)
@@ -878,8 +880,48 @@ class Schedule:
             )
             if windows is None:
                 raise ScheduleError(f"block {blk.name!r} must store at exactly its iter vars")
-            self._move_into(blk, br, store.buffer, windows, pos, lp, at_end=True)
+            guards = self._inherited_guards(producers_under, buf, per_dim, chain_vars)
+            self._move_into(
+                blk, br, store.buffer, windows, pos, lp, at_end=True, extra_guards=guards
+            )
             self._record("reverse_compute_at", [block, loop], {}, [])
+
+    def _inherited_guards(
+        self,
+        producers: list[BlockRealize],
+        buf: Buffer,
+        per_dim: list[list[Expr]],
+        chain_vars: set[Var],
+    ) -> list[Expr]:
+        """Guards of the producers the moved consumer must share.
+
+        A guard over the target loop and loops above it decides whether anything is produced
+        in an iteration, so the consumer takes it too. A guard over inner loops must be the
+        bound of a written dimension (`index < extent`), which the consumer's own bound check
+        repeats; anything else cannot be expressed for the consumer and is refused.
+        """
+        out: list[Expr] = []
+        for p in producers:
+            for cond in _conjuncts(p.predicate):
+                if loop_vars_in(cond) <= chain_vars:
+                    if cond not in out:
+                        out.append(cond)
+                    continue
+                is_bound = (
+                    isinstance(cond, BinOp)
+                    and cond.op == "lt"
+                    and any(
+                        simplify(cond.a) in [simplify(i) for i in idxs]
+                        and simplify(cond.b) == simplify(buf.shape[d])
+                        for d, idxs in enumerate(per_dim)
+                    )
+                )
+                if not is_bound:
+                    raise ScheduleError(
+                        f"block {p.block.name!r} is guarded by {cond}, which a consumer moved "
+                        "under this loop could not repeat"
+                    )
+        return out
 
     def compute_inline(self, block: RV) -> None:
         """Inline a spatial block's expression into every reader of its buffer."""
