@@ -33,12 +33,16 @@ def _as_func(op_or_func: Any) -> PrimFunc:
 def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
     """CPU: move a unit-stride spatial loop inside the reduction (matmul's i, k, j), fuse the
     two outer spatial loops and run them in parallel, hoist each reduction's init out of its
-    reduce loops, and vectorize an innermost spatial loop of constant extent. CUDA schedules
-    arrive with the GPU code generator."""
+    reduce loops, and vectorize an innermost spatial loop of constant extent. CUDA: see
+    `default_schedule_cuda` (threads over outputs, cross-thread row reductions)."""
     func = _as_func(op_or_func)
+    if target == "cuda":
+        from .default_schedule_cuda import default_cuda_schedule
+
+        return default_cuda_schedule(func)
     if target not in ("cpu", "c"):
         raise ScheduleError(
-            f"no default schedule for target {target!r} in this build (available: cpu)"
+            f"no default schedule for target {target!r} in this build (available: cpu, cuda)"
         )
     sch = Schedule(func)
     for br, _ in blocks(func):

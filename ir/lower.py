@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from .errors import LoweringError
-from .expr import Buffer, BufferLoad, Const, Expr, Var, const, eq, logical_and
+from .expr import BinOp, Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
 from .simplify import bounds, from_linear, linear, simplify
 from .stmt import (
     TRUE,
@@ -25,6 +25,7 @@ from .stmt import (
     PrimFunc,
     SeqStmt,
     Stmt,
+    ThreadAllReduce,
 )
 from .visit import rewrite, substitute, walk
 
@@ -62,6 +63,8 @@ def lower(func: PrimFunc) -> PrimFunc:
 def _lower_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
     if isinstance(s, SeqStmt):
         return seq([_lower_stmt(c, ranges, allocs) for c in s.stmts])
+    if isinstance(s, For) and _reduces_across(s):
+        return _lower_cross_thread(s, ranges, allocs)
     if isinstance(s, For):
         ext = simplify(s.extent)
         if isinstance(ext, Const):
@@ -112,6 +115,144 @@ def _simplify_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]]) -> Stmt:
             else None
         ),
     )
+
+
+# ---------------------------------------------------------------- cross-thread reductions
+
+_IDENTITY = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
+
+
+def reduction_update(blk: Block) -> tuple[BufferStore, str, Expr] | None:
+    """(store, op, operand) when `blk` is `C[idx] = C[idx] op operand` with an init, else None."""
+    store = blk.body
+    if blk.init is None or not isinstance(store, BufferStore):
+        return None
+    v = store.value
+    if (
+        isinstance(v, BinOp)
+        and v.op in _IDENTITY
+        and isinstance(v.a, BufferLoad)
+        and v.a.buffer == store.buffer
+        and v.a.indices == store.indices
+    ):
+        return store, v.op, v.b
+    return None
+
+
+def cross_thread_reduction(loop: For, br: BlockRealize) -> bool:
+    """Whether `loop`, iterating the reduction of `br`, is a threadIdx axis whose threads
+    combine their partial results (lowered to a ThreadAllReduce) instead of racing."""
+    thread = loop.thread or ""
+    return (
+        loop.kind == "thread_binding"
+        and thread.startswith("threadIdx")
+        and reduction_update(br.block) is not None
+    )
+
+
+def _reduces_across(loop: For) -> bool:
+    if loop.kind != "thread_binding" or not (loop.thread or "").startswith("threadIdx"):
+        return False
+    for n in walk(loop.body):
+        if isinstance(n, BlockRealize) and any(
+            iv.kind == "reduce" and any(x == loop.var for x in walk(val))
+            for iv, val in zip(n.block.iter_vars, n.iter_values, strict=True)
+        ):
+            return True
+    return False
+
+
+def _conjuncts(e: Expr) -> list[Expr]:
+    if isinstance(e, BinOp) and e.op == "and":
+        return _conjuncts(e.a) + _conjuncts(e.b)
+    return [e]
+
+
+def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
+    """Each thread of `s` reduces its share into a local accumulator; the threads then
+    combine them (ThreadAllReduce) and thread 0 stores the result."""
+    realizes = [n for n in walk(s.body) if isinstance(n, BlockRealize)]
+    where = f"the reduction over {s.thread} (loop {s.var.name})"
+    if len(realizes) != 1:
+        raise LoweringError(f"{where} must hold exactly one block, found {len(realizes)}")
+    br = realizes[0]
+    blk = br.block
+    upd = reduction_update(blk)
+    if upd is None:
+        raise LoweringError(f"{where}: block {blk.name!r} is not C = C (+|max|min) expr")
+    store, op, operand = upd
+    ext = simplify(s.extent)
+    if not isinstance(ext, Const):
+        raise LoweringError(f"{where} needs a constant number of threads, got {ext}")
+    inner = {s.var} | {n.var for n in walk(s.body) if isinstance(n, For)}
+
+    def uses_inner(e: Expr) -> bool:
+        return any(isinstance(x, Var) and x in inner for x in walk(e))
+
+    for iv, val in zip(blk.iter_vars, br.iter_values, strict=True):
+        if iv.kind == "spatial" and uses_inner(val):
+            raise LoweringError(
+                f"{where}: a loop inside it drives spatial iter var {iv.var.name} of "
+                f"{blk.name!r}; move spatial loops outside the thread axis"
+            )
+    assert isinstance(blk.init, BufferStore)
+    init = blk.init.value
+    ident = _IDENTITY[op]
+    if not (isinstance(init, Const) and float(init.value) == ident):
+        raise LoweringError(
+            f"{where}: block {blk.name!r} starts from {init}, not the identity of {op}"
+        )
+    acc = Buffer(f"{blk.name}_red", (const(1),), store.buffer.dtype, "local")
+    zero = (const(0),)
+    acc0 = BufferLoad(acc, zero)
+    new_blk = dataclasses.replace(
+        blk, body=BufferStore(acc, zero, binop(op, acc0, operand)), init=None
+    )
+    new_body = rewrite(
+        s.body,
+        lambda n: (
+            dataclasses.replace(n, block=new_blk)
+            if isinstance(n, BlockRealize) and n.block.name == blk.name
+            else None
+        ),
+    )
+    n_threads = int(ext.value)
+    ranges[s.var] = (0, n_threads - 1)
+    partial = _lower_stmt(new_body, ranges, allocs)
+    mapping = {
+        iv.var: simplify(val, ranges) for iv, val in zip(blk.iter_vars, br.iter_values, strict=True)
+    }
+    idx = tuple(simplify(substitute(i, mapping), ranges) for i in store.indices)
+    at_zero = {v: const(0) for v in inner}
+    first = [
+        eq(substitute(mapping[iv.var], at_zero), iv.dom.min)
+        for iv in blk.iter_vars
+        if iv.kind == "reduce"
+    ]
+    cond_first = simplify(_and_all(first), ranges)
+    out = store.buffer
+    set_out = BufferStore(out, idx, acc0)
+    fold_out = BufferStore(out, idx, binop(op, BufferLoad(out, idx), acc0))
+    final: Stmt
+    if isinstance(cond_first, Const):
+        final = set_out if cond_first.value else fold_out
+    else:
+        final = IfThenElse(cond_first, set_out, fold_out)
+    outer_guards = [
+        c
+        for c in _conjuncts(simplify(substitute(br.predicate, mapping), ranges))
+        if not uses_inner(c) and c != TRUE
+    ]
+    guard = simplify(_and_all([eq(s.var, 0), *outer_guards]), ranges)
+    body = seq(
+        [
+            BufferStore(acc, zero, const(ident, acc.dtype)),
+            partial,
+            ThreadAllReduce(acc, op, s.thread or "", n_threads),
+            IfThenElse(guard, final),
+        ]
+    )
+    return dataclasses.replace(s, extent=ext, body=Allocate(acc, body))
 
 
 # ---------------------------------------------------------------- allocation placement

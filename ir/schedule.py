@@ -38,7 +38,7 @@ from .expr import (
     const,
     logical_and,
 )
-from .lower import _dim_window
+from .lower import _dim_window, cross_thread_reduction
 from .regions import with_regions
 from .schedule_tree import (
     EMPTY,
@@ -424,6 +424,8 @@ class Schedule:
                 if not isinstance(n, BlockRealize):
                     continue
                 if lp.var in reduce_loop_vars(n):
+                    if cross_thread_reduction(lp, n):
+                        continue  # lowered to a combine across the threads of the axis
                     raise ScheduleError(
                         f"{kind} loop {lp.var.name} would iterate the reduction of block "
                         f"{n.block.name!r}, so iterations would race on the same output"
@@ -603,6 +605,35 @@ class Schedule:
             rv = self._new("b", wb.block.name)
             self._record("cache_write", [block, write_buffer_index, storage_scope], {}, [rv])
         return rv
+
+    def set_scope(self, block: RV, write_buffer_index: int, storage_scope: str) -> None:
+        """Move the intermediate buffer `block` writes to another storage scope.
+
+        On the GPU a reduction computed under a blockIdx loop keeps its result in "shared"
+        (every thread of the block reads it) or "local" (only its thread reads it).
+        Parameters stay global.
+        """
+        with self._atomic():
+            br, _ = self._block(block)
+            blk = br.block
+            if storage_scope not in SCOPES:
+                raise ScheduleError(
+                    f"unknown storage scope {storage_scope!r}; known: {', '.join(SCOPES)}"
+                )
+            writes = [w.buffer for w in blk.writes]
+            if not 0 <= write_buffer_index < len(writes):
+                raise ScheduleError(
+                    f"block {blk.name!r} writes {len(writes)} buffers; index "
+                    f"{write_buffer_index} is out of range"
+                )
+            buf = writes[write_buffer_index]
+            if buf in self._func.params:
+                raise ScheduleError(
+                    f"{buf.name} is a parameter of {self._func.name}; parameters stay global"
+                )
+            new = dataclasses.replace(buf, scope=storage_scope)
+            self._func = rewrite(self._func, lambda n: new if n == buf else None)
+            self._record("set_scope", [block, write_buffer_index, storage_scope], {}, [])
 
     # ------------------------------------------------------------ compute location
 
