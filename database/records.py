@@ -26,7 +26,8 @@ class TargetInfo:
     fingerprint: str
     device: str
     arch: str
-    details: Mapping[str, Any] = field(default_factory=dict)  # compiler versions, memory, ...
+    # compiler versions, memory, ...; left out of the hash so targets can key dicts
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the export format's `target` line without its type tag)."""
@@ -45,7 +46,7 @@ class WorkloadInfo:
 
     key: str
     op: str
-    shape: Mapping[str, Any]
+    shape: Mapping[str, Any] = field(hash=False)
     dtype: str
     ir_json: str
 
@@ -139,7 +140,7 @@ class JobInfo:
     target_fingerprint: str
     budget: int
     status: str
-    config: Mapping[str, Any]
+    config: Mapping[str, Any] = field(hash=False)
     created_at: datetime
     updated_at: datetime
 

@@ -64,6 +64,7 @@ def flops(func: PrimFunc, dims: Mapping[str, int]) -> int:
 
 
 def buffer_elements(shape: tuple[Expr, ...], dims: Mapping[str, int]) -> int:
+    """Number of elements of a shape at the given dim values."""
     n = 1
     for s in shape:
         n *= _eval_int(s, dims)

@@ -50,10 +50,12 @@ class KernelSource:
 
     @property
     def buffer_args(self) -> tuple[KernelArg, ...]:
+        """The pointer arguments, in call order."""
         return tuple(a for a in self.args if a.kind == "buffer")
 
     @property
     def scalar_args(self) -> tuple[KernelArg, ...]:
+        """The symbolic-dim arguments (int64_t), in call order."""
         return tuple(a for a in self.args if a.kind == "scalar")
 
 

@@ -54,10 +54,12 @@ def numpy_dtype(dtype: str) -> np.dtype:
 
 
 def is_float(dtype: str) -> bool:
+    """True for float32, float16 and bfloat16."""
     return dtype in FLOAT_TYPES
 
 
 def is_int(dtype: str) -> bool:
+    """True for the integer element types (int64 included)."""
     return dtype in INT_TYPES
 
 

@@ -295,34 +295,42 @@ def _numeric_like(e: Expr) -> str | None:
 
 
 def floordiv(a: ExprLike, b: ExprLike) -> Expr:
+    """Floor division (rounds toward negative infinity)."""
     return binop("floordiv", a, b)
 
 
 def floormod(a: ExprLike, b: ExprLike) -> Expr:
+    """The remainder of floordiv (same sign as the divisor)."""
     return binop("floormod", a, b)
 
 
 def min_(a: ExprLike, b: ExprLike) -> Expr:
+    """Elementwise minimum."""
     return binop("min", a, b)
 
 
 def max_(a: ExprLike, b: ExprLike) -> Expr:
+    """Elementwise maximum."""
     return binop("max", a, b)
 
 
 def eq(a: ExprLike, b: ExprLike) -> Expr:
+    """The comparison a == b (`==` itself is structural equality)."""
     return binop("eq", a, b)
 
 
 def ne(a: ExprLike, b: ExprLike) -> Expr:
+    """The comparison a != b."""
     return binop("ne", a, b)
 
 
 def logical_and(a: ExprLike, b: ExprLike) -> Expr:
+    """Boolean and."""
     return binop("and", a, b)
 
 
 def logical_or(a: ExprLike, b: ExprLike) -> Expr:
+    """Boolean or."""
     return binop("or", a, b)
 
 

@@ -31,6 +31,7 @@ from .visit import rewrite, substitute, walk
 
 
 def seq(stmts: list[Stmt]) -> Stmt:
+    """A statement list as one statement, flattening nested sequences."""
     flat: list[Stmt] = []
     for s in stmts:
         if isinstance(s, SeqStmt):

@@ -467,6 +467,7 @@ class OpDef:
         return out
 
     def func_inputs(self, attrs: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """Names of the PrimFunc's inputs for these attributes, in order."""
         a = self._attrs(attrs or {})
         return tuple(
             s.name for s in self.inputs if not (s.name == "bias" and not a.get("bias", False))

@@ -152,6 +152,7 @@ def _range(r: Range) -> str:
 
 
 def stmt_str(s: Stmt) -> str:
+    """Text of a statement."""
     return "\n".join(stmt_lines(s))
 
 

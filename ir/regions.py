@@ -63,4 +63,5 @@ def with_regions(block: Block) -> Block:
 
 
 def is_unit(r: Range) -> bool:
+    """True for a one-element range."""
     return isinstance(r.extent, Const) and r.extent.value == 1

@@ -112,9 +112,11 @@ class CStyleRenderer:
     # ------------------------------------------------------------ expressions
 
     def ctype(self, dtype: str) -> str:
+        """The C type of an element type."""
         return self.types[dtype]
 
     def const(self, c: Const) -> str:
+        """A literal in C syntax."""
         v = c.value
         if c.dtype == "bool":
             return "1" if v else "0"
@@ -152,6 +154,7 @@ class CStyleRenderer:
         return f"(({self.ctype(dtype)})({text}))"
 
     def expr(self, e: Expr) -> str:
+        """An expression in C syntax."""
         if isinstance(e, Var):
             return c_name(e.name)
         if isinstance(e, Const):
@@ -169,6 +172,7 @@ class CStyleRenderer:
         raise CodegenError(f"cannot render {type(e).__name__} in {self.lang}")
 
     def cast(self, e: Cast) -> str:
+        """A conversion, through float for bfloat16."""
         src, dst = e.value.dtype, e.dtype
         inner = self.expr(e.value)
         if src == "bfloat16" or dst == "bfloat16":
@@ -181,6 +185,7 @@ class CStyleRenderer:
         return f"(({self.ctype(dst)})({inner}))"
 
     def call(self, e: Call) -> str:
+        """A math intrinsic, computed in float."""
         fmt = self.float_intrinsics.get(e.op)
         if e.op == "not":
             return f"(!({self.expr(e.args[0])}))"
@@ -191,6 +196,7 @@ class CStyleRenderer:
         return self.from_float(text, e.dtype) if e.dtype != "float32" else text
 
     def binop(self, e: BinOp) -> str:
+        """A binary operation (bfloat16 operands are widened)."""
         a, b = e.a, e.b
         if e.dtype == "bfloat16" or (
             e.op in ("lt", "le", "gt", "ge", "eq", "ne") and a.dtype == "bfloat16"
@@ -219,6 +225,7 @@ class CStyleRenderer:
         return f"({sa} {self.infix[op]} {sb})"
 
     def flat_index(self, buf: Buffer, indices: tuple[Expr, ...]) -> str:
+        """The row-major flat index of a multi-dimensional access."""
         if len(indices) != len(buf.shape):
             raise CodegenError(
                 f"{buf.name} has {len(buf.shape)} dims, accessed with {len(indices)}"
@@ -231,9 +238,11 @@ class CStyleRenderer:
     # ------------------------------------------------------------ statements
 
     def emit(self, line: str, depth: int) -> None:
+        """Append one line at the given depth."""
         self._lines.append("  " * depth + line)
 
     def stmt(self, s: Stmt, depth: int) -> None:
+        """Render a lowered statement."""
         if isinstance(s, SeqStmt):
             for c in s.stmts:
                 self.stmt(c, depth)
@@ -255,6 +264,7 @@ class CStyleRenderer:
             raise CodegenError(f"cannot render {type(s).__name__}; lower the function first")
 
     def store_value(self, s: BufferStore) -> str:
+        """The value of a store, checked against the buffer's dtype."""
         v = s.value
         if v.dtype != s.buffer.dtype:
             raise CodegenError(
@@ -263,6 +273,7 @@ class CStyleRenderer:
         return self.expr(v)
 
     def loop_pragmas(self, s: For) -> list[str]:
+        """Pragmas that carry the loop kind to the compiler."""
         if self._simd_depth:
             return []  # no OpenMP construct may nest inside a simd loop
         if s.kind == "parallel" and self._parallel_depth == 0:
@@ -278,6 +289,7 @@ class CStyleRenderer:
         return []
 
     def loop(self, s: For, depth: int) -> None:
+        """Render a loop with its pragmas."""
         if s.kind == "thread_binding":
             raise CodegenError(
                 f"loop {s.var.name} is bound to {s.thread}; thread-bound loops need the cuda target"
@@ -300,6 +312,7 @@ class CStyleRenderer:
         self.emit("}", depth)
 
     def allocate(self, s: Allocate, depth: int) -> None:
+        """Stack storage for small constant sizes, aligned heap storage otherwise."""
         buf = s.buffer
         size: Expr = Const(1, "int64")
         for d in buf.shape:
@@ -323,6 +336,7 @@ class CStyleRenderer:
     # ------------------------------------------------------------ function
 
     def signature(self, func: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
+        """The kernel's C signature: buffers, then symbolic dims."""
         args = [f"{self.ctype(b.dtype)}* {self.restrict} {c_name(b.name)}" for b in func.params]
         args += [f"int64_t {c_name(v.name)}" for v in scalars]
         return f"{self.kernel_prefix} {entry}({', '.join(args)})"

@@ -105,17 +105,21 @@ class Schedule:
 
     @property
     def mod(self) -> PrimFunc:
+        """The current PrimFunc (TVM's name for it)."""
         return self._func
 
     @property
     def original(self) -> PrimFunc:
+        """The PrimFunc the schedule started from."""
         return self._orig
 
     @property
     def trace(self) -> Trace:
+        """An immutable snapshot of the instructions and decisions so far."""
         return Trace(tuple(self._insts), dict(self._decisions))
 
     def copy(self) -> Schedule:
+        """An independent schedule in the same state."""
         other = Schedule(self._orig)
         other._func = self._func
         other._insts = list(self._insts)
@@ -134,6 +138,7 @@ class Schedule:
         return self._value(rv)
 
     def show(self) -> str:
+        """The current PrimFunc as text."""
         return self._func.script()
 
     @contextlib.contextmanager
@@ -352,7 +357,10 @@ class Schedule:
             stride: Expr = const(1)
             for lp, e in reversed(list(zip(found, exts, strict=True))):
                 q = fv if stride == const(1) else binop("floordiv", fv, stride)
-                mapping[lp.var] = q if lp is found[0] else binop("floormod", q, e)
+                if e == const(1):
+                    mapping[lp.var] = const(0)  # a unit loop contributes nothing
+                else:
+                    mapping[lp.var] = q if lp is found[0] else binop("floormod", q, e)
                 stride = simplify(stride * e)
             total = simplify(_product(exts))
             ranges = {fv: (0, int(total.value) - 1)} if isinstance(total, Const) else {}
@@ -672,6 +680,11 @@ class Schedule:
                     "exactly its spatial iter vars"
                 )
             out = store.buffer
+            if out in self._func.params:
+                raise ScheduleError(
+                    f"block {blk.name!r} writes the function output {out.name}, which must be "
+                    "produced whole; move its consumer with reverse_compute_at instead"
+                )
             self._check_sole_writer(blk, out, "compute_at")
             pos, _ = self._root_nest_of(blk.name, "compute_at")
             target_pos = top_index(self._func, lambda n: isinstance(n, For) and n.var == lp.var)
@@ -1519,7 +1532,9 @@ def _exact_windows(
             return None
         terms, c = linear(idxs[0])
         outer = {t: k for t, k in terms.items() if not (loop_vars_in(t) & set(extents))}
-        inner = [(k, t) for t, k in terms.items() if t not in outer]
+        inner = [
+            (k, t) for t, k in terms.items() if t not in outer and extents.get(t) != const(1)
+        ]  # a loop of extent 1 only ever contributes 0
         for k, t in inner:
             if not isinstance(t, Var) or t not in extents or k <= 0 or t in used:
                 return None

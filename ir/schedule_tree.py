@@ -11,14 +11,17 @@ from .visit import walk
 
 
 def root_body(func: PrimFunc) -> Stmt:
+    """The statement under the root block."""
     return func.body.block.body
 
 
 def children(s: Stmt) -> list[Stmt]:
+    """The statements of a sequence (or the statement itself)."""
     return list(s.stmts) if isinstance(s, SeqStmt) else [s]
 
 
 def make_seq(stmts: list[Stmt]) -> Stmt:
+    """A statement list as one statement, flattening nested sequences."""
     flat: list[Stmt] = []
     for s in stmts:
         if isinstance(s, SeqStmt):
@@ -29,6 +32,7 @@ def make_seq(stmts: list[Stmt]) -> Stmt:
 
 
 def with_root(func: PrimFunc, body: Stmt, allocs: tuple[Buffer, ...] | None = None) -> PrimFunc:
+    """The function with a new root body (and root allocations)."""
     root = func.body.block
     new_root = dataclasses.replace(
         root, body=cleanup(body), alloc_buffers=root.alloc_buffers if allocs is None else allocs
@@ -53,10 +57,12 @@ def iter_nodes(s: Stmt, loops: tuple[For, ...] = ()) -> Iterator[tuple[Stmt, tup
 
 
 def blocks(func: PrimFunc) -> list[tuple[BlockRealize, tuple[For, ...]]]:
+    """Every block realize in program order, with the loops above it."""
     return [(n, lp) for n, lp in iter_nodes(root_body(func)) if isinstance(n, BlockRealize)]
 
 
 def find_block(func: PrimFunc, name: str) -> tuple[BlockRealize, tuple[For, ...]] | None:
+    """The block called `name` and its loops, or None."""
     for br, loops in blocks(func):
         if br.block.name == name:
             return br, loops
@@ -64,6 +70,7 @@ def find_block(func: PrimFunc, name: str) -> tuple[BlockRealize, tuple[For, ...]
 
 
 def find_loop(func: PrimFunc, var_name: str) -> tuple[For, tuple[For, ...]] | None:
+    """The loop over the variable called `var_name` and the loops above it, or None."""
     for n, loops in iter_nodes(root_body(func)):
         if isinstance(n, For) and n.var.name == var_name:
             return n, loops
@@ -119,18 +126,22 @@ def cleanup(s: Stmt) -> Stmt:
 
 
 def reads_of(block: Block) -> set[Buffer]:
+    """Buffers a block reads."""
     return {r.buffer for r in block.reads}
 
 
 def writes_of(block: Block) -> set[Buffer]:
+    """Buffers a block writes."""
     return {w.buffer for w in block.writes}
 
 
 def loop_vars_in(e: object) -> set[Var]:
+    """Variables used in a node."""
     return {n for n in walk(e) if isinstance(n, Var)}
 
 
 def reduce_loop_vars(br: BlockRealize) -> set[Var]:
+    """Loop variables that drive a block's reduce iter vars."""
     out: set[Var] = set()
     for iv, value in zip(br.block.iter_vars, br.iter_values, strict=True):
         if iv.kind == "reduce":
@@ -139,6 +150,7 @@ def reduce_loop_vars(br: BlockRealize) -> set[Var]:
 
 
 def spatial_loop_vars(br: BlockRealize) -> set[Var]:
+    """Loop variables that drive a block's spatial iter vars."""
     out: set[Var] = set()
     for iv, value in zip(br.block.iter_vars, br.iter_values, strict=True):
         if iv.kind == "spatial":
@@ -147,10 +159,12 @@ def spatial_loop_vars(br: BlockRealize) -> set[Var]:
 
 
 def loop_ranges(loops: tuple[For, ...] | list[For]) -> dict[Var, tuple[int, int]]:
+    """Inclusive ranges of loops with constant extents."""
     return {lp.var: (0, int(lp.extent.value) - 1) for lp in loops if isinstance(lp.extent, Const)}
 
 
 def all_names(func: PrimFunc) -> set[str]:
+    """Every name used in a function (to make fresh ones)."""
     names = {v.name for v in func.shape_vars} | {b.name for b in func.params}
     names |= {b.name for b in func.body.block.alloc_buffers}
     for n in walk(func.body):
@@ -165,6 +179,7 @@ def all_names(func: PrimFunc) -> set[str]:
 
 
 def store_of(block: Block) -> BufferStore | None:
+    """The block's body when it is a single store."""
     return block.body if isinstance(block.body, BufferStore) else None
 
 

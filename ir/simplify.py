@@ -298,11 +298,19 @@ def _merge_divmod(terms: dict[Expr, int], c: int) -> tuple[dict[Expr, int], int]
     while changed:
         changed = False
         for t, coef in list(terms.items()):
-            if not (isinstance(t, BinOp) and t.op == "floormod" and isinstance(t.b, Const)):
+            if not (isinstance(t, BinOp) and t.op == "floormod"):
                 continue
             q = BinOp("floordiv", t.a, t.b)
-            if terms.get(q) == coef * t.b.value:
-                del terms[t], terms[q]
+            if isinstance(t.b, Const):
+                partner, want = q, coef * t.b.value
+            else:  # symbolic divisor: (x // n) * n appears as one product term
+                partner = next(
+                    (p for p in (BinOp("mul", q, t.b), BinOp("mul", t.b, q)) if p in terms),
+                    None,
+                )
+                want = coef
+            if partner is not None and terms.get(partner) == want:
+                del terms[t], terms[partner]
                 inner, k = linear(t.a)
                 for it, ic in inner.items():
                     terms[it] = terms.get(it, 0) + ic * coef
@@ -394,6 +402,7 @@ def _simplify_div(e: BinOp, ranges: Ranges) -> Expr | None:
 
 
 def simplify_linear(e: Expr, add: int, dtype: str) -> Expr:
+    """An expression plus a constant, in canonical linear form."""
     terms, k = linear(e)
     return from_linear(terms, k + add, dtype)
 

@@ -173,14 +173,17 @@ class PrimFunc:
 
     @property
     def inputs(self) -> tuple[Buffer, ...]:
+        """The input buffers, in call order."""
         return self.params[: self.num_inputs]
 
     @property
     def outputs(self) -> tuple[Buffer, ...]:
+        """The output buffers, in call order."""
         return self.params[self.num_inputs :]
 
     @property
     def root(self) -> Block:
+        """The root block."""
         return self.body.block
 
     @property
@@ -196,12 +199,14 @@ class PrimFunc:
         return tuple(seen)
 
     def to_json(self) -> str:
+        """JSON text that `from_json` turns back into an equal PrimFunc."""
         from .serialize import to_json
 
         return to_json(self)
 
     @staticmethod
     def from_json(text: str) -> PrimFunc:
+        """Parse JSON written by `to_json`."""
         from .serialize import from_json
 
         func = from_json(text)
@@ -210,6 +215,7 @@ class PrimFunc:
         return func
 
     def script(self) -> str:
+        """The readable text form."""
         from .printer import func_str
 
         return func_str(self)

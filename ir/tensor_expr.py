@@ -53,6 +53,7 @@ class Tensor:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions."""
         return len(self.shape)
 
     def __getitem__(self, indices: Any) -> TensorLoad:
@@ -70,11 +71,13 @@ class Tensor:
 
 @dataclass(frozen=True)
 class PlaceholderOp:
-    pass
+    """Marks an input tensor."""
 
 
 @dataclass(frozen=True, eq=False)
 class ComputeOp:
+    """How a computed tensor is defined: its axes and body."""
+
     axes: tuple[Var, ...]
     body: Expr  # may be a Reduce at the top
 
@@ -214,6 +217,7 @@ class NameSupply:
         self.taken = set(taken)
 
     def fresh(self, base: str) -> str:
+        """A name based on `base` not used before."""
         name, k = base, 0
         while name in self.taken:
             k += 1

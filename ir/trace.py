@@ -32,6 +32,7 @@ class RV:
 
     @property
     def name(self) -> str:
+        """The handle's name in traces (`b3`, `l4`, `v5`)."""
         return f"{self.kind}{self.id}"
 
     def __repr__(self) -> str:
@@ -39,14 +40,17 @@ class RV:
 
 
 def BlockRV(i: int) -> RV:
+    """A block handle with id `i`."""
     return RV("b", i)
 
 
 def LoopRV(i: int) -> RV:
+    """A loop handle with id `i`."""
     return RV("l", i)
 
 
 def ExprRV(i: int) -> RV:
+    """An integer handle with id `i`."""
     return RV("v", i)
 
 
@@ -107,6 +111,7 @@ class Trace:
         return Trace(self.insts, d)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form."""
         return {
             "insts": [
                 {
@@ -121,10 +126,12 @@ class Trace:
         }
 
     def to_json(self) -> str:
+        """JSON text; `Trace.from_json` reads it back."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @staticmethod
     def from_json(text: str | Mapping[str, Any]) -> Trace:
+        """Parse a trace from JSON text (or its dict form)."""
         data = json.loads(text) if isinstance(text, str) else text
         insts = tuple(
             Instruction(

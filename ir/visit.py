@@ -16,6 +16,7 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def fields_of(cls: type) -> tuple[str, ...]:
+    """Field names of a node class (cached)."""
     names = _FIELDS.get(cls)
     if names is None:
         names = tuple(f.name for f in dataclasses.fields(cls))
@@ -23,8 +24,15 @@ def fields_of(cls: type) -> tuple[str, ...]:
     return names
 
 
+_IS_NODE: dict[type, bool] = {}
+
+
 def _is_node(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+    cls = type(value)
+    known = _IS_NODE.get(cls)
+    if known is None:
+        known = _IS_NODE[cls] = dataclasses.is_dataclass(cls) and cls is not type
+    return known
 
 
 def rewrite(
@@ -95,8 +103,10 @@ def free_vars(root: Any) -> list[Var]:
 
 
 def uses_var(root: Any, var: Var) -> bool:
+    """True when `var` occurs in `root`."""
     return any(n == var for n in walk(root) if isinstance(n, Var))
 
 
 def contains_expr(root: Any, kind: type) -> bool:
+    """True when a node of type `kind` occurs in `root`."""
     return any(isinstance(n, kind) for n in walk(root))

@@ -51,6 +51,7 @@ class SpaceSampler:
         self.ctx = ctx
         self.postprocs = list(postprocs)
         self._features: dict[str, np.ndarray] = {}
+        self._known: dict[str, Candidate] = {}
         self.rejected = 0
 
     def sample(self, rng: random.Random) -> Candidate | None:
@@ -66,6 +67,9 @@ class SpaceSampler:
 
     def from_trace(self, trace: Trace, sketch: int = -1) -> Candidate | None:
         """Replay a complete trace (a mutant or a stored record); None if it is invalid."""
+        key = trace_hash(trace)
+        if key in self._known:
+            return self._known[key]
         try:
             sch = replay(self.func, trace, decisions=trace.decisions)
         except IRError:
@@ -86,7 +90,9 @@ class SpaceSampler:
                 self.rejected += 1
                 return None
             self._features[key] = feats
-        return Candidate(trace, key, sketch, feats)
+        cand = Candidate(trace, key, sketch, feats)
+        self._known[key] = cand
+        return cand
 
     def sample_unique(
         self, rng: random.Random, n: int, exclude: set[str], max_tries: int | None = None

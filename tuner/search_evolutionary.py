@@ -9,8 +9,9 @@ candidate seen is kept with its score, and the batch is the best-scored ones, wi
 
 MetaSchedule's published defaults are population 2048, measured ratio 0.2, at least 50
 unmeasured, 4 generations, mutation probability 0.85, 10 failures and epsilon 0.05. Replaying
-a trace and extracting features takes 10-30 ms in Python here (not ~0.1 ms as in C++), so the
-population is 128 with 3 generations; measured ratio, mutation probability and epsilon keep
+a trace (every primitive re-checks the program for races) and extracting features takes
+20-130 ms in Python here, not ~0.1 ms as in C++, so the population is 64 with 3 generations
+(about 200 replays per batch of 16); measured ratio, mutation probability and epsilon keep
 their values. Until the model is trained the batch is random samples (what the random model
 would rank anyway), which saves the generations' cost.
 """
@@ -37,7 +38,7 @@ class EvolutionarySearch(SearchStrategy):
     def __init__(
         self,
         seed: int = 0,
-        population_size: int = 128,
+        population_size: int = 64,
         init_measured_ratio: float = 0.2,
         genetic_num_iters: int = 3,
         genetic_mutate_prob: float = 0.85,

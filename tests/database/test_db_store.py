@@ -233,3 +233,11 @@ def test_jobs_and_tasks_track_progress(store: RecordStore) -> None:
     )
     assert store.history(w1.key, H100.fingerprint)[0].job_id == job
     assert ids
+
+
+def test_boundary_records_are_frozen_and_hashable() -> None:
+    w = workload(1)
+    assert {H100: 1, w: 2}[H100] == 1
+    assert H100 != A100 and w != workload(2)
+    with pytest.raises(AttributeError):
+        H100.fingerprint = "other"  # type: ignore[misc]

@@ -34,6 +34,9 @@ def test_simplify_split_and_fuse_indices() -> None:
     assert simplify(const(3) * 4 + 2) == const(14)
     assert simplify(i1 < 8, ranges) == const(True)
     assert bounds(i0 * 8 + i1, ranges) == (0, 127)
+    n = Var("n")
+    assert simplify(floordiv(f, n) * n + floormod(f, n)) == f  # fuse then flatten, symbolic
+    assert simplify(floordiv(f, 16) * 16 + floormod(f, 16) + 2) == f + 2
 
 
 def test_simplify_keeps_values_for_random_points() -> None:
@@ -147,3 +150,58 @@ def test_structural_hash_is_stable_across_processes() -> None:
             env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
         ).stdout.strip()
         assert out == here
+
+
+def _evaluate(e, env):
+    """An independent evaluator for integer expressions (Python floor semantics)."""
+    from tunefleet.ir import BinOp, Const
+
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Var):
+        return env[e.name]
+    assert isinstance(e, BinOp)
+    a, b = _evaluate(e.a, env), _evaluate(e.b, env)
+    return {
+        "add": lambda: a + b,
+        "sub": lambda: a - b,
+        "mul": lambda: a * b,
+        "floordiv": lambda: a // b,
+        "floormod": lambda: a % b,
+        "min": lambda: min(a, b),
+        "max": lambda: max(a, b),
+        "lt": lambda: a < b,
+    }[e.op]()
+
+
+def _random_expr(rng, depth):
+    names = ("a", "b", "c")
+    if depth == 0 or rng.random() < 0.25:
+        return Var(rng.choice(names)) if rng.random() < 0.7 else const(int(rng.integers(0, 12)))
+    op = rng.choice(["add", "sub", "mul", "floordiv", "floormod", "min", "max"])
+    x = _random_expr(rng, depth - 1)
+    if op == "mul":
+        return x * int(rng.integers(1, 9))
+    if op in ("floordiv", "floormod"):
+        d = int(rng.integers(1, 9)) if rng.random() < 0.7 else Var("c") + 1
+        return floordiv(x, d) if op == "floordiv" else floormod(x, d)
+    y = _random_expr(rng, depth - 1)
+    from tunefleet.ir import max_, min_
+
+    return {"add": x + y, "sub": x - y, "min": min_(x, y), "max": max_(x, y)}[op]
+
+
+def test_simplifier_preserves_values_on_random_expressions() -> None:
+    rng = np.random.default_rng(7)
+    a, b, c = Var("a"), Var("b"), Var("c")
+    ranges = {a: (0, 9), b: (0, 5), c: (0, 3)}
+    for _ in range(400):
+        e = _random_expr(rng, 4)
+        s = simplify(e, ranges)
+        for _ in range(6):
+            env = {
+                "a": int(rng.integers(0, 10)),
+                "b": int(rng.integers(0, 6)),
+                "c": int(rng.integers(0, 4)),
+            }
+            assert _evaluate(s, env) == _evaluate(e, env), (e, s, env)

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 from ir_gcc_harness import check_against_reference
-from tunefleet.ir import PrimFunc, Var, ops
+from tunefleet.ir import Const, PrimFunc, Var, ops
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks
@@ -121,6 +121,30 @@ def random_schedule(sch: Schedule, rng: random.Random) -> Schedule:
                 _try(sch, rng.choice([sch.parallel, sch.vectorize, sch.unroll]), loop)
             elif choice == "reorder_many" and len(loops) >= 3:
                 _try(sch, sch.reorder, *rng.sample(loops, rng.randint(2, len(loops))))
+            elif choice == "tile":
+                info = sch.get(loop)
+                if isinstance(info.extent, Const):
+                    tiles = _try(sch, sch.sample_perfect_tile, loop, rng.randint(2, 3), 8)
+                    if tiles:
+                        _try(sch, sch.split, loop, tiles)
+            elif choice == "split3":
+                f1, f2 = rng.choice([1, 2, 3, 5]), rng.choice([2, 4, 7])
+                _try(
+                    sch,
+                    sch.split,
+                    loop,
+                    rng.choice([[None, f1, f2], [f1, None, f2], [f1, f2, None]]),
+                )
+            elif choice == "rfactor_any":
+                nd = len(sch.get(b).writes[0].buffer.shape)
+                _try(sch, sch.rfactor, loop, rng.randint(0, nd))
+            elif choice == "cache_read_any":
+                nreads = len(sch.get(b).reads)
+                cb = _try(sch, sch.cache_read, b, rng.randrange(max(nreads, 1)), "local")
+                if cb is not None and rng.random() < 0.7:
+                    loc = _try(sch, sch.get_loops, b)
+                    if loc:
+                        _try(sch, sch.compute_at, cb, rng.choice(loc))
             elif choice == "compute_at_any":
                 others = [br.block.name for br, _ in blocks(sch.func) if br.block.name != name]
                 if others:

@@ -311,3 +311,21 @@ def test_gpu_style_allocation_placement_follows_scope() -> None:
     assert path_to("b_shared") == ("blockIdx.x",)
     assert path_to("matmul_local") == ("blockIdx.x", "threadIdx.x")
     assert any(isinstance(n, Allocate) for n in walk(lowered.body))
+
+
+def test_multi_level_tiling_with_unit_factors() -> None:
+    dims = {"m": 16, "n": 32, "k": 24}
+    for ti, tj in (([2, 1, 8, 1], [1, 2, 1, 16]), ([1, 4, 1, 4], [2, 2, 2, 4])):
+        sch = Schedule(MATMUL.build(dims))
+        blk = sch.get_block("matmul")
+        wb = sch.cache_write(blk, 0, "local")
+        i, j, k = sch.get_loops(blk)
+        i0, i1, i2, i3 = sch.split(i, ti)
+        j0, j1, j2, j3 = sch.split(j, tj)
+        k0, k1 = sch.split(k, [None, 4])
+        sch.reorder(i0, j0, i1, j1, k0, i2, j2, k1, i3, j3)
+        sch.reverse_compute_at(wb, j1)
+        sch.decompose_reduction(blk, k0)
+        sch.vectorize(j3)
+        sch.parallel(i0)
+        check_against_reference(sch, MATMUL, dims)

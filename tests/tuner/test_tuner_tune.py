@@ -89,6 +89,9 @@ def test_cli_json_and_one_line_errors(tmp_path: Path, cpu) -> None:
     assert {"workload_key", "target", "trials", "best_ms", "default_ms", "gflops", "gbps",
             "failures"} <= set(data)  # fmt: skip
     assert data["trials"] == 3 and data["best_ms"] > 0 and data["default_ms"] > 0
+    res = runner.invoke(tune_cli, [*args[:-2], "--batch-size", "2", "--trials", "2"], env=env)
+    assert res.exit_code == 0, res.output
+    assert "default schedule" in res.output and "5 recorded" in res.output
     res = runner.invoke(tune_cli, ["add", "--shape", "m=8", "--db", db], env=env)
     assert res.exit_code == 2 and "missing n" in res.output
     res = runner.invoke(tune_cli, ["add", "--shape", "m=x", "--db", db], env=env)

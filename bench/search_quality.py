@@ -1,0 +1,369 @@
+"""Search quality at equal trial budgets: evolutionary+XGBoost vs random vs MetaSchedule vs numpy.
+
+For each op and budget, tunes with our evolutionary search and with random search (each in a
+fresh SQLite database), and, when `apache-tvm` is installed, with Apache TVM MetaSchedule at
+the same budget. Then it times every best kernel and numpy side by side in this process,
+alternating, `--rounds` rounds, median per call, so every ratio compares kernels measured in
+the same run. Ops (fp32): dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm
+32x4096, softmax 256x2048.
+
+Tuning results are kept under --state (one JSON per op/budget/searcher, MetaSchedule's
+database in a folder), so an interrupted run resumes and a partial run still reports:
+
+    python bench/search_quality.py --ops dense,gemv,rmsnorm,softmax --budgets 64,256 \
+        --peers numpy,tvm --state /tmp/tf-search-quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OPS: dict[str, tuple[str, dict[str, int]]] = {
+    "dense": ("dense", {"m": 1024, "n": 1024, "k": 1024}),
+    "gemv": ("dense", {"m": 1, "n": 4096, "k": 4096}),
+    "rmsnorm": ("rmsnorm", {"m": 32, "n": 4096}),
+    "softmax": ("softmax", {"m": 256, "n": 2048}),
+}
+EPS = 1e-5
+
+
+# ------------------------------------------------------------------ inputs and numpy
+
+
+def make_inputs(name: str, rng: np.random.Generator) -> list[np.ndarray]:
+    op, d = OPS[name]
+    if op == "dense":
+        return [
+            rng.standard_normal((d["m"], d["k"]), dtype=np.float32),
+            rng.standard_normal((d["n"], d["k"]), dtype=np.float32),
+        ]
+    if op == "rmsnorm":
+        return [
+            rng.standard_normal((d["m"], d["n"]), dtype=np.float32),
+            rng.standard_normal((d["n"],), dtype=np.float32),
+        ]
+    return [rng.standard_normal((d["m"], d["n"]), dtype=np.float32)]
+
+
+def numpy_fn(name: str, inputs: list[np.ndarray]) -> Callable[[], Any]:
+    op, _ = OPS[name]
+    if op == "dense":
+        x, w = inputs
+        return lambda: x @ w.T
+    if op == "rmsnorm":
+        x, w = inputs
+
+        def rms() -> np.ndarray:
+            return x * (1.0 / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + EPS)) * w
+
+        return rms
+    (x,) = inputs
+
+    def softmax() -> np.ndarray:
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return softmax
+
+
+def out_shape(name: str) -> tuple[int, ...]:
+    _, d = OPS[name]
+    return (d["m"], d["n"])
+
+
+# ------------------------------------------------------------------ ours
+
+
+def tune_ours(name: str, budget: int, strategy: str, state: Path, seed: int) -> dict[str, Any]:
+    from tunefleet.tuner import tune
+    from tunefleet.workers import MeasureConfig
+
+    op, dims = OPS[name]
+    # 5 repeats and a 10 s limit keep hopeless candidates (seconds per call) cheap
+    config = MeasureConfig(repeats=5, timeout_s=10.0, seed=seed)
+    start = time.perf_counter()
+    result = tune(
+        op, dims, trials=budget, strategy=strategy, seed=seed,
+        db_url=f"sqlite:///{state / f'{name}_{budget}_{strategy}.db'}",
+        cache_dir=str(state / "kernels"),
+        model_dir=str(state / f"models_{name}_{budget}_{strategy}"),
+        measure_default=False, measure_config=config,
+    )  # fmt: skip
+    return {
+        "tuning_s": time.perf_counter() - start,
+        "trials": result.trials,
+        "failures": result.failures,
+        "tuner_best_ms": result.best_ms,
+        "trace_json": result.best_trace_json,
+    }
+
+
+def load_ours(name: str, trace_json: str, workdir: Path) -> Callable[[list[np.ndarray]], Any]:
+    """Compile the best trace with the workers' builder and return a ctypes caller."""
+    from tunefleet.ir import ops
+    from tunefleet.workers import BuildConfig, BuildInput, build, resolve_target
+
+    op, dims = OPS[name]
+    func = ops.get_op(op).build(dims, "float32")
+    res = build(
+        BuildInput(resolve_target("cpu"), workload=func, trace=trace_json),
+        BuildConfig(cache_dir=str(workdir / "kernels")),
+    )
+    if res.artifact is None:
+        raise RuntimeError(f"cannot rebuild our best {name}: {res.message[:300]}")
+    lib_path = workdir / f"{name}_{abs(hash(trace_json))}.so"
+    lib_path.write_bytes(res.artifact.binary)
+    fn = getattr(ctypes.CDLL(str(lib_path)), res.artifact.entry)
+    fn.restype = None
+
+    def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
+        ptrs = [ctypes.c_void_p(a.ctypes.data) for a in arrays]
+        return lambda: fn(*ptrs)
+
+    return bind
+
+
+# ------------------------------------------------------------------ Apache TVM MetaSchedule
+
+
+def tvm_available() -> bool:
+    try:
+        import tvm  # noqa: F401
+        from tvm.s_tir import meta_schedule  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def tvm_target() -> Any:
+    import tvm
+
+    cpu = tvm.target.codegen.llvm_get_system_cpu()
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": 2})
+
+
+def tvm_func(name: str) -> Any:
+    import tvm
+    from tvm import te
+
+    op, d = OPS[name]
+    if op == "dense":
+        x = te.placeholder((d["m"], d["k"]), "float32", name="x")
+        w = te.placeholder((d["n"], d["k"]), "float32", name="w")
+        k = te.reduce_axis((0, d["k"]), name="k")
+        out = te.compute(
+            (d["m"], d["n"]), lambda i, j: te.sum(x[i, k] * w[j, k], axis=k), name="dense"
+        )
+        return te.create_prim_func([x, w, out])
+    m, n = d["m"], d["n"]
+    x = te.placeholder((m, n), "float32", name="x")
+    k = te.reduce_axis((0, n), name="k")
+    if op == "rmsnorm":
+        w = te.placeholder((n,), "float32", name="w")
+        ss = te.compute((m,), lambda i: te.sum(x[i, k] * x[i, k], axis=k), name="sumsq")
+        out = te.compute(
+            (m, n),
+            lambda i, j: x[i, j] * tvm.tirx.rsqrt(ss[i] / float(n) + EPS) * w[j],
+            name="rmsnorm",
+        )
+        return te.create_prim_func([x, w, out])
+    mx = te.compute((m,), lambda i: te.max(x[i, k], axis=k), name="mx")
+    k2 = te.reduce_axis((0, n), name="k2")
+    sm = te.compute((m,), lambda i: te.sum(te.exp(x[i, k2] - mx[i]), axis=k2), name="sm")
+    out = te.compute((m, n), lambda i, j: te.exp(x[i, j] - mx[i]) / sm[i], name="softmax")
+    return te.create_prim_func([x, out])
+
+
+def tune_tvm(name: str, budget: int, state: Path, seed: int) -> dict[str, Any]:
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir = state / f"tvm_{name}_{budget}"
+    start = time.perf_counter()
+    # the default 30 s build timeout drops most candidates when the 2 cores are shared
+    ms.tune_tir(
+        tvm_func(name), tvm_target(), work_dir=str(work_dir), max_trials_global=budget,
+        num_trials_per_iter=min(64, budget), seed=seed, num_tuning_cores=2,
+        builder=ms.builder.LocalBuilder(max_workers=2, timeout_sec=180.0),
+        runner=ms.runner.LocalRunner(timeout_sec=60.0),
+    )  # fmt: skip
+    return {"tuning_s": time.perf_counter() - start, "trials": budget, "work_dir": str(work_dir)}
+
+
+def load_tvm(name: str, work_dir: str) -> Callable[[list[np.ndarray]], Any]:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    db = ms.database.JSONDatabase(work_dir=work_dir, allow_missing=False)
+    target = tvm_target()
+    sch = ms.tir_integration.compile_tir(db, tvm_func(name), target)
+    if sch is None:
+        raise RuntimeError(f"MetaSchedule found no valid {name} schedule in {work_dir}")
+    lib = tvm.compile(sch.mod, target=target)
+    main = lib["main"]
+    dev = tvm.cpu()
+
+    def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
+        tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
+        bind.outputs = tensors  # type: ignore[attr-defined]
+        return lambda: main(*tensors)
+
+    return bind
+
+
+# ------------------------------------------------------------------ timing side by side
+
+
+def per_call_ms(fn: Callable[[], Any], min_s: float = 0.05) -> float:
+    fn()
+    n, elapsed = 1, 0.0
+    while True:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_s or n >= 1 << 16:
+            return elapsed / n * 1e3
+        n *= 2
+
+
+def side_by_side(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for key, fn in variants.items():
+            times[key].append(per_call_ms(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def check(name: str, got: np.ndarray, inputs: list[np.ndarray]) -> float:
+    ref = numpy_fn(name, inputs)()
+    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+# ------------------------------------------------------------------ driver
+
+
+def cached(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    data = make()
+    path.write_text(json.dumps(data))
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ops", default="gemv,rmsnorm,softmax,dense")
+    parser.add_argument("--budgets", default="64,256")
+    parser.add_argument("--strategies", default="evolutionary,random")
+    parser.add_argument("--peers", default="numpy,tvm", help="numpy and/or tvm (or none)")
+    parser.add_argument("--state", default=str(Path(tempfile.gettempdir()) / "tf-search-quality"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    ops = [o for o in args.ops.split(",") if o]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        parser.error(f"unknown op(s) {', '.join(unknown)}; choose from {', '.join(OPS)}")
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    strategies = [s for s in args.strategies.split(",") if s]
+    peers = set(args.peers.split(","))
+    use_tvm = "tvm" in peers and tvm_available()
+    if "tvm" in peers and not use_tvm:
+        print("apache-tvm is not installed: MetaSchedule columns are left out", file=sys.stderr)
+    state = Path(args.state)
+    state.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    for name in ops:
+        for budget in budgets:
+            for strategy in strategies:
+                key = f"ours_{name}_{budget}_{strategy}"
+                print(f"[tune] {key}", file=sys.stderr, flush=True)
+                report[key] = cached(
+                    state / f"{key}.json",
+                    lambda n=name, b=budget, s=strategy: tune_ours(n, b, s, state, args.seed),
+                )
+            if use_tvm:
+                key = f"tvm_{name}_{budget}"
+                print(f"[tune] {key}", file=sys.stderr, flush=True)
+                report[key] = cached(
+                    state / f"{key}.json", lambda n=name, b=budget: tune_tvm(n, b, state, args.seed)
+                )
+        inputs = make_inputs(name, np.random.default_rng(args.seed))
+        variants: dict[str, Callable[[], Any]] = {}
+        outputs: dict[str, Any] = {}
+        if "numpy" in peers:
+            variants["numpy"] = numpy_fn(name, inputs)
+        for budget in budgets:
+            for strategy in strategies:
+                key = f"ours_{name}_{budget}_{strategy}"
+                if report[key].get("trace_json"):
+                    out = np.full(out_shape(name), np.nan, dtype=np.float32)
+                    binder = load_ours(name, report[key]["trace_json"], state)
+                    variants[f"{strategy}@{budget}"] = binder([*inputs, out])
+                    outputs[f"{strategy}@{budget}"] = out
+            if use_tvm:
+                try:
+                    binder = load_tvm(name, report[f"tvm_{name}_{budget}"]["work_dir"])
+                except RuntimeError as err:
+                    print(f"[skip] {err}", file=sys.stderr)
+                    continue
+                out = np.zeros(out_shape(name), dtype=np.float32)
+                variants[f"metaschedule@{budget}"] = binder([*inputs, out])
+                outputs[f"metaschedule@{budget}"] = binder
+        for fn in variants.values():
+            fn()
+        errors = {}
+        for key, out in outputs.items():
+            got = out if isinstance(out, np.ndarray) else out.outputs[-1].numpy()
+            errors[key] = check(name, got, inputs)
+        timed = side_by_side(variants, args.rounds)
+        report[f"timing_{name}"] = {"median_ms": timed, "max_rel_err": errors}
+        print_op(name, budgets, strategies, timed, report, use_tvm)
+    (state / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nfull report: {state / 'report.json'}")
+
+
+def print_op(name: str, budgets, strategies, timed, report, use_tvm) -> None:
+    op, dims = OPS[name]
+    shape = ",".join(f"{k}={v}" for k, v in dims.items())
+    print(f"\n## {name} ({op} {shape}, fp32), side by side in one process, median per call")
+    if "numpy" in timed:
+        print(f"numpy: {timed['numpy']:.4f} ms")
+    print("| budget | evolutionary | random | MetaSchedule | evo vs random | evo vs MS |")
+    print("|---|---|---|---|---|---|")
+    for b in budgets:
+        evo = timed.get(f"evolutionary@{b}")
+        rnd = timed.get(f"random@{b}")
+        msb = timed.get(f"metaschedule@{b}")
+
+        def cell(v: float | None, key: str) -> str:
+            if v is None:
+                return "-"
+            spent = report.get(key, {}).get("tuning_s")
+            return f"{v:.4f} ms" + (f" ({spent:.0f} s)" if spent else "")
+
+        ratio = lambda a, c: f"{c / a:.2f}x" if a and c else "-"  # noqa: E731
+        print(
+            f"| {b} | {cell(evo, f'ours_{name}_{b}_evolutionary')} | "
+            f"{cell(rnd, f'ours_{name}_{b}_random')} | {cell(msb, f'tvm_{name}_{b}')} | "
+            f"{ratio(evo, rnd)} | {ratio(evo, msb)} |"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    if "TVM_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = "2"
+    main()
