@@ -52,13 +52,30 @@ def lower(func: PrimFunc) -> PrimFunc:
     """Lower a (scheduled) PrimFunc to loops; see the module docstring."""
     ranges: dict[Var, tuple[int, int]] = {}
     allocs: list[Buffer] = []
-    body = _lower_stmt(func.body, ranges, allocs)
+    body = _lower_stmt(_canonical_threads(func.body), ranges, allocs)
     params = set(func.params)
     for buf in allocs:
         if buf in params:
             raise LoweringError(f"parameter {buf.name} cannot also be allocated")
         body = _place(body, buf)
     return dataclasses.replace(func, body=body)  # type: ignore[arg-type]
+
+
+def thread_var(tag: str) -> Var:
+    """The one variable every loop bound to `tag` uses after lowering (threadIdx.y ->
+    threadIdx_y), so per-thread buffers used by several nests share their indices."""
+    return Var(tag.replace(".", "_"))
+
+
+def _canonical_threads(s: Stmt) -> Stmt:
+    def post(n: Any) -> Any:
+        if isinstance(n, For) and n.kind == "thread_binding" and n.thread not in (None, "vthread"):
+            v = thread_var(n.thread or "")
+            if n.var != v:
+                return dataclasses.replace(n, var=v, body=substitute(n.body, {n.var: v}))
+        return None
+
+    return rewrite(s, post)
 
 
 def _lower_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
@@ -310,6 +327,10 @@ def _inner_ranges(s: Stmt) -> dict[Var, tuple[int, int]] | None:
 
 def _compact(s: Stmt, buf: Buffer) -> Stmt:
     inner = _inner_ranges(s) or {}
+    if buf.scope not in ("global", "shared"):
+        # per-thread storage: a thread index is fixed for the thread, so it is an offset
+        thread_vars = ("threadIdx_", "blockIdx_")
+        inner = {v: r for v, r in inner.items() if not v.name.startswith(thread_vars)}
     index_lists = [
         n.indices for n in walk(s) if isinstance(n, BufferLoad | BufferStore) and n.buffer == buf
     ]

@@ -69,6 +69,7 @@ PRELUDE_CUDA = (
 #include <math.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <mma.h>
 
 __device__ __forceinline__ int64_t tf_floordiv(int64_t a, int64_t b) {
   int64_t q = a / b; return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
@@ -209,6 +210,10 @@ class CUDARenderer(CStyleRenderer):
         return []
 
     def loop(self, s: For, depth: int) -> None:
+        intrin = dict(s.annotations).get("tensorize")
+        if intrin is not None:
+            self._tensorized(s, str(intrin), depth)
+            return
         if s.kind == "thread_binding" and s.thread != "vthread":
             self._thread_loop(s, depth)
             return
@@ -369,6 +374,99 @@ class CUDARenderer(CStyleRenderer):
             self.emit("}", depth)
         return True
 
+    # ------------------------------------------------------------ tensor intrinsics
+
+    def _layout(
+        self, buf: Buffer, indices: tuple[Expr, ...], row: Var, col: Var
+    ) -> tuple[str, Expr, int]:
+        """(major, base flat index, leading dimension) of a 16 x 16 tile indexed by (row, col)."""
+        flat: Expr | None = None
+        for idx, dim in zip(indices, buf.shape, strict=True):
+            flat = idx if flat is None else flat * dim + idx
+        assert flat is not None
+        terms, _ = linear(simplify(flat))
+        sr, sc = terms.get(row, 0), terms.get(col, 0)
+        base = simplify(substitute(flat, {row: Const(0, "int64"), col: Const(0, "int64")}))
+        if sc == 1 and sr > 0:
+            return "row", base, sr
+        if sr == 1 and sc > 0:
+            return "col", base, sc
+        raise CodegenError(
+            f"tile of {buf.name} is not contiguous along a row or a column (strides {sr}, {sc})"
+        )
+
+    def _fragment(self, load_or_store: BufferLoad | BufferStore, zero: dict[Var, Expr]) -> str:
+        buf = load_or_store.buffer
+        if len(buf.shape) != 2 or not all(
+            isinstance(d, Const) and int(d.value) % 16 == 0 for d in buf.shape
+        ):
+            raise CodegenError(f"accumulator {buf.name} must be a 2-D tile of 16 x 16 fragments")
+        r0, c0 = (simplify(substitute(i, zero)) for i in load_or_store.indices)
+        per_row = int(buf.shape[1].value) // 16  # type: ignore[attr-defined]
+        idx = simplify((r0 // 16) * per_row + c0 // 16)
+        return f"{c_name(buf.name)}[{self.expr(idx)}]"
+
+    def _tensorized(self, s: For, name: str, depth: int) -> None:
+        from .intrinsics import get_intrin
+
+        info = get_intrin(name)
+        chain = [s]
+        while isinstance(chain[-1].body, For):
+            chain.append(chain[-1].body)  # type: ignore[arg-type]
+        body = chain[-1].body
+        if not isinstance(body, BufferStore):
+            raise CodegenError(
+                f"tensorized loop {s.var.name} has guards or extra statements; "
+                "its tile sizes must divide the extents"
+            )
+        vs = [c.var for c in chain]
+        zero: dict[Var, Expr] = {v: Const(0, "int64") for v in vs}
+        wmma = "nvcuda::wmma"
+        if info.kind == "fill":
+            frag = self._fragment(body, zero)
+            self.emit(f"{wmma}::fill_fragment({frag}, 0.0f);", depth)
+            return
+        if info.kind == "store":
+            load = body.value
+            assert isinstance(load, BufferLoad)
+            frag = self._fragment(load, zero)
+            major, base, ld = self._layout(body.buffer, body.indices, vs[0], vs[1])
+            dst = f"{c_name(body.buffer.name)} + {self.expr(base)}"
+            self.emit(
+                f"{wmma}::store_matrix_sync({dst}, {frag}, {ld}, {wmma}::mem_{major}_major);", depth
+            )
+            return
+        frag = self._fragment(body, zero)
+        prod = body.value.b  # type: ignore[attr-defined]
+        loads = [prod.a.value, prod.b.value]
+        a = next(x for x in loads if any(t == vs[0] for t in walk(x)))
+        b = next(x for x in loads if x is not a)
+        ct = self.ctype(a.buffer.dtype)
+        a_major, a_base, a_ld = self._layout(a.buffer, a.indices, vs[0], vs[2])
+        b_major, b_base, b_ld = self._layout(b.buffer, b.indices, vs[2], vs[1])
+        self.emit("{", depth)
+        d = depth + 1
+        self.emit(
+            f"{wmma}::fragment<{wmma}::matrix_a, 16, 16, 16, {ct}, {wmma}::{a_major}_major> tf_fa;",
+            d,
+        )
+        self.emit(
+            f"{wmma}::fragment<{wmma}::matrix_b, 16, 16, 16, {ct}, {wmma}::{b_major}_major> tf_fb;",
+            d,
+        )
+        self.emit(
+            f"{wmma}::load_matrix_sync(tf_fa, {c_name(a.buffer.name)} + {self.expr(a_base)}, "
+            f"{a_ld});",
+            d,
+        )
+        self.emit(
+            f"{wmma}::load_matrix_sync(tf_fb, {c_name(b.buffer.name)} + {self.expr(b_base)}, "
+            f"{b_ld});",
+            d,
+        )
+        self.emit(f"{wmma}::mma_sync({frag}, tf_fa, tf_fb, {frag});", d)
+        self.emit("}", depth)
+
     # ------------------------------------------------------------ storage
 
     def allocate(self, s: Allocate, depth: int) -> None:
@@ -388,12 +486,25 @@ class CUDARenderer(CStyleRenderer):
                 f"{buf.scope} buffer {buf.name} has symbolic size {size}; tile it to a constant"
             )
         n = int(size.value)
+        if buf.scope == "wmma.accumulator":
+            if len(buf.shape) != 2 or n % 256:
+                raise CodegenError(
+                    f"accumulator {buf.name} must be a 2-D tile of 16 x 16 fragments"
+                )
+            frag = "nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>"
+            self.emit(f"{frag} {name}[{n // 256}];", depth)
+            self.stmt(s.body, depth)
+            return
+        if buf.scope in ("wmma.matrix_a", "wmma.matrix_b"):
+            raise CodegenError(
+                f"{buf.scope} buffers are not supported; tensorize loads from memory"
+            )
         if buf.scope == "shared":
             if name in self._dyn_offsets:
                 off = self._dyn_offsets[name]
                 self.emit(f"{ct}* {name} = ({ct}*)(tf_dyn_smem + {off});", depth)
             else:
-                self.emit(f"__shared__ __align__(16) {ct} {name}[{n}];", depth)
+                self.emit(f"__shared__ __align__(128) {ct} {name}[{n}];", depth)
         else:
             self.emit(f"{ct} {name}[{n}] __attribute__((aligned(16)));", depth)
         self.stmt(s.body, depth)
@@ -419,7 +530,7 @@ class CUDARenderer(CStyleRenderer):
         off = 0
         for b, nbytes in zip(allocs, sizes, strict=True):
             self._dyn_offsets[c_name(b.name)] = off
-            off += (nbytes + 15) // 16 * 16
+            off += (nbytes + 127) // 128 * 128
         self.dynamic_shared_bytes = off
 
     # ------------------------------------------------------------ function
@@ -433,7 +544,7 @@ class CUDARenderer(CStyleRenderer):
         if self._needs_scratch:
             head.append("  __shared__ float tf_red_scratch[32];")
         if self._dyn_offsets:
-            head.append("  extern __shared__ __align__(16) unsigned char tf_dyn_smem[];")
+            head.append("  extern __shared__ __align__(128) unsigned char tf_dyn_smem[];")
         body = "\n".join(head + self._lines)
         threads = 1
         for t in BLOCK_TAGS:

@@ -38,6 +38,7 @@ from .expr import (
     const,
     logical_and,
 )
+from .intrinsics import get_intrin
 from .lower import _dim_window, cross_thread_reduction
 from .regions import with_regions
 from .schedule_tree import (
@@ -643,6 +644,69 @@ class Schedule:
             self._func = rewrite(self._func, lambda n: new if n == buf else None)
             self._record("set_scope", [block, write_buffer_index, storage_scope], {}, [])
 
+    def tensorize(self, loop: RV, intrin: str) -> None:
+        """Replace the nest rooted at `loop` by a tensor intrinsic (see `intrinsics.py`).
+
+        The nest must be perfectly nested with the intrinsic's extents around one block that
+        computes what the intrinsic does; the loop is annotated and the CUDA renderer emits
+        the intrinsic in its place. for i, j, k in 16 x 16 x 16: acc[i, j] += a[i, k] * b[j, k]
+        -> wmma load_matrix_sync(a), load_matrix_sync(b), mma_sync(acc).
+        """
+        from .expr import BinOp, BufferLoad, Cast
+
+        with self._atomic():
+            info = get_intrin(intrin)
+            lp, _ = self._loop(loop)
+            chain = [lp]
+            while isinstance(chain[-1].body, For):
+                chain.append(chain[-1].body)
+            body = chain[-1].body
+            what = f"tensorize({lp.var.name}, {intrin!r})"
+            extents = tuple(
+                int(c.extent.value) if isinstance(c.extent, Const) else -1 for c in chain
+            )
+            if extents != info.extents:
+                raise ScheduleError(
+                    f"{what}: needs a perfect nest of extents {info.extents}, found {extents}"
+                )
+            if not isinstance(body, BlockRealize):
+                raise ScheduleError(f"{what}: the nest must end in one block")
+            blk = body.block
+            store = blk.body
+            if not isinstance(store, BufferStore):
+                raise ScheduleError(f"{what}: block {blk.name!r} is not a single store")
+            acc_scope = "wmma.accumulator"
+            v = store.value
+            if info.kind == "fill":
+                ok = store.buffer.scope == acc_scope and isinstance(v, Const) and v.value == 0
+            elif info.kind == "store":
+                ok = isinstance(v, BufferLoad) and v.buffer.scope == acc_scope
+                ok = ok and store.buffer.dtype == info.acc_dtype
+            else:
+                ok = (
+                    blk.init is None
+                    and store.buffer.scope == acc_scope
+                    and isinstance(v, BinOp)
+                    and v.op == "add"
+                    and isinstance(v.b, BinOp)
+                    and v.b.op == "mul"
+                    and all(
+                        isinstance(x, Cast)
+                        and isinstance(x.value, BufferLoad)
+                        and x.value.dtype == info.in_dtype
+                        for x in (v.b.a, v.b.b)
+                    )
+                )
+            if not ok:
+                raise ScheduleError(
+                    f"{what}: block {blk.name!r} does not compute {info.doc} into a "
+                    f"{acc_scope} buffer (mma blocks need decompose_reduction first)"
+                )
+            kept = tuple((k, x) for k, x in lp.annotations if k != "tensorize")
+            ann = (*kept, ("tensorize", intrin))
+            self._replace_loop(lp, dataclasses.replace(lp, annotations=ann))
+            self._record("tensorize", [loop, intrin], {}, [])
+
     # ------------------------------------------------------------ compute location
 
     def _root_nest_of(self, name: str, what: str) -> tuple[int, Stmt]:
@@ -1121,7 +1185,9 @@ class Schedule:
                 pred = c if pred == TRUE else logical_and(pred, c)
             nest: Stmt = BlockRealize(tuple(values), pred, init_blk)
             for old, new in reversed(copies):
-                nest = For(new, old.extent, nest, old.kind if old.kind != "parallel" else "serial")
+                kind = old.kind if old.kind != "parallel" else "serial"
+                thread = old.thread if kind == "thread_binding" else None
+                nest = For(new, old.extent, nest, kind, thread)
             new_blk = with_regions(dataclasses.replace(blk, init=None))
 
             def fix(s: Stmt) -> Stmt | None:

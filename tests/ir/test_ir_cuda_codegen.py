@@ -212,3 +212,47 @@ def test_large_shared_tiles_use_dynamic_shared_memory() -> None:
     ks = build_source(sch, target="cuda")
     assert ks.shared_bytes == 128 * 128 * 4
     assert "extern __shared__" in ks.source and "__syncthreads();" in ks.source
+
+
+def _tc_schedule(dtype: str = "float16") -> Schedule:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_tc_schedule
+
+    return dense_tc_schedule(256, 256, 64, dtype)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tensorized_dense_compiles_to_wmma(dtype) -> None:
+    sch = _tc_schedule(dtype)
+    ks = build_source(sch, target="cuda")
+    assert ks.block == (32, 4, 2) and ks.grid == (2, 2, 1)
+    assert ks.shared_bytes == 128 * 128 * 4 + 2 * 128 * 32 * 2  # above 48 KB: dynamic
+    src = ks.source
+    assert src.count("nvcuda::wmma::mma_sync(") == 1 and "fill_fragment" in src
+    assert "store_matrix_sync" in src and "fragment<nvcuda::wmma::accumulator" in src
+    rc, log = _compile(src, "sm_80")
+    assert rc == 0, log
+    replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
+    assert replayed.func == sch.func and "tensorize" in sch.trace.as_python()
+
+
+def test_tensorize_checks_the_nest() -> None:
+    func = ops.get_op("dense").build({"m": 32, "n": 32, "k": 32}, "float16")
+    sch = Schedule(func)
+    acc = sch.get_block("dense_acc")
+    i, _j, _k = sch.get_loops(acc)
+    with pytest.raises(ScheduleError, match="extents"):
+        sch.tensorize(i, "wmma_mma_f16_f32")  # 32 x 32 x 32, not 16 x 16 x 16
+    with pytest.raises(ScheduleError, match="unknown tensor intrinsic"):
+        sch.tensorize(i, "mma_m99")
+    i0, i1 = sch.split(i, [None, 16])
+    j0, j1 = sch.split(sch.get_loops(acc)[2], [None, 16])
+    k0, k1 = sch.split(sch.get_loops(acc)[4], [None, 16])
+    sch.reorder(i0, j0, k0, i1, j1, k1)
+    with pytest.raises(ScheduleError, match=r"wmma\.accumulator"):
+        sch.tensorize(i1, "wmma_mma_f16_f32")  # a global float32 buffer, with its init
+    assert [ins.kind for ins in sch.trace.insts].count("tensorize") == 0

@@ -63,3 +63,20 @@ def test_hand_gemv_schedule_matches_numpy(gpu) -> None:
     assert built.status is Status.OK, built.message
     result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, "float16"), FAST))
     assert result.status is Status.OK, result.message
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tensor_core_dense_matches_numpy(gpu, dtype) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_tc_schedule
+
+    target, runner, config = gpu
+    shape = {"m": 256, "n": 384, "k": 96}
+    ks = build_source(dense_tc_schedule(**shape, dtype=dtype), "cuda")
+    built = build(BuildInput(target, kernel=ks), config)
+    assert built.status is Status.OK, built.message
+    result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, dtype), FAST))
+    assert result.status is Status.OK, result.message

@@ -1,0 +1,105 @@
+"""A hand-written tensor-core schedule for fp16 / bf16 dense (prefill GEMM), WMMA 16x16x16.
+
+    python examples/dense_tensorcore_cuda.py            # the generated CUDA C and its launch
+    python examples/dense_tensorcore_cuda.py --show-ir  # the scheduled IR
+    python bench/gpu_kernels.py                         # checks and times it against torch
+
+y[i, j] = sum_k x[i, k] * w[j, k]: each thread block computes a 128 x 128 tile of y with 8
+warps (2 x 4, bound to threadIdx.z / threadIdx.y), each warp a 64 x 32 tile held in 4 x 2
+accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 32-wide
+step of k the block's threads copy the 128 x 32 tiles of x and w into shared memory with
+16-byte loads (cooperative fetch; barriers around it come from lowering), then each warp
+runs 2 x 4 x 2 tensor-core MMAs on them. At the end the fragments are stored to a shared
+float32 tile, which all threads convert to fp16 and write out 8 bytes at a time.
+Not yet there: cp.async multi-stage pipelining, ldmatrix / mma.sync and swizzled or padded
+shared tiles (see docs/ir.md); this is the single-stage version.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tunefleet.ir import Schedule, build_source, ops
+
+TILE_M, TILE_N, TILE_K = 128, 128, 32
+WARPS_M, WARPS_N = 2, 4
+
+
+def dense_tc_schedule(
+    m: int = 2048, n: int = 4096, k: int = 4096, dtype: str = "float16"
+) -> Schedule:
+    """dense(x[m, k], w[n, k]) on tensor cores; m, n multiples of 128 and k of 32."""
+    func = ops.get_op("dense").build({"m": m, "n": n, "k": k}, dtype)
+    mma = {"float16": "wmma_mma_f16_f32", "bfloat16": "wmma_mma_bf16_f32"}[dtype]
+    sch = Schedule(func)
+    acc = sch.get_block("dense_acc")
+    out = sch.get_block("dense")
+    frag_out = sch.cache_write(acc, 0, "wmma.accumulator")
+    i, j, kk = sch.get_loops(acc)
+    frags_m, frags_n = TILE_M // WARPS_M // 16, TILE_N // WARPS_N // 16
+    bi, wi, fi, ii = sch.split(i, [None, WARPS_M, frags_m, 16])
+    bj, wj, fj, jj = sch.split(j, [None, WARPS_N, frags_n, 16])
+    ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
+    sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
+    sch.bind(bi, "blockIdx.y")
+    sch.bind(bj, "blockIdx.x")
+    sch.bind(wi, "threadIdx.z")
+    sch.bind(wj, "threadIdx.y")
+    for operand in (0, 1):  # x and w tiles into shared memory, 16 bytes per thread and step
+        tile = sch.cache_read(acc, operand, "shared")
+        sch.compute_at(tile, ko)
+        rows, cols = sch.get_loops(tile)[-2:]
+        _, tz, ty, r = sch.split(rows, [None, WARPS_M, WARPS_N, 32 // (TILE_K // 8)])
+        c, vec = sch.split(cols, [None, 8])
+        lane = sch.fuse(r, c)
+        sch.bind(tz, "threadIdx.z")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+        sch.vectorize(vec)
+    for loop in (ki, fi, fj):
+        sch.unroll(loop)  # constant fragment indices keep the fragments in registers
+    sch.reverse_compute_at(frag_out, bj)
+    init = sch.decompose_reduction(acc, ko)
+    sch.tensorize(ii, mma)
+    init_loops = sch.get_loops(init)
+    sch.tensorize(init_loops[-2], "wmma_fill_f32")
+    sch.set_scope(frag_out, 0, "shared")  # the float32 tile of y, staged in shared memory
+    rows, cols = sch.get_loops(frag_out)[-2:]
+    t0, f0, i0 = sch.split(rows, [WARPS_M, frags_m, 16])
+    t1, f1, i1 = sch.split(cols, [WARPS_N, frags_n, 16])
+    sch.reorder(t0, t1, f0, f1, i0, i1)
+    sch.bind(t0, "threadIdx.z")
+    sch.bind(t1, "threadIdx.y")
+    sch.unroll(f0)
+    sch.unroll(f1)
+    sch.tensorize(i0, "wmma_store_f32")
+    sch.reverse_compute_at(out, bj)  # convert to fp16 and write y, 4 elements per thread
+    rows, cols = sch.get_loops(out)[-2:]
+    _, tz, ty = sch.split(rows, [None, WARPS_M, WARPS_N])
+    lane, vec = sch.split(cols, [32, None])
+    sch.bind(tz, "threadIdx.z")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(lane, "threadIdx.x")
+    sch.vectorize(vec)
+    return sch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--m", type=int, default=2048)
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=4096)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    parser.add_argument("--show-ir", action="store_true")
+    args = parser.parse_args()
+    sch = dense_tc_schedule(args.m, args.n, args.k, args.dtype)
+    if args.show_ir:
+        print(sch.func.script())
+    else:
+        ks = build_source(sch, target="cuda")
+        print(ks.source)
+        print(f"// launch: grid={ks.grid} block={ks.block} dynamic_shared_bytes={ks.shared_bytes}")
+
+
+if __name__ == "__main__":
+    main()
