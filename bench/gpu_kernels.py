@@ -169,8 +169,16 @@ def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]
         torch.cuda.synchronize()
         errs[name] = rel_err(ys[0], ref0)
         fns[name] = launches
+    dsts = [torch.empty_like(ws[0]) for _ in range(copies)]
+    fns["torch copy of w (same bytes read)"] = [
+        lambda i=i: dsts[i].copy_(ws[i]) for i in range(copies)
+    ]
+    errs["torch copy of w (same bytes read)"] = 0.0
     times = time_pair(fns)
     for name, us in times.items():
+        if name.startswith("torch copy"):  # read + write, as the copy bandwidth counts
+            rows.append(Row("copy 32 MiB", name, us, 2 * nbytes / (us * 1e-6) / 1e9, 0.0, 0.0))
+            continue
         gbps = moved / (us * 1e-6) / 1e9
         flops = 2 * n * k / (us * 1e-6) / 1e12
         rows.append(Row(f"gemv m=1 n={n} k={k}", name, us, gbps, flops, errs[name]))
