@@ -244,15 +244,20 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     a = torch.randn(m, k, device="cuda", dtype=torch.float16)
     w = torch.randn(n, k, device="cuda", dtype=torch.float16)
     y = torch.empty(m, n, device="cuda", dtype=torch.float16)
-    ks = build_source(dense_tc_schedule(m, n, k), target="cuda")
-    launcher = Launcher(ks, compile_cubin(ks.source, arch, work, "dense_tc"))
-    ours = launcher.bind(a, w, y)
-    y.fill_(float("nan"))
-    ours()
-    torch.cuda.synchronize()
     ref = a.double() @ w.double().T
-    errs = {"ours": rel_err(y, ref), "torch.matmul": rel_err(a @ w.T, ref)}
-    times = time_pair({"ours": [ours], "torch.matmul": [lambda: torch.matmul(a, w.T)]})
+    fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
+    errs = {"torch.matmul": rel_err(a @ w.T, ref)}
+    for tile_k, pad in ((32, 0), (32, 8), (64, 8)):
+        name = f"wmma bk{tile_k} pad{pad}"
+        ks = build_source(dense_tc_schedule(m, n, k, "float16", tile_k, pad), target="cuda")
+        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"dense_tc_{tile_k}_{pad}"))
+        ours = launcher.bind(a, w, y)
+        y.fill_(float("nan"))
+        ours()
+        torch.cuda.synchronize()
+        errs[name] = rel_err(y, ref)
+        fns[name] = [ours]
+    times = time_pair(fns, reps=10)
     flop = 2 * m * n * k
     return [
         Row(f"dense {m}x{n}x{k}", name, us, 0.0, flop / (us * 1e-6) / 1e12, errs[name])

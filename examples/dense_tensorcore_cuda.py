@@ -9,7 +9,8 @@ warps (2 x 4, bound to threadIdx.z / threadIdx.y), each warp a 64 x 32 tile held
 accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 32-wide
 step of k the block's threads copy the 128 x 32 tiles of x and w into shared memory with
 16-byte loads (cooperative fetch; barriers around it come from lowering), then each warp
-runs 2 x 4 x 2 tensor-core MMAs on them. At the end the fragments are stored to a shared
+runs 2 x 4 x 2 tensor-core MMAs on them (rows of the shared tiles padded by 8 halves with
+storage_align against bank conflicts). At the end the fragments are stored to a shared
 float32 tile, which all threads convert to fp16 and write out 8 bytes at a time.
 Not yet there: cp.async multi-stage pipelining, ldmatrix / mma.sync and swizzled or padded
 shared tiles (see docs/ir.md); this is the single-stage version.
@@ -26,9 +27,18 @@ WARPS_M, WARPS_N = 2, 4
 
 
 def dense_tc_schedule(
-    m: int = 2048, n: int = 4096, k: int = 4096, dtype: str = "float16"
+    m: int = 2048,
+    n: int = 4096,
+    k: int = 4096,
+    dtype: str = "float16",
+    tile_k: int = TILE_K,
+    pad: int = 8,
 ) -> Schedule:
-    """dense(x[m, k], w[n, k]) on tensor cores; m, n multiples of 128 and k of 32."""
+    """dense(x[m, k], w[n, k]) on tensor cores; m, n multiples of 128 and k of `tile_k`.
+
+    `pad` halves are added to each row of the shared x and w tiles (storage_align) so the
+    16 rows a fragment load reads start in different banks.
+    """
     func = ops.get_op("dense").build({"m": m, "n": n, "k": k}, dtype)
     mma = {"float16": "wmma_mma_f16_f32", "bfloat16": "wmma_mma_bf16_f32"}[dtype]
     sch = Schedule(func)
@@ -39,7 +49,7 @@ def dense_tc_schedule(
     frags_m, frags_n = TILE_M // WARPS_M // 16, TILE_N // WARPS_N // 16
     bi, wi, fi, ii = sch.split(i, [None, WARPS_M, frags_m, 16])
     bj, wj, fj, jj = sch.split(j, [None, WARPS_N, frags_n, 16])
-    ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
+    ko, ki, kx = sch.split(kk, [None, tile_k // 16, 16])
     sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
     sch.bind(bi, "blockIdx.y")
     sch.bind(bj, "blockIdx.x")
@@ -48,8 +58,10 @@ def dense_tc_schedule(
     for operand in (0, 1):  # x and w tiles into shared memory, 16 bytes per thread and step
         tile = sch.cache_read(acc, operand, "shared")
         sch.compute_at(tile, ko)
+        if pad:
+            sch.storage_align(tile, 0, 0, tile_k, pad)
         rows, cols = sch.get_loops(tile)[-2:]
-        _, tz, ty, r = sch.split(rows, [None, WARPS_M, WARPS_N, 32 // (TILE_K // 8)])
+        _, tz, ty, r = sch.split(rows, [None, WARPS_M, WARPS_N, 32 // (tile_k // 8)])
         c, vec = sch.split(cols, [None, 8])
         lane = sch.fuse(r, c)
         sch.bind(tz, "threadIdx.z")

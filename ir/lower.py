@@ -58,7 +58,54 @@ def lower(func: PrimFunc) -> PrimFunc:
         if buf in params:
             raise LoweringError(f"parameter {buf.name} cannot also be allocated")
         body = _place(body, buf)
+    aligns = _storage_aligns(func)
+    if aligns:
+        body = _apply_storage_align(body, aligns)
     return dataclasses.replace(func, body=body)  # type: ignore[arg-type]
+
+
+STORAGE_ALIGN = "storage_align"  # block annotation: "buffer:factor:offset"
+
+
+def _storage_aligns(func: PrimFunc) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for n in walk(func.body):
+        if isinstance(n, Block):
+            for key, value in n.annotations:
+                if key == STORAGE_ALIGN:
+                    name, factor, offset = str(value).rsplit(":", 2)
+                    out[name] = (int(factor), int(offset))
+    return out
+
+
+def _apply_storage_align(s: Stmt, aligns: dict[str, tuple[int, int]]) -> Stmt:
+    """Pad the last dim of each aligned allocation so that its row stride is
+    offset mod factor (rows then start in different shared-memory banks)."""
+
+    def post(n: Any) -> Any:
+        if not (isinstance(n, Allocate) and n.buffer.name in aligns and len(n.buffer.shape) >= 2):
+            return None
+        factor, offset = aligns[n.buffer.name]
+        last = n.buffer.shape[-1]
+        if not isinstance(last, Const):
+            return None
+        width = int(last.value)
+        padded = width + (offset - width) % factor
+        if padded == width:
+            return None
+        old = n.buffer
+        new = dataclasses.replace(old, shape=(*old.shape[:-1], const(padded)))
+
+        def swap(x: Any) -> Any:
+            if isinstance(x, BufferLoad) and x.buffer == old:
+                return BufferLoad(new, x.indices)
+            if isinstance(x, BufferStore) and x.buffer == old:
+                return BufferStore(new, x.indices, x.value)
+            return None
+
+        return Allocate(new, rewrite(n.body, swap))
+
+    return rewrite(s, post)
 
 
 def thread_var(tag: str) -> Var:

@@ -535,6 +535,17 @@ class CUDARenderer(CStyleRenderer):
 
     # ------------------------------------------------------------ function
 
+    def signature(self, func: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
+        """Inputs are `const` (read-only: the compiler may use the non-coherent load path)."""
+        stored = {n.buffer.name for n in walk(func.body) if isinstance(n, BufferStore)}
+        args = [
+            f"{'const ' if b.name not in stored else ''}{self.ctype(b.dtype)}* "
+            f"{self.restrict} {c_name(b.name)}"
+            for b in func.params
+        ]
+        args += [f"int64_t {c_name(v.name)}" for v in scalars]
+        return f"{self.kernel_prefix} {entry}({', '.join(args)})"
+
     def render(self, lowered: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
         self._launch = launch_dims(lowered)
         self._plan_shared(lowered)

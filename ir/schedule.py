@@ -644,6 +644,43 @@ class Schedule:
             self._func = rewrite(self._func, lambda n: new if n == buf else None)
             self._record("set_scope", [block, write_buffer_index, storage_scope], {}, [])
 
+    def storage_align(
+        self, block: RV, write_buffer_index: int, axis: int, factor: int, offset: int
+    ) -> None:
+        """Pad the buffer `block` writes so the stride of `axis` is `offset` mod `factor`
+        elements (the row of a shared tile then starts in another bank: fewer conflicts).
+
+        Only the next-to-last axis can be aligned (its stride is the padded last dim).
+        """
+        from .lower import STORAGE_ALIGN
+
+        with self._atomic():
+            br, _ = self._block(block)
+            blk = br.block
+            writes = [w.buffer for w in blk.writes]
+            if not 0 <= write_buffer_index < len(writes):
+                raise ScheduleError(
+                    f"block {blk.name!r} writes {len(writes)} buffers; index "
+                    f"{write_buffer_index} is out of range"
+                )
+            buf = writes[write_buffer_index]
+            if buf in self._func.params:
+                raise ScheduleError(f"{buf.name} is a parameter; only intermediates are padded")
+            if axis != len(buf.shape) - 2:
+                raise ScheduleError(
+                    f"storage_align pads the row stride: axis must be {len(buf.shape) - 2} "
+                    f"for {buf.name}, got {axis}"
+                )
+            if factor <= 0 or not 0 <= offset < factor:
+                raise ScheduleError(
+                    f"need factor > 0 and 0 <= offset < factor, got {factor}, {offset}"
+                )
+            value = f"{buf.name}:{factor}:{offset}"
+            kept = tuple((k, x) for k, x in blk.annotations if k != STORAGE_ALIGN)
+            new_blk = dataclasses.replace(blk, annotations=(*kept, (STORAGE_ALIGN, value)))
+            self._replace_block(blk.name, new_blk)
+            self._record("storage_align", [block, write_buffer_index, axis, factor, offset], {}, [])
+
     def tensorize(self, loop: RV, intrin: str) -> None:
         """Replace the nest rooted at `loop` by a tensor intrinsic (see `intrinsics.py`).
 
