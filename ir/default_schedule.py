@@ -33,8 +33,9 @@ def _as_func(op_or_func: Any) -> PrimFunc:
 def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
     """CPU: move a unit-stride spatial loop inside the reduction (matmul's i, k, j), fuse the
     two outer spatial loops and run them in parallel, hoist each reduction's init out of its
-    reduce loops, and vectorize an innermost spatial loop of constant extent. CUDA: see
-    `default_schedule_cuda` (threads over outputs, cross-thread row reductions)."""
+    reduce loops, and vectorize the innermost loop when it is spatial with a constant extent or a
+    contiguous reduction (rendered as a simd reduction). CUDA: see `default_schedule_cuda`
+    (threads over outputs, cross-thread row reductions)."""
     func = _as_func(op_or_func)
     if target == "cuda":
         from .default_schedule_cuda import default_cuda_schedule
@@ -77,6 +78,8 @@ def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
             and loops[-1] != loops[0]
         ):
             sch.vectorize(loops[-1])
+        elif inner.var in red and len(reduce_loops) == 1 and _unit_stride(br, inner.var):
+            sch.vectorize(loops[-1])  # a contiguous dot product: an OpenMP simd reduction
     return sch
 
 

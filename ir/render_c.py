@@ -15,6 +15,7 @@ from typing import ClassVar
 from .dtypes import is_float
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
+from .schedule_tree import reduction_update
 from .simplify import simplify
 from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
 from .visit import walk
@@ -294,7 +295,12 @@ class CStyleRenderer:
             raise CodegenError(
                 f"loop {s.var.name} is bound to {s.thread}; thread-bound loops need the cuda target"
             )
-        for p in self.loop_pragmas(s):
+        if s.kind == "vectorized" and not self._simd_depth and self.simd_reduction(s, depth):
+            return
+        pragmas = self.loop_pragmas(s)
+        if s.kind == "vectorized" and _carries_store(s):
+            pragmas = [p for p in pragmas if "simd" not in p]  # a loop-carried store: keep order
+        for p in pragmas:
             self.emit(p, depth)
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
@@ -310,6 +316,45 @@ class CStyleRenderer:
         self._simd_depth -= simd
         self._unroll_product //= unroll
         self.emit("}", depth)
+
+    def simd_reduction(self, s: For, depth: int) -> bool:
+        """Render `for k: C[i] = C[i] op e` as an OpenMP simd reduction into a scalar.
+
+        The accumulator lives in a register across the loop and the compiler may reassociate
+        the sum (that is what vectorizing a reduction means). False when the loop is not of
+        that form (or guarded by anything but its own condition).
+        """
+        body, cond = s.body, None
+        if isinstance(body, IfThenElse) and body.else_case is None:
+            body, cond = body.then_case, body.cond
+        if not isinstance(body, BufferStore):
+            return False
+        found = reduction_update(body)
+        if (
+            found is None
+            or body.buffer.dtype not in ("float32", "int32", "int64")
+            or any(n == s.var for i in body.indices for n in walk(i))
+        ):
+            return False
+        op, rhs = found
+        acc = f"{c_name(body.buffer.name)}_acc_{c_name(s.var.name)}"
+        target = f"{c_name(body.buffer.name)}[{self.flat_index(body.buffer, body.indices)}]"
+        update = self._binop_text(op, acc, self.expr(rhs), body.buffer.dtype)
+        if cond is not None:
+            update = f"({self.expr(cond)} ? {update} : {acc})"
+        loop_var = c_name(s.var.name)
+        self.emit("{", depth)
+        self.emit(f"{self.ctype(body.buffer.dtype)} {acc} = {target};", depth + 1)
+        self.emit(f"#pragma omp simd reduction({_OMP_REDUCTION[op]}:{acc})", depth + 1)
+        self.emit(
+            f"for (int64_t {loop_var} = 0; {loop_var} < {self.expr(s.extent)}; ++{loop_var}) {{",
+            depth + 1,
+        )
+        self.emit(f"{acc} = {update};", depth + 2)
+        self.emit("}", depth + 1)
+        self.emit(f"{target} = {acc};", depth + 1)
+        self.emit("}", depth)
+        return True
 
     def allocate(self, s: Allocate, depth: int) -> None:
         """Stack storage for small constant sizes, aligned heap storage otherwise."""
@@ -354,6 +399,17 @@ class CStyleRenderer:
 
 class CRenderer(CStyleRenderer):
     """Plain C for the CPU: OpenMP for parallel loops, `omp simd` for vectorised ones."""
+
+
+_OMP_REDUCTION = {"add": "+", "max": "max", "min": "min"}
+
+
+def _carries_store(s: For) -> bool:
+    """True when some store in the loop writes the same element on every iteration."""
+    return any(
+        isinstance(n, BufferStore) and not any(m == s.var for i in n.indices for m in walk(i))
+        for n in walk(s.body)
+    )
 
 
 def _nonneg(e: Expr) -> bool:

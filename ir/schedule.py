@@ -55,6 +55,7 @@ from .schedule_tree import (
     map_stmt,
     reads_of,
     reduce_loop_vars,
+    reduction_update,
     root_body,
     spatial_loop_vars,
     store_of,
@@ -435,9 +436,16 @@ class Schedule:
                 if lp.var in reduce_loop_vars(n):
                     if cross_thread_reduction(lp, n):
                         continue  # lowered to a combine across the threads of the axis
+                    if lp.kind == "vectorized" and _simd_reduction(lp, n) is None:
+                        continue
+                    reason = (
+                        _simd_reduction(lp, n)
+                        if lp.kind == "vectorized"
+                        else "so iterations would race on the same output"
+                    )
                     raise ScheduleError(
                         f"{kind} loop {lp.var.name} would iterate the reduction of block "
-                        f"{n.block.name!r}, so iterations would race on the same output"
+                        f"{n.block.name!r}, {reason}"
                     )
                 if lp.var not in spatial_loop_vars(n) and not self._private_under(n.block, lp):
                     raise ScheduleError(
@@ -866,6 +874,7 @@ class Schedule:
         lp: For,
         at_end: bool,
         var_order: list[Var] | None = None,
+        extra_guards: list[Expr] | None = None,
     ) -> None:
         names = self._names()
         store = store_of(blk)
@@ -896,6 +905,7 @@ class Schedule:
                 rv_ = Var(names.fresh(f"{iv.var.name}_r"))
                 loops.append((rv_, iv.dom.extent))
                 values[iv.var] = simplify(iv.dom.min + rv_)
+        guards = [*(extra_guards or []), *guards]
         pred: Expr = TRUE
         for g in guards:
             pred = g if pred == TRUE else logical_and(pred, g)
@@ -1002,8 +1012,48 @@ class Schedule:
             )
             if windows is None:
                 raise ScheduleError(f"block {blk.name!r} must store at exactly its iter vars")
-            self._move_into(blk, br, store.buffer, windows, pos, lp, at_end=True)
+            guards = self._inherited_guards(producers_under, buf, per_dim, chain_vars)
+            self._move_into(
+                blk, br, store.buffer, windows, pos, lp, at_end=True, extra_guards=guards
+            )
             self._record("reverse_compute_at", [block, loop], {}, [])
+
+    def _inherited_guards(
+        self,
+        producers: list[BlockRealize],
+        buf: Buffer,
+        per_dim: list[list[Expr]],
+        chain_vars: set[Var],
+    ) -> list[Expr]:
+        """Guards of the producers the moved consumer must share.
+
+        A guard over the target loop and loops above it decides whether anything is produced
+        in an iteration, so the consumer takes it too. A guard over inner loops must be the
+        bound of a written dimension (`index < extent`), which the consumer's own bound check
+        repeats; anything else cannot be expressed for the consumer and is refused.
+        """
+        out: list[Expr] = []
+        for p in producers:
+            for cond in _conjuncts(p.predicate):
+                if loop_vars_in(cond) <= chain_vars:
+                    if cond not in out:
+                        out.append(cond)
+                    continue
+                is_bound = (
+                    isinstance(cond, BinOp)
+                    and cond.op == "lt"
+                    and any(
+                        simplify(cond.a) in [simplify(i) for i in idxs]
+                        and simplify(cond.b) == simplify(buf.shape[d])
+                        for d, idxs in enumerate(per_dim)
+                    )
+                )
+                if not is_bound:
+                    raise ScheduleError(
+                        f"block {p.block.name!r} is guarded by {cond}, which a consumer moved "
+                        "under this loop could not repeat"
+                    )
+        return out
 
     def compute_inline(self, block: RV) -> None:
         """Inline a spatial block's expression into every reader of its buffer."""
@@ -1258,15 +1308,12 @@ class Schedule:
             if blk.init is None or store is None:
                 raise ScheduleError(f"block {blk.name!r} is not a reduction with an init")
             acc = store.buffer
-            v = store.value
-            if not (
-                isinstance(v, BinOp)
-                and v.op in ("add", "max", "min")
-                and isinstance(v.a, BufferLoad)
-                and v.a.buffer == acc
-                and v.a.indices == store.indices
-            ):
-                raise ScheduleError(f"block {blk.name!r} is not of the form C = C (+|max|min) expr")
+            update = reduction_update(store)
+            if update is None:
+                raise ScheduleError(
+                    f"block {blk.name!r} is not a reduction update C = C + e (or max, min)"
+                )
+            red_op, red_rhs = update
             if not is_identity_write(blk, store.indices):
                 raise ScheduleError(
                     f"block {blk.name!r} must store at exactly its spatial iter vars"
@@ -1303,7 +1350,7 @@ class Schedule:
             rf_buf = Buffer(names.fresh(f"{acc.name}_rf"), tuple(rf_shape), acc.dtype, "global")
             rf_idx = list(store.indices)
             rf_idx.insert(factor_axis, rf_var)
-            rhs = substitute(v.b, red_sub)
+            rhs = substitute(red_rhs, red_sub)
             # Guards over the reduction loops move into the value, so every rf slot the
             # write-back reads is initialised; guards over spatial loops stay on the realize.
             red_set = {lp.var, *new_red}
@@ -1320,7 +1367,7 @@ class Schedule:
                 else:
                     spatial_guards.append(cond)
             rf_store = BufferStore(
-                rf_buf, tuple(rf_idx), binop(v.op, BufferLoad(rf_buf, tuple(rf_idx)), rhs)
+                rf_buf, tuple(rf_idx), binop(red_op, BufferLoad(rf_buf, tuple(rf_idx)), rhs)
             )
             assert isinstance(blk.init, BufferStore)
             rf_init = BufferStore(rf_buf, tuple(rf_idx), blk.init.value)
@@ -1349,7 +1396,7 @@ class Schedule:
             wb_store = BufferStore(
                 acc,
                 wb_idx,
-                binop(v.op, BufferLoad(acc, wb_idx), BufferLoad(rf_buf, tuple(wb_rf_idx))),
+                binop(red_op, BufferLoad(acc, wb_idx), BufferLoad(rf_buf, tuple(wb_rf_idx))),
             )
             wb_init = BufferStore(acc, wb_idx, blk.init.value)
             wb_blk = with_regions(
@@ -1506,6 +1553,26 @@ class Schedule:
 
 
 # ---------------------------------------------------------------- module helpers
+
+
+SIMD_REDUCE_DTYPES = ("float32", "int32", "int64")
+
+
+def _simd_reduction(lp: For, br: BlockRealize) -> str | None:
+    """None when a vectorized loop over a reduction can become an OpenMP simd reduction,
+    else why not: the loop must hold just this block, with its init decomposed away, updating
+    `C[idx] = C[idx] (+|max|min) e` in float32, int32 or int64."""
+    if lp.body is not br and lp.body != br:
+        return "and a vectorized reduction loop must hold only that block"
+    blk = br.block
+    if blk.init is not None:
+        return "whose init runs inside it; decompose_reduction first"
+    store = store_of(blk)
+    if store is None or reduction_update(store) is None:
+        return "which is not a C = C + e (or max, min) update"
+    if store.buffer.dtype not in SIMD_REDUCE_DTYPES:
+        return f"and a {store.buffer.dtype} accumulator cannot be a simd reduction"
+    return None
 
 
 def _loops(func: PrimFunc) -> list[tuple[For, tuple[For, ...]]]:

@@ -191,3 +191,23 @@ def is_identity_write(block: Block, indices: tuple[Expr, ...]) -> bool:
         and set(indices) == set(spatial)
         and len(set(indices)) == len(indices)
     )
+
+
+def reduction_update(store: BufferStore | None) -> tuple[str, Expr] | None:
+    """(op, e) when `store` is `C[idx] = C[idx] op e` (or `e op C[idx]`) with op add, max or
+    min and e not reading C; None otherwise. Integer sums may have been reordered by the
+    simplifier, so both operand orders count."""
+    from .expr import BinOp
+
+    if store is None or not isinstance(store.value, BinOp):
+        return None
+    v = store.value
+    if v.op not in ("add", "max", "min"):
+        return None
+    acc = BufferLoad(store.buffer, store.indices)
+    for mine, other in ((v.a, v.b), (v.b, v.a)):
+        if mine == acc and not any(
+            isinstance(n, BufferLoad) and n.buffer == store.buffer for n in walk(other)
+        ):
+            return v.op, other
+    return None

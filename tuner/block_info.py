@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.expr import Const
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import find_block, reduce_loop_vars, writes_of
@@ -22,8 +23,10 @@ class LoopInfo:
 
 def loop_infos(sch: Schedule, block: RV) -> list[LoopInfo]:
     """The loops above `block`, outermost first, each marked spatial or reduction."""
-    br, _ = find_block(sch.func, sch.get(block).name)  # type: ignore[misc]
-    red = reduce_loop_vars(br)
+    found = find_block(sch.func, sch.get(block).name)
+    if found is None:
+        raise ScheduleError(f"block {block.name} is not in the schedule")
+    red = reduce_loop_vars(found[0])
     out = []
     for lp in sch.get_loops(block):
         node = sch.get(lp)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from tunefleet.ir.errors import IRError
+from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.stmt import PrimFunc
 from tunefleet.ir.trace import Trace, trace_hash
 
@@ -77,15 +78,15 @@ class SpaceSampler:
             return None
         return self._finish(sch.trace, sketch, sch)
 
-    def _finish(self, trace: Trace, sketch: int, sch: object) -> Candidate | None:
+    def _finish(self, trace: Trace, sketch: int, sch: Schedule) -> Candidate | None:
         key = trace_hash(trace)
         feats = self._features.get(key)
         if feats is None:
             try:
-                if first_rejection(sch, self.ctx, self.postprocs) is not None:  # type: ignore[arg-type]
+                if first_rejection(sch, self.ctx, self.postprocs) is not None:
                     self.rejected += 1
                     return None
-                feats = extract(sch.func)  # type: ignore[attr-defined]
+                feats = extract(sch.func)
             except IRError:
                 self.rejected += 1
                 return None

@@ -24,7 +24,7 @@ from tunefleet.workers.targets import TargetError
 from .cost_model import CostModelError
 from .space import SpaceError
 from .strategy import StrategyError
-from .tuning import Progress, TuneError, TuneResult, _workload, default_cache_dir
+from .tuning import Progress, TuneError, TuneResult, build_workload, default_cache_dir
 from .tuning import tune as run_tune
 
 
@@ -61,7 +61,7 @@ def tune(
     """Tune OP at --shape on --target for --trials new measurements."""
     shape = parse_shape(shape_text)
     try:
-        func = _workload(op, shape, dtype, {})
+        func = build_workload(op, shape, dtype, {})
     except TuneError as err:
         raise click.BadParameter(str(err), param_hint="OP/--shape/--dtype") from None
     work, nbytes = flops(func, shape), bytes_moved(func, shape)

@@ -5,12 +5,14 @@ read buffer (dense/GEMV rows, rmsnorm sums of squares, softmax max and sum), the
 by a sampled vector width `v`, and `rfactor` turns the inner part into a spatial axis of
 partial results: each of `v` lanes accumulates its own stripe of k with contiguous loads (the
 wide weight loads of a decode GEMV), and a final block adds the lanes. The final block's own
-spatial loops get a register tile (sampled sizes > 1, so the loop structure never depends on
-a decision) and the partial block is computed inside it:
+spatial loops are split into an outer (parallel) level, a cache block (1-16, where the extent
+allows) and a register tile (2-8; sizes > 1, so the loop structure never depends on a
+decision), and the partial block is computed inside the cache block:
 
     for i0, j0:                       # parallel
-        for k0: for i1: for j1: for lane (vectorized):  acc[i1, j1, lane] += x * w
-        for i1, j1: for lane: out[i, j] += acc[i1, j1, lane]
+      for i1, j1:                     # cache block: its rows of x and w stay in L2 over all k
+        for k0: for i2: for j2: for lane (vectorized):  acc[i2, j2, lane] += x * w
+        for i2, j2: for lane: out[i, j] += acc[i2, j2, lane]
 
 Intermediate reductions fork into two sketches: kept at the root, or computed at the
 outermost legal loop of their consumer (one row of a norm or softmax at a time).
@@ -31,6 +33,7 @@ from .space import ScheduleRule, SpaceContext, try_fork
 
 LANE_WIDTHS = (8, 16, 32, 64)
 TILE_SIZES = (2, 4, 8)
+BLOCK_SIZES = (1, 2, 4, 8, 16)
 
 
 def _innermost_contiguous(sch: Schedule, block: str) -> bool:
@@ -113,16 +116,24 @@ class SplitKReduction(ScheduleRule):
         shared = {lp.rv for lp in infos[:-1] if _holds_other_blocks(t, lp.rv, block)}
         own = [lp for lp in infos[:-1] if lp.rv not in shared]
         tiled = [lp for lp in own if divisors_among(lp.extent, TILE_SIZES)][-2:]
-        outers: list[RV] = []
-        inners: list[RV] = []
+        levels: list[list[RV]] = [[], [], []]  # outer (parallel), cache block, register
         for lp in tiled:
             sizes = divisors_among(lp.extent, TILE_SIZES)
-            f = t.sample_categorical(sizes, uniform(len(sizes)))
-            o, i = t.split(lp.rv, [None, f])
-            outers.append(o)
-            inners.append(i)
-        if len(tiled) == 2:
-            t.reorder(outers[0], outers[1], inners[0], inners[1])
+            reg = t.sample_categorical(sizes, uniform(len(sizes)))
+            assert lp.extent is not None
+            mids = [m for m in BLOCK_SIZES if lp.extent % (m * max(sizes)) == 0]
+            if len(mids) > 1:
+                mid = t.sample_categorical(mids, uniform(len(mids)))
+                o, m, i = t.split(lp.rv, [None, mid, reg])
+                levels[1].append(m)
+            else:
+                o, i = t.split(lp.rv, [None, reg])
+            levels[0].append(o)
+            levels[2].append(i)
+        order = [*levels[0], *levels[1], *levels[2]]
+        if len(order) > 1:
+            t.reorder(*order)
+        outers = levels[1] or levels[0]
         anchor = outers[-1] if outers else (infos[-2].rv if len(infos) > 1 else None)
         if anchor is None:
             return

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.schedule import Schedule
@@ -89,6 +90,13 @@ def create_rule(name: str) -> ScheduleRule | GlobalRule:
     return getattr(importlib.import_module(module), attr)()
 
 
+def _as(kind: type, rule: object) -> Any:
+    """Check that a registry entry is the kind of rule a list expects."""
+    if not isinstance(rule, kind):
+        raise SpaceError(f"{type(rule).__name__} is not a {kind.__name__}")
+    return rule
+
+
 def block_names(func: PrimFunc) -> list[str]:
     """The compute blocks of `func` in program order."""
     return [br.block.name for br, _ in blocks(func)]
@@ -103,8 +111,12 @@ class SpaceGenerator:
         global_rules: Sequence[GlobalRule | str] = CPU_GLOBAL_RULES,
         max_sketches: int = 8,
     ) -> None:
-        self.block_rules = [create_rule(r) if isinstance(r, str) else r for r in block_rules]
-        self.global_rules = [create_rule(r) if isinstance(r, str) else r for r in global_rules]
+        self.block_rules: list[ScheduleRule] = [
+            _as(ScheduleRule, create_rule(r) if isinstance(r, str) else r) for r in block_rules
+        ]
+        self.global_rules: list[GlobalRule] = [
+            _as(GlobalRule, create_rule(r) if isinstance(r, str) else r) for r in global_rules
+        ]
         self.max_sketches = max_sketches
 
     def generate(self, func: PrimFunc, ctx: SpaceContext, seed: int = 0) -> list[Sketch]:
@@ -118,12 +130,12 @@ class SpaceGenerator:
                     continue
                 claimed = False
                 for rule in self.block_rules:
-                    made = rule.apply(sch, block, ctx)  # type: ignore[call-arg]
+                    made = rule.apply(sch, block, ctx)
                     if made:
                         tag = f"{rule.name}({block})"
                         nxt.extend((f"{label}+{tag}" if label else tag, s) for s in made)
                         claimed = True
-                        if rule.exclusive:  # type: ignore[union-attr]
+                        if rule.exclusive:
                             break
                 if not claimed:
                     nxt.append((label, sch))
@@ -131,18 +143,18 @@ class SpaceGenerator:
         sketches = []
         for label, sch in forks:
             for rule in self.global_rules:
-                sch = rule.apply(sch, ctx)  # type: ignore[call-arg]
+                sch = rule.apply(sch, ctx)
             sketches.append(Sketch(label or "identity", sch.trace))
         if not sketches:
             raise SpaceError(f"no sketch for {func.name}")
         return sketches
 
 
-def try_fork(sch: Schedule, build: object) -> Schedule | None:
+def try_fork(sch: Schedule, build: Callable[[Schedule], object]) -> Schedule | None:
     """Run `build(copy)` on a copy of `sch`; None if a primitive refuses (the rule skips)."""
     trial = sch.copy()
     try:
-        build(trial)  # type: ignore[operator]
+        build(trial)
     except ScheduleError:
         return None
     return trial

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunefleet.database import NewRecord, RecordStore, TargetInfo, WorkloadInfo
+from tunefleet.database import NewRecord, RecordStore, TargetInfo, WorkloadInfo, default_url
 from tunefleet.ir import ops, structural_hash
 from tunefleet.ir.analysis import bytes_moved, flops
 from tunefleet.ir.errors import IRError
@@ -110,7 +110,8 @@ def default_model_dir() -> str:
     return str(Path("~/.cache/tunefleet/cost_models").expanduser())
 
 
-def _workload(op: str, shape: Mapping[str, int], dtype: str, attrs: Mapping[str, Any]) -> Any:
+def build_workload(op: str, shape: Mapping[str, int], dtype: str, attrs: Mapping[str, Any]) -> Any:
+    """The op's PrimFunc at `shape`, or a TuneError naming what is wrong."""
     try:
         opdef = ops.get_op(op)
     except (KeyError, ValueError, IRError) as err:
@@ -157,7 +158,7 @@ def tune(
         raise TuneError(f"trials must be >= 0 (got {trials})")
     if batch_size < 1:
         raise TuneError(f"batch_size must be >= 1 (got {batch_size})")
-    func = _workload(op, shape, dtype, attrs)
+    func = build_workload(op, shape, dtype, attrs)
     tgt = resolve_target(target) if isinstance(target, str) else target
     key = structural_hash(func)
     fp = tgt.fingerprint
@@ -170,8 +171,6 @@ def tune(
     model.load(model_path(mdir, fp))
     problem = Problem.create(op, shape, dtype, **attrs)
     mconfig = measure_config or MeasureConfig(seed=seed)
-    from tunefleet.database import default_url
-
     with RecordStore.open(db_url or default_url()) as store:
         store.ensure_target(_target_info(tgt))
         store.ensure_workload(WorkloadInfo(key, op, dict(shape), dtype, func.to_json()))

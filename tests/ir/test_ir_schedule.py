@@ -329,3 +329,25 @@ def test_multi_level_tiling_with_unit_factors() -> None:
         sch.vectorize(j3)
         sch.parallel(i0)
         check_against_reference(sch, MATMUL, dims)
+
+
+def test_vectorized_reduction_becomes_simd_reduction() -> None:
+    dims = {"m": 7, "n": 13, "k": 77}
+    sch = Schedule(DENSE.build(dims))
+    blk = sch.get_block("dense")
+    _i, _j, k = sch.get_loops(blk)
+    msg = _assert_unchanged(sch, lambda: sch.vectorize(k))
+    assert "decompose_reduction first" in msg
+    sch.decompose_reduction(blk, k)
+    _k0, k1 = sch.split(k, [None, 16])  # imperfect: the guard moves into the update
+    sch.vectorize(k1)
+    src = build_source(sch).source
+    assert "#pragma omp simd reduction(+:" in src
+    check_against_reference(sch, DENSE, dims)
+    sch = Schedule(SOFTMAX.build({"m": 7, "n": 129}))
+    mx = sch.get_block("softmax_max")
+    _, k = sch.get_loops(mx)
+    sch.decompose_reduction(mx, k)
+    sch.vectorize(k)
+    assert "reduction(max:" in build_source(sch).source
+    check_against_reference(sch, SOFTMAX, {"m": 7, "n": 129})

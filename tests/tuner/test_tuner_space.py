@@ -25,6 +25,7 @@ CASES = [
     ("rmsnorm", {"m": 6, "n": 128}, {"split_k_reduction", "vectorize_spatial"}),
     ("softmax", {"m": 6, "n": 96}, {"split_k_reduction", "vectorize_spatial"}),
     ("add", {"m": 6, "n": 40}, {"vectorize_spatial"}),
+    ("q4_dense", {"m": 1, "n": 24, "k": 256}, {"split_k_reduction"}),
 ]
 
 

@@ -121,3 +121,14 @@ def test_continuation_on_postgres(tmp_path: Path, executor, cpu) -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
+
+
+@pytest.mark.ray
+def test_tune_through_ray_workers(tmp_path: Path, cpu) -> None:
+    from tunefleet.workers import BuildConfig, create_executor
+
+    db = f"sqlite:///{tmp_path / 'ray.db'}"
+    config = BuildConfig(cache_dir=str(tmp_path / "kernels"))
+    with create_executor("ray", config, num_cpus=2) as ray_executor:
+        result = _run(tmp_path, ray_executor, db, 4, strategy="random", seed=6)
+    assert result.trials == 4 and result.best_ms is not None and result.failures == 0
