@@ -247,10 +247,13 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     ref = a.double() @ w.double().T
     fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
-    for tile_k, pad in ((32, 0), (32, 8), (64, 8)):
-        name = f"wmma bk{tile_k} pad{pad}"
-        ks = build_source(dense_tc_schedule(m, n, k, "float16", tile_k, pad), target="cuda")
-        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"dense_tc_{tile_k}_{pad}"))
+    variants = ((32, 0, (2, 4)), (32, 8, (2, 4)), (64, 8, (2, 4)), (64, 8, (2, 2)), (64, 8, (4, 2)))
+    for tile_k, pad, warps in variants:
+        name = f"wmma bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]}"
+        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps)
+        ks = build_source(sch, target="cuda")
+        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}"
+        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
         ours = launcher.bind(a, w, y)
         y.fill_(float("nan"))
         ours()

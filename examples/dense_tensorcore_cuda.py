@@ -33,12 +33,15 @@ def dense_tc_schedule(
     dtype: str = "float16",
     tile_k: int = TILE_K,
     pad: int = 8,
+    warps: tuple[int, int] = (WARPS_M, WARPS_N),
 ) -> Schedule:
     """dense(x[m, k], w[n, k]) on tensor cores; m, n multiples of 128 and k of `tile_k`.
 
     `pad` halves are added to each row of the shared x and w tiles (storage_align) so the
-    16 rows a fragment load reads start in different banks.
+    16 rows a fragment load reads start in different banks. `warps` lays the block's warps
+    out over its 128 x 128 tile (rows, columns); each warp holds its share in fragments.
     """
+    warps_m, warps_n = warps
     func = ops.get_op("dense").build({"m": m, "n": n, "k": k}, dtype)
     mma = {"float16": "wmma_mma_f16_f32", "bfloat16": "wmma_mma_bf16_f32"}[dtype]
     sch = Schedule(func)
@@ -46,9 +49,9 @@ def dense_tc_schedule(
     out = sch.get_block("dense")
     frag_out = sch.cache_write(acc, 0, "wmma.accumulator")
     i, j, kk = sch.get_loops(acc)
-    frags_m, frags_n = TILE_M // WARPS_M // 16, TILE_N // WARPS_N // 16
-    bi, wi, fi, ii = sch.split(i, [None, WARPS_M, frags_m, 16])
-    bj, wj, fj, jj = sch.split(j, [None, WARPS_N, frags_n, 16])
+    frags_m, frags_n = TILE_M // warps_m // 16, TILE_N // warps_n // 16
+    bi, wi, fi, ii = sch.split(i, [None, warps_m, frags_m, 16])
+    bj, wj, fj, jj = sch.split(j, [None, warps_n, frags_n, 16])
     ko, ki, kx = sch.split(kk, [None, tile_k // 16, 16])
     sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
     sch.bind(bi, "blockIdx.y")
@@ -61,7 +64,7 @@ def dense_tc_schedule(
         if pad:
             sch.storage_align(tile, 0, 0, tile_k, pad)
         rows, cols = sch.get_loops(tile)[-2:]
-        _, tz, ty, r = sch.split(rows, [None, WARPS_M, WARPS_N, 32 // (tile_k // 8)])
+        _, tz, ty, r = sch.split(rows, [None, warps_m, warps_n, 32 // (tile_k // 8)])
         c, vec = sch.split(cols, [None, 8])
         lane = sch.fuse(r, c)
         sch.bind(tz, "threadIdx.z")
@@ -77,8 +80,8 @@ def dense_tc_schedule(
     sch.tensorize(init_loops[-2], "wmma_fill_f32")
     sch.set_scope(frag_out, 0, "shared")  # the float32 tile of y, staged in shared memory
     rows, cols = sch.get_loops(frag_out)[-2:]
-    t0, f0, i0 = sch.split(rows, [WARPS_M, frags_m, 16])
-    t1, f1, i1 = sch.split(cols, [WARPS_N, frags_n, 16])
+    t0, f0, i0 = sch.split(rows, [warps_m, frags_m, 16])
+    t1, f1, i1 = sch.split(cols, [warps_n, frags_n, 16])
     sch.reorder(t0, t1, f0, f1, i0, i1)
     sch.bind(t0, "threadIdx.z")
     sch.bind(t1, "threadIdx.y")
@@ -87,7 +90,7 @@ def dense_tc_schedule(
     sch.tensorize(i0, "wmma_store_f32")
     sch.reverse_compute_at(out, bj)  # convert to fp16 and write y, 4 elements per thread
     rows, cols = sch.get_loops(out)[-2:]
-    _, tz, ty = sch.split(rows, [None, WARPS_M, WARPS_N])
+    _, tz, ty = sch.split(rows, [None, warps_m, warps_n])
     lane, vec = sch.split(cols, [32, None])
     sch.bind(tz, "threadIdx.z")
     sch.bind(ty, "threadIdx.y")
