@@ -4,16 +4,17 @@
     python examples/dense_tensorcore_cuda.py --show-ir  # the scheduled IR
     python bench/gpu_kernels.py                         # checks and times it against torch
 
-y[i, j] = sum_k x[i, k] * w[j, k]: each thread block computes a 128 x 128 tile of y with 8
-warps (2 x 4, bound to threadIdx.z / threadIdx.y), each warp a 64 x 32 tile held in 4 x 2
-accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 32-wide
-step of k the block's threads copy the 128 x 32 tiles of x and w into shared memory with
-16-byte loads (cooperative fetch; barriers around it come from lowering), then each warp
-runs 2 x 4 x 2 tensor-core MMAs on them (rows of the shared tiles padded by 8 halves with
-storage_align against bank conflicts). At the end the fragments are stored to a shared
-float32 tile, which all threads convert to fp16 and write out 8 bytes at a time.
-Not yet there: cp.async multi-stage pipelining, ldmatrix / mma.sync and swizzled or padded
-shared tiles (see docs/ir.md); this is the single-stage version.
+y[i, j] = sum_k x[i, k] * w[j, k]: each thread block computes a 128 x 128 tile of y with 4
+warps (2 x 2, bound to threadIdx.z / threadIdx.y), each warp a 64 x 64 tile held in 4 x 4
+accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 64-wide
+step of k the block's threads copy the 128 x 64 tiles of x and w into shared memory with
+16-byte loads (cooperative fetch; the barriers around it come from lowering), then each
+warp runs 4 x 4 x 4 tensor-core MMAs on them; the rows of the shared tiles are padded by 8
+halves (storage_align) against bank conflicts. At the end the fragments are stored to a
+shared float32 tile, which all threads convert to fp16 and write out 8 bytes at a time.
+Measured on an H100: 275 TFLOP/s against torch.matmul's 685 (40%); see docs/ir.md.
+Not yet there: cp.async multi-stage pipelining and ldmatrix / mma.sync (this is the
+single-stage version: global loads are not overlapped with the MMAs of the same block).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import argparse
 
 from tunefleet.ir import Schedule, build_source, ops
 
-TILE_M, TILE_N, TILE_K = 128, 128, 32
-WARPS_M, WARPS_N = 2, 4
+TILE_M, TILE_N, TILE_K = 128, 128, 64
+WARPS_M, WARPS_N = 2, 2
 
 
 def dense_tc_schedule(

@@ -229,8 +229,8 @@ def _tc_schedule(dtype: str = "float16") -> Schedule:
 def test_tensorized_dense_compiles_to_wmma(dtype) -> None:
     sch = _tc_schedule(dtype)
     ks = build_source(sch, target="cuda")
-    assert ks.block == (32, 4, 2) and ks.grid == (2, 2, 1)
-    assert ks.shared_bytes == 128 * 128 * 4 + 2 * 128 * 40 * 2  # above 48 KB: dynamic
+    assert ks.block == (32, 2, 2) and ks.grid == (2, 2, 1)
+    assert ks.shared_bytes == 128 * 128 * 4 + 2 * 128 * 72 * 2  # above 48 KB: dynamic
     src = ks.source
     assert src.count("nvcuda::wmma::mma_sync(") == 1 and "fill_fragment" in src
     assert "store_matrix_sync" in src and "fragment<nvcuda::wmma::accumulator" in src
@@ -261,9 +261,9 @@ def test_tensorize_checks_the_nest() -> None:
 def test_storage_align_pads_shared_rows() -> None:
     sch = _tc_schedule("float16")
     src = build_source(sch, target="cuda").source
-    # 32-half rows padded to 40: fragment loads use the padded leading dimension
+    # 64-half rows padded to 72: fragment loads use the padded leading dimension
     loads = [line for line in src.splitlines() if "load_matrix_sync" in line]
-    assert len(loads) == 2 and all(line.endswith(", 40);") for line in loads)
+    assert len(loads) == 2 and all(line.endswith(", 72);") for line in loads)
     func = ops.get_op("dense").build({"m": 32, "n": 32, "k": 32}, "float16")
     s = Schedule(func)
     tile = s.cache_read(s.get_block("dense_acc"), 0, "shared")

@@ -74,7 +74,7 @@ def test_tensor_core_dense_matches_numpy(gpu, dtype) -> None:
     from dense_tensorcore_cuda import dense_tc_schedule
 
     target, runner, config = gpu
-    shape = {"m": 256, "n": 384, "k": 96}
+    shape = {"m": 256, "n": 384, "k": 192}
     ks = build_source(dense_tc_schedule(**shape, dtype=dtype), "cuda")
     built = build(BuildInput(target, kernel=ks), config)
     assert built.status is Status.OK, built.message
