@@ -2,10 +2,11 @@
 
 For each op and budget, tunes with our evolutionary search and with random search (each in a
 fresh SQLite database), and, when `apache-tvm` is installed, with Apache TVM MetaSchedule at
-the same budget. Then it times every best kernel and numpy side by side in this process,
-alternating, `--rounds` rounds, median per call, so every ratio compares kernels measured in
-the same run. Ops (fp32): dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm
-32x4096, softmax 256x2048.
+the same budget. Then it times every best kernel and numpy side by side, alternating,
+`--rounds` rounds, each measurement in a fresh process (the thread pools of OpenMP, TVM and
+OpenBLAS slow each other down when they share one), median per call, so every ratio compares
+kernels measured in the same run. Ops (fp32): dense 1024^3 (x @ w.T), decode GEMV (m=1,
+k=n=4096), rmsnorm 32x4096, softmax 256x2048.
 
 Tuning results are kept under --state (one JSON per op/budget/searcher, MetaSchedule's
 database in a folder), so an interrupted run resumes and a partial run still reports:
@@ -21,6 +22,7 @@ import ctypes
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -225,25 +227,72 @@ def load_tvm(name: str, work_dir: str) -> Callable[[list[np.ndarray]], Any]:
 # ------------------------------------------------------------------ timing side by side
 
 
-def per_call_ms(fn: Callable[[], Any], min_s: float = 0.05) -> float:
+def per_call_ms(fn: Callable[[], Any], min_s: float = 0.05, samples: int = 3) -> float:
+    """Median over `samples` timed loops of at least `min_s` each, per call, after a warm-up."""
     fn()
-    n, elapsed = 1, 0.0
+    n = 1
     while True:
         start = time.perf_counter()
         for _ in range(n):
             fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_s or n >= 1 << 16:
-            return elapsed / n * 1e3
+        if time.perf_counter() - start >= min_s or n >= 1 << 16:
+            break
         n *= 2
+    runs = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        runs.append((time.perf_counter() - start) / n * 1e3)
+    return statistics.median(runs)
 
 
-def side_by_side(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in variants}
+def time_variant(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: load one variant, check it against numpy, time it."""
+    name = spec["op"]
+    inputs = make_inputs(name, np.random.default_rng(spec["seed"]))
+    if spec["kind"] == "numpy":
+        return {"ms": per_call_ms(numpy_fn(name, inputs)), "err": 0.0}
+    if spec["kind"] == "ours":
+        out = np.full(out_shape(name), np.nan, dtype=np.float32)
+        fn = load_ours(name, spec["trace_json"], Path(spec["state"]))([*inputs, out])
+        fn()
+        err = check(name, out, inputs)
+        return {"ms": per_call_ms(fn), "err": err}
+    binder = load_tvm(name, spec["work_dir"])
+    fn = binder([*inputs, np.zeros(out_shape(name), dtype=np.float32)])
+    fn()
+    err = check(name, binder.outputs[-1].numpy(), inputs)  # type: ignore[attr-defined]
+    return {"ms": per_call_ms(fn), "err": err}
+
+
+def side_by_side(
+    specs: dict[str, dict[str, Any]], rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median per call of every variant, alternating variants within each round.
+
+    Each measurement runs in a fresh interpreter, so thread pools never meet: OpenMP (ours),
+    TVM's pool and OpenBLAS (numpy) each spin after a call and slow whichever runs next when
+    they share a process on two cores.
+    """
+    times: dict[str, list[float]] = {k: [] for k in specs}
+    errors: dict[str, float] = {}
     for _ in range(rounds):
-        for key, fn in variants.items():
-            times[key].append(per_call_ms(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+        for key, spec in specs.items():
+            proc = subprocess.run(
+                [sys.executable, __file__, "--time-one", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                print(f"[skip] {key}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+                continue
+            result = json.loads(lines[-1])
+            times[key].append(result["ms"])
+            errors[key] = max(errors.get(key, 0.0), result["err"])
+    return {k: statistics.median(v) for k, v in times.items() if v}, errors
 
 
 def check(name: str, got: np.ndarray, inputs: list[np.ndarray]) -> float:
@@ -271,7 +320,11 @@ def main() -> None:
     parser.add_argument("--state", default=str(Path(tempfile.gettempdir()) / "tf-search-quality"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--time-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.time_one:
+        print(json.dumps(time_variant(json.loads(args.time_one))))
+        return
     ops = [o for o in args.ops.split(",") if o]
     unknown = [o for o in ops if o not in OPS]
     if unknown:
@@ -300,35 +353,20 @@ def main() -> None:
                 report[key] = cached(
                     state / f"{key}.json", lambda n=name, b=budget: tune_tvm(n, b, state, args.seed)
                 )
-        inputs = make_inputs(name, np.random.default_rng(args.seed))
-        variants: dict[str, Callable[[], Any]] = {}
-        outputs: dict[str, Any] = {}
+        specs: dict[str, dict[str, Any]] = {}
         if "numpy" in peers:
-            variants["numpy"] = numpy_fn(name, inputs)
+            specs["numpy"] = {"kind": "numpy"}
         for budget in budgets:
             for strategy in strategies:
-                key = f"ours_{name}_{budget}_{strategy}"
-                if report[key].get("trace_json"):
-                    out = np.full(out_shape(name), np.nan, dtype=np.float32)
-                    binder = load_ours(name, report[key]["trace_json"], state)
-                    variants[f"{strategy}@{budget}"] = binder([*inputs, out])
-                    outputs[f"{strategy}@{budget}"] = out
+                trace = report[f"ours_{name}_{budget}_{strategy}"].get("trace_json")
+                if trace:
+                    specs[f"{strategy}@{budget}"] = {"kind": "ours", "trace_json": trace}
             if use_tvm:
-                try:
-                    binder = load_tvm(name, report[f"tvm_{name}_{budget}"]["work_dir"])
-                except RuntimeError as err:
-                    print(f"[skip] {err}", file=sys.stderr)
-                    continue
-                out = np.zeros(out_shape(name), dtype=np.float32)
-                variants[f"metaschedule@{budget}"] = binder([*inputs, out])
-                outputs[f"metaschedule@{budget}"] = binder
-        for fn in variants.values():
-            fn()
-        errors = {}
-        for key, out in outputs.items():
-            got = out if isinstance(out, np.ndarray) else out.outputs[-1].numpy()
-            errors[key] = check(name, got, inputs)
-        timed = side_by_side(variants, args.rounds)
+                work_dir = report[f"tvm_{name}_{budget}"]["work_dir"]
+                specs[f"metaschedule@{budget}"] = {"kind": "tvm", "work_dir": work_dir}
+        for spec in specs.values():
+            spec.update(op=name, seed=args.seed, state=str(state))
+        timed, errors = side_by_side(specs, args.rounds)
         report[f"timing_{name}"] = {"median_ms": timed, "max_rel_err": errors}
         print_op(name, budgets, strategies, timed, report, use_tvm)
     (state / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -338,7 +376,7 @@ def main() -> None:
 def print_op(name: str, budgets, strategies, timed, report, use_tvm) -> None:
     op, dims = OPS[name]
     shape = ",".join(f"{k}={v}" for k, v in dims.items())
-    print(f"\n## {name} ({op} {shape}, fp32), side by side in one process, median per call")
+    print(f"\n## {name} ({op} {shape}, fp32), alternating fresh processes, median per call")
     if "numpy" in timed:
         print(f"numpy: {timed['numpy']:.4f} ms")
     print("| budget | evolutionary | random | MetaSchedule | evo vs random | evo vs MS |")
