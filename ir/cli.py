@@ -110,7 +110,15 @@ def show(
         if source:
             from .codegen import build_source
 
-            click.echo(build_source(sch, target=target).source)
+            ks = build_source(sch, target=target)
+            click.echo(ks.source)
+            if ks.grid is not None and ks.block is not None:
+                grid = ", ".join(str(g) for g in ks.grid)
+                block = ", ".join(str(b) for b in ks.block)
+                click.echo(
+                    f"// launch: grid=({grid}) block=({block}) "
+                    f"dynamic_shared_bytes={ks.shared_bytes}"
+                )
         else:
             click.echo(sch.func.script())
     except IRError as err:

@@ -11,8 +11,10 @@ from typing import Any
 
 from .errors import CodegenError
 from .expr import Const, Expr, Var
+from .gpu_launch import launch_dims
 from .lower import lower
 from .render_c import CRenderer, CStyleRenderer, c_name
+from .render_cuda import CUDARenderer
 from .simplify import simplify
 from .stmt import PrimFunc
 
@@ -31,17 +33,20 @@ class KernelArg:
 class KernelSource:
     """A complete translation unit and how to call its kernel.
 
-    `grid`, `block` and `shared_bytes` describe a CUDA launch (expressions over the symbolic
-    dims); they are None for C.
+    `grid`, `block` and `shared_bytes` describe a CUDA launch: (x, y, z) extents as ints or
+    launch expressions over the symbolic dims (`ceildiv`, `//`, `min`, `max`; see
+    `gpu_launch`), and the dynamic shared memory bytes to pass at launch (0 when all shared
+    arrays are static; above 48 KB the loader must raise the kernel's dynamic-shared
+    attribute). They are None for C.
     """
 
     lang: str
     source: str
     entry: str
     args: tuple[KernelArg, ...]
-    grid: tuple[int | Expr, ...] | None = None
-    block: tuple[int | Expr, ...] | None = None
-    shared_bytes: int | Expr | None = None
+    grid: tuple[int | str, ...] | None = None
+    block: tuple[int | str, ...] | None = None
+    shared_bytes: int | str | None = None
 
     @property
     def buffer_args(self) -> tuple[KernelArg, ...]:
@@ -54,7 +59,11 @@ class KernelSource:
         return tuple(a for a in self.args if a.kind == "scalar")
 
 
-RENDERERS: dict[str, type[CStyleRenderer]] = {"cpu": CRenderer, "c": CRenderer}
+RENDERERS: dict[str, type[CStyleRenderer]] = {
+    "cpu": CRenderer,
+    "c": CRenderer,
+    "cuda": CUDARenderer,
+}
 
 
 def _dim(e: Expr) -> int | Expr:
@@ -78,8 +87,20 @@ def build_source(func_or_schedule: Any, target: str = "cpu") -> KernelSource:
     lowered = lower(func)
     scalars: tuple[Var, ...] = func.shape_vars
     entry = f"{c_name(func.name)}_kernel"
-    source = renderer_cls().render(lowered, entry, scalars)
+    renderer = renderer_cls()
+    source = renderer.render(lowered, entry, scalars)
     args = tuple(
         KernelArg(b.name, "buffer", b.dtype, tuple(_dim(d) for d in b.shape)) for b in func.params
     ) + tuple(KernelArg(v.name, "scalar", "int64") for v in scalars)
+    if isinstance(renderer, CUDARenderer):
+        dims = launch_dims(lowered)
+        return KernelSource(
+            renderer.lang,
+            source,
+            entry,
+            args,
+            dims.grid,
+            dims.block,
+            renderer.dynamic_shared_bytes,
+        )
     return KernelSource(renderer_cls.lang, source, entry, args)

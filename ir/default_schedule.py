@@ -34,12 +34,16 @@ def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
     """CPU: move a unit-stride spatial loop inside the reduction (matmul's i, k, j), fuse the
     two outer spatial loops and run them in parallel, hoist each reduction's init out of its
     reduce loops, and vectorize the innermost loop when it is spatial with a constant extent or a
-    contiguous reduction (rendered as a simd reduction). CUDA schedules arrive with the GPU code
-    generator."""
+    contiguous reduction (rendered as a simd reduction). CUDA: see `default_schedule_cuda`
+    (threads over outputs, cross-thread row reductions)."""
     func = _as_func(op_or_func)
+    if target == "cuda":
+        from .default_schedule_cuda import default_cuda_schedule
+
+        return default_cuda_schedule(func)
     if target not in ("cpu", "c"):
         raise ScheduleError(
-            f"no default schedule for target {target!r} in this build (available: cpu)"
+            f"no default schedule for target {target!r} in this build (available: cpu, cuda)"
         )
     sch = Schedule(func)
     for br, _ in blocks(func):

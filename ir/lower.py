@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from .errors import LoweringError
-from .expr import Buffer, BufferLoad, Const, Expr, Var, const, eq, logical_and
+from .expr import BinOp, Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
 from .simplify import bounds, from_linear, linear, simplify
 from .stmt import (
     TRUE,
@@ -25,6 +25,7 @@ from .stmt import (
     PrimFunc,
     SeqStmt,
     Stmt,
+    ThreadAllReduce,
 )
 from .visit import rewrite, substitute, walk
 
@@ -51,18 +52,84 @@ def lower(func: PrimFunc) -> PrimFunc:
     """Lower a (scheduled) PrimFunc to loops; see the module docstring."""
     ranges: dict[Var, tuple[int, int]] = {}
     allocs: list[Buffer] = []
-    body = _lower_stmt(func.body, ranges, allocs)
+    body = _lower_stmt(_canonical_threads(func.body), ranges, allocs)
     params = set(func.params)
     for buf in allocs:
         if buf in params:
             raise LoweringError(f"parameter {buf.name} cannot also be allocated")
         body = _place(body, buf)
+    aligns = _storage_aligns(func)
+    if aligns:
+        body = _apply_storage_align(body, aligns)
     return dataclasses.replace(func, body=body)  # type: ignore[arg-type]
+
+
+STORAGE_ALIGN = "storage_align"  # block annotation: "buffer:factor:offset"
+
+
+def _storage_aligns(func: PrimFunc) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for n in walk(func.body):
+        if isinstance(n, Block):
+            for key, value in n.annotations:
+                if key == STORAGE_ALIGN:
+                    name, factor, offset = str(value).rsplit(":", 2)
+                    out[name] = (int(factor), int(offset))
+    return out
+
+
+def _apply_storage_align(s: Stmt, aligns: dict[str, tuple[int, int]]) -> Stmt:
+    """Pad the last dim of each aligned allocation so that its row stride is
+    offset mod factor (rows then start in different shared-memory banks)."""
+
+    def post(n: Any) -> Any:
+        if not (isinstance(n, Allocate) and n.buffer.name in aligns and len(n.buffer.shape) >= 2):
+            return None
+        factor, offset = aligns[n.buffer.name]
+        last = n.buffer.shape[-1]
+        if not isinstance(last, Const):
+            return None
+        width = int(last.value)
+        padded = width + (offset - width) % factor
+        if padded == width:
+            return None
+        old = n.buffer
+        new = dataclasses.replace(old, shape=(*old.shape[:-1], const(padded)))
+
+        def swap(x: Any) -> Any:
+            if isinstance(x, BufferLoad) and x.buffer == old:
+                return BufferLoad(new, x.indices)
+            if isinstance(x, BufferStore) and x.buffer == old:
+                return BufferStore(new, x.indices, x.value)
+            return None
+
+        return Allocate(new, rewrite(n.body, swap))
+
+    return rewrite(s, post)
+
+
+def thread_var(tag: str) -> Var:
+    """The one variable every loop bound to `tag` uses after lowering (threadIdx.y ->
+    threadIdx_y), so per-thread buffers used by several nests share their indices."""
+    return Var(tag.replace(".", "_"))
+
+
+def _canonical_threads(s: Stmt) -> Stmt:
+    def post(n: Any) -> Any:
+        if isinstance(n, For) and n.kind == "thread_binding" and n.thread not in (None, "vthread"):
+            v = thread_var(n.thread or "")
+            if n.var != v:
+                return dataclasses.replace(n, var=v, body=substitute(n.body, {n.var: v}))
+        return None
+
+    return rewrite(s, post)
 
 
 def _lower_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
     if isinstance(s, SeqStmt):
         return seq([_lower_stmt(c, ranges, allocs) for c in s.stmts])
+    if isinstance(s, For) and _reduces_across(s):
+        return _lower_cross_thread(s, ranges, allocs)
     if isinstance(s, For):
         ext = simplify(s.extent)
         if isinstance(ext, Const):
@@ -113,6 +180,144 @@ def _simplify_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]]) -> Stmt:
             else None
         ),
     )
+
+
+# ---------------------------------------------------------------- cross-thread reductions
+
+_IDENTITY = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
+
+
+def reduction_update(blk: Block) -> tuple[BufferStore, str, Expr] | None:
+    """(store, op, operand) when `blk` is `C[idx] = C[idx] op operand` with an init, else None."""
+    store = blk.body
+    if blk.init is None or not isinstance(store, BufferStore):
+        return None
+    v = store.value
+    if (
+        isinstance(v, BinOp)
+        and v.op in _IDENTITY
+        and isinstance(v.a, BufferLoad)
+        and v.a.buffer == store.buffer
+        and v.a.indices == store.indices
+    ):
+        return store, v.op, v.b
+    return None
+
+
+def cross_thread_reduction(loop: For, br: BlockRealize) -> bool:
+    """Whether `loop`, iterating the reduction of `br`, is a threadIdx axis whose threads
+    combine their partial results (lowered to a ThreadAllReduce) instead of racing."""
+    thread = loop.thread or ""
+    return (
+        loop.kind == "thread_binding"
+        and thread.startswith("threadIdx")
+        and reduction_update(br.block) is not None
+    )
+
+
+def _reduces_across(loop: For) -> bool:
+    if loop.kind != "thread_binding" or not (loop.thread or "").startswith("threadIdx"):
+        return False
+    for n in walk(loop.body):
+        if isinstance(n, BlockRealize) and any(
+            iv.kind == "reduce" and any(x == loop.var for x in walk(val))
+            for iv, val in zip(n.block.iter_vars, n.iter_values, strict=True)
+        ):
+            return True
+    return False
+
+
+def _conjuncts(e: Expr) -> list[Expr]:
+    if isinstance(e, BinOp) and e.op == "and":
+        return _conjuncts(e.a) + _conjuncts(e.b)
+    return [e]
+
+
+def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
+    """Each thread of `s` reduces its share into a local accumulator; the threads then
+    combine them (ThreadAllReduce) and thread 0 stores the result."""
+    realizes = [n for n in walk(s.body) if isinstance(n, BlockRealize)]
+    where = f"the reduction over {s.thread} (loop {s.var.name})"
+    if len(realizes) != 1:
+        raise LoweringError(f"{where} must hold exactly one block, found {len(realizes)}")
+    br = realizes[0]
+    blk = br.block
+    upd = reduction_update(blk)
+    if upd is None:
+        raise LoweringError(f"{where}: block {blk.name!r} is not C = C (+|max|min) expr")
+    store, op, operand = upd
+    ext = simplify(s.extent)
+    if not isinstance(ext, Const):
+        raise LoweringError(f"{where} needs a constant number of threads, got {ext}")
+    inner = {s.var} | {n.var for n in walk(s.body) if isinstance(n, For)}
+
+    def uses_inner(e: Expr) -> bool:
+        return any(isinstance(x, Var) and x in inner for x in walk(e))
+
+    for iv, val in zip(blk.iter_vars, br.iter_values, strict=True):
+        if iv.kind == "spatial" and uses_inner(val):
+            raise LoweringError(
+                f"{where}: a loop inside it drives spatial iter var {iv.var.name} of "
+                f"{blk.name!r}; move spatial loops outside the thread axis"
+            )
+    assert isinstance(blk.init, BufferStore)
+    init = blk.init.value
+    ident = _IDENTITY[op]
+    if not (isinstance(init, Const) and float(init.value) == ident):
+        raise LoweringError(
+            f"{where}: block {blk.name!r} starts from {init}, not the identity of {op}"
+        )
+    acc = Buffer(f"{blk.name}_red", (const(1),), store.buffer.dtype, "local")
+    zero = (const(0),)
+    acc0 = BufferLoad(acc, zero)
+    new_blk = dataclasses.replace(
+        blk, body=BufferStore(acc, zero, binop(op, acc0, operand)), init=None
+    )
+    new_body = rewrite(
+        s.body,
+        lambda n: (
+            dataclasses.replace(n, block=new_blk)
+            if isinstance(n, BlockRealize) and n.block.name == blk.name
+            else None
+        ),
+    )
+    n_threads = int(ext.value)
+    ranges[s.var] = (0, n_threads - 1)
+    partial = _lower_stmt(new_body, ranges, allocs)
+    mapping = {
+        iv.var: simplify(val, ranges) for iv, val in zip(blk.iter_vars, br.iter_values, strict=True)
+    }
+    idx = tuple(simplify(substitute(i, mapping), ranges) for i in store.indices)
+    at_zero = {v: const(0) for v in inner}
+    first = [
+        eq(substitute(mapping[iv.var], at_zero), iv.dom.min)
+        for iv in blk.iter_vars
+        if iv.kind == "reduce"
+    ]
+    cond_first = simplify(_and_all(first), ranges)
+    out = store.buffer
+    set_out = BufferStore(out, idx, acc0)
+    fold_out = BufferStore(out, idx, binop(op, BufferLoad(out, idx), acc0))
+    final: Stmt
+    if isinstance(cond_first, Const):
+        final = set_out if cond_first.value else fold_out
+    else:
+        final = IfThenElse(cond_first, set_out, fold_out)
+    outer_guards = [
+        c
+        for c in _conjuncts(simplify(substitute(br.predicate, mapping), ranges))
+        if not uses_inner(c) and c != TRUE
+    ]
+    guard = simplify(_and_all([eq(s.var, 0), *outer_guards]), ranges)
+    body = seq(
+        [
+            BufferStore(acc, zero, const(ident, acc.dtype)),
+            partial,
+            ThreadAllReduce(acc, op, s.thread or "", n_threads),
+            IfThenElse(guard, final),
+        ]
+    )
+    return dataclasses.replace(s, extent=ext, body=Allocate(acc, body))
 
 
 # ---------------------------------------------------------------- allocation placement
@@ -169,6 +374,10 @@ def _inner_ranges(s: Stmt) -> dict[Var, tuple[int, int]] | None:
 
 def _compact(s: Stmt, buf: Buffer) -> Stmt:
     inner = _inner_ranges(s) or {}
+    if buf.scope not in ("global", "shared"):
+        # per-thread storage: a thread index is fixed for the thread, so it is an offset
+        thread_vars = ("threadIdx_", "blockIdx_")
+        inner = {v: r for v, r in inner.items() if not v.name.startswith(thread_vars)}
     index_lists = [
         n.indices for n in walk(s) if isinstance(n, BufferLoad | BufferStore) and n.buffer == buf
     ]

@@ -17,6 +17,7 @@ from .stmt import (
     Range,
     SeqStmt,
     Stmt,
+    ThreadAllReduce,
 )
 
 _INFIX = {
@@ -111,6 +112,8 @@ def stmt_lines(s: Stmt, indent: int = 0) -> list[str]:
         return out
     if isinstance(s, Allocate):
         return [f"{pad}alloc {_buffer_decl(s.buffer)}", *stmt_lines(s.body, indent)]
+    if isinstance(s, ThreadAllReduce):
+        return [f"{pad}{s.buffer.name}[0] = allreduce_{s.op}({s.buffer.name}[0], {s.thread})"]
     if isinstance(s, BlockRealize):
         return _block_lines(s, indent)
     if isinstance(s, Block):

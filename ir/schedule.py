@@ -38,7 +38,8 @@ from .expr import (
     const,
     logical_and,
 )
-from .lower import _dim_window
+from .intrinsics import get_intrin
+from .lower import _dim_window, cross_thread_reduction
 from .regions import with_regions
 from .schedule_tree import (
     EMPTY,
@@ -433,6 +434,8 @@ class Schedule:
                 if not isinstance(n, BlockRealize):
                     continue
                 if lp.var in reduce_loop_vars(n):
+                    if cross_thread_reduction(lp, n):
+                        continue  # lowered to a combine across the threads of the axis
                     if lp.kind == "vectorized" and _simd_reduction(lp, n) is None:
                         continue
                     reason = (
@@ -619,6 +622,135 @@ class Schedule:
             rv = self._new("b", wb.block.name)
             self._record("cache_write", [block, write_buffer_index, storage_scope], {}, [rv])
         return rv
+
+    def set_scope(self, block: RV, write_buffer_index: int, storage_scope: str) -> None:
+        """Move the intermediate buffer `block` writes to another storage scope.
+
+        On the GPU a reduction computed under a blockIdx loop keeps its result in "shared"
+        (every thread of the block reads it) or "local" (only its thread reads it).
+        Parameters stay global.
+        """
+        with self._atomic():
+            br, _ = self._block(block)
+            blk = br.block
+            if storage_scope not in SCOPES:
+                raise ScheduleError(
+                    f"unknown storage scope {storage_scope!r}; known: {', '.join(SCOPES)}"
+                )
+            writes = [w.buffer for w in blk.writes]
+            if not 0 <= write_buffer_index < len(writes):
+                raise ScheduleError(
+                    f"block {blk.name!r} writes {len(writes)} buffers; index "
+                    f"{write_buffer_index} is out of range"
+                )
+            buf = writes[write_buffer_index]
+            if buf in self._func.params:
+                raise ScheduleError(
+                    f"{buf.name} is a parameter of {self._func.name}; parameters stay global"
+                )
+            new = dataclasses.replace(buf, scope=storage_scope)
+            self._func = rewrite(self._func, lambda n: new if n == buf else None)
+            self._record("set_scope", [block, write_buffer_index, storage_scope], {}, [])
+
+    def storage_align(
+        self, block: RV, write_buffer_index: int, axis: int, factor: int, offset: int
+    ) -> None:
+        """Pad the buffer `block` writes so the stride of `axis` is `offset` mod `factor`
+        elements (the row of a shared tile then starts in another bank: fewer conflicts).
+
+        Only the next-to-last axis can be aligned (its stride is the padded last dim).
+        """
+        from .lower import STORAGE_ALIGN
+
+        with self._atomic():
+            br, _ = self._block(block)
+            blk = br.block
+            writes = [w.buffer for w in blk.writes]
+            if not 0 <= write_buffer_index < len(writes):
+                raise ScheduleError(
+                    f"block {blk.name!r} writes {len(writes)} buffers; index "
+                    f"{write_buffer_index} is out of range"
+                )
+            buf = writes[write_buffer_index]
+            if buf in self._func.params:
+                raise ScheduleError(f"{buf.name} is a parameter; only intermediates are padded")
+            if axis != len(buf.shape) - 2:
+                raise ScheduleError(
+                    f"storage_align pads the row stride: axis must be {len(buf.shape) - 2} "
+                    f"for {buf.name}, got {axis}"
+                )
+            if factor <= 0 or not 0 <= offset < factor:
+                raise ScheduleError(
+                    f"need factor > 0 and 0 <= offset < factor, got {factor}, {offset}"
+                )
+            value = f"{buf.name}:{factor}:{offset}"
+            kept = tuple((k, x) for k, x in blk.annotations if k != STORAGE_ALIGN)
+            new_blk = dataclasses.replace(blk, annotations=(*kept, (STORAGE_ALIGN, value)))
+            self._replace_block(blk.name, new_blk)
+            self._record("storage_align", [block, write_buffer_index, axis, factor, offset], {}, [])
+
+    def tensorize(self, loop: RV, intrin: str) -> None:
+        """Replace the nest rooted at `loop` by a tensor intrinsic (see `intrinsics.py`).
+
+        The nest must be perfectly nested with the intrinsic's extents around one block that
+        computes what the intrinsic does; the loop is annotated and the CUDA renderer emits
+        the intrinsic in its place. for i, j, k in 16 x 16 x 16: acc[i, j] += a[i, k] * b[j, k]
+        -> wmma load_matrix_sync(a), load_matrix_sync(b), mma_sync(acc).
+        """
+        from .expr import BinOp, BufferLoad, Cast
+
+        with self._atomic():
+            info = get_intrin(intrin)
+            lp, _ = self._loop(loop)
+            chain = [lp]
+            while isinstance(chain[-1].body, For):
+                chain.append(chain[-1].body)
+            body = chain[-1].body
+            what = f"tensorize({lp.var.name}, {intrin!r})"
+            extents = tuple(
+                int(c.extent.value) if isinstance(c.extent, Const) else -1 for c in chain
+            )
+            if extents != info.extents:
+                raise ScheduleError(
+                    f"{what}: needs a perfect nest of extents {info.extents}, found {extents}"
+                )
+            if not isinstance(body, BlockRealize):
+                raise ScheduleError(f"{what}: the nest must end in one block")
+            blk = body.block
+            store = blk.body
+            if not isinstance(store, BufferStore):
+                raise ScheduleError(f"{what}: block {blk.name!r} is not a single store")
+            acc_scope = "wmma.accumulator"
+            v = store.value
+            if info.kind == "fill":
+                ok = store.buffer.scope == acc_scope and isinstance(v, Const) and v.value == 0
+            elif info.kind == "store":
+                ok = isinstance(v, BufferLoad) and v.buffer.scope == acc_scope
+                ok = ok and store.buffer.dtype == info.acc_dtype
+            else:
+                ok = (
+                    blk.init is None
+                    and store.buffer.scope == acc_scope
+                    and isinstance(v, BinOp)
+                    and v.op == "add"
+                    and isinstance(v.b, BinOp)
+                    and v.b.op == "mul"
+                    and all(
+                        isinstance(x, Cast)
+                        and isinstance(x.value, BufferLoad)
+                        and x.value.dtype == info.in_dtype
+                        for x in (v.b.a, v.b.b)
+                    )
+                )
+            if not ok:
+                raise ScheduleError(
+                    f"{what}: block {blk.name!r} does not compute {info.doc} into a "
+                    f"{acc_scope} buffer (mma blocks need decompose_reduction first)"
+                )
+            kept = tuple((k, x) for k, x in lp.annotations if k != "tensorize")
+            ann = (*kept, ("tensorize", intrin))
+            self._replace_loop(lp, dataclasses.replace(lp, annotations=ann))
+            self._record("tensorize", [loop, intrin], {}, [])
 
     # ------------------------------------------------------------ compute location
 
@@ -1140,7 +1272,9 @@ class Schedule:
                 pred = c if pred == TRUE else logical_and(pred, c)
             nest: Stmt = BlockRealize(tuple(values), pred, init_blk)
             for old, new in reversed(copies):
-                nest = For(new, old.extent, nest, old.kind if old.kind != "parallel" else "serial")
+                kind = old.kind if old.kind != "parallel" else "serial"
+                thread = old.thread if kind == "thread_binding" else None
+                nest = For(new, old.extent, nest, kind, thread)
             new_blk = with_regions(dataclasses.replace(blk, init=None))
 
             def fix(s: Stmt) -> Stmt | None:

@@ -119,6 +119,21 @@ class Allocate(Stmt):
 
 @node
 @dataclass(frozen=True)
+class ThreadAllReduce(Stmt):
+    """Combine `buffer[0]` across the threads of `thread` (made by lowering for GPU targets).
+
+    Every thread of the axis must execute it; afterwards each holds `op` over all of them.
+    `extent` is the number of threads taking part (the bound loop's extent).
+    """
+
+    buffer: Buffer
+    op: str  # "add" | "max" | "min"
+    thread: str
+    extent: int
+
+
+@node
+@dataclass(frozen=True)
 class Block(Stmt):
     """A unit of computation with its own iteration domain (see module docstring)."""
 

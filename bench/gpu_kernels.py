@@ -1,0 +1,312 @@
+"""GPU bench: the hand-written schedules in examples/ against PyTorch, side by side in one run.
+
+    python bench/gpu_kernels.py [--out DIR]      # needs a CUDA GPU, torch, cupy and nvcc
+
+Measures the card's device-to-device copy bandwidth first (bytes read + written), then for
+each kernel: builds every variant from the IR (nvcc -cubin for the card's arch), checks it
+against a float64 reference on fresh random inputs, and times it and the PyTorch equivalent
+alternately with CUDA events, rotating input copies so that L2 cannot hold them (median of
+the repeats). Prints a table last and writes JSON and markdown under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One timed variant: microseconds (median), GB/s or TFLOP/s, and its error."""
+
+    kernel: str
+    variant: str
+    us: float
+    gbps: float
+    tflops: float
+    rel_err: float
+    note: str = ""
+
+
+def compile_cubin(source: str, arch: str, workdir: Path, name: str) -> Path:
+    """nvcc -cubin the translation unit; raises with the compiler log on failure."""
+    src = workdir / f"{name}.cu"
+    out = workdir / f"{name}.cubin"
+    src.write_text(source)
+    cmd = ["nvcc", "-cubin", f"-arch={arch}", "-O3", "-o", str(out), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed for {name}:\n{proc.stderr[-3000:]}")
+    return out
+
+
+class Launcher:
+    """A loaded kernel from an ir KernelSource, callable on torch tensors."""
+
+    def __init__(self, ks: Any, cubin: Path) -> None:
+        import cupy
+
+        self.cupy = cupy
+        self.ks = ks
+        self.fn = cupy.RawModule(path=str(cubin)).get_function(ks.entry)
+        self.shared = int(ks.shared_bytes or 0)
+        if self.shared > 48 * 1024:
+            self.fn.max_dynamic_shared_size_bytes = self.shared
+        self.grid = tuple(int(g) for g in ks.grid)
+        self.block = tuple(int(b) for b in ks.block)
+
+    def bind(self, *tensors: Any) -> Callable[[], None]:
+        """A no-argument launch over these tensors (in the kernel's argument order)."""
+        args = tuple(self.cupy.asarray(t) for t in tensors)
+        fn, grid, block, shared = self.fn, self.grid, self.block, self.shared
+
+        def launch() -> None:
+            fn(grid, block, args, shared_mem=shared)
+
+        return launch
+
+
+def time_pair(
+    fns: dict[str, list[Callable[[], None]]], reps: int = 30, min_ms: float = 2.0
+) -> dict[str, float]:
+    """Median microseconds per call of each entry; each entry rotates over its callables and
+    all entries are timed in alternation, repeat by repeat."""
+    import torch
+
+    names = list(fns)
+    calls: dict[str, int] = {}
+    for name in names:  # warm up and size the repeats
+        lst = fns[name]
+        for f in lst * 3:
+            f()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for f in lst:
+            f()
+        end.record()
+        end.synchronize()
+        per = max(start.elapsed_time(end) / len(lst), 1e-4)
+        calls[name] = max(len(lst), math.ceil(min_ms / per / len(lst)) * len(lst))
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(reps):
+        for name in names:
+            lst = fns[name]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for c in range(calls[name]):
+                lst[c % len(lst)]()
+            end.record()
+            end.synchronize()
+            samples[name].append(start.elapsed_time(end) * 1000.0 / calls[name])
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
+def copies_needed(nbytes: int) -> int:
+    """Input copies so that one rotation is at least three times the L2 size."""
+    import torch
+
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    return max(2, math.ceil(3 * l2 / max(nbytes, 1)))
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB: GB/s counting bytes read plus written."""
+    import torch
+
+    src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    us = time_pair({"copy": [lambda: dst.copy_(src)]}, reps=20, min_ms=5)["copy"]
+    return 2 * src.numel() * 2 / (us * 1e-6) / 1e9
+
+
+def rel_err(out: Any, ref: Any) -> float:
+    import torch
+
+    d = out.double() - ref
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float(torch.linalg.vector_norm(d) / torch.linalg.vector_norm(ref))
+
+
+def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]:
+    import torch
+    from gemv_cuda import gemv_schedule
+    from tunefleet.ir import build_source
+
+    nbytes = n * k * 2
+    copies = copies_needed(nbytes)
+    ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(copies)]
+    xs = [torch.randn(1, k, device="cuda", dtype=torch.float16) for _ in range(copies)]
+    ys = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
+    moved = nbytes + 2 * k + 2 * n
+    rows: list[Row] = []
+    variants = {f"rows{r}": (r, True) for r in (1, 2, 4, 8)}
+    variants["rows4-rolled"] = (4, False)
+    fns: dict[str, list[Callable[[], None]]] = {
+        "torch": [lambda i=i: torch.nn.functional.linear(xs[i], ws[i]) for i in range(copies)]
+    }
+    ref0 = xs[0].double() @ ws[0].double().T
+    errs = {"torch": rel_err(torch.nn.functional.linear(xs[0], ws[0]), ref0)}
+    for name, (r, u) in variants.items():
+        ks = build_source(gemv_schedule(1, n, k, rows_per_block=r, unroll=u), target="cuda")
+        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"gemv_{name}"))
+        launches = [launcher.bind(xs[i], ws[i], ys[i]) for i in range(copies)]
+        ys[0].fill_(float("nan"))
+        launches[0]()
+        torch.cuda.synchronize()
+        errs[name] = rel_err(ys[0], ref0)
+        fns[name] = launches
+    dsts = [torch.empty_like(ws[0]) for _ in range(copies)]
+    fns["torch copy of w (same bytes read)"] = [
+        lambda i=i: dsts[i].copy_(ws[i]) for i in range(copies)
+    ]
+    errs["torch copy of w (same bytes read)"] = 0.0
+    times = time_pair(fns)
+    for name, us in times.items():
+        if name.startswith("torch copy"):  # read + write, as the copy bandwidth counts
+            rows.append(Row("copy 32 MiB", name, us, 2 * nbytes / (us * 1e-6) / 1e9, 0.0, 0.0))
+            continue
+        gbps = moved / (us * 1e-6) / 1e9
+        flops = 2 * n * k / (us * 1e-6) / 1e12
+        rows.append(Row(f"gemv m=1 n={n} k={k}", name, us, gbps, flops, errs[name]))
+    return rows
+
+
+def bench_rmsnorm(arch: str, work: Path, m: int = 2048, n: int = 4096) -> list[Row]:
+    import torch
+    from rmsnorm_cuda import rmsnorm_schedule
+    from tunefleet.ir import build_source
+
+    nbytes = m * n * 2
+    copies = copies_needed(nbytes)
+    xs = [torch.randn(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
+    wt = torch.randn(n, device="cuda", dtype=torch.float16)
+    ys = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
+    moved = 2 * nbytes + 2 * n
+    eps = 1e-5
+
+    def eager(x: Any) -> Any:  # as Llama's RMSNorm module computes it
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return wt * h.to(torch.float16)
+
+    def ref(x: Any) -> Any:
+        h = x.double()
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps) * wt.double()
+
+    fns: dict[str, list[Callable[[], None]]] = {
+        "torch eager": [lambda i=i: eager(xs[i]) for i in range(copies)],
+    }
+    errs = {"torch eager": rel_err(eager(xs[0]), ref(xs[0]))}
+    if hasattr(torch.nn.functional, "rms_norm"):
+        fused = torch.nn.functional.rms_norm
+        fns["torch F.rms_norm"] = [lambda i=i: fused(xs[i], (n,), wt, eps) for i in range(copies)]
+        errs["torch F.rms_norm"] = rel_err(fused(xs[0], (n,), wt, eps), ref(xs[0]))
+    for threads in (128, 256, 512):
+        name = f"threads{threads}"
+        ks = build_source(rmsnorm_schedule(m, n, threads), target="cuda")
+        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"rmsnorm_{name}"))
+        launches = [launcher.bind(xs[i], wt, ys[i]) for i in range(copies)]
+        ys[0].fill_(float("nan"))
+        launches[0]()
+        torch.cuda.synchronize()
+        errs[name] = rel_err(ys[0], ref(xs[0]))
+        fns[name] = launches
+    times = time_pair(fns)
+    return [
+        Row(f"rmsnorm {m}x{n}", name, us, moved / (us * 1e-6) / 1e9, 0.0, errs[name])
+        for name, us in times.items()
+    ]
+
+
+def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int = 4096) -> list[Row]:
+    import torch
+
+    try:
+        from dense_tensorcore_cuda import dense_tc_schedule
+    except ImportError:
+        return []
+    from tunefleet.ir import build_source
+
+    a = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.float16)
+    y = torch.empty(m, n, device="cuda", dtype=torch.float16)
+    ref = a.double() @ w.double().T
+    fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
+    errs = {"torch.matmul": rel_err(a @ w.T, ref)}
+    variants = ((32, 0, (2, 4)), (32, 8, (2, 4)), (64, 8, (2, 4)), (64, 8, (2, 2)), (64, 8, (4, 2)))
+    for tile_k, pad, warps in variants:
+        name = f"wmma bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]}"
+        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps)
+        ks = build_source(sch, target="cuda")
+        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}"
+        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
+        ours = launcher.bind(a, w, y)
+        y.fill_(float("nan"))
+        ours()
+        torch.cuda.synchronize()
+        errs[name] = rel_err(y, ref)
+        fns[name] = [ours]
+    times = time_pair(fns, reps=10)
+    flop = 2 * m * n * k
+    return [
+        Row(f"dense {m}x{n}x{k}", name, us, 0.0, flop / (us * 1e-6) / 1e12, errs[name])
+        for name, us in times.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="bench-gpu-out")
+    args = parser.parse_args()
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    major, minor = torch.cuda.get_device_capability(0)
+    arch = f"sm_{major}{minor}"
+    device = torch.cuda.get_device_name(0)
+    bw = copy_bandwidth()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
+        for bench in (bench_gemv, bench_rmsnorm, bench_dense_tc):
+            try:
+                rows += bench(arch, Path(tmp))
+            except Exception as err:  # report and go on with the other kernels
+                note = f"{type(err).__name__}: {err}"
+                rows.append(Row(bench.__name__, "FAILED", 0, 0, 0, 0, note))
+    lines = [
+        f"# GPU kernels on {device} ({arch}), torch {torch.__version__}",
+        f"copy bandwidth: {bw:.0f} GB/s (device-to-device, read + write)",
+        "",
+        "| kernel | variant | us | GB/s | % of copy | TFLOP/s | rel err | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        pct = f"{100 * r.gbps / bw:.0f}%" if r.gbps else ""
+        lines.append(
+            f"| {r.kernel} | {r.variant} | {r.us:.1f} | {r.gbps:.0f} | {pct} | {r.tflops:.1f} "
+            f"| {r.rel_err:.1e} | {r.note[:300]} |"
+        )
+    text = "\n".join(lines)
+    (out / "gpu_kernels.md").write_text(text + "\n")
+    payload = {"device": device, "arch": arch, "copy_gbps": bw, "rows": [asdict(r) for r in rows]}
+    (out / "gpu_kernels.json").write_text(json.dumps(payload, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

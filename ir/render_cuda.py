@@ -1,0 +1,577 @@
+"""CUDA C renderer: the C-style base with CUDA tables and hooks (threads, shared memory,
+barriers, cross-thread reductions, 128-bit vector access).
+
+Thread-bound loops become thread indices (guarded where the loop is shorter than the launched
+axis). Stores outside a threadIdx loop are done by thread 0 of that axis. A `__syncthreads()`
+separates block-level statements that write shared memory from later ones that touch it, and
+ends each iteration of a block-level loop that writes and reads shared memory. A vectorized
+loop over 8 or 16 contiguous, provably aligned bytes becomes one wide load or store.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from .dtypes import is_float, itemsize
+from .errors import CodegenError
+from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
+from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
+from .render_c import CStyleRenderer, c_name
+from .simplify import linear, simplify
+from .stmt import (
+    Allocate,
+    BufferStore,
+    For,
+    IfThenElse,
+    PrimFunc,
+    SeqStmt,
+    Stmt,
+    ThreadAllReduce,
+)
+from .visit import substitute, walk
+
+STATIC_SHARED_LIMIT = 48 * 1024
+
+_REDUCE_FMT = {"add": "(a + b)", "max": "fmaxf(a, b)", "min": "fminf(a, b)"}
+_IDENTITY_TEXT = {"add": "0.0f", "max": "(-INFINITY)", "min": "INFINITY"}
+
+
+def _allreduce_helpers() -> str:
+    out = []
+    for op, fmt in _REDUCE_FMT.items():
+        ident = _IDENTITY_TEXT[op]
+        out.append(
+            f"""__device__ __forceinline__ float tf_warp_{op}(float v, int width) {{
+  unsigned mask = __activemask();
+  for (int o = width >> 1; o > 0; o >>= 1) {{
+    float a = v, b = __shfl_xor_sync(mask, v, o);
+    v = {fmt};
+  }}
+  return v;
+}}
+__device__ __forceinline__ float tf_block_{op}(float v, int width, float* scratch) {{
+  if (width <= 32) return tf_warp_{op}(v, width);
+  v = tf_warp_{op}(v, 32);
+  int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  int lane = tid & 31, warp = tid >> 5, nw = width >> 5, base = (warp / nw) * nw;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nw ? scratch[base + lane] : {ident};
+  return tf_warp_{op}(v, 32);
+}}"""
+        )
+    return "\n".join(out)
+
+
+PRELUDE_CUDA = (
+    r"""#include <stdint.h>
+#include <math.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <mma.h>
+
+__device__ __forceinline__ int64_t tf_floordiv(int64_t a, int64_t b) {
+  int64_t q = a / b; return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+__device__ __forceinline__ int64_t tf_floormod(int64_t a, int64_t b) {
+  int64_t r = a % b; return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+"""
+    + _allreduce_helpers()
+    + "\n"
+)
+
+_VEC_TYPES = {16: "uint4", 8: "uint2"}
+
+
+class CUDARenderer(CStyleRenderer):
+    """One `extern "C" __global__` kernel per translation unit, launched as `launch_dims` says."""
+
+    lang: ClassVar[str] = "cuda"
+    prelude: ClassVar[str] = PRELUDE_CUDA
+    kernel_prefix: ClassVar[str] = 'extern "C" __global__ void'
+    types: ClassVar[dict[str, str]] = {
+        **CStyleRenderer.types,
+        "float16": "half",
+        "bfloat16": "__nv_bfloat16",
+    }
+    float_intrinsics: ClassVar[dict[str, str]] = {
+        **CStyleRenderer.float_intrinsics,
+        "rsqrt": "rsqrtf({0})",
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._launch = LaunchDims(())
+        self._bound: list[str] = []
+        self._divergent = 0
+        self._vec: dict[BufferLoad, str] = {}
+        self._counter = 0
+        self._needs_scratch = False
+        self._dyn_offsets: dict[str, int] = {}
+        self.dynamic_shared_bytes = 0
+
+    # ------------------------------------------------------------ expressions
+
+    def const(self, c: Const) -> str:
+        if is_float(c.dtype):
+            f = float(c.value)
+            if f != f or f in (float("inf"), float("-inf")):
+                text = {"inf": "INFINITY", "-inf": "(-INFINITY)"}.get(str(f), "NAN")
+                return text if c.dtype == "float32" else self.from_float(text, c.dtype)
+        return super().const(c)
+
+    def to_float(self, text: str, dtype: str) -> str:
+        if dtype == "float16":
+            return f"__half2float({text})"
+        if dtype == "bfloat16":
+            return f"__bfloat162float({text})"
+        return super().to_float(text, dtype)
+
+    def from_float(self, text: str, dtype: str) -> str:
+        if dtype == "float16":
+            return f"__float2half_rn({text})"
+        if dtype == "bfloat16":
+            return f"__float2bfloat16_rn({text})"
+        return super().from_float(text, dtype)
+
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, BufferLoad) and e in self._vec:
+            return self._vec[e]
+        return super().expr(e)
+
+    def cast(self, e: Cast) -> str:
+        src, dst = e.value.dtype, e.dtype
+        if src not in ("float16", "bfloat16") and dst not in ("float16", "bfloat16"):
+            return super().cast(e)
+        inner = self.expr(e.value)
+        wide = self.to_float(inner, src) if is_float(src) else f"((float)({inner}))"
+        if dst in ("float16", "bfloat16"):
+            return self.from_float(wide, dst)
+        return f"(({self.ctype(dst)})({wide}))"
+
+    def binop(self, e: BinOp) -> str:
+        a, b = e.a, e.b
+        half = ("float16", "bfloat16")
+        if e.dtype in half or (e.op in ("lt", "le", "gt", "ge", "eq", "ne") and a.dtype in half):
+            sa, sb = self.to_float(self.expr(a), a.dtype), self.to_float(self.expr(b), b.dtype)
+            text = self._binop_text(e.op, sa, sb, "float32")
+            return self.from_float(text, e.dtype) if e.dtype in half else text
+        return self._binop_text(e.op, self.expr(a), self.expr(b), e.dtype, a, b)
+
+    # ------------------------------------------------------------ statements
+
+    def _in_threads(self) -> bool:
+        return any(t in BLOCK_TAGS for t in self._bound)
+
+    def stmt(self, s: Stmt, depth: int) -> None:
+        if isinstance(s, SeqStmt) and not self._in_threads():
+            self._block_level_seq(s, depth)
+        elif isinstance(s, ThreadAllReduce):
+            self._allreduce(s, depth)
+        elif isinstance(s, BufferStore):
+            self._store(s, depth)
+        elif isinstance(s, IfThenElse) and self._in_threads():
+            self._divergent += 1
+            super().stmt(s, depth)
+            self._divergent -= 1
+        else:
+            super().stmt(s, depth)
+
+    def _store(self, s: BufferStore, depth: int) -> None:
+        missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
+        target = f"{c_name(s.buffer.name)}[{self.flat_index(s.buffer, s.indices)}]"
+        line = f"{target} = {self.store_value(s)};"
+        if missing and s.buffer.scope != "local":
+            cond = " && ".join(f"{t} == 0" for t in missing)
+            self.emit(f"if ({cond}) {line}", depth)
+        else:
+            self.emit(line, depth)
+
+    def _block_level_seq(self, s: SeqStmt, depth: int) -> None:
+        dirty = False
+        for c in s.stmts:
+            if dirty and _shared_names(c, stores_only=False):
+                self.emit("__syncthreads();", depth)
+                dirty = False
+            self.stmt(c, depth)
+            dirty = dirty or bool(_shared_names(c, stores_only=True))
+
+    def loop_pragmas(self, s: For) -> list[str]:
+        if s.kind == "parallel":
+            raise CodegenError(
+                f"loop {s.var.name} is parallel (CPU threads); bind it to a GPU thread axis"
+            )
+        if s.kind in ("unrolled", "vectorized") or s.thread == "vthread":
+            if isinstance(s.extent, Const):
+                return [f"#pragma unroll {max(1, min(int(s.extent.value), 64))}"]
+            return ["#pragma unroll 4"]
+        return []
+
+    def loop(self, s: For, depth: int) -> None:
+        intrin = dict(s.annotations).get("tensorize")
+        if intrin is not None:
+            self._tensorized(s, str(intrin), depth)
+            return
+        if s.kind == "thread_binding" and s.thread != "vthread":
+            self._thread_loop(s, depth)
+            return
+        innermost = not any(isinstance(n, For) for n in walk(s.body))
+        if s.kind in ("vectorized", "unrolled") and innermost and self._vector_loop(s, depth):
+            return
+        for p in self.loop_pragmas(s):
+            self.emit(p, depth)
+        v = c_name(s.var.name)
+        self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
+        self.stmt(s.body, depth + 1)
+        if (
+            not self._in_threads()
+            and _shared_names(s.body, stores_only=True)
+            and _shared_names(s.body, stores_only=False, loads_only=True)
+        ):
+            self.emit("__syncthreads();", depth + 1)
+        self.emit("}", depth)
+
+    def _thread_loop(self, s: For, depth: int) -> None:
+        tag = s.thread or ""
+        v = c_name(s.var.name)
+        self.emit("{", depth)
+        self.emit(f"const int64_t {v} = (int64_t){tag};", depth + 1)
+        launched = self._launch.get(tag)
+        ext = simplify(s.extent)
+        guarded = (int(ext.value) if isinstance(ext, Const) else launch_text(ext)) != launched
+        self._bound.append(tag)
+        if guarded:
+            self.emit(f"if ({v} < {self.expr(ext)}) {{", depth + 1)
+            self._divergent += tag in BLOCK_TAGS
+            self.stmt(s.body, depth + 2)
+            self._divergent -= tag in BLOCK_TAGS
+            self.emit("}", depth + 1)
+        else:
+            self.stmt(s.body, depth + 1)
+        self._bound.pop()
+        self.emit("}", depth)
+
+    def _allreduce(self, s: ThreadAllReduce, depth: int) -> None:
+        n = s.extent
+        if s.thread != "threadIdx.x":
+            raise CodegenError(f"cross-thread reductions run over threadIdx.x, not {s.thread}")
+        if self._launch.get("threadIdx.x") != n:
+            raise CodegenError(
+                f"a reduction over threadIdx.x needs every launched thread: its loop has {n} "
+                f"threads but threadIdx.x is launched with {self._launch.get('threadIdx.x')}"
+            )
+        if n & (n - 1) or n > 1024:
+            raise CodegenError(
+                f"a reduction over threadIdx.x needs a power of two <= 1024 threads, got {n}"
+            )
+        if n > 32 and self._divergent:
+            raise CodegenError(
+                "a reduction over more than 32 threads cannot sit under a thread-dependent guard"
+            )
+        if s.buffer.dtype != "float32":
+            raise CodegenError(f"cross-thread reductions combine float32, not {s.buffer.dtype}")
+        self._needs_scratch = self._needs_scratch or n > 32
+        name = c_name(s.buffer.name)
+        scratch = "tf_red_scratch" if n > 32 else "nullptr"
+        self.emit(f"{name}[0] = tf_block_{s.op}({name}[0], {n}, {scratch});", depth)
+
+    # ------------------------------------------------------------ vector access
+
+    def _fresh(self, stem: str) -> str:
+        self._counter += 1
+        return f"tf_{stem}{self._counter}"
+
+    def _vector_base(self, buf: Buffer, indices: tuple[Expr, ...], v: Var, n: int) -> Expr | None:
+        """The flat index at v = 0 when `buf[indices]` is contiguous in `v` and the n-element
+        run starts at a multiple of n (so the wide access is aligned)."""
+        if buf.scope not in ("global", "shared"):
+            return None
+        if itemsize(buf.dtype) * n not in _VEC_TYPES:
+            return None
+        flat: Expr | None = None
+        for idx, dim in zip(indices, buf.shape, strict=True):
+            flat = idx if flat is None else flat * dim + idx
+        if flat is None:
+            return None
+        terms, c = linear(simplify(flat))
+        if terms.get(v) != 1 or c % n:
+            return None
+        for t, k in terms.items():
+            if t == v:
+                continue
+            if any(x == v for x in walk(t)) or k % n:
+                return None
+        return simplify(substitute(flat, {v: Const(0, "int64")}))
+
+    def _vector_loop(self, s: For, depth: int) -> bool:
+        """Render a vectorized loop with wide loads/stores; False to fall back to a loop."""
+        if not isinstance(s.extent, Const):
+            return False
+        n = int(s.extent.value)
+        body, guards = s.body, []
+        while isinstance(body, IfThenElse) and body.else_case is None:
+            if any(x == s.var for x in walk(body.cond)):
+                return False
+            guards.append(body.cond)
+            body = body.then_case
+        stores = list(body.stmts) if isinstance(body, SeqStmt) else [body]
+        if not all(isinstance(st, BufferStore) for st in stores):
+            return False
+        loads: dict[BufferLoad, Expr] = {}
+        written = {st.buffer for st in stores if isinstance(st, BufferStore)}
+        for st in stores:
+            for x in walk(st.value):  # type: ignore[union-attr]
+                if isinstance(x, BufferLoad) and x not in loads and x.buffer not in written:
+                    base = self._vector_base(x.buffer, x.indices, s.var, n)
+                    if base is not None:
+                        loads[x] = base
+        wide_store = None
+        if len(stores) == 1 and s.kind == "vectorized":
+            st = stores[0]
+            assert isinstance(st, BufferStore)
+            base = self._vector_base(st.buffer, st.indices, s.var, n)
+            if base is not None:
+                wide_store = (st, base)
+        if not loads and wide_store is None:
+            return False
+        for g in guards:
+            self.emit(f"if ({self.expr(g)}) {{", depth)
+            depth += 1
+        v = c_name(s.var.name)
+        saved = dict(self._vec)
+        for x, base in loads.items():
+            vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
+            name = self._fresh("v")
+            ct = self.ctype(x.buffer.dtype)
+            src = f"{c_name(x.buffer.name)} + {self.expr(base)}"
+            self.emit(f"const {vt} {name} = *(const {vt}*)({src});", depth)
+            self._vec[x] = f"((const {ct}*)&{name})[{v}]"
+        if wide_store is not None:
+            st, base = wide_store
+            vt = _VEC_TYPES[itemsize(st.buffer.dtype) * n]
+            ct = self.ctype(st.buffer.dtype)
+            tmp = self._fresh("s")
+            self.emit(f"{vt} {tmp};", depth)
+            self.emit(f"#pragma unroll {n}", depth)
+            self.emit(f"for (int64_t {v} = 0; {v} < {n}; ++{v}) {{", depth)
+            self.emit(f"(({ct}*)&{tmp})[{v}] = {self.store_value(st)};", depth + 1)
+            self.emit("}", depth)
+            dst = f"{c_name(st.buffer.name)} + {self.expr(base)}"
+            missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
+            prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
+            self.emit(f"{prefix}*({vt}*)({dst}) = {tmp};", depth)
+        else:
+            self.emit(f"#pragma unroll {n}", depth)
+            self.emit(f"for (int64_t {v} = 0; {v} < {n}; ++{v}) {{", depth)
+            for st in stores:
+                self.stmt(st, depth + 1)
+            self.emit("}", depth)
+        self._vec = saved
+        for _ in guards:
+            depth -= 1
+            self.emit("}", depth)
+        return True
+
+    # ------------------------------------------------------------ tensor intrinsics
+
+    def _layout(
+        self, buf: Buffer, indices: tuple[Expr, ...], row: Var, col: Var
+    ) -> tuple[str, Expr, int]:
+        """(major, base flat index, leading dimension) of a 16 x 16 tile indexed by (row, col)."""
+        flat: Expr | None = None
+        for idx, dim in zip(indices, buf.shape, strict=True):
+            flat = idx if flat is None else flat * dim + idx
+        assert flat is not None
+        terms, _ = linear(simplify(flat))
+        sr, sc = terms.get(row, 0), terms.get(col, 0)
+        base = simplify(substitute(flat, {row: Const(0, "int64"), col: Const(0, "int64")}))
+        if sc == 1 and sr > 0:
+            return "row", base, sr
+        if sr == 1 and sc > 0:
+            return "col", base, sc
+        raise CodegenError(
+            f"tile of {buf.name} is not contiguous along a row or a column (strides {sr}, {sc})"
+        )
+
+    def _fragment(self, load_or_store: BufferLoad | BufferStore, zero: dict[Var, Expr]) -> str:
+        buf = load_or_store.buffer
+        if len(buf.shape) != 2 or not all(
+            isinstance(d, Const) and int(d.value) % 16 == 0 for d in buf.shape
+        ):
+            raise CodegenError(f"accumulator {buf.name} must be a 2-D tile of 16 x 16 fragments")
+        r0, c0 = (simplify(substitute(i, zero)) for i in load_or_store.indices)
+        per_row = int(buf.shape[1].value) // 16  # type: ignore[attr-defined]
+        idx = simplify((r0 // 16) * per_row + c0 // 16)
+        return f"{c_name(buf.name)}[{self.expr(idx)}]"
+
+    def _tensorized(self, s: For, name: str, depth: int) -> None:
+        from .intrinsics import get_intrin
+
+        info = get_intrin(name)
+        chain = [s]
+        while isinstance(chain[-1].body, For):
+            chain.append(chain[-1].body)  # type: ignore[arg-type]
+        body = chain[-1].body
+        if not isinstance(body, BufferStore):
+            raise CodegenError(
+                f"tensorized loop {s.var.name} has guards or extra statements; "
+                "its tile sizes must divide the extents"
+            )
+        vs = [c.var for c in chain]
+        zero: dict[Var, Expr] = {v: Const(0, "int64") for v in vs}
+        wmma = "nvcuda::wmma"
+        if info.kind == "fill":
+            frag = self._fragment(body, zero)
+            self.emit(f"{wmma}::fill_fragment({frag}, 0.0f);", depth)
+            return
+        if info.kind == "store":
+            load = body.value
+            assert isinstance(load, BufferLoad)
+            frag = self._fragment(load, zero)
+            major, base, ld = self._layout(body.buffer, body.indices, vs[0], vs[1])
+            dst = f"{c_name(body.buffer.name)} + {self.expr(base)}"
+            self.emit(
+                f"{wmma}::store_matrix_sync({dst}, {frag}, {ld}, {wmma}::mem_{major}_major);", depth
+            )
+            return
+        frag = self._fragment(body, zero)
+        prod = body.value.b  # type: ignore[attr-defined]
+        loads = [prod.a.value, prod.b.value]
+        a = next(x for x in loads if any(t == vs[0] for t in walk(x)))
+        b = next(x for x in loads if x is not a)
+        ct = self.ctype(a.buffer.dtype)
+        a_major, a_base, a_ld = self._layout(a.buffer, a.indices, vs[0], vs[2])
+        b_major, b_base, b_ld = self._layout(b.buffer, b.indices, vs[2], vs[1])
+        self.emit("{", depth)
+        d = depth + 1
+        self.emit(
+            f"{wmma}::fragment<{wmma}::matrix_a, 16, 16, 16, {ct}, {wmma}::{a_major}_major> tf_fa;",
+            d,
+        )
+        self.emit(
+            f"{wmma}::fragment<{wmma}::matrix_b, 16, 16, 16, {ct}, {wmma}::{b_major}_major> tf_fb;",
+            d,
+        )
+        self.emit(
+            f"{wmma}::load_matrix_sync(tf_fa, {c_name(a.buffer.name)} + {self.expr(a_base)}, "
+            f"{a_ld});",
+            d,
+        )
+        self.emit(
+            f"{wmma}::load_matrix_sync(tf_fb, {c_name(b.buffer.name)} + {self.expr(b_base)}, "
+            f"{b_ld});",
+            d,
+        )
+        self.emit(f"{wmma}::mma_sync({frag}, tf_fa, tf_fb, {frag});", d)
+        self.emit("}", depth)
+
+    # ------------------------------------------------------------ storage
+
+    def allocate(self, s: Allocate, depth: int) -> None:
+        buf = s.buffer
+        size: Expr = Const(1, "int64")
+        for d in buf.shape:
+            size = size * d
+        size = simplify(size)
+        ct, name = self.ctype(buf.dtype), c_name(buf.name)
+        if buf.scope == "global":
+            raise CodegenError(
+                f"intermediate {buf.name} lives in global memory, which a kernel cannot allocate; "
+                "compute it under a thread loop and set_scope it to 'shared' or 'local'"
+            )
+        if not isinstance(size, Const):
+            raise CodegenError(
+                f"{buf.scope} buffer {buf.name} has symbolic size {size}; tile it to a constant"
+            )
+        n = int(size.value)
+        if buf.scope == "wmma.accumulator":
+            if len(buf.shape) != 2 or n % 256:
+                raise CodegenError(
+                    f"accumulator {buf.name} must be a 2-D tile of 16 x 16 fragments"
+                )
+            frag = "nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>"
+            self.emit(f"{frag} {name}[{n // 256}];", depth)
+            self.stmt(s.body, depth)
+            return
+        if buf.scope in ("wmma.matrix_a", "wmma.matrix_b"):
+            raise CodegenError(
+                f"{buf.scope} buffers are not supported; tensorize loads from memory"
+            )
+        if buf.scope == "shared":
+            if name in self._dyn_offsets:
+                off = self._dyn_offsets[name]
+                self.emit(f"{ct}* {name} = ({ct}*)(tf_dyn_smem + {off});", depth)
+            else:
+                self.emit(f"__shared__ __align__(128) {ct} {name}[{n}];", depth)
+        else:
+            self.emit(f"{ct} {name}[{n}] __attribute__((aligned(16)));", depth)
+        self.stmt(s.body, depth)
+
+    def _plan_shared(self, lowered: PrimFunc) -> None:
+        """Static shared arrays up to 48 KB; above that all of them move to dynamic memory."""
+        allocs = [
+            n.buffer
+            for n in walk(lowered.body)
+            if isinstance(n, Allocate) and n.buffer.scope == "shared"
+        ]
+        sizes = []
+        for b in allocs:
+            size = Const(1, "int64")
+            for d in b.shape:
+                size = size * d
+            size = simplify(size)
+            if not isinstance(size, Const):
+                raise CodegenError(f"shared buffer {b.name} has symbolic size {size}")
+            sizes.append(int(size.value) * itemsize(b.dtype))
+        if sum(sizes) <= STATIC_SHARED_LIMIT:
+            return
+        off = 0
+        for b, nbytes in zip(allocs, sizes, strict=True):
+            self._dyn_offsets[c_name(b.name)] = off
+            off += (nbytes + 127) // 128 * 128
+        self.dynamic_shared_bytes = off
+
+    # ------------------------------------------------------------ function
+
+    def signature(self, func: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
+        """Inputs are `const` (read-only: the compiler may use the non-coherent load path)."""
+        stored = {n.buffer.name for n in walk(func.body) if isinstance(n, BufferStore)}
+        args = [
+            f"{'const ' if b.name not in stored else ''}{self.ctype(b.dtype)}* "
+            f"{self.restrict} {c_name(b.name)}"
+            for b in func.params
+        ]
+        args += [f"int64_t {c_name(v.name)}" for v in scalars]
+        return f"{self.kernel_prefix} {entry}({', '.join(args)})"
+
+    def render(self, lowered: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
+        self._launch = launch_dims(lowered)
+        self._plan_shared(lowered)
+        self._lines = []
+        self.stmt(lowered.body, 1)
+        head: list[str] = []
+        if self._needs_scratch:
+            head.append("  __shared__ float tf_red_scratch[32];")
+        if self._dyn_offsets:
+            head.append("  extern __shared__ __align__(128) unsigned char tf_dyn_smem[];")
+        body = "\n".join(head + self._lines)
+        threads = 1
+        for t in BLOCK_TAGS:
+            threads *= int(self._launch.get(t))
+        sig = self.signature(lowered, entry, scalars).replace(
+            "__global__ void", f"__global__ void __launch_bounds__({threads})", 1
+        )
+        return f"{self.prelude}\n{sig} {{\n{body}\n}}\n"
+
+
+def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[str]:
+    """Names of shared buffers `s` stores to (or touches at all)."""
+    out: set[str] = set()
+    for n in walk(s):
+        if isinstance(n, BufferStore) and n.buffer.scope == "shared" and not loads_only:
+            out.add(n.buffer.name)
+        elif isinstance(n, BufferLoad) and n.buffer.scope == "shared" and not stores_only:
+            out.add(n.buffer.name)
+    return out

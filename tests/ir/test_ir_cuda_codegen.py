@@ -1,0 +1,275 @@
+"""CUDA code generation: every op's default GPU schedule compiles with nvcc (no GPU needed),
+launch descriptions, barriers, cross-thread reductions, vector access and the GPU primitives."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from tunefleet.ir import (
+    CodegenError,
+    Schedule,
+    ScheduleError,
+    Trace,
+    Var,
+    build_source,
+    default_schedule,
+    ops,
+)
+from tunefleet.ir.gpu_launch import launch_text
+from tunefleet.ir.simplify import simplify
+
+NVCC = shutil.which("nvcc")
+ARCHS = ("sm_80", "sm_90")
+
+
+def _odd(op: ops.OpDef) -> dict[str, int]:
+    special = {
+        ("q4_dense", "k"): 64,
+        ("rope", "d"): 6,
+        ("batch_matmul", "h"): 4,
+        ("batch_matmul", "b"): 2,
+    }
+    return {p: special.get((op.name, p), 77 if p == "n" else 7) for p in op.params}
+
+
+def _cases() -> list[tuple[str, str, str, dict]]:
+    cases = []
+    for op in ops.list_ops():
+        odd = _odd(op)
+        first, last = op.params[0], op.params[-1]
+        cases.append((op.name, "float16", "odd", odd))
+        cases.append((op.name, "float32", f"{first}=?", {**op.example, first: Var(first)}))
+        sym_last = {**op.example, "n": Var("n")} if "n" in op.params else dict(op.example)
+        if op.name == "batch_matmul":
+            sym_last = {**op.example, "m": Var("m")}
+        cases.append((op.name, "bfloat16", f"{last}-ish=?", sym_last))
+    return cases
+
+
+CASES = _cases()
+
+
+def _compile(source: str, arch: str) -> tuple[int, str]:
+    with tempfile.TemporaryDirectory(prefix="tf-nvcc-") as tmp:
+        src = Path(tmp) / "k.cu"
+        src.write_text(source)
+        cmd = [NVCC, "-cubin", f"-arch={arch}", "-O3", "-o", str(Path(tmp) / "k.cubin"), str(src)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        return r.returncode, r.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[tuple[str, str, str], tuple[int, str]]:
+    """Generate every case, then compile them two at a time (for sm_90; sm_80 for a few)."""
+    if NVCC is None:
+        pytest.skip("nvcc is not on PATH")
+    jobs = {}
+    for name, dtype, label, shape in CASES:
+        func = ops.get_op(name).build(shape, dtype)
+        ks = build_source(default_schedule(func, target="cuda"), target="cuda")
+        jobs[(name, dtype, label)] = (ks.source, "sm_90")
+    for name in ("dense", "softmax"):
+        func = ops.get_op(name).build(_odd(ops.get_op(name)), "bfloat16")
+        ks = build_source(default_schedule(func, target="cuda"), target="cuda")
+        jobs[(name, "bfloat16", "sm_80")] = (ks.source, "sm_80")
+    with ThreadPoolExecutor(2) as pool:
+        results = pool.map(lambda job: _compile(*job), jobs.values())
+        return dict(zip(jobs, results, strict=True))
+
+
+@pytest.mark.parametrize(("name", "dtype", "label"), [c[:3] for c in CASES])
+def test_default_cuda_schedule_of_every_op_compiles(compiled, name, dtype, label) -> None:
+    rc, log = compiled[(name, dtype, label)]
+    assert rc == 0, log
+
+
+def test_sm80_builds_compile_too(compiled) -> None:
+    for key in (("dense", "bfloat16", "sm_80"), ("softmax", "bfloat16", "sm_80")):
+        rc, log = compiled[key]
+        assert rc == 0, log
+
+
+def test_launch_is_described_with_symbolic_dims() -> None:
+    m = Var("m")
+    func = ops.get_op("rmsnorm").build({"m": m, "n": 4096}, "float16")
+    ks = build_source(default_schedule(func, target="cuda"), target="cuda")
+    assert ks.lang == "cuda" and ks.entry == "rmsnorm_kernel"
+    assert ks.grid == ("m", 1, 1) and ks.block == (256, 1, 1) and ks.shared_bytes == 0
+    assert [a.name for a in ks.args] == ["x", "weight", "rmsnorm", "m"]
+    func = ops.get_op("add").build({"m": 3, "n": Var("n")}, "float32")
+    ks = build_source(default_schedule(func, target="cuda"), target="cuda")
+    from tunefleet.workers.launch import evaluate
+
+    for n in (1, 255, 256, 257, 1000):
+        assert (
+            evaluate(ks.grid[0], {"n": n}) * 256
+            >= 3 * n
+            > (evaluate(ks.grid[0], {"n": n}) - 1) * 256
+        )
+
+
+def test_launch_text_is_what_the_workers_evaluate() -> None:
+    from tunefleet.workers.launch import evaluate
+
+    n = Var("n")
+    e = simplify((n * 3 + 127) // 128)
+    for value in (1, 100, 4097):
+        assert evaluate(launch_text(e), {"n": value}) == (value * 3 + 127) // 128
+
+
+def test_row_reduction_is_cross_thread_with_a_barrier_before_its_readers() -> None:
+    func = ops.get_op("softmax").build({"m": 5, "n": 300}, "float32")
+    src = build_source(default_schedule(func, target="cuda"), target="cuda").source
+    body = src.split("softmax_kernel(", 1)[1]
+    assert body.count("tf_block_max(") == 1 and body.count("tf_block_add(") == 1
+    assert "__shared__" in body and body.count("__syncthreads();") >= 2
+    # the shared results are written by thread 0 only, after the combine
+    assert "if ((v_k_r_1 == 0))" in body or "== 0)" in body
+
+
+def _gemv_schedule(n: int = 512, k: int = 1024) -> Schedule:
+    func = ops.get_op("dense").build({"m": 1, "n": n, "k": k}, "float16")
+    sch = Schedule(func)
+    out = sch.get_block("dense")
+    acc = sch.get_block("dense_acc")
+    _i, j = sch.get_loops(out)
+    j0, j1 = sch.split(j, [None, 4])
+    sch.bind(j0, "blockIdx.x")
+    sch.bind(j1, "threadIdx.y")
+    sch.compute_at(acc, j1)
+    sch.set_scope(acc, 0, "local")
+    kk = sch.get_loops(acc)[-1]
+    k0, k1, k2 = sch.split(kk, [None, 32, 8])
+    sch.reorder(k1, k0, k2)
+    sch.bind(k1, "threadIdx.x")
+    sch.unroll(k2)
+    return sch
+
+
+def test_vectorized_contiguous_loads_become_128_bit() -> None:
+    sch = _gemv_schedule()
+    ks = build_source(sch, target="cuda")
+    assert ks.block == (32, 4, 1) and ks.grid == (128, 1, 1)
+    assert ks.source.count("*(const uint4*)(w + ") == 1
+    assert ks.source.count("*(const uint4*)(x + ") == 1
+    assert "tf_block_add(" in ks.source
+    # replaying the trace (set_scope and bind included) gives the same program
+    replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
+    assert replayed.func == sch.func
+    assert "set_scope" in sch.trace.as_python()
+
+
+def test_misaligned_runs_stay_scalar() -> None:
+    func = ops.get_op("add").build({"m": 3, "n": 12}, "float16")
+    sch = Schedule(func)
+    i, j = sch.get_loops(sch.get_block("add"))
+    sch.bind(i, "blockIdx.x")
+    j0, j1 = sch.split(j, [None, 8])  # row length 12: row starts are not 16-byte aligned
+    sch.bind(j0, "threadIdx.x")
+    sch.vectorize(j1)
+    src = build_source(sch, target="cuda").source
+    assert "uint4" not in src and "#pragma unroll 8" in src
+
+
+def test_binding_rules() -> None:
+    func = ops.get_op("rmsnorm").build({"m": 4, "n": 64}, "float32")
+    sch = Schedule(func)
+    blk = sch.get_block("rmsnorm_sumsq")
+    _i, k = sch.get_loops(blk)
+    with pytest.raises(ScheduleError, match="race"):
+        sch.bind(k, "blockIdx.x")  # blocks cannot combine partial sums
+    sch.bind(k, "threadIdx.x")  # threads can: a cross-thread reduction
+    with pytest.raises(ScheduleError, match="parameters stay global"):
+        sch.set_scope(sch.get_block("rmsnorm"), 0, "shared")
+    with pytest.raises(ScheduleError, match="unknown storage scope"):
+        sch.set_scope(blk, 0, "texture")
+
+
+def test_unplaceable_global_intermediate_is_a_clear_error() -> None:
+    func = ops.get_op("rmsnorm").build({"m": 4, "n": 64}, "float32")
+    sch = Schedule(func)
+    for name in ("rmsnorm_sumsq", "rmsnorm"):
+        loops = sch.get_loops(sch.get_block(name))
+        sch.bind(loops[0], "blockIdx.x")
+    with pytest.raises(CodegenError, match="global memory"):
+        build_source(sch, target="cuda")
+
+
+def test_large_shared_tiles_use_dynamic_shared_memory() -> None:
+    func = ops.get_op("matmul").build({"m": 128, "n": 128, "k": 128}, "float32")
+    sch = Schedule(func)
+    blk = sch.get_block("matmul")
+    b_sh = sch.cache_read(blk, 1, "shared")  # all of B is read under each row: 64 KB
+    i, j, _k = sch.get_loops(blk)
+    sch.bind(i, "blockIdx.x")
+    sch.bind(j, "threadIdx.x")
+    sch.compute_at(b_sh, i)
+    ks = build_source(sch, target="cuda")
+    assert ks.shared_bytes == 128 * 128 * 4
+    assert "extern __shared__" in ks.source and "__syncthreads();" in ks.source
+
+
+def _tc_schedule(dtype: str = "float16") -> Schedule:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_tc_schedule
+
+    return dense_tc_schedule(256, 256, 64, dtype)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tensorized_dense_compiles_to_wmma(dtype) -> None:
+    sch = _tc_schedule(dtype)
+    ks = build_source(sch, target="cuda")
+    assert ks.block == (32, 2, 2) and ks.grid == (2, 2, 1)
+    assert ks.shared_bytes == 128 * 128 * 4 + 2 * 128 * 72 * 2  # above 48 KB: dynamic
+    src = ks.source
+    assert src.count("nvcuda::wmma::mma_sync(") == 1 and "fill_fragment" in src
+    assert "store_matrix_sync" in src and "fragment<nvcuda::wmma::accumulator" in src
+    rc, log = _compile(src, "sm_80")
+    assert rc == 0, log
+    replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
+    assert replayed.func == sch.func and "tensorize" in sch.trace.as_python()
+
+
+def test_tensorize_checks_the_nest() -> None:
+    func = ops.get_op("dense").build({"m": 32, "n": 32, "k": 32}, "float16")
+    sch = Schedule(func)
+    acc = sch.get_block("dense_acc")
+    i, _j, _k = sch.get_loops(acc)
+    with pytest.raises(ScheduleError, match="extents"):
+        sch.tensorize(i, "wmma_mma_f16_f32")  # 32 x 32 x 32, not 16 x 16 x 16
+    with pytest.raises(ScheduleError, match="unknown tensor intrinsic"):
+        sch.tensorize(i, "mma_m99")
+    i0, i1 = sch.split(i, [None, 16])
+    j0, j1 = sch.split(sch.get_loops(acc)[2], [None, 16])
+    k0, k1 = sch.split(sch.get_loops(acc)[4], [None, 16])
+    sch.reorder(i0, j0, k0, i1, j1, k1)
+    with pytest.raises(ScheduleError, match=r"wmma\.accumulator"):
+        sch.tensorize(i1, "wmma_mma_f16_f32")  # a global float32 buffer, with its init
+    assert [ins.kind for ins in sch.trace.insts].count("tensorize") == 0
+
+
+def test_storage_align_pads_shared_rows() -> None:
+    sch = _tc_schedule("float16")
+    src = build_source(sch, target="cuda").source
+    # 64-half rows padded to 72: fragment loads use the padded leading dimension
+    loads = [line for line in src.splitlines() if "load_matrix_sync" in line]
+    assert len(loads) == 2 and all(line.endswith(", 72);") for line in loads)
+    func = ops.get_op("dense").build({"m": 32, "n": 32, "k": 32}, "float16")
+    s = Schedule(func)
+    tile = s.cache_read(s.get_block("dense_acc"), 0, "shared")
+    with pytest.raises(ScheduleError, match="axis must be 0"):
+        s.storage_align(tile, 0, 1, 32, 8)
+    with pytest.raises(ScheduleError, match="offset < factor"):
+        s.storage_align(tile, 0, 0, 8, 8)
+    with pytest.raises(ScheduleError, match="parameter"):
+        s.storage_align(s.get_block("dense"), 0, 0, 32, 8)
