@@ -44,9 +44,9 @@ def cuda_device_count() -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for marker, env in SERVER_URLS.items():
-            if marker in item.keywords and not os.environ.get(env):
+            if item.get_closest_marker(marker) and not os.environ.get(env):
                 item.add_marker(pytest.mark.skip(reason=f"{env} is not set (no {marker} server)"))
-        if "gpu" in item.keywords and cuda_device_count() == 0:
+        if item.get_closest_marker("gpu") and cuda_device_count() == 0:
             item.add_marker(pytest.mark.skip(reason="no CUDA device on this machine"))
 
 
@@ -57,7 +57,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if not report.skipped:
         return
     for marker, env in SERVER_URLS.items():
-        if marker in item.keywords and os.environ.get(env):
+        if item.get_closest_marker(marker) and os.environ.get(env):
             report.outcome = "failed"
             report.longrepr = f"{env} is set but this {marker} test was skipped: {report.longrepr}"
             return
