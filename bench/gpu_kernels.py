@@ -153,16 +153,25 @@ def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]
     ys = [torch.empty(1, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
     moved = nbytes + 2 * k + 2 * n
     rows: list[Row] = []
-    variants = {f"rows{r}": (r, True) for r in (1, 2, 4, 8)}
-    variants["rows4-rolled"] = (4, False)
+    # (rows per block, hoisted loads, min blocks per SM): every variant's blocks fit one wave
+    variants = {
+        "rows4": (4, False, None),
+        "rows4 hoist": (4, True, None),
+        "rows4 hoist mb8": (4, True, 8),
+        "rows8 hoist mb4": (8, True, 4),
+        "rows2 hoist mb16": (2, True, 16),
+        "rows1 hoist mb32": (1, True, 32),
+    }
     fns: dict[str, list[Callable[[], None]]] = {
         "torch": [lambda i=i: torch.nn.functional.linear(xs[i], ws[i]) for i in range(copies)]
     }
     ref0 = xs[0].double() @ ws[0].double().T
     errs = {"torch": rel_err(torch.nn.functional.linear(xs[0], ws[0]), ref0)}
-    for name, (r, u) in variants.items():
-        ks = build_source(gemv_schedule(1, n, k, rows_per_block=r, unroll=u), target="cuda")
-        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"gemv_{name}"))
+    for name, (r, hoist, mb) in variants.items():
+        sch = gemv_schedule(1, n, k, rows_per_block=r, hoist=hoist, min_blocks=mb)
+        ks = build_source(sch, target="cuda")
+        tag = f"gemv_{r}_{int(hoist)}_{mb}"
+        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
         launches = [launcher.bind(xs[i], ws[i], ys[i]) for i in range(copies)]
         ys[0].fill_(float("nan"))
         launches[0]()
@@ -247,12 +256,20 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     ref = a.double() @ w.double().T
     fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
-    variants = ((32, 0, (2, 4)), (32, 8, (2, 4)), (64, 8, (2, 4)), (64, 8, (2, 2)), (64, 8, (4, 2)))
-    for tile_k, pad, warps in variants:
-        name = f"wmma bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]}"
-        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps)
+    variants = (  # (k step, row padding, warps, pipeline stages)
+        (64, 8, (2, 2), 1),
+        (64, 8, (2, 2), 3),
+        (64, 8, (2, 4), 2),
+        (64, 8, (2, 4), 3),
+        (64, 8, (4, 2), 3),
+        (32, 8, (2, 4), 3),
+        (32, 8, (2, 4), 4),
+    )
+    for tile_k, pad, warps, stages in variants:
+        name = f"wmma bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} stages{stages}"
+        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages)
         ks = build_source(sch, target="cuda")
-        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}"
+        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}"
         launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
         ours = launcher.bind(a, w, y)
         y.fill_(float("nan"))

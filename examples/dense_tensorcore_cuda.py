@@ -4,17 +4,17 @@
     python examples/dense_tensorcore_cuda.py --show-ir  # the scheduled IR
     python bench/gpu_kernels.py                         # checks and times it against torch
 
-y[i, j] = sum_k x[i, k] * w[j, k]: each thread block computes a 128 x 128 tile of y with 4
-warps (2 x 2, bound to threadIdx.z / threadIdx.y), each warp a 64 x 64 tile held in 4 x 4
-accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 64-wide
-step of k the block's threads copy the 128 x 64 tiles of x and w into shared memory with
-16-byte loads (cooperative fetch; the barriers around it come from lowering), then each
-warp runs 4 x 4 x 4 tensor-core MMAs on them; the rows of the shared tiles are padded by 8
-halves (storage_align) against bank conflicts. At the end the fragments are stored to a
-shared float32 tile, which all threads convert to fp16 and write out 8 bytes at a time.
-Measured on an H100: 275 TFLOP/s against torch.matmul's 685 (40%); see docs/ir.md.
-Not yet there: cp.async multi-stage pipelining and ldmatrix / mma.sync (this is the
-single-stage version: global loads are not overlapped with the MMAs of the same block).
+y[i, j] = sum_k x[i, k] * w[j, k]: each thread block computes a 128 x 128 tile of y with 8
+warps (2 x 4, bound to threadIdx.z / threadIdx.y), each warp a 64 x 32 tile held in 4 x 2
+accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 64-wide step
+of k the block's threads copy the 128 x 64 tiles of x and w into shared memory, 16 bytes per
+thread and copy; the k loop is annotated `software_pipeline_stages = 3`, so lowering keeps
+three copies of each tile and the copies of the next two steps run as `cp.async` while the
+warps run 4 x 4 x 2 tensor-core MMAs on the current one. The rows of the shared tiles are
+padded by 8 halves (storage_align) against bank conflicts. At the end the fragments are
+stored to a shared float32 tile (which reuses the bytes of the x / w tiles), and all threads
+convert it to fp16 and write it out 8 bytes at a time. Measured numbers: docs/ir.md and
+bench/gpu_kernels_results.md. Not used yet: ldmatrix / mma.sync, swizzled shared layouts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import argparse
 from tunefleet.ir import Schedule, build_source, ops
 
 TILE_M, TILE_N, TILE_K = 128, 128, 64
-WARPS_M, WARPS_N = 2, 2
+WARPS_M, WARPS_N = 2, 4
+STAGES = 3
 
 
 def dense_tc_schedule(
@@ -35,6 +36,7 @@ def dense_tc_schedule(
     tile_k: int = TILE_K,
     pad: int = 8,
     warps: tuple[int, int] = (WARPS_M, WARPS_N),
+    stages: int = STAGES,
 ) -> Schedule:
     """dense(x[m, k], w[n, k]) on tensor cores; m, n multiples of 128 and k of `tile_k`.
 
@@ -72,6 +74,8 @@ def dense_tc_schedule(
         sch.bind(ty, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
         sch.vectorize(vec)
+    if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
+        sch.annotate(ko, "software_pipeline_stages", stages)
     for loop in (ki, fi, fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
     sch.reverse_compute_at(frag_out, bj)

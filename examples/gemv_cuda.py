@@ -7,9 +7,11 @@
 
 y[j] = sum_k x[k] * w[j, k] reads every weight once (32 MiB for 4096 x 4096), so the kernel
 must stream w at the card's bandwidth: one warp per output row, each lane loading 16 bytes
-(8 halves) of w per step so a warp reads 512 contiguous bytes, all steps unrolled so many
-loads are in flight; the lanes' partial sums are combined across the warp with shuffles (a
-cross-thread reduction), and lane 0 writes the row's result.
+(8 halves) of w per step so a warp reads 512 contiguous bytes, all steps unrolled; the
+`hoist_loads` annotation issues every step's loads before the first multiply-add and
+`min_blocks_per_sm` (8 blocks of 4 warps) gives the compiler the registers to hold them while
+all blocks stay resident in one wave. The lanes' partial sums are combined across the warp
+with shuffles (a cross-thread reduction), and lane 0 writes the row's result.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from tunefleet.ir import Schedule, build_source, ops
 
 
 def gemv_schedule(
-    m: int = 1, n: int = 4096, k: int = 4096, rows_per_block: int = 4, unroll: bool = True
+    m: int = 1,
+    n: int = 4096,
+    k: int = 4096,
+    rows_per_block: int = 4,
+    unroll: bool = True,
+    hoist: bool = True,
+    min_blocks: int | None = 8,
 ) -> Schedule:
     """dense(x[1, k], w[n, k]) in fp16 with fp32 accumulation: a warp per output row."""
     func = ops.get_op("dense").build({"m": m, "n": n, "k": k}, "float16")
@@ -30,6 +38,8 @@ def gemv_schedule(
     _i, j = sch.get_loops(out)
     j0, j1 = sch.split(j, [None, rows_per_block])
     sch.bind(j0, "blockIdx.x")
+    if min_blocks:  # registers budgeted so that all blocks are resident at once
+        sch.annotate(j0, "min_blocks_per_sm", min_blocks)
     sch.bind(j1, "threadIdx.y")  # one warp per row
     sch.compute_at(acc, j1)  # the row's sum is computed by that warp...
     sch.set_scope(acc, 0, "local")  # ...and kept in a register of lane 0
@@ -38,7 +48,9 @@ def gemv_schedule(
     sch.reorder(lane, k0, vec)
     sch.bind(lane, "threadIdx.x")  # lanes split k: a cross-thread reduction
     if unroll:
-        sch.unroll(k0)  # k / 256 independent 16-byte loads in flight per lane
+        sch.unroll(k0)  # k / 256 independent 16-byte loads per lane...
+        if hoist:  # ...all issued before the first multiply-add
+            sch.annotate(k0, "hoist_loads", 1)
     sch.unroll(vec)  # 8 contiguous halves: one 128-bit load of w and of x
     return sch
 

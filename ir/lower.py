@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import LoweringError
 from .expr import BinOp, Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
+from .pipeline import pipeline_loops
 from .simplify import bounds, from_linear, linear, simplify
 from .stmt import (
     TRUE,
@@ -61,6 +62,7 @@ def lower(func: PrimFunc) -> PrimFunc:
     aligns = _storage_aligns(func)
     if aligns:
         body = _apply_storage_align(body, aligns)
+    body = pipeline_loops(body)
     return dataclasses.replace(func, body=body)  # type: ignore[arg-type]
 
 
@@ -215,16 +217,18 @@ def cross_thread_reduction(loop: For, br: BlockRealize) -> bool:
     )
 
 
+def _reduced_by(br: BlockRealize, v: Var) -> bool:
+    """Whether loop variable `v` drives a reduce iter var of the block."""
+    return any(
+        iv.kind == "reduce" and any(x == v for x in walk(val))
+        for iv, val in zip(br.block.iter_vars, br.iter_values, strict=True)
+    )
+
+
 def _reduces_across(loop: For) -> bool:
     if loop.kind != "thread_binding" or not (loop.thread or "").startswith("threadIdx"):
         return False
-    for n in walk(loop.body):
-        if isinstance(n, BlockRealize) and any(
-            iv.kind == "reduce" and any(x == loop.var for x in walk(val))
-            for iv, val in zip(n.block.iter_vars, n.iter_values, strict=True)
-        ):
-            return True
-    return False
+    return any(isinstance(n, BlockRealize) and _reduced_by(n, loop.var) for n in walk(loop.body))
 
 
 def _conjuncts(e: Expr) -> list[Expr]:
@@ -236,10 +240,12 @@ def _conjuncts(e: Expr) -> list[Expr]:
 def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
     """Each thread of `s` reduces its share into a local accumulator; the threads then
     combine them (ThreadAllReduce) and thread 0 stores the result."""
-    realizes = [n for n in walk(s.body) if isinstance(n, BlockRealize)]
+    realizes = [n for n in walk(s.body) if isinstance(n, BlockRealize) and _reduced_by(n, s.var)]
     where = f"the reduction over {s.thread} (loop {s.var.name})"
-    if len(realizes) != 1:
-        raise LoweringError(f"{where} must hold exactly one block, found {len(realizes)}")
+    if len(realizes) != 1:  # other blocks (e.g. per-thread copies of operands) lower as usual
+        raise LoweringError(
+            f"{where} must hold exactly one block reducing over it, found {len(realizes)}"
+        )
     br = realizes[0]
     blk = br.block
     upd = reduction_update(blk)
@@ -339,6 +345,11 @@ def _place(s: Stmt, buf: Buffer) -> Stmt:
             stmts = list(s.stmts)
             stmts[i] = _place(stmts[i], buf)
             return SeqStmt(tuple(stmts))
+        if users and (users[0] > 0 or users[-1] < len(s.stmts) - 1):
+            # live only from its first to its last user: shared memory can be reused around it
+            lo, hi = users[0], users[-1] + 1
+            inner = _compact(SeqStmt(s.stmts[lo:hi]), buf)
+            return SeqStmt((*s.stmts[:lo], inner, *s.stmts[hi:]))
         return _compact(s, buf)
     if isinstance(s, For) and _may_enter(s, buf.scope):
         return dataclasses.replace(s, body=_place(s.body, buf))

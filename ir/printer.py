@@ -13,6 +13,7 @@ from .stmt import (
     BufferStore,
     For,
     IfThenElse,
+    PipelineSync,
     PrimFunc,
     Range,
     SeqStmt,
@@ -112,6 +113,9 @@ def stmt_lines(s: Stmt, indent: int = 0) -> list[str]:
         return out
     if isinstance(s, Allocate):
         return [f"{pad}alloc {_buffer_decl(s.buffer)}", *stmt_lines(s.body, indent)]
+    if isinstance(s, PipelineSync):
+        arg = f"(pending={s.pending})" if s.op == "wait" else "()"
+        return [f"{pad}pipeline_{s.op}{arg}"]
     if isinstance(s, ThreadAllReduce):
         return [f"{pad}{s.buffer.name}[0] = allreduce_{s.op}({s.buffer.name}[0], {s.thread})"]
     if isinstance(s, BlockRealize):

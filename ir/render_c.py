@@ -17,7 +17,7 @@ from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
 from .schedule_tree import reduction_update
 from .simplify import simplify
-from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
+from .stmt import Allocate, BufferStore, For, IfThenElse, PipelineSync, PrimFunc, SeqStmt, Stmt
 from .visit import walk
 
 _C_KEYWORDS = frozenset(
@@ -261,6 +261,8 @@ class CStyleRenderer:
             self.emit(f"{target} = {self.store_value(s)};", depth)
         elif isinstance(s, Allocate):
             self.allocate(s, depth)
+        elif isinstance(s, PipelineSync):
+            pass  # copies are synchronous here; the CUDA renderer emits cp.async groups
         else:
             raise CodegenError(f"cannot render {type(s).__name__}; lower the function first")
 

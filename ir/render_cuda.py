@@ -16,6 +16,7 @@ from .dtypes import is_float, itemsize
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
+from .pipeline import ASYNC_COPY, HOIST_LOADS, MIN_BLOCKS_PER_SM, PIPELINE_STAGES
 from .render_c import CStyleRenderer, c_name
 from .simplify import linear, simplify
 from .stmt import (
@@ -23,12 +24,13 @@ from .stmt import (
     BufferStore,
     For,
     IfThenElse,
+    PipelineSync,
     PrimFunc,
     SeqStmt,
     Stmt,
     ThreadAllReduce,
 )
-from .visit import substitute, walk
+from .visit import fields_of, substitute, walk
 
 STATIC_SHARED_LIMIT = 48 * 1024
 
@@ -110,6 +112,9 @@ class CUDARenderer(CStyleRenderer):
         self._counter = 0
         self._needs_scratch = False
         self._dyn_offsets: dict[str, int] = {}
+        self._no_auto_sync = 0
+        self._vec_extent = 0
+        self._hoisted: dict[BufferLoad, str] = {}
         self.dynamic_shared_bytes = 0
 
     # ------------------------------------------------------------ expressions
@@ -172,6 +177,8 @@ class CUDARenderer(CStyleRenderer):
             self._allreduce(s, depth)
         elif isinstance(s, BufferStore):
             self._store(s, depth)
+        elif isinstance(s, PipelineSync):
+            self._pipeline_sync(s, depth)
         elif isinstance(s, IfThenElse) and self._in_threads():
             self._divergent += 1
             super().stmt(s, depth)
@@ -189,10 +196,34 @@ class CUDARenderer(CStyleRenderer):
         else:
             self.emit(line, depth)
 
+    def _pipeline_sync(self, s: PipelineSync, depth: int) -> None:
+        if s.op == "commit":
+            self.emit('asm volatile("cp.async.commit_group;\\n" ::: "memory");', depth)
+        elif s.op == "wait":
+            self.emit(
+                f'asm volatile("cp.async.wait_group %0;\\n" :: "n"({s.pending}) : "memory");',
+                depth,
+            )
+            self.emit("__syncthreads();", depth)
+        else:
+            raise CodegenError(f"unknown pipeline step {s.op!r}")
+
+    def _pipelined_loop(self, s: For, depth: int) -> None:
+        """The steady state of a software pipeline: its waits are the only barriers."""
+        v = c_name(s.var.name)
+        self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
+        stmts = list(s.body.stmts) if isinstance(s.body, SeqStmt) else [s.body]
+        for i, c in enumerate(stmts):
+            copy = i < len(stmts) - 1  # all but the compute: waits, copies, commits
+            self._no_auto_sync += copy
+            self.stmt(c, depth + 1)
+            self._no_auto_sync -= copy
+        self.emit("}", depth)
+
     def _block_level_seq(self, s: SeqStmt, depth: int) -> None:
         dirty = False
         for c in s.stmts:
-            if dirty and _shared_names(c, stores_only=False):
+            if dirty and not self._no_auto_sync and _shared_names(c, stores_only=False):
                 self.emit("__syncthreads();", depth)
                 dirty = False
             self.stmt(c, depth)
@@ -217,8 +248,13 @@ class CUDARenderer(CStyleRenderer):
         if s.kind == "thread_binding" and s.thread != "vthread":
             self._thread_loop(s, depth)
             return
+        if PIPELINE_STAGES in dict(s.annotations) and not self._in_threads():
+            self._pipelined_loop(s, depth)
+            return
         innermost = not any(isinstance(n, For) for n in walk(s.body))
         if s.kind in ("vectorized", "unrolled") and innermost and self._vector_loop(s, depth):
+            return
+        if HOIST_LOADS in dict(s.annotations) and self._hoisted_loop(s, depth):
             return
         for p in self.loop_pragmas(s):
             self.emit(p, depth)
@@ -310,6 +346,7 @@ class CUDARenderer(CStyleRenderer):
         if not isinstance(s.extent, Const):
             return False
         n = int(s.extent.value)
+        self._vec_extent = n
         body, guards = s.body, []
         while isinstance(body, IfThenElse) and body.else_case is None:
             if any(x == s.var for x in walk(body.cond)):
@@ -336,6 +373,9 @@ class CUDARenderer(CStyleRenderer):
                 wide_store = (st, base)
         if not loads and wide_store is None:
             return False
+        if wide_store is not None and ASYNC_COPY in dict(s.annotations) and not guards:
+            if self._async_copy(wide_store[0], wide_store[1], loads, depth):
+                return True
         for g in guards:
             self.emit(f"if ({self.expr(g)}) {{", depth)
             depth += 1
@@ -345,8 +385,8 @@ class CUDARenderer(CStyleRenderer):
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             name = self._fresh("v")
             ct = self.ctype(x.buffer.dtype)
-            src = f"{c_name(x.buffer.name)} + {self.expr(base)}"
-            self.emit(f"const {vt} {name} = *(const {vt}*)({src});", depth)
+            src = f"*(const {vt}*)({c_name(x.buffer.name)} + {self.expr(base)})"
+            self.emit(f"const {vt} {name} = {self._hoisted.get(x, src)};", depth)
             self._vec[x] = f"((const {ct}*)&{name})[{v}]"
         if wide_store is not None:
             st, base = wide_store
@@ -372,6 +412,81 @@ class CUDARenderer(CStyleRenderer):
         for _ in guards:
             depth -= 1
             self.emit("}", depth)
+        return True
+
+    def _hoisted_loop(self, s: For, depth: int) -> bool:
+        """An unrolled loop over a vector loop whose wide global loads are all issued first,
+        into a register array, so its iterations' loads are in flight together; False when
+        the nest does not have that shape (it is then rendered as usual)."""
+        inner = s.body
+        if not (
+            s.kind == "unrolled"
+            and isinstance(s.extent, Const)
+            and isinstance(inner, For)
+            and inner.kind in ("vectorized", "unrolled")
+            and isinstance(inner.extent, Const)
+            and not any(isinstance(n, For | IfThenElse) for n in walk(inner.body))
+        ):
+            return False
+        n, count = int(inner.extent.value), int(s.extent.value)
+        stores = [x for x in walk(inner.body) if isinstance(x, BufferStore)]
+        written = {st.buffer for st in stores}
+        loads: dict[BufferLoad, Expr] = {}
+        for x in walk(inner.body):
+            if isinstance(x, BufferLoad) and x.buffer.scope == "global" and x not in loads:
+                if x.buffer in written:
+                    continue
+                base = self._vector_base(x.buffer, x.indices, inner.var, n)
+                if base is not None:
+                    loads[x] = base
+        if not loads:
+            return False
+        v = c_name(s.var.name)
+        added = []
+        for x, base in loads.items():
+            vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
+            arr = self._fresh("h")
+            self.emit(f"{vt} {arr}[{count}];", depth)
+            self.emit(f"#pragma unroll {count}", depth)
+            self.emit(f"for (int64_t {v} = 0; {v} < {count}; ++{v}) {{", depth)
+            src = f"{c_name(x.buffer.name)} + {self.expr(base)}"
+            self.emit(f"{arr}[{v}] = *(const {vt}*)({src});", depth + 1)
+            self.emit("}", depth)
+            self._hoisted[x] = f"{arr}[{v}]"
+            added.append(x)
+        for p in self.loop_pragmas(s):
+            self.emit(p, depth)
+        self.emit(f"for (int64_t {v} = 0; {v} < {count}; ++{v}) {{", depth)
+        self.stmt(s.body, depth + 1)
+        self.emit("}", depth)
+        for x in added:
+            del self._hoisted[x]
+        return True
+
+    def _async_copy(
+        self, st: BufferStore, dst_base: Expr, loads: dict[BufferLoad, Expr], depth: int
+    ) -> bool:
+        """A 16-byte global -> shared move as `cp.async.cg` (no registers, no wait here)."""
+        src = st.value
+        if not (
+            isinstance(src, BufferLoad)
+            and src in loads
+            and st.buffer.scope == "shared"
+            and src.buffer.scope == "global"
+            and src.buffer.dtype == st.buffer.dtype
+        ):
+            return False
+        if self._vec_extent * itemsize(st.buffer.dtype) != 16:
+            return False
+        dst = f"{c_name(st.buffer.name)} + {self.expr(dst_base)}"
+        gsrc = f"{c_name(src.buffer.name)} + {self.expr(loads[src])}"
+        missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
+        prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
+        self.emit(
+            f'{prefix}asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n" :: '
+            f'"r"((unsigned)__cvta_generic_to_shared({dst})), "l"({gsrc}) : "memory");',
+            depth,
+        )
         return True
 
     # ------------------------------------------------------------ tensor intrinsics
@@ -510,28 +625,37 @@ class CUDARenderer(CStyleRenderer):
         self.stmt(s.body, depth)
 
     def _plan_shared(self, lowered: PrimFunc) -> None:
-        """Static shared arrays up to 48 KB; above that all of them move to dynamic memory."""
-        allocs = [
-            n.buffer
-            for n in walk(lowered.body)
-            if isinstance(n, Allocate) and n.buffer.scope == "shared"
-        ]
-        sizes = []
-        for b in allocs:
-            size = Const(1, "int64")
-            for d in b.shape:
-                size = size * d
-            size = simplify(size)
-            if not isinstance(size, Const):
-                raise CodegenError(f"shared buffer {b.name} has symbolic size {size}")
-            sizes.append(int(size.value) * itemsize(b.dtype))
-        if sum(sizes) <= STATIC_SHARED_LIMIT:
+        """Static shared arrays up to 48 KB; above that all of them move to dynamic memory,
+        where an allocation shares bytes with any other that is not live at the same time
+        (neither encloses the other)."""
+        placed: list[tuple[Buffer, int, int]] = []  # buffer, nesting depth, end offset
+
+        def visit(s: Stmt, chain: list[int]) -> None:
+            if isinstance(s, Allocate) and s.buffer.scope == "shared":
+                b = s.buffer
+                size = Const(1, "int64")
+                for d in b.shape:
+                    size = size * d
+                size = simplify(size)
+                if not isinstance(size, Const):
+                    raise CodegenError(f"shared buffer {b.name} has symbolic size {size}")
+                nbytes = (int(size.value) * itemsize(b.dtype) + 127) // 128 * 128
+                start = max((placed[i][2] for i in chain), default=0)
+                placed.append((b, start, start + nbytes))
+                visit(s.body, [*chain, len(placed) - 1])
+                return
+            for f in fields_of(type(s)):
+                child = getattr(s, f)
+                for c in child if isinstance(child, tuple) else (child,):
+                    if isinstance(c, Stmt):
+                        visit(c, chain)
+
+        visit(lowered.body, [])
+        if sum(end - start for _, start, end in placed) <= STATIC_SHARED_LIMIT:
             return
-        off = 0
-        for b, nbytes in zip(allocs, sizes, strict=True):
-            self._dyn_offsets[c_name(b.name)] = off
-            off += (nbytes + 127) // 128 * 128
-        self.dynamic_shared_bytes = off
+        for b, start, _ in placed:
+            self._dyn_offsets[c_name(b.name)] = start
+        self.dynamic_shared_bytes = max(end for _, _, end in placed)
 
     # ------------------------------------------------------------ function
 
@@ -560,8 +684,18 @@ class CUDARenderer(CStyleRenderer):
         threads = 1
         for t in BLOCK_TAGS:
             threads *= int(self._launch.get(t))
+        bounds = str(threads)
+        min_blocks = [
+            int(v)
+            for n in walk(lowered.body)
+            if isinstance(n, For)
+            for k, v in n.annotations
+            if k == MIN_BLOCKS_PER_SM
+        ]
+        if min_blocks:  # the register budget that lets this many blocks share a multiprocessor
+            bounds += f", {max(min_blocks)}"
         sig = self.signature(lowered, entry, scalars).replace(
-            "__global__ void", f"__global__ void __launch_bounds__({threads})", 1
+            "__global__ void", f"__global__ void __launch_bounds__({bounds})", 1
         )
         return f"{self.prelude}\n{sig} {{\n{body}\n}}\n"
 

@@ -119,6 +119,20 @@ class Allocate(Stmt):
 
 @node
 @dataclass(frozen=True)
+class PipelineSync(Stmt):
+    """A step of an asynchronous-copy pipeline (made by lowering a software-pipelined loop).
+
+    `op` "commit" closes the group of asynchronous copies this thread issued since the last
+    commit; "wait" blocks until at most `pending` of its groups are still in flight and then
+    synchronises the thread block, so every thread sees every completed copy.
+    """
+
+    op: str  # "commit" | "wait"
+    pending: int = 0
+
+
+@node
+@dataclass(frozen=True)
 class ThreadAllReduce(Stmt):
     """Combine `buffer[0]` across the threads of `thread` (made by lowering for GPU targets).
 

@@ -221,7 +221,7 @@ def _tc_schedule(dtype: str = "float16") -> Schedule:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
     from dense_tensorcore_cuda import dense_tc_schedule
 
-    return dense_tc_schedule(256, 256, 64, dtype)
+    return dense_tc_schedule(256, 256, 64, dtype, warps=(2, 2), stages=1)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
@@ -230,7 +230,8 @@ def test_tensorized_dense_compiles_to_wmma(dtype) -> None:
     sch = _tc_schedule(dtype)
     ks = build_source(sch, target="cuda")
     assert ks.block == (32, 2, 2) and ks.grid == (2, 2, 1)
-    assert ks.shared_bytes == 128 * 128 * 4 + 2 * 128 * 72 * 2  # above 48 KB: dynamic
+    # above 48 KB: dynamic; the float32 staging tile of y reuses the bytes of the x / w tiles
+    assert ks.shared_bytes == max(128 * 128 * 4, 2 * 128 * 72 * 2)
     src = ks.source
     assert src.count("nvcuda::wmma::mma_sync(") == 1 and "fill_fragment" in src
     assert "store_matrix_sync" in src and "fragment<nvcuda::wmma::accumulator" in src

@@ -80,3 +80,41 @@ def test_tensor_core_dense_matches_numpy(gpu, dtype) -> None:
     assert built.status is Status.OK, built.message
     result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, dtype), FAST))
     assert result.status is Status.OK, result.message
+
+
+@pytest.mark.parametrize(
+    ("stages", "k", "warps", "tile_k"),
+    [(2, 192, (2, 2), 64), (3, 320, (2, 4), 64), (4, 192, (2, 4), 32), (6, 128, (2, 2), 32)],
+)
+def test_pipelined_tensor_core_dense_matches_numpy(gpu, stages, k, warps, tile_k) -> None:
+    """cp.async multi-stage pipelines, including more stages than k steps (4 steps, 6 stages)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_tc_schedule
+
+    target, runner, config = gpu
+    shape = {"m": 256, "n": 384, "k": k}
+    sch = dense_tc_schedule(**shape, tile_k=tile_k, warps=warps, stages=stages)
+    built = build(BuildInput(target, kernel=build_source(sch, "cuda")), config)
+    assert built.status is Status.OK, built.message
+    result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, "float16"), FAST))
+    assert result.status is Status.OK, result.message
+
+
+@pytest.mark.parametrize("min_blocks", [None, 8])
+def test_hoisted_gemv_matches_numpy(gpu, min_blocks) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from gemv_cuda import gemv_schedule
+
+    target, runner, config = gpu
+    shape = {"m": 1, "n": 1024, "k": 2048}
+    sch = gemv_schedule(**shape, hoist=True, min_blocks=min_blocks)
+    built = build(BuildInput(target, kernel=build_source(sch, "cuda")), config)
+    assert built.status is Status.OK, built.message
+    result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, "float16"), FAST))
+    assert result.status is Status.OK, result.message

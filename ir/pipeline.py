@@ -1,0 +1,169 @@
+"""Software pipelining of a loop that copies tiles into shared memory and then computes on them.
+
+A loop annotated `software_pipeline_stages = S` (Schedule.annotate on the loop) whose lowered
+body is shared allocations around `[copy, ..., copy, compute]` becomes, with E iterations:
+
+    alloc x_shared[S, ...]                       # one buffer per stage
+    copies(k = 0); commit  ...  copies(k = S-2); commit        # prologue
+    for k in range(E):
+        wait(pending = S-2)                      # stage k has landed; barrier
+        if k + S - 1 < E: copies(k + S - 1)      # into the buffer compute(k - 1) used
+        commit
+        compute(k)                               # reads stage k % S
+
+so the copies of S - 1 later iterations are in flight while one iteration computes. On CUDA
+the copies' 16-byte vector moves from global to shared memory become `cp.async` and the
+commits and waits `cp.async.commit_group` / `cp.async.wait_group`; elsewhere they are plain
+copies and the syncs are no-ops, so the program computes the same values everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .errors import LoweringError
+from .expr import Buffer, BufferLoad, Const, Expr, const
+from .simplify import simplify
+from .stmt import Allocate, BufferStore, For, IfThenElse, PipelineSync, SeqStmt, Stmt
+from .visit import rewrite, substitute, walk
+
+PIPELINE_STAGES = "software_pipeline_stages"  # loop annotation: number of stages (>= 2)
+ASYNC_COPY = "async_copy"  # loop annotation lowering puts on the copies' vector loops
+# Loop annotation for an unrolled loop over a vector loop: on CUDA, issue the wide global loads
+# of all its iterations before the first use (more bytes in flight per thread).
+HOIST_LOADS = "hoist_loads"
+# Loop annotation (any loop of a kernel, usually a blockIdx one): on CUDA, the second argument
+# of __launch_bounds__, so the compiler budgets registers for that many resident blocks.
+MIN_BLOCKS_PER_SM = "min_blocks_per_sm"
+
+
+def pipeline_loops(s: Stmt) -> Stmt:
+    """Expand every loop annotated with `software_pipeline_stages` (see the module docstring)."""
+
+    def post(n: Any) -> Any:
+        if isinstance(n, For):
+            stages = dict(n.annotations).get(PIPELINE_STAGES)
+            if stages is not None:
+                return _expand(n, int(stages))
+        return None
+
+    return rewrite(s, post)
+
+
+def _expand(loop: For, stages: int) -> Stmt:
+    name = loop.var.name
+    if stages < 2:
+        raise LoweringError(f"loop {name}: software_pipeline_stages must be >= 2, got {stages}")
+    if not isinstance(loop.extent, Const):
+        raise LoweringError(f"loop {name} is pipelined but has symbolic extent {loop.extent}")
+    extent = int(loop.extent.value)
+    bufs: list[Buffer] = []
+    body = _peel_allocs(loop.body, bufs)
+    shared = [b for b in bufs if b.scope == "shared"]
+    stmts = list(body.stmts) if isinstance(body, SeqStmt) else [body]
+    n_copy = 0
+    for st in stmts:
+        if not _is_copy(st, shared):
+            break
+        n_copy += 1
+    if not shared or n_copy == 0 or n_copy == len(stmts):
+        raise LoweringError(
+            f"loop {name} is pipelined but its body is not shared-memory copies followed by "
+            "compute; cache_read the operands into 'shared' and compute_at them at this loop"
+        )
+    copies, compute = stmts[:n_copy], stmts[n_copy:]
+    if any(_stores(st, shared) for st in compute):
+        raise LoweringError(f"loop {name}: the compute of a pipelined loop writes a copy buffer")
+    staged = {b: dataclasses.replace(b, shape=(const(stages), *b.shape)) for b in shared}
+    v = loop.var
+
+    def at(stmts_: list[Stmt], k: Expr) -> Stmt:
+        body = _seq(stmts_) if k is v else substitute(_seq(stmts_), {v: k})
+        return simplify_indices(_restage(body, staged, simplify(k % stages)))
+
+    copy_body = _mark_async(_seq(copies))
+    prologue: list[Stmt] = []
+    for s in range(min(stages - 1, extent)):
+        prologue += [at([copy_body], const(s)), PipelineSync("commit")]
+    ahead = simplify(v + (stages - 1))
+    steady: list[Stmt] = [PipelineSync("wait", stages - 2)]
+    if extent > stages - 1:
+        cond = simplify(ahead < extent)
+        issue = at([copy_body], ahead)
+        steady.append(issue if isinstance(cond, Const) and cond.value else IfThenElse(cond, issue))
+    steady += [PipelineSync("commit"), at(compute, v)]
+    ann = tuple((k, x) for k, x in loop.annotations if k != PIPELINE_STAGES)
+    main = dataclasses.replace(
+        loop, body=_seq(steady), annotations=((PIPELINE_STAGES, stages), *ann)
+    )
+    out: Stmt = SeqStmt((*prologue, main))
+    for b in reversed(bufs):
+        out = Allocate(staged.get(b, b), out)
+    return out
+
+
+def simplify_indices(s: Stmt) -> Stmt:
+    """Simplify store and load indices after a substitution."""
+
+    def post(n: Any) -> Any:
+        if isinstance(n, BufferStore):
+            return BufferStore(n.buffer, tuple(simplify(i) for i in n.indices), n.value)
+        if isinstance(n, BufferLoad):
+            return BufferLoad(n.buffer, tuple(simplify(i) for i in n.indices))
+        return None
+
+    return rewrite(s, post)
+
+
+def _peel_allocs(s: Stmt, out: list[Buffer]) -> Stmt:
+    """`s` without the allocations at its top level (through sequences), flattened; their
+    buffers are appended to `out`."""
+    if isinstance(s, Allocate):
+        out.append(s.buffer)
+        return _peel_allocs(s.body, out)
+    if isinstance(s, SeqStmt):
+        flat: list[Stmt] = []
+        for c in s.stmts:
+            c = _peel_allocs(c, out)
+            flat.extend(c.stmts if isinstance(c, SeqStmt) else [c])
+        return _seq(flat)
+    return s
+
+
+def _seq(stmts: list[Stmt]) -> Stmt:
+    return stmts[0] if len(stmts) == 1 else SeqStmt(tuple(stmts))
+
+
+def _stores(s: Stmt, bufs: list[Buffer]) -> bool:
+    return any(isinstance(n, BufferStore) and n.buffer in bufs for n in walk(s))
+
+
+def _is_copy(s: Stmt, bufs: list[Buffer]) -> bool:
+    """Stores into the loop's shared buffers and reads none of them."""
+    stores = [n for n in walk(s) if isinstance(n, BufferStore)]
+    reads_own = any(isinstance(n, BufferLoad) and n.buffer in bufs for n in walk(s))
+    return bool(stores) and all(n.buffer in bufs for n in stores) and not reads_own
+
+
+def _restage(s: Stmt, staged: dict[Buffer, Buffer], stage: Expr) -> Stmt:
+    def post(n: Any) -> Any:
+        if isinstance(n, BufferLoad) and n.buffer in staged:
+            return BufferLoad(staged[n.buffer], (stage, *n.indices))
+        if isinstance(n, BufferStore) and n.buffer in staged:
+            return BufferStore(staged[n.buffer], (stage, *n.indices), n.value)
+        return None
+
+    return rewrite(s, post)
+
+
+def _mark_async(s: Stmt) -> Stmt:
+    """Annotate the innermost vectorized loops of the copies: candidates for cp.async."""
+
+    def post(n: Any) -> Any:
+        if isinstance(n, For) and n.kind == "vectorized":
+            if not any(isinstance(x, For) for x in walk(n.body)):
+                return dataclasses.replace(n, annotations=(*n.annotations, (ASYNC_COPY, 1)))
+        return None
+
+    return rewrite(s, post)
