@@ -256,21 +256,33 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     ref = a.double() @ w.double().T
     fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
-    variants = (  # (k step, row padding, warps, pipeline stages)
-        (64, 8, (2, 2), 1),
-        (64, 8, (2, 2), 3),
-        (64, 8, (2, 4), 2),
-        (64, 8, (2, 4), 3),
-        (64, 8, (4, 2), 3),
-        (32, 8, (2, 4), 3),
-        (32, 8, (2, 4), 4),
+    failed: dict[str, str] = {}
+    variants = (  # (k step, row padding, warps, pipeline stages, block tile)
+        (64, 8, (2, 2), 1, (128, 128)),
+        (64, 8, (2, 2), 3, (128, 128)),
+        (64, 8, (2, 4), 2, (128, 128)),
+        (64, 8, (2, 4), 3, (128, 128)),
+        (64, 8, (4, 2), 3, (128, 128)),
+        (32, 8, (2, 4), 3, (128, 128)),
+        (32, 8, (2, 4), 4, (128, 128)),
+        (32, 8, (2, 4), 3, (128, 256)),
+        (32, 8, (2, 4), 4, (128, 256)),
+        (32, 8, (4, 2), 3, (256, 128)),
+        (64, 8, (2, 4), 2, (128, 256)),
     )
-    for tile_k, pad, warps, stages in variants:
-        name = f"wmma bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} stages{stages}"
-        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages)
+    for tile_k, pad, warps, stages, tile in variants:
+        name = (
+            f"wmma {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
+            f"stages{stages}"
+        )
+        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
         ks = build_source(sch, target="cuda")
-        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}"
-        launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
+        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
+        try:  # one variant that fails to build or load is reported, the others still run
+            launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
+        except Exception as err:
+            failed[name] = f"{type(err).__name__}: {err}"
+            continue
         ours = launcher.bind(a, w, y)
         y.fill_(float("nan"))
         ours()
@@ -279,10 +291,11 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
         fns[name] = [ours]
     times = time_pair(fns, reps=10)
     flop = 2 * m * n * k
-    return [
+    rows = [
         Row(f"dense {m}x{n}x{k}", name, us, 0.0, flop / (us * 1e-6) / 1e12, errs[name])
         for name, us in times.items()
     ]
+    return rows + [Row(f"dense {m}x{n}x{k}", n_, 0, 0, 0, 0, note) for n_, note in failed.items()]
 
 
 def main() -> None:

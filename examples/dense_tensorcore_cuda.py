@@ -37,14 +37,18 @@ def dense_tc_schedule(
     pad: int = 8,
     warps: tuple[int, int] = (WARPS_M, WARPS_N),
     stages: int = STAGES,
+    tile: tuple[int, int] = (TILE_M, TILE_N),
 ) -> Schedule:
-    """dense(x[m, k], w[n, k]) on tensor cores; m, n multiples of 128 and k of `tile_k`.
+    """dense(x[m, k], w[n, k]) on tensor cores; m, n multiples of `tile` and k of `tile_k`.
 
     `pad` halves are added to each row of the shared x and w tiles (storage_align) so the
     16 rows a fragment load reads start in different banks. `warps` lays the block's warps
-    out over its 128 x 128 tile (rows, columns); each warp holds its share in fragments.
+    out over its `tile` of y (rows, columns); each warp holds its share in fragments.
+    `stages` > 1 software-pipelines the k loop: that many shared copies of each tile, the
+    copies of the next stages - 1 k steps in flight (cp.async) during the MMAs.
     """
     warps_m, warps_n = warps
+    tile_m, tile_n = tile
     func = ops.get_op("dense").build({"m": m, "n": n, "k": k}, dtype)
     mma = {"float16": "wmma_mma_f16_f32", "bfloat16": "wmma_mma_bf16_f32"}[dtype]
     sch = Schedule(func)
@@ -52,7 +56,7 @@ def dense_tc_schedule(
     out = sch.get_block("dense")
     frag_out = sch.cache_write(acc, 0, "wmma.accumulator")
     i, j, kk = sch.get_loops(acc)
-    frags_m, frags_n = TILE_M // warps_m // 16, TILE_N // warps_n // 16
+    frags_m, frags_n = tile_m // warps_m // 16, tile_n // warps_n // 16
     bi, wi, fi, ii = sch.split(i, [None, warps_m, frags_m, 16])
     bj, wj, fj, jj = sch.split(j, [None, warps_n, frags_n, 16])
     ko, ki, kx = sch.split(kk, [None, tile_k // 16, 16])
