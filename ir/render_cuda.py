@@ -5,7 +5,10 @@ Thread-bound loops become thread indices (guarded where the loop is shorter than
 axis). Stores outside a threadIdx loop are done by thread 0 of that axis. A `__syncthreads()`
 separates block-level statements that write shared memory from later ones that touch it, and
 ends each iteration of a block-level loop that writes and reads shared memory. A vectorized
-loop over 8 or 16 contiguous, provably aligned bytes becomes one wide load or store.
+loop over 8 or 16 contiguous, provably aligned bytes becomes one wide load or store. A
+software-pipelined loop (pipeline.py) gets cp.async copies and commit / wait groups as its
+only barriers; `hoist_loads` and `min_blocks_per_sm` loop annotations put an unrolled loop's
+wide loads in flight together and set the second __launch_bounds__ argument.
 """
 
 from __future__ import annotations
