@@ -75,10 +75,23 @@ _RULES: dict[str, str] = {
     "multi_level_tiling": "tunefleet.tuner.rule_multi_level_tiling:MultiLevelTiling",
     "vectorize_spatial": "tunefleet.tuner.rule_vectorize_spatial:VectorizeSpatial",
     "parallel_outer": "tunefleet.tuner.rule_parallel_outer:ParallelOuter",
+    "gpu_gemv": "tunefleet.tuner.rule_gpu_gemv:GpuGemv",
+    "gpu_tensor_core": "tunefleet.tuner.rule_gpu_tensor_core:GpuTensorCore",
+    "gpu_rows": "tunefleet.tuner.rule_gpu_rows:GpuRows",
+    "gpu_auto_bind": "tunefleet.tuner.rule_gpu_auto_bind:GpuAutoBind",
 }
 
 CPU_BLOCK_RULES = ("auto_inline", "multi_level_tiling", "split_k_reduction", "vectorize_spatial")
 CPU_GLOBAL_RULES = ("parallel_outer",)
+GPU_BLOCK_RULES = ("auto_inline", "gpu_gemv", "gpu_tensor_core", "gpu_rows")
+GPU_GLOBAL_RULES = ("gpu_auto_bind",)
+
+
+def rules_for(target_kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The (block rules, global rules) of a target kind ("cpu" or "cuda")."""
+    if target_kind == "cuda":
+        return GPU_BLOCK_RULES, GPU_GLOBAL_RULES
+    return CPU_BLOCK_RULES, CPU_GLOBAL_RULES
 
 
 def create_rule(name: str) -> ScheduleRule | GlobalRule:
@@ -109,7 +122,7 @@ class SpaceGenerator:
         self,
         block_rules: Sequence[ScheduleRule | str] = CPU_BLOCK_RULES,
         global_rules: Sequence[GlobalRule | str] = CPU_GLOBAL_RULES,
-        max_sketches: int = 8,
+        max_sketches: int = 16,
     ) -> None:
         self.block_rules: list[ScheduleRule] = [
             _as(ScheduleRule, create_rule(r) if isinstance(r, str) else r) for r in block_rules

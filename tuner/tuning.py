@@ -39,7 +39,7 @@ from tunefleet.workers import (
 from .candidates import Candidate, SpaceSampler
 from .cost_model import CostModel, Sample, create_cost_model, model_path
 from .postproc import default_postprocs
-from .space import SPACE_VERSION, SpaceContext, SpaceGenerator
+from .space import SPACE_VERSION, SpaceContext, SpaceGenerator, rules_for
 from .strategy import SearchStrategy, create_strategy
 
 
@@ -163,7 +163,7 @@ def tune(
     key = structural_hash(func)
     fp = tgt.fingerprint
     ctx = SpaceContext(target_kind=tgt.kind, cores=os.cpu_count() or 1)
-    sketches = SpaceGenerator().generate(func, ctx, seed=seed)
+    sketches = SpaceGenerator(*rules_for(tgt.kind)).generate(func, ctx, seed=seed)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs(tgt.kind))
     search = create_strategy(strategy, seed=seed) if isinstance(strategy, str) else strategy
     model = create_cost_model(cost_model, seed=seed) if isinstance(cost_model, str) else cost_model

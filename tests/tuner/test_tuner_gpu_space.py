@@ -1,0 +1,66 @@
+"""GPU design spaces: which rule schedules each LLM kernel, limits, and nvcc-clean samples."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from tunefleet.ir import build_source, ops
+from tunefleet.ir.schedule import Schedule
+from tunefleet.tuner.candidates import SpaceSampler
+from tunefleet.tuner.postproc import GpuLimits, VerifyGpuLimits, default_postprocs
+from tunefleet.tuner.replay import replay
+from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
+
+CTX = SpaceContext("cuda")
+CASES = [
+    ("dense", {"m": 1, "n": 256, "k": 1024}, "gpu_gemv"),
+    ("dense", {"m": 256, "n": 128, "k": 128}, "gpu_tensor_core"),
+    ("rmsnorm", {"m": 8, "n": 1024}, "gpu_rows"),
+    ("softmax", {"m": 8, "n": 512}, "gpu_rows"),
+    ("add", {"m": 8, "n": 64}, "identity"),
+]
+
+
+def _sampler(op: str, dims: dict[str, int]) -> SpaceSampler:
+    func = ops.get_op(op).build(dims, "float16")
+    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, CTX)
+    return SpaceSampler(func, sketches, CTX, default_postprocs("cuda"))
+
+
+@pytest.mark.parametrize(("op", "dims", "rule"), CASES)
+def test_each_kernel_gets_its_gpu_rule(op: str, dims: dict[str, int], rule: str) -> None:
+    sampler = _sampler(op, dims)
+    assert all(s.name.startswith(rule) for s in sampler.sketches)
+    cands = sampler.sample_unique(random.Random(0), 4, set())
+    assert cands, f"no valid {op} candidate"
+    for cand in cands:
+        sch = replay(sampler.func, cand.trace, decisions=cand.trace.decisions)
+        assert any(i.kind == "bind" for i in sch.trace.insts)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize(("op", "dims", "rule"), CASES[:4])
+def test_gpu_samples_compile_with_nvcc(op, dims, rule, tmp_path: Path) -> None:
+    sampler = _sampler(op, dims)
+    cand = sampler.sample_unique(random.Random(1), 1, set())[0]
+    ks = build_source(replay(sampler.func, cand.trace, decisions=cand.trace.decisions), "cuda")
+    src = tmp_path / "k.cu"
+    src.write_text(ks.source)
+    cmd = ["nvcc", "-cubin", "-arch=sm_80", "-O3", "-o", str(tmp_path / "k.cubin"), str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_gpu_limits_reject_oversized_blocks() -> None:
+    func = ops.get_op("add").build({"m": 4, "n": 512}, "float16")
+    sch = Schedule(func)
+    i, j = sch.get_loops(sch.get_block("add"))
+    sch.bind(i, "blockIdx.x")
+    sch.bind(j, "threadIdx.x")
+    assert VerifyGpuLimits().check(sch, CTX) is None  # 512 threads per block
+    small = VerifyGpuLimits(GpuLimits(max_threads_per_block=256)).check(sch, CTX)
+    assert small is not None and "512 threads" in small

@@ -1,0 +1,83 @@
+"""GPU row-wise kernels (rmsnorm, layernorm, softmax): a row per block, cross-thread reductions.
+
+An elementwise output over rows whose producers reduce each row (sum of squares, max, sum of
+exponentials) becomes one thread block per row: `threads` threads (threadIdx.x) stride the row
+`vec` elements at a time (vectorized 8-16 byte accesses), every reduction is computed under
+the row's block by all its threads (a cross-thread reduction) into shared memory, then the
+threads write their share of the output. Sampled: threads in {64, ..., 1024}, vec in
+{2, 4, 8}, both dividing the row.
+"""
+
+from __future__ import annotations
+
+from tunefleet.ir.schedule import Schedule
+
+from .block_info import is_reduction, loop_infos, uniform, writes_output
+from .space import ScheduleRule, SpaceContext, try_fork
+
+THREADS = (64, 128, 256, 512, 1024)
+VECS = (2, 4, 8)
+
+
+class GpuRows(ScheduleRule):
+    """A row per block with shared-memory row statistics."""
+
+    name = "gpu_rows"
+
+    def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
+        if ctx.target_kind != "cuda" or is_reduction(sch.func, block):
+            return []
+        if not writes_output(sch.func, block):
+            return []
+        probe = sch.copy()
+        out = probe.get_block(block)
+        producers = [probe.get(p).name for p in probe.get_producers(out)]
+        if not producers or not all(is_reduction(probe.func, p) for p in producers):
+            return []
+        rank = len(probe.get(out).writes[0].buffer.shape)
+        for p in probe.get_producers(out):
+            if len(probe.get(p).writes[0].buffer.shape) >= rank:
+                return []  # an accumulator of the output's shape, not row statistics
+        loops = loop_infos(probe, out)
+        n = loops[-1].extent
+        if len(loops) != 2 or n is None:
+            return []
+        pairs = [(t, v) for t in THREADS for v in VECS if n % (t * v) == 0]
+        if not pairs:
+            return []
+        threads = sorted({t for t, _ in pairs})
+        vecs = sorted({v for v in VECS if all(n % (t * v) == 0 for t in threads)})
+        if not vecs:
+            threads = [t for t in threads if n % (t * min(VECS)) == 0]
+            vecs = [min(VECS)]
+        order = [name for name in _program_order(probe) if name in producers]
+
+        def build(t: Schedule) -> None:
+            o = t.get_block(block)
+            i, j = t.get_loops(o)
+            tx_n = t.sample_categorical(threads, uniform(len(threads)))
+            vec = t.sample_categorical(vecs, uniform(len(vecs)))
+            j0, j1, j2 = t.split(j, [None, tx_n, vec])
+            t.bind(i, "blockIdx.x")
+            t.bind(j1, "threadIdx.x")
+            t.unroll(j0)
+            t.vectorize(j2)
+            for name in reversed(order):
+                p = t.get_block(name)
+                t.compute_at(p, i)
+                t.set_scope(p, 0, "shared")
+                k = t.get_loops(p)[-1]
+                k0, k1, k2 = t.split(k, [None, tx_n, vec])
+                t.reorder(k1, k0, k2)
+                t.bind(k1, "threadIdx.x")
+                t.unroll(k0)
+                t.unroll(k2)
+
+        made = try_fork(sch, build)
+        return [made] if made is not None else []
+
+
+def _program_order(sch: Schedule) -> list[str]:
+    from .space import block_names
+
+    return block_names(sch.func)
