@@ -245,7 +245,7 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     import torch
 
     try:
-        from dense_tensorcore_cuda import dense_tc_schedule
+        from dense_tensorcore_cuda import dense_mma_schedule, dense_tc_schedule
     except ImportError:
         return []
     from tunefleet.ir import build_source
@@ -257,27 +257,28 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
     failed: dict[str, str] = {}
-    variants = (  # (k step, row padding, warps, pipeline stages, block tile)
-        (64, 8, (2, 2), 1, (128, 128)),
-        (64, 8, (2, 2), 3, (128, 128)),
-        (64, 8, (2, 4), 2, (128, 128)),
-        (64, 8, (2, 4), 3, (128, 128)),
-        (64, 8, (4, 2), 3, (128, 128)),
-        (32, 8, (2, 4), 3, (128, 128)),
-        (32, 8, (2, 4), 4, (128, 128)),
-        (32, 8, (2, 4), 3, (128, 256)),
-        (32, 8, (2, 4), 4, (128, 256)),
-        (32, 8, (4, 2), 3, (256, 128)),
-        (64, 8, (2, 4), 2, (128, 256)),
+    # (kind, k step, row padding, warps, pipeline stages, block tile)
+    variants = (
+        ("wmma", 64, 8, (2, 2), 1, (128, 128)),
+        ("wmma", 64, 8, (2, 4), 2, (128, 256)),
+        ("mma", 32, 8, (2, 4), 4, (128, 256)),
+        ("mma", 32, 8, (2, 4), 3, (128, 256)),
+        ("mma", 32, 8, (2, 4), 5, (128, 256)),
+        ("mma", 64, 8, (2, 4), 3, (128, 256)),
+        ("mma", 32, 8, (4, 2), 4, (256, 128)),
+        ("mma", 32, 8, (2, 2), 4, (128, 128)),
+        ("mma", 64, 8, (2, 2), 3, (128, 128)),
+        ("mma", 32, 8, (2, 4), 4, (128, 128)),
     )
-    for tile_k, pad, warps, stages, tile in variants:
+    for kind, tile_k, pad, warps, stages, tile in variants:
         name = (
-            f"wmma {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
+            f"{kind} {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
             f"stages{stages}"
         )
-        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
+        schedule = dense_tc_schedule if kind == "wmma" else dense_mma_schedule
+        sch = schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
         ks = build_source(sch, target="cuda")
-        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
+        tag = f"dense_{kind}_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
         try:  # one variant that fails to build or load is reported, the others still run
             launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
         except Exception as err:

@@ -118,3 +118,34 @@ def test_hoisted_gemv_matches_numpy(gpu, min_blocks) -> None:
     assert built.status is Status.OK, built.message
     result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, "float16"), FAST))
     assert result.status is Status.OK, result.message
+
+
+@pytest.mark.parametrize(
+    ("dtype", "op", "tile", "warps", "tile_k", "stages", "k"),
+    [
+        ("float16", "dense", (128, 256), (2, 4), 32, 4, 192),
+        ("bfloat16", "dense", (128, 256), (2, 4), 32, 4, 192),
+        ("float16", "dense", (128, 128), (2, 2), 64, 3, 320),
+        ("float16", "dense", (128, 256), (2, 4), 64, 3, 128),
+        ("bfloat16", "dense", (128, 128), (2, 2), 32, 6, 96),
+        ("float16", "matmul", (128, 256), (2, 4), 32, 4, 192),
+        ("bfloat16", "matmul", (128, 128), (2, 2), 64, 2, 192),
+    ],
+)
+def test_mma_sync_dense_matches_numpy(gpu, dtype, op, tile, warps, tile_k, stages, k) -> None:
+    """ldmatrix (.trans for matmul's k-major b) + mma.sync m16n8k16, pipelined, vs numpy."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_mma_schedule
+
+    target, runner, config = gpu
+    shape = {"m": 256, "n": 512, "k": k}
+    sch = dense_mma_schedule(
+        **shape, dtype=dtype, tile_k=tile_k, warps=warps, stages=stages, tile=tile, op=op
+    )
+    built = build(BuildInput(target, kernel=build_source(sch, "cuda")), config)
+    assert built.status is Status.OK, built.message
+    result = runner.run(RunInput(built.artifact, Problem.create(op, shape, dtype), FAST))
+    assert result.status is Status.OK, result.message
