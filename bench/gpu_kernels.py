@@ -258,27 +258,36 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
     failed: dict[str, str] = {}
     # (kind, k step, row padding, warps, pipeline stages, block tile)
+    # (kind, k step, row padding, warps, pipeline stages, block tile, fp32 tile row padding)
     variants = (
-        ("wmma", 64, 8, (2, 2), 1, (128, 128)),
-        ("wmma", 64, 8, (2, 4), 2, (128, 256)),
-        ("mma", 32, 8, (2, 4), 4, (128, 256)),
-        ("mma", 64, 8, (2, 4), 2, (128, 256)),
-        ("mma", 64, 8, (2, 4), 3, (128, 256)),
-        ("mma", 64, 8, (2, 4), 4, (128, 256)),
-        ("mma", 128, 8, (2, 4), 2, (128, 256)),
-        ("mma", 64, 8, (4, 2), 3, (256, 128)),
-        ("mma", 64, 8, (2, 2), 3, (128, 128)),
-        ("mma", 64, 8, (2, 2), 4, (128, 128)),
+        ("wmma", 64, 8, (2, 2), 1, (128, 128), 0),
+        ("wmma", 64, 8, (2, 4), 2, (128, 256), 0),
+        ("mma", 32, 8, (2, 4), 4, (128, 256), 0),
+        ("mma", 64, 8, (2, 4), 2, (128, 256), 0),
+        ("mma", 64, 8, (2, 4), 3, (128, 256), 0),
+        ("mma", 64, 8, (2, 4), 3, (128, 256), 4),
+        ("mma", 64, 8, (2, 4), 3, (128, 256), 8),
+        ("mma", 64, 8, (2, 4), 4, (128, 256), 8),
+        ("mma", 128, 8, (2, 4), 2, (128, 256), 8),
+        ("mma", 64, 8, (4, 2), 3, (256, 128), 8),
+        ("mma", 64, 8, (2, 2), 3, (128, 128), 8),
     )
-    for kind, tile_k, pad, warps, stages, tile in variants:
+    for kind, tile_k, pad, warps, stages, tile, out_pad in variants:
         name = (
             f"{kind} {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
-            f"stages{stages}"
+            f"stages{stages}" + (f" opad{out_pad}" if out_pad else "")
         )
-        schedule = dense_tc_schedule if kind == "wmma" else dense_mma_schedule
-        sch = schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
+        if kind == "wmma":
+            sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
+        else:
+            sch = dense_mma_schedule(
+                m, n, k, "float16", tile_k, pad, warps, stages, tile, out_pad=out_pad
+            )
         ks = build_source(sch, target="cuda")
-        tag = f"dense_{kind}_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
+        tag = (
+            f"dense_{kind}_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
+            f"_{out_pad}"
+        )
         try:  # one variant that fails to build or load is reported, the others still run
             launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
         except Exception as err:

@@ -110,8 +110,9 @@ def dense_tc_schedule(
 
 MMA_TILE = (128, 256)
 MMA_WARPS = (2, 4)
-MMA_TILE_K = 32
-MMA_STAGES = 4
+MMA_TILE_K = 64
+MMA_STAGES = 3
+MMA_OUT_PAD = 8
 
 
 def dense_mma_schedule(
@@ -125,6 +126,7 @@ def dense_mma_schedule(
     stages: int = MMA_STAGES,
     tile: tuple[int, int] = MMA_TILE,
     op: str = "dense",
+    out_pad: int = MMA_OUT_PAD,
 ) -> Schedule:
     """dense(x[m, k], w[n, k]) with mma.sync m16n8k16 and ldmatrix register fragments.
 
@@ -192,6 +194,8 @@ def dense_mma_schedule(
     init_loops = sch.get_loops(init)
     sch.tensorize(init_loops[-2], "mma_fill_f32")
     sch.set_scope(frag_out, 0, "shared")  # the float32 tile of y, staged in shared memory
+    if out_pad:  # padded rows of the staged tile: the lanes' 8-byte stores avoid bank conflicts
+        sch.storage_align(frag_out, 0, 0, tile_n, out_pad)
     rows, cols = sch.get_loops(frag_out)[-2:]
     t0, f0, i0 = sch.split(rows, [warps_m, frags_m, 16])
     t1, f1, i1 = sch.split(cols, [warps_n, frags_n, 16])

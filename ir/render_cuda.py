@@ -616,10 +616,25 @@ class CUDARenderer(CStyleRenderer):
             self.emit("{", depth)
             d = depth + 1
             self.emit("const int tf_g = threadIdx.x >> 2, tf_t = (threadIdx.x & 3) << 1;", d)
-            for e in range(8):
+            terms, c0 = linear(base)
+            pairs = (  # each lane's two adjacent columns as one 8-byte store
+                body.buffer.dtype == "float32"
+                and sc == 1
+                and sr % 2 == 0
+                and int(c0) % 2 == 0
+                and all(int(v) % 2 == 0 for v in terms.values())
+            )
+            for e in range(0, 8, 2) if pairs else range(8):
                 row = f"(tf_g + {8 * ((e >> 1) & 1)})"
                 col = f"(tf_t + {8 * (e >> 2) + (e & 1)})"
-                self.emit(f"{dst} + {row} * {sr} + {col} * {sc}] = {frag}[{e}];", d)
+                if pairs:
+                    self.emit(
+                        f"*(float2*)&{dst} + {row} * {sr} + {col}] = "
+                        f"make_float2({frag}[{e}], {frag}[{e + 1}]);",
+                        d,
+                    )
+                else:
+                    self.emit(f"{dst} + {row} * {sr} + {col} * {sc}] = {frag}[{e}];", d)
             self.emit("}", depth)
             return
         if kind == "load":
