@@ -64,7 +64,16 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--out", default="bench-gpu-tuning-out")
+    parser.add_argument("--stall-s", type=float, default=60.0, help="dump stacks if stuck")
     args = parser.parse_args()
+    import faulthandler
+
+    faulthandler.dump_traceback_later(args.stall_s, repeat=True, file=sys.stderr)
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+
     import torch
     from gpu_kernels import (
         Launcher,
@@ -82,18 +91,23 @@ def main() -> None:
     major, minor = torch.cuda.get_device_capability(0)
     arch = f"sm_{major}{minor}"
     device = torch.cuda.get_device_name(0)
+    log(f"{device} {arch}")
     bw = copy_bandwidth()
+    log(f"copy bandwidth {bw:.0f} GB/s")
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf-gpu-tune-") as tmp:
         work = Path(tmp)
         for name in args.cases.split(","):
             op, dims = CASES[name]
             start = time.perf_counter()
+            log(f"tuning {name}")
             try:
                 res = tune(
                     op, dims, dtype="float16", target="cuda", trials=args.trials,
                     db_url=f"sqlite:///{work / 'records.db'}", cache_dir=str(work / "kernels"),
                     model_dir=str(work / "models"), seed=0, batch_size=16,
+                    on_progress=lambda p: log(f"  trial {p.trials_done} {p.status} "
+                                              f"{p.median_ms} best {p.best_ms}"),
                 )  # fmt: skip
             except Exception as err:  # report and go on
                 rows.append({"case": name, "error": f"{type(err).__name__}: {err}"[:400]})

@@ -6,7 +6,9 @@ Reports, in one run, for each device present (the CPU always; CUDA where a GPU i
   - measured candidates per second per device (build done beforehand, default MeasureConfig),
     with the time inside the timed repeats against the wall time per candidate;
   - the harness's floor per call: the median time of a one-element kernel, i.e. what a ctypes
-    call (CPU) or a launch timed by CUDA events (GPU) adds to every measured call.
+    call (CPU) or a launch timed by CUDA events (GPU) adds to every measured call;
+  - where more than one GPU is present: measurement throughput of the local executor with one
+    runner per GPU against a single runner, on the same batch of prebuilt candidates.
 
     python bench/measure_overhead.py [--device cpu|cuda|all] [--builds N] [--candidates N]
 """
@@ -118,6 +120,42 @@ def bench_runner(target: Target, count: int, cache_dir: str) -> dict[str, Any]:
     }
 
 
+def _measure_batch(artifacts: list[Any], devices: list[int], cache_dir: str) -> float:
+    """Candidates per second for `artifacts` spread over runners on `devices` (started first)."""
+    problem = pk.vector_add_problem(SIZES["cuda"])
+    config = BuildConfig(cache_dir=cache_dir)
+    with LocalExecutor(config, cuda_devices=devices) as executor:
+        warm = [RunInput(artifacts[0], problem)] * len(devices)  # start every runner's worker
+        for f in executor.run(warm):
+            assert f.result().status is Status.OK
+        start = time.perf_counter()
+        results = [f.result() for f in executor.run([RunInput(a, problem) for a in artifacts])]
+        wall = time.perf_counter() - start
+    assert all(r.status is Status.OK for r in results), results[0].message
+    return len(artifacts) / wall
+
+
+def bench_gpu_scaling(gpus: list[Target], count: int, cache_dir: str) -> dict[str, Any]:
+    """Measurement throughput with one runner per GPU against one runner, same batch, same run."""
+    config = BuildConfig(cache_dir=cache_dir)
+    nonce = uuid.uuid4().int % 1_000_000
+    artifacts = []
+    for i in range(count):
+        result = build(BuildInput(gpus[0], kernel=kernel_for(gpus[0], nonce + i)), config)
+        assert result.status is Status.OK, result.message
+        artifacts.append(result.artifact)
+    devices = [t.index for t in gpus]
+    one = _measure_batch(artifacts, devices[:1], cache_dir)
+    many = _measure_batch(artifacts, devices, cache_dir)
+    return {
+        "gpus": len(devices),
+        "candidates": count,
+        "one_runner_per_s": one,
+        "all_runners_per_s": many,
+        "speedup": many / one,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -128,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     targets = []
+    gpus: list[Target] = []
     if args.device in ("cpu", "all"):
         targets.append(detect_cpu())
     if args.device in ("cuda", "all"):
@@ -145,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["build"] = bench_builds(target, args.builds, args.workers)
             entry["run"] = bench_runner(target, args.candidates, cache)
             report["targets"][target.kind] = entry
+        if len(gpus) > 1:
+            report["gpu_scaling"] = bench_gpu_scaling(gpus, 4 * args.candidates, cache)
 
     print(f"{'device':<28} {'builds/s/core':>13} {'hits/s':>8} {'cand/s':>7} "
           f"{'wall/cand ms':>12} {'timed ms':>9} {'overhead':>9} {'floor us':>9}")  # fmt: skip
@@ -161,6 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{kind}: vector add of {SIZES[kind]} floats {r['kernel_median_ms']:.4f} ms "
             f"({r['kernel_gbps']:.1f} GB/s, {r['input_sets']} rotated input sets)"
+        )
+    scaling = report.get("gpu_scaling")
+    if scaling:
+        print(
+            f"cuda: {scaling['candidates']} candidates, "
+            f"1 runner {scaling['one_runner_per_s']:.1f}/s, "
+            f"{scaling['gpus']} runners (one per GPU) {scaling['all_runners_per_s']:.1f}/s: "
+            f"{scaling['speedup']:.2f}x"
         )
     if args.json_path:
         with open(args.json_path, "w") as handle:

@@ -19,7 +19,7 @@ from tunefleet.database.errors import DatabaseError
 from tunefleet.ir.analysis import bytes_moved, flops
 from tunefleet.workers.cli import parse_shape
 from tunefleet.workers.executor import ExecutorError
-from tunefleet.workers.targets import TargetError
+from tunefleet.workers.targets import Target, TargetError, resolve_target
 
 from .cost_model import CostModelError
 from .space import SpaceError
@@ -65,18 +65,22 @@ def tune(
     except TuneError as err:
         raise click.BadParameter(str(err), param_hint="OP/--shape/--dtype") from None
     work, nbytes = flops(func, shape), bytes_moved(func, shape)
+    try:
+        resolved = resolve_target(target)
+    except TargetError as err:
+        raise click.ClickException(str(err)) from None
     url = resolve_cli_url(db_url)
     cache = os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir()
     try:
         if as_json:
             result = run_tune(
-                op, shape, dtype=dtype, target=target, trials=trials, db_url=url,
+                op, shape, dtype=dtype, target=resolved, trials=trials, db_url=url,
                 workers=workers, strategy=strategy, seed=seed, batch_size=batch_size,
                 cache_dir=cache,
             )  # fmt: skip
         else:
             result = _with_progress(
-                op, shape, dtype, target, trials, url, workers, strategy, seed, batch_size,
+                op, shape, dtype, resolved, trials, url, workers, strategy, seed, batch_size,
                 cache, work, nbytes,
             )  # fmt: skip
     except (
@@ -103,7 +107,7 @@ def _rate(ms: float | None, work: int, nbytes: int) -> str:
 
 
 def _with_progress(
-    op: str, shape: dict[str, int], dtype: str, target: str, trials: int, url: str,
+    op: str, shape: dict[str, int], dtype: str, target: Target, trials: int, url: str,
     workers: str, strategy: str, seed: int, batch_size: int, cache: str, work: int, nbytes: int,
 ) -> TuneResult:  # fmt: skip
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
