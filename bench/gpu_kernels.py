@@ -160,7 +160,7 @@ def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]
         "rows4 hoist mb8": (4, True, 8),
         "rows8 hoist mb4": (8, True, 4),
         "rows2 hoist mb16": (2, True, 16),
-        "rows1 hoist mb32": (1, True, 32),
+        "rows1 hoist mb32 (example default)": (1, True, 32),
     }
     fns: dict[str, list[Callable[[], None]]] = {
         "torch": [lambda i=i: torch.nn.functional.linear(xs[i], ws[i]) for i in range(copies)]

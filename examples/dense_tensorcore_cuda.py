@@ -1,20 +1,26 @@
-"""A hand-written tensor-core schedule for fp16 / bf16 dense (prefill GEMM), WMMA 16x16x16.
+"""Hand-written tensor-core schedules for fp16 / bf16 dense (prefill GEMM): mma.sync and WMMA.
 
-    python examples/dense_tensorcore_cuda.py            # the generated CUDA C and its launch
-    python examples/dense_tensorcore_cuda.py --show-ir  # the scheduled IR
-    python bench/gpu_kernels.py                         # checks and times it against torch
+    python examples/dense_tensorcore_cuda.py               # the mma.sync kernel and its launch
+    python examples/dense_tensorcore_cuda.py --kind wmma   # the WMMA kernel
+    python examples/dense_tensorcore_cuda.py --show-ir     # the scheduled IR
+    python bench/gpu_kernels.py                            # checks and times them against torch
 
-y[i, j] = sum_k x[i, k] * w[j, k]: each thread block computes a 128 x 128 tile of y with 8
-warps (2 x 4, bound to threadIdx.z / threadIdx.y), each warp a 64 x 32 tile held in 4 x 2
-accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 64-wide step
-of k the block's threads copy the 128 x 64 tiles of x and w into shared memory, 16 bytes per
-thread and copy; the k loop is annotated `software_pipeline_stages = 3`, so lowering keeps
-three copies of each tile and the copies of the next two steps run as `cp.async` while the
-warps run 4 x 4 x 2 tensor-core MMAs on the current one. The rows of the shared tiles are
-padded by 8 halves (storage_align) against bank conflicts. At the end the fragments are
-stored to a shared float32 tile (which reuses the bytes of the x / w tiles), and all threads
-convert it to fp16 and write it out 8 bytes at a time. Measured numbers: docs/ir.md and
-bench/gpu_kernels_results.md. Not used yet: ldmatrix / mma.sync, swizzled shared layouts.
+y[i, j] = sum_k x[i, k] * w[j, k]. `dense_mma_schedule` (the default, the fastest measured):
+each thread block computes a 256 x 128 tile of y with 8 warps (4 x 2, bound to threadIdx.z /
+threadIdx.y), each warp a 64 x 64 tile held in per-lane registers (`mma.accumulator`, 16
+tiles of 8 floats per lane). For every 64-wide step of k the block's threads copy the 256 x 64
+and 128 x 64 tiles of x and w into shared memory, 16 bytes per thread and copy, with rows
+padded by 8 halves (storage_align); the k loop is annotated `software_pipeline_stages = 3`, so
+the copies of the next two steps run as `cp.async` while the warps compute on the current
+one. For every 16-wide step inside it each warp loads its 4 x and 4 w 16 x 16 tiles into
+registers with `ldmatrix.x4` (`mma.matrix_a` / `mma.matrix_b` buffers) and runs 4 x 4 x 2
+`mma.sync.m16n8k16` from them. At the end each lane stores its accumulators as float2 pairs
+into a shared float32 tile (rows padded by 8 floats, reusing the bytes of the x / w tiles),
+and all threads convert it to fp16 and write it out 16 bytes at a time.
+
+`dense_tc_schedule` is the same structure through the WMMA API (fragments reloaded from
+shared memory for every MMA). Measured numbers: docs/ir.md and bench/gpu_kernels_results.md.
+Not used yet: swizzled shared layouts, wgmma / TMA (sm_90a).
 """
 
 from __future__ import annotations
@@ -108,8 +114,8 @@ def dense_tc_schedule(
     return sch
 
 
-MMA_TILE = (128, 256)
-MMA_WARPS = (2, 4)
+MMA_TILE = (256, 128)
+MMA_WARPS = (4, 2)
 MMA_TILE_K = 64
 MMA_STAGES = 3
 MMA_OUT_PAD = 8

@@ -248,7 +248,9 @@ def _mma_schedule(dtype: str = "float16", op: str = "dense") -> Schedule:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
     from dense_tensorcore_cuda import dense_mma_schedule
 
-    return dense_mma_schedule(256, 512, 96, dtype, tile_k=32, stages=3, op=op)
+    return dense_mma_schedule(
+        256, 512, 96, dtype, tile_k=32, stages=3, op=op, tile=(128, 256), warps=(2, 4)
+    )
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")

@@ -123,7 +123,7 @@ def test_hoisted_gemv_matches_numpy(gpu, rows, min_blocks) -> None:
 @pytest.mark.parametrize(
     ("dtype", "op", "tile", "warps", "tile_k", "stages", "k"),
     [
-        ("float16", "dense", (128, 256), (2, 4), 64, 3, 384),  # the example's default
+        ("float16", "dense", (128, 256), (2, 4), 64, 3, 384),
         ("bfloat16", "dense", (128, 256), (2, 4), 64, 3, 192),
         ("float16", "dense", (128, 256), (2, 4), 32, 4, 192),
         ("bfloat16", "dense", (128, 256), (2, 4), 32, 4, 192),
@@ -132,7 +132,7 @@ def test_hoisted_gemv_matches_numpy(gpu, rows, min_blocks) -> None:
         ("float16", "dense", (128, 256), (2, 4), 64, 4, 320),
         ("bfloat16", "dense", (128, 256), (2, 4), 64, 2, 192),
         ("float16", "dense", (128, 256), (2, 4), 128, 2, 384),
-        ("float16", "dense", (256, 128), (4, 2), 64, 3, 192),
+        ("float16", "dense", (256, 128), (4, 2), 64, 3, 192),  # the example's default
         ("bfloat16", "dense", (128, 128), (2, 2), 32, 6, 96),
         ("float16", "matmul", (128, 256), (2, 4), 32, 4, 192),
         ("bfloat16", "matmul", (128, 128), (2, 2), 64, 2, 192),
