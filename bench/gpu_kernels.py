@@ -160,7 +160,7 @@ def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]
         "rows4 hoist mb8": (4, True, 8),
         "rows8 hoist mb4": (8, True, 4),
         "rows2 hoist mb16": (2, True, 16),
-        "rows1 hoist mb32": (1, True, 32),
+        "rows1 hoist mb32 (example default)": (1, True, 32),
     }
     fns: dict[str, list[Callable[[], None]]] = {
         "torch": [lambda i=i: torch.nn.functional.linear(xs[i], ws[i]) for i in range(copies)]
@@ -245,7 +245,7 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     import torch
 
     try:
-        from dense_tensorcore_cuda import dense_tc_schedule
+        from dense_tensorcore_cuda import dense_mma_schedule, dense_tc_schedule
     except ImportError:
         return []
     from tunefleet.ir import build_source
@@ -257,27 +257,37 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
     failed: dict[str, str] = {}
-    variants = (  # (k step, row padding, warps, pipeline stages, block tile)
-        (64, 8, (2, 2), 1, (128, 128)),
-        (64, 8, (2, 2), 3, (128, 128)),
-        (64, 8, (2, 4), 2, (128, 128)),
-        (64, 8, (2, 4), 3, (128, 128)),
-        (64, 8, (4, 2), 3, (128, 128)),
-        (32, 8, (2, 4), 3, (128, 128)),
-        (32, 8, (2, 4), 4, (128, 128)),
-        (32, 8, (2, 4), 3, (128, 256)),
-        (32, 8, (2, 4), 4, (128, 256)),
-        (32, 8, (4, 2), 3, (256, 128)),
-        (64, 8, (2, 4), 2, (128, 256)),
+    # (kind, k step, row padding, warps, pipeline stages, block tile)
+    # (kind, k step, row padding, warps, pipeline stages, block tile, fp32 tile row padding)
+    variants = (
+        ("wmma", 64, 8, (2, 2), 1, (128, 128), 0),
+        ("wmma", 64, 8, (2, 4), 2, (128, 256), 0),
+        ("mma", 32, 8, (2, 4), 4, (128, 256), 0),
+        ("mma", 64, 8, (2, 4), 2, (128, 256), 0),
+        ("mma", 64, 8, (2, 4), 3, (128, 256), 0),
+        ("mma", 64, 8, (2, 4), 3, (128, 256), 4),
+        ("mma", 64, 8, (2, 4), 3, (128, 256), 8),
+        ("mma", 64, 8, (2, 4), 4, (128, 256), 8),
+        ("mma", 128, 8, (2, 4), 2, (128, 256), 8),
+        ("mma", 64, 8, (4, 2), 3, (256, 128), 8),
+        ("mma", 64, 8, (2, 2), 3, (128, 128), 8),
     )
-    for tile_k, pad, warps, stages, tile in variants:
+    for kind, tile_k, pad, warps, stages, tile, out_pad in variants:
         name = (
-            f"wmma {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
-            f"stages{stages}"
+            f"{kind} {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
+            f"stages{stages}" + (f" opad{out_pad}" if out_pad else "")
         )
-        sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
+        if kind == "wmma":
+            sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
+        else:
+            sch = dense_mma_schedule(
+                m, n, k, "float16", tile_k, pad, warps, stages, tile, out_pad=out_pad
+            )
         ks = build_source(sch, target="cuda")
-        tag = f"dense_tc_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
+        tag = (
+            f"dense_{kind}_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
+            f"_{out_pad}"
+        )
         try:  # one variant that fails to build or load is reported, the others still run
             launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
         except Exception as err:

@@ -1,20 +1,26 @@
-"""A hand-written tensor-core schedule for fp16 / bf16 dense (prefill GEMM), WMMA 16x16x16.
+"""Hand-written tensor-core schedules for fp16 / bf16 dense (prefill GEMM): mma.sync and WMMA.
 
-    python examples/dense_tensorcore_cuda.py            # the generated CUDA C and its launch
-    python examples/dense_tensorcore_cuda.py --show-ir  # the scheduled IR
-    python bench/gpu_kernels.py                         # checks and times it against torch
+    python examples/dense_tensorcore_cuda.py               # the mma.sync kernel and its launch
+    python examples/dense_tensorcore_cuda.py --kind wmma   # the WMMA kernel
+    python examples/dense_tensorcore_cuda.py --show-ir     # the scheduled IR
+    python bench/gpu_kernels.py                            # checks and times them against torch
 
-y[i, j] = sum_k x[i, k] * w[j, k]: each thread block computes a 128 x 128 tile of y with 8
-warps (2 x 4, bound to threadIdx.z / threadIdx.y), each warp a 64 x 32 tile held in 4 x 2
-accumulator fragments (the `wmma.accumulator` scope) across all of k. For every 64-wide step
-of k the block's threads copy the 128 x 64 tiles of x and w into shared memory, 16 bytes per
-thread and copy; the k loop is annotated `software_pipeline_stages = 3`, so lowering keeps
-three copies of each tile and the copies of the next two steps run as `cp.async` while the
-warps run 4 x 4 x 2 tensor-core MMAs on the current one. The rows of the shared tiles are
-padded by 8 halves (storage_align) against bank conflicts. At the end the fragments are
-stored to a shared float32 tile (which reuses the bytes of the x / w tiles), and all threads
-convert it to fp16 and write it out 8 bytes at a time. Measured numbers: docs/ir.md and
-bench/gpu_kernels_results.md. Not used yet: ldmatrix / mma.sync, swizzled shared layouts.
+y[i, j] = sum_k x[i, k] * w[j, k]. `dense_mma_schedule` (the default, the fastest measured):
+each thread block computes a 256 x 128 tile of y with 8 warps (4 x 2, bound to threadIdx.z /
+threadIdx.y), each warp a 64 x 64 tile held in per-lane registers (`mma.accumulator`, 16
+tiles of 8 floats per lane). For every 64-wide step of k the block's threads copy the 256 x 64
+and 128 x 64 tiles of x and w into shared memory, 16 bytes per thread and copy, with rows
+padded by 8 halves (storage_align); the k loop is annotated `software_pipeline_stages = 3`, so
+the copies of the next two steps run as `cp.async` while the warps compute on the current
+one. For every 16-wide step inside it each warp loads its 4 x and 4 w 16 x 16 tiles into
+registers with `ldmatrix.x4` (`mma.matrix_a` / `mma.matrix_b` buffers) and runs 4 x 4 x 2
+`mma.sync.m16n8k16` from them. At the end each lane stores its accumulators as float2 pairs
+into a shared float32 tile (rows padded by 8 floats, reusing the bytes of the x / w tiles),
+and all threads convert it to fp16 and write it out 16 bytes at a time.
+
+`dense_tc_schedule` is the same structure through the WMMA API (fragments reloaded from
+shared memory for every MMA). Measured numbers: docs/ir.md and bench/gpu_kernels_results.md.
+Not used yet: swizzled shared layouts, wgmma / TMA (sm_90a).
 """
 
 from __future__ import annotations
@@ -108,15 +114,125 @@ def dense_tc_schedule(
     return sch
 
 
+MMA_TILE = (256, 128)
+MMA_WARPS = (4, 2)
+MMA_TILE_K = 64
+MMA_STAGES = 3
+MMA_OUT_PAD = 8
+
+
+def dense_mma_schedule(
+    m: int = 2048,
+    n: int = 4096,
+    k: int = 4096,
+    dtype: str = "float16",
+    tile_k: int = MMA_TILE_K,
+    pad: int = 8,
+    warps: tuple[int, int] = MMA_WARPS,
+    stages: int = MMA_STAGES,
+    tile: tuple[int, int] = MMA_TILE,
+    op: str = "dense",
+    out_pad: int = MMA_OUT_PAD,
+) -> Schedule:
+    """dense(x[m, k], w[n, k]) with mma.sync m16n8k16 and ldmatrix register fragments.
+
+    As `dense_tc_schedule`, but for every 16-wide step of k each warp loads its x rows and
+    its w rows once into registers (`mma.matrix_a` / `mma.matrix_b`, one ldmatrix.x4 per
+    16 x 16 tile) and runs all frags_m x frags_n MMAs of its warp tile from them: a 64 x 64
+    warp tile costs 8 ldmatrix per 32 mma.sync. Padding the shared rows by 8 halves puts
+    the 8 rows of each ldmatrix quarter in distinct banks. `op="matmul"` schedules
+    a[m, k] . b[k, n] the same way: its b tiles are k-major, loaded with ldmatrix .trans.
+    """
+    warps_m, warps_n = warps
+    tile_m, tile_n = tile
+    func = ops.get_op(op).build({"m": m, "n": n, "k": k}, dtype)
+    mma = {"float16": "mma_m16n8k16_f16_f32", "bfloat16": "mma_m16n8k16_bf16_f32"}[dtype]
+    sch = Schedule(func)
+    acc = sch.get_block(f"{op}_acc")
+    out = sch.get_block(op)
+    frag_out = sch.cache_write(acc, 0, "mma.accumulator")
+    i, j, kk = sch.get_loops(acc)
+    frags_m, frags_n = tile_m // warps_m // 16, tile_n // warps_n // 16
+    bi, wi, fi, ii = sch.split(i, [None, warps_m, frags_m, 16])
+    bj, wj, fj, jj = sch.split(j, [None, warps_n, frags_n, 16])
+    ko, ki, kx = sch.split(kk, [None, tile_k // 16, 16])
+    sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
+    sch.bind(bi, "blockIdx.y")
+    sch.bind(bj, "blockIdx.x")
+    sch.bind(wi, "threadIdx.z")
+    sch.bind(wj, "threadIdx.y")
+    for operand, (scope, intrin) in enumerate(
+        (("mma.matrix_a", "ldmatrix_a_x4"), ("mma.matrix_b", "ldmatrix_b_x4"))
+    ):
+        # this warp's rows of the tile into registers, once per 16-wide k step...
+        frag = sch.cache_read(acc, operand, scope)
+        sch.compute_at(frag, ki)
+        rows, cols = sch.get_loops(frag)[-2:]
+        if op == "matmul" and operand == 1:  # b[k, n]: 16-wide n tiles, n outside k
+            f, r = sch.split(cols, [None, 16])
+            sch.reorder(f, r, rows)
+        else:
+            f, r = sch.split(rows, [None, 16])
+        sch.unroll(f)
+        # ...from the block's tile in shared memory, 16 bytes per thread and copy
+        tile_rv = sch.cache_read(frag, 0, "shared")
+        sch.tensorize(r, intrin)
+        sch.compute_at(tile_rv, ko)
+        rows, cols = sch.get_loops(tile_rv)[-2:]
+        row_len = sch.get(cols).extent.value  # type: ignore[attr-defined]
+        if pad:
+            sch.storage_align(tile_rv, 0, 0, row_len, pad)
+        per_row = row_len // 8  # 16-byte chunks in one row of the tile
+        _, tz, ty, r = sch.split(rows, [None, warps_m, warps_n, max(1, 32 // per_row)])
+        c, vec = sch.split(cols, [None, 8])
+        lane = sch.fuse(r, c)
+        sch.bind(tz, "threadIdx.z")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+        sch.vectorize(vec)
+    if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
+        sch.annotate(ko, "software_pipeline_stages", stages)
+    for loop in (ki, fi, fj):
+        sch.unroll(loop)  # constant fragment indices keep the fragments in registers
+    sch.reverse_compute_at(frag_out, bj)
+    init = sch.decompose_reduction(acc, ko)
+    sch.tensorize(ii, mma)
+    init_loops = sch.get_loops(init)
+    sch.tensorize(init_loops[-2], "mma_fill_f32")
+    sch.set_scope(frag_out, 0, "shared")  # the float32 tile of y, staged in shared memory
+    if out_pad:  # padded rows of the staged tile: the lanes' 8-byte stores avoid bank conflicts
+        sch.storage_align(frag_out, 0, 0, tile_n, out_pad)
+    rows, cols = sch.get_loops(frag_out)[-2:]
+    t0, f0, i0 = sch.split(rows, [warps_m, frags_m, 16])
+    t1, f1, i1 = sch.split(cols, [warps_n, frags_n, 16])
+    sch.reorder(t0, t1, f0, f1, i0, i1)
+    sch.bind(t0, "threadIdx.z")
+    sch.bind(t1, "threadIdx.y")
+    sch.unroll(f0)
+    sch.unroll(f1)
+    sch.tensorize(i0, "mma_store_f32")
+    sch.reverse_compute_at(out, bj)  # convert to fp16 and write y
+    rows, cols = sch.get_loops(out)[-2:]
+    _, tz, ty = sch.split(rows, [None, warps_m, warps_n])
+    lane, vec = sch.split(cols, [32, None])
+    sch.bind(tz, "threadIdx.z")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(lane, "threadIdx.x")
+    sch.vectorize(vec)
+    return sch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--m", type=int, default=2048)
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--k", type=int, default=4096)
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    parser.add_argument("--kind", default="mma", choices=["mma", "wmma"])
     parser.add_argument("--show-ir", action="store_true")
     args = parser.parse_args()
-    sch = dense_tc_schedule(args.m, args.n, args.k, args.dtype)
+    schedule = dense_mma_schedule if args.kind == "mma" else dense_tc_schedule
+    sch = schedule(args.m, args.n, args.k, args.dtype)
     if args.show_ir:
         print(sch.func.script())
     else:

@@ -9,9 +9,10 @@ y[j] = sum_k x[k] * w[j, k] reads every weight once (32 MiB for 4096 x 4096), so
 must stream w at the card's bandwidth: one warp per output row, each lane loading 16 bytes
 (8 halves) of w per step so a warp reads 512 contiguous bytes, all steps unrolled; the
 `hoist_loads` annotation issues every step's loads before the first multiply-add and
-`min_blocks_per_sm` (8 blocks of 4 warps) gives the compiler the registers to hold them while
-all blocks stay resident in one wave. The lanes' partial sums are combined across the warp
-with shuffles (a cross-thread reduction), and lane 0 writes the row's result.
+`min_blocks_per_sm` (32 blocks of one warp per multiprocessor) gives the compiler the registers
+to hold them while all blocks stay resident in one wave (one row per block was the fastest of
+1, 2, 4 and 8 on an H100 in three runs, by under 1%). The lanes' partial sums are combined
+across the warp with shuffles (a cross-thread reduction), and lane 0 writes the row's result.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ def gemv_schedule(
     m: int = 1,
     n: int = 4096,
     k: int = 4096,
-    rows_per_block: int = 4,
+    rows_per_block: int = 1,
     unroll: bool = True,
     hoist: bool = True,
-    min_blocks: int | None = 8,
+    min_blocks: int | None = 32,
 ) -> Schedule:
     """dense(x[1, k], w[n, k]) in fp16 with fp32 accumulation: a warp per output row."""
     func = ops.get_op("dense").build({"m": m, "n": n, "k": k}, "float16")

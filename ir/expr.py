@@ -204,7 +204,8 @@ class Buffer:
 
     Scopes: "global" (function arguments and intermediates in main memory), "shared" and
     "local" (per-thread-block and per-thread storage), and tensor-core fragments
-    "wmma.matrix_a", "wmma.matrix_b", "wmma.accumulator".
+    "wmma.matrix_a", "wmma.matrix_b", "wmma.accumulator" (WMMA API fragments) and
+    "mma.matrix_a", "mma.matrix_b", "mma.accumulator" (per-lane registers of mma.sync).
     """
 
     name: str
@@ -221,7 +222,17 @@ class Buffer:
         return f"Buffer({self.name!r}, {self.dtype})"
 
 
-SCOPES = ("global", "shared", "local", "wmma.matrix_a", "wmma.matrix_b", "wmma.accumulator")
+SCOPES = (
+    "global",
+    "shared",
+    "local",
+    "wmma.matrix_a",
+    "wmma.matrix_b",
+    "wmma.accumulator",
+    "mma.matrix_a",
+    "mma.matrix_b",
+    "mma.accumulator",
+)
 
 
 @node

@@ -1,14 +1,28 @@
 """Tensor intrinsics that `Schedule.tensorize` can put in place of a loop nest.
 
 Each entry describes the computation its nest must perform (kind, loop extents, operand and
-accumulator dtypes); the CUDA renderer emits the matching warp-wide instructions. The WMMA
-16x16x16 family covers tensor-core matrix multiply-accumulate with float32 accumulation:
+accumulator dtypes and scopes); the CUDA renderer emits the matching warp-wide instructions.
+Two families cover tensor-core matrix multiply-accumulate with float32 accumulation.
+
+WMMA 16x16x16 (the CUDA WMMA API; operands loaded by the intrinsic itself):
 
 * `wmma_fill_f32`: acc[i, j] = 0 over a 16 x 16 tile (loops i, j);
 * `wmma_mma_f16_f32`, `wmma_mma_bf16_f32`: acc[i, j] += float(a[i, k]) * float(b[j, k])
   (or b[k, j]) over 16 x 16 x 16 (loops i, j, k), a and b fp16 / bf16 in shared or global
   memory (loaded into fragments with load_matrix_sync), acc a `wmma.accumulator` buffer;
 * `wmma_store_f32`: out[i, j] = acc[i, j] over a 16 x 16 tile (store_matrix_sync).
+
+mma.sync m16n8k16 (PTX; operands in registers the schedule names, so one fragment feeds
+several MMAs):
+
+* `ldmatrix_a_x4`, `ldmatrix_b_x4`: frag[i, k] = src[...] over a 16 x 16 tile (loops i, k;
+  for b, i runs over columns n of the product), `src` in shared memory, `frag` an
+  `mma.matrix_a` / `mma.matrix_b` buffer; one `ldmatrix.sync.aligned.m8n8.x4` per tile, with
+  `.trans` when the tile is contiguous along i instead of k;
+* `mma_fill_f32`: acc[i, j] = 0 over a 16 x 16 tile of an `mma.accumulator` buffer;
+* `mma_m16n8k16_f16_f32`, `mma_m16n8k16_bf16_f32`: acc[i, j] += float(a[i, k]) * float(b[j, k])
+  over 16 x 16 x 16, a and b fragments: two `mma.sync.aligned.m16n8k16.row.col` (n = 0..7, 8..15);
+* `mma_store_f32`: out[i, j] = acc[i, j] over a 16 x 16 tile, each lane storing its 8 values.
 
 All 32 lanes of a warp execute each one together, so a tensorized nest must not sit under a
 threadIdx.x loop: bind warps to threadIdx.y / threadIdx.z and launch threadIdx.x with 32.
@@ -26,12 +40,16 @@ class TensorIntrin:
     """A warp-wide tensor-core operation and the nest shape it replaces."""
 
     name: str
-    kind: str  # "fill" | "mma" | "store"
+    kind: str  # "fill" | "mma" | "store" | "load"
     extents: tuple[int, ...]
     in_dtype: str | None
     acc_dtype: str = "float32"
     doc: str = ""
+    acc_scope: str = "wmma.accumulator"  # the fragment scope the intrinsic writes or reads
+    operand_scopes: tuple[str, ...] = ()  # for "mma": the scopes a and b must live in
 
+
+_MMA_OPERANDS = ("mma.matrix_a", "mma.matrix_b")
 
 INTRINSICS: dict[str, TensorIntrin] = {
     i.name: i
@@ -44,6 +62,56 @@ INTRINSICS: dict[str, TensorIntrin] = {
             "wmma_mma_bf16_f32", "mma", (16, 16, 16), "bfloat16", doc="bf16 x bf16 + fp32 MMA"
         ),
         TensorIntrin("wmma_store_f32", "store", (16, 16), None, doc="store a 16x16 accumulator"),
+        TensorIntrin(
+            "ldmatrix_a_x4",
+            "load",
+            (16, 16),
+            None,
+            doc="a 16x16 fp16/bf16 tile from shared memory",
+            acc_scope="mma.matrix_a",
+        ),
+        TensorIntrin(
+            "ldmatrix_b_x4",
+            "load",
+            (16, 16),
+            None,
+            doc="a 16x16 fp16/bf16 tile from shared memory",
+            acc_scope="mma.matrix_b",
+        ),
+        TensorIntrin(
+            "mma_fill_f32",
+            "fill",
+            (16, 16),
+            None,
+            doc="zero a 16x16 accumulator",
+            acc_scope="mma.accumulator",
+        ),
+        TensorIntrin(
+            "mma_m16n8k16_f16_f32",
+            "mma",
+            (16, 16, 16),
+            "float16",
+            doc="fp16 x fp16 + fp32 MMA from register fragments",
+            acc_scope="mma.accumulator",
+            operand_scopes=_MMA_OPERANDS,
+        ),
+        TensorIntrin(
+            "mma_m16n8k16_bf16_f32",
+            "mma",
+            (16, 16, 16),
+            "bfloat16",
+            doc="bf16 x bf16 + fp32 MMA from register fragments",
+            acc_scope="mma.accumulator",
+            operand_scopes=_MMA_OPERANDS,
+        ),
+        TensorIntrin(
+            "mma_store_f32",
+            "store",
+            (16, 16),
+            None,
+            doc="store a 16x16 accumulator",
+            acc_scope="mma.accumulator",
+        ),
     )
 }
 

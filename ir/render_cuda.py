@@ -539,6 +539,9 @@ class CUDARenderer(CStyleRenderer):
             )
         vs = [c.var for c in chain]
         zero: dict[Var, Expr] = {v: Const(0, "int64") for v in vs}
+        if info.acc_scope.startswith("mma."):
+            self._mma_sync_intrin(info.kind, info.in_dtype, body, vs, zero, depth)
+            return
         wmma = "nvcuda::wmma"
         if info.kind == "fill":
             frag = self._fragment(body, zero)
@@ -585,6 +588,128 @@ class CUDARenderer(CStyleRenderer):
         self.emit(f"{wmma}::mma_sync({frag}, tf_fa, tf_fb, {frag});", d)
         self.emit("}", depth)
 
+    def _mma_sync_intrin(
+        self,
+        kind: str,
+        in_dtype: str | None,
+        body: BufferStore,
+        vs: list[Var],
+        zero: dict[Var, Expr],
+        depth: int,
+    ) -> None:
+        """The mma.sync family: ldmatrix into, MMAs on and stores from per-lane registers.
+
+        Lane l of an m16n8k16 fragment holds row l / 4 and column pair 2 (l % 4) of each 8 x 8
+        quarter; an accumulator tile (two n8 halves) is 8 floats, an operand tile 4 words.
+        """
+        if kind == "fill":
+            frag = self._fragment(body, zero)
+            for e in range(8):
+                self.emit(f"{frag}[{e}] = 0.0f;", depth)
+            return
+        if kind == "store":
+            load = body.value
+            assert isinstance(load, BufferLoad)
+            frag = self._fragment(load, zero)
+            sr, sc, base = self._strides(body.buffer, body.indices, vs[0], vs[1])
+            dst = f"{c_name(body.buffer.name)}[{self.expr(base)}"
+            self.emit("{", depth)
+            d = depth + 1
+            self.emit("const int tf_g = threadIdx.x >> 2, tf_t = (threadIdx.x & 3) << 1;", d)
+            terms, c0 = linear(base)
+            pairs = (  # each lane's two adjacent columns as one 8-byte store
+                body.buffer.dtype == "float32"
+                and sc == 1
+                and sr % 2 == 0
+                and int(c0) % 2 == 0
+                and all(int(v) % 2 == 0 for v in terms.values())
+            )
+            for e in range(0, 8, 2) if pairs else range(8):
+                row = f"(tf_g + {8 * ((e >> 1) & 1)})"
+                col = f"(tf_t + {8 * (e >> 2) + (e & 1)})"
+                if pairs:
+                    self.emit(
+                        f"*(float2*)&{dst} + {row} * {sr} + {col}] = "
+                        f"make_float2({frag}[{e}], {frag}[{e + 1}]);",
+                        d,
+                    )
+                else:
+                    self.emit(f"{dst} + {row} * {sr} + {col} * {sc}] = {frag}[{e}];", d)
+            self.emit("}", depth)
+            return
+        if kind == "load":
+            src = body.value
+            assert isinstance(src, BufferLoad)
+            frag = self._fragment(body, zero)
+            sr, sc, base = self._strides(src.buffer, src.indices, vs[0], vs[1])
+            if sc == 1:
+                trans = ""
+            elif sr == 1:
+                trans = ".trans"
+            else:
+                raise CodegenError(
+                    f"ldmatrix tile of {src.buffer.name} is not contiguous along a row or a "
+                    f"column (strides {sr}, {sc})"
+                )
+            # quarter q of the x4 load: a -> (rows, cols) (0,0) (8,0) (0,8) (8,8); b -> (0,0)
+            # (0,8) (8,0) (8,8); lane 8q + i points at the i-th stored row of quarter q
+            a_side = body.buffer.scope == "mma.matrix_a"
+            r_off = "((tf_q & 1) << 3)" if a_side else "((tf_q >> 1) << 3)"
+            c_off = "((tf_q >> 1) << 3)" if a_side else "((tf_q & 1) << 3)"
+            if trans:
+                c_off += " + tf_i"
+            else:
+                r_off += " + tf_i"
+            ct = self.ctype(src.buffer.dtype)
+            self.emit("{", depth)
+            d = depth + 1
+            self.emit("const int tf_q = threadIdx.x >> 3, tf_i = threadIdx.x & 7;", d)
+            self.emit(
+                f"const {ct}* tf_p = {c_name(src.buffer.name)} + {self.expr(base)} + "
+                f"({r_off}) * {sr} + ({c_off}) * {sc};",
+                d,
+            )
+            outs = ", ".join(f'"=r"({frag}[{e}])' for e in range(4))
+            self.emit(
+                f'asm volatile("ldmatrix.sync.aligned.m8n8.x4{trans}.shared.b16 '
+                f'{{%0, %1, %2, %3}}, [%4];\\n" : {outs} : '
+                f'"r"((unsigned)__cvta_generic_to_shared(tf_p)));',
+                d,
+            )
+            self.emit("}", depth)
+            return
+        frag = self._fragment(body, zero)
+        prod = body.value.b  # type: ignore[attr-defined]
+        loads = [prod.a.value, prod.b.value]
+        a = next(x for x in loads if x.buffer.scope == "mma.matrix_a")
+        b = next(x for x in loads if x.buffer.scope == "mma.matrix_b")
+        fa, fb = self._fragment(a, zero), self._fragment(b, zero)
+        ty = {"float16": "f16", "bfloat16": "bf16"}[in_dtype or "float16"]
+        op = f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32"
+        for half in (0, 1):  # columns 0..7 and 8..15 of the tile
+            acc = ", ".join(f'"+f"({frag}[{4 * half + e}])' for e in range(4))
+            ins = ", ".join(
+                [f'"r"({fa}[{e}])' for e in range(4)]
+                + [f'"r"({fb}[{2 * half + e}])' for e in range(2)]
+            )
+            self.emit(
+                f'asm("{op} {{%0, %1, %2, %3}}, {{%4, %5, %6, %7}}, {{%8, %9}}, '
+                f'{{%0, %1, %2, %3}};\\n" : {acc} : {ins});',
+                depth,
+            )
+
+    def _strides(
+        self, buf: Buffer, indices: tuple[Expr, ...], row: Var, col: Var
+    ) -> tuple[int, int, Expr]:
+        """(row stride, column stride, base flat index) of a tile of `buf` indexed by (row, col)."""
+        flat: Expr | None = None
+        for idx, dim in zip(indices, buf.shape, strict=True):
+            flat = idx if flat is None else flat * dim + idx
+        assert flat is not None
+        terms, _ = linear(simplify(flat))
+        base = simplify(substitute(flat, {row: Const(0, "int64"), col: Const(0, "int64")}))
+        return int(terms.get(row, 0)), int(terms.get(col, 0)), base
+
     # ------------------------------------------------------------ storage
 
     def allocate(self, s: Allocate, depth: int) -> None:
@@ -611,6 +736,15 @@ class CUDARenderer(CStyleRenderer):
                 )
             frag = "nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>"
             self.emit(f"{frag} {name}[{n // 256}];", depth)
+            self.stmt(s.body, depth)
+            return
+        if buf.scope.startswith("mma."):
+            if len(buf.shape) != 2 or n % 256:
+                raise CodegenError(f"{buf.scope} {buf.name} must be a 2-D tile of 16 x 16 tiles")
+            if buf.scope == "mma.accumulator":
+                self.emit(f"float {name}[{n // 256}][8];", depth)
+            else:
+                self.emit(f"unsigned {name}[{n // 256}][4];", depth)
             self.stmt(s.body, depth)
             return
         if buf.scope in ("wmma.matrix_a", "wmma.matrix_b"):

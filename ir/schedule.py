@@ -695,7 +695,8 @@ class Schedule:
         The nest must be perfectly nested with the intrinsic's extents around one block that
         computes what the intrinsic does; the loop is annotated and the CUDA renderer emits
         the intrinsic in its place. for i, j, k in 16 x 16 x 16: acc[i, j] += a[i, k] * b[j, k]
-        -> wmma load_matrix_sync(a), load_matrix_sync(b), mma_sync(acc).
+        -> wmma load_matrix_sync(a), load_matrix_sync(b), mma_sync(acc); with the mma.sync
+        family a and b are register fragments filled by ldmatrix-tensorized copy nests.
         """
         from .expr import BinOp, BufferLoad, Cast
 
@@ -720,9 +721,17 @@ class Schedule:
             store = blk.body
             if not isinstance(store, BufferStore):
                 raise ScheduleError(f"{what}: block {blk.name!r} is not a single store")
-            acc_scope = "wmma.accumulator"
+            acc_scope = info.acc_scope
             v = store.value
-            if info.kind == "fill":
+            if info.kind == "load":  # shared tile -> register fragment of the same dtype
+                ok = (
+                    store.buffer.scope == acc_scope
+                    and isinstance(v, BufferLoad)
+                    and v.buffer.scope == "shared"
+                    and v.dtype == store.buffer.dtype
+                    and v.dtype in ("float16", "bfloat16")
+                )
+            elif info.kind == "fill":
                 ok = store.buffer.scope == acc_scope and isinstance(v, Const) and v.value == 0
             elif info.kind == "store":
                 ok = isinstance(v, BufferLoad) and v.buffer.scope == acc_scope
@@ -742,6 +751,9 @@ class Schedule:
                         for x in (v.b.a, v.b.b)
                     )
                 )
+                if ok and info.operand_scopes:
+                    scopes = {x.value.buffer.scope for x in (v.b.a, v.b.b)}  # type: ignore[union-attr]
+                    ok = scopes == set(info.operand_scopes)
             if not ok:
                 raise ScheduleError(
                     f"{what}: block {blk.name!r} does not compute {info.doc} into a "

@@ -241,6 +241,70 @@ def test_tensorized_dense_compiles_to_wmma(dtype) -> None:
     assert replayed.func == sch.func and "tensorize" in sch.trace.as_python()
 
 
+def _mma_schedule(dtype: str = "float16", op: str = "dense") -> Schedule:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_mma_schedule
+
+    return dense_mma_schedule(
+        256, 512, 96, dtype, tile_k=32, stages=3, op=op, tile=(128, 256), warps=(2, 4)
+    )
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize(
+    ("dtype", "op", "arch"),
+    [
+        ("float16", "dense", "sm_80"),
+        ("float16", "dense", "sm_90"),
+        ("bfloat16", "dense", "sm_90"),
+        ("bfloat16", "matmul", "sm_80"),
+    ],
+)
+def test_mma_sync_dense_compiles_and_replays(dtype, op, arch) -> None:
+    """ldmatrix fragments in registers feed mma.sync; the schedule replays from JSON exactly."""
+    sch = _mma_schedule(dtype, op)
+    ks = build_source(sch, target="cuda")
+    assert ks.block == (32, 4, 2) and ks.grid == (2, 2, 1)
+    src = ks.source
+    ty = {"float16": "f16", "bfloat16": "bf16"}[dtype]
+    # per 16-wide k step a warp's 64 x 64 tile: 4 + 4 ldmatrix.x4 and 4 x 4 x 2 mma.sync
+    assert src.count(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32") == 2
+    assert src.count("ldmatrix.sync.aligned.m8n8.x4") == 2
+    assert ("ldmatrix.sync.aligned.m8n8.x4.trans" in src) == (op == "matmul")
+    assert "float dense_acc_mma_accumulator[16][8];" in src or op == "matmul"
+    assert "nvcuda::wmma" not in src and "cp.async.cg" in src
+    rc, log = _compile(src, arch)
+    assert rc == 0, log
+    replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
+    assert replayed.func == sch.func
+    assert build_source(replayed, target="cuda").source == src
+
+
+def test_mma_sync_tensorize_checks_operand_scopes() -> None:
+    """The register MMA wants fragments from ldmatrix, not the shared tiles themselves."""
+    func = ops.get_op("dense").build({"m": 32, "n": 32, "k": 32}, "float16")
+    sch = Schedule(func)
+    acc = sch.get_block("dense_acc")
+    sch.cache_write(acc, 0, "mma.accumulator")
+    i, j, k = sch.get_loops(acc)
+    i0, i1 = sch.split(i, [None, 16])
+    j0, j1 = sch.split(j, [None, 16])
+    k0, k1 = sch.split(k, [None, 16])
+    sch.reorder(i0, j0, k0, i1, j1, k1)
+    sch.decompose_reduction(acc, k0)
+    with pytest.raises(ScheduleError, match=r"mma\.accumulator"):
+        sch.tensorize(i1, "mma_m16n8k16_f16_f32")  # a and b are still global buffers
+    with pytest.raises(ScheduleError, match="accumulator"):
+        sch.tensorize(i1, "wmma_mma_f16_f32")  # the accumulator is not a WMMA fragment
+    frag = sch.cache_read(acc, 0, "mma.matrix_a")
+    sch.compute_at(frag, k0)
+    with pytest.raises(ScheduleError, match="from shared memory"):
+        sch.tensorize(sch.get_loops(frag)[-2], "ldmatrix_a_x4")  # copies from global
+
+
 def test_tensorize_checks_the_nest() -> None:
     func = ops.get_op("dense").build({"m": 32, "n": 32, "k": 32}, "float16")
     sch = Schedule(func)

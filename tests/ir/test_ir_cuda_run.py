@@ -103,8 +103,8 @@ def test_pipelined_tensor_core_dense_matches_numpy(gpu, stages, k, warps, tile_k
     assert result.status is Status.OK, result.message
 
 
-@pytest.mark.parametrize("min_blocks", [None, 8])
-def test_hoisted_gemv_matches_numpy(gpu, min_blocks) -> None:
+@pytest.mark.parametrize(("rows", "min_blocks"), [(4, None), (4, 8), (1, 32), (8, 4)])
+def test_hoisted_gemv_matches_numpy(gpu, rows, min_blocks) -> None:
     import sys
     from pathlib import Path
 
@@ -113,8 +113,53 @@ def test_hoisted_gemv_matches_numpy(gpu, min_blocks) -> None:
 
     target, runner, config = gpu
     shape = {"m": 1, "n": 1024, "k": 2048}
-    sch = gemv_schedule(**shape, hoist=True, min_blocks=min_blocks)
+    sch = gemv_schedule(**shape, rows_per_block=rows, hoist=True, min_blocks=min_blocks)
     built = build(BuildInput(target, kernel=build_source(sch, "cuda")), config)
     assert built.status is Status.OK, built.message
     result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, "float16"), FAST))
+    assert result.status is Status.OK, result.message
+
+
+@pytest.mark.parametrize(
+    ("dtype", "op", "tile", "warps", "tile_k", "stages", "k"),
+    [
+        ("float16", "dense", (128, 256), (2, 4), 64, 3, 384),
+        ("bfloat16", "dense", (128, 256), (2, 4), 64, 3, 192),
+        ("float16", "dense", (128, 256), (2, 4), 32, 4, 192),
+        ("bfloat16", "dense", (128, 256), (2, 4), 32, 4, 192),
+        ("float16", "dense", (128, 128), (2, 2), 64, 3, 320),
+        ("float16", "dense", (128, 256), (2, 4), 64, 3, 128),
+        ("float16", "dense", (128, 256), (2, 4), 64, 4, 320),
+        ("bfloat16", "dense", (128, 256), (2, 4), 64, 2, 192),
+        ("float16", "dense", (128, 256), (2, 4), 128, 2, 384),
+        ("float16", "dense", (256, 128), (4, 2), 64, 3, 192),  # the example's default
+        ("bfloat16", "dense", (128, 128), (2, 2), 32, 6, 96),
+        ("float16", "matmul", (128, 256), (2, 4), 32, 4, 192),
+        ("bfloat16", "matmul", (128, 128), (2, 2), 64, 2, 192),
+    ],
+)
+def test_mma_sync_dense_matches_numpy(gpu, dtype, op, tile, warps, tile_k, stages, k) -> None:
+    """ldmatrix (.trans for matmul's k-major b) + mma.sync m16n8k16, pipelined, vs numpy;
+    the fp32 staging tile padded by 8 floats (the default) except with 32-wide k steps."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_mma_schedule
+
+    target, runner, config = gpu
+    shape = {"m": 256, "n": 512, "k": k}
+    sch = dense_mma_schedule(
+        **shape,
+        dtype=dtype,
+        tile_k=tile_k,
+        warps=warps,
+        stages=stages,
+        tile=tile,
+        op=op,
+        out_pad=0 if tile_k == 32 else 8,
+    )
+    built = build(BuildInput(target, kernel=build_source(sch, "cuda")), config)
+    assert built.status is Status.OK, built.message
+    result = runner.run(RunInput(built.artifact, Problem.create(op, shape, dtype), FAST))
     assert result.status is Status.OK, result.message

@@ -107,11 +107,13 @@ def test_pipelined_dense_and_hoisted_gemv_compile(arch) -> None:
 
 
 def test_hoisted_gemv_issues_loads_first() -> None:
-    plain = build_source(gemv_schedule(1, 512, 1024, hoist=False, min_blocks=None), "cuda").source
-    ks = build_source(gemv_schedule(1, 512, 1024, hoist=True, min_blocks=8), "cuda")
+    plain = build_source(
+        gemv_schedule(1, 512, 1024, rows_per_block=4, hoist=False, min_blocks=None), "cuda"
+    ).source
+    ks = build_source(gemv_schedule(1, 512, 1024, rows_per_block=4, min_blocks=8), "cuda")
     assert "uint4 tf_h" not in plain and "__launch_bounds__(128)" in plain
     assert ks.source.count("uint4 tf_h") == 2  # x and w: 4 wide loads each, before the FMAs
     assert "__launch_bounds__(128, 8)" in ks.source
-    sch = gemv_schedule(1, 512, 1024, hoist=True, min_blocks=8)
+    sch = gemv_schedule(1, 512, 1024, rows_per_block=4, hoist=True, min_blocks=8)
     replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
     assert build_source(replayed, "cuda").source == ks.source
