@@ -58,6 +58,9 @@ def _expand(loop: For, stages: int) -> Stmt:
     if not isinstance(loop.extent, Const):
         raise LoweringError(f"loop {name} is pipelined but has symbolic extent {loop.extent}")
     extent = int(loop.extent.value)
+    # A wait leaves `stages - 2` groups pending, which is only right once `stages - 1` groups
+    # were committed ahead of the first iteration; a loop shorter than that gets fewer stages.
+    stages = min(stages, extent + 1)
     bufs: list[Buffer] = []
     body = _peel_allocs(loop.body, bufs)
     shared = [b for b in bufs if b.scope == "shared"]
@@ -84,7 +87,7 @@ def _expand(loop: For, stages: int) -> Stmt:
 
     copy_body = _mark_async(_seq(copies))
     prologue: list[Stmt] = []
-    for s in range(min(stages - 1, extent)):
+    for s in range(stages - 1):
         prologue += [at([copy_body], const(s)), PipelineSync("commit")]
     ahead = simplify(v + (stages - 1))
     steady: list[Stmt] = [PipelineSync("wait", stages - 2)]

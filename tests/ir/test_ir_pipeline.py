@@ -56,6 +56,19 @@ def test_pipelined_loop_is_multi_buffered_with_prologue() -> None:
     assert "pipeline_wait(pending=1)" in text and "k_0 + 2 < 5" in text.replace("(", "")
 
 
+@pytest.mark.parametrize(("k", "stages"), [(40, 7), (40, 6), (16, 4), (8, 3)])
+def test_every_wait_covers_the_stage_it_reads(k, stages) -> None:
+    """The first wait must leave pending only groups committed after the one it reads."""
+    sch = _tiled_dense(6, 10, k, 8, stages)
+    text = "\n".join(stmt_lines(lower(sch.mod).body))
+    committed_ahead = text.split("for k_0")[0].count("pipeline_commit()")
+    pending = int(text.split("pipeline_wait(pending=")[1].split(")")[0])
+    assert committed_ahead >= 1
+    assert pending <= committed_ahead - 1, (committed_ahead, pending)
+    effective = min(stages, k // 8 + 1)
+    assert f"Buffer(({effective}, 6, 8)" in text  # no stage buffers beyond the loop's length
+
+
 def test_pipeline_annotation_replays_from_json() -> None:
     sch = dense_tc_schedule(256, 256, 192, stages=3)
     assert "software_pipeline_stages" in sch.trace.as_python()
