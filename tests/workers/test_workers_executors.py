@@ -71,3 +71,64 @@ def test_ray_executor_matches_the_local_one(build_config, cpu_target, local_resu
         if local.max_rel_err is not None:  # same seed, same inputs: the same error exactly
             assert ray_result.max_rel_err == pytest.approx(local.max_rel_err, rel=1e-9)
     assert "SIGSEGV" in results[3].message
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_executor_joins_an_existing_cluster(build_config, cpu_target, local_results):
+    """`ray start --head` in its own process group, then the executor connects by address."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import ray
+
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="tf-ray-", dir="/tmp")  # short: Ray's socket paths
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # what Ray's own local clusters now use
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    old_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # the client must speak the head's auth mode
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(temp_dir, "ray_current_cluster").exists():
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the Ray head did not come up in 60 s"
+            time.sleep(0.5)
+        with create_executor("ray", build_config, address=f"127.0.0.1:{port}") as executor:
+            gcs = ray.get_runtime_context().gcs_address
+            results = executor.measure_all(_batch(cpu_target))
+        assert gcs.endswith(f":{port}")  # joined the head started here, not a new instance
+        assert [r.status for r in results] == [r.status for r in local_results]
+    finally:
+        if old_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old_mode
+        if ray.is_initialized():
+            ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
