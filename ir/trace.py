@@ -163,14 +163,25 @@ class Trace:
             lines.append("    pass")
         return "\n".join(lines)
 
-    def apply(self, func: PrimFunc, decisions: Mapping[int, Any] | None = None) -> Schedule:
-        """Replay on `func` (with some decisions replaced) and return the resulting Schedule."""
+    def apply(
+        self,
+        func: PrimFunc,
+        decisions: Mapping[int, Any] | None = None,
+        *,
+        seed: int | None = None,
+        redraw: bool = False,
+    ) -> Schedule:
+        """Replay on `func` (with some decisions replaced) and return the resulting Schedule.
+
+        With `redraw`, sampling steps not named in `decisions` draw anew from `seed` instead of
+        taking the trace's own decisions: a fresh, reproducible point of the same design space.
+        """
         from .schedule import Schedule
 
-        merged = dict(self.decisions)
+        merged = {} if redraw else dict(self.decisions)
         if decisions:
             merged.update(decisions)
-        sch = Schedule(func)
+        sch = Schedule(func, seed=seed)
         env: dict[RV, RV] = {}
 
         def resolve(v: Any) -> Any:
