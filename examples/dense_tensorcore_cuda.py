@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 
 from tunefleet.ir import Schedule, build_source, ops
+from tunefleet.ir.tensorcore_schedule import WMMA_MMA, apply_wmma_tiling
 
 TILE_M, TILE_N, TILE_K = 128, 128, 64
 WARPS_M, WARPS_N = 2, 4
@@ -53,64 +54,12 @@ def dense_tc_schedule(
     `stages` > 1 software-pipelines the k loop: that many shared copies of each tile, the
     copies of the next stages - 1 k steps in flight (cp.async) during the MMAs.
     """
-    warps_m, warps_n = warps
-    tile_m, tile_n = tile
     func = ops.get_op("dense").build({"m": m, "n": n, "k": k}, dtype)
-    mma = {"float16": "wmma_mma_f16_f32", "bfloat16": "wmma_mma_bf16_f32"}[dtype]
     sch = Schedule(func)
-    acc = sch.get_block("dense_acc")
-    out = sch.get_block("dense")
-    frag_out = sch.cache_write(acc, 0, "wmma.accumulator")
-    i, j, kk = sch.get_loops(acc)
-    frags_m, frags_n = tile_m // warps_m // 16, tile_n // warps_n // 16
-    bi, wi, fi, ii = sch.split(i, [None, warps_m, frags_m, 16])
-    bj, wj, fj, jj = sch.split(j, [None, warps_n, frags_n, 16])
-    ko, ki, kx = sch.split(kk, [None, tile_k // 16, 16])
-    sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
-    sch.bind(bi, "blockIdx.y")
-    sch.bind(bj, "blockIdx.x")
-    sch.bind(wi, "threadIdx.z")
-    sch.bind(wj, "threadIdx.y")
-    for operand in (0, 1):  # x and w tiles into shared memory, 16 bytes per thread and step
-        tile = sch.cache_read(acc, operand, "shared")
-        sch.compute_at(tile, ko)
-        if pad:
-            sch.storage_align(tile, 0, 0, tile_k, pad)
-        rows, cols = sch.get_loops(tile)[-2:]
-        _, tz, ty, r = sch.split(rows, [None, warps_m, warps_n, 32 // (tile_k // 8)])
-        c, vec = sch.split(cols, [None, 8])
-        lane = sch.fuse(r, c)
-        sch.bind(tz, "threadIdx.z")
-        sch.bind(ty, "threadIdx.y")
-        sch.bind(lane, "threadIdx.x")
-        sch.vectorize(vec)
-    if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
-        sch.annotate(ko, "software_pipeline_stages", stages)
-    for loop in (ki, fi, fj):
-        sch.unroll(loop)  # constant fragment indices keep the fragments in registers
-    sch.reverse_compute_at(frag_out, bj)
-    init = sch.decompose_reduction(acc, ko)
-    sch.tensorize(ii, mma)
-    init_loops = sch.get_loops(init)
-    sch.tensorize(init_loops[-2], "wmma_fill_f32")
-    sch.set_scope(frag_out, 0, "shared")  # the float32 tile of y, staged in shared memory
-    rows, cols = sch.get_loops(frag_out)[-2:]
-    t0, f0, i0 = sch.split(rows, [warps_m, frags_m, 16])
-    t1, f1, i1 = sch.split(cols, [warps_n, frags_n, 16])
-    sch.reorder(t0, t1, f0, f1, i0, i1)
-    sch.bind(t0, "threadIdx.z")
-    sch.bind(t1, "threadIdx.y")
-    sch.unroll(f0)
-    sch.unroll(f1)
-    sch.tensorize(i0, "wmma_store_f32")
-    sch.reverse_compute_at(out, bj)  # convert to fp16 and write y, 4 elements per thread
-    rows, cols = sch.get_loops(out)[-2:]
-    _, tz, ty = sch.split(rows, [None, warps_m, warps_n])
-    lane, vec = sch.split(cols, [32, None])
-    sch.bind(tz, "threadIdx.z")
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(lane, "threadIdx.x")
-    sch.vectorize(vec)
+    apply_wmma_tiling(
+        sch, "dense", "dense_acc", WMMA_MMA[dtype],
+        warps=warps, tile=tile, tile_k=tile_k, pad=pad, stages=stages,
+    )  # fmt: skip
     return sch
 
 
