@@ -9,7 +9,6 @@ from __future__ import annotations
 import _ctypes
 import ctypes
 import ctypes.util
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -155,29 +154,11 @@ class CpuMeasurer:
             data.outputs(0), out_dtypes, data.reference, rtol, data.reference_scales
         )
         if bad:
-            message = f"{bad} elements off by more than {rtol:g} relative (max {err:.3g})"
-            return self._result(Status.WRONG_RESULT, start, message, max_rel_err=err)
+            return MeasureResult.wrong(bad, rtol, err, start, self.device)
 
         run = native_loop(lib, data) or python_loop(fn, arg_sets)
         timings, number = time_calls(run, inp.config)
-        return MeasureResult(
-            status=Status.OK,
-            median_ms=statistics.median(timings),
-            timings_ms=tuple(timings),
-            max_rel_err=err,
-            calls_per_repeat=number,
-            input_sets=len(arg_sets),
-            run_s=time.perf_counter() - start,
-            device=self.device,
-        )
+        return MeasureResult.measured(timings, number, err, len(arg_sets), start, self.device)
 
-    def _result(
-        self, status: Status, start: float, message: str, max_rel_err: float | None = None
-    ) -> MeasureResult:
-        return MeasureResult(
-            status=status,
-            message=message,
-            max_rel_err=max_rel_err,
-            run_s=time.perf_counter() - start,
-            device=self.device,
-        )
+    def _result(self, status: Status, start: float, message: str) -> MeasureResult:
+        return MeasureResult.failed(status, start, message, self.device)

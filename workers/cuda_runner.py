@@ -7,7 +7,6 @@ only, so everything else imports without the `[cuda]` extra.
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
@@ -100,20 +99,10 @@ class CudaMeasurer:
         rtol = config.tolerance(inp.problem.dtype)
         err, bad = compare_outputs(pinned, out_dtypes, host.reference, rtol, host.reference_scales)
         if bad:
-            message = f"{bad} elements off by more than {rtol:g} relative (max {err:.3g})"
-            return self._result(Status.WRONG_RESULT, start, message, err)
+            return MeasureResult.wrong(bad, rtol, err, start, self.device)
 
         timings, number = self._time(launch, len(arg_sets), config)
-        return MeasureResult(
-            status=Status.OK,
-            median_ms=statistics.median(timings),
-            timings_ms=tuple(timings),
-            max_rel_err=err,
-            calls_per_repeat=number,
-            input_sets=len(arg_sets),
-            run_s=time.perf_counter() - start,
-            device=self.device,
-        )
+        return MeasureResult.measured(timings, number, err, len(arg_sets), start, self.device)
 
     def _time(self, launch: Any, n_sets: int, config: MeasureConfig) -> tuple[list[float], int]:
         """Per-launch times (ms) from CUDA events; one launch a repeat when flushing L2."""
@@ -167,13 +156,5 @@ class CudaMeasurer:
             self._flush = (self.cuda.mem_alloc(words * 4), words)
         return self._flush
 
-    def _result(
-        self, status: Status, start: float, message: str, max_rel_err: float | None = None
-    ) -> MeasureResult:
-        return MeasureResult(
-            status=status,
-            message=message,
-            max_rel_err=max_rel_err,
-            run_s=time.perf_counter() - start,
-            device=self.device,
-        )
+    def _result(self, status: Status, start: float, message: str) -> MeasureResult:
+        return MeasureResult.failed(status, start, message, self.device)

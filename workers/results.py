@@ -6,6 +6,8 @@ Ray, and so the database can store it without unpickling anything.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -202,6 +204,54 @@ class MeasureResult:
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+    @classmethod
+    def measured(
+        cls,
+        timings_ms: list[float],
+        calls_per_repeat: int,
+        max_rel_err: float,
+        input_sets: int,
+        started: float,
+        device: str,
+    ) -> MeasureResult:
+        """An ok result: the median of the repeats, run time counted from `started`."""
+        return cls(
+            status=Status.OK,
+            median_ms=statistics.median(timings_ms),
+            timings_ms=tuple(timings_ms),
+            max_rel_err=max_rel_err,
+            calls_per_repeat=calls_per_repeat,
+            input_sets=input_sets,
+            run_s=time.perf_counter() - started,
+            device=device,
+        )
+
+    @classmethod
+    def failed(
+        cls,
+        status: Status,
+        started: float,
+        message: str,
+        device: str,
+        max_rel_err: float | None = None,
+    ) -> MeasureResult:
+        """A failure with its message, run time counted from `started`."""
+        return cls(
+            status=status,
+            message=message,
+            max_rel_err=max_rel_err,
+            run_s=time.perf_counter() - started,
+            device=device,
+        )
+
+    @classmethod
+    def wrong(
+        cls, bad: int, rtol: float, max_rel_err: float, started: float, device: str
+    ) -> MeasureResult:
+        """`bad` output elements outside the relative tolerance `rtol`."""
+        message = f"{bad} elements off by more than {rtol:g} relative (max {max_rel_err:.3g})"
+        return cls.failed(Status.WRONG_RESULT, started, message, device, max_rel_err)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (status as its string value)."""
