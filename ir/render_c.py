@@ -399,8 +399,55 @@ class CStyleRenderer:
         return f"{self.prelude}\n{self.signature(lowered, entry, scalars)} {{\n{body}\n}}\n"
 
 
+# exp(x) = 2^n * e^r with n = round(x / ln 2) and |r| <= ln(2)/2, branch-free so that gcc
+# vectorizes it inside `omp simd` loops (libm's expf stays a scalar call without -ffast-math).
+# n is rounded by adding 1.5 * 2^23 and read back from the float's bits (no float-to-int
+# conversion, so NaN is never converted); r is x - n ln 2 with ln 2 split in two (the high part
+# has 9 trailing zero bits, so n * hi is exact for |n| <= 150); e^r is its degree-7 Taylor
+# polynomial (truncation below 1e-8 relative on that range); 2^n is built from exponent bits
+# as two factors 2^(n>>1) * 2^(n - (n>>1)), so results down to the smallest subnormal round
+# once and x near 88.72 overflows to inf as expf does. x is clamped to [-104, 89] first (its
+# result there is already 0 or inf); NaN in gives NaN out, -inf gives 0, +inf gives inf.
+EXP_C = r"""static inline float tf_expf(float x) {
+  float xs = x == x ? x : 0.0f;
+  xs = xs < -104.0f ? -104.0f : xs;
+  xs = xs > 89.0f ? 89.0f : xs;
+  float t = xs * 1.44269504088896341f + 12582912.0f;
+  float n = t - 12582912.0f;
+  int32_t tb; __builtin_memcpy(&tb, &t, 4);
+  int32_t ni = tb - 0x4b400000;
+  float r = xs - n * 0.693145751953125f;
+  r = r - n * 1.428606765330187e-06f;
+  float p = 1.98412698e-4f;
+  p = p * r + 1.38888889e-3f;
+  p = p * r + 8.33333333e-3f;
+  p = p * r + 4.16666667e-2f;
+  p = p * r + 1.66666667e-1f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  int32_t n1 = ni >> 1, n2 = ni - n1;
+  uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
+  float s1, s2; __builtin_memcpy(&s1, &b1, 4); __builtin_memcpy(&s2, &b2, 4);
+  float y = (p * s1) * s2;
+  return x == x ? y : x + x;
+}
+"""
+
+
 class CRenderer(CStyleRenderer):
-    """Plain C for the CPU: OpenMP for parallel loops, `omp simd` for vectorised ones."""
+    """Plain C for the CPU: OpenMP for parallel loops, `omp simd` for vectorised ones.
+
+    exp (and sigmoid, silu, anything built on it) calls `tf_expf` from the prelude instead of
+    libm's expf, so exp-heavy loops such as softmax's vectorize.
+    """
+
+    prelude: ClassVar[str] = PRELUDE_C + EXP_C
+    float_intrinsics: ClassVar[dict[str, str]] = {
+        **CStyleRenderer.float_intrinsics,
+        "exp": "tf_expf({0})",
+        "sigmoid": "(1.0f / (1.0f + tf_expf(-({0}))))",
+    }
 
 
 _OMP_REDUCTION = {"add": "+", "max": "max", "min": "min"}
