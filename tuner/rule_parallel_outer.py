@@ -1,8 +1,11 @@
 """Parallel outer loops: run each top-level loop nest's outermost loop across the cores.
 
-When the outermost loop is too short to feed every core, it is first fused with the loop
-directly below it. Refused steps (a reduction loop, a loop that is not perfectly nested)
-leave the nest serial, which is always correct.
+Loops of extent 1 at the top (the row loop of a decode GEMV, m=1) are passed over, so the
+first loop with work to share is the parallel one; a unit loop cannot always be fused (a
+block computed at a deeper loop does not depend on it), and left alone it would make the
+whole nest serial. When that loop is too short to feed every core, it is first fused with
+the loop directly below it. Refused steps (a reduction loop, a loop that is not perfectly
+nested) leave the nest serial, which is always correct.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class ParallelOuter(GlobalRule):
                 infos = loop_infos(out, out.get_block(br.block.name))
             except ScheduleError:
                 continue
+            first = 0
+            while first + 1 < len(infos) and infos[first].extent == 1 and not infos[first].reduce:
+                first += 1
+            infos = infos[first:]
             top = infos[0].rv
             if (
                 len(infos) > 1

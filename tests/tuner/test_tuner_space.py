@@ -129,3 +129,20 @@ def test_codegen_postproc_rejects_thread_bindings_on_cpu() -> None:
 def test_unknown_rule_is_a_clear_error() -> None:
     with pytest.raises(SpaceError, match="unknown rule"):
         create_rule("no_such_rule")
+
+
+def test_decode_gemv_samples_share_the_rows_across_cores() -> None:
+    """m=1 leaves a unit row loop on top; the parallel loop must be one with work in it."""
+    from tunefleet.ir.codegen import build_source
+    from tunefleet.ir.lower import lower
+    from tunefleet.ir.stmt import For
+    from tunefleet.ir.visit import walk
+
+    func, sketches = _sketches("dense", {"m": 1, "n": 256, "k": 256})
+    sampler = SpaceSampler(func, sketches, CTX, default_postprocs("cpu"))
+    for cand in sampler.sample_unique(random.Random(3), 8, set()):
+        sch = cand.trace.apply(func)
+        body = lower(sch.func).body
+        parallel = [n for n in walk(body) if isinstance(n, For) and n.kind == "parallel"]
+        assert parallel and all(int(p.extent.value) > 1 for p in parallel), cand.trace.as_python()
+        assert "omp parallel for" in build_source(sch).source
