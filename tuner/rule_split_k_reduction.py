@@ -12,7 +12,7 @@ decision), and the partial block is computed inside the cache block:
     for i0, j0:                       # parallel
       for i1, j1:                     # cache block: its rows of x and w stay in L2 over all k
         for k0: for i2: for j2: for lane (vectorized):  acc[i2, j2, lane] += x * w
-        for i2, j2: for lane: out[i, j] += acc[i2, j2, lane]
+        for i2, j2: for lane (simd reduction): out[i, j] += acc[i2, j2, lane]
 
 Intermediate reductions fork into two sketches: kept at the root, or computed at the
 outermost legal loop of their consumer (one row of a norm or softmax at a time).
@@ -150,6 +150,8 @@ class SplitKReduction(ScheduleRule):
         t.decompose_reduction(rf, k0)
         try:
             t.decompose_reduction(fin, t.get_loops(fin)[-1])
+            # a simd reduction adds the lanes as a tree instead of one dependent add per lane
+            t.vectorize(t.get_loops(fin)[-1])
         except ScheduleError:
             pass
 
