@@ -114,3 +114,31 @@ def test_softmax_exp_loops_compile_to_vector_code_without_expf(tmp_path) -> None
     # the exponent split n >> 1 of tf_expf, done on packed 32-bit lanes, once per exp loop
     shifts = re.findall(r"\bv?psrad\s+\$1, %[xyz]mm", text)
     assert len(shifts) >= 2, "tf_expf was not vectorized in both exp loops"
+
+
+def test_loop_invariant_rsqrt_is_computed_once_per_row_and_still_matches_numpy() -> None:
+    dims = {"m": 5, "n": 96}
+    sch = Schedule(ops.get_op("rmsnorm").build(dims, "float32"))
+    _, j = sch.get_loops(sch.get_block("rmsnorm"))
+    _, inner = sch.split(j, [None, 16])
+    sch.vectorize(inner)
+    source = build_source(sch).source
+    body = source[source.index("_kernel(") :]
+    assert body.count("sqrtf(") == 1
+    hoisted = body.index("const float tf_inv0 = (1.0f / sqrtf(")
+    assert hoisted < body.index("#pragma omp simd"), "the rsqrt stays inside the vector loop"
+    check_against_reference(sch, ops.get_op("rmsnorm"), dims)
+
+
+def test_calls_that_vary_in_the_loop_or_sit_under_a_guard_stay_in_it() -> None:
+    # exp(x[i]) varies with i; under the split's guard (n=100 by 16) nothing may move out
+    x = te.placeholder((100,), "float32", name="x")
+    y = te.compute((100,), lambda i: exp(x[i]) + exp(x[0]), name="y")
+    sch = Schedule(te.create_prim_func([x, y], name="y"))
+    (loop,) = sch.get_loops(sch.get_block("y"))
+    sch.split(loop, [None, 16])
+    source = build_source(sch).source
+    assert "tf_inv" not in source
+    inputs = [np.linspace(-3.0, 3.0, 100, dtype=np.float32)]
+    (got,) = run_kernel(build_source(sch), inputs, {})
+    np.testing.assert_allclose(got, np.exp(inputs[0]) + np.exp(inputs[0][0]), rtol=2e-7)
