@@ -13,12 +13,14 @@ wide loads in flight together and set the second __launch_bounds__ argument.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 from .dtypes import is_float, itemsize
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
+from .intrinsics_wgmma import WGMMA_BATCH, parse_swizzled
 from .pipeline import ASYNC_COPY, HOIST_LOADS, MIN_BLOCKS_PER_SM, PIPELINE_STAGES
 from .render_c import CStyleRenderer, c_name
 from .simplify import linear, simplify
@@ -118,6 +120,7 @@ class CUDARenderer(CStyleRenderer):
         self._no_auto_sync = 0
         self._vec_extent = 0
         self._hoisted: dict[BufferLoad, str] = {}
+        self.swizzled: dict[str, int] = {}  # shared buffers in a swizzled layout: row bytes
         self.dynamic_shared_bytes = 0
 
     # ------------------------------------------------------------ expressions
@@ -168,6 +171,18 @@ class CUDARenderer(CStyleRenderer):
             return self.from_float(text, e.dtype) if e.dtype in half else text
         return self._binop_text(e.op, self.expr(a), self.expr(b), e.dtype, a, b)
 
+    def flat_index(self, buf: Buffer, indices: tuple[Expr, ...]) -> str:
+        text = super().flat_index(buf, indices)
+        return self._swizzle(buf, text)
+
+    def _swizzle(self, buf: Buffer, offset: str) -> str:
+        """`offset` (elements) moved to where the buffer's swizzled layout keeps it."""
+        if buf.name not in self.swizzled:
+            return offset
+        from .render_wgmma import swizzle_text
+
+        return swizzle_text(offset, self.swizzled[buf.name], itemsize(buf.dtype))
+
     # ------------------------------------------------------------ statements
 
     def _in_threads(self) -> bool:
@@ -207,6 +222,10 @@ class CUDARenderer(CStyleRenderer):
                 f'asm volatile("cp.async.wait_group %0;\\n" :: "n"({s.pending}) : "memory");',
                 depth,
             )
+            if self.swizzled:  # copies seen by wgmma, which reads through the async proxy
+                from .render_wgmma import PROXY_FENCE
+
+                self.emit(PROXY_FENCE, depth)
             self.emit("__syncthreads();", depth)
         else:
             raise CodegenError(f"unknown pipeline step {s.op!r}")
@@ -253,6 +272,14 @@ class CUDARenderer(CStyleRenderer):
             return
         if PIPELINE_STAGES in dict(s.annotations) and not self._in_threads():
             self._pipelined_loop(s, depth)
+            return
+        if WGMMA_BATCH in dict(s.annotations):
+            from . import render_wgmma
+
+            render_wgmma.batch_open(self, depth)
+            body = dataclasses.replace(s, annotations=())
+            self.loop(body, depth)
+            render_wgmma.batch_close(self, int(dict(s.annotations)[WGMMA_BATCH]), depth)
             return
         innermost = not any(isinstance(n, For) for n in walk(s.body))
         if s.kind in ("vectorized", "unrolled") and innermost and self._vector_loop(s, depth):
@@ -388,7 +415,8 @@ class CUDARenderer(CStyleRenderer):
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             name = self._fresh("v")
             ct = self.ctype(x.buffer.dtype)
-            src = f"*(const {vt}*)({c_name(x.buffer.name)} + {self.expr(base)})"
+            off = self._swizzle(x.buffer, self.expr(base))
+            src = f"*(const {vt}*)({c_name(x.buffer.name)} + {off})"
             self.emit(f"const {vt} {name} = {self._hoisted.get(x, src)};", depth)
             self._vec[x] = f"((const {ct}*)&{name})[{v}]"
         if wide_store is not None:
@@ -401,7 +429,7 @@ class CUDARenderer(CStyleRenderer):
             self.emit(f"for (int64_t {v} = 0; {v} < {n}; ++{v}) {{", depth)
             self.emit(f"(({ct}*)&{tmp})[{v}] = {self.store_value(st)};", depth + 1)
             self.emit("}", depth)
-            dst = f"{c_name(st.buffer.name)} + {self.expr(base)}"
+            dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(base))}"
             missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
             prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
             self.emit(f"{prefix}*({vt}*)({dst}) = {tmp};", depth)
@@ -481,7 +509,7 @@ class CUDARenderer(CStyleRenderer):
             return False
         if self._vec_extent * itemsize(st.buffer.dtype) != 16:
             return False
-        dst = f"{c_name(st.buffer.name)} + {self.expr(dst_base)}"
+        dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(dst_base))}"
         gsrc = f"{c_name(src.buffer.name)} + {self.expr(loads[src])}"
         missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
         prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
@@ -539,6 +567,11 @@ class CUDARenderer(CStyleRenderer):
             )
         vs = [c.var for c in chain]
         zero: dict[Var, Expr] = {v: Const(0, "int64") for v in vs}
+        if info.acc_scope.startswith("wgmma."):
+            from . import render_wgmma
+
+            render_wgmma.emit(self, info, body, vs, depth)
+            return
         if info.acc_scope.startswith("mma."):
             self._mma_sync_intrin(info.kind, info.in_dtype, body, vs, zero, depth)
             return
@@ -738,6 +771,12 @@ class CUDARenderer(CStyleRenderer):
             self.emit(f"{frag} {name}[{n // 256}];", depth)
             self.stmt(s.body, depth)
             return
+        if buf.scope == "wgmma.accumulator":
+            from .render_wgmma import accumulator_decl
+
+            self.emit(accumulator_decl(buf), depth)
+            self.stmt(s.body, depth)
+            return
         if buf.scope.startswith("mma."):
             if len(buf.shape) != 2 or n % 256:
                 raise CodegenError(f"{buf.scope} {buf.name} must be a 2-D tile of 16 x 16 tiles")
@@ -756,7 +795,8 @@ class CUDARenderer(CStyleRenderer):
                 off = self._dyn_offsets[name]
                 self.emit(f"{ct}* {name} = ({ct}*)(tf_dyn_smem + {off});", depth)
             else:
-                self.emit(f"__shared__ __align__(128) {ct} {name}[{n}];", depth)
+                align = 1024 if buf.name in self.swizzled else 128  # a swizzle atom
+                self.emit(f"__shared__ __align__({align}) {ct} {name}[{n}];", depth)
         else:
             self.emit(f"{ct} {name}[{n}] __attribute__((aligned(16)));", depth)
         self.stmt(s.body, depth)
@@ -778,6 +818,8 @@ class CUDARenderer(CStyleRenderer):
                     raise CodegenError(f"shared buffer {b.name} has symbolic size {size}")
                 nbytes = (int(size.value) * itemsize(b.dtype) + 127) // 128 * 128
                 start = max((placed[i][2] for i in chain), default=0)
+                if b.name in self.swizzled:  # swizzled tiles start on a 1024-byte atom
+                    start = (start + 1023) // 1024 * 1024
                 placed.append((b, start, start + nbytes))
                 visit(s.body, [*chain, len(placed) - 1])
                 return
@@ -809,6 +851,7 @@ class CUDARenderer(CStyleRenderer):
 
     def render(self, lowered: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
         self._launch = launch_dims(lowered)
+        self.swizzled = parse_swizzled(lowered.attrs)
         self._plan_shared(lowered)
         self._lines = []
         self.stmt(lowered.body, 1)
@@ -816,7 +859,8 @@ class CUDARenderer(CStyleRenderer):
         if self._needs_scratch:
             head.append("  __shared__ float tf_red_scratch[32];")
         if self._dyn_offsets:
-            head.append("  extern __shared__ __align__(128) unsigned char tf_dyn_smem[];")
+            align = 1024 if self.swizzled else 128
+            head.append(f"  extern __shared__ __align__({align}) unsigned char tf_dyn_smem[];")
         body = "\n".join(head + self._lines)
         threads = 1
         for t in BLOCK_TAGS:
@@ -834,7 +878,12 @@ class CUDARenderer(CStyleRenderer):
         sig = self.signature(lowered, entry, scalars).replace(
             "__global__ void", f"__global__ void __launch_bounds__({bounds})", 1
         )
-        return f"{self.prelude}\n{sig} {{\n{body}\n}}\n"
+        prelude = self.prelude
+        if self.swizzled:
+            from .render_wgmma import SWIZZLE_HELPER
+
+            prelude += SWIZZLE_HELPER
+        return f"{prelude}\n{sig} {{\n{body}\n}}\n"
 
 
 def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[str]:
