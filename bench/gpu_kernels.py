@@ -46,7 +46,9 @@ def compile_cubin(source: str, arch: str, workdir: Path, name: str) -> Path:
     src = workdir / f"{name}.cu"
     out = workdir / f"{name}.cubin"
     src.write_text(source)
-    cmd = ["nvcc", "-cubin", f"-arch={arch}", "-O3", "-o", str(out), str(src)]
+    from tunefleet.ir.intrinsics_wgmma import nvcc_arch
+
+    cmd = ["nvcc", "-cubin", f"-arch={nvcc_arch(arch, source)}", "-O3", "-o", str(out), str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"nvcc failed for {name}:\n{proc.stderr[-3000:]}")
