@@ -124,7 +124,8 @@ def time_pair(
     """
     import torch
 
-    graphs: dict[str, tuple[Callable[[], Any], int]] = {}
+    use_graphs = GRAPHS if graphs is None else graphs
+    runs: dict[str, tuple[Callable[[], Any], int]] = {}
     for name, lst in fns.items():  # warm up and size the graph from plain launches
         for f in lst * 3:
             f()
@@ -137,17 +138,17 @@ def time_pair(
         end.synchronize()
         per = max(start.elapsed_time(end) / len(lst), 1e-4)
         count = max(len(lst), math.ceil(min_ms / per / len(lst)) * len(lst))
-        if GRAPHS if graphs is None else graphs:
+        if use_graphs:
             graph = capture(lst, count)
-            graphs[name] = (graph.replay, count)
+            runs[name] = (graph.replay, count)
         else:
-            graphs[name] = (
+            runs[name] = (
                 lambda lst=lst, count=count: [lst[c % len(lst)]() for c in range(count)],
                 count,
             )
     samples: dict[str, list[float]] = {n: [] for n in fns}
     for _ in range(reps):
-        for name, (run, count) in graphs.items():
+        for name, (run, count) in runs.items():
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             run()
