@@ -68,6 +68,7 @@ MMA_WARPS = (4, 2)
 MMA_TILE_K = 64
 MMA_STAGES = 3
 MMA_OUT_PAD = 8
+MMA_PREFETCH = True
 
 
 def dense_mma_schedule(
@@ -82,6 +83,7 @@ def dense_mma_schedule(
     tile: tuple[int, int] = MMA_TILE,
     op: str = "dense",
     out_pad: int = MMA_OUT_PAD,
+    prefetch: bool = MMA_PREFETCH,
 ) -> Schedule:
     """dense(x[m, k], w[n, k]) with mma.sync m16n8k16 and ldmatrix register fragments.
 
@@ -141,6 +143,8 @@ def dense_mma_schedule(
         sch.vectorize(vec)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
         sch.annotate(ko, "software_pipeline_stages", stages)
+        if prefetch:  # fragments of the next 16-wide step loaded while this one's MMAs run
+            sch.annotate(ko, "software_pipeline_fragments", 1)
     for loop in (ki, fi, fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
     sch.reverse_compute_at(frag_out, bj)

@@ -216,11 +216,10 @@ class CUDARenderer(CStyleRenderer):
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
         stmts = list(s.body.stmts) if isinstance(s.body, SeqStmt) else [s.body]
-        for i, c in enumerate(stmts):
-            copy = i < len(stmts) - 1  # all but the compute: waits, copies, commits
-            self._no_auto_sync += copy
+        self._no_auto_sync += 1  # waits, copies, commits and compute steps: no extra barriers
+        for c in stmts:
             self.stmt(c, depth + 1)
-            self._no_auto_sync -= copy
+        self._no_auto_sync -= 1
         self.emit("}", depth)
 
     def _block_level_seq(self, s: SeqStmt, depth: int) -> None:
