@@ -5,8 +5,9 @@
 Measures the card's device-to-device copy bandwidth first (bytes read + written), then for
 each kernel: builds every variant from the IR (nvcc -cubin for the card's arch), checks it
 against a float64 reference on fresh random inputs, and times it and the PyTorch equivalent
-alternately with CUDA events, rotating input copies so that L2 cannot hold them (median of
-the repeats). Prints a table last and writes JSON and markdown under --out.
+alternately: each variant's launches, rotating input copies so that L2 cannot hold them, are
+captured into a CUDA graph whose replays are timed with CUDA events (median of the repeats).
+Prints a table last and writes JSON and markdown under --out.
 """
 
 from __future__ import annotations
@@ -69,26 +70,62 @@ class Launcher:
 
     def bind(self, *tensors: Any) -> Callable[[], None]:
         """A no-argument launch over these tensors (in the kernel's argument order)."""
-        args = tuple(self.cupy.asarray(t) for t in tensors)
+        import torch
+
+        cupy = self.cupy
+        args = tuple(cupy.asarray(t) for t in tensors)
         fn, grid, block, shared = self.fn, self.grid, self.block, self.shared
 
-        def launch() -> None:
-            fn(grid, block, args, shared_mem=shared)
+        def launch() -> None:  # on torch's current stream, so a graph capture records it
+            with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+                fn(grid, block, args, shared_mem=shared)
 
         return launch
 
 
-def time_pair(
-    fns: dict[str, list[Callable[[], None]]], reps: int = 30, min_ms: float = 2.0
-) -> dict[str, float]:
-    """Median microseconds per call of each entry; each entry rotates over its callables and
-    all entries are timed in alternation, repeat by repeat."""
+def capture(calls: list[Callable[[], None]], count: int) -> Any:
+    """A CUDA graph of `count` launches cycling through `calls` (warmed up on the capture's
+    side stream first, so library handles and workspaces exist before capture)."""
     import torch
 
-    names = list(fns)
-    calls: dict[str, int] = {}
-    for name in names:  # warm up and size the repeats
-        lst = fns[name]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in calls * 2:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in range(count):
+            calls[c % len(calls)]()
+    torch.cuda.synchronize()
+    return graph
+
+
+GRAPHS = True  # bench-wide: time replays of captured graphs (False: plain launches)
+
+
+def time_pair(
+    fns: dict[str, list[Callable[[], None]]],
+    reps: int = 30,
+    min_ms: float = 2.0,
+    graphs: bool | None = None,
+) -> dict[str, float]:
+    """Median microseconds per call of each entry, from replays of a captured CUDA graph.
+
+    Each entry's launches (cycling through its callables, which rotate input copies) are
+    captured into one graph of at least `min_ms`, so host launch costs stay out of the numbers
+    as they do in a decode step replayed from a graph; the entries' replays alternate, repeat
+    by repeat, and each replay is timed with CUDA events. With GRAPHS off (`--no-graphs`) the
+    same launches are issued from Python between the events instead; `graphs` overrides it
+    for one call (device-to-device copies run on the copy engines inside a graph, slower than
+    torch's copy kernel, so copies are timed as plain launches).
+    """
+    import torch
+
+    graphs: dict[str, tuple[Callable[[], Any], int]] = {}
+    for name, lst in fns.items():  # warm up and size the graph from plain launches
         for f in lst * 3:
             f()
         torch.cuda.synchronize()
@@ -99,18 +136,24 @@ def time_pair(
         end.record()
         end.synchronize()
         per = max(start.elapsed_time(end) / len(lst), 1e-4)
-        calls[name] = max(len(lst), math.ceil(min_ms / per / len(lst)) * len(lst))
-    samples: dict[str, list[float]] = {n: [] for n in names}
+        count = max(len(lst), math.ceil(min_ms / per / len(lst)) * len(lst))
+        if GRAPHS if graphs is None else graphs:
+            graph = capture(lst, count)
+            graphs[name] = (graph.replay, count)
+        else:
+            graphs[name] = (
+                lambda lst=lst, count=count: [lst[c % len(lst)]() for c in range(count)],
+                count,
+            )
+    samples: dict[str, list[float]] = {n: [] for n in fns}
     for _ in range(reps):
-        for name in names:
-            lst = fns[name]
+        for name, (run, count) in graphs.items():
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            for c in range(calls[name]):
-                lst[c % len(lst)]()
+            run()
             end.record()
             end.synchronize()
-            samples[name].append(start.elapsed_time(end) * 1000.0 / calls[name])
+            samples[name].append(start.elapsed_time(end) * 1000.0 / count)
     return {n: statistics.median(v) for n, v in samples.items()}
 
 
@@ -128,7 +171,7 @@ def copy_bandwidth() -> float:
 
     src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
     dst = torch.empty_like(src)
-    us = time_pair({"copy": [lambda: dst.copy_(src)]}, reps=20, min_ms=5)["copy"]
+    us = time_pair({"copy": [lambda: dst.copy_(src)]}, reps=20, min_ms=5, graphs=False)["copy"]
     return 2 * src.numel() * 2 / (us * 1e-6) / 1e9
 
 
@@ -179,11 +222,9 @@ def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]
         errs[name] = rel_err(ys[0], ref0)
         fns[name] = launches
     dsts = [torch.empty_like(ws[0]) for _ in range(copies)]
-    fns["torch copy of w (same bytes read)"] = [
-        lambda i=i: dsts[i].copy_(ws[i]) for i in range(copies)
-    ]
-    errs["torch copy of w (same bytes read)"] = 0.0
+    copy_w = [lambda i=i: dsts[i].copy_(ws[i]) for i in range(copies)]
     times = time_pair(fns)
+    times["torch copy of w (same bytes read)"] = time_pair({"copy": copy_w}, graphs=False)["copy"]
     for name, us in times.items():
         if name.startswith("torch copy"):  # read + write, as the copy bandwidth counts
             rows.append(Row("copy 32 MiB", name, us, 2 * nbytes / (us * 1e-6) / 1e9, 0.0, 0.0))
@@ -319,9 +360,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench-gpu-out")
     parser.add_argument(
-        "--only", choices=["gemv", "rmsnorm", "dense"], help="run one kernel's rows alone"
+        "--no-graphs", action="store_true", help="time plain launches, not graph replays"
     )
+    parser.add_argument("--only", default="gemv,rmsnorm,dense", help="kernels to run")
     args = parser.parse_args()
+    global GRAPHS
+    GRAPHS = not args.no_graphs
+    known = ("gemv", "rmsnorm", "dense")
+    only = [k for k in args.only.split(",") if k]
+    if any(k not in known for k in only):
+        parser.error(f"--only takes a comma list of {', '.join(known)}; got {args.only!r}")
     import torch
 
     out = Path(args.out)
@@ -333,9 +381,7 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
         benches = {"gemv": bench_gemv, "rmsnorm": bench_rmsnorm, "dense": bench_dense_tc}
-        for key, bench in benches.items():
-            if args.only and key != args.only:
-                continue
+        for bench in (benches[k] for k in only):
             try:
                 rows += bench(arch, Path(tmp))
             except Exception as err:  # report and go on with the other kernels
@@ -343,7 +389,8 @@ def main() -> None:
                 rows.append(Row(bench.__name__, "FAILED", 0, 0, 0, 0, note))
     lines = [
         f"# GPU kernels on {device} ({arch}), torch {torch.__version__}",
-        f"copy bandwidth: {bw:.0f} GB/s (device-to-device, read + write)",
+        f"copy bandwidth: {bw:.0f} GB/s (device-to-device, read + write); timed as "
+        + ("CUDA graph replays" if GRAPHS else "plain launches"),
         "",
         "| kernel | variant | us | GB/s | % of copy | TFLOP/s | rel err | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -356,7 +403,13 @@ def main() -> None:
         )
     text = "\n".join(lines)
     (out / "gpu_kernels.md").write_text(text + "\n")
-    payload = {"device": device, "arch": arch, "copy_gbps": bw, "rows": [asdict(r) for r in rows]}
+    payload = {
+        "device": device,
+        "arch": arch,
+        "copy_gbps": bw,
+        "graphs": GRAPHS,
+        "rows": [asdict(r) for r in rows],
+    }
     (out / "gpu_kernels.json").write_text(json.dumps(payload, indent=2))
     print(text)
 
