@@ -69,6 +69,7 @@ MMA_TILE_K = 64
 MMA_STAGES = 3
 MMA_OUT_PAD = 8
 MMA_PREFETCH = True
+MMA_RASTER = 0
 
 
 def dense_mma_schedule(
@@ -84,6 +85,7 @@ def dense_mma_schedule(
     op: str = "dense",
     out_pad: int = MMA_OUT_PAD,
     prefetch: bool = MMA_PREFETCH,
+    raster: int = MMA_RASTER,
 ) -> Schedule:
     """dense(x[m, k], w[n, k]) with mma.sync m16n8k16 and ldmatrix register fragments.
 
@@ -110,6 +112,8 @@ def dense_mma_schedule(
     sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
     sch.bind(bi, "blockIdx.y")
     sch.bind(bj, "blockIdx.x")
+    if raster:  # blocks run in groups of `raster` row tiles, column by column (L2 reuse)
+        sch.annotate(bi, "block_rasterize", raster)
     sch.bind(wi, "threadIdx.z")
     sch.bind(wj, "threadIdx.y")
     for operand, (scope, intrin) in enumerate(

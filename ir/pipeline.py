@@ -57,6 +57,10 @@ HOIST_LOADS = "hoist_loads"
 # Loop annotation (any loop of a kernel, usually a blockIdx one): on CUDA, the second argument
 # of __launch_bounds__, so the compiler budgets registers for that many resident blocks.
 MIN_BLOCKS_PER_SM = "min_blocks_per_sm"
+# Loop annotation (any loop of a kernel launched over blockIdx.x and blockIdx.y): on CUDA, run
+# the blocks in groups of this many blockIdx.y rows, column by column inside a group, so the
+# blocks resident together share operand tiles in L2 (threadblock rasterisation).
+BLOCK_RASTERIZE = "block_rasterize"
 # Loop annotation beside software_pipeline_stages: double-buffer the compute's register
 # fragments and load them one inner step ahead (see the module docstring).
 PIPELINE_FRAGMENTS = "software_pipeline_fragments"

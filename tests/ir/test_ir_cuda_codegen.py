@@ -345,3 +345,34 @@ def test_storage_align_pads_shared_rows() -> None:
         s.storage_align(tile, 0, 0, 8, 8)
     with pytest.raises(ScheduleError, match="parameter"):
         s.storage_align(s.get_block("dense"), 0, 0, 32, 8)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_block_rasterize_renumbers_blocks_and_replays(arch) -> None:
+    """Before: blockIdx_y = blockIdx.y. After: the block loops read the renumbered tf_by /
+    tf_bx (groups of 4 row tiles); the annotation replays from JSON exactly."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_mma_schedule
+
+    plain = build_source(dense_mma_schedule(1024, 512, 128), "cuda").source
+    assert "const int64_t blockIdx_y = (int64_t)blockIdx.y;" in plain and "tf_by" not in plain
+    sch = dense_mma_schedule(1024, 512, 128, raster=4)
+    src = build_source(sch, "cuda").source
+    assert "const int64_t blockIdx_y = tf_by;" in src and "const int64_t blockIdx_x = tf_bx;" in src
+    assert "tf_lin / (4 * (int64_t)gridDim.x) * 4" in src
+    rc, log = _compile(src, arch)
+    assert rc == 0, log
+    replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
+    assert build_source(replayed, "cuda").source == src
+
+
+def test_block_rasterize_needs_a_two_dimensional_grid() -> None:
+    sch = default_schedule(ops.get_op("gelu").build({"m": 64, "n": 4096}, "float32"), target="cuda")
+    loop = sch.get_loops(sch.get_block("gelu"))[0]
+    sch.annotate(loop, "block_rasterize", 4)
+    with pytest.raises(CodegenError, match=r"launched over blockIdx\.x and blockIdx\.y"):
+        build_source(sch, "cuda")
