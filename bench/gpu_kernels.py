@@ -299,38 +299,37 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
     failed: dict[str, str] = {}
     # (kind, k step, row padding, warps, pipeline stages, block tile, fp32 tile row padding,
-    # fragments loaded one 16-wide step ahead)
+    # fragments loaded one 16-wide step ahead, block rasterisation group)
     variants = (
-        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, False),
-        ("mma", 64, 8, (2, 4), 3, (128, 256), 8, False),
-        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, True),
-        ("mma", 64, 8, (2, 4), 3, (128, 256), 8, True),
-        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True),
-        ("mma", 64, 8, (2, 4), 4, (128, 256), 8, True),
-        ("mma", 32, 8, (4, 2), 4, (256, 128), 8, True),
-        ("mma", 32, 8, (4, 2), 6, (256, 128), 8, True),
-        ("mma", 128, 8, (4, 2), 2, (256, 128), 8, True),
-        ("mma", 64, 8, (2, 2), 3, (128, 128), 8, True),
-        ("mma", 64, 8, (2, 2), 4, (128, 128), 8, True),
+        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, False, 0),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, False, 0),
+        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, True, 0),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 0),
+        ("mma", 64, 8, (2, 4), 4, (128, 256), 8, True, 0),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 2),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 8),
+        ("mma", 64, 8, (2, 4), 4, (128, 256), 8, True, 16),
+        ("mma", 32, 8, (4, 2), 4, (256, 128), 8, True, 0),
     )
-    for kind, tile_k, pad, warps, stages, tile, out_pad, prefetch in variants:
+    for kind, tile_k, pad, warps, stages, tile, out_pad, prefetch, raster in variants:
         name = (
             f"{kind} {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
             f"stages{stages}"
             + (f" opad{out_pad}" if out_pad else "")
             + (" prefetch" if prefetch else "")
+            + (f" raster{raster}" if raster else "")
         )
         if kind == "wmma":
             sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
         else:
             sch = dense_mma_schedule(
                 m, n, k, "float16", tile_k, pad, warps, stages, tile,
-                out_pad=out_pad, prefetch=prefetch,
+                out_pad=out_pad, prefetch=prefetch, raster=raster,
             )  # fmt: skip
         ks = build_source(sch, target="cuda")
         tag = (
             f"dense_{kind}_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
-            f"_{out_pad}_{int(prefetch)}"
+            f"_{out_pad}_{int(prefetch)}_{raster}"
         )
         try:  # one variant that fails to build or load is reported, the others still run
             launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
