@@ -301,15 +301,16 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     # (kind, k step, row padding, warps, pipeline stages, block tile, fp32 tile row padding,
     # fragments loaded one 16-wide step ahead, block rasterisation group)
     variants = (
-        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, False, 0),
+        ("wmma", 64, 8, (2, 2), 1, (128, 128), 0, False, 0),
+        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, False, 0),  # the default before prefetch
         ("mma", 64, 8, (4, 2), 4, (256, 128), 8, False, 0),
         ("mma", 64, 8, (4, 2), 3, (256, 128), 8, True, 0),
-        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 0),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 0),  # the example's default
         ("mma", 64, 8, (2, 4), 4, (128, 256), 8, True, 0),
         ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 2),
         ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 8),
-        ("mma", 64, 8, (2, 4), 4, (128, 256), 8, True, 16),
         ("mma", 32, 8, (4, 2), 4, (256, 128), 8, True, 0),
+        ("mma", 128, 8, (4, 2), 2, (256, 128), 8, True, 0),
     )
     for kind, tile_k, pad, warps, stages, tile, out_pad, prefetch, raster in variants:
         name = (
