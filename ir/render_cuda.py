@@ -21,7 +21,13 @@ from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
 from .intrinsics_wgmma import WGMMA_BATCH, parse_swizzled
-from .pipeline import ASYNC_COPY, HOIST_LOADS, MIN_BLOCKS_PER_SM, PIPELINE_STAGES
+from .pipeline import (
+    ASYNC_COPY,
+    BLOCK_RASTERIZE,
+    HOIST_LOADS,
+    MIN_BLOCKS_PER_SM,
+    PIPELINE_STAGES,
+)
 from .render_c import CStyleRenderer, c_name
 from .simplify import linear, simplify
 from .stmt import (
@@ -121,6 +127,7 @@ class CUDARenderer(CStyleRenderer):
         self._vec_extent = 0
         self._hoisted: dict[BufferLoad, str] = {}
         self.swizzled: dict[str, int] = {}  # shared buffers in a swizzled layout: row bytes
+        self._block_text: dict[str, str] = {}  # remapped block indices (rasterisation)
         self.dynamic_shared_bytes = 0
 
     # ------------------------------------------------------------ expressions
@@ -235,11 +242,10 @@ class CUDARenderer(CStyleRenderer):
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
         stmts = list(s.body.stmts) if isinstance(s.body, SeqStmt) else [s.body]
-        for i, c in enumerate(stmts):
-            copy = i < len(stmts) - 1  # all but the compute: waits, copies, commits
-            self._no_auto_sync += copy
+        self._no_auto_sync += 1  # waits, copies, commits and compute steps: no extra barriers
+        for c in stmts:
             self.stmt(c, depth + 1)
-            self._no_auto_sync -= copy
+        self._no_auto_sync -= 1
         self.emit("}", depth)
 
     def _block_level_seq(self, s: SeqStmt, depth: int) -> None:
@@ -303,7 +309,7 @@ class CUDARenderer(CStyleRenderer):
         tag = s.thread or ""
         v = c_name(s.var.name)
         self.emit("{", depth)
-        self.emit(f"const int64_t {v} = (int64_t){tag};", depth + 1)
+        self.emit(f"const int64_t {v} = {self._block_text.get(tag, f'(int64_t){tag}')};", depth + 1)
         launched = self._launch.get(tag)
         ext = simplify(s.extent)
         guarded = (int(ext.value) if isinstance(ext, Const) else launch_text(ext)) != launched
@@ -849,13 +855,44 @@ class CUDARenderer(CStyleRenderer):
         args += [f"int64_t {c_name(v.name)}" for v in scalars]
         return f"{self.kernel_prefix} {entry}({', '.join(args)})"
 
+    def _rasterize(self, lowered: PrimFunc) -> list[str]:
+        """Lines that renumber the blocks in groups of G blockIdx.y rows (G from the
+        `block_rasterize` annotation): consecutive blocks walk down a group's column, then
+        on to its next column, so the blocks resident at once share x and w tiles in L2."""
+        groups = [
+            int(v)
+            for n in walk(lowered.body)
+            if isinstance(n, For)
+            for k, v in n.annotations
+            if k == BLOCK_RASTERIZE
+        ]
+        if not groups:
+            return []
+        g = max(groups)
+        if g < 1 or not (self._launch.used("blockIdx.x") and self._launch.used("blockIdx.y")):
+            raise CodegenError(
+                f"block_rasterize = {g} needs a group size >= 1 and a kernel launched over "
+                "blockIdx.x and blockIdx.y; bind block loops to both axes"
+            )
+        self._block_text = {"blockIdx.x": "tf_bx", "blockIdx.y": "tf_by"}
+        span = f"({g} * (int64_t)gridDim.x)"
+        return [
+            "  const int64_t tf_lin = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;",
+            f"  const int64_t tf_first = tf_lin / {span} * {g};",
+            f"  const int64_t tf_rows = (int64_t)gridDim.y - tf_first < {g} ? "
+            f"(int64_t)gridDim.y - tf_first : {g};",
+            f"  const int64_t tf_by = tf_first + tf_lin % {span} % tf_rows;",
+            f"  const int64_t tf_bx = tf_lin % {span} / tf_rows;",
+        ]
+
     def render(self, lowered: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
         self._launch = launch_dims(lowered)
         self.swizzled = parse_swizzled(lowered.attrs)
         self._plan_shared(lowered)
         self._lines = []
+        raster = self._rasterize(lowered)
         self.stmt(lowered.body, 1)
-        head: list[str] = []
+        head: list[str] = raster
         if self._needs_scratch:
             head.append("  __shared__ float tf_red_scratch[32];")
         if self._dyn_offsets:
