@@ -16,7 +16,7 @@ from tunefleet.ir.intrinsics_wgmma import nvcc_arch
 from tunefleet.ir.wgmma_schedule import apply_wgmma_tiling
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from dense_wgmma_cuda import dense_wgmma_schedule  # noqa: E402
+from dense_wgmma_cuda import dense_wgmma_schedule
 
 NVCC = shutil.which("nvcc")
 
