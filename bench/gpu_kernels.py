@@ -350,6 +350,24 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
             torch.cuda.synchronize()
             errs[name] = max(errs[name], rel_err(y, a.double() @ w.double().T))
         fns[name] = [ours]
+    major = torch.cuda.get_device_capability(0)[0]
+    if major == 9:  # Hopper: the wgmma example's tilings (sm_90a)
+        from dense_wgmma_cuda import dense_wgmma_schedule
+
+        for wg, tn, st in ((2, 128, 3), (2, 128, 4), (2, 256, 3)):
+            name = f"wgmma {64 * wg}x{tn} stages{st} swizzle128"
+            ks = build_source(dense_wgmma_schedule(m, n, k, "float16", wg, tn, st), "cuda")
+            try:
+                launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"wg{wg}{tn}{st}"))
+            except Exception as err:
+                failed[name] = f"{type(err).__name__}: {err}"
+                continue
+            ours = launcher.bind(a, w, y)
+            y.fill_(float("nan"))
+            ours()
+            torch.cuda.synchronize()
+            errs[name] = rel_err(y, ref)
+            fns[name] = [ours]
     times = time_pair(fns, reps=10)
     flop = 2 * m * n * k
     rows = [

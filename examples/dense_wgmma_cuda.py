@@ -23,7 +23,7 @@ from pathlib import Path
 from tunefleet.ir import Schedule, build_source, ops
 from tunefleet.ir.wgmma_schedule import apply_wgmma_tiling
 
-WARPGROUPS, N, STAGES = 2, 256, 4
+WARPGROUPS, N, STAGES = 2, 128, 3  # 128 x 128 tiles: 96 KiB of stages, two blocks per SM
 
 
 def dense_wgmma_schedule(
