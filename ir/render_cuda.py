@@ -859,13 +859,7 @@ class CUDARenderer(CStyleRenderer):
         """Lines that renumber the blocks in groups of G blockIdx.y rows (G from the
         `block_rasterize` annotation): consecutive blocks walk down a group's column, then
         on to its next column, so the blocks resident at once share x and w tiles in L2."""
-        groups = [
-            int(v)
-            for n in walk(lowered.body)
-            if isinstance(n, For)
-            for k, v in n.annotations
-            if k == BLOCK_RASTERIZE
-        ]
+        groups = _loop_annotations(lowered, BLOCK_RASTERIZE)
         if not groups:
             return []
         g = max(groups)
@@ -903,13 +897,7 @@ class CUDARenderer(CStyleRenderer):
         for t in BLOCK_TAGS:
             threads *= int(self._launch.get(t))
         bounds = str(threads)
-        min_blocks = [
-            int(v)
-            for n in walk(lowered.body)
-            if isinstance(n, For)
-            for k, v in n.annotations
-            if k == MIN_BLOCKS_PER_SM
-        ]
+        min_blocks = _loop_annotations(lowered, MIN_BLOCKS_PER_SM)
         if min_blocks:  # the register budget that lets this many blocks share a multiprocessor
             bounds += f", {max(min_blocks)}"
         sig = self.signature(lowered, entry, scalars).replace(
@@ -932,3 +920,10 @@ def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[s
         elif isinstance(n, BufferLoad) and n.buffer.scope == "shared" and not stores_only:
             out.add(n.buffer.name)
     return out
+
+
+def _loop_annotations(func: PrimFunc, key: str) -> list[int]:
+    """The integer values of every loop annotation `key` in the function, in program order."""
+    return [
+        int(v) for n in walk(func.body) if isinstance(n, For) for k, v in n.annotations if k == key
+    ]
