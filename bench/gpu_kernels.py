@@ -1,12 +1,13 @@
 """GPU bench: the hand-written schedules in examples/ against PyTorch, side by side in one run.
 
-    python bench/gpu_kernels.py [--out DIR]      # needs a CUDA GPU, torch, cupy and nvcc
+    python bench/gpu_kernels.py [--out DIR] [--only dense]   # needs a CUDA GPU, torch, cupy, nvcc
 
 Measures the card's device-to-device copy bandwidth first (bytes read + written), then for
 each kernel: builds every variant from the IR (nvcc -cubin for the card's arch), checks it
 against a float64 reference on fresh random inputs, and times it and the PyTorch equivalent
-alternately with CUDA events, rotating input copies so that L2 cannot hold them (median of
-the repeats). Prints a table last and writes JSON and markdown under --out.
+alternately: each variant's launches, rotating input copies so that L2 cannot hold them, are
+captured into a CUDA graph whose replays are timed with CUDA events (median of the repeats).
+Prints a table last and writes JSON and markdown under --out.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def compile_cubin(source: str, arch: str, workdir: Path, name: str) -> Path:
     src = workdir / f"{name}.cu"
     out = workdir / f"{name}.cubin"
     src.write_text(source)
-    cmd = ["nvcc", "-cubin", f"-arch={arch}", "-O3", "-o", str(out), str(src)]
+    from tunefleet.ir.intrinsics_wgmma import nvcc_arch
+
+    cmd = ["nvcc", "-cubin", f"-arch={nvcc_arch(arch, source)}", "-O3", "-o", str(out), str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"nvcc failed for {name}:\n{proc.stderr[-3000:]}")
@@ -69,26 +72,63 @@ class Launcher:
 
     def bind(self, *tensors: Any) -> Callable[[], None]:
         """A no-argument launch over these tensors (in the kernel's argument order)."""
-        args = tuple(self.cupy.asarray(t) for t in tensors)
+        import torch
+
+        cupy = self.cupy
+        args = tuple(cupy.asarray(t) for t in tensors)
         fn, grid, block, shared = self.fn, self.grid, self.block, self.shared
 
-        def launch() -> None:
-            fn(grid, block, args, shared_mem=shared)
+        def launch() -> None:  # on torch's current stream, so a graph capture records it
+            with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+                fn(grid, block, args, shared_mem=shared)
 
         return launch
 
 
-def time_pair(
-    fns: dict[str, list[Callable[[], None]]], reps: int = 30, min_ms: float = 2.0
-) -> dict[str, float]:
-    """Median microseconds per call of each entry; each entry rotates over its callables and
-    all entries are timed in alternation, repeat by repeat."""
+def capture(calls: list[Callable[[], None]], count: int) -> Any:
+    """A CUDA graph of `count` launches cycling through `calls` (warmed up on the capture's
+    side stream first, so library handles and workspaces exist before capture)."""
     import torch
 
-    names = list(fns)
-    calls: dict[str, int] = {}
-    for name in names:  # warm up and size the repeats
-        lst = fns[name]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in calls * 2:
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in range(count):
+            calls[c % len(calls)]()
+    torch.cuda.synchronize()
+    return graph
+
+
+GRAPHS = True  # bench-wide: time replays of captured graphs (False: plain launches)
+
+
+def time_pair(
+    fns: dict[str, list[Callable[[], None]]],
+    reps: int = 30,
+    min_ms: float = 2.0,
+    graphs: bool | None = None,
+) -> dict[str, float]:
+    """Median microseconds per call of each entry, from replays of a captured CUDA graph.
+
+    Each entry's launches (cycling through its callables, which rotate input copies) are
+    captured into one graph of at least `min_ms`, so host launch costs stay out of the numbers
+    as they do in a decode step replayed from a graph; the entries' replays alternate, repeat
+    by repeat, and each replay is timed with CUDA events. With GRAPHS off (`--no-graphs`) the
+    same launches are issued from Python between the events instead; `graphs` overrides it
+    for one call (device-to-device copies run on the copy engines inside a graph, slower than
+    torch's copy kernel, so copies are timed as plain launches).
+    """
+    import torch
+
+    use_graphs = GRAPHS if graphs is None else graphs
+    runs: dict[str, tuple[Callable[[], Any], int]] = {}
+    for name, lst in fns.items():  # warm up and size the graph from plain launches
         for f in lst * 3:
             f()
         torch.cuda.synchronize()
@@ -99,18 +139,24 @@ def time_pair(
         end.record()
         end.synchronize()
         per = max(start.elapsed_time(end) / len(lst), 1e-4)
-        calls[name] = max(len(lst), math.ceil(min_ms / per / len(lst)) * len(lst))
-    samples: dict[str, list[float]] = {n: [] for n in names}
+        count = max(len(lst), math.ceil(min_ms / per / len(lst)) * len(lst))
+        if use_graphs:
+            graph = capture(lst, count)
+            runs[name] = (graph.replay, count)
+        else:
+            runs[name] = (
+                lambda lst=lst, count=count: [lst[c % len(lst)]() for c in range(count)],
+                count,
+            )
+    samples: dict[str, list[float]] = {n: [] for n in fns}
     for _ in range(reps):
-        for name in names:
-            lst = fns[name]
+        for name, (run, count) in runs.items():
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            for c in range(calls[name]):
-                lst[c % len(lst)]()
+            run()
             end.record()
             end.synchronize()
-            samples[name].append(start.elapsed_time(end) * 1000.0 / calls[name])
+            samples[name].append(start.elapsed_time(end) * 1000.0 / count)
     return {n: statistics.median(v) for n, v in samples.items()}
 
 
@@ -128,7 +174,7 @@ def copy_bandwidth() -> float:
 
     src = torch.empty(1 << 29, dtype=torch.float16, device="cuda").normal_()
     dst = torch.empty_like(src)
-    us = time_pair({"copy": [lambda: dst.copy_(src)]}, reps=20, min_ms=5)["copy"]
+    us = time_pair({"copy": [lambda: dst.copy_(src)]}, reps=20, min_ms=5, graphs=False)["copy"]
     return 2 * src.numel() * 2 / (us * 1e-6) / 1e9
 
 
@@ -179,11 +225,9 @@ def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]
         errs[name] = rel_err(ys[0], ref0)
         fns[name] = launches
     dsts = [torch.empty_like(ws[0]) for _ in range(copies)]
-    fns["torch copy of w (same bytes read)"] = [
-        lambda i=i: dsts[i].copy_(ws[i]) for i in range(copies)
-    ]
-    errs["torch copy of w (same bytes read)"] = 0.0
+    copy_w = [lambda i=i: dsts[i].copy_(ws[i]) for i in range(copies)]
     times = time_pair(fns)
+    times["torch copy of w (same bytes read)"] = time_pair({"copy": copy_w}, graphs=False)["copy"]
     for name, us in times.items():
         if name.startswith("torch copy"):  # read + write, as the copy bandwidth counts
             rows.append(Row("copy 32 MiB", name, us, 2 * nbytes / (us * 1e-6) / 1e9, 0.0, 0.0))
@@ -257,48 +301,74 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
     fns: dict[str, list[Callable[[], None]]] = {"torch.matmul": [lambda: torch.matmul(a, w.T)]}
     errs = {"torch.matmul": rel_err(a @ w.T, ref)}
     failed: dict[str, str] = {}
-    # (kind, k step, row padding, warps, pipeline stages, block tile)
-    # (kind, k step, row padding, warps, pipeline stages, block tile, fp32 tile row padding)
+
+    def check(ours: Callable[[], None]) -> float:
+        """Worse error of two runs on fresh inputs, the output poisoned before each."""
+        worst = 0.0
+        for _ in range(2):
+            a.normal_()
+            w.normal_()
+            y.fill_(float("nan"))
+            ours()
+            torch.cuda.synchronize()
+            worst = max(worst, rel_err(y, a.double() @ w.double().T))
+        return worst
+
+    # (kind, k step, row padding, warps, pipeline stages, block tile, fp32 tile row padding,
+    # fragments loaded one 16-wide step ahead, block rasterisation group)
     variants = (
-        ("wmma", 64, 8, (2, 2), 1, (128, 128), 0),
-        ("wmma", 64, 8, (2, 4), 2, (128, 256), 0),
-        ("mma", 32, 8, (2, 4), 4, (128, 256), 0),
-        ("mma", 64, 8, (2, 4), 2, (128, 256), 0),
-        ("mma", 64, 8, (2, 4), 3, (128, 256), 0),
-        ("mma", 64, 8, (2, 4), 3, (128, 256), 4),
-        ("mma", 64, 8, (2, 4), 3, (128, 256), 8),
-        ("mma", 64, 8, (2, 4), 4, (128, 256), 8),
-        ("mma", 128, 8, (2, 4), 2, (128, 256), 8),
-        ("mma", 64, 8, (4, 2), 3, (256, 128), 8),
-        ("mma", 64, 8, (2, 2), 3, (128, 128), 8),
+        ("wmma", 64, 8, (2, 2), 1, (128, 128), 0, False, 0),
+        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, False, 0),  # the default before prefetch
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, False, 0),
+        ("mma", 64, 8, (4, 2), 3, (256, 128), 8, True, 0),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 0),  # the example's default
+        ("mma", 64, 8, (2, 4), 4, (128, 256), 8, True, 0),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 2),
+        ("mma", 64, 8, (4, 2), 4, (256, 128), 8, True, 8),
+        ("mma", 32, 8, (4, 2), 4, (256, 128), 8, True, 0),
+        ("mma", 128, 8, (4, 2), 2, (256, 128), 8, True, 0),
     )
-    for kind, tile_k, pad, warps, stages, tile, out_pad in variants:
+    for kind, tile_k, pad, warps, stages, tile, out_pad, prefetch, raster in variants:
         name = (
             f"{kind} {tile[0]}x{tile[1]} bk{tile_k} pad{pad} warps{warps[0]}x{warps[1]} "
-            f"stages{stages}" + (f" opad{out_pad}" if out_pad else "")
+            f"stages{stages}"
+            + (f" opad{out_pad}" if out_pad else "")
+            + (" prefetch" if prefetch else "")
+            + (f" raster{raster}" if raster else "")
         )
         if kind == "wmma":
             sch = dense_tc_schedule(m, n, k, "float16", tile_k, pad, warps, stages, tile)
         else:
             sch = dense_mma_schedule(
-                m, n, k, "float16", tile_k, pad, warps, stages, tile, out_pad=out_pad
-            )
+                m, n, k, "float16", tile_k, pad, warps, stages, tile,
+                out_pad=out_pad, prefetch=prefetch, raster=raster,
+            )  # fmt: skip
         ks = build_source(sch, target="cuda")
         tag = (
             f"dense_{kind}_{tile_k}_{pad}_{warps[0]}{warps[1]}_{stages}_{tile[0]}_{tile[1]}"
-            f"_{out_pad}"
+            f"_{out_pad}_{int(prefetch)}_{raster}"
         )
         try:  # one variant that fails to build or load is reported, the others still run
             launcher = Launcher(ks, compile_cubin(ks.source, arch, work, tag))
         except Exception as err:
             failed[name] = f"{type(err).__name__}: {err}"
             continue
-        ours = launcher.bind(a, w, y)
-        y.fill_(float("nan"))
-        ours()
-        torch.cuda.synchronize()
-        errs[name] = rel_err(y, ref)
-        fns[name] = [ours]
+        fns[name] = [launcher.bind(a, w, y)]
+        errs[name] = check(fns[name][0])
+    major = torch.cuda.get_device_capability(0)[0]
+    if major == 9:  # Hopper: the wgmma example's tilings (sm_90a)
+        from dense_wgmma_cuda import dense_wgmma_schedule
+
+        for wg, tn, st in ((2, 128, 3), (2, 128, 4), (2, 256, 3)):
+            name = f"wgmma {64 * wg}x{tn} stages{st} swizzle128"
+            ks = build_source(dense_wgmma_schedule(m, n, k, "float16", wg, tn, st), "cuda")
+            try:
+                launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"wg{wg}{tn}{st}"))
+            except Exception as err:
+                failed[name] = f"{type(err).__name__}: {err}"
+                continue
+            fns[name] = [launcher.bind(a, w, y)]
+            errs[name] = check(fns[name][0])
     times = time_pair(fns, reps=10)
     flop = 2 * m * n * k
     rows = [
@@ -311,7 +381,17 @@ def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int =
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench-gpu-out")
+    parser.add_argument(
+        "--no-graphs", action="store_true", help="time plain launches, not graph replays"
+    )
+    parser.add_argument("--only", default="gemv,rmsnorm,dense", help="kernels to run")
     args = parser.parse_args()
+    global GRAPHS
+    GRAPHS = not args.no_graphs
+    known = ("gemv", "rmsnorm", "dense")
+    only = [k for k in args.only.split(",") if k]
+    if any(k not in known for k in only):
+        parser.error(f"--only takes a comma list of {', '.join(known)}; got {args.only!r}")
     import torch
 
     out = Path(args.out)
@@ -322,7 +402,8 @@ def main() -> None:
     bw = copy_bandwidth()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
-        for bench in (bench_gemv, bench_rmsnorm, bench_dense_tc):
+        benches = {"gemv": bench_gemv, "rmsnorm": bench_rmsnorm, "dense": bench_dense_tc}
+        for bench in (benches[k] for k in only):
             try:
                 rows += bench(arch, Path(tmp))
             except Exception as err:  # report and go on with the other kernels
@@ -330,7 +411,8 @@ def main() -> None:
                 rows.append(Row(bench.__name__, "FAILED", 0, 0, 0, 0, note))
     lines = [
         f"# GPU kernels on {device} ({arch}), torch {torch.__version__}",
-        f"copy bandwidth: {bw:.0f} GB/s (device-to-device, read + write)",
+        f"copy bandwidth: {bw:.0f} GB/s (device-to-device, read + write); timed as "
+        + ("CUDA graph replays" if GRAPHS else "plain launches"),
         "",
         "| kernel | variant | us | GB/s | % of copy | TFLOP/s | rel err | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -343,7 +425,13 @@ def main() -> None:
         )
     text = "\n".join(lines)
     (out / "gpu_kernels.md").write_text(text + "\n")
-    payload = {"device": device, "arch": arch, "copy_gbps": bw, "rows": [asdict(r) for r in rows]}
+    payload = {
+        "device": device,
+        "arch": arch,
+        "copy_gbps": bw,
+        "graphs": GRAPHS,
+        "rows": [asdict(r) for r in rows],
+    }
     (out / "gpu_kernels.json").write_text(json.dumps(payload, indent=2))
     print(text)
 

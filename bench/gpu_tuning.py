@@ -5,8 +5,9 @@
 For fp16 decode GEMV (dense m=1, n=k=4096), dense m=2048 n=k=4096 (tensor cores), rmsnorm
 2048x4096 and softmax 65536x2048: `tunefleet.tuner.tune(target="cuda")` with the workers'
 CUDA runner (every trial checked against numpy), then the best kernel and the PyTorch
-equivalent are timed in this process, alternating, with CUDA events and input copies rotated
-past L2 (bench/gpu_kernels.py's harness). The card's device-to-device copy bandwidth is
+equivalent are timed in this process, alternating, as replays of captured CUDA graphs with
+input copies rotated past L2 (bench/gpu_kernels.py's harness; `--no-graphs` times plain
+launches). The card's device-to-device copy bandwidth is
 measured first; memory-bound kernels report % of it, the dense its TFLOP/s against torch.
 """
 
@@ -64,8 +65,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=32)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--out", default="bench-gpu-tuning-out")
+    parser.add_argument("--db", help="record store URL (default: a throwaway SQLite file)")
     parser.add_argument("--stall-s", type=float, default=60.0, help="dump stacks if stuck")
+    parser.add_argument(
+        "--no-graphs", action="store_true", help="time plain launches, not graph replays"
+    )
     args = parser.parse_args()
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     import faulthandler
 
     faulthandler.dump_traceback_later(args.stall_s, repeat=True, file=sys.stderr)
@@ -74,6 +82,7 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
 
+    import gpu_kernels
     import torch
     from gpu_kernels import (
         Launcher,
@@ -86,6 +95,7 @@ def main() -> None:
     from tunefleet.ir import Trace, build_source, ops
     from tunefleet.tuner import tune
 
+    gpu_kernels.GRAPHS = not args.no_graphs
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     major, minor = torch.cuda.get_device_capability(0)
@@ -104,7 +114,8 @@ def main() -> None:
             try:
                 res = tune(
                     op, dims, dtype="float16", target="cuda", trials=args.trials,
-                    db_url=f"sqlite:///{work / 'records.db'}", cache_dir=str(work / "kernels"),
+                    db_url=args.db or f"sqlite:///{work / 'records.db'}",
+                    cache_dir=str(work / "kernels"),
                     model_dir=str(work / "models"), seed=0, batch_size=16,
                     on_progress=lambda p: log(f"  trial {p.trials_done} {p.status} "
                                               f"{p.median_ms} best {p.best_ms}"),
@@ -145,7 +156,10 @@ def main() -> None:
                 row["torch_pct_copy"] = 100 * nbytes / (times["torch"] * 1e-6) / 1e9 / bw
             rows.append(row)
             print(json.dumps(row), flush=True)
-    payload = {"device": device, "arch": arch, "copy_gbps": bw, "rows": rows}
+    payload = {
+        "device": device, "arch": arch, "copy_gbps": bw, "graphs": gpu_kernels.GRAPHS,
+        "rows": rows,
+    }  # fmt: skip
     (out_dir / "gpu_tuning.json").write_text(json.dumps(payload, indent=2, default=str))
     print(json.dumps(payload, indent=2, default=str))
 

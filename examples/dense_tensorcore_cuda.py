@@ -10,16 +10,20 @@ each thread block computes a 256 x 128 tile of y with 8 warps (4 x 2, bound to t
 threadIdx.y), each warp a 64 x 64 tile held in per-lane registers (`mma.accumulator`, 16
 tiles of 8 floats per lane). For every 64-wide step of k the block's threads copy the 256 x 64
 and 128 x 64 tiles of x and w into shared memory, 16 bytes per thread and copy, with rows
-padded by 8 halves (storage_align); the k loop is annotated `software_pipeline_stages = 3`, so
-the copies of the next two steps run as `cp.async` while the warps compute on the current
+padded by 8 halves (storage_align); the k loop is annotated `software_pipeline_stages = 4`, so
+the copies of the next three steps run as `cp.async` while the warps compute on the current
 one. For every 16-wide step inside it each warp loads its 4 x and 4 w 16 x 16 tiles into
 registers with `ldmatrix.x4` (`mma.matrix_a` / `mma.matrix_b` buffers) and runs 4 x 4 x 2
-`mma.sync.m16n8k16` from them. At the end each lane stores its accumulators as float2 pairs
-into a shared float32 tile (rows padded by 8 floats, reusing the bytes of the x / w tiles),
-and all threads convert it to fp16 and write it out 16 bytes at a time.
+`mma.sync.m16n8k16` from them; `software_pipeline_fragments` double-buffers those registers,
+so the next step's ldmatrix run during this step's MMAs and the block's barrier comes before
+the last step, whose MMAs are ready to issue right after it. At the end each lane stores its
+accumulators as float2 pairs into a shared float32 tile (rows padded by 8 floats, reusing the
+bytes of the x / w tiles), and all threads convert it to fp16 and write it out.
 
 `dense_tc_schedule` is the same structure through the WMMA API (fragments reloaded from
 shared memory for every MMA). Measured numbers: docs/ir.md and bench/gpu_kernels_results.md.
+`raster=G` runs the blocks in groups of G row tiles (`block_rasterize`); it measured no gain
+here (the 48 MB of operands stay in the 50 MB L2 either way), so it is off by default.
 Not used yet: swizzled shared layouts, wgmma / TMA (sm_90a).
 """
 
@@ -66,8 +70,10 @@ def dense_tc_schedule(
 MMA_TILE = (256, 128)
 MMA_WARPS = (4, 2)
 MMA_TILE_K = 64
-MMA_STAGES = 3
+MMA_STAGES = 4
 MMA_OUT_PAD = 8
+MMA_PREFETCH = True
+MMA_RASTER = 0
 
 
 def dense_mma_schedule(
@@ -82,6 +88,8 @@ def dense_mma_schedule(
     tile: tuple[int, int] = MMA_TILE,
     op: str = "dense",
     out_pad: int = MMA_OUT_PAD,
+    prefetch: bool = MMA_PREFETCH,
+    raster: int = MMA_RASTER,
 ) -> Schedule:
     """dense(x[m, k], w[n, k]) with mma.sync m16n8k16 and ldmatrix register fragments.
 
@@ -91,6 +99,9 @@ def dense_mma_schedule(
     warp tile costs 8 ldmatrix per 32 mma.sync. Padding the shared rows by 8 halves puts
     the 8 rows of each ldmatrix quarter in distinct banks. `op="matmul"` schedules
     a[m, k] . b[k, n] the same way: its b tiles are k-major, loaded with ldmatrix .trans.
+    `prefetch` (applied with stages > 1 and an even number of 16-wide steps per k tile)
+    loads each step's fragments one step ahead into a second register copy; `raster` > 0
+    groups the blocks by that many row tiles.
     """
     warps_m, warps_n = warps
     tile_m, tile_n = tile
@@ -108,6 +119,8 @@ def dense_mma_schedule(
     sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
     sch.bind(bi, "blockIdx.y")
     sch.bind(bj, "blockIdx.x")
+    if raster:  # blocks run in groups of `raster` row tiles, column by column (L2 reuse)
+        sch.annotate(bi, "block_rasterize", raster)
     sch.bind(wi, "threadIdx.z")
     sch.bind(wj, "threadIdx.y")
     for operand, (scope, intrin) in enumerate(
@@ -141,6 +154,8 @@ def dense_mma_schedule(
         sch.vectorize(vec)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
         sch.annotate(ko, "software_pipeline_stages", stages)
+        if prefetch and tile_k // 16 % 2 == 0:  # next 16-wide step's fragments during the MMAs
+            sch.annotate(ko, "software_pipeline_fragments", 1)
     for loop in (ki, fi, fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
     sch.reverse_compute_at(frag_out, bj)

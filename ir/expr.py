@@ -205,7 +205,8 @@ class Buffer:
     Scopes: "global" (function arguments and intermediates in main memory), "shared" and
     "local" (per-thread-block and per-thread storage), and tensor-core fragments
     "wmma.matrix_a", "wmma.matrix_b", "wmma.accumulator" (WMMA API fragments) and
-    "mma.matrix_a", "mma.matrix_b", "mma.accumulator" (per-lane registers of mma.sync).
+    "mma.matrix_a", "mma.matrix_b", "mma.accumulator" (per-lane registers of mma.sync);
+    "wgmma.accumulator" (per-thread registers of a Hopper warpgroup MMA).
     """
 
     name: str
@@ -232,6 +233,7 @@ SCOPES = (
     "mma.matrix_a",
     "mma.matrix_b",
     "mma.accumulator",
+    "wgmma.accumulator",
 )
 
 

@@ -123,3 +123,6 @@ def get_intrin(name: str) -> TensorIntrin:
     except KeyError:
         known = ", ".join(sorted(INTRINSICS))
         raise ScheduleError(f"unknown tensor intrinsic {name!r}; known: {known}") from None
+
+
+from . import intrinsics_wgmma  # noqa: E402, F401  (adds the Hopper wgmma family to INTRINSICS)

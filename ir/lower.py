@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import LoweringError
 from .expr import BinOp, Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
+from .intrinsics_wgmma import SWIZZLE_ATTR, swizzled_buffers
 from .pipeline import pipeline_loops
 from .simplify import bounds, from_linear, linear, simplify
 from .stmt import (
@@ -63,7 +64,11 @@ def lower(func: PrimFunc) -> PrimFunc:
     if aligns:
         body = _apply_storage_align(body, aligns)
     body = pipeline_loops(body)
-    return dataclasses.replace(func, body=body)  # type: ignore[arg-type]
+    attrs = func.attrs
+    swizzled = swizzled_buffers(func)
+    if swizzled:  # physical layouts the renderer applies to addresses (intrinsics_wgmma)
+        attrs = (*attrs, (SWIZZLE_ATTR, swizzled))
+    return dataclasses.replace(func, body=body, attrs=attrs)  # type: ignore[arg-type]
 
 
 STORAGE_ALIGN = "storage_align"  # block annotation: "buffer:factor:offset"

@@ -15,6 +15,27 @@ so the copies of S - 1 later iterations are in flight while one iteration comput
 the copies' 16-byte vector moves from global to shared memory become `cp.async` and the
 commits and waits `cp.async.commit_group` / `cp.async.wait_group`; elsewhere they are plain
 copies and the syncs are no-ops, so the program computes the same values everywhere.
+
+With `software_pipeline_fragments = 1` as well, the compute must be (thread-bound loops
+around) an unrolled loop of an even number T of steps, each loading register fragments from
+the stage buffers and then computing on them. The fragments get two buffers, each step's loads
+move one step ahead, and the wait and barrier move before the last step, whose fragments are
+already loaded, so the tensor cores have work queued while the block synchronises:
+
+    alloc x_shared[S, ...], frag[2, ...]
+    copies(k = 0); commit  ...  copies(k = S-1); commit        # prologue: S stages
+    wait(pending = S-1); frag[0] = load(k = 0, t = 0)
+    for k in range(E):
+        for t in range(T):                       # unrolled in the IR
+            if t == T-1:
+                wait(pending = S-2)              # stage k+1 has landed; barrier
+                if k + S < E: copies(k + S)      # into the buffer stage k used
+                commit
+            frag[(t+1) % 2] = load(t+1 < T ? (k, t+1) : (k+1, 0))
+            compute(frag[t % 2])
+
+The last load of the loop reads a stage buffer that no copy writes any more; its fragments are
+never used, so it needs no guard.
 """
 
 from __future__ import annotations
@@ -23,7 +44,7 @@ import dataclasses
 from typing import Any
 
 from .errors import LoweringError
-from .expr import Buffer, BufferLoad, Const, Expr, const
+from .expr import Buffer, BufferLoad, Const, Expr, Var, const
 from .simplify import simplify
 from .stmt import Allocate, BufferStore, For, IfThenElse, PipelineSync, SeqStmt, Stmt
 from .visit import rewrite, substitute, walk
@@ -36,6 +57,13 @@ HOIST_LOADS = "hoist_loads"
 # Loop annotation (any loop of a kernel, usually a blockIdx one): on CUDA, the second argument
 # of __launch_bounds__, so the compiler budgets registers for that many resident blocks.
 MIN_BLOCKS_PER_SM = "min_blocks_per_sm"
+# Loop annotation (any loop of a kernel launched over blockIdx.x and blockIdx.y): on CUDA, run
+# the blocks in groups of this many blockIdx.y rows, column by column inside a group, so the
+# blocks resident together share operand tiles in L2 (threadblock rasterisation).
+BLOCK_RASTERIZE = "block_rasterize"
+# Loop annotation beside software_pipeline_stages: double-buffer the compute's register
+# fragments and load them one inner step ahead (see the module docstring).
+PIPELINE_FRAGMENTS = "software_pipeline_fragments"
 
 
 def pipeline_loops(s: Stmt) -> Stmt:
@@ -78,6 +106,8 @@ def _expand(loop: For, stages: int) -> Stmt:
     copies, compute = stmts[:n_copy], stmts[n_copy:]
     if any(_stores(st, shared) for st in compute):
         raise LoweringError(f"loop {name}: the compute of a pipelined loop writes a copy buffer")
+    if dict(loop.annotations).get(PIPELINE_FRAGMENTS):
+        return _expand_fragments(loop, stages, bufs, shared, copies, compute)
     staged = {b: dataclasses.replace(b, shape=(const(stages), *b.shape)) for b in shared}
     v = loop.var
 
@@ -104,6 +134,126 @@ def _expand(loop: For, stages: int) -> Stmt:
     for b in reversed(bufs):
         out = Allocate(staged.get(b, b), out)
     return out
+
+
+def _expand_fragments(
+    loop: For,
+    stages: int,
+    bufs: list[Buffer],
+    shared: list[Buffer],
+    copies: list[Stmt],
+    compute: list[Stmt],
+) -> Stmt:
+    """The software pipeline with double-buffered fragments (see the module docstring)."""
+    name, v = loop.var.name, loop.var
+    extent = int(loop.extent.value)  # type: ignore[attr-defined]
+    chain, inner = _thread_chain(_seq(compute))
+    if (
+        inner is None
+        or inner.kind != "unrolled"
+        or not isinstance(inner.extent, Const)
+        or int(inner.extent.value) % 2
+    ):
+        raise LoweringError(
+            f"loop {name}: software_pipeline_fragments needs the compute to be an unrolled loop "
+            "with an even number of steps (under thread-bound loops only); unroll the inner k "
+            "loop and split it evenly"
+        )
+    steps = int(inner.extent.value)
+    frags: list[Buffer] = []
+    stmts = _peel_allocs(inner.body, frags)
+    body = list(stmts.stmts) if isinstance(stmts, SeqStmt) else [stmts]
+    n_load = 0
+    for st in body:
+        if not _stores(st, frags):
+            break
+        n_load += 1
+    if not frags or n_load in (0, len(body)) or any(_stores(st, frags) for st in body[n_load:]):
+        raise LoweringError(
+            f"loop {name}: software_pipeline_fragments needs each inner step to load fragments "
+            "(cache_read into a register scope at the inner loop) and then compute on them"
+        )
+    stages = max(2, min(stages, extent))
+    staged = {b: dataclasses.replace(b, shape=(const(stages), *b.shape)) for b in shared}
+    rows = {b: b.shape[0] for b in frags}
+    if not all(isinstance(r, Const) for r in rows.values()):
+        raise LoweringError(f"loop {name}: fragment buffers need constant shapes")
+    doubled = {
+        b: dataclasses.replace(b, shape=(const(2 * int(rows[b].value)), *b.shape[1:]))  # type: ignore[attr-defined]
+        for b in frags
+    }
+
+    def at(stmts_: list[Stmt], k: Expr, t: Expr | None = None, slot: int = 0) -> Stmt:
+        mapping: dict[Var, Expr] = {v: k}
+        if t is not None:
+            mapping[inner.var] = t
+        body = substitute(_seq(stmts_), mapping)
+        body = _restage(body, staged, simplify(k % stages))
+        return simplify_indices(_reslot(body, doubled, rows, slot))
+
+    def threads(s: Stmt) -> Stmt:
+        for lp in reversed(chain):
+            s = dataclasses.replace(lp, body=s)
+        return s
+
+    loads, work = body[:n_load], body[n_load:]
+    copy_body = _mark_async(_seq(copies))
+    prologue: list[Stmt] = []
+    for s in range(stages):
+        if s < extent:
+            prologue.append(at([copy_body], const(s)))
+        prologue.append(PipelineSync("commit"))
+    prologue += [PipelineSync("wait", stages - 1), threads(at(loads, const(0), const(0), 0))]
+    steady: list[Stmt] = []
+    for t in range(steps):
+        if t == steps - 1:
+            steady.append(PipelineSync("wait", stages - 2))
+            if extent > stages:
+                cond = simplify(v + stages < extent)
+                steady.append(IfThenElse(cond, at([copy_body], simplify(v + stages))))
+            steady.append(PipelineSync("commit"))
+        nxt_k, nxt_t = (v, t + 1) if t + 1 < steps else (simplify(v + 1), 0)
+        step = [at(loads, nxt_k, const(nxt_t), (t + 1) % 2), at(work, v, const(t), t % 2)]
+        steady.append(threads(_seq(step)))
+    ann = tuple(
+        (k, x) for k, x in loop.annotations if k not in (PIPELINE_STAGES, PIPELINE_FRAGMENTS)
+    )
+    main = dataclasses.replace(
+        loop,
+        body=_seq(steady),
+        annotations=((PIPELINE_STAGES, stages), (PIPELINE_FRAGMENTS, 1), *ann),
+    )
+    out: Stmt = SeqStmt((*prologue, main))
+    for b in reversed(frags):
+        out = Allocate(doubled[b], out)
+    for b in reversed(bufs):
+        out = Allocate(staged.get(b, b), out)
+    return out
+
+
+def _thread_chain(s: Stmt) -> tuple[list[For], For | None]:
+    """The thread-bound loops wrapping `s` one inside the other, and the loop they end at."""
+    chain: list[For] = []
+    while isinstance(s, For) and s.kind == "thread_binding":
+        chain.append(s)
+        s = s.body
+    return chain, s if isinstance(s, For) else None
+
+
+def _reslot(s: Stmt, doubled: dict[Buffer, Buffer], rows: dict[Buffer, Expr], slot: int) -> Stmt:
+    """Point accesses of the fragment buffers at their copy `slot` (rows stacked)."""
+
+    def shift(b: Buffer, idx: tuple[Expr, ...]) -> tuple[Expr, ...]:
+        return (idx[0] + rows[b] * slot, *idx[1:]) if slot else idx
+
+    def post(n: Any) -> Any:
+        if isinstance(n, BufferLoad) and n.buffer in doubled:
+            return BufferLoad(doubled[n.buffer], shift(n.buffer, n.indices))
+        if isinstance(n, BufferStore) and n.buffer in doubled:
+            return BufferStore(doubled[n.buffer], shift(n.buffer, n.indices), n.value)
+        return None
+
+    return rewrite(s, post)
 
 
 def simplify_indices(s: Stmt) -> Stmt:

@@ -13,13 +13,21 @@ wide loads in flight together and set the second __launch_bounds__ argument.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 from .dtypes import is_float, itemsize
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
-from .pipeline import ASYNC_COPY, HOIST_LOADS, MIN_BLOCKS_PER_SM, PIPELINE_STAGES
+from .intrinsics_wgmma import WGMMA_BATCH, parse_swizzled
+from .pipeline import (
+    ASYNC_COPY,
+    BLOCK_RASTERIZE,
+    HOIST_LOADS,
+    MIN_BLOCKS_PER_SM,
+    PIPELINE_STAGES,
+)
 from .render_c import CStyleRenderer, c_name
 from .simplify import linear, simplify
 from .stmt import (
@@ -118,6 +126,8 @@ class CUDARenderer(CStyleRenderer):
         self._no_auto_sync = 0
         self._vec_extent = 0
         self._hoisted: dict[BufferLoad, str] = {}
+        self.swizzled: dict[str, int] = {}  # shared buffers in a swizzled layout: row bytes
+        self._block_text: dict[str, str] = {}  # remapped block indices (rasterisation)
         self.dynamic_shared_bytes = 0
 
     # ------------------------------------------------------------ expressions
@@ -168,6 +178,18 @@ class CUDARenderer(CStyleRenderer):
             return self.from_float(text, e.dtype) if e.dtype in half else text
         return self._binop_text(e.op, self.expr(a), self.expr(b), e.dtype, a, b)
 
+    def flat_index(self, buf: Buffer, indices: tuple[Expr, ...]) -> str:
+        text = super().flat_index(buf, indices)
+        return self._swizzle(buf, text)
+
+    def _swizzle(self, buf: Buffer, offset: str) -> str:
+        """`offset` (elements) moved to where the buffer's swizzled layout keeps it."""
+        if buf.name not in self.swizzled:
+            return offset
+        from .render_wgmma import swizzle_text
+
+        return swizzle_text(offset, self.swizzled[buf.name], itemsize(buf.dtype))
+
     # ------------------------------------------------------------ statements
 
     def _in_threads(self) -> bool:
@@ -207,6 +229,10 @@ class CUDARenderer(CStyleRenderer):
                 f'asm volatile("cp.async.wait_group %0;\\n" :: "n"({s.pending}) : "memory");',
                 depth,
             )
+            if self.swizzled:  # copies seen by wgmma, which reads through the async proxy
+                from .render_wgmma import PROXY_FENCE
+
+                self.emit(PROXY_FENCE, depth)
             self.emit("__syncthreads();", depth)
         else:
             raise CodegenError(f"unknown pipeline step {s.op!r}")
@@ -216,11 +242,10 @@ class CUDARenderer(CStyleRenderer):
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
         stmts = list(s.body.stmts) if isinstance(s.body, SeqStmt) else [s.body]
-        for i, c in enumerate(stmts):
-            copy = i < len(stmts) - 1  # all but the compute: waits, copies, commits
-            self._no_auto_sync += copy
+        self._no_auto_sync += 1  # waits, copies, commits and compute steps: no extra barriers
+        for c in stmts:
             self.stmt(c, depth + 1)
-            self._no_auto_sync -= copy
+        self._no_auto_sync -= 1
         self.emit("}", depth)
 
     def _block_level_seq(self, s: SeqStmt, depth: int) -> None:
@@ -254,6 +279,14 @@ class CUDARenderer(CStyleRenderer):
         if PIPELINE_STAGES in dict(s.annotations) and not self._in_threads():
             self._pipelined_loop(s, depth)
             return
+        if WGMMA_BATCH in dict(s.annotations):
+            from . import render_wgmma
+
+            render_wgmma.batch_open(self, depth)
+            body = dataclasses.replace(s, annotations=())
+            self.loop(body, depth)
+            render_wgmma.batch_close(self, int(dict(s.annotations)[WGMMA_BATCH]), depth)
+            return
         innermost = not any(isinstance(n, For) for n in walk(s.body))
         if s.kind in ("vectorized", "unrolled") and innermost and self._vector_loop(s, depth):
             return
@@ -276,7 +309,7 @@ class CUDARenderer(CStyleRenderer):
         tag = s.thread or ""
         v = c_name(s.var.name)
         self.emit("{", depth)
-        self.emit(f"const int64_t {v} = (int64_t){tag};", depth + 1)
+        self.emit(f"const int64_t {v} = {self._block_text.get(tag, f'(int64_t){tag}')};", depth + 1)
         launched = self._launch.get(tag)
         ext = simplify(s.extent)
         guarded = (int(ext.value) if isinstance(ext, Const) else launch_text(ext)) != launched
@@ -388,7 +421,8 @@ class CUDARenderer(CStyleRenderer):
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             name = self._fresh("v")
             ct = self.ctype(x.buffer.dtype)
-            src = f"*(const {vt}*)({c_name(x.buffer.name)} + {self.expr(base)})"
+            off = self._swizzle(x.buffer, self.expr(base))
+            src = f"*(const {vt}*)({c_name(x.buffer.name)} + {off})"
             self.emit(f"const {vt} {name} = {self._hoisted.get(x, src)};", depth)
             self._vec[x] = f"((const {ct}*)&{name})[{v}]"
         if wide_store is not None:
@@ -401,7 +435,7 @@ class CUDARenderer(CStyleRenderer):
             self.emit(f"for (int64_t {v} = 0; {v} < {n}; ++{v}) {{", depth)
             self.emit(f"(({ct}*)&{tmp})[{v}] = {self.store_value(st)};", depth + 1)
             self.emit("}", depth)
-            dst = f"{c_name(st.buffer.name)} + {self.expr(base)}"
+            dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(base))}"
             missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
             prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
             self.emit(f"{prefix}*({vt}*)({dst}) = {tmp};", depth)
@@ -481,7 +515,7 @@ class CUDARenderer(CStyleRenderer):
             return False
         if self._vec_extent * itemsize(st.buffer.dtype) != 16:
             return False
-        dst = f"{c_name(st.buffer.name)} + {self.expr(dst_base)}"
+        dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(dst_base))}"
         gsrc = f"{c_name(src.buffer.name)} + {self.expr(loads[src])}"
         missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
         prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
@@ -539,6 +573,11 @@ class CUDARenderer(CStyleRenderer):
             )
         vs = [c.var for c in chain]
         zero: dict[Var, Expr] = {v: Const(0, "int64") for v in vs}
+        if info.acc_scope.startswith("wgmma."):
+            from . import render_wgmma
+
+            render_wgmma.emit(self, info, body, vs, depth)
+            return
         if info.acc_scope.startswith("mma."):
             self._mma_sync_intrin(info.kind, info.in_dtype, body, vs, zero, depth)
             return
@@ -738,6 +777,12 @@ class CUDARenderer(CStyleRenderer):
             self.emit(f"{frag} {name}[{n // 256}];", depth)
             self.stmt(s.body, depth)
             return
+        if buf.scope == "wgmma.accumulator":
+            from .render_wgmma import accumulator_decl
+
+            self.emit(accumulator_decl(buf), depth)
+            self.stmt(s.body, depth)
+            return
         if buf.scope.startswith("mma."):
             if len(buf.shape) != 2 or n % 256:
                 raise CodegenError(f"{buf.scope} {buf.name} must be a 2-D tile of 16 x 16 tiles")
@@ -756,7 +801,8 @@ class CUDARenderer(CStyleRenderer):
                 off = self._dyn_offsets[name]
                 self.emit(f"{ct}* {name} = ({ct}*)(tf_dyn_smem + {off});", depth)
             else:
-                self.emit(f"__shared__ __align__(128) {ct} {name}[{n}];", depth)
+                align = 1024 if buf.name in self.swizzled else 128  # a swizzle atom
+                self.emit(f"__shared__ __align__({align}) {ct} {name}[{n}];", depth)
         else:
             self.emit(f"{ct} {name}[{n}] __attribute__((aligned(16)));", depth)
         self.stmt(s.body, depth)
@@ -778,6 +824,8 @@ class CUDARenderer(CStyleRenderer):
                     raise CodegenError(f"shared buffer {b.name} has symbolic size {size}")
                 nbytes = (int(size.value) * itemsize(b.dtype) + 127) // 128 * 128
                 start = max((placed[i][2] for i in chain), default=0)
+                if b.name in self.swizzled:  # swizzled tiles start on a 1024-byte atom
+                    start = (start + 1023) // 1024 * 1024
                 placed.append((b, start, start + nbytes))
                 visit(s.body, [*chain, len(placed) - 1])
                 return
@@ -807,34 +855,60 @@ class CUDARenderer(CStyleRenderer):
         args += [f"int64_t {c_name(v.name)}" for v in scalars]
         return f"{self.kernel_prefix} {entry}({', '.join(args)})"
 
+    def _rasterize(self, lowered: PrimFunc) -> list[str]:
+        """Lines that renumber the blocks in groups of G blockIdx.y rows (G from the
+        `block_rasterize` annotation): consecutive blocks walk down a group's column, then
+        on to its next column, so the blocks resident at once share x and w tiles in L2."""
+        groups = _loop_annotations(lowered, BLOCK_RASTERIZE)
+        if not groups:
+            return []
+        g = max(groups)
+        if g < 1 or not (self._launch.used("blockIdx.x") and self._launch.used("blockIdx.y")):
+            raise CodegenError(
+                f"block_rasterize = {g} needs a group size >= 1 and a kernel launched over "
+                "blockIdx.x and blockIdx.y; bind block loops to both axes"
+            )
+        self._block_text = {"blockIdx.x": "tf_bx", "blockIdx.y": "tf_by"}
+        span = f"({g} * (int64_t)gridDim.x)"
+        return [
+            "  const int64_t tf_lin = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;",
+            f"  const int64_t tf_first = tf_lin / {span} * {g};",
+            f"  const int64_t tf_rows = (int64_t)gridDim.y - tf_first < {g} ? "
+            f"(int64_t)gridDim.y - tf_first : {g};",
+            f"  const int64_t tf_by = tf_first + tf_lin % {span} % tf_rows;",
+            f"  const int64_t tf_bx = tf_lin % {span} / tf_rows;",
+        ]
+
     def render(self, lowered: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
         self._launch = launch_dims(lowered)
+        self.swizzled = parse_swizzled(lowered.attrs)
         self._plan_shared(lowered)
         self._lines = []
+        raster = self._rasterize(lowered)
         self.stmt(lowered.body, 1)
-        head: list[str] = []
+        head: list[str] = raster
         if self._needs_scratch:
             head.append("  __shared__ float tf_red_scratch[32];")
         if self._dyn_offsets:
-            head.append("  extern __shared__ __align__(128) unsigned char tf_dyn_smem[];")
+            align = 1024 if self.swizzled else 128
+            head.append(f"  extern __shared__ __align__({align}) unsigned char tf_dyn_smem[];")
         body = "\n".join(head + self._lines)
         threads = 1
         for t in BLOCK_TAGS:
             threads *= int(self._launch.get(t))
         bounds = str(threads)
-        min_blocks = [
-            int(v)
-            for n in walk(lowered.body)
-            if isinstance(n, For)
-            for k, v in n.annotations
-            if k == MIN_BLOCKS_PER_SM
-        ]
+        min_blocks = _loop_annotations(lowered, MIN_BLOCKS_PER_SM)
         if min_blocks:  # the register budget that lets this many blocks share a multiprocessor
             bounds += f", {max(min_blocks)}"
         sig = self.signature(lowered, entry, scalars).replace(
             "__global__ void", f"__global__ void __launch_bounds__({bounds})", 1
         )
-        return f"{self.prelude}\n{sig} {{\n{body}\n}}\n"
+        prelude = self.prelude
+        if self.swizzled:
+            from .render_wgmma import SWIZZLE_HELPER
+
+            prelude += SWIZZLE_HELPER
+        return f"{prelude}\n{sig} {{\n{body}\n}}\n"
 
 
 def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[str]:
@@ -846,3 +920,10 @@ def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[s
         elif isinstance(n, BufferLoad) and n.buffer.scope == "shared" and not stores_only:
             out.add(n.buffer.name)
     return out
+
+
+def _loop_annotations(func: PrimFunc, key: str) -> list[int]:
+    """The integer values of every loop annotation `key` in the function, in program order."""
+    return [
+        int(v) for n in walk(func.body) if isinstance(n, For) for k, v in n.annotations if k == key
+    ]

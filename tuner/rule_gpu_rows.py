@@ -4,8 +4,9 @@ An elementwise output over rows whose producers reduce each row (sum of squares,
 exponentials) becomes one thread block per row: `threads` threads (threadIdx.x) stride the row
 `vec` elements at a time (vectorized 8-16 byte accesses), every reduction is computed under
 the row's block by all its threads (a cross-thread reduction) into shared memory, then the
-threads write their share of the output. Sampled: threads in {64, ..., 1024}, vec in
-{2, 4, 8}, both dividing the row.
+threads write their share of the output. One sketch per vector width `vec` in {2, 4, 8}
+(fixed in the sketch, so a short row still gets 16-byte accesses with fewer threads), each
+sampling the threads in {64, ..., 1024} for which threads * vec divides the row.
 """
 
 from __future__ import annotations
@@ -42,39 +43,42 @@ class GpuRows(ScheduleRule):
         n = loops[-1].extent
         if len(loops) != 2 or n is None:
             return []
-        pairs = [(t, v) for t in THREADS for v in VECS if n % (t * v) == 0]
-        if not pairs:
-            return []
-        threads = sorted({t for t, _ in pairs})
-        vecs = sorted({v for v in VECS if all(n % (t * v) == 0 for t in threads)})
-        if not vecs:
-            threads = [t for t in threads if n % (t * min(VECS)) == 0]
-            vecs = [min(VECS)]
         order = [name for name in _program_order(probe) if name in producers]
+        sketches = []
+        for vec in VECS:
+            threads = [t for t in THREADS if n % (t * vec) == 0]
+            if threads:
+                made = try_fork(
+                    sch, lambda t, ts=threads, v=vec: _row_per_block(t, block, order, ts, v)
+                )
+                if made is not None:
+                    sketches.append(made)
+        return sketches
 
-        def build(t: Schedule) -> None:
-            o = t.get_block(block)
-            i, j = t.get_loops(o)
-            tx_n = t.sample_categorical(threads, uniform(len(threads)))
-            vec = t.sample_categorical(vecs, uniform(len(vecs)))
-            j0, j1, j2 = t.split(j, [None, tx_n, vec])
-            t.bind(i, "blockIdx.x")
-            t.bind(j1, "threadIdx.x")
-            t.unroll(j0)
-            t.vectorize(j2)
-            for name in reversed(order):
-                p = t.get_block(name)
-                t.compute_at(p, i)
-                t.set_scope(p, 0, "shared")
-                k = t.get_loops(p)[-1]
-                k0, k1, k2 = t.split(k, [None, tx_n, vec])
-                t.reorder(k1, k0, k2)
-                t.bind(k1, "threadIdx.x")
-                t.unroll(k0)
-                t.unroll(k2)
 
-        made = try_fork(sch, build)
-        return [made] if made is not None else []
+def _row_per_block(
+    t: Schedule, block: str, producers: list[str], threads: list[int], vec: int
+) -> None:
+    """Bind a row per block and `threads` threads striding it `vec` elements at a time; the
+    row statistics (producers, in program order) are computed under the row by all threads."""
+    o = t.get_block(block)
+    i, j = t.get_loops(o)
+    tx_n = t.sample_categorical(threads, uniform(len(threads)))
+    j0, j1, j2 = t.split(j, [None, tx_n, vec])
+    t.bind(i, "blockIdx.x")
+    t.bind(j1, "threadIdx.x")
+    t.unroll(j0)
+    t.vectorize(j2)
+    for name in reversed(producers):
+        p = t.get_block(name)
+        t.compute_at(p, i)
+        t.set_scope(p, 0, "shared")
+        k = t.get_loops(p)[-1]
+        k0, k1, k2 = t.split(k, [None, tx_n, vec])
+        t.reorder(k1, k0, k2)
+        t.bind(k1, "threadIdx.x")
+        t.unroll(k0)
+        t.unroll(k2)
 
 
 def _program_order(sch: Schedule) -> list[str]:

@@ -1,4 +1,10 @@
-"""GPU tensor-core tiling for fp16/bf16 dense and matmul-shaped outputs (sm_80+).
+"""GPU tensor-core tiling for fp16/bf16 dense and matmul-shaped outputs (sm_80+; wgmma on sm_90).
+
+On sm_90 targets a dense x[m, k] . w[n, k] whose sizes fit gets Hopper warpgroup-MMA
+sketches instead (ir.wgmma_schedule: 64 x N register tiles per warpgroup, cp.async into
+128-byte swizzled shared tiles, `stages` in flight): the block shapes and stage counts in
+WGMMA_VARIANTS, all within the postprocessor's 99 KiB of shared memory so that two blocks
+share a multiprocessor where they can. Everything else, and every other arch, gets WMMA:
 
 A 128 x 128 tile of the float32 accumulator per block, its warps laid out `warps_m x
 warps_n`, each warp holding 16 x 16 WMMA fragments; per `tile_k` step of k the x and w tiles
@@ -12,7 +18,10 @@ tile_k in {32, 64}, pad in {0, 8}.
 from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.stmt import Block
 from tunefleet.ir.tensorcore_schedule import WMMA_MMA, apply_wmma_tiling
+from tunefleet.ir.wgmma_schedule import TILE_K as WGMMA_TILE_K
+from tunefleet.ir.wgmma_schedule import apply_wgmma_tiling
 
 from .block_info import is_reduction, loop_infos, writes_output
 from .space import ScheduleRule, SpaceContext, try_fork
@@ -21,6 +30,8 @@ TILE = 128
 WARPS = ((2, 2), (2, 4), (4, 2))
 TILE_KS = (32, 64)
 PADS = (8, 0)
+# (warpgroups, N, stages): 128 x 128 with 3 stages measured fastest on an H100 (2 blocks/SM)
+WGMMA_VARIANTS = ((2, 128, 3), (2, 128, 2), (1, 128, 3), (1, 128, 4), (1, 256, 2), (2, 64, 4))
 
 
 class GpuTensorCore(ScheduleRule):
@@ -50,7 +61,27 @@ class GpuTensorCore(ScheduleRule):
         if len(loops) != 3 or [lp.reduce for lp in loops] != [False, False, True]:
             return []
         m, n, k = (lp.extent for lp in loops)
-        if m is None or n is None or k is None or m % TILE or n % TILE:
+        if m is None or n is None or k is None:
+            return []
+        dtype = next(iter(dtypes))
+        if ctx.arch == "sm_90" and _is_dense(probe, acc_block) and k % WGMMA_TILE_K == 0:
+            hopper = [
+                made
+                for wg, tn, st in WGMMA_VARIANTS
+                if m % (64 * wg) == 0 and n % tn == 0
+                for made in [
+                    try_fork(
+                        sch,
+                        lambda t, wg=wg, tn=tn, st=st: apply_wgmma_tiling(
+                            t, block, acc_name, dtype, warpgroups=wg, n=tn, stages=st
+                        ),
+                    )
+                ]
+                if made is not None
+            ]
+            if hopper:
+                return hopper
+        if m % TILE or n % TILE:
             return []
         out_forks = []
         for warps in WARPS:
@@ -67,6 +98,19 @@ class GpuTensorCore(ScheduleRule):
                     if made is not None:
                         out_forks.append(made)
         return out_forks
+
+
+def _is_dense(sch: Schedule, blk: Block) -> bool:
+    """Whether `blk` reads a[i, k] and b[j, k] (both k-major), as wgmma's tiling needs."""
+    ins = [r for r in blk.reads if r.buffer in sch.func.inputs]
+    if len(ins) != 2:
+        return False
+    acc_vars = [iv.var for iv in blk.iter_vars]
+    for r in ins:
+        last = r.region[-1].min
+        if not (len(r.region) == 2 and last == acc_vars[-1]):
+            return False
+    return True
 
 
 def _build(

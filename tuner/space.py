@@ -29,11 +29,13 @@ class SpaceError(ValueError):
 
 @dataclass(frozen=True)
 class SpaceContext:
-    """What rules may depend on: the target kind ("cpu" or "cuda") and its parallelism."""
+    """What rules may depend on: the target kind ("cpu" or "cuda"), its parallelism and, for
+    CUDA, the architecture ("sm_90" enables Hopper-only schedules; "" means unknown)."""
 
     target_kind: str = "cpu"
     cores: int = 2
     vector_bytes: int = 64
+    arch: str = ""
 
 
 @dataclass(frozen=True)

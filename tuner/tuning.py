@@ -162,7 +162,7 @@ def tune(
     tgt = resolve_target(target) if isinstance(target, str) else target
     key = structural_hash(func)
     fp = tgt.fingerprint
-    ctx = SpaceContext(target_kind=tgt.kind, cores=os.cpu_count() or 1)
+    ctx = SpaceContext(target_kind=tgt.kind, cores=os.cpu_count() or 1, arch=tgt.arch)
     sketches = SpaceGenerator(*rules_for(tgt.kind)).generate(func, ctx, seed=seed)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs(tgt.kind))
     search = create_strategy(strategy, seed=seed) if isinstance(strategy, str) else strategy

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunefleet.ir.intrinsics_wgmma import nvcc_arch
 from tunefleet.workers.compile_cache import CompileCache, cache_key
 from tunefleet.workers.cpu_harness import HARNESS_VERSION, harness_source
 from tunefleet.workers.results import Artifact, BuildResult, Kernel, Status
@@ -112,7 +113,8 @@ def compile_kernel(kernel: Kernel, target: Target, config: BuildConfig) -> Build
         compiler_id = f"{compiler}|{compiler_version(compiler)}|{target.fingerprint}"
     else:
         compiler, suffix, src_suffix = config.nvcc, ".cubin", ".cu"
-        flags = ("-cubin", f"-arch={target.arch}", *config.nvcc_flags)
+        arch = nvcc_arch(target.arch, kernel.source)  # sm_90a where wgmma is used
+        flags = ("-cubin", f"-arch={arch}", *config.nvcc_flags)
         compiler_id = f"{compiler}|{nvcc_version(compiler)}"
     key = cache_key(kernel.source, compiler_id + HARNESS_VERSION, flags)
     cache = CompileCache(config.cache_dir)

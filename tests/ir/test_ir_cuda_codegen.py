@@ -241,7 +241,7 @@ def test_tensorized_dense_compiles_to_wmma(dtype) -> None:
     assert replayed.func == sch.func and "tensorize" in sch.trace.as_python()
 
 
-def _mma_schedule(dtype: str = "float16", op: str = "dense") -> Schedule:
+def _mma_schedule(dtype: str = "float16", op: str = "dense", prefetch: bool = True) -> Schedule:
     import sys
     from pathlib import Path
 
@@ -249,30 +249,37 @@ def _mma_schedule(dtype: str = "float16", op: str = "dense") -> Schedule:
     from dense_tensorcore_cuda import dense_mma_schedule
 
     return dense_mma_schedule(
-        256, 512, 96, dtype, tile_k=32, stages=3, op=op, tile=(128, 256), warps=(2, 4)
-    )
+        256, 512, 96, dtype, tile_k=32, stages=3, op=op, tile=(128, 256), warps=(2, 4),
+        prefetch=prefetch,
+    )  # fmt: skip
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize(
-    ("dtype", "op", "arch"),
+    ("dtype", "op", "arch", "prefetch"),
     [
-        ("float16", "dense", "sm_80"),
-        ("float16", "dense", "sm_90"),
-        ("bfloat16", "dense", "sm_90"),
-        ("bfloat16", "matmul", "sm_80"),
+        ("float16", "dense", "sm_80", True),
+        ("float16", "dense", "sm_90", True),
+        ("float16", "dense", "sm_90", False),
+        ("bfloat16", "dense", "sm_90", True),
+        ("bfloat16", "matmul", "sm_80", True),
+        ("bfloat16", "matmul", "sm_90", False),
     ],
 )
-def test_mma_sync_dense_compiles_and_replays(dtype, op, arch) -> None:
+def test_mma_sync_dense_compiles_and_replays(dtype, op, arch, prefetch) -> None:
     """ldmatrix fragments in registers feed mma.sync; the schedule replays from JSON exactly."""
-    sch = _mma_schedule(dtype, op)
+    sch = _mma_schedule(dtype, op, prefetch)
     ks = build_source(sch, target="cuda")
     assert ks.block == (32, 4, 2) and ks.grid == (2, 2, 1)
     src = ks.source
     ty = {"float16": "f16", "bfloat16": "bf16"}[dtype]
-    # per 16-wide k step a warp's 64 x 64 tile: 4 + 4 ldmatrix.x4 and 4 x 4 x 2 mma.sync
-    assert src.count(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32") == 2
-    assert src.count("ldmatrix.sync.aligned.m8n8.x4") == 2
+    # per 16-wide k step a warp's 64 x 64 tile: 4 + 4 ldmatrix.x4 and 4 x 4 x 2 mma.sync; with
+    # prefetch both 16-wide steps of the 32-wide k tile are written out, plus the first loads
+    steps = 2 if prefetch else 1
+    assert src.count(f"mma.sync.aligned.m16n8k16.row.col.f32.{ty}.{ty}.f32") == 2 * steps
+    assert src.count("ldmatrix.sync.aligned.m8n8.x4") == 2 * steps + 2 * prefetch
+    frags = "unsigned x_mma_matrix_a[8][4];" if op == "dense" else "unsigned a_mma_matrix_a[8][4];"
+    assert (frags in src) == prefetch  # two register copies of a warp's 4 a tiles
     assert ("ldmatrix.sync.aligned.m8n8.x4.trans" in src) == (op == "matmul")
     assert "float dense_acc_mma_accumulator[16][8];" in src or op == "matmul"
     assert "nvcuda::wmma" not in src and "cp.async.cg" in src
@@ -338,3 +345,34 @@ def test_storage_align_pads_shared_rows() -> None:
         s.storage_align(tile, 0, 0, 8, 8)
     with pytest.raises(ScheduleError, match="parameter"):
         s.storage_align(s.get_block("dense"), 0, 0, 32, 8)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_block_rasterize_renumbers_blocks_and_replays(arch) -> None:
+    """Before: blockIdx_y = blockIdx.y. After: the block loops read the renumbered tf_by /
+    tf_bx (groups of 4 row tiles); the annotation replays from JSON exactly."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_mma_schedule
+
+    plain = build_source(dense_mma_schedule(1024, 512, 128), "cuda").source
+    assert "const int64_t blockIdx_y = (int64_t)blockIdx.y;" in plain and "tf_by" not in plain
+    sch = dense_mma_schedule(1024, 512, 128, raster=4)
+    src = build_source(sch, "cuda").source
+    assert "const int64_t blockIdx_y = tf_by;" in src and "const int64_t blockIdx_x = tf_bx;" in src
+    assert "tf_lin / (4 * (int64_t)gridDim.x) * 4" in src
+    rc, log = _compile(src, arch)
+    assert rc == 0, log
+    replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
+    assert build_source(replayed, "cuda").source == src
+
+
+def test_block_rasterize_needs_a_two_dimensional_grid() -> None:
+    sch = default_schedule(ops.get_op("gelu").build({"m": 64, "n": 4096}, "float32"), target="cuda")
+    loop = sch.get_loops(sch.get_block("gelu"))[0]
+    sch.annotate(loop, "block_rasterize", 4)
+    with pytest.raises(CodegenError, match=r"launched over blockIdx\.x and blockIdx\.y"):
+        build_source(sch, "cuda")

@@ -121,26 +121,34 @@ def test_hoisted_gemv_matches_numpy(gpu, rows, min_blocks) -> None:
 
 
 @pytest.mark.parametrize(
-    ("dtype", "op", "tile", "warps", "tile_k", "stages", "k"),
+    ("dtype", "op", "tile", "warps", "tile_k", "stages", "k", "prefetch"),
     [
-        ("float16", "dense", (128, 256), (2, 4), 64, 3, 384),
-        ("bfloat16", "dense", (128, 256), (2, 4), 64, 3, 192),
-        ("float16", "dense", (128, 256), (2, 4), 32, 4, 192),
-        ("bfloat16", "dense", (128, 256), (2, 4), 32, 4, 192),
-        ("float16", "dense", (128, 128), (2, 2), 64, 3, 320),
-        ("float16", "dense", (128, 256), (2, 4), 64, 3, 128),
-        ("float16", "dense", (128, 256), (2, 4), 64, 4, 320),
-        ("bfloat16", "dense", (128, 256), (2, 4), 64, 2, 192),
-        ("float16", "dense", (128, 256), (2, 4), 128, 2, 384),
-        ("float16", "dense", (256, 128), (4, 2), 64, 3, 192),  # the example's default
-        ("bfloat16", "dense", (128, 128), (2, 2), 32, 6, 96),
-        ("float16", "matmul", (128, 256), (2, 4), 32, 4, 192),
-        ("bfloat16", "matmul", (128, 128), (2, 2), 64, 2, 192),
+        ("float16", "dense", (128, 256), (2, 4), 64, 3, 384, True),
+        ("bfloat16", "dense", (128, 256), (2, 4), 64, 3, 192, True),
+        ("float16", "dense", (128, 256), (2, 4), 32, 4, 192, True),
+        ("bfloat16", "dense", (128, 256), (2, 4), 32, 4, 192, False),
+        ("float16", "dense", (128, 128), (2, 2), 64, 3, 320, False),
+        ("float16", "dense", (128, 256), (2, 4), 64, 3, 128, True),  # 2 k steps, 3 stages
+        ("float16", "dense", (128, 256), (2, 4), 64, 4, 320, True),
+        ("bfloat16", "dense", (128, 256), (2, 4), 64, 2, 192, True),
+        ("float16", "dense", (128, 256), (2, 4), 128, 2, 384, True),
+        ("float16", "dense", (256, 128), (4, 2), 64, 3, 192, False),
+        ("float16", "dense", (256, 128), (4, 2), 64, 4, 448, True),  # the example's default
+        ("bfloat16", "dense", (256, 128), (4, 2), 64, 4, 448, True),
+        ("float16", "dense", (256, 128), (4, 2), 64, 3, 448, True),
+        ("float16", "dense", (256, 128), (4, 2), 32, 6, 224, True),
+        ("bfloat16", "dense", (128, 128), (2, 2), 32, 6, 96, True),
+        ("float16", "matmul", (128, 256), (2, 4), 32, 4, 192, True),
+        ("bfloat16", "matmul", (128, 128), (2, 2), 64, 2, 192, False),
+        ("bfloat16", "matmul", (128, 128), (2, 2), 64, 3, 256, True),
     ],
 )
-def test_mma_sync_dense_matches_numpy(gpu, dtype, op, tile, warps, tile_k, stages, k) -> None:
-    """ldmatrix (.trans for matmul's k-major b) + mma.sync m16n8k16, pipelined, vs numpy;
-    the fp32 staging tile padded by 8 floats (the default) except with 32-wide k steps."""
+def test_mma_sync_dense_matches_numpy(
+    gpu, dtype, op, tile, warps, tile_k, stages, k, prefetch
+) -> None:
+    """ldmatrix (.trans for matmul's k-major b) + mma.sync m16n8k16, pipelined (with the
+    fragments loaded one 16-wide step ahead when `prefetch`), vs numpy; the fp32 staging tile
+    padded by 8 floats (the default) except with 32-wide k steps."""
     import sys
     from pathlib import Path
 
@@ -158,8 +166,28 @@ def test_mma_sync_dense_matches_numpy(gpu, dtype, op, tile, warps, tile_k, stage
         tile=tile,
         op=op,
         out_pad=0 if tile_k == 32 else 8,
+        prefetch=prefetch,
     )
     built = build(BuildInput(target, kernel=build_source(sch, "cuda")), config)
     assert built.status is Status.OK, built.message
     result = runner.run(RunInput(built.artifact, Problem.create(op, shape, dtype), FAST))
+    assert result.status is Status.OK, result.message
+
+
+@pytest.mark.parametrize(("dtype", "raster"), [("float16", 2), ("bfloat16", 8)])
+def test_rasterized_mma_dense_matches_numpy(gpu, dtype, raster) -> None:
+    """Renumbered blocks (groups of `raster` row tiles; 3 row tiles, so a short last group or
+    one group larger than the grid) still cover every tile of y once."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    from dense_tensorcore_cuda import dense_mma_schedule
+
+    target, runner, config = gpu
+    shape = {"m": 768, "n": 512, "k": 256}
+    sch = dense_mma_schedule(**shape, dtype=dtype, stages=4, raster=raster)
+    built = build(BuildInput(target, kernel=build_source(sch, "cuda")), config)
+    assert built.status is Status.OK, built.message
+    result = runner.run(RunInput(built.artifact, Problem.create("dense", shape, dtype), FAST))
     assert result.status is Status.OK, result.message

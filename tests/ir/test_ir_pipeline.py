@@ -130,3 +130,67 @@ def test_hoisted_gemv_issues_loads_first() -> None:
     sch = gemv_schedule(1, 512, 1024, rows_per_block=4, hoist=True, min_blocks=8)
     replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
     assert build_source(replayed, "cuda").source == ks.source
+
+
+def _fragment_dense(m: int, n: int, k: int, tile_k: int, step: int, stages: int) -> Schedule:
+    """As `_tiled_dense`, with the unrolled inner k loop copying `step`-wide slices of the
+    shared tiles into 'local' fragments, pipelined one step ahead."""
+    sch = Schedule(ops.get_op("dense").build({"m": m, "n": n, "k": k}, "float32"))
+    acc = sch.get_block("dense")
+    i, j, kk = sch.get_loops(acc)
+    ko, ki, kx = sch.split(kk, [None, tile_k // step, step])
+    sch.reorder(ko, ki, i, j, kx)
+    for operand in (0, 1):
+        frag = sch.cache_read(acc, operand, "local")
+        sch.compute_at(frag, ki)
+        tile = sch.cache_read(frag, 0, "shared")
+        sch.compute_at(tile, ko)
+    sch.unroll(ki)
+    sch.annotate(ko, "software_pipeline_stages", stages)
+    sch.annotate(ko, "software_pipeline_fragments", 1)
+    return sch
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "tile_k", "step", "stages"),
+    [(6, 10, 40, 8, 4, 3), (6, 10, 48, 8, 2, 2), (5, 7, 64, 16, 4, 4), (6, 10, 16, 8, 4, 3),
+     (6, 10, 8, 8, 4, 3)],
+)  # fmt: skip
+def test_fragment_prefetch_computes_the_same_dense(m, n, k, tile_k, step, stages) -> None:
+    sch = _fragment_dense(m, n, k, tile_k, step, stages)
+    rng = np.random.default_rng(k + stages)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    (y,) = run_kernel(build_source(sch), [x, w], {})
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+def test_fragment_prefetch_loads_one_step_ahead() -> None:
+    """Before: each inner step loads its fragments, then computes. After: two fragment copies,
+    S stages in the prologue, the next step's loads ahead of this step's compute, and the wait
+    (barrier) plus the next copies before the last step."""
+    before = "\n".join(stmt_lines(lower(_tiled_dense(6, 10, 40, 8, 3).mod).body))
+    assert "x_local" not in before
+    text = "\n".join(stmt_lines(lower(_fragment_dense(6, 10, 40, 8, 4, 3).mod).body))
+    assert "Buffer((12, 4)" in text and "Buffer((20, 4)" in text  # 2 x (6 | 10 rows) x step
+    prologue, loop = text.split("for k_0")
+    assert prologue.count("pipeline_commit()") == 3 and "pipeline_wait(pending=2)" in prologue
+    assert "x_local[ax0_1, ax1_1] = x_shared[0, ax0_1, ax1_1]" in prologue
+    first, last = loop.split("pipeline_wait(pending=1)")
+    assert "x_local[ax0_1 + 6, ax1_1] = x_shared[k_0 % 3, ax0_1, ax1_1 + 4]" in first
+    assert "x_local[i, k_2]" in first  # step 0 computes on copy 0 while copy 1 loads
+    assert "if k_0 + 3 < 5" in last and "x_shared[k_0 % 3, " in last  # stage k's buffer
+    assert "x_shared[(k_0 + 1) % 3, ax0_1, ax1_1]" in last and "x_local[i + 6, k_2]" in last
+
+
+def test_fragment_prefetch_replays_and_checks_its_loop() -> None:
+    sch = _fragment_dense(6, 10, 40, 8, 4, 3)
+    replayed = Trace.from_json(sch.trace.to_json()).apply(sch.original)
+    assert build_source(replayed).source == build_source(sch).source
+    odd = _fragment_dense(6, 10, 48, 12, 4, 3)  # 3 inner steps: the copies would alternate
+    with pytest.raises(LoweringError, match="even number of steps"):
+        lower(odd.mod)
+    flat = _tiled_dense(6, 10, 40, 8, 3)
+    flat.annotate(flat.get_loops(flat.get_block("dense"))[0], "software_pipeline_fragments", 1)
+    with pytest.raises(LoweringError, match="unrolled loop"):
+        lower(flat.mod)
