@@ -32,7 +32,13 @@ from __future__ import annotations
 import argparse
 
 from tunefleet.ir import Schedule, build_source, ops
-from tunefleet.ir.tensorcore_schedule import WMMA_MMA, apply_wmma_tiling
+from tunefleet.ir.tensorcore_schedule import (
+    WMMA_MMA,
+    apply_wmma_tiling,
+    fetch_to_shared,
+    tile_warps,
+    write_through_shared,
+)
 
 TILE_M, TILE_N, TILE_K = 128, 128, 64
 WARPS_M, WARPS_N = 2, 4
@@ -103,32 +109,20 @@ def dense_mma_schedule(
     loads each step's fragments one step ahead into a second register copy; `raster` > 0
     groups the blocks by that many row tiles.
     """
-    warps_m, warps_n = warps
-    tile_m, tile_n = tile
     func = ops.get_op(op).build({"m": m, "n": n, "k": k}, dtype)
     mma = {"float16": "mma_m16n8k16_f16_f32", "bfloat16": "mma_m16n8k16_bf16_f32"}[dtype]
     sch = Schedule(func)
     acc = sch.get_block(f"{op}_acc")
     out = sch.get_block(op)
-    frag_out = sch.cache_write(acc, 0, "mma.accumulator")
-    i, j, kk = sch.get_loops(acc)
-    frags_m, frags_n = tile_m // warps_m // 16, tile_n // warps_n // 16
-    bi, wi, fi, ii = sch.split(i, [None, warps_m, frags_m, 16])
-    bj, wj, fj, jj = sch.split(j, [None, warps_n, frags_n, 16])
-    ko, ki, kx = sch.split(kk, [None, tile_k // 16, 16])
-    sch.reorder(bi, bj, ko, wi, wj, ki, fi, fj, ii, jj, kx)
-    sch.bind(bi, "blockIdx.y")
-    sch.bind(bj, "blockIdx.x")
+    t = tile_warps(sch, acc, "mma.accumulator", warps=warps, tile=tile, tile_k=tile_k)
     if raster:  # blocks run in groups of `raster` row tiles, column by column (L2 reuse)
-        sch.annotate(bi, "block_rasterize", raster)
-    sch.bind(wi, "threadIdx.z")
-    sch.bind(wj, "threadIdx.y")
+        sch.annotate(t.bi, "block_rasterize", raster)
     for operand, (scope, intrin) in enumerate(
         (("mma.matrix_a", "ldmatrix_a_x4"), ("mma.matrix_b", "ldmatrix_b_x4"))
     ):
         # this warp's rows of the tile into registers, once per 16-wide k step...
         frag = sch.cache_read(acc, operand, scope)
-        sch.compute_at(frag, ki)
+        sch.compute_at(frag, t.ki)
         rows, cols = sch.get_loops(frag)[-2:]
         if op == "matmul" and operand == 1:  # b[k, n]: 16-wide n tiles, n outside k
             f, r = sch.split(cols, [None, 16])
@@ -139,50 +133,21 @@ def dense_mma_schedule(
         # ...from the block's tile in shared memory, 16 bytes per thread and copy
         tile_rv = sch.cache_read(frag, 0, "shared")
         sch.tensorize(r, intrin)
-        sch.compute_at(tile_rv, ko)
-        rows, cols = sch.get_loops(tile_rv)[-2:]
-        row_len = sch.get(cols).extent.value  # type: ignore[attr-defined]
-        if pad:
-            sch.storage_align(tile_rv, 0, 0, row_len, pad)
-        per_row = row_len // 8  # 16-byte chunks in one row of the tile
-        _, tz, ty, r = sch.split(rows, [None, warps_m, warps_n, max(1, 32 // per_row)])
-        c, vec = sch.split(cols, [None, 8])
-        lane = sch.fuse(r, c)
-        sch.bind(tz, "threadIdx.z")
-        sch.bind(ty, "threadIdx.y")
-        sch.bind(lane, "threadIdx.x")
-        sch.vectorize(vec)
+        sch.compute_at(tile_rv, t.ko)
+        row_len = sch.get(sch.get_loops(tile_rv)[-1]).extent.value  # type: ignore[attr-defined]
+        fetch_to_shared(sch, tile_rv, warps, row_len, pad)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
-        sch.annotate(ko, "software_pipeline_stages", stages)
+        sch.annotate(t.ko, "software_pipeline_stages", stages)
         if prefetch and tile_k // 16 % 2 == 0:  # next 16-wide step's fragments during the MMAs
-            sch.annotate(ko, "software_pipeline_fragments", 1)
-    for loop in (ki, fi, fj):
+            sch.annotate(t.ko, "software_pipeline_fragments", 1)
+    for loop in (t.ki, t.fi, t.fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
-    sch.reverse_compute_at(frag_out, bj)
-    init = sch.decompose_reduction(acc, ko)
-    sch.tensorize(ii, mma)
-    init_loops = sch.get_loops(init)
-    sch.tensorize(init_loops[-2], "mma_fill_f32")
-    sch.set_scope(frag_out, 0, "shared")  # the float32 tile of y, staged in shared memory
-    if out_pad:  # padded rows of the staged tile: the lanes' 8-byte stores avoid bank conflicts
-        sch.storage_align(frag_out, 0, 0, tile_n, out_pad)
-    rows, cols = sch.get_loops(frag_out)[-2:]
-    t0, f0, i0 = sch.split(rows, [warps_m, frags_m, 16])
-    t1, f1, i1 = sch.split(cols, [warps_n, frags_n, 16])
-    sch.reorder(t0, t1, f0, f1, i0, i1)
-    sch.bind(t0, "threadIdx.z")
-    sch.bind(t1, "threadIdx.y")
-    sch.unroll(f0)
-    sch.unroll(f1)
-    sch.tensorize(i0, "mma_store_f32")
-    sch.reverse_compute_at(out, bj)  # convert to fp16 and write y
-    rows, cols = sch.get_loops(out)[-2:]
-    _, tz, ty = sch.split(rows, [None, warps_m, warps_n])
-    lane, vec = sch.split(cols, [32, None])
-    sch.bind(tz, "threadIdx.z")
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(lane, "threadIdx.x")
-    sch.vectorize(vec)
+    sch.reverse_compute_at(t.frag_out, t.bj)
+    init = sch.decompose_reduction(acc, t.ko)
+    sch.tensorize(t.ii, mma)
+    sch.tensorize(sch.get_loops(init)[-2], "mma_fill_f32")
+    # padded rows of the staged float32 tile: the lanes' 8-byte stores avoid bank conflicts
+    write_through_shared(sch, t, out, "mma_store_f32", row_len=tile[1], pad=out_pad)
     return sch
 
 
