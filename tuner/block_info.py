@@ -47,6 +47,28 @@ def writes_output(func: PrimFunc, block: str) -> bool:
     return found is not None and bool(writes_of(found[0].block) & set(func.outputs))
 
 
+@dataclass(frozen=True)
+class ReducedOutput:
+    """A block that writes a function output from reductions, seen in a probe copy."""
+
+    probe: Schedule  # a copy of the schedule, free to inspect
+    out: RV  # the output block in the probe
+    producers: list[RV]  # its producers in the probe, every one a reduction
+
+
+def reduced_output(sch: Schedule, block: str) -> ReducedOutput | None:
+    """The output block `block` and its producers if it is not itself a reduction, writes an
+    output of the function and all its (one or more) producers reduce; None otherwise."""
+    if is_reduction(sch.func, block) or not writes_output(sch.func, block):
+        return None
+    probe = sch.copy()
+    out = probe.get_block(block)
+    producers = probe.get_producers(out)
+    if not producers or not all(is_reduction(probe.func, probe.get(p).name) for p in producers):
+        return None
+    return ReducedOutput(probe, out, producers)
+
+
 def divisors_among(extent: int | None, candidates: tuple[int, ...]) -> list[int]:
     """The candidates that divide `extent` (none for a symbolic extent)."""
     if extent is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
 
-from .block_info import divisors_among, is_reduction, loop_infos, uniform, writes_output
+from .block_info import divisors_among, loop_infos, reduced_output, uniform
 from .space import ScheduleRule, SpaceContext, try_fork
 
 ROWS = (1, 2, 4, 8)
@@ -26,18 +26,11 @@ class GpuGemv(ScheduleRule):
     name = "gpu_gemv"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.target_kind != "cuda" or is_reduction(sch.func, block):
+        found = reduced_output(sch, block) if ctx.target_kind == "cuda" else None
+        if found is None or len(found.producers) != 1:
             return []
-        if not writes_output(sch.func, block):
-            return []
-        probe = sch.copy()
-        out = probe.get_block(block)
-        producers = probe.get_producers(out)
-        if len(producers) != 1:
-            return []
+        probe, out, producers = found.probe, found.out, found.producers
         acc_name = probe.get(producers[0]).name
-        if not is_reduction(probe.func, acc_name):
-            return []
         out_loops = loop_infos(probe, out)
         acc_loops = loop_infos(probe, producers[0])
         if len(out_loops) != 2 or out_loops[0].extent != 1 or not acc_loops[-1].reduce:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
 
-from .block_info import is_reduction, loop_infos, uniform, writes_output
+from .block_info import loop_infos, reduced_output, uniform
 from .space import ScheduleRule, SpaceContext, try_fork
 
 THREADS = (64, 128, 256, 512, 1024)
@@ -26,15 +26,11 @@ class GpuRows(ScheduleRule):
     name = "gpu_rows"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.target_kind != "cuda" or is_reduction(sch.func, block):
+        found = reduced_output(sch, block) if ctx.target_kind == "cuda" else None
+        if found is None:
             return []
-        if not writes_output(sch.func, block):
-            return []
-        probe = sch.copy()
-        out = probe.get_block(block)
-        producers = [probe.get(p).name for p in probe.get_producers(out)]
-        if not producers or not all(is_reduction(probe.func, p) for p in producers):
-            return []
+        probe, out = found.probe, found.out
+        producers = [probe.get(p).name for p in found.producers]
         rank = len(probe.get(out).writes[0].buffer.shape)
         for p in probe.get_producers(out):
             if len(probe.get(p).writes[0].buffer.shape) >= rank:

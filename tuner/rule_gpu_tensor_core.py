@@ -23,7 +23,7 @@ from tunefleet.ir.tensorcore_schedule import WMMA_MMA, apply_wmma_tiling
 from tunefleet.ir.wgmma_schedule import TILE_K as WGMMA_TILE_K
 from tunefleet.ir.wgmma_schedule import apply_wgmma_tiling
 
-from .block_info import is_reduction, loop_infos, writes_output
+from .block_info import loop_infos, reduced_output
 from .space import ScheduleRule, SpaceContext, try_fork
 
 TILE = 128
@@ -40,19 +40,12 @@ class GpuTensorCore(ScheduleRule):
     name = "gpu_tensor_core"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.target_kind != "cuda" or is_reduction(sch.func, block):
+        found = reduced_output(sch, block) if ctx.target_kind == "cuda" else None
+        if found is None or len(found.producers) != 1:
             return []
-        if not writes_output(sch.func, block):
-            return []
-        probe = sch.copy()
-        out = probe.get_block(block)
-        producers = probe.get_producers(out)
-        if len(producers) != 1:
-            return []
+        probe, producers = found.probe, found.producers
         acc_block = probe.get(producers[0])
         acc_name = acc_block.name
-        if not is_reduction(probe.func, acc_name):
-            return []
         dtypes = {r.buffer.dtype for r in acc_block.reads if r.buffer in probe.func.inputs}
         if len(dtypes) != 1 or next(iter(dtypes)) not in WMMA_MMA:
             return []
