@@ -524,10 +524,7 @@ class Schedule:
         with self._atomic():
             br, _ = self._block(block)
             blk = br.block
-            if storage_scope not in SCOPES:
-                raise ScheduleError(
-                    f"unknown storage scope {storage_scope!r}; known: {', '.join(SCOPES)}"
-                )
+            _check_scope(storage_scope)
             reads = [r.buffer for r in blk.reads if r.buffer not in writes_of(blk)]
             if not 0 <= read_buffer_index < len(reads):
                 raise ScheduleError(
@@ -574,17 +571,8 @@ class Schedule:
         with self._atomic():
             br, _ = self._block(block)
             blk = br.block
-            if storage_scope not in SCOPES:
-                raise ScheduleError(
-                    f"unknown storage scope {storage_scope!r}; known: {', '.join(SCOPES)}"
-                )
-            writes = [w.buffer for w in blk.writes]
-            if not 0 <= write_buffer_index < len(writes):
-                raise ScheduleError(
-                    f"block {blk.name!r} writes {len(writes)} buffers; index "
-                    f"{write_buffer_index} is out of range"
-                )
-            buf = writes[write_buffer_index]
+            _check_scope(storage_scope)
+            buf = _written_buffer(blk, write_buffer_index)
             self._check_sole_writer(blk, buf, "cache_write")
             pos = top_index(
                 self._func, lambda n: isinstance(n, BlockRealize) and n.block.name == blk.name
@@ -633,17 +621,8 @@ class Schedule:
         with self._atomic():
             br, _ = self._block(block)
             blk = br.block
-            if storage_scope not in SCOPES:
-                raise ScheduleError(
-                    f"unknown storage scope {storage_scope!r}; known: {', '.join(SCOPES)}"
-                )
-            writes = [w.buffer for w in blk.writes]
-            if not 0 <= write_buffer_index < len(writes):
-                raise ScheduleError(
-                    f"block {blk.name!r} writes {len(writes)} buffers; index "
-                    f"{write_buffer_index} is out of range"
-                )
-            buf = writes[write_buffer_index]
+            _check_scope(storage_scope)
+            buf = _written_buffer(blk, write_buffer_index)
             if buf in self._func.params:
                 raise ScheduleError(
                     f"{buf.name} is a parameter of {self._func.name}; parameters stay global"
@@ -665,13 +644,7 @@ class Schedule:
         with self._atomic():
             br, _ = self._block(block)
             blk = br.block
-            writes = [w.buffer for w in blk.writes]
-            if not 0 <= write_buffer_index < len(writes):
-                raise ScheduleError(
-                    f"block {blk.name!r} writes {len(writes)} buffers; index "
-                    f"{write_buffer_index} is out of range"
-                )
-            buf = writes[write_buffer_index]
+            buf = _written_buffer(blk, write_buffer_index)
             if buf in self._func.params:
                 raise ScheduleError(f"{buf.name} is a parameter; only intermediates are padded")
             if axis != len(buf.shape) - 2:
@@ -1568,6 +1541,22 @@ class Schedule:
 
 
 SIMD_REDUCE_DTYPES = ("float32", "int32", "int64")
+
+
+def _check_scope(scope: str) -> None:
+    """Refuse a storage scope the lowering does not know."""
+    if scope not in SCOPES:
+        raise ScheduleError(f"unknown storage scope {scope!r}; known: {', '.join(SCOPES)}")
+
+
+def _written_buffer(blk: Block, index: int) -> Buffer:
+    """The `index`-th buffer `blk` writes; a ScheduleError naming the count when out of range."""
+    writes = [w.buffer for w in blk.writes]
+    if not 0 <= index < len(writes):
+        raise ScheduleError(
+            f"block {blk.name!r} writes {len(writes)} buffers; index {index} is out of range"
+        )
+    return writes[index]
 
 
 def _simd_reduction(lp: For, br: BlockRealize) -> str | None:
