@@ -55,6 +55,14 @@ def c_name(name: str) -> str:
     return s + "_" if s in _C_KEYWORDS else s
 
 
+def buffer_elements(buf: Buffer) -> Expr:
+    """The number of elements of `buf`, simplified (a Const when its shape is constant)."""
+    size: Expr = Const(1, "int64")
+    for d in buf.shape:
+        size = size * d
+    return simplify(size)
+
+
 class CStyleRenderer:
     """Renders a lowered PrimFunc as one C-like function; subclasses override the tables."""
 
@@ -361,10 +369,7 @@ class CStyleRenderer:
     def allocate(self, s: Allocate, depth: int) -> None:
         """Stack storage for small constant sizes, aligned heap storage otherwise."""
         buf = s.buffer
-        size: Expr = Const(1, "int64")
-        for d in buf.shape:
-            size = size * d
-        size = simplify(size)
+        size = buffer_elements(buf)
         ct, name = self.ctype(buf.dtype), c_name(buf.name)
         from .dtypes import itemsize
 

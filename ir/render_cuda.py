@@ -28,7 +28,7 @@ from .pipeline import (
     MIN_BLOCKS_PER_SM,
     PIPELINE_STAGES,
 )
-from .render_c import CStyleRenderer, c_name
+from .render_c import CStyleRenderer, buffer_elements, c_name
 from .simplify import linear, simplify
 from .stmt import (
     Allocate,
@@ -753,10 +753,7 @@ class CUDARenderer(CStyleRenderer):
 
     def allocate(self, s: Allocate, depth: int) -> None:
         buf = s.buffer
-        size: Expr = Const(1, "int64")
-        for d in buf.shape:
-            size = size * d
-        size = simplify(size)
+        size = buffer_elements(buf)
         ct, name = self.ctype(buf.dtype), c_name(buf.name)
         if buf.scope == "global":
             raise CodegenError(
@@ -816,10 +813,7 @@ class CUDARenderer(CStyleRenderer):
         def visit(s: Stmt, chain: list[int]) -> None:
             if isinstance(s, Allocate) and s.buffer.scope == "shared":
                 b = s.buffer
-                size = Const(1, "int64")
-                for d in b.shape:
-                    size = size * d
-                size = simplify(size)
+                size = buffer_elements(b)
                 if not isinstance(size, Const):
                     raise CodegenError(f"shared buffer {b.name} has symbolic size {size}")
                 nbytes = (int(size.value) * itemsize(b.dtype) + 127) // 128 * 128
