@@ -8,7 +8,6 @@ target (one file per target fingerprint under a directory).
 
 from __future__ import annotations
 
-import importlib
 import random
 import re
 from abc import ABC, abstractmethod
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .registry import load_entry
 
 
 class CostModelError(ValueError):
@@ -99,9 +100,8 @@ _REGISTRY: dict[str, str] = {
 
 def create_cost_model(name: str, seed: int = 0) -> CostModel:
     """A cost model by name ("xgb" or "random")."""
-    try:
-        module, _, attr = _REGISTRY[name].partition(":")
-    except KeyError:
+    cls = load_entry(_REGISTRY, name)
+    if cls is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise CostModelError(f"unknown cost model {name!r}; known: {known}") from None
-    return getattr(importlib.import_module(module), attr)(seed=seed)
+        raise CostModelError(f"unknown cost model {name!r}; known: {known}")
+    return cls(seed=seed)

@@ -8,13 +8,13 @@ proposal: replay and the postprocessors reject the ones that no longer fit.
 
 from __future__ import annotations
 
-import importlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from tunefleet.ir.trace import Trace
 
+from .registry import load_entry
 from .space import SpaceError
 
 
@@ -121,12 +121,10 @@ DEFAULT_MUTATORS = (
 
 def create_mutator(name: str) -> Mutator:
     """A mutator by registry name."""
-    try:
-        module, _, attr = _REGISTRY[name].partition(":")
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise SpaceError(f"unknown mutator {name!r}; known: {known}") from None
-    return getattr(importlib.import_module(module), attr)()
+    cls = load_entry(_REGISTRY, name)
+    if cls is None:
+        raise SpaceError(f"unknown mutator {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return cls()
 
 
 class MutatorMix:

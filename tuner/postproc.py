@@ -8,7 +8,6 @@ threads and shared memory from the launch the code generator describes.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from tunefleet.ir.codegen import build_source
 from tunefleet.ir.errors import IRError
 from tunefleet.ir.schedule import Schedule
 
+from .registry import load_entry
 from .space import SpaceContext, SpaceError
 
 
@@ -88,12 +88,11 @@ _REGISTRY: dict[str, str] = {
 
 def create_postproc(name: str) -> Postproc:
     """A postprocessor by registry name."""
-    try:
-        module, _, attr = _REGISTRY[name].partition(":")
-    except KeyError:
+    cls = load_entry(_REGISTRY, name)
+    if cls is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise SpaceError(f"unknown postprocessor {name!r}; known: {known}") from None
-    return getattr(importlib.import_module(module), attr)()
+        raise SpaceError(f"unknown postprocessor {name!r}; known: {known}")
+    return cls()
 
 
 def default_postprocs(target_kind: str) -> list[Postproc]:

@@ -8,7 +8,6 @@ rule that applies to a block claims it. Rules see a `SpaceContext` (target kind,
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks
 from tunefleet.ir.stmt import PrimFunc
 from tunefleet.ir.trace import Trace
+
+from .registry import load_entry
 
 SPACE_VERSION = "cpu-1"
 
@@ -98,11 +99,10 @@ def rules_for(target_kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def create_rule(name: str) -> ScheduleRule | GlobalRule:
     """A rule by registry name."""
-    try:
-        module, _, attr = _RULES[name].partition(":")
-    except KeyError:
-        raise SpaceError(f"unknown rule {name!r}; known: {', '.join(sorted(_RULES))}") from None
-    return getattr(importlib.import_module(module), attr)()
+    cls = load_entry(_RULES, name)
+    if cls is None:
+        raise SpaceError(f"unknown rule {name!r}; known: {', '.join(sorted(_RULES))}")
+    return cls()
 
 
 def _as(kind: type, rule: object) -> Any:

@@ -7,7 +7,6 @@ after every batch), so a trace is measured once per (workload, target).
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from tunefleet.ir.trace import Trace
 
 from .candidates import Candidate, SpaceSampler
 from .cost_model import CostModel
+from .registry import load_entry
 
 
 class StrategyError(ValueError):
@@ -48,9 +48,8 @@ _REGISTRY: dict[str, str] = {
 
 def create_strategy(name: str, seed: int = 0, **options: Any) -> SearchStrategy:
     """A strategy by name ("evolutionary" or "random")."""
-    try:
-        module, _, attr = _REGISTRY[name].partition(":")
-    except KeyError:
+    cls = load_entry(_REGISTRY, name)
+    if cls is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise StrategyError(f"unknown strategy {name!r}; choose one of {known}") from None
-    return getattr(importlib.import_module(module), attr)(seed=seed, **options)
+        raise StrategyError(f"unknown strategy {name!r}; choose one of {known}")
+    return cls(seed=seed, **options)

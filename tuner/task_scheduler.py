@@ -9,11 +9,12 @@ coordinator's `Task`), or `TaskSpec`s.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .registry import load_entry
 
 
 class SchedulerError(ValueError):
@@ -100,9 +101,8 @@ def create_task_scheduler(
     name: str, tasks: Sequence[Any], max_trials: int, **options: Any
 ) -> TaskScheduler:
     """A task scheduler by name ("gradient" or "round_robin")."""
-    try:
-        module, _, attr = _REGISTRY[name].partition(":")
-    except KeyError:
+    cls = load_entry(_REGISTRY, name)
+    if cls is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise SchedulerError(f"unknown task scheduler {name!r}; choose one of {known}") from None
-    return getattr(importlib.import_module(module), attr)(tasks, max_trials, **options)
+        raise SchedulerError(f"unknown task scheduler {name!r}; choose one of {known}")
+    return cls(tasks, max_trials, **options)
