@@ -253,20 +253,21 @@ def per_call_ms(fn: Callable[[], Any], min_s: float = 0.05, samples: int = 3) ->
 def time_variant(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: load one variant, check it against numpy, time it."""
     name = spec["op"]
-    from tunefleet.workers.inputs import aligned
+    from tunefleet.workers.inputs import aligned, aligned_empty
 
     # 64-byte aligned as in the workers' runner and in TVM's tensors (numpy's own are not)
     inputs = [aligned(a) for a in make_inputs(name, np.random.default_rng(spec["seed"]))]
     if spec["kind"] == "numpy":
         return {"ms": per_call_ms(numpy_fn(name, inputs)), "err": 0.0}
     if spec["kind"] == "ours":
-        out = aligned(np.full(out_shape(name), np.nan, dtype=np.float32))
+        out = aligned_empty(out_shape(name), np.float32)
+        out.fill(np.nan)
         fn = load_ours(name, spec["trace_json"], Path(spec["state"]))([*inputs, out])
         fn()
         err = check(name, out, inputs)
         return {"ms": per_call_ms(fn), "err": err}
     binder = load_tvm(name, spec["work_dir"])
-    fn = binder([*inputs, aligned(np.zeros(out_shape(name), dtype=np.float32))])
+    fn = binder([*inputs, np.zeros(out_shape(name), dtype=np.float32)])  # TVM copies it
     fn()
     err = check(name, binder.outputs[-1].numpy(), inputs)  # type: ignore[attr-defined]
     return {"ms": per_call_ms(fn), "err": err}

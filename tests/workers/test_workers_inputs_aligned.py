@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from tunefleet.workers.inputs import ALIGN_BYTES, aligned, prepare
+from tunefleet.workers.inputs import ALIGN_BYTES, aligned, aligned_empty, prepare
 from tunefleet.workers.results import KernelArg, MeasureConfig, Problem
 
 
@@ -15,6 +15,13 @@ def test_aligned_copy_keeps_values_shape_and_dtype() -> None:
         assert out.ctypes.data % ALIGN_BYTES == 0
         assert out.flags.c_contiguous and out.shape == src.shape and out.dtype == src.dtype
         np.testing.assert_array_equal(out, src)
+
+
+def test_aligned_empty_has_the_shape_dtype_and_alignment_asked() -> None:
+    for shape, dtype in (((1024, 1024), np.float32), ((3, 7), np.uint16), ((0,), np.float64)):
+        out = aligned_empty(shape, dtype)
+        assert out.ctypes.data % ALIGN_BYTES == 0
+        assert out.flags.c_contiguous and out.shape == shape and out.dtype == dtype
 
 
 def test_prepared_sets_are_aligned() -> None:
