@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .auto_unroll import apply_auto_unroll
 from .errors import LoweringError
 from .expr import BinOp, Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
 from .intrinsics_wgmma import SWIZZLE_ATTR, swizzled_buffers
@@ -64,6 +65,7 @@ def lower(func: PrimFunc) -> PrimFunc:
     if aligns:
         body = _apply_storage_align(body, aligns)
     body = pipeline_loops(body)
+    body = apply_auto_unroll(body)
     attrs = func.attrs
     swizzled = swizzled_buffers(func)
     if swizzled:  # physical layouts the renderer applies to addresses (intrinsics_wgmma)

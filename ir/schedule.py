@@ -498,8 +498,10 @@ class Schedule:
             self._record("bind", [loop, thread], {}, [])
 
     def annotate(self, target: RV, key: str, value: Any) -> None:
-        """Attach a key/value annotation to a block or a loop (JSON-able value)."""
+        """Attach a key/value annotation to a block or a loop (JSON-able value, or an integer
+        handle from a sampling step, so that a replay with another decision annotates anew)."""
         with self._atomic():
+            given, value = value, self._value(value) if isinstance(value, RV) else value
             if not isinstance(value, str | int | float | bool):
                 raise ScheduleError(
                     f"annotation values must be str, int, float or bool, got {value!r}"
@@ -512,7 +514,7 @@ class Schedule:
                 lp, _ = self._loop(target)
                 ann = (*tuple((k, v) for k, v in lp.annotations if k != key), (key, value))
                 self._replace_loop(lp, dataclasses.replace(lp, annotations=ann))
-            self._record("annotate", [target, key, value], {}, [])
+            self._record("annotate", [target, key, given], {}, [])
 
     # ------------------------------------------------------------ caches
 
