@@ -21,7 +21,7 @@ from tunefleet.ir.trace import Trace
 
 from .registry import load_entry
 
-SPACE_VERSION = "cpu-1"
+SPACE_VERSION = "cpu-2"
 
 
 class SpaceError(ValueError):
@@ -78,6 +78,7 @@ _RULES: dict[str, str] = {
     "multi_level_tiling": "tunefleet.tuner.rule_multi_level_tiling:MultiLevelTiling",
     "vectorize_spatial": "tunefleet.tuner.rule_vectorize_spatial:VectorizeSpatial",
     "parallel_outer": "tunefleet.tuner.rule_parallel_outer:ParallelOuter",
+    "auto_unroll": "tunefleet.tuner.rule_auto_unroll:AutoUnroll",
     "gpu_gemv": "tunefleet.tuner.rule_gpu_gemv:GpuGemv",
     "gpu_tensor_core": "tunefleet.tuner.rule_gpu_tensor_core:GpuTensorCore",
     "gpu_rows": "tunefleet.tuner.rule_gpu_rows:GpuRows",
@@ -85,7 +86,7 @@ _RULES: dict[str, str] = {
 }
 
 CPU_BLOCK_RULES = ("auto_inline", "multi_level_tiling", "split_k_reduction", "vectorize_spatial")
-CPU_GLOBAL_RULES = ("parallel_outer",)
+CPU_GLOBAL_RULES = ("parallel_outer", "auto_unroll")
 GPU_BLOCK_RULES = ("auto_inline", "gpu_gemv", "gpu_tensor_core", "gpu_rows")
 GPU_GLOBAL_RULES = ("gpu_auto_bind",)
 

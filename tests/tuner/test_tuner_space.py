@@ -146,3 +146,39 @@ def test_decode_gemv_samples_share_the_rows_across_cores() -> None:
         parallel = [n for n in walk(body) if isinstance(n, For) and n.kind == "parallel"]
         assert parallel and all(int(p.extent.value) > 1 for p in parallel), cand.trace.as_python()
         assert "omp parallel for" in build_source(sch).source
+
+
+def test_every_cpu_nest_samples_its_unroll_limit() -> None:
+    """Each top-level nest carries a sampled auto-unroll limit; another decision changes
+    which loops are unrolled, and only that (the instructions stay the same)."""
+    from tunefleet.ir.auto_unroll import AUTO_UNROLL
+    from tunefleet.ir.lower import lower
+    from tunefleet.ir.stmt import For
+    from tunefleet.ir.visit import walk
+    from tunefleet.tuner.rule_auto_unroll import MAX_STEPS
+
+    func, sketches = _sketches("softmax", {"m": 6, "n": 96})
+    for sketch in sketches:
+        seed = next(s for s in range(50) if _valid(func, sketch.trace, s))
+        trace = resample(func, sketch.trace, seed).trace
+        sites = [
+            i
+            for i in trace.decisions
+            if trace.insts[i].kind == "sample_categorical"
+            and list(trace.insts[i].inputs[0]) == list(MAX_STEPS)
+        ]
+        tops = [n for n in sketch.trace.insts if n.kind == "annotate"]
+        assert sites and len(sites) == len(tops)
+        kinds = {}
+        for choice in (0, len(MAX_STEPS) - 1):
+            decisions = {**trace.decisions, **{i: choice for i in sites}}
+            sch = replay(func, trace, decisions=decisions)
+            anns = [
+                dict(n.annotations).get(AUTO_UNROLL)
+                for n in walk(sch.func.body)
+                if isinstance(n, For)
+            ]
+            assert MAX_STEPS[choice] in anns
+            kinds[choice] = [n.kind for n in walk(lower(sch.func).body) if isinstance(n, For)]
+        assert "unrolled" in kinds[len(MAX_STEPS) - 1]
+        assert kinds[0].count("unrolled") < kinds[len(MAX_STEPS) - 1].count("unrolled")

@@ -1,0 +1,42 @@
+"""Auto-unroll: sample how far each loop nest is unrolled (MetaSchedule's unroll decision).
+
+Each top-level nest gets a `sample_categorical` over the maximum steps (0, 16, 64, 512) and an
+`auto_unroll_max_step` annotation on its outermost loop; lowering then unrolls every serial
+loop whose nest runs at most that many statements (see ir's `auto_unroll`). 0 leaves the
+nest as the other rules made it. The decision never changes the loop structure, so it
+replays and mutates like any categorical.
+"""
+
+from __future__ import annotations
+
+from tunefleet.ir.auto_unroll import AUTO_UNROLL
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import blocks
+
+from .block_info import uniform
+from .space import GlobalRule, SpaceContext
+
+MAX_STEPS = (0, 16, 64, 512)
+
+
+class AutoUnroll(GlobalRule):
+    """Annotate every nest's outermost loop with a sampled auto-unroll limit (CPU only)."""
+
+    name = "auto_unroll"
+
+    def __init__(self, max_steps: tuple[int, ...] = MAX_STEPS) -> None:
+        self.max_steps = max_steps
+
+    def apply(self, sch: Schedule, ctx: SpaceContext) -> Schedule:
+        out = sch.copy()
+        if ctx.target_kind != "cpu":
+            return out
+        seen: set[str] = set()
+        for br, loops in blocks(out.func):
+            if not loops or loops[0].var.name in seen:
+                continue
+            seen.add(loops[0].var.name)
+            top = out.get_loops(out.get_block(br.block.name))[0]
+            step = out.sample_categorical(self.max_steps, uniform(len(self.max_steps)))
+            out.annotate(top, AUTO_UNROLL, step)
+        return out
