@@ -31,9 +31,9 @@ from tunefleet.ir.visit import walk
 from .block_info import divisors_among, is_reduction, loop_infos, uniform, writes_output
 from .space import ScheduleRule, SpaceContext, try_fork
 
-LANE_WIDTHS = (8, 16, 32, 64)
-TILE_SIZES = (2, 4, 8)
-BLOCK_SIZES = (1, 2, 4, 8, 16)
+LANE_WIDTHS = (4, 8, 16, 32, 64, 128)
+TILE_SIZES = (2, 4, 8, 16)
+BLOCK_SIZES = (1, 2, 4, 8, 16, 32)
 
 
 def _innermost_contiguous(sch: Schedule, block: str) -> bool:
