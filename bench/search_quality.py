@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -275,17 +276,19 @@ def time_variant(spec: dict[str, Any]) -> dict[str, Any]:
 
 def side_by_side(
     specs: dict[str, dict[str, Any]], rounds: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median per call of every variant, alternating variants within each round.
+) -> tuple[dict[str, list[float | None]], dict[str, float]]:
+    """Per-call time of every variant in every round (None: that measurement failed),
+    alternating variants within each round.
 
     Each measurement runs in a fresh interpreter, so thread pools never meet: OpenMP (ours),
     TVM's pool and OpenBLAS (numpy) each spin after a call and slow whichever runs next when
     they share a process on two cores.
     """
-    times: dict[str, list[float]] = {k: [] for k in specs}
+    times: dict[str, list[float | None]] = {k: [] for k in specs}
     errors: dict[str, float] = {}
     for _ in range(rounds):
         for key, spec in specs.items():
+            times[key].append(None)
             proc = subprocess.run(
                 [sys.executable, __file__, "--time-one", json.dumps(spec)],
                 capture_output=True,
@@ -297,9 +300,24 @@ def side_by_side(
                 print(f"[skip] {key}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
                 continue
             result = json.loads(lines[-1])
-            times[key].append(result["ms"])
+            times[key][-1] = result["ms"]
             errors[key] = max(errors.get(key, 0.0), result["err"])
-    return {k: statistics.median(v) for k, v in times.items() if v}, errors
+    return times, errors
+
+
+def median_of(runs: list[float | None]) -> float | None:
+    """The median of the rounds that measured something."""
+    got = [t for t in runs if t is not None]
+    return statistics.median(got) if got else None
+
+
+def paired(a: list[float | None], b: list[float | None]) -> tuple[int, int, float]:
+    """Rounds where `a` ran faster than `b`, rounds compared, and the one-sided sign-test
+    p-value of that many wins if neither were faster (ties count against `a`)."""
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    wins, n = sum(x < y for x, y in pairs), len(pairs)
+    p = sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+    return wins, n, p
 
 
 def check(name: str, got: np.ndarray, inputs: list[np.ndarray]) -> float:
@@ -373,25 +391,32 @@ def main() -> None:
                 specs[f"metaschedule@{budget}"] = {"kind": "tvm", "work_dir": work_dir}
         for spec in specs.values():
             spec.update(op=name, seed=args.seed, state=str(state))
-        timed, errors = side_by_side(specs, args.rounds)
-        report[f"timing_{name}"] = {"median_ms": timed, "max_rel_err": errors}
-        print_op(name, budgets, strategies, timed, report, use_tvm)
+        runs, errors = side_by_side(specs, args.rounds)
+        timed = {k: m for k, v in runs.items() if (m := median_of(v)) is not None}
+        report[f"timing_{name}"] = {"median_ms": timed, "rounds_ms": runs, "max_rel_err": errors}
+        print_op(name, budgets, runs, report, use_tvm)
     (state / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"\nfull report: {state / 'report.json'}")
 
 
-def print_op(name: str, budgets, strategies, timed, report, use_tvm) -> None:
+def print_op(name: str, budgets, runs, report, use_tvm) -> None:
+    """One table per op: medians, ratios, and how often evolutionary won the paired rounds."""
     op, dims = OPS[name]
     shape = ",".join(f"{k}={v}" for k, v in dims.items())
-    print(f"\n## {name} ({op} {shape}, fp32), alternating fresh processes, median per call")
-    if "numpy" in timed:
-        print(f"numpy: {timed['numpy']:.4f} ms")
-    print("| budget | evolutionary | random | MetaSchedule | evo vs random | evo vs MS |")
-    print("|---|---|---|---|---|---|")
+    n = max((len(v) for v in runs.values()), default=0)
+    print(f"\n## {name} ({op} {shape}, fp32), {n} alternating rounds in fresh processes")
+    if "numpy" in runs:
+        print(f"numpy: {median_of(runs['numpy']) or float('nan'):.4f} ms (median)")
+    print(
+        "| budget | evolutionary | random | MetaSchedule | evo vs random "
+        "| rounds evo won (sign test) | evo vs MS |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for b in budgets:
-        evo = timed.get(f"evolutionary@{b}")
-        rnd = timed.get(f"random@{b}")
-        msb = timed.get(f"metaschedule@{b}")
+        evo_runs, rnd_runs = runs.get(f"evolutionary@{b}"), runs.get(f"random@{b}")
+        evo = median_of(evo_runs) if evo_runs else None
+        rnd = median_of(rnd_runs) if rnd_runs else None
+        msb = median_of(runs[f"metaschedule@{b}"]) if f"metaschedule@{b}" in runs else None
 
         def cell(v: float | None, key: str) -> str:
             if v is None:
@@ -400,10 +425,18 @@ def print_op(name: str, budgets, strategies, timed, report, use_tvm) -> None:
             return f"{v:.4f} ms" + (f" ({spent:.0f} s)" if spent else "")
 
         ratio = lambda a, c: f"{c / a:.2f}x" if a and c else "-"  # noqa: E731
+        won = "-"
+        if evo_runs and rnd_runs:
+            same = (
+                report[f"ours_{name}_{b}_evolutionary"].get("trace_json")
+                == report[f"ours_{name}_{b}_random"].get("trace_json")
+            )
+            wins, total, p = paired(evo_runs, rnd_runs)
+            won = "same kernel" if same else f"{wins}/{total} (p={p:.3f})"
         print(
             f"| {b} | {cell(evo, f'ours_{name}_{b}_evolutionary')} | "
             f"{cell(rnd, f'ours_{name}_{b}_random')} | {cell(msb, f'tvm_{name}_{b}')} | "
-            f"{ratio(evo, rnd)} | {ratio(evo, msb)} |"
+            f"{ratio(evo, rnd)} | {won} | {ratio(evo, msb)} |"
         )
     sys.stdout.flush()
 
