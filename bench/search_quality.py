@@ -427,10 +427,9 @@ def print_op(name: str, budgets, runs, report, use_tvm) -> None:
         ratio = lambda a, c: f"{c / a:.2f}x" if a and c else "-"  # noqa: E731
         won = "-"
         if evo_runs and rnd_runs:
-            same = (
-                report[f"ours_{name}_{b}_evolutionary"].get("trace_json")
-                == report[f"ours_{name}_{b}_random"].get("trace_json")
-            )
+            same = report[f"ours_{name}_{b}_evolutionary"].get("trace_json") == report[
+                f"ours_{name}_{b}_random"
+            ].get("trace_json")
             wins, total, p = paired(evo_runs, rnd_runs)
             won = "same kernel" if same else f"{wins}/{total} (p={p:.3f})"
         print(
