@@ -81,13 +81,20 @@ _RULES: dict[str, str] = {
     "auto_unroll": "tunefleet.tuner.rule_auto_unroll:AutoUnroll",
     "gpu_gemv": "tunefleet.tuner.rule_gpu_gemv:GpuGemv",
     "gpu_tensor_core": "tunefleet.tuner.rule_gpu_tensor_core:GpuTensorCore",
+    "gpu_multi_level_tiling": "tunefleet.tuner.rule_gpu_multi_level_tiling:GpuMultiLevelTiling",
     "gpu_rows": "tunefleet.tuner.rule_gpu_rows:GpuRows",
     "gpu_auto_bind": "tunefleet.tuner.rule_gpu_auto_bind:GpuAutoBind",
 }
 
 CPU_BLOCK_RULES = ("auto_inline", "multi_level_tiling", "split_k_reduction", "vectorize_spatial")
 CPU_GLOBAL_RULES = ("parallel_outer", "auto_unroll")
-GPU_BLOCK_RULES = ("auto_inline", "gpu_gemv", "gpu_tensor_core", "gpu_rows")
+GPU_BLOCK_RULES = (
+    "auto_inline",
+    "gpu_gemv",
+    "gpu_tensor_core",
+    "gpu_multi_level_tiling",
+    "gpu_rows",
+)
 GPU_GLOBAL_RULES = ("gpu_auto_bind",)
 
 

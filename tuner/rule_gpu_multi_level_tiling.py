@@ -1,0 +1,239 @@
+"""GPU multi-level tiling for reductions no other CUDA rule claims (fp32 matmul/dense, batch
+matmul, small-m fp16 dense, odd shapes): MetaSchedule's "SSSRRSRS" with shared-memory staging.
+
+Every non-trivial spatial loop is tiled in five levels: S0 (blocks), S1 (vthread), S2 (threads),
+S3 and S4 (the thread's register tile); the reduction loop in three: R0 (k steps), R1, R2.
+The block runs
+
+    S0 (fused: blockIdx.x)
+      R0                                  # one k step
+        x_shared, w_shared = ...          # each input's tile, fetched by all threads
+        S1 (vthread) S2 (fused: threadIdx.x) R1 S3 R2 S4
+          acc_local[...] += x_shared[...] * w_shared[...]
+      S1 S2 S3 S4: out[...] = acc_local[...]   # each thread writes its own registers back
+
+R0 sits outside the vthread and thread loops, since ir's compute_at sizes a shared tile from
+the loops below its location only: there the tile covers the block's whole S1-S4 footprint and
+one k step, and every thread helps to fetch it (loops fused, split by the thread count and a
+sampled vector width {1, 2, 4}, vectorized). The accumulator lives in registers (`local`); a
+float32 output gets it through `cache_write`, a cast output (fp16/bf16) by computing the cast
+block per thread and keeping the float32 intermediate `local`.
+
+Decisions never change the structure: a thread's elements along a loop are strided by that
+loop's thread count (threads innermost in the index: coalesced writes, conflict-free shared
+reads), the thread count per loop is a categorical over powers of two > 1 chosen so that every
+combination is a multiple of 32 (warps), a thread's register tile per loop is capped (8 on the
+two innermost spatial loops, 2 on the others), and the k step is a categorical over values > 1,
+so no tile loop or copy loop ever vanishes. The postprocessor rejects samples over 1024
+threads or the shared memory of the architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunefleet.ir.dtypes import itemsize
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import writes_of
+from tunefleet.ir.trace import RV
+
+from .block_info import LoopInfo, is_reduction, loop_infos, uniform, writes_output
+from .space import ScheduleRule, SpaceContext, try_fork
+
+# (lowest, highest) threads along the innermost, the next and every other spatial loop
+THREAD_RANGES = ((8, 32), (4, 16), (2, 4))
+TILE_LEVELS = ((1, 2), (1, 2), (1, 2, 4))  # S1 (vthread), S3, S4 factors of the two innermost
+K_STEPS = (4, 8, 16)  # R1; R1 * R2 is the k step staged in shared memory
+K_INNER = (1, 2, 4)  # R2
+VECTOR_WIDTHS = (1, 2, 4)
+# shared rows padded so that consecutive rows start 16 bytes apart in the 128 bytes of banks
+# (threads reading different rows of a tile hit different banks; 16-byte copies stay
+# aligned), or not padded: one sketch each
+PAD_BYTES = (16, 0)
+BANK_BYTES = 128
+BLOCK_AXES = ("blockIdx.x", "blockIdx.y", "blockIdx.z")  # S0 of the innermost loop first
+MAX_SPATIAL = len(BLOCK_AXES)
+
+
+@dataclass(frozen=True)
+class _SpatialTiles:
+    """One spatial loop's levels and the sampled values that rebuild its index."""
+
+    levels: tuple[RV, RV, RV, RV, RV]  # S0 S1 S2 S3 S4
+    threads: RV
+    inner: tuple[RV, RV, RV]  # S1 S3 S4 factors
+
+
+class GpuMultiLevelTiling(ScheduleRule):
+    """SSSRRSRS tiling with shared-memory inputs and register accumulation on CUDA."""
+
+    name = "gpu_multi_level_tiling"
+
+    def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
+        if ctx.target_kind != "cuda" or not is_reduction(sch.func, block):
+            return []
+        probe = sch.copy()
+        b = probe.get_block(block)
+        infos = loop_infos(probe, b)
+        if any(i.extent is None for i in infos):
+            return []
+        if any(probe.get(i.rv).kind != "serial" for i in infos):
+            return []  # already scheduled by another rule
+        spatial = [i for i in infos if not i.reduce and (i.extent or 0) > 1]
+        reduce = [i for i in infos if i.reduce and (i.extent or 0) > 1]
+        if not 2 <= len(spatial) <= MAX_SPATIAL or sum(i.reduce for i in infos) != 1:
+            return []
+        consumer = _cast_consumer(probe, block)
+        if consumer is False:
+            return []
+        k_sets = _k_sets(reduce[0].extent or 1)
+        level_sets = _level_sets([i.extent or 1 for i in spatial])
+        out = []
+        for pad in PAD_BYTES:
+            made = try_fork(
+                sch,
+                lambda t, p=pad: _build(t, block, consumer or None, k_sets, level_sets, p),
+            )
+            if made is not None:
+                out.append(made)
+        return out
+
+
+def _cast_consumer(sch: Schedule, block: str) -> str | bool | None:
+    """None when `block` writes a function output itself; the name of its single unscheduled
+    elementwise consumer that writes an output; False when it is neither."""
+    if writes_output(sch.func, block):
+        return None
+    consumers = sch.get_consumers(sch.get_block(block))
+    if len(consumers) != 1:
+        return False
+    name = sch.get(consumers[0]).name
+    if is_reduction(sch.func, name) or not writes_output(sch.func, name):
+        return False
+    if any(sch.get(lp).kind != "serial" for lp in sch.get_loops(consumers[0])):
+        return False
+    return name
+
+
+def _k_sets(extent: int) -> list[list[int]]:
+    """Candidates of R1 (> 1, so the k step never vanishes) and R2; every product divides k."""
+    r1 = [s for s in K_STEPS if extent % s == 0]
+    if not r1:
+        r1 = [d for d in range(2, max(K_STEPS) + 1) if extent % d == 0][:2] or [extent]
+    r2 = [v for v in K_INNER if extent % (max(r1) * v) == 0]
+    return [r1, r2]
+
+
+def _level_sets(extents: list[int]) -> list[list[list[int]]]:
+    """Per spatial loop the candidates of its S2 (threads), S1, S3 and S4 factors: every
+    combination divides the loop, so each split is perfect. Threads are powers of two > 1 in
+    the loop's range (the innermost loop gets the widest; every product is a multiple of 32
+    when the loops allow), and a thread's register tile stays within 2 x 2 x 4 per loop (1 on
+    loops beyond the innermost two); the largest candidates go first where a loop is short."""
+    out = []
+    for pos, ext in enumerate(reversed(extents)):
+        lo, hi = THREAD_RANGES[min(pos, len(THREAD_RANGES) - 1)]
+        threads = [t for t in (2, 4, 8, 16, 32) if lo <= t <= hi and ext % t == 0]
+        if not threads:
+            threads = [d for d in range(2, hi + 1) if ext % d == 0][:2] or [ext]
+        sets = [threads, *([list(c) for c in TILE_LEVELS] if pos < 2 else [[1]] * 3)]
+        while ext % (max(sets[0]) * max(sets[1]) * max(sets[2]) * max(sets[3])):
+            widest = max(range(4), key=lambda n: (len(sets[n]) > 1, max(sets[n]), -n))
+            sets[widest] = sets[widest][:-1]
+        out.append(sets)
+    return list(reversed(out))
+
+
+def _tile_spatial(t: Schedule, lp: LoopInfo, sets: list[list[int]]) -> _SpatialTiles:
+    """Split one spatial loop into S0 S2 S1 S3 S4 (index order): a thread's elements are
+    contiguous, so its register tile is one box."""
+    tx, s1, s3, s4 = (t.sample_categorical(c, uniform(len(c))) for c in sets)
+    s0_, s2_, s1_, s3_, s4_ = t.split(lp.rv, [None, tx, s1, s3, s4])
+    return _SpatialTiles((s0_, s1_, s2_, s3_, s4_), tx, (s1, s3, s4))
+
+
+def _build(
+    t: Schedule,
+    block: str,
+    consumer: str | None,
+    k_sets: list[list[int]],
+    level_sets: list[list[list[int]]],
+    pad: int,
+) -> None:
+    b = t.get_block(block)
+    if consumer is None:
+        out = t.cache_write(b, 0, "local")
+    else:
+        out = t.get_block(consumer)
+        t.set_scope(b, 0, "local")
+    infos = loop_infos(t, b)
+    spatial = [i for i in infos if not i.reduce and (i.extent or 0) > 1]
+    (red,) = [i for i in infos if i.reduce and (i.extent or 0) > 1]
+    tiles = [_tile_spatial(t, lp, sets) for lp, sets in zip(spatial, level_sets, strict=True)]
+    r1_, r2_ = (t.sample_categorical(c, uniform(len(c))) for c in k_sets)
+    r0, r1, r2 = t.split(red.rv, [None, r1_, r2_])
+    lv = [[tile.levels[n] for tile in tiles] for n in range(5)]
+    unit = [i.rv for i in infos if not i.reduce and (i.extent or 0) <= 1]
+    t.reorder(*unit, *lv[0], r0, *lv[1], *lv[2], r1, *lv[3], r2, *lv[4])
+    # regions first, while every index is a plain sum of split loops
+    inputs = [r.buffer for r in t.get(b).reads if r.buffer in t.func.inputs]
+    shared = []
+    for buf in inputs:
+        written = writes_of(t.get(b))
+        reads = [r.buffer for r in t.get(b).reads if r.buffer not in written]
+        tile_buf = t.cache_read(b, reads.index(buf), "shared")
+        t.compute_at(tile_buf, r0)
+        if pad and len(buf.shape) >= 2:
+            width = pad // itemsize(buf.dtype)
+            t.storage_align(
+                tile_buf, 0, len(buf.shape) - 2, BANK_BYTES // itemsize(buf.dtype), width
+            )
+        shared.append(tile_buf)
+    t.reverse_compute_at(out, lv[0][-1])
+    for v, axis in zip(reversed(lv[0]), BLOCK_AXES, strict=False):
+        t.bind(v, axis)
+    for v in lv[1]:
+        t.bind(v, "vthread")
+    tx = t.fuse(*lv[2])
+    t.bind(tx, "threadIdx.x")
+    for v in (*lv[3], r2, *lv[4]):
+        t.unroll(v)
+    threads = [tile.threads for tile in tiles]
+    # a copied vector never straddles a row: the width divides every k step and row tile
+    rows = [min(k_sets[0]), *(min(sets[0]) for sets in level_sets[-1:])]
+    widths = [v for v in VECTOR_WIDTHS if all(r % v == 0 for r in rows)]
+    vec = t.sample_categorical(widths, uniform(len(widths)))
+    for tile_buf in shared:
+        fetch_cooperatively(t, tile_buf, len(unit) + len(lv[0]) + 1, threads, vec)
+    _bind_write_back(t, out, tiles, len(unit) + len(lv[0]))
+    t.decompose_reduction(b, r0)
+
+
+def fetch_cooperatively(t: Schedule, tile: RV, depth: int, threads: list[RV], vec: RV) -> None:
+    """All threads copy a shared tile computed `depth` loops deep: the copy loops fused, split
+    by the block's threads (the product of `threads`, fused to threadIdx.x) and `vec`."""
+    loops = t.get_loops(tile)[depth:]
+    fused = t.fuse(*loops) if len(loops) > 1 else loops[0]
+    parts = t.split(fused, [None, *threads, vec])
+    lane = t.fuse(*parts[1:-1]) if len(threads) > 1 else parts[1]
+    t.bind(lane, "threadIdx.x")
+    t.vectorize(parts[-1])
+
+
+def _bind_write_back(t: Schedule, out: RV, tiles: list[_SpatialTiles], depth: int) -> None:
+    """Split the write-back nest (one loop per tiled spatial loop, the block's tile) the way
+    the compute nest is split, so that each thread reads its own registers."""
+    loops = t.get_loops(out)[depth:]
+    levels: list[list[RV]] = [[], [], [], []]
+    for lp, tile in zip(loops, tiles, strict=True):
+        s1, s3, s4 = tile.inner
+        parts = t.split(lp, [tile.threads, s1, s3, s4])
+        for n, part in enumerate((parts[1], parts[0], parts[2], parts[3])):
+            levels[n].append(part)
+    t.reorder(*levels[0], *levels[1], *levels[2], *levels[3])
+    for v in levels[0]:
+        t.bind(v, "vthread")
+    tx = t.fuse(*levels[1]) if len(levels[1]) > 1 else levels[1][0]
+    t.bind(tx, "threadIdx.x")
+    for v in (*levels[2], *levels[3]):
+        t.unroll(v)
