@@ -1,43 +1,51 @@
 """GPU multi-level tiling for reductions no other CUDA rule claims (fp32 matmul/dense, batch
 matmul, small-m fp16 dense, odd shapes): MetaSchedule's "SSSRRSRS" with shared-memory staging.
 
-Every non-trivial spatial loop is tiled in five levels: S0 (blocks), S1 (vthread), S2 (threads),
-S3 and S4 (the thread's register tile); the reduction loop in three: R0 (k steps), R1, R2.
-The block runs
+Every non-trivial spatial loop (two or three of them) is tiled in five levels: S0 (blocks),
+S1 (vthread), S2 (threads), S3 and S4 (register tile); the one reduction loop in three: R0
+(k steps), R1, R2. The block runs
 
-    S0 (fused: blockIdx.x)
-      R0                                  # one k step
-        x_shared, w_shared = ...          # each input's tile, fetched by all threads
-        S1 (vthread) S2 (fused: threadIdx.x) R1 S3 R2 S4
-          acc_local[...] += x_shared[...] * w_shared[...]
+    S0 (blockIdx.x / y / z, innermost loop on x)
+      R0                                        # one k step
+        a_shared, b_shared = ...                # each input's tile, fetched by all threads
+        S1 (vthread) S2 (fused: threadIdx.x) R1 S3 R2 S4 (S3, R2, S4 unrolled)
+          acc_local[...] += a_shared[...] * b_shared[...]
       S1 S2 S3 S4: out[...] = acc_local[...]   # each thread writes its own registers back
 
 R0 sits outside the vthread and thread loops, since ir's compute_at sizes a shared tile from
-the loops below its location only: there the tile covers the block's whole S1-S4 footprint and
-one k step, and every thread helps to fetch it (loops fused, split by the thread count and a
-sampled vector width {1, 2, 4}, vectorized). The accumulator lives in registers (`local`); a
-float32 output gets it through `cache_write`, a cast output (fp16/bf16) by computing the cast
-block per thread and keeping the float32 intermediate `local`.
+the loops below its location only: there the tile covers the block's whole footprint for one
+k step, and every thread helps to fetch it (the copy loops fused, split by the thread count
+and a sampled vector width {1, 2, 4}, bound to threadIdx.x, vectorized). The S0 loops get
+one block axis each: fused, a tile that depends on only some of them would repeat. The
+accumulator lives in registers (`local`): a float32 output gets it through `cache_write`, a
+cast output (fp16/bf16) by computing the cast per thread and keeping the float32
+intermediate `local`. Two sketches: shared rows padded by 16 bytes (storage_align, so the
+rows that different threads read start in different banks) or not.
 
-Decisions never change the structure: a thread's elements along a loop are strided by that
-loop's thread count (threads innermost in the index: coalesced writes, conflict-free shared
-reads), the thread count per loop is a categorical over powers of two > 1 chosen so that every
-combination is a multiple of 32 (warps), a thread's register tile per loop is capped (8 on the
-two innermost spatial loops, 2 on the others), and the k step is a categorical over values > 1,
-so no tile loop or copy loop ever vanishes. The postprocessor rejects samples over 1024
-threads or the shared memory of the architecture.
+Decisions never change the structure. Each spatial level is a `sample_categorical` whose
+candidates multiply to a divisor of the loop, so every split is perfect: threads are powers of
+two > 1 (8-32 on the innermost loop, 4-16 on the next, 2-4 on a third: every combination is a
+multiple of 32 when the loop sizes allow), S1, S3 and S4 are at most 2, 2 and 4 on the two
+innermost loops and 1 elsewhere (a thread holds at most 256 accumulators), R1 is 4-16 and R2
+1-4; R1's nest is unrolled up to a sampled number of steps (0, 16, 64, 512: MetaSchedule's
+unroll decision, as on the CPU). In the index a thread's elements are contiguous (S0 S2 S1 S3
+S4, outermost first), so its accumulator tile is one box that lowering compacts to registers.
+With threads > 1 and R1 > 1, no copy or write-back loop ever vanishes at compute_at. The
+postprocessor rejects samples over 1024 threads or the architecture's shared memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunefleet.ir.auto_unroll import AUTO_UNROLL
 from tunefleet.ir.dtypes import itemsize
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import writes_of
 from tunefleet.ir.trace import RV
 
 from .block_info import LoopInfo, is_reduction, loop_infos, uniform, writes_output
+from .rule_auto_unroll import MAX_STEPS
 from .space import ScheduleRule, SpaceContext, try_fork
 
 # (lowest, highest) threads along the innermost, the next and every other spatial loop
@@ -198,6 +206,8 @@ def _build(
     t.bind(tx, "threadIdx.x")
     for v in (*lv[3], r2, *lv[4]):
         t.unroll(v)
+    limit = t.sample_categorical(list(MAX_STEPS), uniform(len(MAX_STEPS)))
+    t.annotate(r1, AUTO_UNROLL, limit)  # R1 unrolled too when its nest is short enough
     threads = [tile.threads for tile in tiles]
     # a copied vector never straddles a row: the width divides every k step and row tile
     rows = [min(k_sets[0]), *(min(sets[0]) for sets in level_sets[-1:])]
