@@ -34,6 +34,9 @@ class LayoutMap:
         if (self.axis is None) != (self.factor is None):
             raise ScheduleError("transform_layout needs both axis and factor, or neither")
         if self.axis is not None and self.factor is not None:
+            for what, v in (("axis", self.axis), ("factor", self.factor)):
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ScheduleError(f"transform_layout {what} must be an int, got {v!r}")
             if not 0 <= self.axis < ndim:
                 raise ScheduleError(f"{buf.name} has {ndim} dims; axis {self.axis} is out of range")
             if self.factor <= 0:

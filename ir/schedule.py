@@ -669,12 +669,13 @@ class Schedule:
         block: RV,
         write_buffer_index: int,
         axis: int | None,
-        factor: int | None,
+        factor: int | RV | None,
         order: Sequence[int],
     ) -> None:
         """Change the layout of the intermediate buffer `block` writes: split dim `axis` by
-        `factor`, then reorder the dims as `order` (see `layout.LayoutMap`). The producer's
-        writes, every consumer's reads and the allocation follow; loops stay as they are.
+        `factor` (an int or an integer handle from a sampling step, so a replay with another
+        decision packs anew), then reorder the dims as `order` (see `layout.LayoutMap`). The
+        producer's writes, every consumer's reads and the allocation follow; loops stay.
 
         Packing a dense weight so 16 output columns are contiguous for every k
         (`transform_layout(w_global_block, 0, 0, 16, [0, 2, 1])`):
@@ -709,6 +710,7 @@ class Schedule:
                         )
             if not all(isinstance(d, int) and not isinstance(d, bool) for d in order):
                 raise ScheduleError(f"order must be a list of ints, got {list(order)!r}")
+            given, factor = factor, self._value(factor) if isinstance(factor, RV) else factor
             lmap = LayoutMap(axis, factor, tuple(order))
             lmap.check(buf)
             new = dataclasses.replace(buf, shape=lmap.shape(buf.shape))
@@ -733,7 +735,7 @@ class Schedule:
             self._func = with_root(func, map_stmt(root_body(func), regions))
             self._record(
                 "transform_layout",
-                [block, write_buffer_index, axis, factor, list(order)],
+                [block, write_buffer_index, axis, given, list(order)],
                 {},
                 [],
             )
