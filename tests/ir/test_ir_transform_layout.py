@@ -76,6 +76,7 @@ def test_trace_json_round_trip_reproduces_the_source() -> None:
         ((0, 2, 16, [0, 2, 1]), "w_global has 2 dims; axis 2 is out of range"),
         ((0, 0, 16, [0, 1]), "order [0, 1] is not a permutation of the 3 dims"),
         ((0, 0, None, [1, 0]), "needs both axis and factor, or neither"),
+        ((0, 0, 2.5, [0, 2, 1]), "transform_layout factor must be an int, got 2.5"),
         ((1, 0, 16, [0, 2, 1]), "writes 1 buffers; index 1 is out of range"),
     ],
 )
