@@ -5,8 +5,10 @@ fresh SQLite database), and, when `apache-tvm` is installed, with Apache TVM Met
 the same budget. Then it times every best kernel and numpy side by side, alternating,
 `--rounds` rounds, each measurement in a fresh process (the thread pools of OpenMP, TVM and
 OpenBLAS slow each other down when they share one), median per call, so every ratio compares
-kernels measured in the same run. Ops (fp32): dense 1024^3 (x @ w.T), decode GEMV (m=1,
-k=n=4096), rmsnorm 32x4096, softmax 256x2048.
+kernels measured in the same run. Evolutionary and random are also compared round by round:
+the rounds evolutionary's kernel won and the one-sided sign-test p-value of that many wins
+between equal kernels (both searches' best being one trace is reported as such). Ops (fp32):
+dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm 32x4096, softmax 256x2048.
 
 Tuning results are kept under --state (one JSON per op/budget/searcher, MetaSchedule's
 database in a folder), so an interrupted run resumes and a partial run still reports:
