@@ -5,8 +5,10 @@ fresh SQLite database), and, when `apache-tvm` is installed, with Apache TVM Met
 the same budget. Then it times every best kernel and numpy side by side, alternating,
 `--rounds` rounds, each measurement in a fresh process (the thread pools of OpenMP, TVM and
 OpenBLAS slow each other down when they share one), median per call, so every ratio compares
-kernels measured in the same run. Ops (fp32): dense 1024^3 (x @ w.T), decode GEMV (m=1,
-k=n=4096), rmsnorm 32x4096, softmax 256x2048.
+kernels measured in the same run. Evolutionary and random are also compared round by round:
+the rounds evolutionary's kernel won and the one-sided sign-test p-value of that many wins
+between equal kernels (both searches' best being one trace is reported as such). Ops (fp32):
+dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm 32x4096, softmax 256x2048.
 
 Tuning results are kept under --state (one JSON per op/budget/searcher, MetaSchedule's
 database in a folder), so an interrupted run resumes and a partial run still reports:
@@ -427,10 +429,9 @@ def print_op(name: str, budgets, runs, report, use_tvm) -> None:
         ratio = lambda a, c: f"{c / a:.2f}x" if a and c else "-"  # noqa: E731
         won = "-"
         if evo_runs and rnd_runs:
-            same = (
-                report[f"ours_{name}_{b}_evolutionary"].get("trace_json")
-                == report[f"ours_{name}_{b}_random"].get("trace_json")
-            )
+            same = report[f"ours_{name}_{b}_evolutionary"].get("trace_json") == report[
+                f"ours_{name}_{b}_random"
+            ].get("trace_json")
             wins, total, p = paired(evo_runs, rnd_runs)
             won = "same kernel" if same else f"{wins}/{total} (p={p:.3f})"
         print(

@@ -3,7 +3,8 @@
 Each is a small class in a registry; `check(sch, ctx)` returns None for a valid program or a
 one-line reason. The CPU check generates the C source (catching programs that lower to
 nothing buildable, such as thread-bound loops); the GPU check enforces per-block limits on
-threads and shared memory from the launch the code generator describes.
+threads and shared memory (the architecture's opt-in limit) from the launch the code generator
+describes.
 """
 
 from __future__ import annotations
@@ -18,15 +19,24 @@ from tunefleet.ir.schedule import Schedule
 from .registry import load_entry
 from .space import SpaceContext, SpaceError
 
+# shared memory per block with the dynamic opt-in the workers' runner sets (CUDA's
+# sharedMemPerBlockOptin): 227 KiB on sm_90, 163 KiB on sm_80/87, 99 KiB on sm_86/89
+SHARED_OPTIN_BYTES = {"sm_90": 227 * 1024, "sm_80": 163 * 1024, "sm_87": 163 * 1024}
+
 
 @dataclass(frozen=True)
 class GpuLimits:
-    """Per-block limits of a CUDA device: defaults hold on every sm_80+ card (dynamic shared
-    memory opted in up to 99 KiB, as on sm_86/89; sm_80 and sm_90 allow more)."""
+    """Per-block limits of a CUDA device: the defaults hold on every sm_80+ card."""
 
     max_threads_per_block: int = 1024
     max_shared_bytes: int = 99 * 1024
     max_registers_per_thread: int = 255
+
+    @staticmethod
+    def for_arch(arch: str) -> GpuLimits:
+        """The limits of an architecture ("sm_90", "sm_90a", ...; unknown: the defaults)."""
+        base = arch.rstrip("a") if arch.endswith("a") else arch
+        return GpuLimits(max_shared_bytes=SHARED_OPTIN_BYTES.get(base, 99 * 1024))
 
 
 class Postproc(ABC):
@@ -58,11 +68,12 @@ class VerifyGpuLimits(Postproc):
     name = "verify_gpu_limits"
 
     def __init__(self, limits: GpuLimits | None = None) -> None:
-        self.limits = limits or GpuLimits()
+        self.limits = limits  # None: the limits of the context's architecture
 
     def check(self, sch: Schedule, ctx: SpaceContext) -> str | None:
         if ctx.target_kind != "cuda":
             return None
+        limits = self.limits or GpuLimits.for_arch(ctx.arch)
         try:
             src = build_source(sch, target="cuda")
         except (IRError, ValueError) as err:
@@ -72,11 +83,11 @@ class VerifyGpuLimits(Postproc):
             if not isinstance(dim, int):
                 return None  # symbolic launch: checked at run time
             threads *= dim
-        if threads > self.limits.max_threads_per_block:
-            return f"{threads} threads per block > {self.limits.max_threads_per_block}"
+        if threads > limits.max_threads_per_block:
+            return f"{threads} threads per block > {limits.max_threads_per_block}"
         shared = getattr(src, "shared_bytes", 0) or 0
-        if isinstance(shared, int) and shared > self.limits.max_shared_bytes:
-            return f"{shared} bytes of shared memory per block > {self.limits.max_shared_bytes}"
+        if isinstance(shared, int) and shared > limits.max_shared_bytes:
+            return f"{shared} bytes of shared memory per block > {limits.max_shared_bytes}"
         return None
 
 

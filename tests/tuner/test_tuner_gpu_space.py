@@ -64,3 +64,21 @@ def test_gpu_limits_reject_oversized_blocks() -> None:
     assert VerifyGpuLimits().check(sch, CTX) is None  # 512 threads per block
     small = VerifyGpuLimits(GpuLimits(max_threads_per_block=256)).check(sch, CTX)
     assert small is not None and "512 threads" in small
+
+
+def test_shared_memory_limit_follows_the_architecture() -> None:
+    """A 128 KiB wgmma tiling (4 stages of 128 x 128) passes sm_90's opt-in limit (227 KiB)
+    and is rejected under the 99 KiB that every sm_80+ card allows."""
+    from tunefleet.ir.wgmma_schedule import apply_wgmma_tiling
+
+    assert GpuLimits.for_arch("sm_90a") == GpuLimits.for_arch("sm_90")
+    assert GpuLimits.for_arch("sm_90").max_shared_bytes == 227 * 1024
+    assert GpuLimits.for_arch("sm_80").max_shared_bytes == 163 * 1024
+    assert GpuLimits.for_arch("sm_89").max_shared_bytes == GpuLimits().max_shared_bytes
+    sch = Schedule(ops.get_op("dense").build({"m": 256, "n": 512, "k": 256}, "float16"))
+    apply_wgmma_tiling(sch, "dense", "dense_acc", "float16", warpgroups=2, n=128, stages=4)
+    assert build_source(sch, "cuda").shared_bytes == 128 * 1024
+    assert VerifyGpuLimits().check(sch, SpaceContext("cuda", arch="sm_90")) is None
+    for arch in ("sm_89", ""):
+        reason = VerifyGpuLimits().check(sch, SpaceContext("cuda", arch=arch))
+        assert reason is not None and "shared memory" in reason
