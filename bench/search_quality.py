@@ -5,8 +5,10 @@ fresh SQLite database), and, when `apache-tvm` is installed, with Apache TVM Met
 the same budget. Then it times every best kernel and numpy side by side, alternating,
 `--rounds` rounds, each measurement in a fresh process (the thread pools of OpenMP, TVM and
 OpenBLAS slow each other down when they share one), median per call, so every ratio compares
-kernels measured in the same run. Ops (fp32): dense 1024^3 (x @ w.T), decode GEMV (m=1,
-k=n=4096), rmsnorm 32x4096, softmax 256x2048.
+kernels measured in the same run. Evolutionary and random are also compared round by round:
+the rounds evolutionary's kernel won and the one-sided sign-test p-value of that many wins
+between equal kernels (both searches' best being one trace is reported as such). Ops (fp32):
+dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm 32x4096, softmax 256x2048.
 
 Tuning results are kept under --state (one JSON per op/budget/searcher, MetaSchedule's
 database in a folder), so an interrupted run resumes and a partial run still reports:
@@ -22,6 +24,7 @@ import ctypes
 import json
 import math
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -100,15 +103,19 @@ def tune_ours(name: str, budget: int, strategy: str, state: Path, seed: int) -> 
     # rmsnorm 3x slower in the tuner than here and ranked its candidates differently)
     config = MeasureConfig(repeats=5, timeout_s=10.0, seed=seed, rotate_inputs=False)
     start = time.perf_counter()
+    db = state / f"{name}_{budget}_{strategy}.db"
     result = tune(
         op, dims, trials=budget, strategy=strategy, seed=seed,
-        db_url=f"sqlite:///{state / f'{name}_{budget}_{strategy}.db'}",
+        db_url=f"sqlite:///{db}",
         cache_dir=str(state / "kernels"),
         model_dir=str(state / f"models_{name}_{budget}_{strategy}"),
         measure_default=False, measure_config=config,
     )  # fmt: skip
+    with sqlite3.connect(db) as conn:  # every trial's median in order (None: it failed)
+        trial_ms = [r[0] for r in conn.execute("SELECT median_ms FROM tuning_records ORDER BY id")]
     return {
         "tuning_s": time.perf_counter() - start,
+        "trial_ms": trial_ms,
         "trials": result.trials,
         "failures": result.failures,
         "tuner_best_ms": result.best_ms,
@@ -437,7 +444,26 @@ def print_op(name: str, budgets, runs, report, use_tvm) -> None:
             f"{cell(rnd, f'ours_{name}_{b}_random')} | {cell(msb, f'tvm_{name}_{b}')} | "
             f"{ratio(evo, rnd)} | {won} | {ratio(evo, msb)} |"
         )
+    print("\nMeasured candidates: median trial time over the search's own best, failures")
+    print("| budget | evolutionary | random |")
+    print("|---|---|---|")
+    for b in budgets:
+        cells = [candidates(report.get(f"ours_{name}_{b}_{s}", {})) for s in STRATEGY_NAMES]
+        print(f"| {b} | {cells[0]} | {cells[1]} |")
     sys.stdout.flush()
+
+
+STRATEGY_NAMES = ("evolutionary", "random")
+
+
+def candidates(result: dict[str, Any]) -> str:
+    """How good a search's measured candidates were: median over best, and failures."""
+    trials = result.get("trial_ms")
+    ok = [t for t in trials or [] if t]
+    if not ok:
+        return "-"
+    failed = len(trials) - len(ok)
+    return f"{statistics.median(ok) / min(ok):.2f}x of best, {failed} of {len(trials)} failed"
 
 
 if __name__ == "__main__":

@@ -664,6 +664,82 @@ class Schedule:
             self._replace_block(blk.name, new_blk)
             self._record("storage_align", [block, write_buffer_index, axis, factor, offset], {}, [])
 
+    def transform_layout(
+        self,
+        block: RV,
+        write_buffer_index: int,
+        axis: int | None,
+        factor: int | RV | None,
+        order: Sequence[int],
+    ) -> None:
+        """Change the layout of the intermediate buffer `block` writes: split dim `axis` by
+        `factor` (an int or an integer handle from a sampling step, so a replay with another
+        decision packs anew), then reorder the dims as `order` (see `layout.LayoutMap`). The
+        producer's writes, every consumer's reads and the allocation follow; loops stay.
+
+        Packing a dense weight so 16 output columns are contiguous for every k
+        (`transform_layout(w_global_block, 0, 0, 16, [0, 2, 1])`):
+
+            before:  alloc w_global: Buffer((64, 32))
+                     w_global[v0, v1] = w[v0, v1]
+                     ... x[v_i, v_k] * w_global[v_j, v_k]
+            after:   alloc w_global: Buffer((4, 32, 16))
+                     w_global[v0 // 16, v1, v0 % 16] = w[v0, v1]
+                     ... x[v_i, v_k] * w_global[v_j // 16, v_k, v_j % 16]
+
+        After splitting the consumer's j loop by 16 the indices simplify to (j_0, k, j_1), so
+        a vectorized j_1 loads 16 contiguous floats.
+        """
+        from .layout import LayoutMap
+        from .lower import STORAGE_ALIGN
+
+        with self._atomic():
+            br, _ = self._block(block)
+            blk = br.block
+            buf = _written_buffer(blk, write_buffer_index)
+            if buf in self._func.params:
+                raise ScheduleError(
+                    f"{buf.name} is a parameter of {self._func.name}; only intermediates change "
+                    "layout (cache_read it first)"
+                )
+            for other, _ in blocks(self._func):
+                for key, value in other.block.annotations:
+                    if key == STORAGE_ALIGN and str(value).split(":")[0] == buf.name:
+                        raise ScheduleError(
+                            f"{buf.name} is padded by storage_align; transform its layout first"
+                        )
+            if not all(isinstance(d, int) and not isinstance(d, bool) for d in order):
+                raise ScheduleError(f"order must be a list of ints, got {list(order)!r}")
+            given, factor = factor, self._value(factor) if isinstance(factor, RV) else factor
+            lmap = LayoutMap(axis, factor, tuple(order))
+            lmap.check(buf)
+            new = dataclasses.replace(buf, shape=lmap.shape(buf.shape))
+
+            def accesses(n: Any) -> Any:
+                if isinstance(n, BufferLoad) and n.buffer == buf:
+                    return BufferLoad(buf, lmap.indices(n.indices))
+                if isinstance(n, BufferStore) and n.buffer == buf:
+                    return BufferStore(buf, lmap.indices(n.indices), n.value)
+                return None
+
+            func = rewrite(self._func, accesses)
+            func = rewrite(func, lambda n: new if isinstance(n, Buffer) and n == buf else None)
+
+            def regions(s: Stmt) -> Stmt | None:
+                if isinstance(s, BlockRealize) and s.block.name != func.root.name:
+                    touched = reads_of(s.block) | writes_of(s.block)
+                    if new in touched:
+                        return dataclasses.replace(s, block=with_regions(s.block))
+                return None
+
+            self._func = with_root(func, map_stmt(root_body(func), regions))
+            self._record(
+                "transform_layout",
+                [block, write_buffer_index, axis, given, list(order)],
+                {},
+                [],
+            )
+
     def tensorize(self, loop: RV, intrin: str) -> None:
         """Replace the nest rooted at `loop` by a tensor intrinsic (see `intrinsics.py`).
 

@@ -74,6 +74,7 @@ class GlobalRule(ABC):
 
 _RULES: dict[str, str] = {
     "auto_inline": "tunefleet.tuner.rule_auto_inline:AutoInline",
+    "packed_dense": "tunefleet.tuner.rule_packed_dense:PackedDense",
     "split_k_reduction": "tunefleet.tuner.rule_split_k_reduction:SplitKReduction",
     "multi_level_tiling": "tunefleet.tuner.rule_multi_level_tiling:MultiLevelTiling",
     "vectorize_spatial": "tunefleet.tuner.rule_vectorize_spatial:VectorizeSpatial",
@@ -86,7 +87,13 @@ _RULES: dict[str, str] = {
     "gpu_auto_bind": "tunefleet.tuner.rule_gpu_auto_bind:GpuAutoBind",
 }
 
-CPU_BLOCK_RULES = ("auto_inline", "multi_level_tiling", "split_k_reduction", "vectorize_spatial")
+CPU_BLOCK_RULES = (
+    "auto_inline",
+    "multi_level_tiling",
+    "packed_dense",
+    "split_k_reduction",
+    "vectorize_spatial",
+)
 CPU_GLOBAL_RULES = ("parallel_outer", "auto_unroll")
 GPU_BLOCK_RULES = (
     "auto_inline",

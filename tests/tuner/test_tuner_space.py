@@ -19,7 +19,12 @@ from tunefleet.workers import BuildInput, MeasureConfig, MeasureInput, Problem
 
 CTX = SpaceContext("cpu", cores=2)
 CASES = [
-    ("dense", {"m": 4, "n": 24, "k": 64}, {"multi_level_tiling", "split_k_reduction"}),
+    (
+        "dense",
+        {"m": 4, "n": 24, "k": 64},
+        {"multi_level_tiling", "packed_dense", "split_k_reduction"},
+    ),
+    ("dense", {"m": 16, "n": 128, "k": 32}, {"packed_dense"}),
     ("dense", {"m": 1, "n": 16, "k": 256}, {"split_k_reduction"}),
     ("matmul", {"m": 8, "n": 16, "k": 32}, {"multi_level_tiling", "split_k_reduction"}),
     ("rmsnorm", {"m": 6, "n": 128}, {"split_k_reduction", "vectorize_spatial"}),

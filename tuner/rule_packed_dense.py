@@ -1,0 +1,142 @@
+"""Packed dense: the CPU GEMM micro-kernel for `out[i, j] = sum_k x[i, k] * w[j, k]`.
+
+Both operands of a dense layer are k-contiguous, so without a copy a vector can only run
+along k (split-K lanes) or gather along j. This sketch copies w once per call into a packed
+buffer `wp[j // NB, k, j % NB]` (`cache_read` + `transform_layout`), so that NB consecutive
+output columns are contiguous for every k, and tiles the block as
+
+    for j0 in n // NB:  for j1 in NB: for k:  wp[j0, k, j1] = w[j0*NB + j1, k]   # packing
+    for i0, j0:                               # parallel (parallel_outer)
+      for i1, j1:                             # cache block: IB x JB register tiles
+        acc[R, NB] = 0
+        for k:                                # the whole k: acc stays in registers
+          for i2 in R (unrolled):
+            for j2 in NB (vectorized):  acc[i2, j2] += x[i, k] * wp[j0', k, j2]
+        out[i, j] = acc                       # written back once per register tile
+
+Decisions: NB (8-64 floats: one to four zmm), R (2-8 rows), and the cache-block sizes IB
+and JB (1-16 tiles). All are `sample_categorical` over values that keep every split perfect,
+so the loop structure is the same for every decision. The rule applies to blocks with two
+spatial loops and one reduction loop, reading a buffer at exactly `[j, k]`; it leaves the
+other CPU sketches in place (non-exclusive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunefleet.ir.expr import BufferLoad, Var
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import find_block, store_of, writes_of
+from tunefleet.ir.visit import walk
+
+from .block_info import divisors_among, is_reduction, loop_infos, uniform
+from .space import ScheduleRule, SpaceContext, try_fork
+
+PANEL_WIDTHS = (8, 16, 32, 64)  # NB: packed columns per k, the vector width of the tile
+TILE_ROWS = (2, 4, 8)  # R: rows of x per register tile
+BLOCK_TILES = (1, 2, 4, 8, 16)  # IB, JB: register tiles per cache block along i and j
+
+
+@dataclass(frozen=True)
+class DenseShape:
+    """Where a dense-like block keeps its axes: loop positions and the packed read."""
+
+    i_loop: int
+    j_loop: int
+    k_loop: int
+    weight_index: int  # index among the block's read-only buffers (cache_read's numbering)
+    m: int
+    n: int
+
+
+def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
+    """The axes of `block` if it computes `out[i, j] += f(..., w[j, k], ...)` over three
+    loops (i, j spatial, k reduce, each bound to one iter var); None otherwise."""
+    found = find_block(sch.func, block)
+    if found is None:
+        return None
+    br = found[0]
+    blk = br.block
+    spatial = [iv.var for iv in blk.iter_vars if iv.kind == "spatial"]
+    reduce = [iv.var for iv in blk.iter_vars if iv.kind == "reduce"]
+    store = store_of(blk)
+    if len(spatial) != 2 or len(reduce) != 1 or store is None or len(blk.writes) != 1:
+        return None
+    if tuple(store.indices) != tuple(spatial):
+        return None
+    vi, vj = spatial
+    (vk,) = reduce
+    probe = sch.copy()
+    infos = loop_infos(probe, probe.get_block(block))
+    if len(infos) != 3 or any(i.extent is None for i in infos):
+        return None
+    loop_vars = [probe.get(i.rv).var for i in infos]
+    binding = dict(zip((iv.var for iv in blk.iter_vars), br.iter_values, strict=True))
+    pos: dict[Var, int] = {}
+    for v in (vi, vj, vk):
+        if binding[v] not in loop_vars:
+            return None
+        pos[v] = loop_vars.index(binding[v])
+    written = writes_of(blk)
+    reads = [r.buffer for r in blk.reads if r.buffer not in written]
+    loads = [n for n in walk(blk.body) if isinstance(n, BufferLoad)]
+    for idx, buf in enumerate(reads):
+        mine = [ld.indices for ld in loads if ld.buffer == buf]
+        if mine and all(tuple(ix) == (vj, vk) for ix in mine):
+            m, n = infos[pos[vi]].extent, infos[pos[vj]].extent
+            assert m is not None and n is not None
+            return DenseShape(pos[vi], pos[vj], pos[vk], idx, m, n)
+    return None
+
+
+class PackedDense(ScheduleRule):
+    """Pack w j-contiguous, then an R x NB register tile over the whole k (module docstring)."""
+
+    name = "packed_dense"
+    exclusive = False  # multi-level tiling and split-K keep their sketches for the block
+
+    def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
+        if ctx.target_kind != "cpu" or not is_reduction(sch.func, block):
+            return []
+        shape = dense_shape(sch, block)
+        if shape is None:
+            return []
+        widths = divisors_among(shape.n, PANEL_WIDTHS)
+        rows = divisors_among(shape.m, TILE_ROWS)
+        if not widths or not rows:
+            return []
+        made = try_fork(sch, lambda t: self._build(t, block, shape, widths, rows, ctx.cores))
+        return [] if made is None else [made]
+
+    @staticmethod
+    def _build(
+        t: Schedule, block: str, shape: DenseShape, widths: list[int], rows: list[int], cores: int
+    ) -> None:
+        b = t.get_block(block)
+        wp = t.cache_read(b, shape.weight_index, "global")
+        nb = t.sample_categorical(widths, uniform(len(widths)))
+        t.transform_layout(wp, 0, 0, nb, [0, 2, 1])
+        t.split(t.get_loops(wp)[0], [None, nb])  # whole NB-row panels per outer iteration
+        acc = t.cache_write(b, 0, "local")
+        loops = t.get_loops(b)
+        i, j, k = loops[shape.i_loop], loops[shape.j_loop], loops[shape.k_loop]
+        r = t.sample_categorical(rows, uniform(len(rows)))
+        # block sizes that divide the extent for the largest tile keep every split perfect;
+        # along i they also leave every core an outer iteration (the parallel loop)
+        i_blocks = [
+            c
+            for c in BLOCK_TILES
+            if shape.m % (c * max(rows)) == 0 and shape.m // (c * max(rows)) >= cores
+        ] or [1]
+        j_blocks = [c for c in BLOCK_TILES if shape.n % (c * max(widths)) == 0]
+        ib = t.sample_categorical(i_blocks, uniform(len(i_blocks)))
+        jb = t.sample_categorical(j_blocks, uniform(len(j_blocks)))
+        i0, i1, i2 = t.split(i, [None, ib, r])
+        j0, j1, j2 = t.split(j, [None, jb, nb])
+        t.reorder(i0, j0, i1, j1, k, i2, j2)
+        t.reverse_compute_at(acc, j1)
+        t.decompose_reduction(b, k)
+        t.vectorize(j2)
+        t.unroll(i2)
+        t.vectorize(t.get_loops(acc)[-1])
