@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.expr import Const
 from tunefleet.ir.schedule import Schedule
-from tunefleet.ir.schedule_tree import find_block, reduce_loop_vars, writes_of
+from tunefleet.ir.schedule_tree import blocks, find_block, reduce_loop_vars, writes_of
 from tunefleet.ir.stmt import PrimFunc
 from tunefleet.ir.trace import RV
 
@@ -79,3 +79,15 @@ def divisors_among(extent: int | None, candidates: tuple[int, ...]) -> list[int]
 def uniform(n: int) -> list[float]:
     """Equal probabilities for n categorical candidates."""
     return [1.0 / n] * n
+
+
+def nest_blocks(func: PrimFunc) -> list[str]:
+    """The first block of each top-level loop nest of `func`, in program order: one handle
+    per nest for the global rules that treat whole nests (parallel loops, unrolling)."""
+    seen: set[str] = set()
+    out = []
+    for br, loops in blocks(func):
+        if loops and loops[0].var.name not in seen:
+            seen.add(loops[0].var.name)
+            out.append(br.block.name)
+    return out

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from tunefleet.ir.auto_unroll import AUTO_UNROLL
 from tunefleet.ir.schedule import Schedule
-from tunefleet.ir.schedule_tree import blocks
 
-from .block_info import uniform
+from .block_info import nest_blocks, uniform
 from .space import GlobalRule, SpaceContext
 
 MAX_STEPS = (0, 16, 64, 512)
@@ -31,12 +30,8 @@ class AutoUnroll(GlobalRule):
         out = sch.copy()
         if ctx.target_kind != "cpu":
             return out
-        seen: set[str] = set()
-        for br, loops in blocks(out.func):
-            if not loops or loops[0].var.name in seen:
-                continue
-            seen.add(loops[0].var.name)
-            top = out.get_loops(out.get_block(br.block.name))[0]
+        for name in nest_blocks(out.func):
+            top = out.get_loops(out.get_block(name))[0]
             step = out.sample_categorical(self.max_steps, uniform(len(self.max_steps)))
             out.annotate(top, AUTO_UNROLL, step)
         return out

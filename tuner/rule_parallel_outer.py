@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.schedule import Schedule
-from tunefleet.ir.schedule_tree import blocks
 
-from .block_info import loop_infos
+from .block_info import loop_infos, nest_blocks
 from .space import GlobalRule, SpaceContext
 
 
@@ -27,13 +26,9 @@ class ParallelOuter(GlobalRule):
         out = sch.copy()
         if ctx.target_kind != "cpu":
             return out
-        seen: set[str] = set()
-        for br, loops in blocks(out.func):
-            if not loops or loops[0].var.name in seen:
-                continue
-            seen.add(loops[0].var.name)
+        for name in nest_blocks(out.func):
             try:
-                infos = loop_infos(out, out.get_block(br.block.name))
+                infos = loop_infos(out, out.get_block(name))
             except ScheduleError:
                 continue
             first = 0

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,17 +115,9 @@ def test_traces_replay_to_identical_source_from_json() -> None:
         assert replayed.block == direct.block and replayed.grid == direct.grid
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 @pytest.mark.parametrize(("op", "dims", "dtype", "attrs"), CLAIMED[::2], ids=_ids(CLAIMED[::2]))
-def test_samples_compile_with_nvcc(op, dims, dtype, attrs, tmp_path: Path) -> None:
-    sampler = _sampler(op, dims, dtype, attrs)
-    cand = sampler.sample_unique(random.Random(1), 1, set())[0]
-    ks = build_source(replay(sampler.func, cand.trace, decisions=cand.trace.decisions), "cuda")
-    src = tmp_path / "k.cu"
-    src.write_text(ks.source)
-    cmd = ["nvcc", "-cubin", "-arch=sm_80", "-O3", "-o", str(tmp_path / "k.cubin"), str(src)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_samples_compile_with_nvcc(op, dims, dtype, attrs, nvcc_compiles) -> None:
+    nvcc_compiles(_sampler(op, dims, dtype, attrs))
 
 
 @pytest.fixture(scope="module")
