@@ -53,6 +53,7 @@ from .schedule_tree import (
     loop_vars_in,
     make_seq,
     map_stmt,
+    read_only_buffers,
     reads_of,
     reduce_loop_vars,
     reduction_update,
@@ -527,7 +528,7 @@ class Schedule:
             br, _ = self._block(block)
             blk = br.block
             _check_scope(storage_scope)
-            reads = [r.buffer for r in blk.reads if r.buffer not in writes_of(blk)]
+            reads = read_only_buffers(blk)
             if not 0 <= read_buffer_index < len(reads):
                 raise ScheduleError(
                     f"block {blk.name!r} reads {len(reads)} buffers "

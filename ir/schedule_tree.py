@@ -135,6 +135,13 @@ def writes_of(block: Block) -> set[Buffer]:
     return {w.buffer for w in block.writes}
 
 
+def read_only_buffers(block: Block) -> list[Buffer]:
+    """Buffers a block reads and does not write, in read order: what `cache_read`'s
+    `read_buffer_index` counts."""
+    written = writes_of(block)
+    return [r.buffer for r in block.reads if r.buffer not in written]
+
+
 def loop_vars_in(e: object) -> set[Var]:
     """Variables used in a node."""
     return {n for n in walk(e) if isinstance(n, Var)}

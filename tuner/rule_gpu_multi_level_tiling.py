@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from tunefleet.ir.auto_unroll import AUTO_UNROLL
 from tunefleet.ir.dtypes import itemsize
 from tunefleet.ir.schedule import Schedule
-from tunefleet.ir.schedule_tree import writes_of
+from tunefleet.ir.schedule_tree import read_only_buffers
 from tunefleet.ir.trace import RV
 
 from .block_info import LoopInfo, is_reduction, loop_infos, uniform, writes_output
@@ -187,9 +187,7 @@ def _build(
     inputs = [r.buffer for r in t.get(b).reads if r.buffer in t.func.inputs]
     shared = []
     for buf in inputs:
-        written = writes_of(t.get(b))
-        reads = [r.buffer for r in t.get(b).reads if r.buffer not in written]
-        tile_buf = t.cache_read(b, reads.index(buf), "shared")
+        tile_buf = t.cache_read(b, read_only_buffers(t.get(b)).index(buf), "shared")
         t.compute_at(tile_buf, r0)
         if pad and len(buf.shape) >= 2:
             width = pad // itemsize(buf.dtype)

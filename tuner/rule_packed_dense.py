@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from tunefleet.ir.expr import BufferLoad, Var
 from tunefleet.ir.schedule import Schedule
-from tunefleet.ir.schedule_tree import find_block, store_of, writes_of
+from tunefleet.ir.schedule_tree import find_block, read_only_buffers, store_of
 from tunefleet.ir.visit import walk
 
 from .block_info import divisors_among, is_reduction, loop_infos, uniform
@@ -78,8 +78,7 @@ def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
         if binding[v] not in loop_vars:
             return None
         pos[v] = loop_vars.index(binding[v])
-    written = writes_of(blk)
-    reads = [r.buffer for r in blk.reads if r.buffer not in written]
+    reads = read_only_buffers(blk)
     loads = [n for n in walk(blk.body) if isinstance(n, BufferLoad)]
     for idx, buf in enumerate(reads):
         mine = [ld.indices for ld in loads if ld.buffer == buf]
