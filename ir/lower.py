@@ -61,7 +61,7 @@ def lower(func: PrimFunc) -> PrimFunc:
         if buf in params:
             raise LoweringError(f"parameter {buf.name} cannot also be allocated")
         body = _place(body, buf)
-    aligns = _storage_aligns(func)
+    aligns = storage_aligns(func)
     if aligns:
         body = _apply_storage_align(body, aligns)
     body = pipeline_loops(body)
@@ -76,7 +76,8 @@ def lower(func: PrimFunc) -> PrimFunc:
 STORAGE_ALIGN = "storage_align"  # block annotation: "buffer:factor:offset"
 
 
-def _storage_aligns(func: PrimFunc) -> dict[str, tuple[int, int]]:
+def storage_aligns(func: PrimFunc) -> dict[str, tuple[int, int]]:
+    """The storage_align annotations of `func`: buffer name -> (factor, offset)."""
     out: dict[str, tuple[int, int]] = {}
     for n in walk(func.body):
         if isinstance(n, Block):

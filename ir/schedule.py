@@ -692,7 +692,7 @@ class Schedule:
         a vectorized j_1 loads 16 contiguous floats.
         """
         from .layout import LayoutMap
-        from .lower import STORAGE_ALIGN
+        from .lower import storage_aligns
 
         with self._atomic():
             br, _ = self._block(block)
@@ -703,12 +703,10 @@ class Schedule:
                     f"{buf.name} is a parameter of {self._func.name}; only intermediates change "
                     "layout (cache_read it first)"
                 )
-            for other, _ in blocks(self._func):
-                for key, value in other.block.annotations:
-                    if key == STORAGE_ALIGN and str(value).split(":")[0] == buf.name:
-                        raise ScheduleError(
-                            f"{buf.name} is padded by storage_align; transform its layout first"
-                        )
+            if buf.name in storage_aligns(self._func):
+                raise ScheduleError(
+                    f"{buf.name} is padded by storage_align; transform its layout first"
+                )
             if not all(isinstance(d, int) and not isinstance(d, bool) for d in order):
                 raise ScheduleError(f"order must be a list of ints, got {list(order)!r}")
             given, factor = factor, self._value(factor) if isinstance(factor, RV) else factor
