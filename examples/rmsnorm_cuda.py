@@ -53,7 +53,7 @@ def main() -> None:
     else:
         ks = build_source(sch, target="cuda")
         print(ks.source)
-        print(f"// launch: grid={ks.grid} block={ks.block} dynamic_shared_bytes={ks.shared_bytes}")
+        print(ks.launch_comment)
 
 
 if __name__ == "__main__":

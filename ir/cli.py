@@ -112,13 +112,8 @@ def show(
 
             ks = build_source(sch, target=target)
             click.echo(ks.source)
-            if ks.grid is not None and ks.block is not None:
-                grid = ", ".join(str(g) for g in ks.grid)
-                block = ", ".join(str(b) for b in ks.block)
-                click.echo(
-                    f"// launch: grid=({grid}) block=({block}) "
-                    f"dynamic_shared_bytes={ks.shared_bytes}"
-                )
+            if ks.launch_comment is not None:
+                click.echo(ks.launch_comment)
         else:
             click.echo(sch.func.script())
     except IRError as err:

@@ -58,6 +58,16 @@ class KernelSource:
         """The symbolic-dim arguments (int64_t), in call order."""
         return tuple(a for a in self.args if a.kind == "scalar")
 
+    @property
+    def launch_comment(self) -> str | None:
+        """`// launch: grid=(...) block=(...) dynamic_shared_bytes=...` for printing beside
+        a CUDA source (None for C)."""
+        if self.grid is None or self.block is None:
+            return None
+        grid = ", ".join(str(g) for g in self.grid)
+        block = ", ".join(str(b) for b in self.block)
+        return f"// launch: grid=({grid}) block=({block}) dynamic_shared_bytes={self.shared_bytes}"
+
 
 RENDERERS: dict[str, type[CStyleRenderer]] = {
     "cpu": CRenderer,
