@@ -41,6 +41,7 @@ never used, so it needs no guard.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from .errors import LoweringError
@@ -93,11 +94,7 @@ def _expand(loop: For, stages: int) -> Stmt:
     body = _peel_allocs(loop.body, bufs)
     shared = [b for b in bufs if b.scope == "shared"]
     stmts = list(body.stmts) if isinstance(body, SeqStmt) else [body]
-    n_copy = 0
-    for st in stmts:
-        if not _is_copy(st, shared):
-            break
-        n_copy += 1
+    n_copy = _leading(stmts, lambda st: _is_copy(st, shared))
     if not shared or n_copy == 0 or n_copy == len(stmts):
         raise LoweringError(
             f"loop {name} is pipelined but its body is not shared-memory copies followed by "
@@ -163,11 +160,7 @@ def _expand_fragments(
     frags: list[Buffer] = []
     stmts = _peel_allocs(inner.body, frags)
     body = list(stmts.stmts) if isinstance(stmts, SeqStmt) else [stmts]
-    n_load = 0
-    for st in body:
-        if not _stores(st, frags):
-            break
-        n_load += 1
+    n_load = _leading(body, lambda st: _stores(st, frags))
     if not frags or n_load in (0, len(body)) or any(_stores(st, frags) for st in body[n_load:]):
         raise LoweringError(
             f"loop {name}: software_pipeline_fragments needs each inner step to load fragments "
@@ -267,6 +260,14 @@ def simplify_indices(s: Stmt) -> Stmt:
         return None
 
     return rewrite(s, post)
+
+
+def _leading(stmts: list[Stmt], pred: Callable[[Stmt], bool]) -> int:
+    """How many statements at the head of `stmts` satisfy `pred`."""
+    n = 0
+    while n < len(stmts) and pred(stmts[n]):
+        n += 1
+    return n
 
 
 def _peel_allocs(s: Stmt, out: list[Buffer]) -> Stmt:
