@@ -36,6 +36,7 @@ from tunefleet.ir.tensorcore_schedule import (
     WMMA_MMA,
     apply_wmma_tiling,
     fetch_to_shared,
+    tensorize_accumulation,
     tile_warps,
     write_through_shared,
 )
@@ -142,10 +143,9 @@ def dense_mma_schedule(
             sch.annotate(t.ko, "software_pipeline_fragments", 1)
     for loop in (t.ki, t.fi, t.fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
-    sch.reverse_compute_at(t.frag_out, t.bj)
-    init = sch.decompose_reduction(acc, t.ko)
-    sch.tensorize(t.ii, mma)
-    sch.tensorize(sch.get_loops(init)[-2], "mma_fill_f32")
+    tensorize_accumulation(
+        sch, acc, t.frag_out, ko=t.ko, ii=t.ii, bj=t.bj, mma=mma, fill="mma_fill_f32"
+    )
     # padded rows of the staged float32 tile: the lanes' 8-byte stores avoid bank conflicts
     write_through_shared(sch, t, out, "mma_store_f32", row_len=tile[1], pad=out_pad)
     return sch

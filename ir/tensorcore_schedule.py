@@ -125,6 +125,18 @@ def write_through_shared(
     sch.vectorize(vec)
 
 
+def tensorize_accumulation(
+    sch: Schedule, acc: RV, frag_out: RV, *, ko: RV, ii: RV, bj: RV, mma: str, fill: str
+) -> None:
+    """Write the accumulator fragments back once per block tile (at `bj`), split their init
+    off before the k loop `ko`, and run the MMAs (`ii`) and the init on tensor intrinsics:
+    the last step of the WMMA, mma.sync and wgmma tilings alike."""
+    sch.reverse_compute_at(frag_out, bj)
+    init = sch.decompose_reduction(acc, ko)
+    sch.tensorize(ii, mma)
+    sch.tensorize(sch.get_loops(init)[-2], fill)
+
+
 def apply_wmma_tiling(
     sch: Schedule,
     out_block: str,
@@ -152,8 +164,7 @@ def apply_wmma_tiling(
         sch.annotate(t.ko, "software_pipeline_stages", stages)
     for loop in (t.ki, t.fi, t.fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
-    sch.reverse_compute_at(t.frag_out, t.bj)
-    init = sch.decompose_reduction(acc, t.ko)
-    sch.tensorize(t.ii, mma)
-    sch.tensorize(sch.get_loops(init)[-2], "wmma_fill_f32")
+    tensorize_accumulation(
+        sch, acc, t.frag_out, ko=t.ko, ii=t.ii, bj=t.bj, mma=mma, fill="wmma_fill_f32"
+    )
     write_through_shared(sch, t, out, "wmma_store_f32")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from .errors import ScheduleError
 from .intrinsics_wgmma import STORAGE_SWIZZLE, WGMMA_BATCH, WGMMA_N, wgmma_name
 from .schedule import Schedule
+from .tensorcore_schedule import tensorize_accumulation
 
 TILE_K = 64  # one 128-byte swizzle row of fp16 / bf16
 
@@ -65,10 +66,9 @@ def apply_wgmma_tiling(
     sch.annotate(ko, "software_pipeline_stages", stages)
     sch.unroll(ki)
     sch.annotate(ki, WGMMA_BATCH, 0)  # the four MMAs of a k step: one group, waited for
-    sch.reverse_compute_at(frag_out, bj)
-    init = sch.decompose_reduction(acc, ko)
-    sch.tensorize(ii, wgmma_name(n, dtype))
-    sch.tensorize(sch.get_loops(init)[-2], f"wgmma_fill_n{n}")
+    tensorize_accumulation(
+        sch, acc, frag_out, ko=ko, ii=ii, bj=bj, mma=wgmma_name(n, dtype), fill=f"wgmma_fill_n{n}"
+    )
     sch.set_scope(frag_out, 0, "shared")  # the float32 tile, staged in shared memory
     if out_pad:
         sch.storage_align(frag_out, 0, 0, n, out_pad)
