@@ -24,7 +24,6 @@ import ctypes
 import json
 import math
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -93,6 +92,7 @@ def out_shape(name: str) -> tuple[int, ...]:
 
 
 def tune_ours(name: str, budget: int, strategy: str, state: Path, seed: int) -> dict[str, Any]:
+    from tunefleet.database import RecordStore
     from tunefleet.tuner import tune
     from tunefleet.workers import MeasureConfig
 
@@ -111,8 +111,12 @@ def tune_ours(name: str, budget: int, strategy: str, state: Path, seed: int) -> 
         model_dir=str(state / f"models_{name}_{budget}_{strategy}"),
         measure_default=False, measure_config=config,
     )  # fmt: skip
-    with sqlite3.connect(db) as conn:  # every trial's median in order (None: it failed)
-        trial_ms = [r[0] for r in conn.execute("SELECT median_ms FROM tuning_records ORDER BY id")]
+    store = RecordStore.open(f"sqlite:///{db}", create=False)
+    try:  # every trial's median in commit order (None: it failed)
+        history = store.history(result.workload_key, result.target["fingerprint"])
+    finally:
+        store.close()
+    trial_ms = [r.median_ms for r in history]
     return {
         "tuning_s": time.perf_counter() - start,
         "trial_ms": trial_ms,
@@ -401,19 +405,19 @@ def main() -> None:
         runs, errors = side_by_side(specs, args.rounds)
         timed = {k: m for k, v in runs.items() if (m := median_of(v)) is not None}
         report[f"timing_{name}"] = {"median_ms": timed, "rounds_ms": runs, "max_rel_err": errors}
-        print_op(name, budgets, runs, report, use_tvm)
+        print_op(name, budgets, runs, timed, report)
     (state / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"\nfull report: {state / 'report.json'}")
 
 
-def print_op(name: str, budgets, runs, report, use_tvm) -> None:
+def print_op(name: str, budgets, runs, timed, report) -> None:
     """One table per op: medians, ratios, and how often evolutionary won the paired rounds."""
     op, dims = OPS[name]
     shape = ",".join(f"{k}={v}" for k, v in dims.items())
     n = max((len(v) for v in runs.values()), default=0)
     print(f"\n## {name} ({op} {shape}, fp32), {n} alternating rounds in fresh processes")
-    if "numpy" in runs:
-        print(f"numpy: {median_of(runs['numpy']) or float('nan'):.4f} ms (median)")
+    if "numpy" in timed:
+        print(f"numpy: {timed['numpy']:.4f} ms (median)")
     print(
         "| budget | evolutionary | random | MetaSchedule | evo vs random "
         "| rounds evo won (sign test) | evo vs MS |"
@@ -421,9 +425,8 @@ def print_op(name: str, budgets, runs, report, use_tvm) -> None:
     print("|---|---|---|---|---|---|---|")
     for b in budgets:
         evo_runs, rnd_runs = runs.get(f"evolutionary@{b}"), runs.get(f"random@{b}")
-        evo = median_of(evo_runs) if evo_runs else None
-        rnd = median_of(rnd_runs) if rnd_runs else None
-        msb = median_of(runs[f"metaschedule@{b}"]) if f"metaschedule@{b}" in runs else None
+        evo, rnd = timed.get(f"evolutionary@{b}"), timed.get(f"random@{b}")
+        msb = timed.get(f"metaschedule@{b}")
 
         def cell(v: float | None, key: str) -> str:
             if v is None:
