@@ -35,8 +35,8 @@ class GpuLimits:
     @staticmethod
     def for_arch(arch: str) -> GpuLimits:
         """The limits of an architecture ("sm_90", "sm_90a", ...; unknown: the defaults)."""
-        base = arch.rstrip("a") if arch.endswith("a") else arch
-        return GpuLimits(max_shared_bytes=SHARED_OPTIN_BYTES.get(base, 99 * 1024))
+        shared = SHARED_OPTIN_BYTES.get(arch.removesuffix("a"), 99 * 1024)
+        return GpuLimits(max_shared_bytes=shared)
 
 
 class Postproc(ABC):
