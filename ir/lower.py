@@ -13,10 +13,11 @@ from typing import Any
 
 from .auto_unroll import apply_auto_unroll
 from .errors import LoweringError
-from .expr import BinOp, Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
+from .expr import Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
 from .intrinsics_wgmma import SWIZZLE_ATTR, swizzled_buffers
 from .pipeline import pipeline_loops
-from .simplify import bounds, from_linear, linear, simplify
+from .schedule_tree import make_seq, reduction_update
+from .simplify import bounds, conjuncts, from_linear, linear, simplify
 from .stmt import (
     TRUE,
     Allocate,
@@ -31,17 +32,6 @@ from .stmt import (
     ThreadAllReduce,
 )
 from .visit import rewrite, substitute, walk
-
-
-def seq(stmts: list[Stmt]) -> Stmt:
-    """A statement list as one statement, flattening nested sequences."""
-    flat: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, SeqStmt):
-            flat.extend(s.stmts)
-        else:
-            flat.append(s)
-    return flat[0] if len(flat) == 1 else SeqStmt(tuple(flat))
 
 
 def _and_all(conds: list[Expr]) -> Expr:
@@ -137,7 +127,7 @@ def _canonical_threads(s: Stmt) -> Stmt:
 
 def _lower_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
     if isinstance(s, SeqStmt):
-        return seq([_lower_stmt(c, ranges, allocs) for c in s.stmts])
+        return make_seq([_lower_stmt(c, ranges, allocs) for c in s.stmts])
     if isinstance(s, For) and _reduces_across(s):
         return _lower_cross_thread(s, ranges, allocs)
     if isinstance(s, For):
@@ -167,9 +157,9 @@ def _lower_realize(
         cond = simplify(_and_all(first), ranges)
         init = substitute(blk.init, mapping)
         if isinstance(cond, Const):
-            body = seq([init, body]) if cond.value else body
+            body = make_seq([init, body]) if cond.value else body
         else:
-            body = seq([IfThenElse(cond, init), body])
+            body = make_seq([IfThenElse(cond, init), body])
     body = _simplify_stmt(body, ranges)
     pred = simplify(substitute(br.predicate, mapping), ranges)
     if isinstance(pred, Const):
@@ -197,21 +187,13 @@ def _simplify_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]]) -> Stmt:
 _IDENTITY = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
-def reduction_update(blk: Block) -> tuple[BufferStore, str, Expr] | None:
-    """(store, op, operand) when `blk` is `C[idx] = C[idx] op operand` with an init, else None."""
+def _block_reduction(blk: Block) -> tuple[BufferStore, str, Expr] | None:
+    """(store, op, operand) when `blk` is `C[idx] = C[idx] op operand` with an init."""
     store = blk.body
     if blk.init is None or not isinstance(store, BufferStore):
         return None
-    v = store.value
-    if (
-        isinstance(v, BinOp)
-        and v.op in _IDENTITY
-        and isinstance(v.a, BufferLoad)
-        and v.a.buffer == store.buffer
-        and v.a.indices == store.indices
-    ):
-        return store, v.op, v.b
-    return None
+    found = reduction_update(store)
+    return None if found is None else (store, *found)
 
 
 def cross_thread_reduction(loop: For, br: BlockRealize) -> bool:
@@ -221,7 +203,7 @@ def cross_thread_reduction(loop: For, br: BlockRealize) -> bool:
     return (
         loop.kind == "thread_binding"
         and thread.startswith("threadIdx")
-        and reduction_update(br.block) is not None
+        and _block_reduction(br.block) is not None
     )
 
 
@@ -239,12 +221,6 @@ def _reduces_across(loop: For) -> bool:
     return any(isinstance(n, BlockRealize) and _reduced_by(n, loop.var) for n in walk(loop.body))
 
 
-def _conjuncts(e: Expr) -> list[Expr]:
-    if isinstance(e, BinOp) and e.op == "and":
-        return _conjuncts(e.a) + _conjuncts(e.b)
-    return [e]
-
-
 def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
     """Each thread of `s` reduces its share into a local accumulator; the threads then
     combine them (ThreadAllReduce) and thread 0 stores the result."""
@@ -256,7 +232,7 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
         )
     br = realizes[0]
     blk = br.block
-    upd = reduction_update(blk)
+    upd = _block_reduction(blk)
     if upd is None:
         raise LoweringError(f"{where}: block {blk.name!r} is not C = C (+|max|min) expr")
     store, op, operand = upd
@@ -319,11 +295,11 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
         final = IfThenElse(cond_first, set_out, fold_out)
     outer_guards = [
         c
-        for c in _conjuncts(simplify(substitute(br.predicate, mapping), ranges))
+        for c in conjuncts(simplify(substitute(br.predicate, mapping), ranges))
         if not uses_inner(c) and c != TRUE
     ]
     guard = simplify(_and_all([eq(s.var, 0), *outer_guards]), ranges)
-    body = seq(
+    body = make_seq(
         [
             BufferStore(acc, zero, const(ident, acc.dtype)),
             partial,
@@ -403,7 +379,7 @@ def _compact(s: Stmt, buf: Buffer) -> Stmt:
     offsets: list[Expr] = []
     shape: list[Expr] = []
     for d, full in enumerate(buf.shape):
-        off, ext = _dim_window([idx[d] for idx in index_lists], inner)
+        off, ext = dim_window([idx[d] for idx in index_lists], inner)
         if off is None or (isinstance(full, Const) and ext >= int(full.value)):
             offsets.append(const(0))
             shape.append(full)
@@ -427,7 +403,7 @@ def _compact(s: Stmt, buf: Buffer) -> Stmt:
     return Allocate(new_buf, rewrite(s, post))
 
 
-def _dim_window(indices: list[Expr], inner: dict[Var, tuple[int, int]]) -> tuple[Expr | None, int]:
+def dim_window(indices: list[Expr], inner: dict[Var, tuple[int, int]]) -> tuple[Expr | None, int]:
     """(offset expression, constant extent) covering all `indices` within the scope, or None."""
     outer_part: dict[Expr, int] | None = None
     lo_all, hi_all = None, None

@@ -46,6 +46,7 @@ from typing import Any
 
 from .errors import LoweringError
 from .expr import Buffer, BufferLoad, Const, Expr, Var, const
+from .schedule_tree import make_seq
 from .simplify import simplify
 from .stmt import Allocate, BufferStore, For, IfThenElse, PipelineSync, SeqStmt, Stmt
 from .visit import rewrite, substitute, walk
@@ -109,10 +110,10 @@ def _expand(loop: For, stages: int) -> Stmt:
     v = loop.var
 
     def at(stmts_: list[Stmt], k: Expr) -> Stmt:
-        body = _seq(stmts_) if k is v else substitute(_seq(stmts_), {v: k})
+        body = make_seq(stmts_) if k is v else substitute(make_seq(stmts_), {v: k})
         return simplify_indices(_restage(body, staged, simplify(k % stages)))
 
-    copy_body = _mark_async(_seq(copies))
+    copy_body = _mark_async(make_seq(copies))
     prologue: list[Stmt] = []
     for s in range(stages - 1):
         prologue += [at([copy_body], const(s)), PipelineSync("commit")]
@@ -125,7 +126,7 @@ def _expand(loop: For, stages: int) -> Stmt:
     steady += [PipelineSync("commit"), at(compute, v)]
     ann = tuple((k, x) for k, x in loop.annotations if k != PIPELINE_STAGES)
     main = dataclasses.replace(
-        loop, body=_seq(steady), annotations=((PIPELINE_STAGES, stages), *ann)
+        loop, body=make_seq(steady), annotations=((PIPELINE_STAGES, stages), *ann)
     )
     out: Stmt = SeqStmt((*prologue, main))
     for b in reversed(bufs):
@@ -144,7 +145,7 @@ def _expand_fragments(
     """The software pipeline with double-buffered fragments (see the module docstring)."""
     name, v = loop.var.name, loop.var
     extent = int(loop.extent.value)  # type: ignore[attr-defined]
-    chain, inner = _thread_chain(_seq(compute))
+    chain, inner = _thread_chain(make_seq(compute))
     if (
         inner is None
         or inner.kind != "unrolled"
@@ -180,7 +181,7 @@ def _expand_fragments(
         mapping: dict[Var, Expr] = {v: k}
         if t is not None:
             mapping[inner.var] = t
-        body = substitute(_seq(stmts_), mapping)
+        body = substitute(make_seq(stmts_), mapping)
         body = _restage(body, staged, simplify(k % stages))
         return simplify_indices(_reslot(body, doubled, rows, slot))
 
@@ -190,7 +191,7 @@ def _expand_fragments(
         return s
 
     loads, work = body[:n_load], body[n_load:]
-    copy_body = _mark_async(_seq(copies))
+    copy_body = _mark_async(make_seq(copies))
     prologue: list[Stmt] = []
     for s in range(stages):
         if s < extent:
@@ -207,13 +208,13 @@ def _expand_fragments(
             steady.append(PipelineSync("commit"))
         nxt_k, nxt_t = (v, t + 1) if t + 1 < steps else (simplify(v + 1), 0)
         step = [at(loads, nxt_k, const(nxt_t), (t + 1) % 2), at(work, v, const(t), t % 2)]
-        steady.append(threads(_seq(step)))
+        steady.append(threads(make_seq(step)))
     ann = tuple(
         (k, x) for k, x in loop.annotations if k not in (PIPELINE_STAGES, PIPELINE_FRAGMENTS)
     )
     main = dataclasses.replace(
         loop,
-        body=_seq(steady),
+        body=make_seq(steady),
         annotations=((PIPELINE_STAGES, stages), (PIPELINE_FRAGMENTS, 1), *ann),
     )
     out: Stmt = SeqStmt((*prologue, main))
@@ -281,12 +282,8 @@ def _peel_allocs(s: Stmt, out: list[Buffer]) -> Stmt:
         for c in s.stmts:
             c = _peel_allocs(c, out)
             flat.extend(c.stmts if isinstance(c, SeqStmt) else [c])
-        return _seq(flat)
+        return make_seq(flat)
     return s
-
-
-def _seq(stmts: list[Stmt]) -> Stmt:
-    return stmts[0] if len(stmts) == 1 else SeqStmt(tuple(stmts))
 
 
 def _stores(s: Stmt, bufs: list[Buffer]) -> bool:

@@ -39,7 +39,7 @@ from .expr import (
     logical_and,
 )
 from .intrinsics import get_intrin
-from .lower import _dim_window, cross_thread_reduction
+from .lower import cross_thread_reduction, dim_window
 from .regions import with_regions
 from .schedule_tree import (
     EMPTY,
@@ -64,7 +64,7 @@ from .schedule_tree import (
     with_root,
     writes_of,
 )
-from .simplify import prove, simplify
+from .simplify import conjuncts, prove, simplify
 from .stmt import (
     LOOP_KINDS,
     THREAD_TAGS,
@@ -1096,7 +1096,7 @@ class Schedule:
         """
         out: list[Expr] = []
         for p in producers:
-            for cond in _conjuncts(p.predicate):
+            for cond in conjuncts(p.predicate):
                 if loop_vars_in(cond) <= chain_vars:
                     if cond not in out:
                         out.append(cond)
@@ -1309,7 +1309,7 @@ class Schedule:
             ]
             ren = {old.var: new for old, new in copies}
             kept_vars = {a.var for a in lp_anc} | set(ren)
-            conds = _conjuncts(br.predicate)
+            conds = conjuncts(br.predicate)
             init_conds = []
             for c in conds:
                 vs = loop_vars_in(c)
@@ -1417,7 +1417,7 @@ class Schedule:
             # write-back reads is initialised; guards over spatial loops stay on the realize.
             red_set = {lp.var, *new_red}
             spatial_guards: list[Expr] = []
-            for cond in _conjuncts(br.predicate):
+            for cond in conjuncts(br.predicate):
                 used = loop_vars_in(cond)
                 if used <= red_set:
                     assert isinstance(blk.init, BufferStore)
@@ -1673,14 +1673,6 @@ def _product_int(xs: Sequence[int]) -> int:
     return out
 
 
-def _conjuncts(e: Expr) -> list[Expr]:
-    if isinstance(e, BinOp) and e.op == "and":
-        return _conjuncts(e.a) + _conjuncts(e.b)
-    if isinstance(e, Const) and e.value is True:
-        return []
-    return [e]
-
-
 def _substitute_realizes(
     body: Stmt,
     mapping: dict[Var, Expr],
@@ -1754,7 +1746,7 @@ def _windows(
         if not idxs:
             out.append((const(0), buf.shape[d]))
             continue
-        off, ext = _dim_window(idxs, ranges)
+        off, ext = dim_window(idxs, ranges)
         full = simplify(buf.shape[d])
         if off is None or (isinstance(full, Const) and ext >= int(full.value)):
             out.append((const(0), full))

@@ -401,6 +401,15 @@ def _simplify_div(e: BinOp, ranges: Ranges) -> Expr | None:
     return None
 
 
+def conjuncts(e: Expr) -> list[Expr]:
+    """The terms of a chain of logical ands (`a and b and c` -> [a, b, c]); `True` has none."""
+    if isinstance(e, BinOp) and e.op == "and":
+        return conjuncts(e.a) + conjuncts(e.b)
+    if isinstance(e, Const) and e.value is True:
+        return []
+    return [e]
+
+
 def simplify_linear(e: Expr, add: int, dtype: str) -> Expr:
     """An expression plus a constant, in canonical linear form."""
     terms, k = linear(e)
