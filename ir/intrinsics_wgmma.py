@@ -24,7 +24,7 @@ the program computes the same values on any target.
 from __future__ import annotations
 
 from .errors import LoweringError
-from .intrinsics import INTRINSICS, TensorIntrin
+from .intrinsics import INTRINSICS, TensorIntrin, accumulator_store, mma_update, zero_fill
 from .stmt import Block, PrimFunc
 from .visit import walk
 
@@ -48,7 +48,13 @@ def _intrinsics() -> dict[str, TensorIntrin]:
         doc = f"a 64x{n} float32 accumulator"
         out.append(
             TensorIntrin(
-                f"wgmma_fill_n{n}", "fill", (64, n), None, doc=f"zero {doc}", acc_scope=ACC_SCOPE
+                f"wgmma_fill_n{n}",
+                "fill",
+                (64, n),
+                None,
+                doc=f"zero {doc}",
+                acc_scope=ACC_SCOPE,
+                pattern=zero_fill,
             )
         )
         for dtype in _DTYPES:
@@ -61,11 +67,18 @@ def _intrinsics() -> dict[str, TensorIntrin]:
                     doc=f"{dtype} x {dtype} + fp32 warpgroup MMA from swizzled shared tiles",
                     acc_scope=ACC_SCOPE,
                     operand_scopes=("shared", "shared"),
+                    pattern=mma_update,
                 )
             )
         out.append(
             TensorIntrin(
-                f"wgmma_store_n{n}", "store", (64, n), None, doc=f"store {doc}", acc_scope=ACC_SCOPE
+                f"wgmma_store_n{n}",
+                "store",
+                (64, n),
+                None,
+                doc=f"store {doc}",
+                acc_scope=ACC_SCOPE,
+                pattern=accumulator_store,
             )
         )
     return {i.name: i for i in out}

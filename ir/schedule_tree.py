@@ -218,3 +218,14 @@ def reduction_update(store: BufferStore | None) -> tuple[str, Expr] | None:
         ):
             return v.op, other
     return None
+
+
+def block_replacer(name: str, new_block: Block) -> Callable[[Stmt], Stmt | None]:
+    """A `map_stmt` callback putting `new_block` in the realize of the block called `name`."""
+
+    def fix(s: Stmt) -> Stmt | None:
+        if isinstance(s, BlockRealize) and s.block.name == name:
+            return dataclasses.replace(s, block=new_block)
+        return None
+
+    return fix

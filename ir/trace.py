@@ -5,7 +5,8 @@ variables, literals or lists of them), keyword attributes and the random variabl
 produced. Sampling instructions have a decision (the choice made) stored in `decisions`,
 indexed by instruction position, so mutators change decisions without touching instructions.
 Replaying calls the same methods on a fresh Schedule; JSON and Python renderings come from the
-same data.
+same data. What each kind returns and whether it samples are the primitive's declared traits
+(`instruction_traits`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ScheduleError
+from .instruction_traits import is_primitive, traits_of
 
 if TYPE_CHECKING:
     from .schedule import Schedule
@@ -52,9 +54,6 @@ def LoopRV(i: int) -> RV:
 def ExprRV(i: int) -> RV:
     """An integer handle with id `i`."""
     return RV("v", i)
-
-
-SAMPLING_KINDS = ("sample_perfect_tile", "sample_categorical", "sample_compute_location")
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class Trace:
 
     def with_decision(self, index: int, decision: Any) -> Trace:
         """A copy with one decision changed (a mutation)."""
-        if not (0 <= index < len(self.insts)) or self.insts[index].kind not in SAMPLING_KINDS:
+        if not (0 <= index < len(self.insts)) or not _samples(self.insts[index].kind):
             raise ScheduleError(f"instruction #{index} is not a sampling instruction")
         d = dict(self.decisions)
         d[index] = decision
@@ -155,7 +154,7 @@ class Trace:
             call = f"sch.{inst.kind}({', '.join(args)})"
             if not inst.outputs:
                 lines.append(f"    {call}")
-            elif inst.kind in _LIST_RESULTS:
+            elif is_primitive(inst.kind) and traits_of(inst.kind).results == "list":
                 lines.append(f"    {', '.join(o.name for o in inst.outputs)}, = {call}")
             else:
                 lines.append(f"    {inst.outputs[0].name} = {call}")
@@ -196,10 +195,10 @@ class Trace:
 
         for idx, inst in enumerate(self.insts):
             method = getattr(sch, inst.kind, None)
-            if method is None or inst.kind.startswith("_"):
+            if method is None or not is_primitive(inst.kind):
                 raise ScheduleError(f"instruction #{idx}: unknown primitive {inst.kind!r}")
             kwargs = {k: resolve(v) for k, v in inst.attrs}
-            if inst.kind in SAMPLING_KINDS and idx in merged:
+            if traits_of(inst.kind).sampling and idx in merged:
                 kwargs["decision"] = merged[idx]
             try:
                 out = method(*[resolve(x) for x in inst.inputs], **kwargs)
@@ -216,14 +215,8 @@ class Trace:
         return sch
 
 
-_LIST_RESULTS = (
-    "get_loops",
-    "split",
-    "sample_perfect_tile",
-    "get_producers",
-    "get_consumers",
-    "get_child_blocks",
-)
+def _samples(kind: str) -> bool:
+    return is_primitive(kind) and traits_of(kind).sampling
 
 
 def trace_hash(trace: Trace) -> str:
