@@ -192,6 +192,19 @@ class Target:
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    @staticmethod
+    def from_info(info: dict[str, Any]) -> Target:
+        """The target a `to_info()` dict (e.g. `tunefleet targets --json` of another node)
+        describes, with the same fingerprint."""
+        details = tuple(
+            (key, tuple(value) if isinstance(value, list) else value)
+            for key, value in info.get("details", {}).items()
+        )
+        target = Target(info["kind"], info["device"], info["arch"], details)
+        if "fingerprint" in info and info["fingerprint"] != target.fingerprint:
+            raise TargetError(f"target info does not match its fingerprint {info['fingerprint']}")
+        return target
+
     def to_info(self) -> dict[str, Any]:
         """The dict the database stores as TargetInfo: kind, fingerprint, device, arch, details."""
         return {

@@ -45,3 +45,13 @@ def test_cpu_capabilities_come_from_details_or_the_isa() -> None:
     host = detect_cpu()
     assert host.cores >= 1 and host.vector_bytes in (16, 32, 64)
     assert host.sm_count is None
+
+
+def test_a_target_rebuilt_from_its_info_keeps_its_fingerprint() -> None:
+    import json
+
+    host = detect_cpu()
+    info = json.loads(json.dumps(host.to_info()))  # as `tunefleet targets --json` prints it
+    assert Target.from_info(info) == host and Target.from_info(info).fingerprint == host.fingerprint
+    with pytest.raises(TargetError, match="does not match"):
+        Target.from_info({**info, "device": "another CPU"})
