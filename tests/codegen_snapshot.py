@@ -22,6 +22,7 @@ from tunefleet.ir.errors import IRError
 from tunefleet.tuner.postproc import default_postprocs, first_rejection
 from tunefleet.tuner.replay import resample
 from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
+from tunefleet.workers.targets import Target
 
 DIGESTS = Path(__file__).with_name("codegen_digests.json")
 
@@ -35,9 +36,9 @@ EXTRA = [
     ("rmsnorm", {"m": 7, "n": 3584}),
 ]
 CONTEXTS = {
-    "cpu": SpaceContext("cpu", cores=2),
-    "cuda_sm80": SpaceContext("cuda", arch="sm_80"),
-    "cuda_sm90": SpaceContext("cuda", arch="sm_90"),
+    "cpu": SpaceContext(Target.cpu(cores=2)),
+    "cuda_sm80": SpaceContext(Target.cuda("sm_80")),
+    "cuda_sm90": SpaceContext(Target.cuda("sm_90")),
 }
 SAMPLES = 3  # drawn points per sketch
 
@@ -62,13 +63,14 @@ def sources() -> Iterator[tuple[str, str]]:
             continue
         for target in ("cpu", "cuda"):
             try:
-                yield f"{tag}/default-{target}", build_source(
-                    default_schedule(func, target), target
-                ).source
+                yield (
+                    f"{tag}/default-{target}",
+                    build_source(default_schedule(func, target), target).source,
+                )
             except IRError as err:
                 yield f"{tag}/default-{target}", f"error: {type(err).__name__}"
         for cname, ctx in CONTEXTS.items():
-            kind = ctx.target_kind
+            kind = ctx.kind
             try:
                 sketches = SpaceGenerator(*rules_for(kind)).generate(func, ctx)
             except (ValueError, IRError) as err:
@@ -85,7 +87,7 @@ def sources() -> Iterator[tuple[str, str]]:
                         if first_rejection(sch, ctx, procs) is not None:
                             yield label, "rejected"
                             continue
-                        target = "cuda" if kind == "cuda" else "cpu"
+                        target = kind.value
                         yield label, build_source(sch, target).source
                     except IRError as err:
                         yield label, f"error: {type(err).__name__}"

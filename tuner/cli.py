@@ -19,7 +19,7 @@ from tunefleet.database.errors import DatabaseError
 from tunefleet.ir.analysis import bytes_moved, flops
 from tunefleet.workers.cli import parse_shape
 from tunefleet.workers.executor import ExecutorError
-from tunefleet.workers.targets import Target, TargetError, resolve_target
+from tunefleet.workers.targets import Target, TargetError, TargetKind, resolve_target
 
 from .cost_model import CostModelError
 from .space import SpaceError
@@ -32,7 +32,9 @@ from .tuning import tune as run_tune
 @click.argument("op")
 @click.option("--shape", "shape_text", required=True, help="Dims as k=v,... (e.g. m=32,n=4096).")
 @click.option("--dtype", default="float32", show_default=True, help="Element type.")
-@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--target", type=click.Choice([k.value for k in TargetKind]), default="cpu", show_default=True
+)
 @click.option("--trials", type=click.IntRange(min=0), default=64, show_default=True)
 @db_option
 @click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)

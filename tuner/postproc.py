@@ -3,7 +3,7 @@
 Each is a small class in a registry; `check(sch, ctx)` returns None for a valid program or a
 one-line reason. The CPU check generates the C source (catching programs that lower to
 nothing buildable, such as thread-bound loops); the GPU check enforces per-block limits on
-threads and shared memory (the architecture's opt-in limit) from the launch the code generator
+threads and shared memory (the target's opt-in limit) from the launch the code generator
 describes.
 """
 
@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from tunefleet.ir.codegen import build_source
 from tunefleet.ir.errors import IRError
 from tunefleet.ir.schedule import Schedule
+from tunefleet.workers.targets import Target, TargetKind
 
 from .registry import load_entry
 from .space import SpaceContext, SpaceError
-
-# shared memory per block with the dynamic opt-in the workers' runner sets (CUDA's
-# sharedMemPerBlockOptin): 227 KiB on sm_90, 163 KiB on sm_80/87, 99 KiB on sm_86/89
-SHARED_OPTIN_BYTES = {"sm_90": 227 * 1024, "sm_80": 163 * 1024, "sm_87": 163 * 1024}
 
 
 @dataclass(frozen=True)
@@ -33,10 +30,17 @@ class GpuLimits:
     max_registers_per_thread: int = 255
 
     @staticmethod
+    def for_target(target: Target) -> GpuLimits:
+        """The limits of a CUDA target (detected, or its architecture's known defaults)."""
+        return GpuLimits(
+            max_threads_per_block=target.max_threads_per_block,
+            max_shared_bytes=target.shared_memory_bytes,
+        )
+
+    @staticmethod
     def for_arch(arch: str) -> GpuLimits:
         """The limits of an architecture ("sm_90", "sm_90a", ...; unknown: the defaults)."""
-        shared = SHARED_OPTIN_BYTES.get(arch.removesuffix("a"), 99 * 1024)
-        return GpuLimits(max_shared_bytes=shared)
+        return GpuLimits.for_target(Target.cuda(arch))
 
 
 class Postproc(ABC):
@@ -56,7 +60,7 @@ class VerifyCodegen(Postproc):
 
     def check(self, sch: Schedule, ctx: SpaceContext) -> str | None:
         try:
-            build_source(sch, target=ctx.target_kind)
+            build_source(sch, target=ctx.kind.value)
         except (IRError, ValueError) as err:
             return f"codegen: {err}"
         return None
@@ -71,11 +75,11 @@ class VerifyGpuLimits(Postproc):
         self.limits = limits  # None: the limits of the context's architecture
 
     def check(self, sch: Schedule, ctx: SpaceContext) -> str | None:
-        if ctx.target_kind != "cuda":
+        if not ctx.is_gpu:
             return None
-        limits = self.limits or GpuLimits.for_arch(ctx.arch)
+        limits = self.limits or GpuLimits.for_target(ctx.target)
         try:
-            src = build_source(sch, target="cuda")
+            src = build_source(sch, target=ctx.kind.value)
         except (IRError, ValueError) as err:
             return f"codegen: {err}"
         threads = 1
@@ -106,9 +110,9 @@ def create_postproc(name: str) -> Postproc:
     return cls()
 
 
-def default_postprocs(target_kind: str) -> list[Postproc]:
-    """The checks every candidate of a target passes before it is measured."""
-    if target_kind == "cuda":
+def default_postprocs(kind: TargetKind | str) -> list[Postproc]:
+    """The checks every candidate of a target kind passes before it is measured."""
+    if TargetKind(kind).is_gpu:
         return [VerifyGpuLimits()]
     return [VerifyCodegen()]
 

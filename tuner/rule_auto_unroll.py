@@ -28,7 +28,7 @@ class AutoUnroll(GlobalRule):
 
     def apply(self, sch: Schedule, ctx: SpaceContext) -> Schedule:
         out = sch.copy()
-        if ctx.target_kind != "cpu":
+        if not ctx.is_cpu:
             return out
         for name in nest_blocks(out.func):
             top = out.get_loops(out.get_block(name))[0]

@@ -19,7 +19,7 @@ class GpuAutoBind(GlobalRule):
     name = "gpu_auto_bind"
 
     def apply(self, sch: Schedule, ctx: SpaceContext) -> Schedule:
-        if ctx.target_kind != "cuda":
+        if not ctx.is_gpu:
             return sch.copy()
         if any(inst.kind == "bind" for inst in sch.trace.insts):
             return sch.copy()

@@ -26,7 +26,7 @@ class GpuGemv(ScheduleRule):
     name = "gpu_gemv"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        found = reduced_output(sch, block) if ctx.target_kind == "cuda" else None
+        found = reduced_output(sch, block) if ctx.is_gpu else None
         if found is None or len(found.producers) != 1:
             return []
         probe, out, producers = found.probe, found.out, found.producers

@@ -78,7 +78,7 @@ class GpuMultiLevelTiling(ScheduleRule):
     name = "gpu_multi_level_tiling"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.target_kind != "cuda" or not is_reduction(sch.func, block):
+        if not ctx.is_gpu or not is_reduction(sch.func, block):
             return []
         probe = sch.copy()
         b = probe.get_block(block)

@@ -26,7 +26,7 @@ class GpuRows(ScheduleRule):
     name = "gpu_rows"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        found = reduced_output(sch, block) if ctx.target_kind == "cuda" else None
+        found = reduced_output(sch, block) if ctx.is_gpu else None
         if found is None:
             return []
         probe, out = found.probe, found.out

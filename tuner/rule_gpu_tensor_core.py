@@ -40,7 +40,7 @@ class GpuTensorCore(ScheduleRule):
     name = "gpu_tensor_core"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        found = reduced_output(sch, block) if ctx.target_kind == "cuda" else None
+        found = reduced_output(sch, block) if ctx.is_gpu else None
         if found is None or len(found.producers) != 1:
             return []
         probe, producers = found.probe, found.producers

@@ -30,7 +30,7 @@ class MultiLevelTiling(ScheduleRule):
         self.max_vector_factor = max_vector_factor
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.target_kind != "cpu" or not is_reduction(sch.func, block):
+        if not ctx.is_cpu or not is_reduction(sch.func, block):
             return []
         probe = sch.copy()
         infos = loop_infos(probe, probe.get_block(block))

@@ -96,7 +96,7 @@ class PackedDense(ScheduleRule):
     exclusive = False  # multi-level tiling and split-K keep their sketches for the block
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.target_kind != "cpu" or not is_reduction(sch.func, block):
+        if not ctx.is_cpu or not is_reduction(sch.func, block):
             return []
         shape = dense_shape(sch, block)
         if shape is None:

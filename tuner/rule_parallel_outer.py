@@ -24,7 +24,7 @@ class ParallelOuter(GlobalRule):
 
     def apply(self, sch: Schedule, ctx: SpaceContext) -> Schedule:
         out = sch.copy()
-        if ctx.target_kind != "cpu":
+        if not ctx.is_cpu:
             return out
         for name in nest_blocks(out.func):
             try:

@@ -56,7 +56,7 @@ class SplitKReduction(ScheduleRule):
     name = "split_k_reduction"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.target_kind != "cpu" or not is_reduction(sch.func, block):
+        if not ctx.is_cpu or not is_reduction(sch.func, block):
             return []
         if not _innermost_contiguous(sch, block):
             return []

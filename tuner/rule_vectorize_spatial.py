@@ -20,7 +20,7 @@ class VectorizeSpatial(ScheduleRule):
     name = "vectorize_spatial"
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if is_reduction(sch.func, block) or ctx.target_kind != "cpu":
+        if is_reduction(sch.func, block) or not ctx.is_cpu:
             return []
 
         def build(t: Schedule) -> None:

@@ -3,11 +3,17 @@
 A sketch is a trace with sampling instructions; its decisions are one point of the space, and
 `resample` draws others. A rule is a small class in a name registry; `apply` returns the
 schedules it forks into (an empty list when it does not apply to the block), and the first
-rule that applies to a block claims it. Rules see a `SpaceContext` (target kind, core count).
+rule that applies to a block claims it. Rules see a `SpaceContext`: the `Target` the space is
+for and the capabilities they read from it (kind predicates, cores, vector width, arch).
+
+A space version names the rule set of a target kind (`space_version`): it changes when a rule
+is added, removed, reordered or bumps its own `version`. Records carry it, and the tuner
+re-checks records from another version before it trusts them as seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,10 +24,9 @@ from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks
 from tunefleet.ir.stmt import PrimFunc
 from tunefleet.ir.trace import Trace
+from tunefleet.workers.targets import Target, TargetKind
 
 from .registry import load_entry
-
-SPACE_VERSION = "cpu-2"
 
 
 class SpaceError(ValueError):
@@ -30,13 +35,35 @@ class SpaceError(ValueError):
 
 @dataclass(frozen=True)
 class SpaceContext:
-    """What rules may depend on: the target kind ("cpu" or "cuda"), its parallelism and, for
-    CUDA, the architecture ("sm_90" enables Hopper-only schedules; "" means unknown)."""
+    """What rules may depend on: the target a space is generated for. The properties are the
+    capabilities rules read; for CUDA the architecture matters ("sm_90" enables Hopper-only
+    schedules)."""
 
-    target_kind: str = "cpu"
-    cores: int = 2
-    vector_bytes: int = 64
-    arch: str = ""
+    target: Target
+
+    @property
+    def kind(self) -> TargetKind:
+        return self.target.kind
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.target.is_cpu
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.target.is_gpu
+
+    @property
+    def cores(self) -> int:
+        return self.target.cores
+
+    @property
+    def vector_bytes(self) -> int:
+        return self.target.vector_bytes
+
+    @property
+    def arch(self) -> str:
+        return self.target.arch
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,7 @@ class ScheduleRule(ABC):
 
     name = "abstract"
     exclusive = True
+    version = 1  # bump when the rule's sketches change, so the space version changes
 
     @abstractmethod
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
@@ -66,6 +94,7 @@ class GlobalRule(ABC):
     """Runs once over the whole function after the per-block rules (e.g. parallel loops)."""
 
     name = "abstract"
+    version = 1  # bump when the rule's effect changes, so the space version changes
 
     @abstractmethod
     def apply(self, sch: Schedule, ctx: SpaceContext) -> Schedule:
@@ -105,11 +134,29 @@ GPU_BLOCK_RULES = (
 GPU_GLOBAL_RULES = ("gpu_auto_bind",)
 
 
-def rules_for(target_kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    TargetKind.CPU: (CPU_BLOCK_RULES, CPU_GLOBAL_RULES),
+    TargetKind.CUDA: (GPU_BLOCK_RULES, GPU_GLOBAL_RULES),
+}
+
+
+def rules_for(kind: TargetKind | str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The (block rules, global rules) of a target kind ("cpu" or "cuda")."""
-    if target_kind == "cuda":
-        return GPU_BLOCK_RULES, GPU_GLOBAL_RULES
-    return CPU_BLOCK_RULES, CPU_GLOBAL_RULES
+    return RULES_BY_KIND[TargetKind(kind)]
+
+
+def space_version(kind: TargetKind | str) -> str:
+    """The version of a kind's design space: the kind and a short hash of its rules in
+    order, each with its class and `version` (e.g. "cpu-3f2a9c1d")."""
+    block, global_ = rules_for(kind)
+    parts = []
+    for group, names in (("block", block), ("global", global_)):
+        for name in names:
+            cls = load_entry(_RULES, name)
+            ident = f"{cls.__module__}.{cls.__qualname__}" if cls is not None else "?"
+            parts.append(f"{group}:{name}={ident}@{getattr(cls, 'version', 0)}")
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
+    return f"{TargetKind(kind).value}-{digest}"
 
 
 def create_rule(name: str) -> ScheduleRule | GlobalRule:

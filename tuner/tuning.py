@@ -1,17 +1,22 @@
 """The tuning loop for one operator on one target: search, measure, record, learn.
 
-`tune(...)` builds the workload, opens the record store, generates the design space, loads
-what the database already knows (measured traces are never measured again; the fastest seed
-the search; all of them train the cost model), measures the untuned default schedule for
-reference, then alternates: the strategy proposes a batch, the executor measures it, every
-trial is committed, the cost model is retrained. A second call on the same database continues
-from what is there. The result is a frozen `TuneResult`.
+`tune(...)` builds the workload, opens the record store, generates the design space for the
+target, loads what the database already knows (measured traces are never measured again; the
+fastest seed the search; all of them train the cost model), measures the untuned default
+schedule for reference, then alternates: the strategy proposes a batch, the executor measures
+it, every trial is committed, the cost model is retrained. A second call on the same database
+continues from what is there. The result is a frozen `TuneResult`.
+
+Records are filed under the fingerprint of the target being tuned, and only results whose
+worker reports that same fingerprint count as measurements of it: a result from another device
+is committed as a failed trial saying where it ran. Records of another space version are still
+measured (never re-measured), but seed the search and train the model only if they replay in
+the current space.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +44,7 @@ from tunefleet.workers import (
 from .candidates import Candidate, SpaceSampler
 from .cost_model import CostModel, Sample, create_cost_model, model_path
 from .postproc import default_postprocs
-from .space import SPACE_VERSION, SpaceContext, SpaceGenerator, rules_for
+from .space import SpaceContext, SpaceGenerator, rules_for, space_version
 from .strategy import SearchStrategy, create_strategy
 
 
@@ -79,6 +84,7 @@ class TuneResult:
     seed: int
     best_trace_json: str | None = field(default=None, repr=False)
     curve: tuple[float | None, ...] = field(default=(), repr=False)
+    stale_records: int = 0  # records of another space version that no longer replay
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON the CLI prints (`--json`)."""
@@ -92,6 +98,7 @@ class TuneResult:
             "gflops": self.gflops,
             "gbps": self.gbps,
             "failures": self.failures,
+            "stale_records": self.stale_records,
             "op": self.op,
             "shape": dict(self.shape),
             "dtype": self.dtype,
@@ -162,7 +169,8 @@ def tune(
     tgt = resolve_target(target) if isinstance(target, str) else target
     key = structural_hash(func)
     fp = tgt.fingerprint
-    ctx = SpaceContext(target_kind=tgt.kind, cores=os.cpu_count() or 1, arch=tgt.arch)
+    ctx = SpaceContext(tgt)
+    version = space_version(tgt.kind)
     sketches = SpaceGenerator(*rules_for(tgt.kind)).generate(func, ctx, seed=seed)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs(tgt.kind))
     search = create_strategy(strategy, seed=seed) if isinstance(strategy, str) else strategy
@@ -178,14 +186,18 @@ def tune(
         history = store.history(key, fp)
         top: list[tuple[float, Trace]] = []
         samples: list[Sample] = []
+        stale = 0
         for rec in history:
             try:
                 trace = Trace.from_json(rec.trace_json)
             except (KeyError, ValueError):
                 continue
+            cand = sampler.from_trace(trace)
+            if cand is None and rec.space_version != version:
+                stale += 1  # measured, but not a point of the current space
+                continue
             if rec.median_ms is not None:
                 top.append((rec.median_ms, trace))
-            cand = sampler.from_trace(trace)
             if cand is not None:
                 samples.append(Sample(cand.features, key, rec.trace_hash, rec.median_ms))
         model.update(samples)
@@ -204,6 +216,7 @@ def tune(
                 (dres,) = measure_batch(
                     executor, [BuildInput(tgt, workload=func, trace=None)], problem, mconfig
                 )
+                dres = on_target(dres, fp)
                 default_ms = dres.median_ms if dres.ok else None
             done, failures = 0, 0
             best_ms = top[0][0] if top else None
@@ -218,7 +231,11 @@ def tune(
                     problem,
                     mconfig,
                 )
-                store.commit([_record(key, fp, c, r) for c, r in zip(batch, results, strict=True)])
+                results = [on_target(r, fp) for r in results]
+                records = [
+                    _record(key, fp, version, c, r) for c, r in zip(batch, results, strict=True)
+                ]
+                store.commit(records)
                 new_samples = []
                 for cand, res in zip(batch, results, strict=True):
                     done += 1
@@ -262,6 +279,7 @@ def tune(
         seed=seed,
         best_trace_json=best_rec.trace_json if best_rec else None,
         curve=tuple(curve),
+        stale_records=stale,
     )
 
 
@@ -285,7 +303,19 @@ def measure_batch(
     return results
 
 
-def _record(key: str, fp: str, cand: Candidate, res: MeasureResult) -> NewRecord:
+def on_target(result: MeasureResult, fingerprint: str) -> MeasureResult:
+    """`result` if its worker measured on the target `fingerprint` (or nothing ran), else a
+    run_error saying where it was measured: a record answers only for its own target."""
+    measured_on = result.target_fingerprint
+    if measured_on == fingerprint or (not measured_on and not result.ok):
+        return result
+    message = f"measured on {measured_on or 'an unknown device'} but the task targets {fingerprint}"
+    return dataclasses.replace(
+        result, status=Status.RUN_ERROR, median_ms=None, timings_ms=(), message=message
+    )
+
+
+def _record(key: str, fp: str, version: str, cand: Candidate, res: MeasureResult) -> NewRecord:
     ok = res.ok and res.median_ms is not None
     return NewRecord(
         workload_key=key,
@@ -296,5 +326,5 @@ def _record(key: str, fp: str, cand: Candidate, res: MeasureResult) -> NewRecord
         timings_ms=res.timings_ms if ok else (),
         median_ms=res.median_ms if ok else None,
         error_msg=res.message[:2000],
-        space_version=SPACE_VERSION,
+        space_version=version,
     )

@@ -103,11 +103,10 @@ def build(inp: BuildInput, config: BuildConfig) -> BuildResult:
 def compile_kernel(kernel: Kernel, target: Target, config: BuildConfig) -> BuildResult:
     """Compile `kernel` for `target`, reusing the cache; the log comes back on failure."""
     start = time.perf_counter()
-    expected = {"cpu": "c", "cuda": "cuda"}.get(target.kind)
-    if kernel.lang != expected:
+    if kernel.lang != target.kind.source_lang:
         message = f"a {kernel.lang!r} kernel cannot be built for a {target.kind!r} target"
         return BuildResult(Status.BUILD_ERROR, None, message, _since(start))
-    if target.kind == "cpu":
+    if target.is_cpu:
         compiler, suffix, src_suffix = config.cc, ".so", ".c"
         flags = config.cflags
         compiler_id = f"{compiler}|{compiler_version(compiler)}|{target.fingerprint}"
@@ -122,6 +121,7 @@ def compile_kernel(kernel: Kernel, target: Target, config: BuildConfig) -> Build
     def artifact(binary: bytes) -> Artifact:
         return Artifact(
             key=key,
+            target=target,
             kernel_lang=kernel.lang,
             entry=kernel.entry,
             args=kernel.args,
@@ -129,7 +129,6 @@ def compile_kernel(kernel: Kernel, target: Target, config: BuildConfig) -> Build
             grid=kernel.grid,
             block=kernel.block,
             shared_bytes=kernel.shared_bytes,
-            target_kind=target.kind,
         )
 
     cached = cache.get(key, suffix)
@@ -143,7 +142,7 @@ def compile_kernel(kernel: Kernel, target: Target, config: BuildConfig) -> Build
             src = Path(tmp) / f"kernel{src_suffix}"
             out = Path(tmp) / f"kernel{suffix}"
             text = kernel.source
-            if target.kind == "cpu":
+            if target.is_cpu:
                 text += harness_source(kernel)
             src.write_text(text)
             cmd = [compiler, *flags, "-o", str(out), str(src)]

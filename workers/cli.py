@@ -15,7 +15,13 @@ import click
 from tunefleet.workers.builder import BuildConfig, BuildInput
 from tunefleet.workers.executor import ExecutorError, MeasureInput, create_executor
 from tunefleet.workers.results import MeasureConfig, MeasureResult, Problem
-from tunefleet.workers.targets import Target, TargetError, detect_targets, resolve_target
+from tunefleet.workers.targets import (
+    Target,
+    TargetError,
+    TargetKind,
+    detect_targets,
+    resolve_target,
+)
 
 
 def default_cache_dir() -> str:
@@ -63,7 +69,11 @@ def parse_shape(text: str) -> dict[str, int]:
 @click.option("--shape", "shape_text", required=True, help="Dims as k=v,... (e.g. m=32,n=4096).")
 @click.option("--dtype", default="float32", show_default=True, help="Element type.")
 @click.option(
-    "--target", "target_kind", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True
+    "--target",
+    "target_kind",
+    type=click.Choice([k.value for k in TargetKind]),
+    default="cpu",
+    show_default=True,
 )
 @click.option(
     "--trace",

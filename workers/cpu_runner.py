@@ -102,7 +102,8 @@ class CpuMeasurer:
     def __init__(self, cache_dir: str) -> None:
         self.cache = CompileCache(cache_dir)
         self.cache_bytes = cpu_cache_bytes()
-        self.device = detect_cpu().device
+        self.target = detect_cpu()
+        self.device = self.target.device
         self.workloads = WorkloadCache()
         self._runtimes = _pin_openmp_runtimes()
 
@@ -119,8 +120,8 @@ class CpuMeasurer:
         """Check then time one artifact; the flag says whether this process must be replaced."""
         start = time.perf_counter()
         art = inp.artifact
-        if art.target_kind != "cpu":
-            return self._result(Status.RUN_ERROR, start, f"a {art.target_kind} artifact"), False
+        if not art.target.is_cpu:
+            return self._result(Status.RUN_ERROR, start, f"a {art.target.kind} artifact"), False
         path = self.cache.ensure_file(art.key, ".so", art.binary)
         try:
             lib = ctypes.CDLL(str(Path(path).resolve()))

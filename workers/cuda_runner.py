@@ -15,6 +15,7 @@ from tunefleet.workers.checking import INT_POISON, compare_outputs
 from tunefleet.workers.inputs import WorkloadCache, WorkloadData, prepare, signature
 from tunefleet.workers.launch import LaunchExprError, evaluate, evaluate_all
 from tunefleet.workers.results import MeasureConfig, MeasureResult, RunInput, Status
+from tunefleet.workers.targets import cuda_device_target
 
 STATIC_SHARED_LIMIT = 48 * 1024
 
@@ -29,6 +30,7 @@ class CudaMeasurer:
         cuda.init()
         dev = cuda.Device(device_index)
         self.ctx = dev.make_context()
+        self.target = cuda_device_target(cuda, device_index)
         self.device = dev.name()
         self.l2_bytes = dev.get_attribute(cuda.device_attribute.L2_CACHE_SIZE)
         self.workloads = WorkloadCache(capacity=2)

@@ -2,7 +2,9 @@
 
 Builds are CPU work (trace replay, code generation, the compiler) and run in parallel, one
 per core. Measurements do not: one runner per device measures one candidate at a time, so
-kernels never compete for the cores or the GPU they are timed on.
+kernels never compete for the cores or the GPU they are timed on. Runners form lanes keyed by
+the artifact's target fingerprint: a CUDA lane holds the GPUs of that fingerprint (every GPU
+when none matches; their results then name the device they really ran on).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tunefleet.workers.builder import BuildConfig, BuildInput, build
 from tunefleet.workers.executor import Executor, ExecutorError, RoundRobin
 from tunefleet.workers.results import BuildResult, MeasureResult, RunInput
 from tunefleet.workers.runner import Runner, RunnerConfig
+from tunefleet.workers.targets import Target
 
 
 @dataclass
@@ -61,10 +64,10 @@ class LocalExecutor(Executor):
         return futures
 
     def run(self, batch: Sequence[RunInput]) -> list[Future[MeasureResult]]:
-        """Queue each artifact on a runner of its target kind (round robin over GPUs)."""
+        """Queue each artifact on a runner of its target (round robin over matching GPUs)."""
         futures = []
         for inp in batch:
-            lane: _Lane = self._lanes_for(inp.artifact.target_kind).pick()
+            lane: _Lane = self._lanes_for(inp.artifact.target).pick()
             futures.append(lane.queue.submit(lane.runner.run, inp))
         return futures
 
@@ -90,31 +93,33 @@ class LocalExecutor(Executor):
                 )
             return self._pool
 
-    def _lanes_for(self, kind: str) -> RoundRobin:
+    def _lanes_for(self, target: Target) -> RoundRobin:
         with self._lock:
             if self._closed:
                 raise ExecutorError("this executor is closed")
-            robin = self._lanes.get(kind)
+            robin = self._lanes.get(target.fingerprint)
             if robin is None:
-                robin = RoundRobin([self._lane(kind, i) for i in self._devices(kind)])
-                self._lanes[kind] = robin
+                lanes = [self._lane(target, i) for i in self._devices(target)]
+                robin = RoundRobin(lanes)
+                self._lanes[target.fingerprint] = robin
             return robin
 
-    def _devices(self, kind: str) -> list[int]:
-        if kind == "cpu":
+    def _devices(self, target: Target) -> list[int]:
+        if target.is_cpu:
             return [0]
-        if kind == "cuda":
-            devices = self._cuda_devices
-            if devices is None:
-                from tunefleet.workers.targets import detect_cuda
+        devices = self._cuda_devices
+        if devices is None:
+            from tunefleet.workers.targets import detect_cuda
 
-                devices = [t.index for t in detect_cuda()]
-            if not devices:
-                raise ExecutorError("no CUDA device on this machine to run a cuda artifact")
-            return devices
-        raise ExecutorError(f"no runner for target kind {kind!r}")
+            found = detect_cuda()
+            same = [t.index for t in found if t.fingerprint == target.fingerprint]
+            devices = same or [t.index for t in found]
+        if not devices:
+            raise ExecutorError("no CUDA device on this machine to run a cuda artifact")
+        return devices
 
-    def _lane(self, kind: str, index: int) -> _Lane:
+    def _lane(self, target: Target, index: int) -> _Lane:
+        kind = target.kind.value
         config = RunnerConfig(
             device=kind, device_index=index, cache_dir=self.build_config.cache_dir
         )

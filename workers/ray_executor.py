@@ -1,16 +1,20 @@
 """The `ray` executor: builds as Ray tasks on CPUs, measurements in runner actors.
 
-One runner actor per GPU (`num_gpus=1`, restarted automatically if it dies), or CPU runner
-actors where the cluster has no GPU. Each actor wraps the same supervised `Runner` as the
-local executor, so a faulting kernel costs a worker process, not the actor. Connects to an
-existing cluster when given an address; starts a quiet local instance otherwise.
+Runner actors form lanes keyed by the artifact's target fingerprint. Where nodes advertise
+the Ray custom resource `tunefleet_target:<fingerprint>` (`ray start --resources`), a lane
+has one actor per unit of that resource and each actor is placed on such a node; where no
+node advertises it, placement falls back to the kind: one actor per GPU (`num_gpus=1`) or
+`cpu_runners` CPU actors. Actors restart automatically if they die and wrap the same
+supervised `Runner` as the local executor, so a faulting kernel costs a worker process, not
+the actor. Connects to an existing cluster when given an address; starts a quiet local
+instance otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -18,6 +22,14 @@ from tunefleet.workers.builder import BuildConfig, BuildInput, build
 from tunefleet.workers.executor import Executor, ExecutorError, RoundRobin
 from tunefleet.workers.results import BuildResult, MeasureResult, RunInput, Status
 from tunefleet.workers.runner import Runner, RunnerConfig
+from tunefleet.workers.targets import Target
+
+TARGET_RESOURCE_PREFIX = "tunefleet_target:"
+
+
+def target_resource(fingerprint: str) -> str:
+    """The Ray custom resource a node advertises for each device of a target fingerprint."""
+    return TARGET_RESOURCE_PREFIX + fingerprint
 
 
 class RunnerActor:
@@ -34,7 +46,11 @@ class RunnerActor:
 
 
 class RayExecutor(Executor):
-    """Ray tasks for builds and runner actors per device; same interface as `local`."""
+    """Ray tasks for builds and runner actors per device; same interface as `local`.
+
+    `simulated_targets` (simulated fleets and tests only) maps a lane's fingerprint to the
+    target its runners impersonate: they report that target instead of detecting their own.
+    """
 
     name = "ray"
 
@@ -44,6 +60,7 @@ class RayExecutor(Executor):
         address: str | None = None,
         num_cpus: int | None = None,
         cpu_runners: int = 1,
+        simulated_targets: Mapping[str, Target] | None = None,
     ) -> None:
         super().__init__(build_config)
         import ray
@@ -66,6 +83,7 @@ class RayExecutor(Executor):
         self._build_task = ray.remote(num_cpus=1, max_retries=0)(build)
         self._actor_cls = ray.remote(RunnerActor)
         self._cpu_runners = cpu_runners
+        self._simulated = dict(simulated_targets or {})
         self._lanes: dict[str, RoundRobin] = {}
         self._lock = threading.Lock()  # build callbacks may ask for runners concurrently
         self._closed = False
@@ -76,11 +94,11 @@ class RayExecutor(Executor):
         return [self._build_task.remote(inp, self.build_config).future() for inp in batch]
 
     def run(self, batch: Sequence[RunInput]) -> list[Future[MeasureResult]]:
-        """Send each artifact to a runner actor of its kind; a lost actor is a run_error."""
+        """Send each artifact to a runner actor of its target; a lost actor is a run_error."""
         self._check_open()
         futures = []
         for inp in batch:
-            actor = self._lanes_for(inp.artifact.target_kind).pick()
+            actor = self._lanes_for(inp.artifact.target).pick()
             outcome: Future[MeasureResult] = Future()
             _chain_actor_call(actor.run.remote(inp).future(), outcome)
             futures.append(outcome)
@@ -107,31 +125,37 @@ class RayExecutor(Executor):
         if self._closed:
             raise ExecutorError("this executor is closed")
 
-    def _lanes_for(self, kind: str) -> RoundRobin:
+    def _lanes_for(self, target: Target) -> RoundRobin:
         with self._lock:
-            robin = self._lanes.get(kind)
+            robin = self._lanes.get(target.fingerprint)
             if robin is None:
-                robin = RoundRobin(self._start_actors(kind))
-                self._lanes[kind] = robin
+                robin = RoundRobin(self._start_actors(target))
+                self._lanes[target.fingerprint] = robin
             return robin
 
-    def _start_actors(self, kind: str) -> list[Any]:
-        cache_dir = self.build_config.cache_dir
-        restart = {"max_restarts": -1, "max_task_retries": 0}
-        if kind == "cuda":
-            gpus = int(self._ray.cluster_resources().get("GPU", 0))
-            if gpus == 0:
+    def _start_actors(self, target: Target) -> list[Any]:
+        """The lane's actors: on nodes advertising the target's resource, else by kind."""
+        # Ray sets CUDA_VISIBLE_DEVICES per actor, so each sees its GPU as device 0
+        config = RunnerConfig(
+            device=target.kind.value,
+            device_index=0,
+            cache_dir=self.build_config.cache_dir,
+            simulated_target=self._simulated.get(target.fingerprint),
+        )
+        resources = self._ray.cluster_resources()
+        options: dict[str, Any] = {"max_restarts": -1, "max_task_retries": 0}
+        options |= {"num_gpus": 1, "num_cpus": 0} if target.is_gpu else {"num_cpus": 1}
+        advertised = int(resources.get(target_resource(target.fingerprint), 0))
+        if advertised:
+            options["resources"] = {target_resource(target.fingerprint): 1}
+            count = advertised
+        elif target.is_gpu:
+            count = int(resources.get("GPU", 0))
+            if count == 0:
                 raise ExecutorError("the Ray cluster has no GPU to run a cuda artifact")
-            # Ray sets CUDA_VISIBLE_DEVICES per actor, so each sees its GPU as device 0
-            config = RunnerConfig(device="cuda", device_index=0, cache_dir=cache_dir)
-            options = {"num_gpus": 1, "num_cpus": 0, **restart}
-            return [self._actor_cls.options(**options).remote(config) for _ in range(gpus)]
-        if kind == "cpu":
-            config = RunnerConfig(device="cpu", device_index=0, cache_dir=cache_dir)
-            options = {"num_cpus": 1, **restart}
+        else:
             count = self._cpu_runners
-            return [self._actor_cls.options(**options).remote(config) for _ in range(count)]
-        raise ExecutorError(f"no runner for target kind {kind!r}")
+        return [self._actor_cls.options(**options).remote(config) for _ in range(count)]
 
 
 def _chain_actor_call(source: Future[MeasureResult], target: Future[MeasureResult]) -> None:

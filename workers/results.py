@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tunefleet.workers.targets import Target
+
 
 class Status(StrEnum):
     """Outcome of building and measuring one candidate; every outcome is a recorded result."""
@@ -126,10 +128,12 @@ class Problem:
 class Artifact:
     """A compiled kernel: the binary's bytes (a shared library or a cubin) and how to call it.
 
-    The bytes travel with the artifact so a runner on another node needs no shared filesystem.
+    The bytes travel with the artifact so a runner on another node needs no shared filesystem;
+    `target` is what it was built for, and picks the runners that may measure it.
     """
 
     key: str
+    target: Target
     kernel_lang: str
     entry: str
     args: tuple[KernelArg, ...]
@@ -137,7 +141,6 @@ class Artifact:
     grid: tuple[Any, ...] | None = None
     block: tuple[Any, ...] | None = None
     shared_bytes: Any = 0
-    target_kind: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,11 @@ class RunInput:
 
 @dataclass(frozen=True)
 class MeasureResult:
-    """The recorded outcome of one candidate: ok with timings, or a failure status and message."""
+    """The recorded outcome of one candidate: ok with timings, or a failure status and message.
+
+    `device` and `target_fingerprint` name the device the worker measured on, as the worker
+    process itself detected (or was configured to simulate); empty when nothing ran.
+    """
 
     status: Status
     median_ms: float | None = None
@@ -200,6 +207,7 @@ class MeasureResult:
     build_s: float = 0.0
     run_s: float = 0.0
     device: str = ""
+    target_fingerprint: str = ""
 
     @property
     def ok(self) -> bool:
@@ -266,4 +274,5 @@ class MeasureResult:
             "build_s": self.build_s,
             "run_s": self.run_s,
             "device": self.device,
+            "target_fingerprint": self.target_fingerprint,
         }

@@ -5,6 +5,9 @@ only the worker process. The supervisor records run_error or timeout, kills what
 starts a fresh worker on the next candidate, and goes on. A worker is a fresh interpreter
 (`python -c`), so it inherits no CUDA or OpenMP state and never re-imports the caller's
 main module; it talks to its supervisor over a socket pair.
+
+Every result names the device the worker measured on and that device's target fingerprint,
+detected inside the worker process, so the tuner files it under the target that made it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tunefleet.workers.results import MeasureResult, RunInput, Status
+from tunefleet.workers.targets import Target, TargetKind
 
 _WORKER_DEATH_GRACE_S = 5.0
 _PREPARED = "\0prepared"  # the worker's "inputs are ready" message, never a death reason
@@ -29,13 +33,22 @@ _PREPARED = "\0prepared"  # the worker's "inputs are ready" message, never a dea
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """Which device a runner measures on and how long a fresh worker may take to start."""
+    """Which device a runner measures on and how long a fresh worker may take to start.
 
-    device: str = "cpu"  # "cpu" | "cuda"
+    `simulated_target` is for simulated fleets and tests only: the worker then reports that
+    target's device and fingerprint as its own instead of the ones it detects.
+    """
+
+    device: str = "cpu"  # a TargetKind value: "cpu" | "cuda"
     device_index: int = 0
     cache_dir: str = ".tunefleet/cache"
     start_timeout_s: float = 120.0
     prepare_timeout_s: float = 300.0
+    simulated_target: Target | None = None
+
+    @property
+    def kind(self) -> TargetKind:
+        return TargetKind(self.device)
 
 
 class Runner:
@@ -46,6 +59,7 @@ class Runner:
         self._proc: Any = None
         self._conn: Connection | None = None
         self._device_name = ""
+        self._fingerprint = ""
         self._lock = threading.Lock()
         self.restarts = 0
 
@@ -56,6 +70,8 @@ class Runner:
             result = self._run(inp)
             if result.device == "":
                 result = _replace(result, device=self._device_name)
+            if result.target_fingerprint == "":
+                result = _replace(result, target_fingerprint=self._fingerprint)
             if result.run_s == 0.0:
                 result = _replace(result, run_s=time.perf_counter() - start)
             return result
@@ -161,7 +177,7 @@ class Runner:
         if kind != "ready":
             self._stop(polite=False)
             return f"worker failed to start: {payload}"
-        self._device_name = payload
+        self._device_name, self._fingerprint = payload
         return None
 
     def _timed_out(self, phase: str, limit: float) -> MeasureResult:
@@ -223,21 +239,23 @@ def _replace(result: MeasureResult, **changes: Any) -> MeasureResult:
 
 
 def _make_measurer(config: RunnerConfig) -> Any:
-    if config.device == "cpu":
+    try:
+        kind = config.kind
+    except ValueError:
+        raise RuntimeError(f"unknown device {config.device!r}; use 'cpu' or 'cuda'") from None
+    if kind.is_cpu:
         from tunefleet.workers.cpu_runner import CpuMeasurer
 
         return CpuMeasurer(config.cache_dir)
-    if config.device == "cuda":
-        try:
-            import pycuda.driver  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError(
-                "pycuda is not installed; install the extra: pip install 'tunefleet[cuda]'"
-            ) from err
-        from tunefleet.workers.cuda_runner import CudaMeasurer
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            "pycuda is not installed; install the extra: pip install 'tunefleet[cuda]'"
+        ) from err
+    from tunefleet.workers.cuda_runner import CudaMeasurer
 
-        return CudaMeasurer(config.device_index)
-    raise RuntimeError(f"unknown device {config.device!r}; use 'cpu' or 'cuda'")
+    return CudaMeasurer(config.device_index)
 
 
 def worker_entry(fd: int) -> None:
@@ -253,7 +271,11 @@ def worker_main(conn: Connection, config: RunnerConfig) -> None:
     except Exception as err:  # reported to the supervisor as a start failure
         conn.send(("error", f"{type(err).__name__}: {err}"))
         return
-    conn.send(("ready", measurer.device))
+    identity: Target = config.simulated_target or measurer.target
+    stamp = {"device": identity.device, "target_fingerprint": identity.fingerprint}
+    conn.send(("ready", (identity.device, identity.fingerprint)))
+    # a GPU error may leave the device's context unusable: such a worker is replaced
+    fragile = config.kind.is_gpu
     while True:
         try:
             inp = conn.recv()
@@ -266,9 +288,9 @@ def worker_main(conn: Connection, config: RunnerConfig) -> None:
             prepared = measurer.data(inp)
         except Exception as err:  # a bad problem is that candidate's run_error
             message = f"cannot prepare inputs: {type(err).__name__}: {err}"
-            result = MeasureResult(Status.RUN_ERROR, message=message, device=measurer.device)
-            conn.send(("result", (result, config.device == "cuda")))
-            if config.device == "cuda":
+            result = MeasureResult(Status.RUN_ERROR, message=message, **stamp)
+            conn.send(("result", (result, fragile)))
+            if fragile:
                 return
             continue
         conn.send(("prepared", None))
@@ -280,10 +302,9 @@ def worker_main(conn: Connection, config: RunnerConfig) -> None:
                 Status.RUN_ERROR,
                 message=f"runner error: {detail}",
                 run_s=time.perf_counter() - start,
-                device=measurer.device,
             )
-            fatal = config.device == "cuda"
-        conn.send(("result", (result, fatal)))
+            fatal = fragile
+        conn.send(("result", (_replace(result, **stamp), fatal)))
         if fatal:
             return
     close = getattr(measurer, "close", None)

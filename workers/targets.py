@@ -1,8 +1,12 @@
-"""Detect the CPU and CUDA targets of this machine and fingerprint them.
+"""Targets: the device kinds, the capabilities spaces read, detection and fingerprints.
 
 A fingerprint hashes only identifying fields (model, ISA, core count, compute capability,
 memory size, driver and compiler versions), never free memory or clocks, so it is stable
 across runs on one machine and a record always names the exact target it was measured on.
+A `Target` also answers the capability questions design spaces and postprocessors ask
+(cores, vector width, shared memory, registers, SMs), from its details or, where detection
+did not say, from known defaults of its architecture; `Target.cpu` and `Target.cuda` build
+one without detection (tests, tuning for a device this machine does not have).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +32,155 @@ _ISA_FLAGS = (
 )  # fmt: skip
 
 
+# Per-architecture facts used where detection does not report them. Shared memory is the
+# per-block limit with the dynamic opt-in the runner sets (sharedMemPerBlockOptin): 227 KiB on
+# sm_90, 163 KiB on sm_80/87, 99 KiB on sm_86/89 and unknown architectures. SM counts are the
+# data-centre parts (H100 SXM, A100).
+SHARED_OPTIN_BYTES = {"sm_90": 227 * 1024, "sm_80": 163 * 1024, "sm_87": 163 * 1024}
+DEFAULT_SHARED_OPTIN_BYTES = 99 * 1024
+SM_COUNTS = {"sm_90": 132, "sm_80": 108}
+REGISTERS_PER_BLOCK = 64 * 1024
+MAX_THREADS_PER_BLOCK = 1024
+
+# widest SIMD register by ISA flag, widest first
+_VECTOR_BYTES = (("avx512f", 64), ("avx2", 32), ("avx", 32), ("sve", 16), ("asimd", 16))
+
+
 class TargetError(RuntimeError):
     """A requested target is not present on this machine."""
+
+
+class TargetKind(StrEnum):
+    """The kinds of device a target can be; behaviour is decided by its predicates."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self is TargetKind.CPU
+
+    @property
+    def is_gpu(self) -> bool:
+        return self is TargetKind.CUDA
+
+    @property
+    def source_lang(self) -> str:
+        """The language of the kernels built for this kind ("c" or "cuda")."""
+        return "c" if self.is_cpu else "cuda"
 
 
 @dataclass(frozen=True)
 class Target:
     """A device kind plus the identifying facts of one device, storable as a TargetInfo row."""
 
-    kind: str  # "cpu" | "cuda"
+    kind: TargetKind
     device: str
     arch: str  # e.g. "x86_64-avx512" or "sm_90"
     details: tuple[tuple[str, Any], ...] = ()
     index: int = 0  # device ordinal on this node; not part of the identity
 
+    def __post_init__(self) -> None:
+        try:
+            kind = TargetKind(self.kind)
+        except ValueError:
+            known = ", ".join(k.value for k in TargetKind)
+            raise TargetError(f"unknown target kind {self.kind!r}; use one of {known}") from None
+        object.__setattr__(self, "kind", kind)
+
+    @staticmethod
+    def cpu(
+        cores: int = 2,
+        vector_bytes: int = 64,
+        arch: str = "x86_64-avx512",
+        device: str = "cpu",
+        **details: Any,
+    ) -> Target:
+        """A CPU target with the given capabilities, without detecting anything."""
+        facts = {"cores": cores, "vector_bytes": vector_bytes, **details}
+        return Target(TargetKind.CPU, device, arch, tuple(sorted(facts.items())))
+
+    @staticmethod
+    def cuda(arch: str = "sm_80", device: str = "", **details: Any) -> Target:
+        """A CUDA target of an architecture ("sm_90"), without detecting anything; capabilities
+        not given in `details` take the architecture's known defaults."""
+        digits = arch.removeprefix("sm_").removesuffix("a")
+        facts = {"compute_capability": f"{digits[:-1]}.{digits[-1:]}", **details}
+        return Target(TargetKind.CUDA, device or arch, arch, tuple(sorted(facts.items())))
+
     @property
     def detail_values(self) -> dict[str, Any]:
         return dict(self.details)
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.kind.is_cpu
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind.is_gpu
+
+    def _detail(self, name: str) -> Any:
+        return self.detail_values.get(name)
+
+    @property
+    def sm_count(self) -> int | None:
+        """Streaming multiprocessors of a GPU (detected, else the architecture's); None on a
+        CPU or an unknown architecture."""
+        if not self.is_gpu:
+            return None
+        return self._detail("sm_count") or SM_COUNTS.get(self._base_arch)
+
+    @property
+    def cores(self) -> int:
+        """Parallel units: CPU cores, or a GPU's SMs (1 when unknown)."""
+        if self.is_gpu:
+            return self.sm_count or 1
+        return int(self._detail("cores") or 1)
+
+    @property
+    def vector_bytes(self) -> int:
+        """Width of the widest SIMD register of a CPU (from its ISA or arch; 16 when unknown);
+        0 on a GPU."""
+        if self.is_gpu:
+            return 0
+        given = self._detail("vector_bytes")
+        if given:
+            return int(given)
+        flags = set(self._detail("isa") or ()) | set(self.arch.replace("-", " ").split())
+        flags |= {"avx512f"} if "avx512" in flags else set()
+        return next((width for flag, width in _VECTOR_BYTES if flag in flags), 16)
+
+    @property
+    def shared_memory_bytes(self) -> int:
+        """Shared memory one GPU block may use (with the opt-in); 0 on a CPU."""
+        if not self.is_gpu:
+            return 0
+        given = self._detail("shared_memory_bytes")
+        return (
+            int(given)
+            if given
+            else SHARED_OPTIN_BYTES.get(self._base_arch, DEFAULT_SHARED_OPTIN_BYTES)
+        )
+
+    @property
+    def registers_per_block(self) -> int:
+        """32-bit registers one GPU block may use; 0 on a CPU."""
+        if not self.is_gpu:
+            return 0
+        return int(self._detail("registers_per_block") or REGISTERS_PER_BLOCK)
+
+    @property
+    def max_threads_per_block(self) -> int:
+        """Threads one GPU block may have; 0 on a CPU."""
+        if not self.is_gpu:
+            return 0
+        return int(self._detail("max_threads_per_block") or MAX_THREADS_PER_BLOCK)
+
+    @property
+    def _base_arch(self) -> str:
+        """The architecture without the arch-specific suffix ("sm_90a" -> "sm_90")."""
+        return self.arch.removesuffix("a")
 
     @property
     def fingerprint(self) -> str:
@@ -55,10 +192,23 @@ class Target:
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
+    @staticmethod
+    def from_info(info: dict[str, Any]) -> Target:
+        """The target a `to_info()` dict (e.g. `tunefleet targets --json` of another node)
+        describes, with the same fingerprint."""
+        details = tuple(
+            (key, tuple(value) if isinstance(value, list) else value)
+            for key, value in info.get("details", {}).items()
+        )
+        target = Target(info["kind"], info["device"], info["arch"], details)
+        if "fingerprint" in info and info["fingerprint"] != target.fingerprint:
+            raise TargetError(f"target info does not match its fingerprint {info['fingerprint']}")
+        return target
+
     def to_info(self) -> dict[str, Any]:
         """The dict the database stores as TargetInfo: kind, fingerprint, device, arch, details."""
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "fingerprint": self.fingerprint,
             "device": self.device,
             "arch": self.arch,
@@ -135,7 +285,24 @@ def detect_cpu(compiler: str = "gcc") -> Target:
         ("llc_bytes", cpu_cache_bytes()),
         ("compiler", compiler_version(compiler)),
     )
-    return Target(kind="cpu", device=model, arch=arch, details=details)
+    return Target(kind=TargetKind.CPU, device=model, arch=arch, details=details)
+
+
+def cuda_device_target(cuda: Any, index: int) -> Target:
+    """The target of CUDA device `index` through an initialised pycuda driver module."""
+    driver = cuda.get_driver_version()
+    dev = cuda.Device(index)
+    major, minor = dev.compute_capability()
+    attr = cuda.device_attribute
+    details = (
+        ("compute_capability", f"{major}.{minor}"),
+        ("sm_count", dev.get_attribute(attr.MULTIPROCESSOR_COUNT)),
+        ("memory_bytes", dev.total_memory()),
+        ("l2_bytes", dev.get_attribute(attr.L2_CACHE_SIZE)),
+        ("driver", f"{driver // 1000}.{(driver % 1000) // 10}"),
+        ("nvcc", nvcc_version()),
+    )
+    return Target(TargetKind.CUDA, dev.name(), f"sm_{major}{minor}", details, index)
 
 
 def _detect_cuda_pycuda() -> list[Target] | None:
@@ -145,22 +312,7 @@ def _detect_cuda_pycuda() -> list[Target] | None:
         return None
     try:
         cuda.init()
-        driver = cuda.get_driver_version()
-        found = []
-        for index in range(cuda.Device.count()):
-            dev = cuda.Device(index)
-            major, minor = dev.compute_capability()
-            attr = cuda.device_attribute
-            details = (
-                ("compute_capability", f"{major}.{minor}"),
-                ("sm_count", dev.get_attribute(attr.MULTIPROCESSOR_COUNT)),
-                ("memory_bytes", dev.total_memory()),
-                ("l2_bytes", dev.get_attribute(attr.L2_CACHE_SIZE)),
-                ("driver", f"{driver // 1000}.{(driver % 1000) // 10}"),
-                ("nvcc", nvcc_version()),
-            )
-            found.append(Target("cuda", dev.name(), f"sm_{major}{minor}", details, index))
-        return found
+        return [cuda_device_target(cuda, index) for index in range(cuda.Device.count())]
     except cuda.Error:
         return []
 
@@ -182,7 +334,7 @@ def _detect_cuda_smi() -> list[Target]:
             ("driver", driver),
             ("nvcc", nvcc_version()),
         )
-        found.append(Target("cuda", name, "sm_" + cap.replace(".", ""), details, index))
+        found.append(Target(TargetKind.CUDA, name, "sm_" + cap.replace(".", ""), details, index))
     return found
 
 
@@ -199,11 +351,13 @@ def detect_targets(compiler: str = "gcc") -> list[Target]:
 
 def resolve_target(kind: str, compiler: str = "gcc") -> Target:
     """The first target of `kind` ('cpu' or 'cuda') on this machine, or TargetError."""
-    if kind == "cpu":
+    try:
+        found = TargetKind(kind)
+    except ValueError:
+        raise TargetError(f"unknown target kind {kind!r}; use 'cpu' or 'cuda'") from None
+    if found.is_cpu:
         return detect_cpu(compiler)
-    if kind == "cuda":
-        gpus = detect_cuda()
-        if not gpus:
-            raise TargetError("no CUDA device found (need an NVIDIA GPU with its driver)")
-        return gpus[0]
-    raise TargetError(f"unknown target kind {kind!r}; use 'cpu' or 'cuda'")
+    gpus = detect_cuda()
+    if not gpus:
+        raise TargetError("no CUDA device found (need an NVIDIA GPU with its driver)")
+    return gpus[0]

@@ -14,8 +14,9 @@ from tunefleet.tuner.candidates import SpaceSampler
 from tunefleet.tuner.postproc import default_postprocs
 from tunefleet.tuner.replay import replay
 from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
+from tunefleet.workers.targets import Target
 
-CTX = SpaceContext("cuda")
+CTX = SpaceContext(Target.cuda("sm_86"))
 RULE = "gpu_multi_level_tiling"
 # (op, shape, dtype, attrs)
 CLAIMED = [
@@ -96,7 +97,7 @@ def test_mutated_decisions_always_replay() -> None:
 
 def test_cpu_spaces_do_not_use_it() -> None:
     func = ops.get_op("matmul").build({"m": 64, "n": 64, "k": 64}, "float32")
-    sketches = SpaceGenerator(*rules_for("cpu")).generate(func, SpaceContext("cpu"))
+    sketches = SpaceGenerator(*rules_for("cpu")).generate(func, SpaceContext(Target.cpu()))
     assert all(RULE not in s.name for s in sketches)
 
 

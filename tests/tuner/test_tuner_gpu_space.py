@@ -11,8 +11,9 @@ from tunefleet.tuner.candidates import SpaceSampler
 from tunefleet.tuner.postproc import GpuLimits, VerifyGpuLimits, default_postprocs
 from tunefleet.tuner.replay import replay
 from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
+from tunefleet.workers.targets import Target
 
-CTX = SpaceContext("cuda")
+CTX = SpaceContext(Target.cuda("sm_86"))
 CASES = [
     ("dense", {"m": 1, "n": 256, "k": 1024}, "gpu_gemv"),
     ("dense", {"m": 256, "n": 128, "k": 128}, "gpu_tensor_core"),
@@ -67,7 +68,7 @@ def test_shared_memory_limit_follows_the_architecture() -> None:
     sch = Schedule(ops.get_op("dense").build({"m": 256, "n": 512, "k": 256}, "float16"))
     apply_wgmma_tiling(sch, "dense", "dense_acc", "float16", warpgroups=2, n=128, stages=4)
     assert build_source(sch, "cuda").shared_bytes == 128 * 1024
-    assert VerifyGpuLimits().check(sch, SpaceContext("cuda", arch="sm_90")) is None
+    assert VerifyGpuLimits().check(sch, SpaceContext(Target.cuda("sm_90"))) is None
     for arch in ("sm_89", ""):
-        reason = VerifyGpuLimits().check(sch, SpaceContext("cuda", arch=arch))
+        reason = VerifyGpuLimits().check(sch, SpaceContext(Target.cuda(arch)))
         assert reason is not None and "shared memory" in reason

@@ -24,8 +24,9 @@ from tunefleet.tuner.space import SpaceContext, SpaceGenerator
 from tunefleet.tuner.strategy import StrategyError, create_strategy
 from tunefleet.tuner.tuning import measure_batch
 from tunefleet.workers import BuildInput, MeasureConfig, Problem
+from tunefleet.workers.targets import Target
 
-CTX = SpaceContext("cpu", cores=2)
+CTX = SpaceContext(Target.cpu(cores=2))
 DIMS = {"m": 16, "n": 64, "k": 256}
 
 

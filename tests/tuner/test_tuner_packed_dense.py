@@ -15,8 +15,9 @@ from tunefleet.tuner.replay import replay
 from tunefleet.tuner.rule_packed_dense import dense_shape
 from tunefleet.tuner.space import CPU_GLOBAL_RULES, SpaceContext, SpaceGenerator
 from tunefleet.workers import BuildInput, MeasureConfig, MeasureInput, Problem
+from tunefleet.workers.targets import Target
 
-CTX = SpaceContext("cpu", cores=2)
+CTX = SpaceContext(Target.cpu(cores=2))
 DIMS = {"m": 32, "n": 128, "k": 48}
 
 

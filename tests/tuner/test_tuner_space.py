@@ -16,8 +16,9 @@ from tunefleet.tuner.postproc import VerifyCodegen, default_postprocs
 from tunefleet.tuner.replay import replay, resample
 from tunefleet.tuner.space import SpaceContext, SpaceError, SpaceGenerator, create_rule
 from tunefleet.workers import BuildInput, MeasureConfig, MeasureInput, Problem
+from tunefleet.workers.targets import Target
 
-CTX = SpaceContext("cpu", cores=2)
+CTX = SpaceContext(Target.cpu(cores=2))
 CASES = [
     (
         "dense",

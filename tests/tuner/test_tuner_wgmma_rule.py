@@ -10,8 +10,9 @@ from tunefleet.tuner.postproc import default_postprocs
 from tunefleet.tuner.replay import replay
 from tunefleet.tuner.rule_gpu_tensor_core import WGMMA_VARIANTS
 from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
+from tunefleet.workers.targets import Target
 
-HOPPER = SpaceContext("cuda", arch="sm_90")
+HOPPER = SpaceContext(Target.cuda("sm_90"))
 
 
 def _sampler(op: str, dims: dict[str, int], ctx: SpaceContext, dtype: str = "float16"):
@@ -37,7 +38,7 @@ def test_wgmma_needs_sm90_a_dense_and_fitting_sizes() -> None:
         sampler = _sampler(op, dims, ctx, dtype)
         return {"wgmma" in s.trace.as_python() for s in sampler.sketches}
 
-    assert kinds("dense", {"m": 256, "n": 256, "k": 128}, SpaceContext("cuda", arch="sm_80")) == {
+    assert kinds("dense", {"m": 256, "n": 256, "k": 128}, SpaceContext(Target.cuda("sm_80"))) == {
         False
     }
     assert kinds("dense", {"m": 256, "n": 256, "k": 128}, HOPPER, "bfloat16") == {True}

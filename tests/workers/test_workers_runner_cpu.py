@@ -138,3 +138,28 @@ def test_relative_error_fails_nan_and_scales_by_the_largest_reference():
     assert relative_error(ref + np.array([0.0, 1e-3, 0.0]), ref) == pytest.approx(1e-6)
     assert relative_error(np.array([1000.0, np.nan, -3.0]), ref) == float("inf")
     assert count_mismatches(np.array([1000.0, np.nan, -2.0]), ref, 1e-5) == 2
+
+
+def test_results_name_the_target_the_worker_detected(runner, cpu_target, build_config):
+    art = _artifact(pk.c_vector_add("correct"), cpu_target, build_config)
+    ok = runner.run(RunInput(art, VADD, FAST))
+    assert ok.target_fingerprint == cpu_target.fingerprint
+    assert ok.device == cpu_target.device
+    hang = runner.run(RunInput(_artifact(pk.c_vector_add("hang"), cpu_target, build_config),
+                               VADD, MeasureConfig(timeout_s=1.0)))  # fmt: skip
+    assert hang.status is Status.TIMEOUT
+    assert hang.target_fingerprint == cpu_target.fingerprint  # from the worker's handshake
+
+
+def test_a_simulated_worker_reports_the_target_its_config_names(
+    cache_dir, cpu_target, build_config
+):
+    from tunefleet.workers.targets import Target
+
+    other = Target.cpu(cores=64, device="simulated 64-core CPU")
+    config = RunnerConfig(device="cpu", cache_dir=cache_dir, simulated_target=other)
+    art = _artifact(pk.c_vector_add("correct"), cpu_target, build_config)
+    with Runner(config) as sim:
+        result = sim.run(RunInput(art, VADD, FAST))
+    assert result.ok and result.target_fingerprint == other.fingerprint != cpu_target.fingerprint
+    assert result.device == "simulated 64-core CPU"
