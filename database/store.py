@@ -248,28 +248,28 @@ class RecordStore:
         """The target with this fingerprint, or None."""
         with self._engine.connect() as conn:
             row = conn.execute(select(TARGETS).where(TARGETS.c.fingerprint == fingerprint)).first()
-        return _target_info(row) if row is not None else None
+        return _from_row(TargetInfo, row) if row is not None else None
 
     @_translated
     def get_workload(self, key: str) -> WorkloadInfo | None:
         """The workload with this structural key, or None."""
         with self._engine.connect() as conn:
             row = conn.execute(select(WORKLOADS).where(WORKLOADS.c.key == key)).first()
-        return _workload_info(row) if row is not None else None
+        return _from_row(WorkloadInfo, row) if row is not None else None
 
     @_translated
     def targets(self) -> list[TargetInfo]:
         """Every registered target, by fingerprint."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(TARGETS).order_by(TARGETS.c.fingerprint)).all()
-        return [_target_info(row) for row in rows]
+        return [_from_row(TargetInfo, row) for row in rows]
 
     @_translated
     def workloads(self) -> list[WorkloadInfo]:
         """Every registered workload, by op then key."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(WORKLOADS).order_by(WORKLOADS.c.op, WORKLOADS.c.key)).all()
-        return [_workload_info(row) for row in rows]
+        return [_from_row(WorkloadInfo, row) for row in rows]
 
     def _lookup_ids(
         self, conn: Connection, table: Table, column: str, keys: Iterable[str]
@@ -521,8 +521,8 @@ class RecordStore:
                 workload_query = select(WORKLOADS).order_by(WORKLOADS.c.id)
                 if workload_key is not None:
                     workload_query = workload_query.where(WORKLOADS.c.key == workload_key)
-                targets = {row.id: _target_info(row) for row in conn.execute(target_query)}
-                workloads = {row.id: _workload_info(row) for row in conn.execute(workload_query)}
+                targets = {r.id: _from_row(TargetInfo, r) for r in conn.execute(target_query)}
+                workloads = {r.id: _from_row(WorkloadInfo, r) for r in conn.execute(workload_query)}
                 yield from targets.values()
                 yield from workloads.values()
                 query = select(
@@ -736,20 +736,7 @@ class RecordStore:
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            JobInfo(
-                id=row.id,
-                name=row.name,
-                model=row.model,
-                target_fingerprint=row.fingerprint,
-                budget=row.budget,
-                status=row.status,
-                config=row.config,
-                created_at=_utc(row.created_at),
-                updated_at=_utc(row.updated_at),
-            )
-            for row in rows
-        ]
+        return [_from_row(JobInfo, row, target_fingerprint=row.fingerprint) for row in rows]
 
     @_translated
     def list_tasks(self, job_id: int) -> list[TaskInfo]:
@@ -765,20 +752,7 @@ class RecordStore:
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            TaskInfo(
-                id=row.id,
-                job_id=row.job_id,
-                workload_key=row.key,
-                weight=row.weight,
-                budget=row.budget,
-                trials_done=row.trials_done,
-                best_ms=row.best_ms,
-                status=row.status,
-                updated_at=_utc(row.updated_at),
-            )
-            for row in rows
-        ]
+        return [_from_row(TaskInfo, row, workload_key=row.key) for row in rows]
 
 
 # -- row conversion ----------------------------------------------------------------------------
@@ -789,17 +763,12 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _target_info(row: Row[Any]) -> TargetInfo:
-    return TargetInfo(**_columns(row, TargetInfo))
-
-
-def _workload_info(row: Row[Any]) -> WorkloadInfo:
-    return WorkloadInfo(**_columns(row, WorkloadInfo))
-
-
-def _columns(row: Row[Any], cls: type) -> dict[str, Any]:
-    """The values of the columns named like the fields of `cls` (targets and workloads)."""
-    return {f.name: row._mapping[f.name] for f in fields(cls)}
+def _from_row(cls: type[T], row: Row[Any], **given: Any) -> T:
+    """A frozen record of `cls` from a row: each field not `given` from the column of its name,
+    times in UTC."""
+    values = {f.name: row._mapping[f.name] for f in fields(cls) if f.name not in given}
+    times = {name: _utc(value) for name, value in values.items() if isinstance(value, datetime)}
+    return cls(**{**values, **times}, **given)
 
 
 def _record_row(
@@ -824,9 +793,7 @@ def _record_row(
 
 
 def _tuning_record(row: Row[Any], workload_key: str, target_fingerprint: str) -> TuningRecord:
-    """A TuningRecord from a row selected with _RECORD_COLUMNS (its time read as UTC)."""
-    values = {f.name: row._mapping[f.name] for f in stored_fields(TuningRecord)}
-    values["created_at"] = _utc(values["created_at"])
-    return TuningRecord(
-        id=row.id, workload_key=workload_key, target_fingerprint=target_fingerprint, **values
+    """A TuningRecord from a row selected with _RECORD_COLUMNS."""
+    return _from_row(
+        TuningRecord, row, workload_key=workload_key, target_fingerprint=target_fingerprint
     )
