@@ -1,8 +1,9 @@
 """SQLAlchemy 2.0 tables of the record store; every constraint and index has a fixed name.
 
 Migrations in `migrations/versions` create these tables; a test checks that a database at
-head matches this metadata exactly. Rows are turned into frozen records by the store; the
-columns of a record's data come from the record's declaration in records.py.
+head matches this metadata exactly. Rows are turned into frozen records by the store. The data
+columns of targets, workloads and tuning_records come from the fields of the frozen records
+in records.py; this module adds their keys, constraints and indexes.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    Text,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from tunefleet.database.records import TuningRecord, stored_fields
+from tunefleet.database.records import TargetInfo, TuningRecord, WorkloadInfo, stored_fields
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -51,32 +51,34 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def data_columns(cls: type) -> list[Column[Any]]:
+    """One column per stored field of the frozen record class `cls`, named like the field."""
+    return [Column(f.name, f.sql_type, nullable=f.nullable) for f in stored_fields(cls)]
+
+
 class Target(Base):
-    """A device + compiler identified by its fingerprint."""
+    """A device + compiler identified by its fingerprint; its columns are TargetInfo's fields."""
 
-    __tablename__ = "targets"
-    __table_args__ = (UniqueConstraint("fingerprint"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    fingerprint: Mapped[str] = mapped_column(String(255))
-    device: Mapped[str] = mapped_column(String(255))
-    arch: Mapped[str] = mapped_column(String(64))
-    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    __table__ = Table(
+        "targets",
+        Base.metadata,
+        Column("id", Integer, primary_key=True),
+        *data_columns(TargetInfo),
+        UniqueConstraint("fingerprint"),
+    )
 
 
 class Workload(Base):
-    """A tensor program identified by its structural key, with its IR as JSON text."""
+    """A tensor program identified by its structural key, with its IR as JSON text; its columns
+    are WorkloadInfo's fields."""
 
-    __tablename__ = "workloads"
-    __table_args__ = (UniqueConstraint("key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(128))
-    op: Mapped[str] = mapped_column(String(128))
-    shape: Mapped[dict[str, Any]] = mapped_column(JSON)
-    dtype: Mapped[str] = mapped_column(String(32))
-    ir_json: Mapped[str] = mapped_column(Text)
+    __table__ = Table(
+        "workloads",
+        Base.metadata,
+        Column("id", Integer, primary_key=True),
+        *data_columns(WorkloadInfo),
+        UniqueConstraint("key"),
+    )
 
 
 class Record(Base):
@@ -90,7 +92,7 @@ class Record(Base):
         Column("id", RecordId, primary_key=True),
         Column("workload_id", ForeignKey("workloads.id"), nullable=False),
         Column("target_id", ForeignKey("targets.id"), nullable=False),
-        *(Column(f.name, f.sql_type, nullable=f.nullable) for f in stored_fields(TuningRecord)),
+        *data_columns(TuningRecord),
         UniqueConstraint("uid"),
         CheckConstraint(STATUS_CHECK, name="status"),
         CheckConstraint("status <> 'ok' OR median_ms IS NOT NULL", name="ok_has_median"),

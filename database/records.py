@@ -3,11 +3,12 @@
 A workload is identified by its structural key (a hex hash of its PrimFunc), a target by its
 fingerprint; both are plain strings here, so the store does not depend on the IR.
 
-The fields of a trial are declared once, on NewRecord, CommittedRecord and TuningRecord: each
-field's name is its column in `tuning_records` and its key in the exchange format, its
+The fields of what the store keeps are declared once, here: TargetInfo, WorkloadInfo and a
+trial's NewRecord, CommittedRecord and TuningRecord. A field's name is its column (in
+`targets`, `workloads` or `tuning_records`) and its key in the exchange format, its
 annotation gives its JSON type and nullability, and its metadata its SQL type (`column`) and
-whether it means anything in another database (`local`). The ORM table, the store's row
-mappers, the JSON-lines format and `to_dict` are all derived from these declarations.
+whether it means anything in another database (`local`). The ORM tables' data columns, the
+store's row mappers, the JSON-lines format and `to_dict` are all derived from them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ LOCAL = "tunefleet.local"  # field metadata: meaningless in another database, ne
 
 
 def column(sql_type: TypeEngine[Any], *, local: bool = False) -> dict[str, Any]:
-    """Field metadata: the field is kept in the tuning_records column of its name, of `sql_type`.
+    """Field metadata: the field is kept in the table's column of its name, of `sql_type`.
 
     `local` marks a value that is only valid in its own database (a job id): exports and
     merges leave it out.
@@ -42,7 +43,7 @@ def column(sql_type: TypeEngine[Any], *, local: bool = False) -> dict[str, Any]:
 
 
 class StoredField(NamedTuple):
-    """A record field as a tuning_records column: its name, SQL type and nullability."""
+    """A record field as a table column: its name, SQL type and nullability."""
 
     name: str
     sql_type: TypeEngine[Any]
@@ -57,7 +58,7 @@ def field_types(cls: type) -> dict[str, Any]:
 
 @functools.cache
 def stored_fields(cls: type) -> tuple[StoredField, ...]:
-    """The fields of `cls` kept in a tuning_records column of the same name, in field order.
+    """The fields of `cls` kept in a table column of the same name, in field order.
 
     A field may be null in the database exactly when its annotation admits None.
     """
@@ -103,12 +104,12 @@ def _admits_none(hint: Any) -> bool:
 class TargetInfo:
     """A fingerprinted device + compiler; every record belongs to exactly one target."""
 
-    kind: str  # "cuda" or "c"
-    fingerprint: str
-    device: str
-    arch: str
+    kind: str = field(metadata=column(String(32)))  # "cuda" or "c"
+    fingerprint: str = field(metadata=column(String(255)))
+    device: str = field(metadata=column(String(255)))
+    arch: str = field(metadata=column(String(64)))
     # compiler versions, memory, ...; left out of the hash so targets can key dicts
-    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False, metadata=column(JSON()))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the export format's `target` line without its type tag)."""
@@ -119,11 +120,11 @@ class TargetInfo:
 class WorkloadInfo:
     """A tensor program identified by its structural key, with its IR kept as JSON text."""
 
-    key: str
-    op: str
-    shape: Mapping[str, Any] = field(hash=False)
-    dtype: str
-    ir_json: str
+    key: str = field(metadata=column(String(128)))
+    op: str = field(metadata=column(String(128)))
+    shape: Mapping[str, Any] = field(hash=False, metadata=column(JSON()))
+    dtype: str = field(metadata=column(String(32)))
+    ir_json: str = field(metadata=column(Text()))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the export format's `workload` line without its type tag)."""
