@@ -82,11 +82,19 @@ def json_dict(record: Any, names: Sequence[str] | None = None) -> dict[str, Any]
     Sequences become lists, mappings dicts and times ISO 8601 text.
     """
     if names is None:
-        names = [f.name for f in fields(record)]
+        names = field_names(type(record))
     return {name: _json_value(getattr(record, name)) for name in names}
 
 
+@functools.cache
+def field_names(cls: type) -> tuple[str, ...]:
+    """The names of the fields of a record class, in field order."""
+    return tuple(f.name for f in fields(cls))
+
+
 def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float):
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Mapping):

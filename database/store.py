@@ -11,7 +11,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -60,6 +60,7 @@ from tunefleet.database.records import (
     TuningRecord,
     WorkloadInfo,
     exchanged_fields,
+    field_names,
     json_dict,
     stored_fields,
 )
@@ -766,9 +767,12 @@ def _utc(value: datetime) -> datetime:
 def _from_row(cls: type[T], row: Row[Any], **given: Any) -> T:
     """A frozen record of `cls` from a row: each field not `given` from the column of its name,
     times in UTC."""
-    values = {f.name: row._mapping[f.name] for f in fields(cls) if f.name not in given}
-    times = {name: _utc(value) for name, value in values.items() if isinstance(value, datetime)}
-    return cls(**{**values, **times}, **given)
+    mapping = row._mapping
+    values = {name: mapping[name] for name in field_names(cls) if name not in given}
+    for name, value in values.items():
+        if isinstance(value, datetime):
+            values[name] = _utc(value)
+    return cls(**values, **given)
 
 
 def _record_row(
