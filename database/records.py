@@ -29,7 +29,7 @@ from tunefleet.database.errors import InvalidRecordError
 STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
-SQL_TYPE = "tunefleet.sql_type"  # field metadata: the type of its tuning_records column
+SQL_TYPE = "tunefleet.sql_type"  # field metadata: the type of its table column
 LOCAL = "tunefleet.local"  # field metadata: meaningless in another database, never exported
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from records_factory import A100, CPU, H100, random_batch, workload
-from tunefleet.database import DatabaseError, ImportFileError, RecordStore, TuningRecord
+from tunefleet.database import DatabaseError, ImportFileError, RecordStore, TuningRecord, jsonl
+from tunefleet.database.records import exchanged_fields, field_types
 
 
 def fill(store: RecordStore, seed: int, targets=(H100, A100), n_workloads: int = 3) -> None:
@@ -202,3 +203,11 @@ def test_an_older_export_imports_and_exports_to_the_same_lines(db_url: str, tmp_
         store.export_jsonl(tmp_path / "again.jsonl")
     again = (tmp_path / "again.jsonl").read_text().splitlines()
     assert again[1:] == EXPORT_V1.read_text().splitlines()[1:]  # all but the header's time
+
+
+@pytest.mark.parametrize("line_type", sorted(jsonl.LINE_TYPES))
+def test_every_exchanged_field_has_a_json_reader(line_type: str) -> None:
+    """A field added to a record must have a type the importer knows how to check."""
+    cls = jsonl.LINE_TYPES[line_type]
+    types = field_types(cls)
+    assert all(types[name] in jsonl.READERS for name in exchanged_fields(cls))
