@@ -82,12 +82,21 @@ def lower(inp: BuildInput) -> KernelSource:
 
 
 def plain_kernel(src: KernelSource) -> KernelSource:
-    """`src` with every buffer dim an int or its expression's C-like text, and no shared
-    memory (0) for C, so the artifact made from it holds plain values: it pickles without IR
-    expressions, and runners evaluate the text with workers.launch."""
-    args = tuple(replace(a, shape=tuple(_plain_dim(d) for d in a.shape)) for a in src.args)
-    shared = 0 if src.shared_bytes is None else _plain_dim(src.shared_bytes)
-    return replace(src, args=args, shared_bytes=shared)
+    """`src` with every dim (buffer shapes, grid, block, shared bytes) an int or its
+    expression's C-like text, and no shared memory (0) for C, so the artifact made from it
+    holds plain values: it pickles without IR expressions, and runners evaluate the text with
+    workers.launch."""
+
+    def plain(dims: tuple[Any, ...] | None) -> tuple[int | str, ...] | None:
+        return None if dims is None else tuple(_plain_dim(d) for d in dims)
+
+    return replace(
+        src,
+        args=tuple(replace(a, shape=plain(a.shape)) for a in src.args),
+        grid=plain(src.grid),
+        block=plain(src.block),
+        shared_bytes=0 if src.shared_bytes is None else _plain_dim(src.shared_bytes),
+    )
 
 
 def _plain_dim(value: Any) -> int | str:
