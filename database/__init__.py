@@ -19,6 +19,7 @@ from tunefleet.database.errors import (
 from tunefleet.database.records import (
     JOB_STATUSES,
     STATUSES,
+    CommittedRecord,
     JobInfo,
     NewRecord,
     NewTask,
@@ -36,6 +37,7 @@ __all__ = [
     "JOB_STATUSES",
     "STATUSES",
     "AuthenticationError",
+    "CommittedRecord",
     "DatabaseError",
     "DatabaseUnreachableError",
     "EngineOptions",

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 from tunefleet.database.errors import DatabaseError
 from tunefleet.database.records import TuningRecord
-from tunefleet.database.store import RecordStore
+from tunefleet.database.store import ImportResult, RecordStore
 from tunefleet.database.urls import ENV_VAR, mask_url, resolve_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -264,11 +264,7 @@ def export_(path: str, target: str | None, workload: str | None, db_url: str | N
 def import_(path: str, db_url: str | None) -> None:
     """Add the records of an export file (all or nothing; known records are skipped)."""
     with open_store(db_url, create=True) as store:
-        result = store.import_jsonl(path)
-    click.echo(
-        f"imported {result.records_added} records ({result.records_skipped} already present), "
-        f"{result.workloads_added} new workloads, {result.targets_added} new targets"
-    )
+        _echo_added("imported", store.import_jsonl(path))
 
 
 @db.command()
@@ -278,9 +274,13 @@ def import_(path: str, db_url: str | None) -> None:
 def merge(other_url: str, db_url: str | None) -> None:
     """Add every record of the database at OTHER_URL (all or nothing)."""
     with open_store(db_url, create=True) as store:
-        result = store.merge_from(other_url)
+        _echo_added("merged", store.merge_from(other_url))
+
+
+def _echo_added(verb: str, result: ImportResult) -> None:
+    """One line saying what an import or merge added and skipped."""
     click.echo(
-        f"merged {result.records_added} records ({result.records_skipped} already present), "
+        f"{verb} {result.records_added} records ({result.records_skipped} already present), "
         f"{result.workloads_added} new workloads, {result.targets_added} new targets"
     )
 

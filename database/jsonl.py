@@ -13,34 +13,24 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from tunefleet.database.errors import DatabaseError, ImportFileError, InvalidRecordError
-from tunefleet.database.records import TargetInfo, WorkloadInfo, validate_measurement
+from tunefleet.database.records import (
+    CommittedRecord,
+    TargetInfo,
+    WorkloadInfo,
+    exchanged_fields,
+    field_types,
+    json_dict,
+)
 
 FORMAT_NAME = "tunefleet-records"
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class RecordLine:
-    """A record as exchanged: the measurement plus its uid and original commit time."""
-
-    uid: str
-    workload_key: str
-    target_fingerprint: str
-    trace_json: str
-    trace_hash: str
-    status: str
-    timings_ms: tuple[float, ...]
-    median_ms: float | None
-    error_msg: str
-    space_version: str
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -52,7 +42,15 @@ class EndLine:
     records: int
 
 
-Item = TargetInfo | WorkloadInfo | RecordLine | EndLine
+Item = TargetInfo | WorkloadInfo | CommittedRecord | EndLine
+
+# The type tag of each kind of line; a line holds the exchanged fields of its class.
+LINE_TYPES: dict[str, type[Item]] = {
+    "target": TargetInfo,
+    "workload": WorkloadInfo,
+    "record": CommittedRecord,
+    "end": EndLine,
+}
 
 
 def header_line() -> dict[str, Any]:
@@ -65,32 +63,11 @@ def header_line() -> dict[str, Any]:
 
 
 def item_to_line(item: Item) -> dict[str, Any]:
-    """The JSON object written for one item."""
-    if isinstance(item, TargetInfo):
-        return {"type": "target", **item.to_dict()}
-    if isinstance(item, WorkloadInfo):
-        return {"type": "workload", **item.to_dict()}
-    if isinstance(item, RecordLine):
-        return {
-            "type": "record",
-            "uid": item.uid,
-            "workload_key": item.workload_key,
-            "target_fingerprint": item.target_fingerprint,
-            "trace_json": item.trace_json,
-            "trace_hash": item.trace_hash,
-            "status": item.status,
-            "timings_ms": list(item.timings_ms),
-            "median_ms": item.median_ms,
-            "error_msg": item.error_msg,
-            "space_version": item.space_version,
-            "created_at": item.created_at.isoformat(),
-        }
-    return {
-        "type": "end",
-        "targets": item.targets,
-        "workloads": item.workloads,
-        "records": item.records,
-    }
+    """The JSON object written for one item: its type tag and its exchanged fields."""
+    for line_type, cls in LINE_TYPES.items():
+        if isinstance(item, cls):
+            return {"type": line_type, **json_dict(item, exchanged_fields(cls))}
+    raise TypeError(f"{type(item).__name__} is not an item of the exchange format")
 
 
 def write_file(path: str | Path, items: Iterable[Item]) -> EndLine:
@@ -194,48 +171,18 @@ def _check_header(name: str, obj: dict[str, Any]) -> None:
 
 
 def parse_item(name: str, number: int, obj: dict[str, Any]) -> Item:
-    """Turn one parsed JSON object into a typed item, checking every field's type."""
+    """Turn one parsed JSON object into a typed item, checking every field's type.
+
+    Records are validated as NewRecords are (status, median, finite timings).
+    """
     kind = obj.get("type")
-    field = _FieldReader(name, number, obj)
+    cls = LINE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ImportFileError(name, number, f"unknown line type {kind!r}")
     try:
-        if kind == "target":
-            return TargetInfo(
-                kind=field.str("kind"),
-                fingerprint=field.str("fingerprint"),
-                device=field.str("device"),
-                arch=field.str("arch"),
-                details=field.dict("details"),
-            )
-        if kind == "workload":
-            return WorkloadInfo(
-                key=field.str("key"),
-                op=field.str("op"),
-                shape=field.dict("shape"),
-                dtype=field.str("dtype"),
-                ir_json=field.str("ir_json"),
-            )
-        if kind == "record":
-            status = field.str("status")
-            median = field.optional_float("median_ms")
-            validate_measurement(status, median)
-            return RecordLine(
-                uid=field.str("uid"),
-                workload_key=field.str("workload_key"),
-                target_fingerprint=field.str("target_fingerprint"),
-                trace_json=field.str("trace_json"),
-                trace_hash=field.str("trace_hash"),
-                status=status,
-                timings_ms=field.floats("timings_ms"),
-                median_ms=median,
-                error_msg=field.str("error_msg"),
-                space_version=field.str("space_version"),
-                created_at=field.time("created_at"),
-            )
-        if kind == "end":
-            return EndLine(field.int("targets"), field.int("workloads"), field.int("records"))
+        return cls(**_FieldReader(name, number, obj).fields(cls))
     except InvalidRecordError as err:
         raise ImportFileError(name, number, str(err)) from None
-    raise ImportFileError(name, number, f"unknown line type {kind!r}")
 
 
 class _FieldReader:
@@ -251,6 +198,11 @@ class _FieldReader:
         if not isinstance(value, types) or isinstance(value, bool):
             raise ImportFileError(self.name, self.number, f"field {key!r} must be {what}")
         return value
+
+    def fields(self, cls: type) -> dict[str, Any]:
+        """The exchanged fields of record class `cls`, each read by its annotated type."""
+        types = field_types(cls)
+        return {key: READERS[types[key]](self, key) for key in exchanged_fields(cls)}
 
     def str(self, key: str) -> str:
         return self._get(key, str, "a string")
@@ -284,3 +236,13 @@ class _FieldReader:
                 self.name, self.number, f"field {key!r} is not an ISO 8601 time"
             ) from None
         return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+READERS: dict[Any, Callable[[_FieldReader, str], Any]] = {
+    str: _FieldReader.str,
+    int: _FieldReader.int,
+    Mapping[str, Any]: _FieldReader.dict,
+    float | None: _FieldReader.optional_float,
+    Sequence[float]: _FieldReader.floats,
+    datetime: _FieldReader.time,
+}

@@ -1,7 +1,9 @@
 """SQLAlchemy 2.0 tables of the record store; every constraint and index has a fixed name.
 
 Migrations in `migrations/versions` create these tables; a test checks that a database at
-head matches this metadata exactly. Rows are turned into frozen records by the store.
+head matches this metadata exactly. Rows are turned into frozen records by the store. The data
+columns of targets, workloads and tuning_records come from the fields of the frozen records
+in records.py; this module adds their keys, constraints and indexes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -20,11 +23,12 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
-    Text,
+    Table,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from tunefleet.database.records import TargetInfo, TuningRecord, WorkloadInfo, stored_fields
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -47,40 +51,48 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def data_columns(cls: type) -> list[Column[Any]]:
+    """One column per stored field of the frozen record class `cls`, named like the field."""
+    return [Column(f.name, f.sql_type, nullable=f.nullable) for f in stored_fields(cls)]
+
+
 class Target(Base):
-    """A device + compiler identified by its fingerprint."""
+    """A device + compiler identified by its fingerprint; its columns are TargetInfo's fields."""
 
-    __tablename__ = "targets"
-    __table_args__ = (UniqueConstraint("fingerprint"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    fingerprint: Mapped[str] = mapped_column(String(255))
-    device: Mapped[str] = mapped_column(String(255))
-    arch: Mapped[str] = mapped_column(String(64))
-    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    __table__ = Table(
+        "targets",
+        Base.metadata,
+        Column("id", Integer, primary_key=True),
+        *data_columns(TargetInfo),
+        UniqueConstraint("fingerprint"),
+    )
 
 
 class Workload(Base):
-    """A tensor program identified by its structural key, with its IR as JSON text."""
+    """A tensor program identified by its structural key, with its IR as JSON text; its columns
+    are WorkloadInfo's fields."""
 
-    __tablename__ = "workloads"
-    __table_args__ = (UniqueConstraint("key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(128))
-    op: Mapped[str] = mapped_column(String(128))
-    shape: Mapped[dict[str, Any]] = mapped_column(JSON)
-    dtype: Mapped[str] = mapped_column(String(32))
-    ir_json: Mapped[str] = mapped_column(Text)
+    __table__ = Table(
+        "workloads",
+        Base.metadata,
+        Column("id", Integer, primary_key=True),
+        *data_columns(WorkloadInfo),
+        UniqueConstraint("key"),
+    )
 
 
 class Record(Base):
-    """One trial. `job_id` is informational and has no foreign key: records outlive jobs and
-    travel between databases, where job ids mean nothing."""
+    """One trial. Its data columns are the stored fields of records.TuningRecord (one column a
+    field, of the same name). `job_id` is informational and has no foreign key: records
+    outlive jobs and travel between databases, where job ids mean nothing."""
 
-    __tablename__ = "tuning_records"
-    __table_args__ = (
+    __table__ = Table(
+        "tuning_records",
+        Base.metadata,
+        Column("id", RecordId, primary_key=True),
+        Column("workload_id", ForeignKey("workloads.id"), nullable=False),
+        Column("target_id", ForeignKey("targets.id"), nullable=False),
+        *data_columns(TuningRecord),
         UniqueConstraint("uid"),
         CheckConstraint(STATUS_CHECK, name="status"),
         CheckConstraint("status <> 'ok' OR median_ms IS NOT NULL", name="ok_has_median"),
@@ -98,20 +110,6 @@ class Record(Base):
         Index("ix_tuning_records_pair_trace", "workload_id", "target_id", "trace_hash"),
         Index("ix_tuning_records_job_id", "job_id"),
     )
-
-    id: Mapped[int] = mapped_column(RecordId, primary_key=True)
-    uid: Mapped[str] = mapped_column(String(32))
-    workload_id: Mapped[int] = mapped_column(ForeignKey("workloads.id"))
-    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
-    trace_json: Mapped[str] = mapped_column(Text)
-    trace_hash: Mapped[str] = mapped_column(String(128))
-    status: Mapped[str] = mapped_column(String(16))
-    timings_ms: Mapped[list[float]] = mapped_column(JSON)
-    median_ms: Mapped[float | None] = mapped_column(Float)
-    error_msg: Mapped[str] = mapped_column(Text)
-    job_id: Mapped[int | None] = mapped_column(Integer)
-    space_version: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):

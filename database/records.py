@@ -2,79 +2,161 @@
 
 A workload is identified by its structural key (a hex hash of its PrimFunc), a target by its
 fingerprint; both are plain strings here, so the store does not depend on the IR.
+
+The fields of what the store keeps are declared once, here: TargetInfo, WorkloadInfo and a
+trial's NewRecord, CommittedRecord and TuningRecord. A field's name is its column (in
+`targets`, `workloads` or `tuning_records`) and its key in the exchange format, its
+annotation gives its JSON type and nullability, and its metadata its SQL type (`column`) and
+whether it means anything in another database (`local`). The ORM tables' data columns, the
+store's row mappers, the JSON-lines format and `to_dict` are all derived from them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import types
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
+from sqlalchemy.types import TypeEngine
 from tunefleet.database.errors import InvalidRecordError
 
 STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
+
+SQL_TYPE = "tunefleet.sql_type"  # field metadata: the type of its table column
+LOCAL = "tunefleet.local"  # field metadata: meaningless in another database, never exported
+
+
+def column(sql_type: TypeEngine[Any], *, local: bool = False) -> dict[str, Any]:
+    """Field metadata: the field is kept in the table's column of its name, of `sql_type`.
+
+    `local` marks a value that is only valid in its own database (a job id): exports and
+    merges leave it out.
+    """
+    return {SQL_TYPE: sql_type, LOCAL: local}
+
+
+class StoredField(NamedTuple):
+    """A record field as a table column: its name, SQL type and nullability."""
+
+    name: str
+    sql_type: TypeEngine[Any]
+    nullable: bool
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a record class's fields (they are strings in the source)."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def stored_fields(cls: type) -> tuple[StoredField, ...]:
+    """The fields of `cls` kept in a table column of the same name, in field order.
+
+    A field may be null in the database exactly when its annotation admits None.
+    """
+    hints = field_types(cls)
+    return tuple(
+        StoredField(f.name, f.metadata[SQL_TYPE], _admits_none(hints[f.name]))
+        for f in fields(cls)
+        if SQL_TYPE in f.metadata
+    )
+
+
+@functools.cache
+def exchanged_fields(cls: type) -> tuple[str, ...]:
+    """The names of the fields of `cls` that travel between databases, in field order."""
+    return tuple(f.name for f in fields(cls) if not f.metadata.get(LOCAL, False))
+
+
+def json_dict(record: Any, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """A JSON-ready dict of a frozen record's fields (all of them, or `names`), in field order.
+
+    Sequences become lists, mappings dicts and times ISO 8601 text.
+    """
+    if names is None:
+        names = field_names(type(record))
+    return {name: _json_value(getattr(record, name)) for name in names}
+
+
+@functools.cache
+def field_names(cls: type) -> tuple[str, ...]:
+    """The names of the fields of a record class, in field order."""
+    return tuple(f.name for f in fields(cls))
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple | list):
+        return list(value)
+    return value
+
+
+def _admits_none(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 @dataclass(frozen=True)
 class TargetInfo:
     """A fingerprinted device + compiler; every record belongs to exactly one target."""
 
-    kind: str  # "cuda" or "c"
-    fingerprint: str
-    device: str
-    arch: str
+    kind: str = field(metadata=column(String(32)))  # "cuda" or "c"
+    fingerprint: str = field(metadata=column(String(255)))
+    device: str = field(metadata=column(String(255)))
+    arch: str = field(metadata=column(String(64)))
     # compiler versions, memory, ...; left out of the hash so targets can key dicts
-    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False, metadata=column(JSON()))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the export format's `target` line without its type tag)."""
-        return {
-            "kind": self.kind,
-            "fingerprint": self.fingerprint,
-            "device": self.device,
-            "arch": self.arch,
-            "details": dict(self.details),
-        }
+        return json_dict(self)
 
 
 @dataclass(frozen=True)
 class WorkloadInfo:
     """A tensor program identified by its structural key, with its IR kept as JSON text."""
 
-    key: str
-    op: str
-    shape: Mapping[str, Any] = field(hash=False)
-    dtype: str
-    ir_json: str
+    key: str = field(metadata=column(String(128)))
+    op: str = field(metadata=column(String(128)))
+    shape: Mapping[str, Any] = field(hash=False, metadata=column(JSON()))
+    dtype: str = field(metadata=column(String(32)))
+    ir_json: str = field(metadata=column(Text()))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the export format's `workload` line without its type tag)."""
-        return {
-            "key": self.key,
-            "op": self.op,
-            "shape": dict(self.shape),
-            "dtype": self.dtype,
-            "ir_json": self.ir_json,
-        }
+        return json_dict(self)
 
 
 @dataclass(frozen=True)
 class NewRecord:
-    """One trial to commit: a trace measured on a target, failures included."""
+    """One trial to commit: a trace measured on a target, failures included.
+
+    The workload and target are stored as ids of their rows, so these two fields have no
+    column of their own.
+    """
 
     workload_key: str
     target_fingerprint: str
-    trace_json: str
-    trace_hash: str
-    status: str
-    timings_ms: Sequence[float] = ()
-    median_ms: float | None = None
-    error_msg: str = ""
-    job_id: int | None = None
-    space_version: str = ""
+    trace_json: str = field(metadata=column(Text()))
+    trace_hash: str = field(metadata=column(String(128)))
+    status: str = field(metadata=column(String(16)))
+    timings_ms: Sequence[float] = field(default=(), metadata=column(JSON()))
+    median_ms: float | None = field(default=None, metadata=column(Float()))
+    error_msg: str = field(default="", metadata=column(Text()))
+    job_id: int | None = field(default=None, metadata=column(Integer(), local=True))
+    space_version: str = field(default="", metadata=column(String(64)))
 
     def __post_init__(self) -> None:
         timings = tuple(float(t) for t in self.timings_ms)
@@ -85,40 +167,38 @@ class NewRecord:
 
 
 @dataclass(frozen=True)
-class TuningRecord:
-    """A stored trial: a NewRecord plus its id, its global uid and the time it was committed."""
+class RecordUid:
+    """The global id a committed record keeps in every database it is copied to."""
 
-    id: int
-    uid: str
-    workload_key: str
-    target_fingerprint: str
-    trace_json: str
-    trace_hash: str
-    status: str
-    timings_ms: tuple[float, ...]
-    median_ms: float | None
-    error_msg: str
-    job_id: int | None
-    space_version: str
-    created_at: datetime
+    uid: str = field(metadata=column(String(32)))
+
+
+@dataclass(frozen=True)
+class RecordRowId:
+    """The id of a record's row in one database."""
+
+    id: int = field(metadata={LOCAL: True})
+
+
+@dataclass(frozen=True)
+class CommittedRecord(NewRecord, RecordUid):
+    """A committed trial as any database knows it: its uid, the measurement and the time it
+    was first committed. One line of the exchange format carries its exchanged fields (all
+    but the job id); imports and merges skip uids already present."""
+
+    created_at: datetime = field(kw_only=True, metadata=column(DateTime(timezone=True)))
+
+
+@dataclass(frozen=True)
+class TuningRecord(CommittedRecord, RecordRowId):
+    """A stored trial: a NewRecord plus its id, its global uid and the time it was committed.
+
+    Fields in order: id, uid, the NewRecord's, created_at (UTC).
+    """
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with the time in ISO 8601 (UTC)."""
-        return {
-            "id": self.id,
-            "uid": self.uid,
-            "workload_key": self.workload_key,
-            "target_fingerprint": self.target_fingerprint,
-            "trace_json": self.trace_json,
-            "trace_hash": self.trace_hash,
-            "status": self.status,
-            "timings_ms": list(self.timings_ms),
-            "median_ms": self.median_ms,
-            "error_msg": self.error_msg,
-            "job_id": self.job_id,
-            "space_version": self.space_version,
-            "created_at": self.created_at.isoformat(),
-        }
+        return json_dict(self)
 
 
 @dataclass(frozen=True)
@@ -191,18 +271,7 @@ class StoreStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {
-            "url": self.url,
-            "backend": self.backend,
-            "revision": self.revision,
-            "targets": self.targets,
-            "workloads": self.workloads,
-            "records": self.records,
-            "by_status": dict(self.by_status),
-            "jobs": self.jobs,
-            "tasks": self.tasks,
-            "records_per_target": dict(self.records_per_target),
-        }
+        return json_dict(self)
 
 
 def validate_measurement(status: str, median_ms: float | None) -> None:

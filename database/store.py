@@ -49,6 +49,7 @@ from tunefleet.database.errors import (
 from tunefleet.database.models import Job, Record, Target, Task, Workload
 from tunefleet.database.records import (
     JOB_STATUSES,
+    CommittedRecord,
     JobInfo,
     NewRecord,
     NewTask,
@@ -58,6 +59,10 @@ from tunefleet.database.records import (
     TaskInfo,
     TuningRecord,
     WorkloadInfo,
+    exchanged_fields,
+    field_names,
+    json_dict,
+    stored_fields,
 )
 from tunefleet.database.urls import mask_url, normalize_url
 
@@ -73,19 +78,8 @@ TASKS: Table = Task.__table__  # type: ignore[assignment]
 IMPORT_CHUNK = 2000
 LOCK_RETRIES = 20
 
-_RECORD_COLUMNS = (
-    RECORDS.c.id,
-    RECORDS.c.uid,
-    RECORDS.c.trace_json,
-    RECORDS.c.trace_hash,
-    RECORDS.c.status,
-    RECORDS.c.timings_ms,
-    RECORDS.c.median_ms,
-    RECORDS.c.error_msg,
-    RECORDS.c.job_id,
-    RECORDS.c.space_version,
-    RECORDS.c.created_at,
-)
+# What best() and history() read: the row id and every column of a TuningRecord's fields.
+_RECORD_COLUMNS = (RECORDS.c.id, *(RECORDS.c[f.name] for f in stored_fields(TuningRecord)))
 
 
 @dataclass(frozen=True)
@@ -233,13 +227,7 @@ class RecordStore:
         return workload_id
 
     def _upsert_target(self, conn: Connection, target: TargetInfo) -> tuple[int, bool]:
-        stmt = self._insert(TARGETS).values(
-            kind=target.kind,
-            fingerprint=target.fingerprint,
-            device=target.device,
-            arch=target.arch,
-            details=dict(target.details),
-        )
+        stmt = self._insert(TARGETS).values(json_dict(target))
         stmt = stmt.on_conflict_do_nothing(index_elements=["fingerprint"])
         new_id = conn.execute(stmt.returning(TARGETS.c.id)).scalar()
         if new_id is not None:
@@ -248,13 +236,7 @@ class RecordStore:
         return conn.execute(query).scalar_one(), False
 
     def _upsert_workload(self, conn: Connection, workload: WorkloadInfo) -> tuple[int, bool]:
-        stmt = self._insert(WORKLOADS).values(
-            key=workload.key,
-            op=workload.op,
-            shape=dict(workload.shape),
-            dtype=workload.dtype,
-            ir_json=workload.ir_json,
-        )
+        stmt = self._insert(WORKLOADS).values(json_dict(workload))
         stmt = stmt.on_conflict_do_nothing(index_elements=["key"])
         new_id = conn.execute(stmt.returning(WORKLOADS.c.id)).scalar()
         if new_id is not None:
@@ -267,28 +249,28 @@ class RecordStore:
         """The target with this fingerprint, or None."""
         with self._engine.connect() as conn:
             row = conn.execute(select(TARGETS).where(TARGETS.c.fingerprint == fingerprint)).first()
-        return _target_info(row) if row is not None else None
+        return _from_row(TargetInfo, row) if row is not None else None
 
     @_translated
     def get_workload(self, key: str) -> WorkloadInfo | None:
         """The workload with this structural key, or None."""
         with self._engine.connect() as conn:
             row = conn.execute(select(WORKLOADS).where(WORKLOADS.c.key == key)).first()
-        return _workload_info(row) if row is not None else None
+        return _from_row(WorkloadInfo, row) if row is not None else None
 
     @_translated
     def targets(self) -> list[TargetInfo]:
         """Every registered target, by fingerprint."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(TARGETS).order_by(TARGETS.c.fingerprint)).all()
-        return [_target_info(row) for row in rows]
+        return [_from_row(TargetInfo, row) for row in rows]
 
     @_translated
     def workloads(self) -> list[WorkloadInfo]:
         """Every registered workload, by op then key."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(WORKLOADS).order_by(WORKLOADS.c.op, WORKLOADS.c.key)).all()
-        return [_workload_info(row) for row in rows]
+        return [_from_row(WorkloadInfo, row) for row in rows]
 
     def _lookup_ids(
         self, conn: Connection, table: Table, column: str, keys: Iterable[str]
@@ -346,8 +328,8 @@ class RecordStore:
                         record,
                         workloads[record.workload_key],
                         targets[record.target_fingerprint],
-                        uuid.uuid4().hex,
-                        now,
+                        uid=uuid.uuid4().hex,
+                        created_at=now,
                     )
                 )
             stmt = insert(RECORDS).returning(RECORDS.c.id, sort_by_parameter_order=True)
@@ -540,8 +522,8 @@ class RecordStore:
                 workload_query = select(WORKLOADS).order_by(WORKLOADS.c.id)
                 if workload_key is not None:
                     workload_query = workload_query.where(WORKLOADS.c.key == workload_key)
-                targets = {row.id: _target_info(row) for row in conn.execute(target_query)}
-                workloads = {row.id: _workload_info(row) for row in conn.execute(workload_query)}
+                targets = {r.id: _from_row(TargetInfo, r) for r in conn.execute(target_query)}
+                workloads = {r.id: _from_row(WorkloadInfo, r) for r in conn.execute(workload_query)}
                 yield from targets.values()
                 yield from workloads.values()
                 query = select(
@@ -553,7 +535,7 @@ class RecordStore:
                     query = query.where(RECORDS.c.workload_id.in_(list(workloads)))
                 stream = conn.execution_options(stream_results=True, yield_per=5000)
                 for row in stream.execute(query):
-                    yield _record_line(
+                    yield _tuning_record(
                         row, workloads[row.workload_id].key, targets[row.target_id].fingerprint
                     )
         except SQLAlchemyError as err:
@@ -606,26 +588,18 @@ class RecordStore:
             elif isinstance(item, WorkloadInfo):
                 workload_ids[item.key], new = self._upsert_workload(conn, item)
                 added["workloads"] += new
-            elif isinstance(item, jsonl.RecordLine):
+            elif isinstance(item, CommittedRecord):
                 if item.workload_key not in workload_ids:
                     raise DatabaseError(f"record {item.uid} names an undeclared workload")
                 if item.target_fingerprint not in target_ids:
                     raise DatabaseError(f"record {item.uid} names an undeclared target")
                 pending.append(
-                    {
-                        "uid": item.uid,
-                        "workload_id": workload_ids[item.workload_key],
-                        "target_id": target_ids[item.target_fingerprint],
-                        "trace_json": item.trace_json,
-                        "trace_hash": item.trace_hash,
-                        "status": item.status,
-                        "timings_ms": list(item.timings_ms),
-                        "median_ms": item.median_ms,
-                        "error_msg": item.error_msg,
-                        "job_id": None,
-                        "space_version": item.space_version,
-                        "created_at": item.created_at,
-                    }
+                    _record_row(
+                        item,
+                        workload_ids[item.workload_key],
+                        target_ids[item.target_fingerprint],
+                        exchanged_only=True,
+                    )
                 )
                 added["seen"] += 1
                 if len(pending) >= IMPORT_CHUNK:
@@ -763,20 +737,7 @@ class RecordStore:
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            JobInfo(
-                id=row.id,
-                name=row.name,
-                model=row.model,
-                target_fingerprint=row.fingerprint,
-                budget=row.budget,
-                status=row.status,
-                config=row.config,
-                created_at=_utc(row.created_at),
-                updated_at=_utc(row.updated_at),
-            )
-            for row in rows
-        ]
+        return [_from_row(JobInfo, row, target_fingerprint=row.fingerprint) for row in rows]
 
     @_translated
     def list_tasks(self, job_id: int) -> list[TaskInfo]:
@@ -792,20 +753,7 @@ class RecordStore:
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            TaskInfo(
-                id=row.id,
-                job_id=row.job_id,
-                workload_key=row.key,
-                weight=row.weight,
-                budget=row.budget,
-                trials_done=row.trials_done,
-                best_ms=row.best_ms,
-                status=row.status,
-                updated_at=_utc(row.updated_at),
-            )
-            for row in rows
-        ]
+        return [_from_row(TaskInfo, row, workload_key=row.key) for row in rows]
 
 
 # -- row conversion ----------------------------------------------------------------------------
@@ -816,70 +764,40 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _target_info(row: Row[Any]) -> TargetInfo:
-    return TargetInfo(
-        kind=row.kind,
-        fingerprint=row.fingerprint,
-        device=row.device,
-        arch=row.arch,
-        details=row.details,
-    )
-
-
-def _workload_info(row: Row[Any]) -> WorkloadInfo:
-    return WorkloadInfo(
-        key=row.key, op=row.op, shape=row.shape, dtype=row.dtype, ir_json=row.ir_json
-    )
+def _from_row(cls: type[T], row: Row[Any], **given: Any) -> T:
+    """A frozen record of `cls` from a row: each field not `given` from the column of its name,
+    times in UTC."""
+    mapping = row._mapping
+    values = {name: mapping[name] for name in field_names(cls) if name not in given}
+    for name, value in values.items():
+        if isinstance(value, datetime):
+            values[name] = _utc(value)
+    return cls(**values, **given)
 
 
 def _record_row(
-    record: NewRecord, workload_id: int, target_id: int, uid: str, created_at: datetime
+    record: NewRecord,
+    workload_id: int,
+    target_id: int,
+    *,
+    exchanged_only: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "workload_id": workload_id,
-        "target_id": target_id,
-        "trace_json": record.trace_json,
-        "trace_hash": record.trace_hash,
-        "status": record.status,
-        "timings_ms": list(record.timings_ms),
-        "median_ms": record.median_ms,
-        "error_msg": record.error_msg,
-        "job_id": record.job_id,
-        "space_version": record.space_version,
-        "created_at": created_at,
+    """The tuning_records row of a record: each stored field in its column, the row ids of the
+    workload and target, and `extra` columns the store sets (uid and time of a new record).
+
+    `exchanged_only` leaves local fields (the job id) NULL: ids mean nothing in another database.
+    """
+    keep = exchanged_fields(type(record)) if exchanged_only else None
+    row = {
+        f.name: getattr(record, f.name) if keep is None or f.name in keep else None
+        for f in stored_fields(type(record))
     }
+    return {**row, **extra, "workload_id": workload_id, "target_id": target_id}
 
 
 def _tuning_record(row: Row[Any], workload_key: str, target_fingerprint: str) -> TuningRecord:
-    return TuningRecord(
-        id=row.id,
-        uid=row.uid,
-        workload_key=workload_key,
-        target_fingerprint=target_fingerprint,
-        trace_json=row.trace_json,
-        trace_hash=row.trace_hash,
-        status=row.status,
-        timings_ms=tuple(row.timings_ms),
-        median_ms=row.median_ms,
-        error_msg=row.error_msg,
-        job_id=row.job_id,
-        space_version=row.space_version,
-        created_at=_utc(row.created_at),
-    )
-
-
-def _record_line(row: Row[Any], workload_key: str, target_fingerprint: str) -> jsonl.RecordLine:
-    return jsonl.RecordLine(
-        uid=row.uid,
-        workload_key=workload_key,
-        target_fingerprint=target_fingerprint,
-        trace_json=row.trace_json,
-        trace_hash=row.trace_hash,
-        status=row.status,
-        timings_ms=tuple(row.timings_ms),
-        median_ms=row.median_ms,
-        error_msg=row.error_msg,
-        space_version=row.space_version,
-        created_at=_utc(row.created_at),
+    """A TuningRecord from a row selected with _RECORD_COLUMNS."""
+    return _from_row(
+        TuningRecord, row, workload_key=workload_key, target_fingerprint=target_fingerprint
     )

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tunefleet import ir
+from tunefleet.ir.ops import get_op
 from tunefleet.workers.builder import BuildConfig, BuildInput
 from tunefleet.workers.executor import ExecutorError, MeasureInput, create_executor
 from tunefleet.workers.results import MeasureConfig, MeasureResult, Problem
@@ -111,17 +113,11 @@ def measure(
     as_json: bool,
 ) -> None:
     """Build, check and time one schedule of OP; prints status, time, GFLOP/s, GB/s, error."""
-    from tunefleet import ir
-
     shape = parse_shape(shape_text)
-    func = _build_workload(ir, op, shape, dtype)
-    if not hasattr(ir, "build_source"):
-        raise click.ClickException(
-            "code generation is not available yet: tunefleet.ir has no build_source"
-        )
+    func = _build_workload(op, shape, dtype)
     if trace_file and best_from:
         raise click.UsageError("give either --trace or --best-from, not both")
-    trace = _read_trace(ir, trace_file) if trace_file else None
+    trace = _read_trace(trace_file) if trace_file else None
     try:
         target = resolve_target(target_kind)
     except TargetError as err:
@@ -168,9 +164,7 @@ def summarize(result: MeasureResult, target: Target, flops: int, nbytes: int) ->
     }
 
 
-def _build_workload(ir: Any, op: str, shape: dict[str, int], dtype: str) -> Any:
-    from tunefleet.ir.ops import get_op
-
+def _build_workload(op: str, shape: dict[str, int], dtype: str) -> ir.PrimFunc:
     try:
         opdef = get_op(op)
     except ValueError as err:
@@ -181,12 +175,9 @@ def _build_workload(ir: Any, op: str, shape: dict[str, int], dtype: str) -> Any:
         raise click.BadParameter(str(err), param_hint="--shape/--dtype") from err
 
 
-def _read_trace(ir: Any, path: Path) -> Any:
-    trace_cls = getattr(ir, "Trace", None)
-    if trace_cls is None:
-        raise click.ClickException("tunefleet.ir has no Trace yet: --trace cannot be replayed")
+def _read_trace(path: Path) -> ir.Trace:
     try:
-        return trace_cls.from_json(path.read_text())
+        return ir.Trace.from_json(path.read_text())
     except (ValueError, KeyError, TypeError) as err:
         raise click.BadParameter(f"{path} is not a trace: {err}", param_hint="--trace") from err
 

@@ -9,13 +9,13 @@ so the compiler cannot inline it and merge or drop repeated calls.
 
 from __future__ import annotations
 
-from tunefleet.workers.results import Kernel
+from tunefleet.ir.codegen import KernelSource
 
 TIMER_SYMBOL = "tunefleet_time_calls"
 HARNESS_VERSION = "|harness1"  # part of the cache key: bump when the loop below changes
 
 
-def harness_source(kernel: Kernel) -> str:
+def harness_source(kernel: KernelSource) -> str:
     """C source of the timing loop for `kernel` (append it to the kernel's translation unit)."""
     buffers = [a for a in kernel.args if a.kind == "buffer"]
     call_args = []

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tunefleet.ir.codegen import KernelArg
 from tunefleet.workers.checking import poison, reference_scale, storage_dtype, to_storage
 from tunefleet.workers.launch import LaunchExprError, evaluate
-from tunefleet.workers.results import KernelArg, MeasureConfig, Problem
+from tunefleet.workers.results import MeasureConfig, Problem
 
 
 class ProblemError(ValueError):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tunefleet.workers.results import Kernel, KernelArg, Problem
+from tunefleet.ir.codegen import KernelArg, KernelSource
+from tunefleet.workers.results import Problem
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,10 @@ C_BODIES = {
 }
 
 
-def c_vector_add(behaviour: str = "correct", variant: int = 0) -> Kernel:
+def c_vector_add(behaviour: str = "correct", variant: int = 0) -> KernelSource:
     """A C vector add that behaves as named in C_BODIES; `variant` changes only a comment."""
     source = _C_VADD % {"variant": variant, "body": C_BODIES[behaviour]}
-    return Kernel(lang="c", source=source, entry="vadd", args=_VADD_ARGS)
+    return KernelSource(lang="c", source=source, entry="vadd", args=_VADD_ARGS)
 
 
 _C_MATMUL = """\
@@ -124,9 +125,9 @@ _MATMUL_ARGS = (
 )
 
 
-def c_matmul() -> Kernel:
+def c_matmul() -> KernelSource:
     """A correct fp32 matmul in C (row-major, i-p-j loop order, OpenMP over rows)."""
-    return Kernel(lang="c", source=_C_MATMUL, entry="matmul", args=_MATMUL_ARGS)
+    return KernelSource(lang="c", source=_C_MATMUL, entry="matmul", args=_MATMUL_ARGS)
 
 
 _CUDA_VADD = """\
@@ -151,10 +152,10 @@ CUDA_BODIES = {
 }
 
 
-def cuda_vector_add(behaviour: str = "correct", variant: int = 0) -> Kernel:
+def cuda_vector_add(behaviour: str = "correct", variant: int = 0) -> KernelSource:
     """A CUDA vector add (256 threads a block) that behaves as named in CUDA_BODIES."""
     source = _CUDA_VADD % {"variant": variant, "body": CUDA_BODIES[behaviour]}
-    return Kernel(
+    return KernelSource(
         lang="cuda",
         source=source,
         entry="vadd",
@@ -187,9 +188,9 @@ extern "C" __global__ void matmul(const float* __restrict__ A, const float* __re
 """
 
 
-def cuda_matmul() -> Kernel:
+def cuda_matmul() -> KernelSource:
     """A correct fp32 matmul in CUDA with 16x16 shared-memory tiles."""
-    return Kernel(
+    return KernelSource(
         lang="cuda",
         source=_CUDA_MATMUL,
         entry="matmul",

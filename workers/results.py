@@ -1,7 +1,9 @@
 """Typed records that flow through the workers: build inputs, artifacts and measurement results.
 
 Everything here is a frozen dataclass of plain values so it pickles across process pools and
-Ray, and so the database can store it without unpickling anything.
+Ray, and so the database can store it without unpickling anything. A kernel to build is the
+IR's `KernelSource` itself (see builder.plain_kernel); an artifact keeps its call description
+with `KernelArg`s whose dims are ints or expression text.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tunefleet.ir.codegen import KernelArg
 from tunefleet.workers.targets import Target
 
 
@@ -24,65 +27,6 @@ class Status(StrEnum):
     RUN_ERROR = "run_error"
     TIMEOUT = "timeout"
     WRONG_RESULT = "wrong_result"
-
-
-@dataclass(frozen=True)
-class KernelArg:
-    """One argument of a generated kernel: a buffer (passed as a pointer) or an int64 scalar."""
-
-    name: str
-    kind: str  # "buffer" | "scalar"
-    dtype: str
-    shape: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A complete translation unit and how to call it; the workers' copy of ir's KernelSource.
-
-    `grid` and `block` hold ints or arithmetic expressions (strings) over the symbolic dims;
-    they are None for C kernels.
-    """
-
-    lang: str  # "c" | "cuda"
-    source: str
-    entry: str
-    args: tuple[KernelArg, ...]
-    grid: tuple[Any, ...] | None = None
-    block: tuple[Any, ...] | None = None
-    shared_bytes: Any = 0
-
-    @classmethod
-    def from_source(cls, src: Any) -> Kernel:
-        """Copy any KernelSource-shaped object (lang, source, entry, args, ...) into a Kernel."""
-        if isinstance(src, Kernel):
-            return src
-        args = tuple(
-            KernelArg(str(a.name), str(a.kind), str(a.dtype), tuple(_dim(d) for d in a.shape))
-            for a in src.args
-        )
-        grid = getattr(src, "grid", None)
-        block = getattr(src, "block", None)
-        shared = getattr(src, "shared_bytes", None)
-        return cls(
-            lang=str(src.lang),
-            source=str(src.source),
-            entry=str(src.entry),
-            args=args,
-            grid=None if grid is None else tuple(_dim(g) for g in grid),
-            block=None if block is None else tuple(_dim(b) for b in block),
-            shared_bytes=0 if shared is None else _dim(shared),
-        )
-
-
-def _dim(value: Any) -> int | str:
-    """An int, or the text of a symbolic expression (ir expressions print as C-like text)."""
-    if isinstance(value, int):
-        return value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from records_factory import A100, CPU, H100, random_batch, workload
-from tunefleet.database import DatabaseError, ImportFileError, RecordStore, TuningRecord
+from tunefleet.database import DatabaseError, ImportFileError, RecordStore, TuningRecord, jsonl
+from tunefleet.database.records import exchanged_fields, field_types
 
 
 def fill(store: RecordStore, seed: int, targets=(H100, A100), n_workloads: int = 3) -> None:
@@ -174,3 +175,39 @@ def test_import_times_with_an_offset_are_kept_as_the_same_instant(
     with RecordStore.open(db_url) as a, RecordStore.open(f"sqlite:///{tmp_path / 'src.db'}") as b:
         a.import_jsonl(tmp_path / "shifted.jsonl")
         assert content(a) == content(b)
+
+
+# Written by `tunefleet db export` before record fields were declared once in records.py.
+EXPORT_V1 = Path(__file__).parent / "data" / "export_v1.jsonl"
+
+
+def test_an_older_export_imports_and_exports_to_the_same_lines(db_url: str, tmp_path: Path) -> None:
+    with RecordStore.open(db_url) as store:
+        result = store.import_jsonl(EXPORT_V1)
+        assert (result.targets_added, result.workloads_added) == (2, 2)
+        assert (result.records_added, result.records_skipped) == (5, 0)
+        assert store.get_target(H100.fingerprint) == H100
+        assert store.get_workload(workload(1).key) == workload(1)
+        best = store.best(workload(0).key, H100.fingerprint, k=5)
+        assert [(r.uid, r.median_ms, r.timings_ms) for r in best] == [
+            ("aca4d52ca7504907a72f69b24539afd7", 0.25, (0.2475, 0.25, 0.255)),
+            ("3630066b61064db3a43f71f36d8fbe6d", 0.5, (0.495, 0.5, 0.51)),
+        ]
+        assert best[0].created_at == datetime(2026, 12, 4, 16, 47, 49, 816182, tzinfo=UTC)
+        cpu = store.history(workload(1).key, CPU.fingerprint)
+        assert [(r.status, r.median_ms, r.job_id) for r in cpu] == [
+            ("ok", 3.0, None),  # exported from a job: the job id stayed behind
+            ("timeout", None, None),
+        ]
+        assert cpu[1].error_msg == "timeout: candidate 4 failed"
+        store.export_jsonl(tmp_path / "again.jsonl")
+    again = (tmp_path / "again.jsonl").read_text().splitlines()
+    assert again[1:] == EXPORT_V1.read_text().splitlines()[1:]  # all but the header's time
+
+
+@pytest.mark.parametrize("line_type", sorted(jsonl.LINE_TYPES))
+def test_every_exchanged_field_has_a_json_reader(line_type: str) -> None:
+    """A field added to a record must have a type the importer knows how to check."""
+    cls = jsonl.LINE_TYPES[line_type]
+    types = field_types(cls)
+    assert all(types[name] in jsonl.READERS for name in exchanged_fields(cls))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from tunefleet.ir.codegen import KernelArg
 from tunefleet.workers.inputs import ALIGN_BYTES, aligned, aligned_empty, prepare
-from tunefleet.workers.results import KernelArg, MeasureConfig, Problem
+from tunefleet.workers.results import MeasureConfig, Problem
 
 
 def test_aligned_copy_keeps_values_shape_and_dtype() -> None:

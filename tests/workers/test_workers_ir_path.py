@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from tunefleet import ir
 from tunefleet.ir.ops import get_op
@@ -55,3 +57,19 @@ def test_a_trace_that_does_not_fit_the_workload_is_a_build_error(build_config, c
     other = get_op("rmsnorm").build({"m": 8, "n": 64}, "float32")
     result = build(BuildInput(cpu_target, workload=other, trace=sch.trace), build_config)
     assert result.status is Status.BUILD_ERROR and "lowering failed" in result.message
+
+
+def test_a_symbolic_kernel_builds_an_artifact_of_plain_values(runner, build_config, cpu_target):
+    """Symbolic dims reach the artifact as text, so it pickles and a runner binds them."""
+    func = get_op("dense").build({"m": ir.Var("m"), "n": 64, "k": 32}, "float32")
+    source = ir.build_source(func)
+    assert any(not isinstance(d, int) for a in source.args for d in a.shape)
+    built = build(BuildInput(cpu_target, kernel=source), build_config)
+    assert built.status is Status.OK, built.message
+    artifact = built.artifact
+    assert {d for a in artifact.args for d in a.shape} == {"m", 64, 32}
+    assert artifact.shared_bytes == 0
+    assert pickle.loads(pickle.dumps(artifact)) == artifact
+    problem = Problem.create("dense", {"m": 24, "n": 64, "k": 32}, "float32")
+    result = runner.run(RunInput(artifact, problem, FAST))
+    assert result.status is Status.OK, result.message
