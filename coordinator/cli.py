@@ -7,11 +7,14 @@ Subcommands live in the package that owns them and are imported only when invoke
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import click
+
+from .interrupts import Interrupted, exit_code, stop_on_signals
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,24 @@ class LazyGroup(click.Group):
             return _unavailable(cmd_name, spec.summary)
         return getattr(module, attr)
 
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as stop:  # kept from click, which would print a blank line
+            raise CommandStopped(stop) from stop
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name].summary) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+class CommandStopped(Exception):
+    """Carries a command's KeyboardInterrupt (Ctrl-C, SIGTERM) out past click's own handling."""
+
+    def __init__(self, stop: KeyboardInterrupt) -> None:
+        super().__init__(str(stop))
+        self.stop = stop
 
 
 def _unavailable(name: str, summary: str) -> click.Command:
@@ -83,22 +100,49 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; usage errors print one line and exit 2, other failures one line and exit 1."""
-    try:
-        cli.main(args=argv, prog_name="tunefleet", standalone_mode=False)
-    except click.UsageError as err:
-        hint = f" (see 'tunefleet{_subcommand_path(err.ctx)} --help')"
-        click.echo(f"tunefleet: error: {err.format_message()}{hint}", err=True)
-        return 2
-    except click.ClickException as err:
-        click.echo(f"tunefleet: error: {err.format_message()}", err=True)
-        return err.exit_code
-    except click.exceptions.Exit as err:
-        return err.exit_code
-    except click.Abort:
-        click.echo("tunefleet: aborted", err=True)
-        return 130
-    return 0
+    """Run the CLI; usage errors print one line and exit 2, other failures one line and exit 1.
+
+    SIGINT and SIGTERM stop the command cleanly (see `interrupts`) and exit 130 and 143.
+    """
+    with stop_on_signals():
+        try:
+            rv = cli.main(args=argv, prog_name="tunefleet", standalone_mode=False)
+        except click.exceptions.NoArgsIsHelpError as err:
+            click.echo(err.format_message(), err=True)
+            return 2
+        except click.UsageError as err:
+            hint = f" (see 'tunefleet{_subcommand_path(err.ctx)} --help')"
+            click.echo(f"tunefleet: error: {err.format_message()}{hint}", err=True)
+            return 2
+        except click.ClickException as err:
+            click.echo(f"tunefleet: error: {err.format_message()}", err=True)
+            return err.exit_code
+        except click.exceptions.Exit as err:
+            return err.exit_code
+        except CommandStopped as err:
+            return _report_stop(err.stop)
+        except click.Abort as err:
+            if isinstance(err.__cause__, KeyboardInterrupt):
+                return _report_stop(err.__cause__)
+            click.echo("tunefleet: aborted", err=True)
+            return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def _report_stop(stop: KeyboardInterrupt) -> int:
+    """Print the one line for a stopped command and return 130 (SIGINT) or 143 (SIGTERM)."""
+    signum = signal.SIGINT
+    detail = ""
+    cause: BaseException | None = stop
+    while cause is not None:
+        if isinstance(cause, Interrupted):
+            signum = cause.signum
+            break
+        detail = detail or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    name = signal.Signals(signum).name
+    click.echo(f"tunefleet: stopped by {name}" + (f": {detail}" if detail else ""), err=True)
+    return exit_code(signum)
 
 
 def _subcommand_path(ctx: click.Context | None) -> str:

@@ -246,10 +246,15 @@ def stats(db_url: str | None, as_json: bool) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, writable=True))
 @click.option("--target", "-t", metavar="FINGERPRINT", help="Only this target's records.")
 @click.option("--workload", "-w", metavar="KEY", help="Only this workload's records.")
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
 @db_option
 @_store_command
-def export_(path: str, target: str | None, workload: str | None, db_url: str | None) -> None:
+def export_(
+    path: str, target: str | None, workload: str | None, force: bool, db_url: str | None
+) -> None:
     """Write records to a versioned JSON-lines file (PATH) for another database."""
+    if os.path.exists(path) and not force:
+        raise click.ClickException(f"{path} exists; pass --force to overwrite it")
     with open_store(db_url, create=False) as store:
         end = store.export_jsonl(path, target_fingerprint=target, workload_key=workload)
     click.echo(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from tunefleet.database.errors import (
     AuthenticationError,
     DatabaseError,
@@ -24,6 +24,7 @@ from tunefleet.database.errors import (
 from tunefleet.database.urls import mask_url, parse_url, scrub
 
 WRITE_OPTION = "tunefleet_write"
+ASYNC_DRIVERS = frozenset({"asyncpg", "psycopg_async", "aiosqlite"})
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,24 @@ def make_engine(url: str, options: EngineOptions, create_dir: bool = False) -> E
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(
-            parsed,
-            connect_args={"connect_timeout": options.connect_timeout_s},
-            echo=options.echo,
-            hide_parameters=True,
-        )
+        driver = parsed.get_driver_name()
+        if driver in ASYNC_DRIVERS:
+            raise DatabaseError(
+                f"{mask_url(parsed)!r} names the asyncio driver {driver!r}, which tunefleet cannot "
+                "use; write postgresql:// (psycopg 3) instead"
+            )
+        try:
+            return create_engine(
+                parsed,
+                connect_args={"connect_timeout": options.connect_timeout_s},
+                echo=options.echo,
+                hide_parameters=True,
+            )
+        except (ImportError, NoSuchModuleError) as err:
+            raise DatabaseError(
+                f"the database driver {driver!r} of {mask_url(parsed)!r} is not installed "
+                f"({err}); write postgresql:// to use psycopg 3, which tunefleet installs"
+            ) from None
     raise DatabaseError(
         f"unsupported database {mask_url(parsed)!r}: use a sqlite:/// file or a postgresql:// URL"
     )
@@ -78,7 +91,14 @@ def _sqlite_engine(url: URL, options: EngineOptions, create_dir: bool) -> Engine
     path = url.database or ""
     in_memory = path in ("", ":memory:") or path.startswith("file::memory:")
     if not in_memory and create_dir:
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(path).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DatabaseError(
+                f"cannot create the folder {folder} for the SQLite file "
+                f"({err.strerror or type(err).__name__}); give --db a path in a writable folder"
+            ) from None
     engine = create_engine(url, connect_args={"timeout": options.busy_timeout_s}, echo=options.echo)
     busy_ms = int(options.busy_timeout_s * 1000)
 

@@ -47,9 +47,14 @@ def normalize_url(url: str) -> str:
 def parse_url(url: str) -> URL:
     """Parse a normalised URL, raising ValueError with the masked URL if it is malformed."""
     try:
-        return make_url(url)
-    except ArgumentError:
-        raise ValueError(f"not a database URL: {mask_url(url)!r}") from None
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - a malformed port only fails when read
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            f"not a database URL: {mask_url(url)!r}; expected "
+            "postgresql://user:password@host:port/dbname or a SQLite file path"
+        ) from None
+    return parsed
 
 
 def mask_url(url: str | URL) -> str:
@@ -58,7 +63,7 @@ def mask_url(url: str | URL) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", url)
 
 
@@ -74,5 +79,5 @@ def scrub(text: str, url: str | URL) -> str:
 def _try_parse(url: str) -> URL | None:
     try:
         return make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None

@@ -50,3 +50,10 @@ def test_every_registered_command_resolves_or_reports_itself() -> None:
         result = run_cli(name, "--help")
         assert result.returncode == 0, (name, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_no_command_prints_usage_not_an_error() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    assert result.stderr.startswith("Usage: tunefleet")
+    assert "error" not in result.stderr.splitlines()[0]

@@ -12,19 +12,29 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
+from collections.abc import Callable
 
 import click
 from tunefleet.database.cli import db_option, resolve_cli_url
 from tunefleet.database.errors import DatabaseError
 from tunefleet.ir.analysis import bytes_moved, flops
-from tunefleet.workers.cli import parse_shape
+from tunefleet.workers.cli import parse_shape, writable_dir
 from tunefleet.workers.executor import ExecutorError
 from tunefleet.workers.targets import Target, TargetError, TargetKind, resolve_target
 
 from .cost_model import CostModelError
 from .space import SpaceError
 from .strategy import StrategyError
-from .tuning import Progress, TuneError, TuneResult, build_workload, default_cache_dir
+from .tuning import (
+    Progress,
+    TuneError,
+    TuneResult,
+    build_workload,
+    default_cache_dir,
+    default_model_dir,
+)
 from .tuning import tune as run_tune
 
 
@@ -72,7 +82,12 @@ def tune(
     except TargetError as err:
         raise click.ClickException(str(err)) from None
     url = resolve_cli_url(db_url)
-    cache = os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir()
+    cache = writable_dir(
+        os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir(),
+        "the kernel cache",
+        "set TUNEFLEET_CACHE_DIR to a writable folder",
+    )
+    writable_dir(default_model_dir(), "the cost-model folder", "make ~/.cache writable")
     try:
         if as_json:
             result = run_tune(
@@ -99,6 +114,19 @@ def tune(
         click.echo(json.dumps(result.to_json_dict(), indent=2, default=str))
     else:
         _summary(result, shape_text)
+    if result.trials and result.failures == result.trials:
+        raise click.ClickException(_all_failed(result))
+
+
+def _all_failed(result: TuneResult) -> str:
+    """Why a run with no successful trial failed: its most common failure and first message."""
+    text = f"all {result.trials} trials failed"
+    if result.failure_kinds:
+        status, count, message = result.failure_kinds[0]
+        text += f"; most common: {status} ({count} of {result.trials})"
+        if message:
+            text += f": {message}"
+    return text
 
 
 def _rate(ms: float | None, work: int, nbytes: int) -> str:
@@ -124,6 +152,12 @@ def _with_progress(
         TextColumn("failures {task.fields[failures]}"),
         TimeElapsedColumn(),
     )
+    if not sys.stdout.isatty():
+        return run_tune(
+            op, shape, dtype=dtype, target=target, trials=trials, db_url=url, workers=workers,
+            strategy=strategy, seed=seed, batch_size=batch_size, cache_dir=cache,
+            on_progress=_progress_lines(op, work, nbytes),
+        )  # fmt: skip
     with Bar(*columns, transient=False) as bar:
         task = bar.add_task("tune", total=trials, best="best -", rate="", failures=0)
 
@@ -137,6 +171,29 @@ def _with_progress(
             strategy=strategy, seed=seed, batch_size=batch_size, cache_dir=cache,
             on_progress=update,
         )  # fmt: skip
+
+
+PLAIN_PROGRESS_EVERY_S = 5.0
+
+
+def _progress_lines(op: str, work: int, nbytes: int) -> Callable[[Progress], None]:
+    """Progress as plain lines (for logs and pipes): the first trial, then every few seconds,
+    then the last."""
+    start = time.monotonic()
+    last = [-PLAIN_PROGRESS_EVERY_S]
+
+    def update(p: Progress) -> None:
+        now = time.monotonic() - start
+        if p.trials_done not in (1, p.trials_total) and now - last[0] < PLAIN_PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        best = "-" if p.best_ms is None else f"{p.best_ms:.4f} ms"
+        click.echo(
+            f"{op}: {p.trials_done}/{p.trials_total} trials, best {best} "
+            f"{_rate(p.best_ms, work, nbytes)}, failures {p.failures}, {now:.0f} s"
+        )
+
+    return update
 
 
 def _summary(result: TuneResult, shape_text: str) -> None:

@@ -17,7 +17,9 @@ the current space.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from tunefleet.ir.trace import Trace
 from tunefleet.workers import (
     BuildConfig,
     BuildInput,
+    BuildResult,
     Executor,
     MeasureConfig,
     MeasureResult,
@@ -50,6 +53,19 @@ from .strategy import SearchStrategy, create_strategy
 
 class TuneError(ValueError):
     """The tuning request is invalid (unknown op, bad shape, empty design space...)."""
+
+
+class TuneInterrupted(KeyboardInterrupt):
+    """Tuning was stopped (Ctrl-C, SIGTERM): what this run committed and what it dropped.
+
+    Trials whose build and run had finished when the stop came are committed with the rest
+    of this run's records; the candidates still building or running are dropped unrecorded.
+    """
+
+    def __init__(self, committed: int, dropped: int) -> None:
+        super().__init__(f"committed {committed} finished trials; dropped {dropped} in flight")
+        self.committed = committed
+        self.dropped = dropped
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,8 @@ class TuneResult:
     best_trace_json: str | None = field(default=None, repr=False)
     curve: tuple[float | None, ...] = field(default=(), repr=False)
     stale_records: int = 0  # records of another space version that no longer replay
+    # (status, count, first line of the first message) per failure status, most common first
+    failure_kinds: tuple[tuple[str, int, str], ...] = field(default=(), repr=False)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON the CLI prints (`--json`)."""
@@ -210,6 +228,9 @@ def tune(
             if isinstance(workers, str)
             else workers
         )
+        done, failures = 0, 0
+        failed: Counter[str] = Counter()
+        first_message: dict[str, str] = {}
         try:
             default_ms = None
             if measure_default:
@@ -218,19 +239,26 @@ def tune(
                 )
                 dres = on_target(dres, fp)
                 default_ms = dres.median_ms if dres.ok else None
-            done, failures = 0, 0
             best_ms = top[0][0] if top else None
             curve: list[float | None] = []
             while done < trials:
                 batch = search.generate(sampler, model, measured, min(batch_size, trials - done))
                 if not batch:
                     break  # the space has no unmeasured valid candidate left
-                results = measure_batch(
-                    executor,
-                    [BuildInput(tgt, workload=func, trace=c.trace_json) for c in batch],
-                    problem,
-                    mconfig,
-                )
+                finished: dict[int, MeasureResult] = {}
+                report = _collector(finished, on_progress, fp, (done, trials), best_ms, failures)
+                try:
+                    results = measure_batch(
+                        executor,
+                        [BuildInput(tgt, workload=func, trace=c.trace_json) for c in batch],
+                        problem,
+                        mconfig,
+                        on_result=report,
+                    )
+                except KeyboardInterrupt as stop:
+                    kept = sorted(finished)
+                    store.commit([_record(key, fp, version, batch[i], finished[i]) for i in kept])
+                    raise TuneInterrupted(done + len(kept), len(batch) - len(kept)) from stop
                 results = [on_target(r, fp) for r in results]
                 records = [
                     _record(key, fp, version, c, r) for c, r in zip(batch, results, strict=True)
@@ -244,15 +272,19 @@ def tune(
                     new_samples.append(Sample(cand.features, key, cand.trace_hash, ms))
                     if ms is None:
                         failures += 1
+                        failed[res.status.value] += 1
+                        first_message.setdefault(res.status.value, _first_line(res.message))
                     else:
                         top.append((ms, cand.trace))
                         best_ms = ms if best_ms is None else min(best_ms, ms)
                     curve.append(best_ms)
-                    if on_progress is not None:
-                        on_progress(Progress(done, trials, best_ms, failures, res.status.value, ms))
                 model.update(new_samples)
                 top.sort(key=lambda p: p[0])
                 search.notify(top[:64])
+        except TuneInterrupted:
+            raise
+        except KeyboardInterrupt as stop:  # between batches: nothing is in flight
+            raise TuneInterrupted(done, 0) from stop
         finally:
             if owned:
                 executor.close()
@@ -280,26 +312,47 @@ def tune(
         best_trace_json=best_rec.trace_json if best_rec else None,
         curve=tuple(curve),
         stale_records=stale,
+        failure_kinds=tuple(
+            (status, count, first_message[status]) for status, count in failed.most_common()
+        ),
     )
 
 
 def measure_batch(
-    executor: Executor, builds: list[BuildInput], problem: Problem, config: MeasureConfig
+    executor: Executor,
+    builds: list[BuildInput],
+    problem: Problem,
+    config: MeasureConfig,
+    on_result: Callable[[int, MeasureResult], None] | None = None,
 ) -> list[MeasureResult]:
-    """Build every candidate first, then time them: no compiler competes with a timed kernel."""
-    built = [f.result() for f in executor.build(builds)]
-    runnable = [i for i, b in enumerate(built) if b.artifact is not None]
-    results: list[MeasureResult] = [
-        MeasureResult(b.status, message=b.message, build_s=b.build_s) for b in built
-    ]
+    """Build every candidate first, then time them: no compiler competes with a timed kernel.
+
+    Results come back in input order; `on_result(index, result)` is called as each one is
+    known (a failed build as soon as it finishes), so progress moves per candidate.
+    """
+    build_futures = executor.build(builds)
+    position = {f: i for i, f in enumerate(build_futures)}
+    built: dict[int, BuildResult] = {}
+    results: list[MeasureResult] = [MeasureResult(Status.BUILD_ERROR)] * len(builds)
+    for fut in as_completed(build_futures):
+        i = position[fut]
+        b = built[i] = fut.result()
+        results[i] = MeasureResult(b.status, message=b.message, build_s=b.build_s)
+        if b.artifact is None and on_result is not None:
+            on_result(i, results[i])
+    runnable = sorted(i for i, b in built.items() if b.artifact is not None)
     if runnable:
         runs = executor.run([RunInput(built[i].artifact, problem, config) for i in runnable])
-        for i, fut in zip(runnable, runs, strict=True):
+        run_position = dict(zip(runs, runnable, strict=True))
+        for fut in as_completed(runs):
+            i = run_position[fut]
             try:
                 res = fut.result()
             except Exception as err:  # a lost runner is that candidate's run_error
                 res = MeasureResult(Status.RUN_ERROR, message=f"{type(err).__name__}: {err}")
-            results[i] = dataclasses.replace(res, build_s=built[i].build_s)
+            results[i] = dataclasses.replace(res, build_s=results[i].build_s)
+            if on_result is not None:
+                on_result(i, results[i])
     return results
 
 
@@ -313,6 +366,39 @@ def on_target(result: MeasureResult, fingerprint: str) -> MeasureResult:
     return dataclasses.replace(
         result, status=Status.RUN_ERROR, median_ms=None, timings_ms=(), message=message
     )
+
+
+def _collector(
+    finished: dict[int, MeasureResult],
+    on_progress: Callable[[Progress], None] | None,
+    fingerprint: str,
+    counts: tuple[int, int],
+    best_ms: float | None,
+    failures: int,
+) -> Callable[[int, MeasureResult], None]:
+    """Keep each finished result of the batch in flight (refused when measured on another
+    target than `fingerprint`) and report progress counting it; `counts` is (done, total)."""
+    done, total = counts
+
+    def report(i: int, res: MeasureResult) -> None:
+        res = on_target(res, fingerprint)
+        finished[i] = res
+        if on_progress is None:
+            return
+        oks = [r.median_ms for r in finished.values() if r.ok and r.median_ms is not None]
+        best = min([*oks, best_ms] if best_ms is not None else oks, default=None)
+        failed = len(finished) - len(oks)
+        ms = res.median_ms if res.ok else None
+        on_progress(
+            Progress(done + len(finished), total, best, failures + failed, res.status.value, ms)
+        )
+
+    return report
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
 
 
 def _record(key: str, fp: str, version: str, cand: Candidate, res: MeasureResult) -> NewRecord:

@@ -33,6 +33,20 @@ def default_cache_dir() -> str:
     )
 
 
+def writable_dir(path: str, what: str, fix: str) -> str:
+    """`path`, created if needed; a one-line ClickException naming `what` and `fix` otherwise."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise click.ClickException(f"cannot write {what} at {folder} ({reason}); {fix}") from None
+    return str(folder)
+
+
 @click.command(name="targets")
 @click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
 def targets(as_json: bool) -> None:
@@ -51,12 +65,17 @@ def targets(as_json: bool) -> None:
 def parse_shape(text: str) -> dict[str, int]:
     """'m=32,n=4096' -> {'m': 32, 'n': 4096}; raises BadParameter naming the bad part."""
     shape: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    parts = [p.strip() for p in text.split(",")]
+    for part in parts if any(parts) else []:
         name, sep, value = part.partition("=")
         if not sep or not name.strip() or not value.strip().isdigit() or int(value) <= 0:
             raise click.BadParameter(
                 f"{part!r} is not name=positive-int (e.g. --shape m=32,n=4096)",
                 param_hint="--shape",
+            )
+        if name.strip() in shape:
+            raise click.BadParameter(
+                f"{name.strip()!r} is given twice; give each dim once", param_hint="--shape"
             )
         shape[name.strip()] = int(value)
     if not shape:
@@ -93,7 +112,14 @@ def parse_shape(text: str) -> dict[str, int]:
 @click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None, help="Ray cluster to join.")
 @click.option("--repeats", default=20, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=float)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a run may take before it is killed (> 0).",
+)
 @click.option("--flush-l2", is_flag=True, help="Flush the GPU's L2 before every timed launch.")
 @click.option("--cache-dir", default=None, help="Compiled-kernel cache [$TUNEFLEET_CACHE_DIR].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -125,7 +151,12 @@ def measure(
     if best_from:
         trace = _best_trace(best_from, ir.structural_hash(func), target)
 
-    build_config = BuildConfig(cache_dir=cache_dir or default_cache_dir())
+    cache = writable_dir(
+        cache_dir or default_cache_dir(),
+        "the kernel cache",
+        "pass --cache-dir or set TUNEFLEET_CACHE_DIR to a writable folder",
+    )
+    build_config = BuildConfig(cache_dir=cache)
     config = MeasureConfig(repeats=repeats, timeout_s=timeout_s, flush_l2=flush_l2)
     item = MeasureInput(
         BuildInput(target, workload=func, trace=trace), Problem.create(op, shape, dtype), config
@@ -144,7 +175,8 @@ def measure(
     else:
         _print_report(op, shape_text, dtype, report)
     if not result.ok:
-        raise click.exceptions.Exit(1)
+        first = next((ln.strip() for ln in result.message.splitlines() if ln.strip()), "")
+        raise click.ClickException(f"{result.status.value}" + (f": {first[:200]}" if first else ""))
 
 
 def summarize(result: MeasureResult, target: Target, flops: int, nbytes: int) -> dict[str, Any]:

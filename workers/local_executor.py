@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -22,6 +23,12 @@ from tunefleet.workers.executor import Executor, ExecutorError, RoundRobin
 from tunefleet.workers.results import BuildResult, MeasureResult, RunInput
 from tunefleet.workers.runner import Runner, RunnerConfig
 from tunefleet.workers.targets import Target
+
+
+def ignore_interrupts() -> None:
+    """Build workers ignore Ctrl-C: the terminal sends it to the whole foreground group, and
+    the command that owns the pool stops them itself (no worker tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass
@@ -80,7 +87,7 @@ class LocalExecutor(Executor):
             pool.shutdown(wait=True, cancel_futures=True)
         for robin in lanes.values():
             for lane in robin.items:
-                lane.queue.shutdown(wait=True)
+                lane.queue.shutdown(wait=True, cancel_futures=True)
                 lane.runner.close()
 
     def _build_pool(self) -> ProcessPoolExecutor:
@@ -89,7 +96,9 @@ class LocalExecutor(Executor):
                 raise ExecutorError("this executor is closed")
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    max_workers=self.build_workers, mp_context=mp.get_context("spawn")
+                    max_workers=self.build_workers,
+                    mp_context=mp.get_context("spawn"),
+                    initializer=ignore_interrupts,
                 )
             return self._pool
 

@@ -139,3 +139,34 @@ def test_postgres_by_url_with_the_password_masked(capsys, pg_schema_url: str) ->
     code, out, err = run(capsys, "stats", "--db", pg_schema_url)
     assert code == 0 and "postgresql" in out and "***" in out
     assert password not in out + err
+
+
+def test_export_does_not_overwrite_without_force(capsys, filled: str, tmp_path: Path) -> None:
+    out = tmp_path / "keep.jsonl"
+    out.write_text("precious\n")
+    code, _, err = run(capsys, "export", str(out), "--db", filled)
+    assert code == 1 and "--force" in _one_line(err)
+    assert out.read_text() == "precious\n"
+    code, _, _ = run(capsys, "export", str(out), "--db", filled, "--force")
+    assert code == 0 and out.read_text() != "precious\n"
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("postgresql+asyncpg://u:secret@localhost/x", "asyncio driver 'asyncpg'"),
+        ("postgresql+pg8000://u:secret@localhost/x", "driver 'pg8000'"),
+        ("postgresql+psycopg://a:secret@@:::/", "not a database URL"),
+    ],
+)
+def test_bad_urls_give_one_line_without_the_password(capsys, url: str, needle: str) -> None:
+    code, _, err = run(capsys, "init", "--db", url)
+    line = _one_line(err)
+    assert code == 1 and needle in line and "secret" not in line
+
+
+def test_a_sqlite_path_under_a_file_gives_one_line(capsys, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "init", "--db", str(blocker / "sub" / "r.db"))
+    assert code == 1 and "cannot create the folder" in _one_line(err)

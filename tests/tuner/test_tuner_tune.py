@@ -132,3 +132,54 @@ def test_tune_through_ray_workers(tmp_path: Path, cpu) -> None:
     with create_executor("ray", config, num_cpus=2) as ray_executor:
         result = _run(tmp_path, ray_executor, db, 4, strategy="random", seed=6)
     assert result.trials == 4 and result.best_ms is not None and result.failures == 0
+
+
+def test_progress_moves_before_the_batch_is_committed(tmp_path: Path, executor, cpu) -> None:
+    db = f"sqlite:///{tmp_path / 'progress.db'}"
+    key = structural_hash(ops.get_op("dense").build(SHAPE, "float32"))
+    seen: list[tuple[int, int]] = []  # (trials reported, records in the database then)
+
+    def note(p) -> None:
+        with RecordStore.open(db) as store:
+            seen.append((p.trials_done, len(store.history(key, cpu.fingerprint))))
+
+    _run(tmp_path, executor, db, 4, strategy="random", seed=5, on_progress=note)
+    assert [done for done, _ in seen] == [1, 2, 3, 4]
+    assert seen[0][1] == 0, "the first trial is reported while its batch is still in flight"
+
+
+def _tune_subprocess(tmp_path: Path, *args: str, path: str | None = None):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HOME=str(tmp_path), TUNEFLEET_CACHE_DIR=str(tmp_path / "cache"))
+    if path is not None:
+        env["PATH"] = path
+    code = "import sys; from tunefleet.coordinator.cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, "tune", *args], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_run_where_every_trial_fails_exits_1_and_says_why(tmp_path: Path, cpu) -> None:
+    empty = tmp_path / "no-compilers"
+    empty.mkdir()
+    db = str(tmp_path / "fail.db")
+    args = ("add", "--shape", "m=8,n=64", "--trials", "3", "--batch-size", "3", "--db", db)
+    res = _tune_subprocess(tmp_path, *args, path=str(empty))
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("tunefleet: error: all 3 trials failed; most common: build_error")
+    assert "cannot run gcc" in lines[0]
+
+
+@pytest.mark.slow
+def test_piped_progress_prints_plain_lines(tmp_path: Path, cpu) -> None:
+    db = str(tmp_path / "piped.db")
+    args = ("add", "--shape", "m=8,n=64", "--trials", "3", "--batch-size", "3", "--db", db)
+    res = _tune_subprocess(tmp_path, *args)
+    assert res.returncode == 0, res.stderr
+    assert "add: 1/3 trials" in res.stdout and "add: 3/3 trials" in res.stdout

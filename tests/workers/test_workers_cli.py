@@ -101,3 +101,37 @@ def test_measure_replays_a_trace_file_and_refuses_one_that_is_not(capsys, tmp_pa
     assert json.loads(capsys.readouterr().out)["status"] == "ok"
     assert main([*argv, "--trace", str(bad)]) == 2
     assert "is not a trace" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--shape", "m=4,m=8"], "'m' is given twice"),
+        (["--shape", "m=4,,n=8"], "'' is not name=positive-int"),
+        (["--shape", "m=4,n=8", "--timeout", "-1"], "--timeout"),
+        (["--shape", "m=4,n=8", "--timeout", "0"], "--timeout"),
+    ],
+)
+def test_malformed_shapes_and_timeouts_are_usage_errors(capsys, extra, needle):
+    assert main(["measure", "rmsnorm", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_a_failed_measurement_exits_1_with_its_status(capsys, tmp_path):
+    code = main(
+        ["measure", "add", "--shape", "m=8,n=8", "--cache-dir", str(tmp_path), "--timeout", "1e-6"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "status       timeout" in out
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("tunefleet: error: timeout: no result after")
+
+
+def test_an_unwritable_cache_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code = main(["measure", "add", "--shape", "m=8,n=8", "--cache-dir", str(blocker / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "cannot write the kernel cache" in err[0]

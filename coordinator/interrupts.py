@@ -1,0 +1,63 @@
+"""SIGINT and SIGTERM for every command: a clean stop first, an immediate exit on the second.
+
+The first signal ends every process the command started (build workers, runner workers,
+compilers; see `process_tree`) and raises `Interrupted`, a
+KeyboardInterrupt, in the main thread, so the command unwinds as after Ctrl-C: `tune`
+commits the trials that finished and drops the rest. SIGTERM (how Kubernetes and Ray stop a
+pod or job) gets the same treatment as Ctrl-C. A second signal while that clean-up runs
+kills the children again and leaves at once with `os._exit`, printing one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from .process_tree import end_children
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived; `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Handle SIGINT and SIGTERM as described in the module doc inside the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if received:
+            end_children()
+            name = signal.Signals(signum).name
+            line = f"tunefleet: stopped at once by a second {name}; work in flight is lost\n"
+            os.write(2, line.encode())
+            os._exit(exit_code(received[0]))
+        received.append(signum)
+        end_children()
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        if not received:  # after a stop the handler stays: a late signal still exits at once
+            for signum, old in previous.items():
+                signal.signal(signum, old)
