@@ -5,13 +5,17 @@ compilers; see `process_tree`) and raises `Interrupted`, a
 KeyboardInterrupt, in the main thread, so the command unwinds as after Ctrl-C: `tune`
 commits the trials that finished and drops the rest. SIGTERM (how Kubernetes and Ray stop a
 pod or job) gets the same treatment as Ctrl-C. A second signal while that clean-up runs
-kills the children again and leaves at once with `os._exit`, printing one line.
+kills the children again and leaves at once with `os._exit`, printing one line. The
+multiprocessing resource tracker then unlinks the semaphores the killed pools held; its
+warning about them is silenced (through the interpreter flags it is started with), since
+nothing is left behind.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +24,8 @@ from types import FrameType
 from .process_tree import end_children
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The resource tracker copies -W options from sys.warnoptions when it starts.
+QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,6 +47,8 @@ def stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
+    if QUIET_TRACKER not in sys.warnoptions:
+        sys.warnoptions.append(QUIET_TRACKER)
     received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:

@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-_TRACKER_MARK = "multiprocessing.resource_tracker"
+_TRACKER_MARK = "from multiprocessing.resource_tracker import main"  # its -c program
 
 
 @dataclass(frozen=True)

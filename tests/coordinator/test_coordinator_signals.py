@@ -215,8 +215,8 @@ import subprocess, sys, time
 from tunefleet.coordinator.interrupts import stop_on_signals
 with stop_on_signals():
     child = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    print(child.pid, flush=True)
     try:
+        print(child.pid, flush=True)  # inside the try: a signal right after it is caught
         time.sleep(300)
     except KeyboardInterrupt:
         print("cleaning up", flush=True)
