@@ -16,18 +16,20 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from .dtypes import is_float, itemsize
-from .errors import CodegenError
-from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
-from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
-from .intrinsics_wgmma import WGMMA_BATCH, parse_swizzled
-from .pipeline import (
+from .annotation_keys import (
     ASYNC_COPY,
     BLOCK_RASTERIZE,
     HOIST_LOADS,
     MIN_BLOCKS_PER_SM,
     PIPELINE_STAGES,
+    TENSORIZE,
+    WGMMA_BATCH,
 )
+from .dtypes import is_float, itemsize
+from .errors import CodegenError
+from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
+from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
+from .intrinsics_wgmma import parse_swizzled
 from .render_c import CStyleRenderer, buffer_elements, c_name
 from .simplify import linear, simplify
 from .stmt import (
@@ -269,7 +271,7 @@ class CUDARenderer(CStyleRenderer):
         return []
 
     def loop(self, s: For, depth: int) -> None:
-        intrin = dict(s.annotations).get("tensorize")
+        intrin = dict(s.annotations).get(TENSORIZE)
         if intrin is not None:
             self._tensorized(s, str(intrin), depth)
             return

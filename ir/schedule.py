@@ -24,6 +24,7 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .annotation_keys import check_annotation
 from .errors import ScheduleError
 from .expr import (
     SCOPES,
@@ -501,6 +502,9 @@ class Schedule:
     def annotate(self, target: RV, key: str, value: Any) -> None:
         """Attach a key/value annotation to a block or a loop (JSON-able value, or an integer
         handle from a sampling step, so that a replay with another decision annotates anew)."""
+        check_annotation(
+            key, value, "block" if isinstance(target, RV) and target.kind == "b" else "loop"
+        )
         with self._atomic():
             given, value = value, self._value(value) if isinstance(value, RV) else value
             if not isinstance(value, str | int | float | bool):
