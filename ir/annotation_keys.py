@@ -25,11 +25,14 @@ BLOCK_RASTERIZE = "block_rasterize"
 TENSORIZE = "tensorize"
 ASYNC_COPY = "async_copy"
 STORAGE_ALIGN = "storage_align"
+VECTOR_ACCESS = "vector_access"
+HOISTED_LOADS = "hoisted_loads"
 
 __all__ = [
     "ASYNC_COPY",
     "AUTO_UNROLL",
     "BLOCK_RASTERIZE",
+    "HOISTED_LOADS",
     "HOIST_LOADS",
     "MIN_BLOCKS_PER_SM",
     "PIPELINE_FRAGMENTS",
@@ -38,6 +41,7 @@ __all__ = [
     "STORAGE_ALIGN",
     "STORAGE_SWIZZLE",
     "TENSORIZE",
+    "VECTOR_ACCESS",
     "WGMMA_BATCH",
     "AnnotationKey",
     "check_annotation",
@@ -65,6 +69,11 @@ def _int_at_least(lo: int) -> Callable[[Any], bool]:
 
 def _flag(v: Any) -> bool:
     return v is True or (isinstance(v, int) and not isinstance(v, bool) and v in (0, 1))
+
+
+def _written_by_lowering(v: Any) -> bool:
+    """Values of lowering-only keys are plans built by a pass; annotate never writes them."""
+    return False
 
 
 def _align_spec(v: Any) -> bool:
@@ -156,6 +165,22 @@ _KEYS = (
         "a pipeline copy's vector loop: on CUDA a 16-byte move becomes cp.async",
         "1",
         lambda v: v == 1,
+        by="lowering",
+    ),
+    AnnotationKey(
+        VECTOR_ACCESS,
+        "loop",
+        "CUDA: the loop's wide loads and store (pass_vectorize.VectorAccess); printed as is",
+        "a VectorAccess",
+        _written_by_lowering,
+        by="lowering",
+    ),
+    AnnotationKey(
+        HOISTED_LOADS,
+        "loop",
+        "CUDA: the wide global loads issued before the loop (pass_hoist.HoistedLoads)",
+        "a HoistedLoads",
+        _written_by_lowering,
         by="lowering",
     ),
 )

@@ -17,12 +17,12 @@ import dataclasses
 from typing import ClassVar
 
 from .annotation_keys import (
-    ASYNC_COPY,
     BLOCK_RASTERIZE,
     HOIST_LOADS,
     MIN_BLOCKS_PER_SM,
     PIPELINE_STAGES,
     TENSORIZE,
+    VECTOR_ACCESS,
     WGMMA_BATCH,
 )
 from .dtypes import is_float, itemsize
@@ -30,6 +30,7 @@ from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
 from .intrinsics_wgmma import parse_swizzled
+from .pass_vectorize import VectorAccess, guarded_stores, vector_base
 from .render_c import CStyleRenderer, buffer_elements, c_name
 from .simplify import linear, simplify
 from .stmt import (
@@ -126,7 +127,6 @@ class CUDARenderer(CStyleRenderer):
         self._needs_scratch = False
         self._dyn_offsets: dict[str, int] = {}
         self._no_auto_sync = 0
-        self._vec_extent = 0
         self._hoisted: dict[BufferLoad, str] = {}
         self.swizzled: dict[str, int] = {}  # shared buffers in a swizzled layout: row bytes
         self._block_text: dict[str, str] = {}  # remapped block indices (rasterisation)
@@ -289,8 +289,9 @@ class CUDARenderer(CStyleRenderer):
             self.loop(body, depth)
             render_wgmma.batch_close(self, int(dict(s.annotations)[WGMMA_BATCH]), depth)
             return
-        innermost = not any(isinstance(n, For) for n in walk(s.body))
-        if s.kind in ("vectorized", "unrolled") and innermost and self._vector_loop(s, depth):
+        access = dict(s.annotations).get(VECTOR_ACCESS)
+        if access is not None:
+            self._vector_loop(s, access, depth)
             return
         if HOIST_LOADS in dict(s.annotations) and self._hoisted_loop(s, depth):
             return
@@ -357,69 +358,21 @@ class CUDARenderer(CStyleRenderer):
         self._counter += 1
         return f"tf_{stem}{self._counter}"
 
-    def _vector_base(self, buf: Buffer, indices: tuple[Expr, ...], v: Var, n: int) -> Expr | None:
-        """The flat index at v = 0 when `buf[indices]` is contiguous in `v` and the n-element
-        run starts at a multiple of n (so the wide access is aligned)."""
-        if buf.scope not in ("global", "shared"):
-            return None
-        if itemsize(buf.dtype) * n not in _VEC_TYPES:
-            return None
-        flat: Expr | None = None
-        for idx, dim in zip(indices, buf.shape, strict=True):
-            flat = idx if flat is None else flat * dim + idx
-        if flat is None:
-            return None
-        terms, c = linear(simplify(flat))
-        if terms.get(v) != 1 or c % n:
-            return None
-        for t, k in terms.items():
-            if t == v:
-                continue
-            if any(x == v for x in walk(t)) or k % n:
-                return None
-        return simplify(substitute(flat, {v: Const(0, "int64")}))
-
-    def _vector_loop(self, s: For, depth: int) -> bool:
-        """Render a vectorized loop with wide loads/stores; False to fall back to a loop."""
-        if not isinstance(s.extent, Const):
-            return False
-        n = int(s.extent.value)
-        self._vec_extent = n
-        body, guards = s.body, []
-        while isinstance(body, IfThenElse) and body.else_case is None:
-            if any(x == s.var for x in walk(body.cond)):
-                return False
-            guards.append(body.cond)
-            body = body.then_case
-        stores = list(body.stmts) if isinstance(body, SeqStmt) else [body]
-        if not all(isinstance(st, BufferStore) for st in stores):
-            return False
-        loads: dict[BufferLoad, Expr] = {}
-        written = {st.buffer for st in stores if isinstance(st, BufferStore)}
-        for st in stores:
-            for x in walk(st.value):  # type: ignore[union-attr]
-                if isinstance(x, BufferLoad) and x not in loads and x.buffer not in written:
-                    base = self._vector_base(x.buffer, x.indices, s.var, n)
-                    if base is not None:
-                        loads[x] = base
-        wide_store = None
-        if len(stores) == 1 and s.kind == "vectorized":
-            st = stores[0]
-            assert isinstance(st, BufferStore)
-            base = self._vector_base(st.buffer, st.indices, s.var, n)
-            if base is not None:
-                wide_store = (st, base)
-        if not loads and wide_store is None:
-            return False
-        if wide_store is not None and ASYNC_COPY in dict(s.annotations) and not guards:
-            if self._async_copy(wide_store[0], wide_store[1], loads, depth):
-                return True
+    def _vector_loop(self, s: For, access: VectorAccess, depth: int) -> None:
+        """A loop with the wide loads and store its `vector_access` annotation names."""
+        n = access.lanes
+        if access.async_copy:
+            self._async_copy(access, depth)
+            return
+        found = guarded_stores(s)
+        assert found is not None
+        guards, stores = found
         for g in guards:
             self.emit(f"if ({self.expr(g)}) {{", depth)
             depth += 1
         v = c_name(s.var.name)
         saved = dict(self._vec)
-        for x, base in loads.items():
+        for x, base in access.loads:
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             name = self._fresh("v")
             ct = self.ctype(x.buffer.dtype)
@@ -427,8 +380,8 @@ class CUDARenderer(CStyleRenderer):
             src = f"*(const {vt}*)({c_name(x.buffer.name)} + {off})"
             self.emit(f"const {vt} {name} = {self._hoisted.get(x, src)};", depth)
             self._vec[x] = f"((const {ct}*)&{name})[{v}]"
-        if wide_store is not None:
-            st, base = wide_store
+        if access.store is not None and access.store_base is not None:
+            st, base = access.store, access.store_base
             vt = _VEC_TYPES[itemsize(st.buffer.dtype) * n]
             ct = self.ctype(st.buffer.dtype)
             tmp = self._fresh("s")
@@ -451,7 +404,6 @@ class CUDARenderer(CStyleRenderer):
         for _ in guards:
             depth -= 1
             self.emit("}", depth)
-        return True
 
     def _hoisted_loop(self, s: For, depth: int) -> bool:
         """An unrolled loop over a vector loop whose wide global loads are all issued first,
@@ -475,7 +427,7 @@ class CUDARenderer(CStyleRenderer):
             if isinstance(x, BufferLoad) and x.buffer.scope == "global" and x not in loads:
                 if x.buffer in written:
                     continue
-                base = self._vector_base(x.buffer, x.indices, inner.var, n)
+                base = vector_base(x.buffer, x.indices, inner.var, n)
                 if base is not None:
                     loads[x] = base
         if not loads:
@@ -502,23 +454,13 @@ class CUDARenderer(CStyleRenderer):
             del self._hoisted[x]
         return True
 
-    def _async_copy(
-        self, st: BufferStore, dst_base: Expr, loads: dict[BufferLoad, Expr], depth: int
-    ) -> bool:
+    def _async_copy(self, access: VectorAccess, depth: int) -> None:
         """A 16-byte global -> shared move as `cp.async.cg` (no registers, no wait here)."""
+        st, dst_base = access.store, access.store_base
+        assert st is not None and dst_base is not None and isinstance(st.value, BufferLoad)
         src = st.value
-        if not (
-            isinstance(src, BufferLoad)
-            and src in loads
-            and st.buffer.scope == "shared"
-            and src.buffer.scope == "global"
-            and src.buffer.dtype == st.buffer.dtype
-        ):
-            return False
-        if self._vec_extent * itemsize(st.buffer.dtype) != 16:
-            return False
         dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(dst_base))}"
-        gsrc = f"{c_name(src.buffer.name)} + {self.expr(loads[src])}"
+        gsrc = f"{c_name(src.buffer.name)} + {self.expr(dict(access.loads)[src])}"
         missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
         prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
         self.emit(
@@ -526,7 +468,6 @@ class CUDARenderer(CStyleRenderer):
             f'"r"((unsigned)__cvta_generic_to_shared({dst})), "l"({gsrc}) : "memory");',
             depth,
         )
-        return True
 
     # ------------------------------------------------------------ tensor intrinsics
 
