@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from .annotation_keys import (
     BLOCK_RASTERIZE,
-    HOIST_LOADS,
+    HOISTED_LOADS,
     MIN_BLOCKS_PER_SM,
     PIPELINE_STAGES,
     TENSORIZE,
@@ -30,7 +30,8 @@ from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
 from .intrinsics_wgmma import parse_swizzled
-from .pass_vectorize import VectorAccess, guarded_stores, vector_base
+from .pass_hoist import HoistedLoads
+from .pass_vectorize import VectorAccess, guarded_stores
 from .render_c import CStyleRenderer, buffer_elements, c_name
 from .simplify import linear, simplify
 from .stmt import (
@@ -293,7 +294,9 @@ class CUDARenderer(CStyleRenderer):
         if access is not None:
             self._vector_loop(s, access, depth)
             return
-        if HOIST_LOADS in dict(s.annotations) and self._hoisted_loop(s, depth):
+        hoisted = dict(s.annotations).get(HOISTED_LOADS)
+        if hoisted is not None:
+            self._hoisted_loop(s, hoisted, depth)
             return
         for p in self.loop_pragmas(s):
             self.emit(p, depth)
@@ -405,36 +408,13 @@ class CUDARenderer(CStyleRenderer):
             depth -= 1
             self.emit("}", depth)
 
-    def _hoisted_loop(self, s: For, depth: int) -> bool:
-        """An unrolled loop over a vector loop whose wide global loads are all issued first,
-        into a register array, so its iterations' loads are in flight together; False when
-        the nest does not have that shape (it is then rendered as usual)."""
-        inner = s.body
-        if not (
-            s.kind == "unrolled"
-            and isinstance(s.extent, Const)
-            and isinstance(inner, For)
-            and inner.kind in ("vectorized", "unrolled")
-            and isinstance(inner.extent, Const)
-            and not any(isinstance(n, For | IfThenElse) for n in walk(inner.body))
-        ):
-            return False
-        n, count = int(inner.extent.value), int(s.extent.value)
-        stores = [x for x in walk(inner.body) if isinstance(x, BufferStore)]
-        written = {st.buffer for st in stores}
-        loads: dict[BufferLoad, Expr] = {}
-        for x in walk(inner.body):
-            if isinstance(x, BufferLoad) and x.buffer.scope == "global" and x not in loads:
-                if x.buffer in written:
-                    continue
-                base = vector_base(x.buffer, x.indices, inner.var, n)
-                if base is not None:
-                    loads[x] = base
-        if not loads:
-            return False
+    def _hoisted_loop(self, s: For, hoisted: HoistedLoads, depth: int) -> None:
+        """The loads its `hoisted_loads` annotation names go into register arrays first, one
+        entry per iteration; the loop then computes from them."""
+        n, count = hoisted.lanes, hoisted.count
         v = c_name(s.var.name)
         added = []
-        for x, base in loads.items():
+        for x, base in hoisted.loads:
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             arr = self._fresh("h")
             self.emit(f"{vt} {arr}[{count}];", depth)
@@ -452,7 +432,6 @@ class CUDARenderer(CStyleRenderer):
         self.emit("}", depth)
         for x in added:
             del self._hoisted[x]
-        return True
 
     def _async_copy(self, access: VectorAccess, depth: int) -> None:
         """A 16-byte global -> shared move as `cp.async.cg` (no registers, no wait here)."""

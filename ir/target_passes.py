@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .errors import CodegenError
 from .lower import lower
+from .pass_hoist import hoist_loads
 from .pass_vectorize import mark_vector_loops
 from .stmt import PrimFunc
 
@@ -18,7 +19,7 @@ Pass = Callable[[PrimFunc], PrimFunc]
 
 TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
     "c": (),
-    "cuda": (mark_vector_loops,),
+    "cuda": (mark_vector_loops, hoist_loads),
 }
 
 
