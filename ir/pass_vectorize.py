@@ -32,13 +32,15 @@ VECTOR_BYTES = (8, 16)  # the widths of one access (uint2, uint4)
 class VectorAccess:
     """How a vector loop of `lanes` iterations accesses memory: wide `loads` (each with its
     flat index at lane 0), an optional wide `store` (with its base) and whether that store is
-    a cp.async global -> shared copy."""
+    a cp.async global -> shared copy; `store_threads` are the thread axes whose thread 0
+    alone makes the store (set by pass_predicate)."""
 
     lanes: int
     loads: tuple[tuple[BufferLoad, Expr], ...]
     store: BufferStore | None = None
     store_base: Expr | None = None
     async_copy: bool = False
+    store_threads: tuple[str, ...] = ()
 
 
 def vector_base(buf: Buffer, indices: tuple[Expr, ...], v: Var, n: int) -> Expr | None:

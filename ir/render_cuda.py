@@ -42,6 +42,7 @@ from .stmt import (
     PipelineSync,
     PrimFunc,
     SeqStmt,
+    SingleThread,
     Stmt,
     ThreadAllReduce,
 )
@@ -205,6 +206,10 @@ class CUDARenderer(CStyleRenderer):
             self._allreduce(s, depth)
         elif isinstance(s, BufferStore):
             self._store(s, depth)
+        elif isinstance(s, SingleThread):
+            if not isinstance(s.body, BufferStore):
+                raise CodegenError("only a store can be made by a single thread")
+            self._store(s.body, depth, s.threads)
         elif isinstance(s, PipelineSync):
             self._pipeline_sync(s, depth)
         elif isinstance(s, IfThenElse) and self._in_threads():
@@ -214,15 +219,10 @@ class CUDARenderer(CStyleRenderer):
         else:
             super().stmt(s, depth)
 
-    def _store(self, s: BufferStore, depth: int) -> None:
-        missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
+    def _store(self, s: BufferStore, depth: int, threads: tuple[str, ...] = ()) -> None:
+        """A store; made by thread 0 of `threads` only when pass_predicate says so."""
         target = f"{c_name(s.buffer.name)}[{self.flat_index(s.buffer, s.indices)}]"
-        line = f"{target} = {self.store_value(s)};"
-        if missing and s.buffer.scope != "local":
-            cond = " && ".join(f"{t} == 0" for t in missing)
-            self.emit(f"if ({cond}) {line}", depth)
-        else:
-            self.emit(line, depth)
+        self.emit(f"{_thread_zero(threads)}{target} = {self.store_value(s)};", depth)
 
     def _pipeline_sync(self, s: PipelineSync, depth: int) -> None:
         if s.op == "commit":
@@ -394,9 +394,7 @@ class CUDARenderer(CStyleRenderer):
             self.emit(f"(({ct}*)&{tmp})[{v}] = {self.store_value(st)};", depth + 1)
             self.emit("}", depth)
             dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(base))}"
-            missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
-            prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
-            self.emit(f"{prefix}*({vt}*)({dst}) = {tmp};", depth)
+            self.emit(f"{_thread_zero(access.store_threads)}*({vt}*)({dst}) = {tmp};", depth)
         else:
             self.emit(f"#pragma unroll {n}", depth)
             self.emit(f"for (int64_t {v} = 0; {v} < {n}; ++{v}) {{", depth)
@@ -440,8 +438,7 @@ class CUDARenderer(CStyleRenderer):
         src = st.value
         dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(dst_base))}"
         gsrc = f"{c_name(src.buffer.name)} + {self.expr(dict(access.loads)[src])}"
-        missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
-        prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
+        prefix = _thread_zero(access.store_threads)
         self.emit(
             f'{prefix}asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n" :: '
             f'"r"((unsigned)__cvta_generic_to_shared({dst})), "l"({gsrc}) : "memory");',
@@ -825,6 +822,11 @@ class CUDARenderer(CStyleRenderer):
 
             prelude += SWIZZLE_HELPER
         return f"{prelude}\n{sig} {{\n{body}\n}}\n"
+
+
+def _thread_zero(threads: tuple[str, ...]) -> str:
+    """`if (threadIdx.x == 0 && ...) ` before a statement only thread 0 of `threads` runs."""
+    return f"if ({' && '.join(f'{t} == 0' for t in threads)}) " if threads else ""
 
 
 def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[str]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from .errors import CodegenError
 from .lower import lower
 from .pass_hoist import hoist_loads
+from .pass_predicate import predicate_stores
 from .pass_vectorize import mark_vector_loops
 from .stmt import PrimFunc
 
@@ -19,7 +20,7 @@ Pass = Callable[[PrimFunc], PrimFunc]
 
 TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
     "c": (),
-    "cuda": (mark_vector_loops, hoist_loads),
+    "cuda": (mark_vector_loops, hoist_loads, predicate_stores),
 }
 
 
