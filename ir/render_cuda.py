@@ -41,9 +41,9 @@ from .stmt import (
     IfThenElse,
     PipelineSync,
     PrimFunc,
-    SeqStmt,
     SingleThread,
     Stmt,
+    SyncThreads,
     ThreadAllReduce,
 )
 from .visit import fields_of, substitute, walk
@@ -128,7 +128,6 @@ class CUDARenderer(CStyleRenderer):
         self._counter = 0
         self._needs_scratch = False
         self._dyn_offsets: dict[str, int] = {}
-        self._no_auto_sync = 0
         self._hoisted: dict[BufferLoad, str] = {}
         self.swizzled: dict[str, int] = {}  # shared buffers in a swizzled layout: row bytes
         self._block_text: dict[str, str] = {}  # remapped block indices (rasterisation)
@@ -200,8 +199,8 @@ class CUDARenderer(CStyleRenderer):
         return any(t in BLOCK_TAGS for t in self._bound)
 
     def stmt(self, s: Stmt, depth: int) -> None:
-        if isinstance(s, SeqStmt) and not self._in_threads():
-            self._block_level_seq(s, depth)
+        if isinstance(s, SyncThreads):
+            self.emit("__syncthreads();", depth)
         elif isinstance(s, ThreadAllReduce):
             self._allreduce(s, depth)
         elif isinstance(s, BufferStore):
@@ -244,21 +243,8 @@ class CUDARenderer(CStyleRenderer):
         """The steady state of a software pipeline: its waits are the only barriers."""
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
-        stmts = list(s.body.stmts) if isinstance(s.body, SeqStmt) else [s.body]
-        self._no_auto_sync += 1  # waits, copies, commits and compute steps: no extra barriers
-        for c in stmts:
-            self.stmt(c, depth + 1)
-        self._no_auto_sync -= 1
+        self.stmt(s.body, depth + 1)
         self.emit("}", depth)
-
-    def _block_level_seq(self, s: SeqStmt, depth: int) -> None:
-        dirty = False
-        for c in s.stmts:
-            if dirty and not self._no_auto_sync and _shared_names(c, stores_only=False):
-                self.emit("__syncthreads();", depth)
-                dirty = False
-            self.stmt(c, depth)
-            dirty = dirty or bool(_shared_names(c, stores_only=True))
 
     def loop_pragmas(self, s: For) -> list[str]:
         if s.kind == "parallel":
@@ -303,12 +289,6 @@ class CUDARenderer(CStyleRenderer):
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
         self.stmt(s.body, depth + 1)
-        if (
-            not self._in_threads()
-            and _shared_names(s.body, stores_only=True)
-            and _shared_names(s.body, stores_only=False, loads_only=True)
-        ):
-            self.emit("__syncthreads();", depth + 1)
         self.emit("}", depth)
 
     def _thread_loop(self, s: For, depth: int) -> None:
@@ -827,17 +807,6 @@ class CUDARenderer(CStyleRenderer):
 def _thread_zero(threads: tuple[str, ...]) -> str:
     """`if (threadIdx.x == 0 && ...) ` before a statement only thread 0 of `threads` runs."""
     return f"if ({' && '.join(f'{t} == 0' for t in threads)}) " if threads else ""
-
-
-def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[str]:
-    """Names of shared buffers `s` stores to (or touches at all)."""
-    out: set[str] = set()
-    for n in walk(s):
-        if isinstance(n, BufferStore) and n.buffer.scope == "shared" and not loads_only:
-            out.add(n.buffer.name)
-        elif isinstance(n, BufferLoad) and n.buffer.scope == "shared" and not stores_only:
-            out.add(n.buffer.name)
-    return out
 
 
 def _loop_annotations(func: PrimFunc, key: str) -> list[int]:

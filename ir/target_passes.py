@@ -13,6 +13,7 @@ from .errors import CodegenError
 from .lower import lower
 from .pass_hoist import hoist_loads
 from .pass_predicate import predicate_stores
+from .pass_thread_sync import insert_thread_syncs
 from .pass_vectorize import mark_vector_loops
 from .stmt import PrimFunc
 
@@ -20,7 +21,7 @@ Pass = Callable[[PrimFunc], PrimFunc]
 
 TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
     "c": (),
-    "cuda": (mark_vector_loops, hoist_loads, predicate_stores),
+    "cuda": (mark_vector_loops, hoist_loads, predicate_stores, insert_thread_syncs),
 }
 
 
