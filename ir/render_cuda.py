@@ -1,14 +1,14 @@
 """CUDA C renderer: the C-style base with CUDA tables and hooks (threads, shared memory,
 barriers, cross-thread reductions, 128-bit vector access).
 
-Thread-bound loops become thread indices (guarded where the loop is shorter than the launched
-axis). Stores outside a threadIdx loop are done by thread 0 of that axis. A `__syncthreads()`
-separates block-level statements that write shared memory from later ones that touch it, and
-ends each iteration of a block-level loop that writes and reads shared memory. A vectorized
-loop over 8 or 16 contiguous, provably aligned bytes becomes one wide load or store. A
-software-pipelined loop (pipeline.py) gets cp.async copies and commit / wait groups as its
-only barriers; `hoist_loads` and `min_blocks_per_sm` loop annotations put an unrolled loop's
-wide loads in flight together and set the second __launch_bounds__ argument.
+It prints what the CUDA lowering passes (target_passes.py) decided: `SyncThreads` barriers
+(pass_thread_sync), `SingleThread` stores made by thread 0 of an axis (pass_predicate), the
+wide loads and stores of a loop's `vector_access` (pass_vectorize) and the register arrays of
+its `hoisted_loads` (pass_hoist). Thread-bound loops become thread indices (guarded where the
+loop is shorter than the launched axis). A software-pipelined loop (pipeline.py) gets
+cp.async copies and commit / wait groups; `min_blocks_per_sm` and `block_rasterize` loop
+annotations set the second __launch_bounds__ argument and renumber the blocks. A tensorized
+loop is printed by its intrinsic family's method (`tensor_families`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .dtypes import is_float, itemsize
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
+from .intrinsics import TensorIntrin
 from .intrinsics_wgmma import parse_swizzled
 from .pass_hoist import HoistedLoads
 from .pass_vectorize import VectorAccess, guarded_stores
@@ -117,6 +118,13 @@ class CUDARenderer(CStyleRenderer):
     float_intrinsics: ClassVar[dict[str, str]] = {
         **CStyleRenderer.float_intrinsics,
         "rsqrt": "rsqrtf({0})",
+    }
+
+    # tensor-intrinsic family (the accumulator scope's prefix) -> the method that prints it
+    tensor_families: ClassVar[dict[str, str]] = {
+        "wmma": "_wmma_intrin",
+        "mma": "_mma_sync_intrin",
+        "wgmma": "_wgmma_intrin",
     }
 
     def __init__(self) -> None:
@@ -472,14 +480,34 @@ class CUDARenderer(CStyleRenderer):
             )
         vs = [c.var for c in chain]
         zero: dict[Var, Expr] = {v: Const(0, "int64") for v in vs}
-        if info.acc_scope.startswith("wgmma."):
-            from . import render_wgmma
+        family = info.acc_scope.split(".", 1)[0]
+        printer = self.tensor_families.get(family)
+        if printer is None:
+            raise CodegenError(f"intrinsic {name}: no CUDA printer for the {family!r} family")
+        getattr(self, printer)(info, body, vs, zero, depth)
 
-            render_wgmma.emit(self, info, body, vs, depth)
-            return
-        if info.acc_scope.startswith("mma."):
-            self._mma_sync_intrin(info.kind, info.in_dtype, body, vs, zero, depth)
-            return
+    def _wgmma_intrin(
+        self,
+        info: TensorIntrin,
+        body: BufferStore,
+        vs: list[Var],
+        zero: dict[Var, Expr],
+        depth: int,
+    ) -> None:
+        """Hopper warpgroup MMA (render_wgmma)."""
+        from . import render_wgmma
+
+        render_wgmma.emit(self, info, body, vs, depth)
+
+    def _wmma_intrin(
+        self,
+        info: TensorIntrin,
+        body: BufferStore,
+        vs: list[Var],
+        zero: dict[Var, Expr],
+        depth: int,
+    ) -> None:
+        """The WMMA family: fragments in nvcuda::wmma objects, loaded from memory per MMA."""
         wmma = "nvcuda::wmma"
         if info.kind == "fill":
             frag = self._fragment(body, zero)
@@ -528,8 +556,7 @@ class CUDARenderer(CStyleRenderer):
 
     def _mma_sync_intrin(
         self,
-        kind: str,
-        in_dtype: str | None,
+        info: TensorIntrin,
         body: BufferStore,
         vs: list[Var],
         zero: dict[Var, Expr],
@@ -540,6 +567,7 @@ class CUDARenderer(CStyleRenderer):
         Lane l of an m16n8k16 fragment holds row l / 4 and column pair 2 (l % 4) of each 8 x 8
         quarter; an accumulator tile (two n8 halves) is 8 floats, an operand tile 4 words.
         """
+        kind, in_dtype = info.kind, info.in_dtype
         if kind == "fill":
             frag = self._fragment(body, zero)
             for e in range(8):
