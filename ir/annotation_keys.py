@@ -27,11 +27,13 @@ ASYNC_COPY = "async_copy"
 STORAGE_ALIGN = "storage_align"
 VECTOR_ACCESS = "vector_access"
 HOISTED_LOADS = "hoisted_loads"
+HOISTED_CALLS = "hoisted_calls"
 
 __all__ = [
     "ASYNC_COPY",
     "AUTO_UNROLL",
     "BLOCK_RASTERIZE",
+    "HOISTED_CALLS",
     "HOISTED_LOADS",
     "HOIST_LOADS",
     "MIN_BLOCKS_PER_SM",
@@ -180,6 +182,14 @@ _KEYS = (
         "loop",
         "CUDA: the wide global loads issued before the loop (pass_hoist.HoistedLoads)",
         "a HoistedLoads",
+        _written_by_lowering,
+        by="lowering",
+    ),
+    AnnotationKey(
+        HOISTED_CALLS,
+        "loop",
+        "C: the invariant math calls computed once before the loop (pass_hoist)",
+        "a tuple of Calls",
         _written_by_lowering,
         by="lowering",
     ),

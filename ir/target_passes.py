@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from .errors import CodegenError
 from .lower import lower
-from .pass_hoist import hoist_loads
+from .pass_hoist import hoist_invariant_calls, hoist_loads
 from .pass_predicate import predicate_stores
 from .pass_thread_sync import insert_thread_syncs
 from .pass_vectorize import mark_vector_loops
@@ -20,7 +20,7 @@ from .stmt import PrimFunc
 Pass = Callable[[PrimFunc], PrimFunc]
 
 TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
-    "c": (),
+    "c": (hoist_invariant_calls,),
     "cuda": (mark_vector_loops, hoist_loads, predicate_stores, insert_thread_syncs),
 }
 

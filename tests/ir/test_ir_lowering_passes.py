@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from tunefleet.ir import CodegenError, Schedule, default_schedule, ops
-from tunefleet.ir.annotation_keys import HOISTED_LOADS, VECTOR_ACCESS
+from tunefleet.ir.annotation_keys import HOISTED_CALLS, HOISTED_LOADS, VECTOR_ACCESS
 from tunefleet.ir.intrinsics import INTRINSICS
 from tunefleet.ir.lower import lower
 from tunefleet.ir.pass_hoist import HoistedLoads
 from tunefleet.ir.pass_vectorize import VectorAccess
+from tunefleet.ir.render_c import CRenderer
 from tunefleet.ir.render_cuda import CUDARenderer
 from tunefleet.ir.stmt import For, PrimFunc, SingleThread, SyncThreads
 from tunefleet.ir.target_passes import TARGET_PASSES, lower_for_target
@@ -39,7 +40,7 @@ def _softmax() -> PrimFunc:
 def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
     assert names == ["mark_vector_loops", "hoist_loads", "predicate_stores", "insert_thread_syncs"]
-    assert TARGET_PASSES["c"] == ()
+    assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
     with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
         lower_for_target(_softmax(), "metal")
 
@@ -108,3 +109,13 @@ def test_every_tensor_intrinsic_family_has_a_printer() -> None:
     assert families <= set(CUDARenderer.tensor_families)
     for method in CUDARenderer.tensor_families.values():
         assert callable(getattr(CUDARenderer, method))
+
+
+def test_c_hoists_invariant_math_calls_the_pass_names() -> None:
+    func = default_schedule(ops.get_op("rmsnorm").build({"m": 4, "n": 64}, "float32")).func
+    lowered = lower_for_target(func, "c")
+    calls = [c for group in _annotated(lowered, HOISTED_CALLS) for c in group]
+    assert [c.op for c in calls] == ["rsqrt"]
+    full = CRenderer().render(lowered, "k", ())
+    bare = CRenderer().render(lower(func), "k", ())
+    assert "const float tf_inv0 = (1.0f / sqrtf(" in full and "tf_inv" not in bare
