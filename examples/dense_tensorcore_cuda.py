@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 
 from tunefleet.ir import Schedule, build_source, ops
+from tunefleet.ir.annotation_keys import BLOCK_RASTERIZE, PIPELINE_FRAGMENTS, PIPELINE_STAGES
 from tunefleet.ir.tensorcore_schedule import (
     WMMA_MMA,
     apply_wmma_tiling,
@@ -117,7 +118,7 @@ def dense_mma_schedule(
     out = sch.get_block(op)
     t = tile_warps(sch, acc, "mma.accumulator", warps=warps, tile=tile, tile_k=tile_k)
     if raster:  # blocks run in groups of `raster` row tiles, column by column (L2 reuse)
-        sch.annotate(t.bi, "block_rasterize", raster)
+        sch.annotate(t.bi, BLOCK_RASTERIZE, raster)
     for operand, (scope, intrin) in enumerate(
         (("mma.matrix_a", "ldmatrix_a_x4"), ("mma.matrix_b", "ldmatrix_b_x4"))
     ):
@@ -138,9 +139,9 @@ def dense_mma_schedule(
         row_len = sch.get(sch.get_loops(tile_rv)[-1]).extent.value  # type: ignore[attr-defined]
         fetch_to_shared(sch, tile_rv, warps, row_len, pad)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
-        sch.annotate(t.ko, "software_pipeline_stages", stages)
+        sch.annotate(t.ko, PIPELINE_STAGES, stages)
         if prefetch and tile_k // 16 % 2 == 0:  # next 16-wide step's fragments during the MMAs
-            sch.annotate(t.ko, "software_pipeline_fragments", 1)
+            sch.annotate(t.ko, PIPELINE_FRAGMENTS, 1)
     for loop in (t.ki, t.fi, t.fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
     tensorize_accumulation(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 
 from tunefleet.ir import Schedule, build_source, ops
+from tunefleet.ir.annotation_keys import HOIST_LOADS, MIN_BLOCKS_PER_SM
 
 
 def gemv_schedule(
@@ -40,7 +41,7 @@ def gemv_schedule(
     j0, j1 = sch.split(j, [None, rows_per_block])
     sch.bind(j0, "blockIdx.x")
     if min_blocks:  # registers budgeted so that all blocks are resident at once
-        sch.annotate(j0, "min_blocks_per_sm", min_blocks)
+        sch.annotate(j0, MIN_BLOCKS_PER_SM, min_blocks)
     sch.bind(j1, "threadIdx.y")  # one warp per row
     sch.compute_at(acc, j1)  # the row's sum is computed by that warp...
     sch.set_scope(acc, 0, "local")  # ...and kept in a register of lane 0
@@ -51,7 +52,7 @@ def gemv_schedule(
     if unroll:
         sch.unroll(k0)  # k / 256 independent 16-byte loads per lane...
         if hoist:  # ...all issued before the first multiply-add
-            sch.annotate(k0, "hoist_loads", 1)
+            sch.annotate(k0, HOIST_LOADS, 1)
     sch.unroll(vec)  # 8 contiguous halves: one 128-bit load of w and of x
     return sch
 

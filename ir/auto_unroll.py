@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from .annotation_keys import AUTO_UNROLL
 from .expr import Const
 from .stmt import Allocate, For, IfThenElse, SeqStmt, Stmt
-
-AUTO_UNROLL = "auto_unroll_max_step"  # loop annotation: int, 0 turns it off
 
 
 def steps(s: Stmt | None) -> int | None:

@@ -12,11 +12,11 @@ from typing import Any
 from .errors import CodegenError
 from .expr import Const, Expr, Var
 from .gpu_launch import launch_dims
-from .lower import lower
 from .render_c import CRenderer, CStyleRenderer, c_name
 from .render_cuda import CUDARenderer
 from .simplify import simplify
 from .stmt import PrimFunc
+from .target_passes import lower_for_target
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def build_source(func_or_schedule: Any, target: str = "cpu") -> KernelSource:
         raise CodegenError(
             f"no code generator for target {target!r} in this build (available: {known})"
         )
-    lowered = lower(func)
+    lowered = lower_for_target(func, renderer_cls.lang)
     scalars: tuple[Var, ...] = func.shape_vars
     entry = f"{c_name(func.name)}_kernel"
     renderer = renderer_cls()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .annotation_keys import STORAGE_ALIGN
 from .auto_unroll import apply_auto_unroll
 from .errors import LoweringError
 from .expr import Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
@@ -61,9 +62,6 @@ def lower(func: PrimFunc) -> PrimFunc:
     if swizzled:  # physical layouts the renderer applies to addresses (intrinsics_wgmma)
         attrs = (*attrs, (SWIZZLE_ATTR, swizzled))
     return dataclasses.replace(func, body=body, attrs=attrs)  # type: ignore[arg-type]
-
-
-STORAGE_ALIGN = "storage_align"  # block annotation: "buffer:factor:offset"
 
 
 def storage_aligns(func: PrimFunc) -> dict[str, tuple[int, int]]:

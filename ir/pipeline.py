@@ -44,28 +44,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from .annotation_keys import ASYNC_COPY, PIPELINE_FRAGMENTS, PIPELINE_STAGES
 from .errors import LoweringError
 from .expr import Buffer, BufferLoad, Const, Expr, Var, const
 from .schedule_tree import make_seq
 from .simplify import simplify
 from .stmt import Allocate, BufferStore, For, IfThenElse, PipelineSync, SeqStmt, Stmt
 from .visit import rewrite, substitute, walk
-
-PIPELINE_STAGES = "software_pipeline_stages"  # loop annotation: number of stages (>= 2)
-ASYNC_COPY = "async_copy"  # loop annotation lowering puts on the copies' vector loops
-# Loop annotation for an unrolled loop over a vector loop: on CUDA, issue the wide global loads
-# of all its iterations before the first use (more bytes in flight per thread).
-HOIST_LOADS = "hoist_loads"
-# Loop annotation (any loop of a kernel, usually a blockIdx one): on CUDA, the second argument
-# of __launch_bounds__, so the compiler budgets registers for that many resident blocks.
-MIN_BLOCKS_PER_SM = "min_blocks_per_sm"
-# Loop annotation (any loop of a kernel launched over blockIdx.x and blockIdx.y): on CUDA, run
-# the blocks in groups of this many blockIdx.y rows, column by column inside a group, so the
-# blocks resident together share operand tiles in L2 (threadblock rasterisation).
-BLOCK_RASTERIZE = "block_rasterize"
-# Loop annotation beside software_pipeline_stages: double-buffer the compute's register
-# fragments and load them one inner step ahead (see the module docstring).
-PIPELINE_FRAGMENTS = "software_pipeline_fragments"
 
 
 def pipeline_loops(s: Stmt) -> Stmt:

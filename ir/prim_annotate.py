@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .annotation_keys import check_annotation
 from .errors import ScheduleError
 from .instruction_traits import primitive
 from .schedule_state import ScheduleState
@@ -19,6 +20,9 @@ def annotate(state: ScheduleState, target: RV, key: str, value: Any) -> None:
         for k in range(64): ...        annotate(k, "software_pipeline_stages", 3) ->
         for k in range(64): [software_pipeline_stages=3]
     """
+    check_annotation(
+        key, value, "block" if isinstance(target, RV) and target.kind == "b" else "loop"
+    )
     value = state.value(value) if isinstance(value, RV) else value
     if not isinstance(value, str | int | float | bool):
         raise ScheduleError(f"annotation values must be str, int, float or bool, got {value!r}")

@@ -17,7 +17,9 @@ from .stmt import (
     PrimFunc,
     Range,
     SeqStmt,
+    SingleThread,
     Stmt,
+    SyncThreads,
     ThreadAllReduce,
 )
 
@@ -118,6 +120,11 @@ def stmt_lines(s: Stmt, indent: int = 0) -> list[str]:
         return [f"{pad}pipeline_{s.op}{arg}"]
     if isinstance(s, ThreadAllReduce):
         return [f"{pad}{s.buffer.name}[0] = allreduce_{s.op}({s.buffer.name}[0], {s.thread})"]
+    if isinstance(s, SingleThread):
+        cond = " and ".join(f"{t} == 0" for t in s.threads)
+        return [f"{pad}if {cond}:  # one thread", *stmt_lines(s.body, indent + 1)]
+    if isinstance(s, SyncThreads):
+        return [f"{pad}sync_threads()"]
     if isinstance(s, BlockRealize):
         return _block_lines(s, indent)
     if isinstance(s, Block):

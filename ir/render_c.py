@@ -12,6 +12,7 @@ import math
 import re
 from typing import ClassVar
 
+from .annotation_keys import HOISTED_CALLS
 from .dtypes import is_float
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
@@ -453,9 +454,6 @@ class CRenderer(CStyleRenderer):
         "exp": "tf_expf({0})",
         "sigmoid": "(1.0f / (1.0f + tf_expf(-({0}))))",
     }
-    hoisted_ops: ClassVar[frozenset[str]] = frozenset(
-        {"exp", "log", "sqrt", "rsqrt", "erf", "tanh", "sigmoid"}
-    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -472,85 +470,21 @@ class CRenderer(CStyleRenderer):
         return name if name is not None else super().call(e)
 
     def loop(self, s: For, depth: int) -> None:
-        """Compute loop-invariant math calls once, before the outermost loop they don't vary in.
-
-        gcc keeps libm calls such as sqrtf inside loops (they may set errno), so rmsnorm's
-        `x * rsqrt(sumsq / n + eps) * w` took a vector sqrt and divide per 16 elements:
-
-            for j: out[i, j] = x[i, j] * (1.0f / sqrtf(sumsq[i] / n + eps)) * w[j]
-        becomes
-            const float tf_inv0 = (1.0f / sqrtf(sumsq[i] / n + eps));
-            for j: out[i, j] = x[i, j] * tf_inv0 * w[j]
-        """
+        """Compute the loop-invariant math calls its `hoisted_calls` annotation names once,
+        before the loop (pass_hoist.hoist_invariant_calls decided which)."""
         added = []
-        if s.kind != "thread_binding":
-            for c in _invariant_calls(s, self.hoisted_ops):
-                if c in self._hoisted or c.dtype != "float32":
-                    continue
-                name = f"tf_inv{self._hoist_count}"
-                self._hoist_count += 1
-                self.emit(f"const float {name} = {self.call(c)};", depth)
-                self._hoisted[c] = name
-                added.append(c)
+        for c in dict(s.annotations).get(HOISTED_CALLS, ()):
+            name = f"tf_inv{self._hoist_count}"
+            self._hoist_count += 1
+            self.emit(f"const float {name} = {self.call(c)};", depth)
+            self._hoisted[c] = name
+            added.append(c)
         super().loop(s, depth)
         for c in added:
             del self._hoisted[c]
 
 
 _OMP_REDUCTION = {"add": "+", "max": "max", "min": "min"}
-
-
-def _invariant_calls(loop: For, ops: frozenset[str]) -> list[Call]:
-    """Outermost calls of `ops` in the loop that read no variable or buffer the loop changes.
-
-    Calls under an `if` or inside a Select branch are left where they are: their loads may be
-    out of bounds when the guard is false.
-    """
-    inner = {loop.var} | {n.var for n in walk(loop.body) if isinstance(n, For)}
-    changed = {n.buffer.name for n in walk(loop.body) if isinstance(n, (BufferStore, Allocate))}
-
-    def invariant(e: Expr) -> bool:
-        for n in walk(e):
-            if isinstance(n, Var) and n in inner:
-                return False
-            if isinstance(n, BufferLoad) and n.buffer.name in changed:
-                return False
-        return True
-
-    found: dict[Call, None] = {}
-
-    def visit_expr(e: Expr) -> None:
-        if isinstance(e, Call) and e.op in ops and invariant(e):
-            found.setdefault(e, None)
-        elif isinstance(e, Select):
-            visit_expr(e.cond)
-        elif isinstance(e, (BinOp, Cast, Call, BufferLoad)):
-            for child in _children(e):
-                visit_expr(child)
-
-    def visit_stmt(st: Stmt) -> None:
-        if isinstance(st, SeqStmt):
-            for c in st.stmts:
-                visit_stmt(c)
-        elif isinstance(st, (For, Allocate)):
-            visit_stmt(st.body)
-        elif isinstance(st, BufferStore):
-            visit_expr(st.value)
-
-    visit_stmt(loop.body)
-    return list(found)
-
-
-def _children(e: Expr) -> tuple[Expr, ...]:
-    if isinstance(e, BinOp):
-        return (e.a, e.b)
-    if isinstance(e, Cast):
-        return (e.value,)
-    if isinstance(e, Call):
-        return e.args
-    if isinstance(e, BufferLoad):
-        return e.indices
-    return ()
 
 
 def _carries_store(s: For) -> bool:

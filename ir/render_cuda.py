@@ -1,14 +1,14 @@
 """CUDA C renderer: the C-style base with CUDA tables and hooks (threads, shared memory,
 barriers, cross-thread reductions, 128-bit vector access).
 
-Thread-bound loops become thread indices (guarded where the loop is shorter than the launched
-axis). Stores outside a threadIdx loop are done by thread 0 of that axis. A `__syncthreads()`
-separates block-level statements that write shared memory from later ones that touch it, and
-ends each iteration of a block-level loop that writes and reads shared memory. A vectorized
-loop over 8 or 16 contiguous, provably aligned bytes becomes one wide load or store. A
-software-pipelined loop (pipeline.py) gets cp.async copies and commit / wait groups as its
-only barriers; `hoist_loads` and `min_blocks_per_sm` loop annotations put an unrolled loop's
-wide loads in flight together and set the second __launch_bounds__ argument.
+It prints what the CUDA lowering passes (target_passes.py) decided: `SyncThreads` barriers
+(pass_thread_sync), `SingleThread` stores made by thread 0 of an axis (pass_predicate), the
+wide loads and stores of a loop's `vector_access` (pass_vectorize) and the register arrays of
+its `hoisted_loads` (pass_hoist). Thread-bound loops become thread indices (guarded where the
+loop is shorter than the launched axis). A software-pipelined loop (pipeline.py) gets
+cp.async copies and commit / wait groups; `min_blocks_per_sm` and `block_rasterize` loop
+annotations set the second __launch_bounds__ argument and renumber the blocks. A tensorized
+loop is printed by its intrinsic family's method (`tensor_families`).
 """
 
 from __future__ import annotations
@@ -16,18 +16,23 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from .annotation_keys import (
+    BLOCK_RASTERIZE,
+    HOISTED_LOADS,
+    MIN_BLOCKS_PER_SM,
+    PIPELINE_STAGES,
+    TENSORIZE,
+    VECTOR_ACCESS,
+    WGMMA_BATCH,
+)
 from .dtypes import is_float, itemsize
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
-from .intrinsics_wgmma import WGMMA_BATCH, parse_swizzled
-from .pipeline import (
-    ASYNC_COPY,
-    BLOCK_RASTERIZE,
-    HOIST_LOADS,
-    MIN_BLOCKS_PER_SM,
-    PIPELINE_STAGES,
-)
+from .intrinsics import TensorIntrin
+from .intrinsics_wgmma import parse_swizzled
+from .pass_hoist import HoistedLoads
+from .pass_vectorize import VectorAccess, guarded_stores
 from .render_c import CStyleRenderer, buffer_elements, c_name
 from .simplify import linear, simplify
 from .stmt import (
@@ -37,8 +42,9 @@ from .stmt import (
     IfThenElse,
     PipelineSync,
     PrimFunc,
-    SeqStmt,
+    SingleThread,
     Stmt,
+    SyncThreads,
     ThreadAllReduce,
 )
 from .visit import fields_of, substitute, walk
@@ -114,6 +120,13 @@ class CUDARenderer(CStyleRenderer):
         "rsqrt": "rsqrtf({0})",
     }
 
+    # tensor-intrinsic family (the accumulator scope's prefix) -> the method that prints it
+    tensor_families: ClassVar[dict[str, str]] = {
+        "wmma": "_wmma_intrin",
+        "mma": "_mma_sync_intrin",
+        "wgmma": "_wgmma_intrin",
+    }
+
     def __init__(self) -> None:
         super().__init__()
         self._launch = LaunchDims(())
@@ -123,8 +136,6 @@ class CUDARenderer(CStyleRenderer):
         self._counter = 0
         self._needs_scratch = False
         self._dyn_offsets: dict[str, int] = {}
-        self._no_auto_sync = 0
-        self._vec_extent = 0
         self._hoisted: dict[BufferLoad, str] = {}
         self.swizzled: dict[str, int] = {}  # shared buffers in a swizzled layout: row bytes
         self._block_text: dict[str, str] = {}  # remapped block indices (rasterisation)
@@ -196,12 +207,16 @@ class CUDARenderer(CStyleRenderer):
         return any(t in BLOCK_TAGS for t in self._bound)
 
     def stmt(self, s: Stmt, depth: int) -> None:
-        if isinstance(s, SeqStmt) and not self._in_threads():
-            self._block_level_seq(s, depth)
+        if isinstance(s, SyncThreads):
+            self.emit("__syncthreads();", depth)
         elif isinstance(s, ThreadAllReduce):
             self._allreduce(s, depth)
         elif isinstance(s, BufferStore):
             self._store(s, depth)
+        elif isinstance(s, SingleThread):
+            if not isinstance(s.body, BufferStore):
+                raise CodegenError("only a store can be made by a single thread")
+            self._store(s.body, depth, s.threads)
         elif isinstance(s, PipelineSync):
             self._pipeline_sync(s, depth)
         elif isinstance(s, IfThenElse) and self._in_threads():
@@ -211,15 +226,10 @@ class CUDARenderer(CStyleRenderer):
         else:
             super().stmt(s, depth)
 
-    def _store(self, s: BufferStore, depth: int) -> None:
-        missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
+    def _store(self, s: BufferStore, depth: int, threads: tuple[str, ...] = ()) -> None:
+        """A store; made by thread 0 of `threads` only when pass_predicate says so."""
         target = f"{c_name(s.buffer.name)}[{self.flat_index(s.buffer, s.indices)}]"
-        line = f"{target} = {self.store_value(s)};"
-        if missing and s.buffer.scope != "local":
-            cond = " && ".join(f"{t} == 0" for t in missing)
-            self.emit(f"if ({cond}) {line}", depth)
-        else:
-            self.emit(line, depth)
+        self.emit(f"{_thread_zero(threads)}{target} = {self.store_value(s)};", depth)
 
     def _pipeline_sync(self, s: PipelineSync, depth: int) -> None:
         if s.op == "commit":
@@ -241,21 +251,8 @@ class CUDARenderer(CStyleRenderer):
         """The steady state of a software pipeline: its waits are the only barriers."""
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
-        stmts = list(s.body.stmts) if isinstance(s.body, SeqStmt) else [s.body]
-        self._no_auto_sync += 1  # waits, copies, commits and compute steps: no extra barriers
-        for c in stmts:
-            self.stmt(c, depth + 1)
-        self._no_auto_sync -= 1
+        self.stmt(s.body, depth + 1)
         self.emit("}", depth)
-
-    def _block_level_seq(self, s: SeqStmt, depth: int) -> None:
-        dirty = False
-        for c in s.stmts:
-            if dirty and not self._no_auto_sync and _shared_names(c, stores_only=False):
-                self.emit("__syncthreads();", depth)
-                dirty = False
-            self.stmt(c, depth)
-            dirty = dirty or bool(_shared_names(c, stores_only=True))
 
     def loop_pragmas(self, s: For) -> list[str]:
         if s.kind == "parallel":
@@ -269,7 +266,7 @@ class CUDARenderer(CStyleRenderer):
         return []
 
     def loop(self, s: For, depth: int) -> None:
-        intrin = dict(s.annotations).get("tensorize")
+        intrin = dict(s.annotations).get(TENSORIZE)
         if intrin is not None:
             self._tensorized(s, str(intrin), depth)
             return
@@ -287,22 +284,19 @@ class CUDARenderer(CStyleRenderer):
             self.loop(body, depth)
             render_wgmma.batch_close(self, int(dict(s.annotations)[WGMMA_BATCH]), depth)
             return
-        innermost = not any(isinstance(n, For) for n in walk(s.body))
-        if s.kind in ("vectorized", "unrolled") and innermost and self._vector_loop(s, depth):
+        access = dict(s.annotations).get(VECTOR_ACCESS)
+        if access is not None:
+            self._vector_loop(s, access, depth)
             return
-        if HOIST_LOADS in dict(s.annotations) and self._hoisted_loop(s, depth):
+        hoisted = dict(s.annotations).get(HOISTED_LOADS)
+        if hoisted is not None:
+            self._hoisted_loop(s, hoisted, depth)
             return
         for p in self.loop_pragmas(s):
             self.emit(p, depth)
         v = c_name(s.var.name)
         self.emit(f"for (int64_t {v} = 0; {v} < {self.expr(s.extent)}; ++{v}) {{", depth)
         self.stmt(s.body, depth + 1)
-        if (
-            not self._in_threads()
-            and _shared_names(s.body, stores_only=True)
-            and _shared_names(s.body, stores_only=False, loads_only=True)
-        ):
-            self.emit("__syncthreads();", depth + 1)
         self.emit("}", depth)
 
     def _thread_loop(self, s: For, depth: int) -> None:
@@ -355,69 +349,21 @@ class CUDARenderer(CStyleRenderer):
         self._counter += 1
         return f"tf_{stem}{self._counter}"
 
-    def _vector_base(self, buf: Buffer, indices: tuple[Expr, ...], v: Var, n: int) -> Expr | None:
-        """The flat index at v = 0 when `buf[indices]` is contiguous in `v` and the n-element
-        run starts at a multiple of n (so the wide access is aligned)."""
-        if buf.scope not in ("global", "shared"):
-            return None
-        if itemsize(buf.dtype) * n not in _VEC_TYPES:
-            return None
-        flat: Expr | None = None
-        for idx, dim in zip(indices, buf.shape, strict=True):
-            flat = idx if flat is None else flat * dim + idx
-        if flat is None:
-            return None
-        terms, c = linear(simplify(flat))
-        if terms.get(v) != 1 or c % n:
-            return None
-        for t, k in terms.items():
-            if t == v:
-                continue
-            if any(x == v for x in walk(t)) or k % n:
-                return None
-        return simplify(substitute(flat, {v: Const(0, "int64")}))
-
-    def _vector_loop(self, s: For, depth: int) -> bool:
-        """Render a vectorized loop with wide loads/stores; False to fall back to a loop."""
-        if not isinstance(s.extent, Const):
-            return False
-        n = int(s.extent.value)
-        self._vec_extent = n
-        body, guards = s.body, []
-        while isinstance(body, IfThenElse) and body.else_case is None:
-            if any(x == s.var for x in walk(body.cond)):
-                return False
-            guards.append(body.cond)
-            body = body.then_case
-        stores = list(body.stmts) if isinstance(body, SeqStmt) else [body]
-        if not all(isinstance(st, BufferStore) for st in stores):
-            return False
-        loads: dict[BufferLoad, Expr] = {}
-        written = {st.buffer for st in stores if isinstance(st, BufferStore)}
-        for st in stores:
-            for x in walk(st.value):  # type: ignore[union-attr]
-                if isinstance(x, BufferLoad) and x not in loads and x.buffer not in written:
-                    base = self._vector_base(x.buffer, x.indices, s.var, n)
-                    if base is not None:
-                        loads[x] = base
-        wide_store = None
-        if len(stores) == 1 and s.kind == "vectorized":
-            st = stores[0]
-            assert isinstance(st, BufferStore)
-            base = self._vector_base(st.buffer, st.indices, s.var, n)
-            if base is not None:
-                wide_store = (st, base)
-        if not loads and wide_store is None:
-            return False
-        if wide_store is not None and ASYNC_COPY in dict(s.annotations) and not guards:
-            if self._async_copy(wide_store[0], wide_store[1], loads, depth):
-                return True
+    def _vector_loop(self, s: For, access: VectorAccess, depth: int) -> None:
+        """A loop with the wide loads and store its `vector_access` annotation names."""
+        n = access.lanes
+        if access.async_copy:
+            self._async_copy(access, depth)
+            return
+        found = guarded_stores(s)
+        assert found is not None
+        guards, stores = found
         for g in guards:
             self.emit(f"if ({self.expr(g)}) {{", depth)
             depth += 1
         v = c_name(s.var.name)
         saved = dict(self._vec)
-        for x, base in loads.items():
+        for x, base in access.loads:
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             name = self._fresh("v")
             ct = self.ctype(x.buffer.dtype)
@@ -425,8 +371,8 @@ class CUDARenderer(CStyleRenderer):
             src = f"*(const {vt}*)({c_name(x.buffer.name)} + {off})"
             self.emit(f"const {vt} {name} = {self._hoisted.get(x, src)};", depth)
             self._vec[x] = f"((const {ct}*)&{name})[{v}]"
-        if wide_store is not None:
-            st, base = wide_store
+        if access.store is not None and access.store_base is not None:
+            st, base = access.store, access.store_base
             vt = _VEC_TYPES[itemsize(st.buffer.dtype) * n]
             ct = self.ctype(st.buffer.dtype)
             tmp = self._fresh("s")
@@ -436,9 +382,7 @@ class CUDARenderer(CStyleRenderer):
             self.emit(f"(({ct}*)&{tmp})[{v}] = {self.store_value(st)};", depth + 1)
             self.emit("}", depth)
             dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(base))}"
-            missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
-            prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
-            self.emit(f"{prefix}*({vt}*)({dst}) = {tmp};", depth)
+            self.emit(f"{_thread_zero(access.store_threads)}*({vt}*)({dst}) = {tmp};", depth)
         else:
             self.emit(f"#pragma unroll {n}", depth)
             self.emit(f"for (int64_t {v} = 0; {v} < {n}; ++{v}) {{", depth)
@@ -449,38 +393,14 @@ class CUDARenderer(CStyleRenderer):
         for _ in guards:
             depth -= 1
             self.emit("}", depth)
-        return True
 
-    def _hoisted_loop(self, s: For, depth: int) -> bool:
-        """An unrolled loop over a vector loop whose wide global loads are all issued first,
-        into a register array, so its iterations' loads are in flight together; False when
-        the nest does not have that shape (it is then rendered as usual)."""
-        inner = s.body
-        if not (
-            s.kind == "unrolled"
-            and isinstance(s.extent, Const)
-            and isinstance(inner, For)
-            and inner.kind in ("vectorized", "unrolled")
-            and isinstance(inner.extent, Const)
-            and not any(isinstance(n, For | IfThenElse) for n in walk(inner.body))
-        ):
-            return False
-        n, count = int(inner.extent.value), int(s.extent.value)
-        stores = [x for x in walk(inner.body) if isinstance(x, BufferStore)]
-        written = {st.buffer for st in stores}
-        loads: dict[BufferLoad, Expr] = {}
-        for x in walk(inner.body):
-            if isinstance(x, BufferLoad) and x.buffer.scope == "global" and x not in loads:
-                if x.buffer in written:
-                    continue
-                base = self._vector_base(x.buffer, x.indices, inner.var, n)
-                if base is not None:
-                    loads[x] = base
-        if not loads:
-            return False
+    def _hoisted_loop(self, s: For, hoisted: HoistedLoads, depth: int) -> None:
+        """The loads its `hoisted_loads` annotation names go into register arrays first, one
+        entry per iteration; the loop then computes from them."""
+        n, count = hoisted.lanes, hoisted.count
         v = c_name(s.var.name)
         added = []
-        for x, base in loads.items():
+        for x, base in hoisted.loads:
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             arr = self._fresh("h")
             self.emit(f"{vt} {arr}[{count}];", depth)
@@ -498,33 +418,20 @@ class CUDARenderer(CStyleRenderer):
         self.emit("}", depth)
         for x in added:
             del self._hoisted[x]
-        return True
 
-    def _async_copy(
-        self, st: BufferStore, dst_base: Expr, loads: dict[BufferLoad, Expr], depth: int
-    ) -> bool:
+    def _async_copy(self, access: VectorAccess, depth: int) -> None:
         """A 16-byte global -> shared move as `cp.async.cg` (no registers, no wait here)."""
+        st, dst_base = access.store, access.store_base
+        assert st is not None and dst_base is not None and isinstance(st.value, BufferLoad)
         src = st.value
-        if not (
-            isinstance(src, BufferLoad)
-            and src in loads
-            and st.buffer.scope == "shared"
-            and src.buffer.scope == "global"
-            and src.buffer.dtype == st.buffer.dtype
-        ):
-            return False
-        if self._vec_extent * itemsize(st.buffer.dtype) != 16:
-            return False
         dst = f"{c_name(st.buffer.name)} + {self._swizzle(st.buffer, self.expr(dst_base))}"
-        gsrc = f"{c_name(src.buffer.name)} + {self.expr(loads[src])}"
-        missing = [t for t in BLOCK_TAGS if self._launch.used(t) and t not in self._bound]
-        prefix = f"if ({' && '.join(f'{t} == 0' for t in missing)}) " if missing else ""
+        gsrc = f"{c_name(src.buffer.name)} + {self.expr(dict(access.loads)[src])}"
+        prefix = _thread_zero(access.store_threads)
         self.emit(
             f'{prefix}asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\\n" :: '
             f'"r"((unsigned)__cvta_generic_to_shared({dst})), "l"({gsrc}) : "memory");',
             depth,
         )
-        return True
 
     # ------------------------------------------------------------ tensor intrinsics
 
@@ -573,14 +480,34 @@ class CUDARenderer(CStyleRenderer):
             )
         vs = [c.var for c in chain]
         zero: dict[Var, Expr] = {v: Const(0, "int64") for v in vs}
-        if info.acc_scope.startswith("wgmma."):
-            from . import render_wgmma
+        family = info.acc_scope.split(".", 1)[0]
+        printer = self.tensor_families.get(family)
+        if printer is None:
+            raise CodegenError(f"intrinsic {name}: no CUDA printer for the {family!r} family")
+        getattr(self, printer)(info, body, vs, zero, depth)
 
-            render_wgmma.emit(self, info, body, vs, depth)
-            return
-        if info.acc_scope.startswith("mma."):
-            self._mma_sync_intrin(info.kind, info.in_dtype, body, vs, zero, depth)
-            return
+    def _wgmma_intrin(
+        self,
+        info: TensorIntrin,
+        body: BufferStore,
+        vs: list[Var],
+        zero: dict[Var, Expr],
+        depth: int,
+    ) -> None:
+        """Hopper warpgroup MMA (render_wgmma)."""
+        from . import render_wgmma
+
+        render_wgmma.emit(self, info, body, vs, depth)
+
+    def _wmma_intrin(
+        self,
+        info: TensorIntrin,
+        body: BufferStore,
+        vs: list[Var],
+        zero: dict[Var, Expr],
+        depth: int,
+    ) -> None:
+        """The WMMA family: fragments in nvcuda::wmma objects, loaded from memory per MMA."""
         wmma = "nvcuda::wmma"
         if info.kind == "fill":
             frag = self._fragment(body, zero)
@@ -629,8 +556,7 @@ class CUDARenderer(CStyleRenderer):
 
     def _mma_sync_intrin(
         self,
-        kind: str,
-        in_dtype: str | None,
+        info: TensorIntrin,
         body: BufferStore,
         vs: list[Var],
         zero: dict[Var, Expr],
@@ -641,6 +567,7 @@ class CUDARenderer(CStyleRenderer):
         Lane l of an m16n8k16 fragment holds row l / 4 and column pair 2 (l % 4) of each 8 x 8
         quarter; an accumulator tile (two n8 halves) is 8 floats, an operand tile 4 words.
         """
+        kind, in_dtype = info.kind, info.in_dtype
         if kind == "fill":
             frag = self._fragment(body, zero)
             for e in range(8):
@@ -905,15 +832,9 @@ class CUDARenderer(CStyleRenderer):
         return f"{prelude}\n{sig} {{\n{body}\n}}\n"
 
 
-def _shared_names(s: Stmt, stores_only: bool, loads_only: bool = False) -> set[str]:
-    """Names of shared buffers `s` stores to (or touches at all)."""
-    out: set[str] = set()
-    for n in walk(s):
-        if isinstance(n, BufferStore) and n.buffer.scope == "shared" and not loads_only:
-            out.add(n.buffer.name)
-        elif isinstance(n, BufferLoad) and n.buffer.scope == "shared" and not stores_only:
-            out.add(n.buffer.name)
-    return out
+def _thread_zero(threads: tuple[str, ...]) -> str:
+    """`if (threadIdx.x == 0 && ...) ` before a statement only thread 0 of `threads` runs."""
+    return f"if ({' && '.join(f'{t} == 0' for t in threads)}) " if threads else ""
 
 
 def _loop_annotations(func: PrimFunc, key: str) -> list[int]:

@@ -133,6 +133,23 @@ class PipelineSync(Stmt):
 
 @node
 @dataclass(frozen=True)
+class SingleThread(Stmt):
+    """`body`, one store, run only by thread 0 of each axis in `threads` (made by
+    pass_predicate for a store outside the loops bound to those launched thread axes)."""
+
+    threads: tuple[str, ...]
+    body: Stmt
+
+
+@node
+@dataclass(frozen=True)
+class SyncThreads(Stmt):
+    """A barrier of the thread block (made by pass_thread_sync between statements that
+    write shared memory and later ones that touch it)."""
+
+
+@node
+@dataclass(frozen=True)
 class ThreadAllReduce(Stmt):
     """Combine `buffer[0]` across the threads of `thread` (made by lowering for GPU targets).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .annotation_keys import PIPELINE_STAGES
 from .schedule import Schedule
 from .trace import RV
 
@@ -161,7 +162,7 @@ def apply_wmma_tiling(
         sch.compute_at(tile_buf, t.ko)
         fetch_to_shared(sch, tile_buf, warps, tile_k, pad)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
-        sch.annotate(t.ko, "software_pipeline_stages", stages)
+        sch.annotate(t.ko, PIPELINE_STAGES, stages)
     for loop in (t.ki, t.fi, t.fj):
         sch.unroll(loop)  # constant fragment indices keep the fragments in registers
     tensorize_accumulation(

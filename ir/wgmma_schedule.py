@@ -12,6 +12,7 @@ and waits for it. The accumulator goes back through a shared float32 tile (rows 
 
 from __future__ import annotations
 
+from .annotation_keys import PIPELINE_STAGES
 from .errors import ScheduleError
 from .intrinsics_wgmma import STORAGE_SWIZZLE, WGMMA_BATCH, WGMMA_N, wgmma_name
 from .schedule import Schedule
@@ -63,7 +64,7 @@ def apply_wgmma_tiling(
         sch.bind(ty, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
         sch.vectorize(vec)
-    sch.annotate(ko, "software_pipeline_stages", stages)
+    sch.annotate(ko, PIPELINE_STAGES, stages)
     sch.unroll(ki)
     sch.annotate(ki, WGMMA_BATCH, 0)  # the four MMAs of a k step: one group, waited for
     tensorize_accumulation(

@@ -9,7 +9,7 @@ replays and mutates like any categorical.
 
 from __future__ import annotations
 
-from tunefleet.ir.auto_unroll import AUTO_UNROLL
+from tunefleet.ir.annotation_keys import AUTO_UNROLL
 from tunefleet.ir.schedule import Schedule
 
 from .block_info import nest_blocks, uniform

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunefleet.ir.auto_unroll import AUTO_UNROLL
+from tunefleet.ir.annotation_keys import AUTO_UNROLL
 from tunefleet.ir.dtypes import itemsize
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import read_only_buffers

@@ -1,0 +1,121 @@
+"""The per-target lowering passes: they record vector accesses, hoisted loads, single-thread
+stores and barriers in the lowered IR, and the CUDA renderer prints only what they recorded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from tunefleet.ir import CodegenError, Schedule, default_schedule, ops
+from tunefleet.ir.annotation_keys import HOISTED_CALLS, HOISTED_LOADS, VECTOR_ACCESS
+from tunefleet.ir.intrinsics import INTRINSICS
+from tunefleet.ir.lower import lower
+from tunefleet.ir.pass_hoist import HoistedLoads
+from tunefleet.ir.pass_vectorize import VectorAccess
+from tunefleet.ir.render_c import CRenderer
+from tunefleet.ir.render_cuda import CUDARenderer
+from tunefleet.ir.stmt import For, PrimFunc, SingleThread, SyncThreads
+from tunefleet.ir.target_passes import TARGET_PASSES, lower_for_target
+from tunefleet.ir.visit import walk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+
+from gemv_cuda import gemv_schedule
+
+
+def _nodes(func: PrimFunc, kind: type) -> list:
+    return [n for n in walk(func.body) if isinstance(n, kind)]
+
+
+def _annotated(func: PrimFunc, key: str) -> list:
+    return [v for n in _nodes(func, For) for k, v in n.annotations if k == key]
+
+
+def _softmax() -> PrimFunc:
+    func = ops.get_op("softmax").build({"m": 5, "n": 300}, "float32")
+    return default_schedule(func, target="cuda").func
+
+
+def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
+    names = [p.__name__ for p in TARGET_PASSES["cuda"]]
+    assert names == ["mark_vector_loops", "hoist_loads", "predicate_stores", "insert_thread_syncs"]
+    assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
+    with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
+        lower_for_target(_softmax(), "metal")
+
+
+def test_barriers_and_single_thread_stores_are_statements() -> None:
+    cuda = lower_for_target(_softmax(), "cuda")
+    assert len(_nodes(cuda, SyncThreads)) >= 2
+    assert not _nodes(lower(_softmax()), SyncThreads)
+    # the GEMV output store sits under threadIdx.y but outside the threadIdx.x lanes
+    gemv = gemv_schedule(1, 512, 1024).func
+    guarded = _nodes(lower_for_target(gemv, "cuda"), SingleThread)
+    assert [g.threads for g in guarded] == [("threadIdx.x",)]
+    assert guarded[0].body.buffer.name == "dense" and guarded[0].body.buffer.scope == "global"
+    assert not _nodes(lower(gemv), SingleThread)
+
+
+def _bodies(func: PrimFunc, entry: str) -> tuple[str, str]:
+    bare = CUDARenderer().render(lower(func), entry, ())
+    full = CUDARenderer().render(lower_for_target(func, "cuda"), entry, ())
+    return bare.split(f"{entry}(", 1)[1], full.split(f"{entry}(", 1)[1]
+
+
+def test_the_renderer_decides_no_barrier_or_guard_itself() -> None:
+    """Printed without the passes, a kernel has no barriers, thread-0 guards or wide
+    accesses: they exist only where the lowered IR holds them."""
+    bare, full = _bodies(_softmax(), "softmax_kernel")
+    assert "__syncthreads();" not in bare and full.count("__syncthreads();") >= 2
+    bare, full = _bodies(gemv_schedule(1, 512, 1024).func, "dense_kernel")
+    assert "if (threadIdx.x == 0) " not in bare and "if (threadIdx.x == 0) " in full
+    assert "uint4" not in bare and "uint4" in full
+
+
+def _rows(n: int, unit: int) -> Schedule:
+    sch = Schedule(ops.get_op("add").build({"m": 3, "n": n}, "float16"))
+    i, j = sch.get_loops(sch.get_block("add"))
+    sch.bind(i, "blockIdx.x")
+    j0, j1 = sch.split(j, [None, unit])
+    sch.bind(j0, "threadIdx.x")
+    sch.vectorize(j1)
+    return sch
+
+
+def test_vector_access_needs_contiguous_aligned_runs() -> None:
+    aligned = _annotated(lower_for_target(_rows(16, 8).func, "cuda"), VECTOR_ACCESS)
+    assert len(aligned) == 1 and isinstance(aligned[0], VectorAccess)
+    access = aligned[0]
+    assert access.lanes == 8 and len(access.loads) == 2 and access.store is not None
+    assert not access.async_copy and access.store_threads == ()
+    # rows of 12 halves: a row's second run does not start on 16 bytes
+    assert _annotated(lower_for_target(_rows(12, 8).func, "cuda"), VECTOR_ACCESS) == []
+    # the C target leaves vector loops to the compiler (omp simd)
+    assert _annotated(lower_for_target(_rows(16, 8).func, "c"), VECTOR_ACCESS) == []
+
+
+def test_hoisted_loads_only_where_asked_and_shaped() -> None:
+    hoisted = _annotated(lower_for_target(gemv_schedule(1, 512, 1024).func, "cuda"), HOISTED_LOADS)
+    assert len(hoisted) == 1 and isinstance(hoisted[0], HoistedLoads)
+    assert hoisted[0].count == 4 and hoisted[0].lanes == 8
+    assert {x.buffer.name for x, _ in hoisted[0].loads} == {"x", "w"}
+    plain = gemv_schedule(1, 512, 1024, hoist=False).func
+    assert _annotated(lower_for_target(plain, "cuda"), HOISTED_LOADS) == []
+
+
+def test_every_tensor_intrinsic_family_has_a_printer() -> None:
+    families = {info.acc_scope.split(".", 1)[0] for info in INTRINSICS.values()}
+    assert families <= set(CUDARenderer.tensor_families)
+    for method in CUDARenderer.tensor_families.values():
+        assert callable(getattr(CUDARenderer, method))
+
+
+def test_c_hoists_invariant_math_calls_the_pass_names() -> None:
+    func = default_schedule(ops.get_op("rmsnorm").build({"m": 4, "n": 64}, "float32")).func
+    lowered = lower_for_target(func, "c")
+    calls = [c for group in _annotated(lowered, HOISTED_CALLS) for c in group]
+    assert [c.op for c in calls] == ["rsqrt"]
+    full = CRenderer().render(lowered, "k", ())
+    bare = CRenderer().render(lower(func), "k", ())
+    assert "const float tf_inv0 = (1.0f / sqrtf(" in full and "tf_inv" not in bare
