@@ -41,7 +41,7 @@ from .expr import BinOp, BufferLoad, Call, Cast, Const, Expr, Select, Var
 from .gpu_launch import BLOCK_TAGS
 from .pass_vectorize import vector_base
 from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
-from .visit import walk
+from .visit import descend, walk
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,9 @@ def hoist_loads(func: PrimFunc) -> PrimFunc:
     """Annotate every `hoist_loads` loop of the hoisted shape with its loads (see module)."""
 
     def visit(s: Stmt, in_threads: bool) -> Stmt:
-        if isinstance(s, SeqStmt):
-            return SeqStmt(tuple(visit(c, in_threads) for c in s.stmts))
-        if isinstance(s, IfThenElse):
-            other = None if s.else_case is None else visit(s.else_case, in_threads)
-            return dataclasses.replace(s, then_case=visit(s.then_case, in_threads), else_case=other)
-        if isinstance(s, Allocate):
-            return dataclasses.replace(s, body=visit(s.body, in_threads))
+        rebuilt = descend(s, in_threads, visit)
+        if rebuilt is not None:
+            return rebuilt
         if not isinstance(s, For):
             return s
         ann = dict(s.annotations)
@@ -119,13 +115,9 @@ def hoist_invariant_calls(func: PrimFunc) -> PrimFunc:
     """Annotate every loop with the invariant float32 math calls to compute before it."""
 
     def visit(s: Stmt, done: frozenset[Call]) -> Stmt:
-        if isinstance(s, SeqStmt):
-            return SeqStmt(tuple(visit(c, done) for c in s.stmts))
-        if isinstance(s, IfThenElse):
-            other = None if s.else_case is None else visit(s.else_case, done)
-            return dataclasses.replace(s, then_case=visit(s.then_case, done), else_case=other)
-        if isinstance(s, Allocate):
-            return dataclasses.replace(s, body=visit(s.body, done))
+        rebuilt = descend(s, done, visit)
+        if rebuilt is not None:
+            return rebuilt
         if not isinstance(s, For):
             return s
         calls: tuple[Call, ...] = ()

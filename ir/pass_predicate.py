@@ -17,7 +17,8 @@ import dataclasses
 from .annotation_keys import TENSORIZE, VECTOR_ACCESS
 from .gpu_launch import BLOCK_TAGS, launch_dims
 from .pass_vectorize import VectorAccess
-from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, SingleThread, Stmt
+from .stmt import BufferStore, For, PrimFunc, SingleThread, Stmt
+from .visit import descend
 
 
 def predicate_stores(func: PrimFunc) -> PrimFunc:
@@ -28,13 +29,9 @@ def predicate_stores(func: PrimFunc) -> PrimFunc:
         return tuple(t for t in BLOCK_TAGS if launch.used(t) and t not in bound)
 
     def visit(s: Stmt, bound: tuple[str, ...]) -> Stmt:
-        if isinstance(s, SeqStmt):
-            return SeqStmt(tuple(visit(c, bound) for c in s.stmts))
-        if isinstance(s, IfThenElse):
-            other = None if s.else_case is None else visit(s.else_case, bound)
-            return dataclasses.replace(s, then_case=visit(s.then_case, bound), else_case=other)
-        if isinstance(s, Allocate):
-            return dataclasses.replace(s, body=visit(s.body, bound))
+        rebuilt = descend(s, bound, visit)
+        if rebuilt is not None:
+            return rebuilt
         if isinstance(s, BufferStore):
             threads = missing(bound)
             return SingleThread(threads, s) if threads and s.buffer.scope != "local" else s

@@ -22,8 +22,8 @@ from .dtypes import itemsize
 from .expr import Buffer, BufferLoad, Const, Expr, Var
 from .gpu_launch import BLOCK_TAGS
 from .simplify import linear, simplify
-from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
-from .visit import substitute, walk
+from .stmt import BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
+from .visit import descend, substitute, walk
 
 VECTOR_BYTES = (8, 16)  # the widths of one access (uint2, uint4)
 
@@ -123,13 +123,9 @@ def mark_vector_loops(func: PrimFunc) -> PrimFunc:
     """Annotate every innermost vector or unrolled loop the CUDA renderer widens (see module)."""
 
     def visit(s: Stmt, in_threads: bool) -> Stmt:
-        if isinstance(s, SeqStmt):
-            return SeqStmt(tuple(visit(c, in_threads) for c in s.stmts))
-        if isinstance(s, IfThenElse):
-            other = None if s.else_case is None else visit(s.else_case, in_threads)
-            return dataclasses.replace(s, then_case=visit(s.then_case, in_threads), else_case=other)
-        if isinstance(s, Allocate):
-            return dataclasses.replace(s, body=visit(s.body, in_threads))
+        rebuilt = descend(s, in_threads, visit)
+        if rebuilt is not None:
+            return rebuilt
         if not isinstance(s, For):
             return s
         ann = dict(s.annotations)

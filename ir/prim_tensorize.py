@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .annotation_keys import TENSORIZE
 from .errors import ScheduleError
 from .expr import Const
 from .instruction_traits import primitive
@@ -52,6 +53,6 @@ def tensorize(state: ScheduleState, loop: RV, intrin: str) -> None:
             f"{what}: block {blk.name!r} does not compute {info.doc} into a "
             f"{info.acc_scope} buffer (mma blocks need decompose_reduction first)"
         )
-    kept = tuple((k, x) for k, x in lp.annotations if k != "tensorize")
-    ann = (*kept, ("tensorize", intrin))
+    kept = tuple((k, x) for k, x in lp.annotations if k != TENSORIZE)
+    ann = (*kept, (TENSORIZE, intrin))
     state.replace_loop(lp, dataclasses.replace(lp, annotations=ann))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .expr import Buffer, Expr, Var
 
@@ -110,3 +110,24 @@ def uses_var(root: Any, var: Var) -> bool:
 def contains_expr(root: Any, kind: type) -> bool:
     """True when a node of type `kind` occurs in `root`."""
     return any(isinstance(n, kind) for n in walk(root))
+
+
+C = TypeVar("C")
+
+
+def descend(s: Any, ctx: C, visit: Callable[[Any, C], Any]) -> Any | None:
+    """`s` rebuilt with `visit(child, ctx)` applied to what it holds, when `s` is a statement
+    that only holds others (a sequence, an if, an allocation); None for any other statement.
+
+    Lowering passes call it first and handle loops and leaves themselves.
+    """
+    from .stmt import Allocate, IfThenElse, SeqStmt
+
+    if isinstance(s, SeqStmt):
+        return SeqStmt(tuple(visit(c, ctx) for c in s.stmts))
+    if isinstance(s, IfThenElse):
+        other = None if s.else_case is None else visit(s.else_case, ctx)
+        return dataclasses.replace(s, then_case=visit(s.then_case, ctx), else_case=other)
+    if isinstance(s, Allocate):
+        return dataclasses.replace(s, body=visit(s.body, ctx))
+    return None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from tunefleet.ir import build_source, compute, create_prim_func, ops, placeholder
+from tunefleet.ir.annotation_keys import AUTO_UNROLL
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.instruction_traits import declared, sampling_kinds, traits_of
 from tunefleet.ir.schedule import Schedule
@@ -56,7 +57,7 @@ def _elementwise_chain() -> Schedule:
     f = sch.fuse(i, j)
     f0, f1 = sch.split(f, [None, 8])
     sch.unroll(f1)
-    sch.annotate(f0, "pragma_note", sch.sample_categorical([1, 2, 4], [0.2, 0.3, 0.5]))
+    sch.annotate(f0, AUTO_UNROLL, sch.sample_categorical([0, 16, 64], [0.2, 0.3, 0.5]))
     return sch
 
 
