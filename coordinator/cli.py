@@ -30,8 +30,9 @@ COMMANDS: dict[str, CommandSpec] = {
     "show": CommandSpec("tunefleet.ir.cli:show", "Print an operator's IR or generated source."),
     "targets": CommandSpec("tunefleet.workers.cli:targets", "Detect and fingerprint targets."),
     "measure": CommandSpec("tunefleet.workers.cli:measure", "Build, check and time one schedule."),
-    "tune": CommandSpec("tunefleet.tuner.cli:tune", "Tune an operator and record every trial."),
+    "tune": CommandSpec("tunefleet.tuner.cli:tune", "Tune an operator or a model."),
     "tasks": CommandSpec("tunefleet.coordinator.tasks_cli:tasks", "Split a model into tasks."),
+    "job": CommandSpec("tunefleet.coordinator.job_cli:job", "List, inspect and resume jobs."),
     "db": CommandSpec("tunefleet.database.cli:db", "Manage and query the tuning-record database."),
 }
 

@@ -740,6 +740,43 @@ class RecordStore:
         return [_from_row(JobInfo, row, target_fingerprint=row.fingerprint) for row in rows]
 
     @_translated
+    def get_job(self, job_id: int) -> JobInfo | None:
+        """The job of that id, or None."""
+        query = (
+            select(JOBS, TARGETS.c.fingerprint)
+            .join(TARGETS, TARGETS.c.id == JOBS.c.target_id)
+            .where(JOBS.c.id == job_id)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _from_row(JobInfo, row, target_fingerprint=row.fingerprint)
+
+    @_translated
+    def set_job_config(self, job_id: int, config: Mapping[str, Any]) -> None:
+        """Replace a job's config (the job loop keeps its elapsed time and notes there)."""
+
+        def work(conn: Connection) -> None:
+            stmt = update(JOBS).where(JOBS.c.id == job_id)
+            done = conn.execute(stmt.values(config=dict(config), updated_at=datetime.now(UTC)))
+            if done.rowcount != 1:
+                raise UnknownKeyError(f"job {job_id} does not exist")
+
+        self._write(work)
+
+    @_translated
+    def job_trial_counts(self, job_id: int) -> dict[str, int]:
+        """Records committed with this job id, per workload key (what a job really measured,
+        even when its task rows lag behind after a crash)."""
+        query = (
+            select(WORKLOADS.c.key, func.count())
+            .select_from(RECORDS.join(WORKLOADS, WORKLOADS.c.id == RECORDS.c.workload_id))
+            .where(RECORDS.c.job_id == job_id)
+            .group_by(WORKLOADS.c.key)
+        )
+        with self._engine.connect() as conn:
+            return {key: int(n) for key, n in conn.execute(query).all()}
+
+    @_translated
     def list_tasks(self, job_id: int) -> list[TaskInfo]:
         """The tasks of a job in the order they were added."""
         return self._tasks(TASKS.c.job_id == job_id)

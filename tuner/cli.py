@@ -2,6 +2,8 @@
 
     tunefleet tune OP --shape k=v,... [--dtype D] [--target cpu|cuda] [--trials N] [--db URL]
                    [--workers local|ray] [--strategy evolutionary|random] [--seed S] [--json]
+    tunefleet tune --model MODEL --budget N [--time 10m] [--phase decode,prefill] [--set ...]
+                   [--scheduler gradient|round-robin] ...   (a model job: coordinator.job_cli)
 
 A live progress bar shows trials, the best time so far, its GFLOP/s or GB/s and failures; a
 second run on the same database continues from the records already there. Environment
@@ -39,8 +41,8 @@ from .tuning import tune as run_tune
 
 
 @click.command(name="tune")
-@click.argument("op")
-@click.option("--shape", "shape_text", required=True, help="Dims as k=v,... (e.g. m=32,n=4096).")
+@click.argument("op", required=False)
+@click.option("--shape", "shape_text", help="Dims as k=v,... (e.g. m=32,n=4096).")
 @click.option("--dtype", default="float32", show_default=True, help="Element type.")
 @click.option(
     "--target", type=click.Choice([k.value for k in TargetKind]), default="cpu", show_default=True
@@ -57,9 +59,19 @@ from .tuning import tune as run_tune
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--model", "model_spec", metavar="NAME|PATH", help="Tune a whole model as one job "
+              "(a preset or a config.json) instead of OP.")  # fmt: skip
+@click.option("--budget", type=int, help="Trials for the whole model job (with --model).")
+@click.option("--time", "time_text", metavar="DURATION", help="Wall-time limit: 90s, 10m, 1h.")
+@click.option("--phase", "phase_text", default="decode,prefill", show_default=True,
+              help="Passes of the model to tune (with --model).")  # fmt: skip
+@click.option("--set", "set_text", default="", metavar="DIM=V:V,...",
+              help="Bucket values to tune at, e.g. b=1:4,m=4096 (with --model).")  # fmt: skip
+@click.option("--scheduler", type=click.Choice(["gradient", "round-robin"]), default="gradient",
+              show_default=True, help="How tasks share the rounds (with --model).")  # fmt: skip
 def tune(
-    op: str,
-    shape_text: str,
+    op: str | None,
+    shape_text: str | None,
     dtype: str,
     target: str,
     trials: int,
@@ -69,8 +81,27 @@ def tune(
     seed: int,
     batch_size: int,
     as_json: bool,
+    model_spec: str | None,
+    budget: int | None,
+    time_text: str | None,
+    phase_text: str,
+    set_text: str,
+    scheduler: str,
 ) -> None:
-    """Tune OP at --shape on --target for --trials new measurements."""
+    """Tune OP at --shape on --target for --trials new measurements, or a whole --model."""
+    if model_spec is not None:
+        if op is not None or shape_text is not None:
+            raise click.UsageError("give either OP --shape or --model, not both")
+        from tunefleet.coordinator.job_cli import tune_model
+
+        tune_model(
+            model_spec, target=target, budget=budget, time_text=time_text, phase_text=phase_text,
+            set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
+            batch_size=batch_size, db_url=db_url, workers=workers, as_json=as_json,
+        )  # fmt: skip
+        return
+    if op is None or shape_text is None:
+        raise click.UsageError("give OP and --shape (or --model MODEL)")
     shape = parse_shape(shape_text)
     try:
         func = build_workload(op, shape, dtype, {})

@@ -11,7 +11,7 @@ time is expected to fall most per round:
 with w_i the task's weight (how often it runs in the model), so a task's share of the model's
 time (w_i * best_i) drives the forward term. alpha = 0.2 and window = 3 as published. A task
 not yet tried has priority; one whose rounds found no valid schedule waits for the others.
-Ties go to the lower index.
+Ties go to the lower index; finished tasks are never chosen.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class GradientScheduler(TaskScheduler):
         return self.tasks[task].weight * (self.alpha * backward + (1 - self.alpha) * forward)
 
     def _choose(self) -> int:
-        scores = [self.score(i) for i in range(len(self.tasks))]
+        scores = [
+            -math.inf if self.is_finished(i) else self.score(i) for i in range(len(self.tasks))
+        ]
         best = max(scores)
         return scores.index(best)

@@ -1,10 +1,11 @@
 """Task schedulers: which task of a model gets the next round of trials.
 
-`next_task()` names a task (or None when the budget is spent) and `on_results(task, trials,
-best_ms)` reports a finished round. Chosen by name (`create_task_scheduler("gradient", ...)`)
-or passed as instances; both are deterministic, so they are tested on recorded or simulated
-measurements without a device. Tasks are anything with `workload_key` and `weight` (the
-coordinator's `Task`), or `TaskSpec`s.
+`next_task()` names a task (or None when the budget is spent or every task is finished) and
+`on_results(task, trials, best_ms)` reports a finished round; `finish(task)` takes a task out
+(it converged, or its space has nothing left to measure). Chosen by name
+(`create_task_scheduler("gradient", ...)`) or passed as instances; both are deterministic, so
+they are tested on recorded or simulated measurements without a device. Tasks are anything
+with `workload_key` and `weight` (the coordinator's `Task`), or `TaskSpec`s.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class TaskScheduler(ABC):
         self.trials_per_round = trials_per_round
         self._progress = [TaskProgress(0, 0, ()) for _ in self.tasks]
         self._spent = 0
+        self._finished: set[int] = set()
 
     @property
     def spent(self) -> int:
@@ -66,14 +68,23 @@ class TaskScheduler(ABC):
         return self._progress[task]
 
     def next_task(self) -> int | None:
-        """The task to tune next, or None when the trial budget is spent."""
-        if self._spent >= self.max_trials:
+        """The task to tune next, or None when the trial budget is spent or all are finished."""
+        if self._spent >= self.max_trials or len(self._finished) == len(self.tasks):
             return None
         return self._choose()
 
+    def finish(self, task: int) -> None:
+        """Give `task` no more rounds (it converged or has nothing left to measure)."""
+        if not 0 <= task < len(self.tasks):
+            raise SchedulerError(f"no task #{task} (there are {len(self.tasks)})")
+        self._finished.add(task)
+
+    def is_finished(self, task: int) -> bool:
+        return task in self._finished
+
     @abstractmethod
     def _choose(self) -> int:
-        """Pick a task index (the budget is not yet spent)."""
+        """Pick an unfinished task index (the budget is not yet spent)."""
 
     def on_results(self, task: int, trials: int, best_ms: float | None) -> None:
         """A round of `task` finished: `trials` measured, best time of the task now `best_ms`."""

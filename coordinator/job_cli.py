@@ -1,0 +1,279 @@
+"""`tunefleet tune --model` and `tunefleet job list|status|resume`: model jobs on the CLI.
+
+    tunefleet tune --model MODEL --budget N [--time 10m] [--phase decode,prefill]
+                   [--set b=1:4,m=4096] [--scheduler gradient|round-robin] [--db URL] [--json]
+    tunefleet job list [--json]          tunefleet job status JOB_ID [--json]
+    tunefleet job resume JOB_ID [--json]
+
+Progress is a live table on a terminal and one plain line per round when piped. Environment
+variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from tunefleet.coordinator.buckets import DimSpecError, parse_assignments
+from tunefleet.coordinator.jobs import (
+    JobConfig,
+    JobError,
+    JobOptions,
+    JobResult,
+    job_status,
+    load_model,
+    resume_job,
+    start_job,
+)
+from tunefleet.coordinator.models import ModelConfigError
+from tunefleet.database.cli import db_option, open_store, resolve_cli_url
+from tunefleet.database.errors import DatabaseError
+from tunefleet.tuner.cost_model import CostModelError
+from tunefleet.tuner.space import SpaceError
+from tunefleet.tuner.strategy import StrategyError
+from tunefleet.tuner.task_scheduler import SchedulerError
+from tunefleet.tuner.tuning import TuneError, default_cache_dir
+from tunefleet.workers.executor import ExecutorError
+from tunefleet.workers.targets import TargetError
+
+SCHEDULERS = {"gradient": "gradient", "round-robin": "round_robin"}
+_FAILURES = (
+    JobError,
+    TuneError,
+    DatabaseError,
+    TargetError,
+    ExecutorError,
+    SpaceError,
+    StrategyError,
+    CostModelError,
+    SchedulerError,
+)
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `10m`, `1.5h` as seconds (ValueError when malformed or not positive)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if m is None:
+        raise ValueError(f"expected a duration such as 90s, 10m or 1h, got {text!r}")
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"the time limit must be positive, got {text!r}")
+    return seconds
+
+
+def tune_model(
+    model: str,
+    *,
+    target: str,
+    budget: int | None,
+    time_text: str | None,
+    phase_text: str,
+    set_text: str,
+    scheduler: str,
+    strategy: str,
+    seed: int,
+    batch_size: int,
+    db_url: str | None,
+    workers: str,
+    as_json: bool,
+) -> None:
+    """`tunefleet tune --model`: validate the request, create the job and run it."""
+    if budget is None:
+        raise click.BadParameter("give a trial budget with --budget N", param_hint="--budget")
+    if budget < 1:
+        raise click.BadParameter(f"must be at least 1 trial (got {budget})", param_hint="--budget")
+    try:
+        load_model(model)
+    except ModelConfigError as err:
+        if "unknown model" in str(err):
+            raise click.BadParameter(str(err), param_hint="--model") from None
+        raise click.ClickException(str(err)) from None
+    try:
+        time_s = parse_duration(time_text) if time_text else None
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--time") from None
+    phases = tuple(p.strip() for p in phase_text.split(",") if p.strip())
+    try:
+        sets = parse_assignments(set_text)
+    except DimSpecError as err:
+        raise click.BadParameter(str(err), param_hint="--set") from None
+    try:
+        config = JobConfig(
+            model=model, phases=phases, sets=sets, budget=budget, time_s=time_s, target=target,
+            strategy=strategy, scheduler=SCHEDULERS[scheduler], seed=seed,
+            trials_per_round=batch_size,
+        )  # fmt: skip
+    except JobError as err:
+        raise click.BadParameter(str(err), param_hint="--phase") from None
+    url = resolve_cli_url(db_url)
+    with _reporting(as_json) as on_progress:
+        result = _guarded(lambda: start_job(config, url, _options(workers, on_progress)))
+    _finish(result, as_json)
+
+
+@click.group(name="job")
+def job() -> None:
+    """List, inspect and resume model-tuning jobs."""
+
+
+@job.command(name="list")
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_jobs(db_url: str | None, as_json: bool) -> None:
+    """Every job of the database, newest first."""
+    with open_store(db_url) as store:
+        rows = []
+        for info in _guarded(store.list_jobs):
+            _, res = job_status(store, info.id)
+            rows.append((info, res))
+    if as_json:
+        out = [
+            {
+                "job_id": info.id,
+                "name": info.name,
+                "model": info.model,
+                "status": info.status,
+                "budget": info.budget,
+                "trials": res.trials,
+                "estimated_ms": res.estimated_ms,
+                "target": info.target_fingerprint,
+                "created_at": info.created_at.isoformat(),
+            }
+            for info, res in rows
+        ]
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    for info, res in rows:
+        click.echo(
+            f"{info.id:>4}  {info.status:<9}  {res.trials}/{info.budget} trials  "
+            f"{_ms(res.estimated_ms):>12}  {info.name}  ({info.created_at:%Y-%m-%d %H:%M})"
+        )
+
+
+@job.command(name="status")
+@click.argument("job_id", type=int)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(job_id: int, db_url: str | None, as_json: bool) -> None:
+    """One job: its status, budget used and the best time of every task."""
+    with open_store(db_url) as store:
+        _, res = _guarded(lambda: job_status(store, job_id))
+    if as_json:
+        click.echo(json.dumps(res.to_json_dict(), indent=2))
+    else:
+        click.echo(_summary(res))
+
+
+@job.command(name="resume")
+@click.argument("job_id", type=int)
+@db_option
+@click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
+def resume(job_id: int, db_url: str | None, workers: str, as_json: bool) -> None:
+    """Continue a stopped or killed job from the database."""
+    url = resolve_cli_url(db_url)
+    with _reporting(as_json) as on_progress:
+        result = _guarded(lambda: resume_job(job_id, url, _options(workers, on_progress)))
+    _finish(result, as_json)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _options(workers: str, on_progress: Callable[[JobResult], None] | None) -> JobOptions:
+    cache = os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir()
+    return JobOptions(workers=workers, cache_dir=cache, on_progress=on_progress)
+
+
+def _guarded(work: Callable[[], Any]) -> Any:
+    """Run `work`, turning the loop's expected failures into one-line errors (exit 1)."""
+    try:
+        return work()
+    except ModelConfigError as err:
+        raise click.ClickException(str(err)) from None
+    except _FAILURES as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _finish(result: JobResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_json_dict(), indent=2))
+    else:
+        click.echo(_summary(result))
+
+
+@contextmanager
+def _reporting(as_json: bool) -> Iterator[Callable[[JobResult], None] | None]:
+    """Progress for a running job: nothing with --json, a live table on a terminal, else one
+    plain line per round."""
+    if as_json:
+        yield None
+    elif sys.stdout.isatty():
+        from rich.live import Live
+
+        with Live(refresh_per_second=4, transient=False) as live:
+            yield lambda res: live.update(_table(res))
+    else:
+        yield _progress_line()
+
+
+def _progress_line() -> Callable[[JobResult], None]:
+    start = time.monotonic()
+
+    def update(res: JobResult) -> None:
+        click.echo(
+            f"job {res.job_id}: {res.last}: {res.trials}/{res.budget} trials, "
+            f"{res.finished_tasks}/{len(res.tasks)} tasks finished, "
+            f"estimated {_ms(res.estimated_ms)}, {time.monotonic() - start:.0f} s"
+        )
+
+    return update
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f} ms"
+
+
+def _bucket(bucket: Any) -> str:
+    return ",".join(f"{k}={v}" for k, v in dict(bucket).items()) or "-"
+
+
+def _table(res: JobResult) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"job {res.job_id}: {res.trials}/{res.budget} trials, "
+        f"{res.finished_tasks}/{len(res.tasks)} tasks finished, "
+        f"estimated {_ms(res.estimated_ms)}"
+    )
+    for col in ("task", "bucket", "weight", "trials", "best", "status"):
+        table.add_column(col)
+    for t in res.tasks:
+        table.add_row(
+            t.name, _bucket(t.bucket), f"{t.weight:g}", str(t.trials), _ms(t.best_ms), t.status
+        )
+    return table
+
+
+def _summary(res: JobResult) -> str:
+    lines = [
+        f"job {res.job_id}: {res.status}, {res.trials}/{res.budget} trials, "
+        f"estimated {_ms(res.estimated_ms)}, {res.elapsed_s:.0f} s"
+    ]
+    for t in res.tasks:
+        extra = f"  ({t.note})" if t.note else ""
+        lines.append(
+            f"  {t.name} [{_bucket(t.bucket)}] x{t.weight:g}: {t.trials} trials, "
+            f"best {_ms(t.best_ms)}, default {_ms(t.default_ms)}, {t.status}{extra}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,464 @@
+"""The job loop: tune every task of a model at every bucket, one round at a time.
+
+A job is a row of the `jobs` table (its config: model, phases, bucket sets, budget, wall
+time, target fingerprint, strategy, scheduler, seed) and one `tasks` row per (task, bucket)
+workload (see job_plan.py). The loop asks the task scheduler which workload gets the next
+round, runs that round through the workload's `TaskTuner` (records committed as the round
+ends), then writes the task row (trials, best, status) and the job's elapsed time: a
+coordinator killed at any point loses at most the round in flight. It stops when the trial
+budget is spent, the wall time is up or every workload is finished (its space exhausted, or
+converged: `patience` rounds in a row improved its best by less than 1%).
+
+`resume_job` rebuilds the plan from the stored config, takes each task's trials from the
+records committed under the job's id (so a task row that lagged behind a crash is corrected),
+replays them into a fresh scheduler and continues; measured traces are never measured again.
+Final statuses: done, cancelled (SIGINT/SIGTERM; resumable) or failed (an error).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tunefleet.coordinator.buckets import DimSpecError
+from tunefleet.coordinator.graph import PINNED, Phase
+from tunefleet.coordinator.job_plan import (
+    PlannedWorkload,
+    ProblemBuilder,
+    library_problem,
+    plan_workloads,
+)
+from tunefleet.coordinator.models import ModelConfig
+from tunefleet.coordinator.presets import resolve_model
+from tunefleet.coordinator.tasks import model_tasks
+from tunefleet.database import JobInfo, NewTask, RecordStore, TaskInfo, default_url
+from tunefleet.tuner.cost_model import CostModel, create_cost_model, model_path
+from tunefleet.tuner.strategy import create_strategy
+from tunefleet.tuner.task_scheduler import create_task_scheduler
+from tunefleet.tuner.task_tuner import (
+    Progress,
+    TaskTuner,
+    target_info,
+    workload_info,
+)
+from tunefleet.tuner.tuning import default_cache_dir, default_model_dir
+from tunefleet.workers import (
+    BuildConfig,
+    Executor,
+    MeasureConfig,
+    Target,
+    create_executor,
+    resolve_target,
+)
+
+CONVERGED_GAIN = 0.01  # a round that improves the best by less than this fraction is flat
+
+
+class JobError(ValueError):
+    """A job cannot start or resume: bad config, unknown job, nothing to tune."""
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """The loop was stopped (SIGINT, SIGTERM): the job is cancelled and can be resumed."""
+
+    def __init__(self, job_id: int, trials: int) -> None:
+        super().__init__(
+            f"job {job_id} cancelled with {trials} trials recorded; "
+            f"continue it with 'tunefleet job resume {job_id}'"
+        )
+        self.job_id = job_id
+        self.trials = trials
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """What a job tunes and within what; stored as the job row's config."""
+
+    model: str  # a preset name or a config.json path
+    phases: tuple[str, ...] = ("decode", "prefill")
+    sets: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # bucket values per dim
+    budget: int = 64  # trials over all workloads
+    time_s: float | None = None  # wall time over all runs of the job
+    target: str = "cpu"
+    strategy: str = "evolutionary"
+    scheduler: str = "gradient"
+    seed: int = 0
+    trials_per_round: int = 16
+    patience: int = 3  # flat rounds in a row before a workload counts as converged
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise JobError(f"the budget must be at least 1 trial (got {self.budget})")
+        if self.time_s is not None and self.time_s <= 0:
+            raise JobError(f"the time limit must be positive (got {self.time_s} s)")
+        if self.trials_per_round < 1:
+            raise JobError(f"trials per round must be at least 1 (got {self.trials_per_round})")
+        bad = [p for p in self.phases if p not in {ph.value for ph in Phase}]
+        if bad or not self.phases:
+            raise JobError(f"unknown phase {', '.join(bad) or '(none)'}; use decode, prefill")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data for the job row."""
+        out = asdict(self)
+        out["phases"] = list(self.phases)
+        out["sets"] = {k: list(v) for k, v in self.sets.items()}
+        return out
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> JobConfig:
+        """The config a job row stores (unknown keys, such as the loop's notes, are ignored)."""
+        names = JobConfig.__dataclass_fields__
+        kept = {k: v for k, v in data.items() if k in names}
+        kept["phases"] = tuple(kept.get("phases", ()))
+        kept["sets"] = {k: tuple(v) for k, v in kept.get("sets", {}).items()}
+        return JobConfig(**kept)
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One (task, bucket) workload of a job and how far it got."""
+
+    name: str
+    workload_key: str
+    bucket: Mapping[str, int]
+    weight: float
+    trials: int
+    best_ms: float | None
+    default_ms: float | None
+    status: str
+    note: str = ""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "workload_key": self.workload_key,
+            "bucket": dict(self.bucket),
+            "weight": self.weight,
+            "trials": self.trials,
+            "best_ms": self.best_ms,
+            "default_ms": self.default_ms,
+            "status": self.status,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A job after a run of the loop (also what each progress report carries)."""
+
+    job_id: int
+    status: str
+    trials: int
+    budget: int
+    elapsed_s: float
+    tasks: tuple[TaskState, ...]
+    last: str = ""  # the workload the last round tuned
+
+    @property
+    def estimated_ms(self) -> float | None:
+        """sum(weight * best) over the workloads with a measurement: the model's time."""
+        timed = [t.weight * t.best_ms for t in self.tasks if t.best_ms is not None]
+        return sum(timed) if timed else None
+
+    @property
+    def finished_tasks(self) -> int:
+        return sum(t.status in ("done", "failed", "cancelled") for t in self.tasks)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON `tune --model --json` and `job status --json` print."""
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "trials": self.trials,
+            "budget": self.budget,
+            "estimated_ms": self.estimated_ms,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "tasks": [t.to_json_dict() for t in self.tasks],
+        }
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How this process runs a job (not stored: a resume may use other workers or folders)."""
+
+    workers: str | Executor = "local"
+    cache_dir: str | None = None
+    model_dir: str | None = None
+    measure_config: MeasureConfig | None = None
+    measure_default: bool = True
+    problem_for: ProblemBuilder | None = None  # None: library ops only (`library_problem`)
+    on_progress: Callable[[JobResult], None] | None = None  # after every round
+    on_trial: Callable[[Progress], None] | None = None  # after every trial of a round
+
+
+def load_model(spec: str) -> ModelConfig:
+    """The model a job names (ModelConfigError with one line when unknown or malformed)."""
+    return resolve_model(spec)
+
+
+def plan_job(config: JobConfig, problem_for: ProblemBuilder | None = None) -> list[PlannedWorkload]:
+    """The workloads of a job config, in phase, task and bucket order."""
+    model = load_model(config.model)
+    builder = problem_for or library_problem(model)
+    tasks = []
+    for name in config.phases:
+        phase = Phase(name)
+        sets = {k: v for k, v in config.sets.items() if k not in PINNED[phase]}
+        try:
+            tasks += [(phase, t) for t in model_tasks(model, phase, buckets=sets)]
+        except DimSpecError as err:
+            raise JobError(str(err)) from None
+    return plan_workloads(tasks, builder)
+
+
+def start_job(
+    config: JobConfig, db_url: str | None = None, options: JobOptions | None = None
+) -> JobResult:
+    """Create a job for `config` and run it to its end (see the module doc)."""
+    opts = options or JobOptions()
+    plan = plan_job(config, opts.problem_for)
+    target = resolve_target(config.target)
+    with RecordStore.open(db_url or default_url()) as store:
+        store.ensure_target(target_info(target))
+        for w in plan:
+            store.ensure_workload(workload_info(w.func, w.task.op, w.shape, w.task.dtype))
+        stored = {**config.to_json(), "target_fingerprint": target.fingerprint}
+        stored["notes"] = {w.workload_key: w.note for w in plan if w.note}
+        name = f"{load_model(config.model).name} {','.join(config.phases)}"
+        job_id = store.create_job(name, config.model, target.fingerprint, config.budget, stored)
+        rows = store.add_tasks(job_id, [NewTask(w.workload_key, w.weight, 0) for w in plan])
+        for w, row in zip(plan, rows, strict=True):
+            if w.problem is None:
+                store.update_task_progress(row, trials_done=0, status="cancelled")
+        return _run(store, job_id, config, plan, target, opts)
+
+
+def resume_job(
+    job_id: int, db_url: str | None = None, options: JobOptions | None = None
+) -> JobResult:
+    """Continue a stopped, killed or failed job from what its rows and records say."""
+    opts = options or JobOptions()
+    with RecordStore.open(db_url or default_url()) as store:
+        job = store.get_job(job_id)
+        if job is None:
+            raise JobError(f"job {job_id} does not exist")
+        if job.status == "done":
+            raise JobError(f"job {job_id} is done; nothing to resume")
+        config = JobConfig.from_json(job.config)
+        target = resolve_target(config.target)
+        if target.fingerprint != job.target_fingerprint:
+            raise JobError(
+                f"job {job_id} tunes target {job.target_fingerprint}; "
+                f"this machine is {target.fingerprint}"
+            )
+        plan = plan_job(config, opts.problem_for)
+        keys = {t.workload_key for t in store.list_tasks(job_id)}
+        if keys != {w.workload_key for w in plan}:
+            raise JobError(f"job {job_id}: the model's tasks no longer match the job's tasks")
+        return _run(store, job_id, config, plan, target, opts)
+
+
+def job_status(store: RecordStore, job_id: int) -> tuple[JobInfo, JobResult]:
+    """A job's row and its progress as stored (names and buckets from the stored plan)."""
+    job = store.get_job(job_id)
+    if job is None:
+        raise JobError(f"job {job_id} does not exist")
+    rows = store.list_tasks(job_id)
+    labels = job.config.get("labels", {})
+    notes = job.config.get("notes", {})
+    defaults = job.config.get("defaults", {})
+    tasks = tuple(_state(r, labels, notes, defaults) for r in rows)
+    elapsed = float(job.config.get("elapsed_s", 0.0))
+    trials = sum(t.trials for t in tasks)
+    return job, JobResult(job_id, job.status, trials, job.budget, elapsed, tasks)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def _run(
+    store: RecordStore,
+    job_id: int,
+    config: JobConfig,
+    plan: Sequence[PlannedWorkload],
+    target: Target,
+    opts: JobOptions,
+) -> JobResult:
+    job = store.get_job(job_id)
+    assert job is not None
+    stored = dict(job.config)
+    stored["labels"] = {w.workload_key: [w.name, dict(w.bucket)] for w in plan}
+    defaults: dict[str, float | None] = dict(stored.get("defaults", {}))
+    elapsed0 = float(stored.get("elapsed_s", 0.0))
+    rows = _reconcile(store, job_id, target.fingerprint)
+    tunable = [
+        (w, rows[w.workload_key]) for w in plan if rows[w.workload_key].status != "cancelled"
+    ]
+    tunable = [(w, r) for w, r in tunable if w.problem is not None]
+    if not tunable:
+        store.set_job_config(job_id, stored)
+        store.set_job_status(job_id, "failed")
+        raise JobError(f"job {job_id}: no task of the model has a correctness reference yet")
+    scheduler = create_task_scheduler(
+        config.scheduler, [w for w, _ in tunable], config.budget,
+        trials_per_round=config.trials_per_round,
+    )  # fmt: skip
+    for i, (_, row) in enumerate(tunable):
+        if row.trials_done:
+            scheduler.on_results(i, row.trials_done, row.best_ms)
+        if row.status in ("done", "failed"):
+            scheduler.finish(i)
+    store.set_job_config(job_id, stored)
+    store.set_job_status(job_id, "running")
+
+    start = time.monotonic()
+    model = create_cost_model("xgb", seed=config.seed)
+    mdir = Path(opts.model_dir or default_model_dir())
+    model.load(model_path(mdir, target.fingerprint))
+    owned = isinstance(opts.workers, str)
+    executor = (
+        create_executor(opts.workers, BuildConfig(cache_dir=opts.cache_dir or default_cache_dir()))
+        if isinstance(opts.workers, str)
+        else opts.workers
+    )
+    tuners: dict[int, TaskTuner] = {}
+    last = ""
+
+    def report() -> JobResult:
+        return _result(store, job_id, config, stored, elapsed0 + time.monotonic() - start, last)
+
+    try:
+        while True:
+            if config.time_s is not None and elapsed0 + time.monotonic() - start >= config.time_s:
+                break
+            i = scheduler.next_task()
+            if i is None:
+                break
+            w, row = tunable[i]
+            tuner = tuners.get(i) or _tuner(store, w, target, config, model, opts, job_id)
+            tuners[i] = tuner
+            if w.workload_key not in defaults and opts.measure_default:
+                defaults[w.workload_key] = tuner.measure_default(executor)
+                stored["defaults"] = defaults
+            n = min(config.trials_per_round, config.budget - scheduler.spent)
+            res = tuner.round(executor, n, opts.on_trial)
+            scheduler.on_results(i, res.trials, res.best_ms)
+            progress = scheduler.progress(i)
+            finished = res.exhausted or _converged(progress.best_history, config.patience)
+            if finished:
+                scheduler.finish(i)
+            status = "done" if finished else "running"
+            if finished and res.best_ms is None:
+                status = "failed"  # nothing it measured was valid
+            store.update_task_progress(
+                row.id, trials_done=progress.trials, best_ms=res.best_ms, status=status
+            )
+            stored["elapsed_s"] = elapsed0 + time.monotonic() - start
+            store.set_job_config(job_id, stored)
+            last = w.name
+            if opts.on_progress is not None:
+                opts.on_progress(report())
+    except KeyboardInterrupt as stop:  # finished trials of the round in flight are committed
+        rows = _reconcile(store, job_id, target.fingerprint)
+        stored["elapsed_s"] = elapsed0 + time.monotonic() - start
+        store.set_job_config(job_id, stored)
+        store.set_job_status(job_id, "cancelled")
+        raise JobInterrupted(job_id, sum(r.trials_done for r in rows.values())) from stop
+    except BaseException:
+        store.set_job_status(job_id, "failed")
+        raise
+    finally:
+        if owned:
+            executor.close()
+        model.save(model_path(mdir, target.fingerprint))
+    for row in store.list_tasks(job_id):
+        if row.status in ("pending", "running"):
+            store.update_task_progress(row.id, trials_done=row.trials_done, status="done")
+    stored["elapsed_s"] = elapsed0 + time.monotonic() - start
+    store.set_job_config(job_id, stored)
+    store.set_job_status(job_id, "done")
+    return replace(report(), status="done")
+
+
+def _tuner(
+    store: RecordStore,
+    w: PlannedWorkload,
+    target: Target,
+    config: JobConfig,
+    model: CostModel,
+    opts: JobOptions,
+    job_id: int,
+) -> TaskTuner:
+    assert w.problem is not None
+    return TaskTuner(
+        w.func, w.problem, target, store,
+        workload=workload_info(w.func, w.task.op, w.shape, w.task.dtype),
+        strategy=create_strategy(config.strategy, seed=config.seed), cost_model=model,
+        seed=config.seed, measure_config=opts.measure_config, job_id=job_id,
+    )  # fmt: skip
+
+
+def _converged(history: Sequence[float], patience: int) -> bool:
+    """True when the last `patience` rounds together improved the best by under 1%."""
+    if patience < 1 or len(history) <= patience:
+        return False
+    before, now = history[-1 - patience], history[-1]
+    if math.isinf(before) or math.isinf(now):
+        return False
+    return before - now < CONVERGED_GAIN * before
+
+
+def _reconcile(store: RecordStore, job_id: int, fingerprint: str) -> dict[str, TaskInfo]:
+    """Task rows by workload key, each row's trials and best set from the records committed
+    under the job (a killed coordinator may have committed a round but not its row)."""
+    counts = store.job_trial_counts(job_id)
+    out = {}
+    for row in store.list_tasks(job_id):
+        done = counts.get(row.workload_key, 0)
+        if done != row.trials_done:
+            best = store.best(row.workload_key, fingerprint, 1)
+            row = store.update_task_progress(
+                row.id, trials_done=done, best_ms=best[0].median_ms if best else None
+            )
+        out[row.workload_key] = row
+    return out
+
+
+def _result(
+    store: RecordStore,
+    job_id: int,
+    config: JobConfig,
+    stored: Mapping[str, Any],
+    elapsed: float,
+    last: str,
+) -> JobResult:
+    rows = store.list_tasks(job_id)
+    labels, notes = stored.get("labels", {}), stored.get("notes", {})
+    defaults = stored.get("defaults", {})
+    tasks = tuple(_state(r, labels, notes, defaults) for r in rows)
+    trials = sum(t.trials for t in tasks)
+    return JobResult(job_id, "running", trials, config.budget, elapsed, tasks, last)
+
+
+def _state(
+    row: TaskInfo,
+    labels: Mapping[str, Any],
+    notes: Mapping[str, str],
+    defaults: Mapping[str, float | None],
+) -> TaskState:
+    name, bucket = labels.get(row.workload_key, [row.workload_key[:16], {}])
+    return TaskState(
+        name=name,
+        workload_key=row.workload_key,
+        bucket=dict(bucket),
+        weight=row.weight,
+        trials=row.trials_done,
+        best_ms=row.best_ms,
+        default_ms=defaults.get(row.workload_key),
+        status=row.status,
+        note=notes.get(row.workload_key, ""),
+    )

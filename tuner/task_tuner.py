@@ -1,0 +1,322 @@
+"""The tuning state of one workload on one target, advanced one round at a time.
+
+A `TaskTuner` holds what tuning a workload needs between rounds: the design space and its
+sampler, the search strategy, the cost model it trains, the set of traces already measured
+(from the record store, so nothing is measured twice), the best times seen and the failures.
+`round(executor, n)` proposes up to `n` unmeasured candidates, measures them, commits every
+trial (filed under the target's fingerprint and the space version) and retrains the model.
+`tuning.tune` drives one tuner to a trial count; the coordinator's job loop drives one tuner
+per (task, bucket) of a model, several sharing one cost model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from tunefleet.database import NewRecord, RecordStore, TargetInfo, WorkloadInfo
+from tunefleet.ir import structural_hash
+from tunefleet.ir.trace import Trace
+from tunefleet.workers import (
+    BuildInput,
+    BuildResult,
+    Executor,
+    MeasureConfig,
+    MeasureResult,
+    Problem,
+    RunInput,
+    Status,
+    Target,
+)
+
+from .candidates import Candidate, SpaceSampler
+from .cost_model import CostModel, Sample
+from .postproc import default_postprocs
+from .space import SpaceContext, SpaceGenerator, rules_for, space_version
+from .strategy import SearchStrategy
+
+TOP_K = 64  # best measured traces the search strategy is seeded with
+
+
+class TuneInterrupted(KeyboardInterrupt):
+    """Tuning was stopped (Ctrl-C, SIGTERM): what this run committed and what it dropped.
+
+    Trials whose build and run had finished when the stop came are committed with the rest
+    of this run's records; the candidates still building or running are dropped unrecorded.
+    """
+
+    def __init__(self, committed: int, dropped: int) -> None:
+        super().__init__(f"committed {committed} finished trials; dropped {dropped} in flight")
+        self.committed = committed
+        self.dropped = dropped
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every measured trial (for progress bars and logs)."""
+
+    trials_done: int
+    trials_total: int
+    best_ms: float | None
+    failures: int
+    status: str
+    median_ms: float | None
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One round of a tuner: trials measured and committed, failures among them, the best
+    time of the workload after it (every record, this run or not), and whether the space had
+    no unmeasured candidate left (then `trials` is smaller than asked, possibly 0)."""
+
+    trials: int
+    failures: int
+    best_ms: float | None
+    exhausted: bool
+
+
+class TaskTuner:
+    """Search, measure, record and learn for one workload (`func`) on one target.
+
+    Construction registers the target and workload in `store` and reloads the workload's
+    history: measured traces are never measured again, the fastest seed the search, and every
+    one that replays in the current space trains `cost_model`. `job_id` tags the records.
+    """
+
+    def __init__(
+        self,
+        func: Any,
+        problem: Problem,
+        target: Target,
+        store: RecordStore,
+        *,
+        workload: WorkloadInfo,
+        strategy: SearchStrategy,
+        cost_model: CostModel,
+        seed: int = 0,
+        measure_config: MeasureConfig | None = None,
+        job_id: int | None = None,
+    ) -> None:
+        self.func = func
+        self.problem = problem
+        self.target = target
+        self.store = store
+        self.search = strategy
+        self.model = cost_model
+        self.job_id = job_id
+        self.key = workload.key
+        self.fingerprint = target.fingerprint
+        self.version = space_version(target.kind)
+        self.config = measure_config or MeasureConfig(seed=seed)
+        ctx = SpaceContext(target)
+        sketches = SpaceGenerator(*rules_for(target.kind)).generate(func, ctx, seed=seed)
+        self.sampler = SpaceSampler(func, sketches, ctx, default_postprocs(target.kind))
+        store.ensure_target(target_info(target))
+        store.ensure_workload(workload)
+        self.measured: set[str] = store.measured_hashes(self.key, self.fingerprint)
+        self.trials = 0  # measured by this tuner
+        self.failures = 0
+        self.failed: Counter[str] = Counter()
+        self.first_message: dict[str, str] = {}
+        self.curve: list[float | None] = []
+        self.stale = 0  # records of another space version that no longer replay
+        self.top: list[tuple[float, Trace]] = []
+        self._reload_history()
+        self.best_ms: float | None = self.top[0][0] if self.top else None
+
+    def _reload_history(self) -> None:
+        samples: list[Sample] = []
+        for rec in self.store.history(self.key, self.fingerprint):
+            try:
+                trace = Trace.from_json(rec.trace_json)
+            except (KeyError, ValueError):
+                continue
+            cand = self.sampler.from_trace(trace)
+            if cand is None and rec.space_version != self.version:
+                self.stale += 1  # measured, but not a point of the current space
+                continue
+            if rec.median_ms is not None:
+                self.top.append((rec.median_ms, trace))
+            if cand is not None:
+                samples.append(Sample(cand.features, self.key, rec.trace_hash, rec.median_ms))
+        self.model.update(samples)
+        self.top.sort(key=lambda p: p[0])
+        self.search.notify(self.top[:TOP_K])
+
+    def measure_default(self, executor: Executor) -> float | None:
+        """The median time of the workload's untuned default schedule (not recorded)."""
+        build = BuildInput(self.target, workload=self.func, trace=None)
+        (res,) = measure_batch(executor, [build], self.problem, self.config)
+        res = on_target(res, self.fingerprint)
+        return res.median_ms if res.ok else None
+
+    def round(
+        self,
+        executor: Executor,
+        n: int,
+        on_progress: Callable[[Progress], None] | None = None,
+        total: int | None = None,
+    ) -> RoundResult:
+        """Measure up to `n` new candidates, commit them all and retrain the cost model.
+
+        Progress counts this tuner's trials out of `total` (default: this round's end). A
+        stop (KeyboardInterrupt) mid-round commits the finished trials and raises
+        `TuneInterrupted` with this tuner's committed count and the dropped in-flight ones.
+        """
+        batch = self.search.generate(self.sampler, self.model, self.measured, n)
+        if not batch:
+            return RoundResult(0, 0, self.best_ms, exhausted=True)
+        finished: dict[int, MeasureResult] = {}
+        counts = (self.trials, total if total is not None else self.trials + len(batch))
+        report = _collector(
+            finished, on_progress, self.fingerprint, counts, self.best_ms, self.failures
+        )
+        builds = [BuildInput(self.target, workload=self.func, trace=c.trace_json) for c in batch]
+        try:
+            results = measure_batch(executor, builds, self.problem, self.config, report)
+        except KeyboardInterrupt as stop:
+            kept = sorted(finished)
+            self.store.commit([self._record(batch[i], finished[i]) for i in kept])
+            raise TuneInterrupted(self.trials + len(kept), len(batch) - len(kept)) from stop
+        results = [on_target(r, self.fingerprint) for r in results]
+        self.store.commit([self._record(c, r) for c, r in zip(batch, results, strict=True)])
+        failures = 0
+        new_samples = []
+        for cand, res in zip(batch, results, strict=True):
+            self.trials += 1
+            self.measured.add(cand.trace_hash)
+            ms = res.median_ms if res.ok else None
+            new_samples.append(Sample(cand.features, self.key, cand.trace_hash, ms))
+            if ms is None:
+                failures += 1
+                self.failed[res.status.value] += 1
+                self.first_message.setdefault(res.status.value, _first_line(res.message))
+            else:
+                self.top.append((ms, cand.trace))
+                self.best_ms = ms if self.best_ms is None else min(self.best_ms, ms)
+            self.curve.append(self.best_ms)
+        self.failures += failures
+        self.model.update(new_samples)
+        self.top.sort(key=lambda p: p[0])
+        self.search.notify(self.top[:TOP_K])
+        return RoundResult(len(batch), failures, self.best_ms, exhausted=len(batch) < n)
+
+    def failure_kinds(self) -> tuple[tuple[str, int, str], ...]:
+        """(status, count, first line of the first message) per failure status, most common
+        first."""
+        return tuple((s, c, self.first_message[s]) for s, c in self.failed.most_common())
+
+    def _record(self, cand: Candidate, res: MeasureResult) -> NewRecord:
+        ok = res.ok and res.median_ms is not None
+        return NewRecord(
+            workload_key=self.key,
+            target_fingerprint=self.fingerprint,
+            trace_json=cand.trace_json,
+            trace_hash=cand.trace_hash,
+            status=res.status.value,
+            timings_ms=res.timings_ms if ok else (),
+            median_ms=res.median_ms if ok else None,
+            error_msg=res.message[:2000],
+            job_id=self.job_id,
+            space_version=self.version,
+        )
+
+
+def target_info(target: Target) -> TargetInfo:
+    """The record store's row of a target."""
+    info = target.to_info()
+    return TargetInfo(
+        info["kind"], info["fingerprint"], info["device"], info["arch"], info["details"]
+    )
+
+
+def workload_info(func: Any, op: str, shape: Mapping[str, Any], dtype: str) -> WorkloadInfo:
+    """The record store's row of a PrimFunc, keyed by its structural hash."""
+    return WorkloadInfo(structural_hash(func), op, dict(shape), dtype, func.to_json())
+
+
+def measure_batch(
+    executor: Executor,
+    builds: list[BuildInput],
+    problem: Problem,
+    config: MeasureConfig,
+    on_result: Callable[[int, MeasureResult], None] | None = None,
+) -> list[MeasureResult]:
+    """Build every candidate first, then time them: no compiler competes with a timed kernel.
+
+    Results come back in input order; `on_result(index, result)` is called as each one is
+    known (a failed build as soon as it finishes), so progress moves per candidate.
+    """
+    build_futures = executor.build(builds)
+    position = {f: i for i, f in enumerate(build_futures)}
+    built: dict[int, BuildResult] = {}
+    results: list[MeasureResult] = [MeasureResult(Status.BUILD_ERROR)] * len(builds)
+    for fut in as_completed(build_futures):
+        i = position[fut]
+        b = built[i] = fut.result()
+        results[i] = MeasureResult(b.status, message=b.message, build_s=b.build_s)
+        if b.artifact is None and on_result is not None:
+            on_result(i, results[i])
+    runnable = sorted(i for i, b in built.items() if b.artifact is not None)
+    if runnable:
+        runs = executor.run([RunInput(built[i].artifact, problem, config) for i in runnable])
+        run_position = dict(zip(runs, runnable, strict=True))
+        for fut in as_completed(runs):
+            i = run_position[fut]
+            try:
+                res = fut.result()
+            except Exception as err:  # a lost runner is that candidate's run_error
+                res = MeasureResult(Status.RUN_ERROR, message=f"{type(err).__name__}: {err}")
+            results[i] = dataclasses.replace(res, build_s=results[i].build_s)
+            if on_result is not None:
+                on_result(i, results[i])
+    return results
+
+
+def on_target(result: MeasureResult, fingerprint: str) -> MeasureResult:
+    """`result` if its worker measured on the target `fingerprint` (or nothing ran), else a
+    run_error saying where it was measured: a record answers only for its own target."""
+    measured_on = result.target_fingerprint
+    if measured_on == fingerprint or (not measured_on and not result.ok):
+        return result
+    message = f"measured on {measured_on or 'an unknown device'} but the task targets {fingerprint}"
+    return dataclasses.replace(
+        result, status=Status.RUN_ERROR, median_ms=None, timings_ms=(), message=message
+    )
+
+
+def _collector(
+    finished: dict[int, MeasureResult],
+    on_progress: Callable[[Progress], None] | None,
+    fingerprint: str,
+    counts: tuple[int, int],
+    best_ms: float | None,
+    failures: int,
+) -> Callable[[int, MeasureResult], None]:
+    """Keep each finished result of the batch in flight (refused when measured on another
+    target than `fingerprint`) and report progress counting it; `counts` is (done, total)."""
+    done, total = counts
+
+    def report(i: int, res: MeasureResult) -> None:
+        res = on_target(res, fingerprint)
+        finished[i] = res
+        if on_progress is None:
+            return
+        oks = [r.median_ms for r in finished.values() if r.ok and r.median_ms is not None]
+        best = min([*oks, best_ms] if best_ms is not None else oks, default=None)
+        failed = len(finished) - len(oks)
+        ms = res.median_ms if res.ok else None
+        on_progress(
+            Progress(done + len(finished), total, best, failures + failed, res.status.value, ms)
+        )
+
+    return report
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
