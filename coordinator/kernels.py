@@ -123,16 +123,23 @@ def _gelu_mul(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
 
 
 def _dense_rope(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
-    """q|k|v projection with rope on the q and k heads; writes q|k rotated and v."""
+    """q|k|v projection with rope on the q and k heads, written as one `[tokens, heads, d]`
+    tensor whose v heads pass through unrotated.
+
+    One output (the graph's rope output) lets a GPU schedule compute each head's projection
+    where the head is written; two outputs fed by one reduction cannot share it in a kernel.
+    """
     ins, qkv = _dense_inputs(calls[0])
     r = _shape(calls[1])
     t, h, kv, d = r["m"], r["h"], r["kv"], r["d"]
-    qk = compute((t, h + kv, d), lambda i, hh, j: qkv[i, hh * d + j], "qk")
+    heads = compute((t, h + 2 * kv, d), lambda i, hh, j: qkv[i, hh * d + j], "heads")
     cos = placeholder((t, d // 2), "float32", "cos")
     sin = placeholder((t, d // 2), "float32", "sin")
-    qk_rot = irops.rope_compute(qk, cos, sin, "qk_rope")
-    v = compute((t, kv, d), lambda i, hh, j: qkv[i, (h + kv + hh) * d + j], "v")
-    return create_prim_func([*ins, cos, sin, qk_rot, v], name="dense_rope")
+    rotated = irops.rope_compute(heads, cos, sin, "rotated")
+    out = compute(heads.shape,
+                  lambda i, hh, j: select(hh < h + kv, rotated[i, hh, j], heads[i, hh, j]),
+                  "qkv_rope")  # fmt: skip
+    return create_prim_func([*ins, cos, sin, out], name="dense_rope")
 
 
 def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
@@ -253,12 +260,13 @@ def ir_kernel(group: FusedCall, graph: Graph) -> Kernel:
     `ir.bytes_moved` counts; and a q4 dense dequantises each weight once per tile in any real
     kernel, while `ir.flops` counts the dequantisation at every multiply-add of the loop nest
     as written (2.5x the work), so q4 FLOPs are the multiply-adds (and epilogues), like those
-    of the dense layer they replace.
+    of the dense layer they replace. A rope epilogue writes the v heads through a select whose
+    rotation branch `ir.flops` counts as well, so its FLOPs are the graph's too.
     """
     func = build_func(group, graph.phase)
     fixed = dict(graph.fixed)
 
-    if group.anchor.op == "q4_dense":
+    if group.anchor.op == "q4_dense" or group.calls[-1].op == "rope":
         count_flops = group.flops
     else:
 

@@ -213,9 +213,10 @@ def _dense_chain_reference(chain: Chain, *inputs: np.ndarray) -> tuple[np.ndarra
         s = epi.static
         h, kv, d = s["h"], s["kv"], s["d"]
         t = ys.shape[0]
-        qk = ys[:, : (h + kv) * d].reshape(t, h + kv, d)
-        v = ys[:, (h + kv) * d :].reshape(t, kv, d)
-        return get_op("rope").reference(qk, *rest[:2]), _decoded(v, dt).astype(np.float32)
+        heads = ys.reshape(t, h + 2 * kv, d)  # q | k | v heads; v passes through
+        qk = get_op("rope").reference(heads[:, : h + kv], *rest[:2])
+        v = _decoded(heads[:, h + kv :], dt).astype(np.float32)
+        return (np.concatenate([qk, v], axis=1),)
     raise TaskProblemError(f"no reference for epilogue {epi.op!r}")
 
 
