@@ -305,7 +305,7 @@ class ChainKind:
 
 _DENSE = ChainKind(_dense_chain_inputs, _dense_chain_reference)
 _LIBRARY = ChainKind(_library_inputs, _library_reference)
-KINDS: dict[str, ChainKind] = {
+CHAIN_KINDS: dict[str, ChainKind] = {
     **{
         f"{anchor}{epi}": _DENSE
         for anchor in ("dense", "q4_dense")
@@ -319,9 +319,11 @@ KINDS: dict[str, ChainKind] = {
 
 
 def _kind(chain: Chain) -> ChainKind:
-    kind = KINDS.get(chain.op)
+    kind = CHAIN_KINDS.get(chain.op)
     if kind is None:
-        raise TaskProblemError(f"no composed problem for {chain.op!r}; known: {', '.join(KINDS)}")
+        raise TaskProblemError(
+            f"no composed problem for {chain.op!r}; known: {', '.join(CHAIN_KINDS)}"
+        )
     return kind
 
 
