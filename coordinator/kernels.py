@@ -123,16 +123,23 @@ def _gelu_mul(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
 
 
 def _dense_rope(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
-    """q|k|v projection with rope on the q and k heads; writes q|k rotated and v."""
+    """q|k|v projection with rope on the q and k heads, written as one `[tokens, heads, d]`
+    tensor whose v heads pass through unrotated.
+
+    One output (the graph's rope output) lets a GPU schedule compute each head's projection
+    where the head is written; two outputs fed by one reduction cannot share it in a kernel.
+    """
     ins, qkv = _dense_inputs(calls[0])
     r = _shape(calls[1])
     t, h, kv, d = r["m"], r["h"], r["kv"], r["d"]
-    qk = compute((t, h + kv, d), lambda i, hh, j: qkv[i, hh * d + j], "qk")
+    heads = compute((t, h + 2 * kv, d), lambda i, hh, j: qkv[i, hh * d + j], "heads")
     cos = placeholder((t, d // 2), "float32", "cos")
     sin = placeholder((t, d // 2), "float32", "sin")
-    qk_rot = irops.rope_compute(qk, cos, sin, "qk_rope")
-    v = compute((t, kv, d), lambda i, hh, j: qkv[i, (h + kv + hh) * d + j], "v")
-    return create_prim_func([*ins, cos, sin, qk_rot, v], name="dense_rope")
+    rotated = irops.rope_compute(heads, cos, sin, "rotated")
+    out = compute(heads.shape,
+                  lambda i, hh, j: select(hh < h + kv, rotated[i, hh, j], heads[i, hh, j]),
+                  "qkv_rope")  # fmt: skip
+    return create_prim_func([*ins, cos, sin, out], name="dense_rope")
 
 
 def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
@@ -190,33 +197,49 @@ _FUSED: dict[str, Callable[[tuple[OpCall, ...], Phase], PrimFunc]] = {
 }
 
 
+def library_shape(op: str, s: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A single call's graph params `s` (ir dims or ints) mapped onto its library op's.
+
+    The kernel builder and a task's correctness problem (`task_problems`) share this map.
+    """
+    if op in ("dense", "q4_dense"):
+        return {"m": s["m"], "n": s["n"], "k": s["k"]}
+    if op == "batch_matmul":  # scores: [b,h,n,d] . [b,kv,m,d]^T; context: [b,h,n,m] . [b,kv,m,d]
+        nk = {"n": s["m"], "k": s["d"]} if attrs["transpose_b"] else {"n": s["d"], "k": s["m"]}
+        return {"b": s["b"], "h": s["h"], "m": s["n"], **nk}
+    if op == "rope":
+        return {"m": s["m"], "h": s["h"] + s["kv"], "d": s["d"]}
+    if op in ("rmsnorm", "softmax", "silu_mul", "add"):
+        return {"m": s["m"], "n": s["n"]}
+    raise LoweringError(f"no ir form for op {op!r}")
+
+
+def library_attrs(op: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A single call's graph attributes mapped onto its library op's (rope's theta is in
+    the cos/sin tables, not the kernel)."""
+    if op == "dense":
+        return {"bias": attrs["bias"]}
+    if op == "q4_dense":
+        return {"group_size": attrs["group_size"]}
+    if op == "batch_matmul":
+        return {"transpose_b": attrs["transpose_b"], "group": attrs.get("group", 1)}
+    if op == "rmsnorm":
+        return {"eps": attrs["eps"]}
+    return {}
+
+
 def _library_call(call: OpCall) -> PrimFunc:
     """A single call through the op library, its graph params mapped onto the op's."""
-    s, a = _shape(call), call.attr
-    op = irops.get_op(call.op)
-    if call.op == "q4_dense" and a["bias"]:
+    s = _shape(call)
+    if call.op == "q4_dense" and call.attr["bias"]:
         ins, out = _dense_inputs(call)
         return create_prim_func([*ins, out], name="q4_dense_bias")
-    if call.op in ("dense", "q4_dense"):
-        attrs = {"bias": a["bias"]} if call.op == "dense" else {"group_size": a["group_size"]}
-        return op.build({"m": s["m"], "n": s["n"], "k": s["k"]}, call.dtype, **attrs)
-    if call.op == "batch_matmul":
-        group = a.get("group", 1)
-        # scores: [b,h,n,d] . [b,kv,m,d]^T; context: [b,h,n,m] . [b,kv,m,d]
-        nk = {"n": s["m"], "k": s["d"]} if a["transpose_b"] else {"n": s["d"], "k": s["m"]}
-        return op.build({"b": s["b"], "h": s["h"], "m": s["n"], **nk}, call.dtype,
-                        transpose_b=a["transpose_b"], group=group)  # fmt: skip
-    if call.op == "rope":
-        return op.build({"m": s["m"], "h": s["h"] + s["kv"], "d": s["d"]}, call.dtype)
-    if call.op == "rmsnorm":
-        return op.build({"m": s["m"], "n": s["n"]}, call.dtype, eps=a["eps"])
     if call.op == "softmax" and not isinstance(s["m"], int | Var):
         # rows = heads x tokens: a product the library's shape check refuses; same compute
         x = placeholder((s["m"], s["n"]), call.dtype, "x")
         return create_prim_func([x, irops.softmax_compute(x)], name="softmax")
-    if call.op in ("softmax", "silu_mul", "add"):
-        return op.build({"m": s["m"], "n": s["n"]}, call.dtype)
-    raise LoweringError(f"no ir form for op {call.op!r}")
+    shape = library_shape(call.op, s, call.attr)
+    return irops.get_op(call.op).build(shape, call.dtype, **library_attrs(call.op, call.attr))
 
 
 def build_func(group: FusedCall, phase: Phase) -> PrimFunc:
@@ -237,12 +260,13 @@ def ir_kernel(group: FusedCall, graph: Graph) -> Kernel:
     `ir.bytes_moved` counts; and a q4 dense dequantises each weight once per tile in any real
     kernel, while `ir.flops` counts the dequantisation at every multiply-add of the loop nest
     as written (2.5x the work), so q4 FLOPs are the multiply-adds (and epilogues), like those
-    of the dense layer they replace.
+    of the dense layer they replace. A rope epilogue writes the v heads through a select whose
+    rotation branch `ir.flops` counts as well, so its FLOPs are the graph's too.
     """
     func = build_func(group, graph.phase)
     fixed = dict(graph.fixed)
 
-    if group.anchor.op == "q4_dense":
+    if group.anchor.op == "q4_dense" or group.calls[-1].op == "rope":
         count_flops = group.flops
     else:
 

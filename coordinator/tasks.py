@@ -13,7 +13,7 @@ from typing import Any
 
 from tunefleet.coordinator.buckets import buckets_for
 from tunefleet.coordinator.fusion import fuse
-from tunefleet.coordinator.graph import Graph, Phase, Quant, build_graph
+from tunefleet.coordinator.graph import Graph, OpCall, Phase, Quant, build_graph
 from tunefleet.coordinator.kernels import ir_kernel
 from tunefleet.coordinator.lowering import Kernel, Lowering
 from tunefleet.coordinator.models import ModelConfig
@@ -33,6 +33,8 @@ class Task:
     buckets: tuple[tuple[str, tuple[int, ...]], ...]
     weight: int
     kernel: Kernel
+    calls: tuple[OpCall, ...] = ()  # the op chain of the first fused call (anchor first)
+    phase: Phase | None = None  # the pass it belongs to (attention masks in prefill)
 
     @property
     def name(self) -> str:
@@ -111,6 +113,8 @@ def extract_tasks(
             buckets=tuple((s, phase_buckets[s]) for s in syms),
             weight=reps,
             kernel=kernel,
+            calls=group.calls,
+            phase=graph.phase,
         )
     return list(by_key.values())
 

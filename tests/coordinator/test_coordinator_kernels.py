@@ -146,7 +146,8 @@ def test_fused_qkv_rope_runs_like_numpy(cfg: ModelConfig) -> None:
     x, w = _randn(t, cfg.hidden_size), _randn((h + 2 * kv) * d, cfg.hidden_size) * 0.1
     ang = rng.uniform(-3, 3, (t, d // 2)).astype(np.float32)
     ins = [x, w] + ([_randn((h + 2 * kv) * d)] if cfg.qkv_bias else [])
-    qk, v = _run(build_func(group, Phase.PREFILL), [*ins, np.cos(ang), np.sin(ang)], {"n": t})
+    (out,) = _run(build_func(group, Phase.PREFILL), [*ins, np.cos(ang), np.sin(ang)], {"n": t})
+    qk, v = out[:, : h + kv], out[:, h + kv :]  # one [tokens, q|k|v heads, d] output
     qkv = x.astype(np.float64) @ w.T + (ins[2] if cfg.qkv_bias else 0)
     qkv = qkv.reshape(t, h + 2 * kv, d)
     np.testing.assert_allclose(qk, _rope(qkv[:, : h + kv], np.cos(ang), np.sin(ang)),
