@@ -5,6 +5,7 @@ with RecordStore.open(resolve_url(None, os.environ)) as store:
     store.commit([...]); store.best(workload_key, target_fingerprint, k=3)
 """
 
+from tunefleet.database.checks import Verifier, timings_check
 from tunefleet.database.engine import EngineOptions
 from tunefleet.database.errors import (
     AuthenticationError,
@@ -30,7 +31,7 @@ from tunefleet.database.records import (
     TuningRecord,
     WorkloadInfo,
 )
-from tunefleet.database.store import ImportResult, RecordStore
+from tunefleet.database.store import ImportResult, RecordStore, VerifyResult
 from tunefleet.database.urls import default_url, mask_url, normalize_url, resolve_url
 
 __all__ = [
@@ -56,9 +57,12 @@ __all__ = [
     "TaskInfo",
     "TuningRecord",
     "UnknownKeyError",
+    "Verifier",
+    "VerifyResult",
     "WorkloadInfo",
     "default_url",
     "mask_url",
     "normalize_url",
     "resolve_url",
+    "timings_check",
 ]

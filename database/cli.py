@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+from tunefleet.database.checks import Verifier
 from tunefleet.database.errors import DatabaseError
 from tunefleet.database.records import TuningRecord
 from tunefleet.database.store import ImportResult, RecordStore
@@ -128,6 +129,8 @@ def _print_records(records: Sequence[TuningRecord], as_json: bool) -> None:
         line += r.created_at.strftime("%Y-%m-%d %H:%M:%S")
         if r.error_msg:
             line += "  " + r.error_msg.splitlines()[0][:60]
+        if r.invalid_reason:
+            line += "  INVALID: " + r.invalid_reason[:100]
         click.echo(line)
 
 
@@ -156,11 +159,12 @@ def best(workload: str, target: str | None, k: int, db_url: str | None, as_json:
 def history(
     workload: str, target: str | None, limit: int | None, db_url: str | None, as_json: bool
 ) -> None:
-    """Print every trial of WORKLOAD on a target in commit order, failures included."""
+    """Print every trial of WORKLOAD on a target in commit order, failures and records flagged
+    invalid included."""
     with open_store(db_url, create=False) as store:
         fingerprint = _pick_target(store, target)
         key = _pick_workload(store, workload)
-        _print_records(store.history(key, fingerprint, limit), as_json)
+        _print_records(store.history(key, fingerprint, limit, include_invalid=True), as_json)
 
 
 @db.command(name="list")
@@ -267,9 +271,13 @@ def export_(
 @db_option
 @_store_command
 def import_(path: str, db_url: str | None) -> None:
-    """Add the records of an export file (all or nothing; known records are skipped)."""
+    """Add the records of an export file (all or nothing; known records are skipped).
+
+    Every record must have plausible times and a trace that replays on its workload; the first
+    that does not rejects the whole file, naming its line.
+    """
     with open_store(db_url, create=True) as store:
-        _echo_added("imported", store.import_jsonl(path))
+        _echo_added("imported", store.import_jsonl(path, verify=_record_verifier()))
 
 
 @db.command()
@@ -277,9 +285,39 @@ def import_(path: str, db_url: str | None) -> None:
 @db_option
 @_store_command
 def merge(other_url: str, db_url: str | None) -> None:
-    """Add every record of the database at OTHER_URL (all or nothing)."""
+    """Add every record of the database at OTHER_URL (all or nothing), checked as by import."""
     with open_store(db_url, create=True) as store:
-        _echo_added("merged", store.merge_from(other_url))
+        _echo_added("merged", store.merge_from(other_url, verify=_record_verifier()))
+
+
+@db.command()
+@click.option("--target", "-t", metavar="FINGERPRINT", help="Only this target's records.")
+@click.option("--workload", "-w", metavar="KEY", help="Only this workload's records.")
+@db_option
+@_store_command
+def verify(target: str | None, workload: str | None, db_url: str | None) -> None:
+    """Check stored records as imports do and flag the unsound ones, so best() skips them.
+
+    Prints each invalid record and a count; a flag is cleared when its record passes again.
+    """
+    with open_store(db_url, create=False) as store:
+        result = store.verify_records(
+            _record_verifier(), target_fingerprint=target, workload_key=workload
+        )
+    for row_id, uid, key, fingerprint, reason in result.invalid:
+        click.echo(f"invalid record {row_id} ({uid}) of {key[:16]} on {fingerprint}: {reason}")
+    click.echo(
+        f"checked {result.checked} records: {len(result.invalid)} invalid "
+        f"({result.flagged} newly flagged, {result.cleared} cleared)"
+    )
+
+
+def _record_verifier() -> Verifier:
+    """The checks of import, merge and verify: plausible times and a trace that replays (the
+    IR is imported here, when a command needs it, so the database package stands alone)."""
+    from tunefleet.tuner.record_checks import record_verifier
+
+    return record_verifier()
 
 
 def _echo_added(verb: str, result: ImportResult) -> None:

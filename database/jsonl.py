@@ -53,13 +53,37 @@ LINE_TYPES: dict[str, type[Item]] = {
 }
 
 
-def header_line() -> dict[str, Any]:
-    """The first line of every export."""
-    return {
+def header_line(source: str | None = None) -> dict[str, Any]:
+    """The first line of every export; `source` names the database it came from (masked URL).
+
+    Readers of version 1 ignore keys they do not know, so `source` needs no new version.
+    """
+    header = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "exported_at": datetime.now(UTC).isoformat(),
     }
+    if source is not None:
+        header["source"] = source
+    return header
+
+
+def describe_origin(path: str | Path) -> str:
+    """Where the records of an export file come from, for the `origin` of what it imports:
+    the file, and the time and database its header names (when it names them)."""
+    origin = f"import of {Path(path).resolve()}"
+    try:
+        with Path(path).open("r", encoding="utf-8") as handle:
+            header = json.loads(handle.readline())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return origin  # read_file reports what is wrong with the file
+    if not isinstance(header, dict):
+        return origin
+    if isinstance(header.get("exported_at"), str):
+        origin += f", exported {header['exported_at']}"
+    if isinstance(header.get("source"), str):
+        origin += f" from {header['source']}"
+    return origin
 
 
 def item_to_line(item: Item) -> dict[str, Any]:
@@ -70,8 +94,9 @@ def item_to_line(item: Item) -> dict[str, Any]:
     raise TypeError(f"{type(item).__name__} is not an item of the exchange format")
 
 
-def write_file(path: str | Path, items: Iterable[Item]) -> EndLine:
-    """Write the header, the items and the end line (counted here); returns the end line."""
+def write_file(path: str | Path, items: Iterable[Item], source: str | None = None) -> EndLine:
+    """Write the header (naming `source`), the items and the end line (counted here);
+    returns the end line."""
     counts = {"target": 0, "workload": 0, "record": 0}
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
@@ -80,7 +105,7 @@ def write_file(path: str | Path, items: Iterable[Item]) -> EndLine:
     except OSError as err:
         raise DatabaseError(f"cannot write {path}: {err.strerror}") from None
     with out:
-        out.write(json.dumps(header_line()) + "\n")
+        out.write(json.dumps(header_line(source)) + "\n")
         for item in items:
             line = item_to_line(item)
             counts[line["type"]] += 1

@@ -40,6 +40,8 @@ NAMING_CONVENTION = {
 
 STATUS_CHECK = "status IN ('ok', 'build_error', 'run_error', 'timeout', 'wrong_result')"
 JOB_STATUS_CHECK = "status IN ('pending', 'running', 'done', 'failed', 'cancelled')"
+# The records best() can answer with: ok and not flagged by `tunefleet db verify`.
+BEST_WHERE = "status = 'ok' AND invalid_reason IS NULL"
 
 # SQLite only aliases rowid for a column declared exactly INTEGER PRIMARY KEY.
 RecordId = BigInteger().with_variant(Integer(), "sqlite")
@@ -96,15 +98,16 @@ class Record(Base):
         UniqueConstraint("uid"),
         CheckConstraint(STATUS_CHECK, name="status"),
         CheckConstraint("status <> 'ok' OR median_ms IS NOT NULL", name="ok_has_median"),
-        # best(): an index range scan over ok records of one (workload, target) in time order.
+        # best(): an index range scan over the sound ok records of one (workload, target) in
+        # time order; records `db verify` flagged are left out of it.
         Index(
             "ix_tuning_records_best",
             "workload_id",
             "target_id",
             "median_ms",
             "id",
-            postgresql_where=text("status = 'ok'"),
-            sqlite_where=text("status = 'ok'"),
+            postgresql_where=text(BEST_WHERE),
+            sqlite_where=text(BEST_WHERE),
         ),
         # history() and has_measured(): every trial of a pair, found by trace hash.
         Index("ix_tuning_records_pair_trace", "workload_id", "target_id", "trace_hash"),

@@ -193,8 +193,16 @@ class CommittedRecord(NewRecord, RecordUid):
 class TuningRecord(CommittedRecord, RecordRowId):
     """A stored trial: a NewRecord plus its id, its global uid and the time it was committed.
 
-    Fields in order: id, uid, the NewRecord's, created_at (UTC).
+    Fields in order: id, uid, the NewRecord's, created_at (UTC), origin, invalid_reason. The
+    last two are local to this database: `origin` says where an imported or merged record came
+    from (None: committed here), `invalid_reason` why `tunefleet db verify` found it unsound
+    (None: not flagged); best() never returns a flagged record.
     """
+
+    origin: str | None = field(default=None, kw_only=True, metadata=column(Text(), local=True))
+    invalid_reason: str | None = field(
+        default=None, kw_only=True, metadata=column(Text(), local=True)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with the time in ISO 8601 (UTC)."""

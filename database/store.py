@@ -22,6 +22,7 @@ from sqlalchemy import (
     Insert,
     Row,
     Table,
+    bindparam,
     case,
     delete,
     func,
@@ -32,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from tunefleet.database import jsonl, schema
+from tunefleet.database.checks import Verifier, timings_check
 from tunefleet.database.engine import (
     WRITE_OPTION,
     EngineOptions,
@@ -43,6 +45,7 @@ from tunefleet.database.engine import (
 from tunefleet.database.errors import (
     DatabaseError,
     DatabaseUnreachableError,
+    ImportFileError,
     InvalidRecordError,
     UnknownKeyError,
 )
@@ -80,6 +83,21 @@ LOCK_RETRIES = 20
 
 # What best() and history() read: the row id and every column of a TuningRecord's fields.
 _RECORD_COLUMNS = (RECORDS.c.id, *(RECORDS.c[f.name] for f in stored_fields(TuningRecord)))
+
+
+# The records best() may answer with: ok, and not flagged by verify_records (models.BEST_WHERE).
+SOUND_OK = (RECORDS.c.status == "ok") & RECORDS.c.invalid_reason.is_(None)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What verify_records found: records checked, those now flagged invalid (id, uid,
+    workload key, target fingerprint, reason) and how many flags it set and cleared."""
+
+    checked: int
+    invalid: tuple[tuple[int, str, str, str, str], ...]
+    flagged: int
+    cleared: int
 
 
 @dataclass(frozen=True)
@@ -339,7 +357,10 @@ class RecordStore:
 
     @_translated
     def best(self, workload_key: str, target_fingerprint: str, k: int = 1) -> list[TuningRecord]:
-        """The k fastest ok records of a workload on a target (an index range scan)."""
+        """The k fastest ok records of a workload on a target (an index range scan).
+
+        Records flagged invalid by verify_records are never returned.
+        """
         if k < 1:
             raise InvalidRecordError(f"k must be at least 1 (got {k})")
         with self._engine.connect() as conn:
@@ -351,7 +372,7 @@ class RecordStore:
                 .where(
                     RECORDS.c.workload_id == pair[0],
                     RECORDS.c.target_id == pair[1],
-                    RECORDS.c.status == "ok",
+                    SOUND_OK,
                 )
                 .order_by(RECORDS.c.median_ms, RECORDS.c.id)
                 .limit(k)
@@ -360,9 +381,18 @@ class RecordStore:
 
     @_translated
     def history(
-        self, workload_key: str, target_fingerprint: str, limit: int | None = None
+        self,
+        workload_key: str,
+        target_fingerprint: str,
+        limit: int | None = None,
+        *,
+        include_invalid: bool = False,
     ) -> list[TuningRecord]:
-        """Every trial of a workload on a target in commit order (the latest `limit` if set)."""
+        """Every trial of a workload on a target in commit order (the latest `limit` if set).
+
+        Records flagged invalid by verify_records are left out unless `include_invalid`, so a
+        tuner loading its history never seeds its search with them.
+        """
         with self._engine.connect() as conn:
             pair = self._pair_ids(conn, workload_key, target_fingerprint)
             if pair is None:
@@ -372,6 +402,8 @@ class RecordStore:
                 .where(RECORDS.c.workload_id == pair[0], RECORDS.c.target_id == pair[1])
                 .order_by(RECORDS.c.id.desc())
             )
+            if not include_invalid:
+                query = query.where(RECORDS.c.invalid_reason.is_(None))
             if limit is not None:
                 query = query.limit(limit)
             rows = conn.execute(query).all()
@@ -444,7 +476,8 @@ class RecordStore:
 
     @_translated
     def summaries(self, target_fingerprint: str | None = None) -> list[PairSummary]:
-        """One line per (workload, target) with records: counts and the best median."""
+        """One line per (workload, target) with records: counts and the best median (of the
+        records best() may return)."""
         ok = RECORDS.c.status == "ok"
         query = (
             select(
@@ -455,7 +488,7 @@ class RecordStore:
                 TARGETS.c.fingerprint,
                 func.count(RECORDS.c.id),
                 func.count(case((ok, RECORDS.c.id))),
-                func.min(case((ok, RECORDS.c.median_ms))),
+                func.min(case((SOUND_OK, RECORDS.c.median_ms))),
             )
             .select_from(RECORDS)
             .join(WORKLOADS, WORKLOADS.c.id == RECORDS.c.workload_id)
@@ -485,7 +518,8 @@ class RecordStore:
     def prune(self, k: int, *, dry_run: bool = False) -> int:
         """Keep only the k fastest ok records of each (workload, target); returns rows deleted.
 
-        Failures and slower trials are deleted too, so de-duplication forgets them. With
+        Failures, records flagged invalid and slower trials are deleted too, so de-duplication
+        forgets them. With
         `dry_run` nothing is deleted and the count of rows that would go is returned.
         """
         if k < 1:
@@ -498,7 +532,7 @@ class RecordStore:
             )
             .label("rank")
         )
-        ranked = select(RECORDS.c.id, rank).where(RECORDS.c.status == "ok").subquery()
+        ranked = select(RECORDS.c.id, rank).where(SOUND_OK).subquery()
         keep = select(ranked.c.id).where(ranked.c.rank <= k)
         if dry_run:
             doomed = select(func.count()).select_from(RECORDS).where(RECORDS.c.id.not_in(keep))
@@ -511,9 +545,17 @@ class RecordStore:
     # -- export, import, merge ----------------------------------------------------------------
 
     def iter_items(
-        self, *, target_fingerprint: str | None = None, workload_key: str | None = None
+        self,
+        *,
+        target_fingerprint: str | None = None,
+        workload_key: str | None = None,
+        include_invalid: bool = False,
     ) -> Iterator[jsonl.Item]:
-        """Targets, workloads and records in export order, streamed (optionally filtered)."""
+        """Targets, workloads and records in export order, streamed (optionally filtered).
+
+        Records flagged invalid stay behind unless `include_invalid`: exports and merges never
+        carry them to another database.
+        """
         try:
             with self._engine.connect() as conn:
                 target_query = select(TARGETS).order_by(TARGETS.c.id)
@@ -533,6 +575,8 @@ class RecordStore:
                     query = query.where(RECORDS.c.target_id.in_(list(targets)))
                 if workload_key is not None:
                     query = query.where(RECORDS.c.workload_id.in_(list(workloads)))
+                if not include_invalid:
+                    query = query.where(RECORDS.c.invalid_reason.is_(None))
                 stream = conn.execution_options(stream_results=True, yield_per=5000)
                 for row in stream.execute(query):
                     yield _tuning_record(
@@ -548,27 +592,107 @@ class RecordStore:
         target_fingerprint: str | None = None,
         workload_key: str | None = None,
     ) -> jsonl.EndLine:
-        """Write the store (or one target's / workload's part) to a JSON-lines file."""
+        """Write the store (or one target's / workload's part) to a JSON-lines file whose
+        header names this database (masked URL) as its source."""
         items = self.iter_items(target_fingerprint=target_fingerprint, workload_key=workload_key)
-        return jsonl.write_file(path, items)
+        return jsonl.write_file(path, items, source=self.url)
 
     @_translated
-    def import_jsonl(self, path: str | Path) -> ImportResult:
-        """Add the contents of an export file, all or nothing; known records are skipped."""
-        return self._write(
-            lambda conn: self._apply(conn, (item for _, item in jsonl.read_file(path)))
-        )
+    def import_jsonl(
+        self, path: str | Path, *, verify: Verifier | None = timings_check
+    ) -> ImportResult:
+        """Add the contents of an export file, all or nothing; known records are skipped.
+
+        Every record must pass `verify` (by default the timing check; the CLI adds that the
+        trace replays): the first that fails rejects the file with its line number, before
+        anything is written. Imported records keep the file and its header as their origin.
+        """
+        name = str(path)
+
+        def reject(number: int, record: CommittedRecord, reason: str) -> DatabaseError:
+            return ImportFileError(name, number, f"record {record.uid}: {reason}")
+
+        if verify is not None:
+            _check_all(jsonl.read_file(path), verify, reject)
+        origin = jsonl.describe_origin(path)
+        return self._write(lambda conn: self._apply(conn, jsonl.read_file(path), origin))
 
     @_translated
-    def merge_from(self, other_url: str) -> ImportResult:
-        """Add every target, workload and record of another database (all or nothing)."""
+    def merge_from(
+        self, other_url: str, *, verify: Verifier | None = timings_check
+    ) -> ImportResult:
+        """Add every target, workload and record of another database (all or nothing).
+
+        Every record must pass `verify`, as for import_jsonl; records the other database
+        flagged invalid stay behind. Merged records keep the other database as their origin.
+        """
         other_url = normalize_url(other_url)
         if other_url == self._url:
             raise DatabaseError(f"cannot merge {self.url} into itself")
         with RecordStore.open(other_url, create=False) as other:
-            return self._write(lambda conn: self._apply(conn, other.iter_items()))
 
-    def _apply(self, conn: Connection, items: Iterable[jsonl.Item]) -> ImportResult:
+            def reject(number: int, record: CommittedRecord, reason: str) -> DatabaseError:
+                return DatabaseError(f"{other.url}: record {record.uid}: {reason}")
+
+            def items() -> Iterator[tuple[int, jsonl.Item]]:
+                return enumerate(other.iter_items(), start=1)
+
+            if verify is not None:
+                _check_all(items(), verify, reject)
+            origin = f"merge from {other.url}"
+            return self._write(lambda conn: self._apply(conn, items(), origin))
+
+    @_translated
+    def verify_records(
+        self,
+        verify: Verifier,
+        *,
+        target_fingerprint: str | None = None,
+        workload_key: str | None = None,
+    ) -> VerifyResult:
+        """Check stored records again and flag those that fail `verify` (clearing the flag of
+        those that now pass): best() stops returning a record committed or imported before
+        it was checked. Records are read first and the flags written in one transaction."""
+        targets: dict[str, TargetInfo] = {}
+        workloads: dict[str, WorkloadInfo] = {}
+        changes: list[dict[str, Any]] = []
+        invalid: list[tuple[int, str, str, str, str]] = []
+        checked = 0
+        items = self.iter_items(
+            target_fingerprint=target_fingerprint, workload_key=workload_key, include_invalid=True
+        )
+        for item in items:
+            if isinstance(item, TargetInfo):
+                targets[item.fingerprint] = item
+            elif isinstance(item, WorkloadInfo):
+                workloads[item.key] = item
+            elif isinstance(item, TuningRecord):
+                checked += 1
+                target, workload = targets[item.target_fingerprint], workloads[item.workload_key]
+                reason = verify(target, workload, item)
+                if reason is not None:
+                    invalid.append(
+                        (item.id, item.uid, item.workload_key, item.target_fingerprint, reason)
+                    )
+                if reason != item.invalid_reason:
+                    changes.append({"row_id": item.id, "reason": reason})
+
+        def work(conn: Connection) -> None:
+            stmt = (
+                update(RECORDS)
+                .where(RECORDS.c.id == bindparam("row_id"))
+                .values(invalid_reason=bindparam("reason"))
+            )
+            conn.execute(stmt, changes)
+
+        if changes:
+            self._write(work)
+        cleared = sum(1 for change in changes if change["reason"] is None)
+        return VerifyResult(checked, tuple(invalid), len(changes) - cleared, cleared)
+
+    def _apply(
+        self, conn: Connection, items: Iterable[tuple[int, jsonl.Item]], origin: str
+    ) -> ImportResult:
         target_ids: dict[str, int] = {}
         workload_ids: dict[str, int] = {}
         added = {"targets": 0, "workloads": 0, "records": 0, "seen": 0}
@@ -581,7 +705,7 @@ class RecordStore:
                 added["records"] += len(inserted)  # rows skipped as known return nothing
                 pending.clear()
 
-        for item in items:
+        for _, item in items:
             if isinstance(item, TargetInfo):
                 target_ids[item.fingerprint], new = self._upsert_target(conn, item)
                 added["targets"] += new
@@ -599,6 +723,7 @@ class RecordStore:
                         workload_ids[item.workload_key],
                         target_ids[item.target_fingerprint],
                         exchanged_only=True,
+                        origin=origin,
                     )
                 )
                 added["seen"] += 1
@@ -791,6 +916,38 @@ class RecordStore:
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_from_row(TaskInfo, row, workload_key=row.key) for row in rows]
+
+
+def _check_all(
+    items: Iterable[tuple[int, jsonl.Item]],
+    verify: Verifier,
+    reject: Callable[[int, CommittedRecord, str], DatabaseError],
+) -> None:
+    """Run `verify` on every record of `items` (numbered), each with the target and workload
+    declared before it; the first failure raises `reject(number, record, reason)`.
+
+    Items are read to the end first, so a damaged or truncated file is reported as such.
+    """
+    targets: dict[str, TargetInfo] = {}
+    workloads: dict[str, WorkloadInfo] = {}
+    failure: DatabaseError | None = None
+    for number, item in items:
+        if isinstance(item, TargetInfo):
+            targets[item.fingerprint] = item
+        elif isinstance(item, WorkloadInfo):
+            workloads[item.key] = item
+        elif isinstance(item, CommittedRecord) and failure is None:
+            target = targets.get(item.target_fingerprint)
+            workload = workloads.get(item.workload_key)
+            if target is None or workload is None:
+                what = "target" if target is None else "workload"
+                failure = reject(number, item, f"names an undeclared {what}")
+                continue
+            reason = verify(target, workload, item)
+            if reason is not None:
+                failure = reject(number, item, reason)
+    if failure is not None:
+        raise failure
 
 
 # -- row conversion ----------------------------------------------------------------------------

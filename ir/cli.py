@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import click
 
@@ -63,18 +64,47 @@ def parse_shape(text: str, params: tuple[str, ...]) -> dict[str, int | Var]:
     return out
 
 
-def parse_attrs(items: tuple[str, ...]) -> dict[str, object]:
-    """Parse repeated `--attr key=value` (JSON values, else strings)."""
+BOOL_WORDS = {"true": True, "false": False}
+
+
+def parse_attrs(items: tuple[str, ...], defaults: Mapping[str, object]) -> dict[str, object]:
+    """Parse repeated `--attr key=value`, each value read as the type of the op's default.
+
+    A boolean takes only `true` or `false` (`bias=maybe` is a usage error, not true); numbers
+    must parse as numbers; an attribute the op does not have is refused.
+    """
     out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
             raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--attr")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+        key, text = (part.strip() for part in item.split("=", 1))
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise click.BadParameter(
+                f"unknown attribute {key!r}; this op takes: {known}", param_hint="--attr"
+            )
+        out[key] = _attr_value(key, text, defaults[key])
     return out
+
+
+def _attr_value(key: str, text: str, default: object) -> object:
+    """`text` read as the type of `default`, or a usage error naming the accepted values."""
+    if isinstance(default, bool):
+        if text.lower() not in BOOL_WORDS:
+            raise click.BadParameter(
+                f"{key}={text!r}: {key} takes true or false", param_hint="--attr"
+            )
+        return BOOL_WORDS[text.lower()]
+    kinds: dict[type, tuple[type, str]] = {int: (int, "an integer"), float: (float, "a number")}
+    if type(default) in kinds:
+        convert, what = kinds[type(default)]
+        try:
+            return convert(text)
+        except ValueError:
+            raise click.BadParameter(
+                f"{key}={text!r}: {key} takes {what}", param_hint="--attr"
+            ) from None
+    return text
 
 
 @click.command(name="show")
@@ -99,7 +129,7 @@ def show(
     dims: dict[str, int | Var] = dict(op.example)
     dims.update(parse_shape(shape, op.params))
     try:
-        func = op.build(dims, dtype, **parse_attrs(attrs))
+        func = op.build(dims, dtype, **parse_attrs(attrs, op.attrs))
     except (OpArgumentError, DTypeError) as err:
         raise click.UsageError(str(err)) from None
     from .default_schedule import default_schedule

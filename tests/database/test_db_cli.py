@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from records_factory import A100, H100, random_batch, workload
+from real_records import CPU, EPYC, real_batch, real_workload
 from sqlalchemy.engine import make_url
 from tunefleet.coordinator.cli import main
 from tunefleet.database import RecordStore
@@ -21,54 +21,53 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def filled(tmp_path: Path) -> str:
-    """A SQLite database with two targets and two workloads."""
+    """A SQLite database with two targets and two workloads (real IR and traces)."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     with RecordStore.open(url) as store:
-        for t in (H100, A100):
+        for t in (CPU, EPYC):
             store.ensure_target(t)
         for i in range(2):
-            w = workload(i)
-            store.ensure_workload(w)
-            for j, t in enumerate((H100, A100)):
-                store.commit(random_batch(w, t, 20, seed=i * 10 + j))
+            store.ensure_workload(real_workload(i))
+            for j, t in enumerate((CPU, EPYC)):
+                store.commit(real_batch(i, t, 20, seed=i * 10 + j))
     return url
 
 
 def test_init_and_migrate_report_the_revision(capsys, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new' / 'r.db'}"
     code, out, _ = run(capsys, "init", "--db", url)
-    assert code == 0 and "ready at schema revision 0002" in out
+    assert code == 0 and "ready at schema revision 0003" in out
     code, out, _ = run(capsys, "migrate", "--db", url)
-    assert code == 0 and "already at schema revision 0002" in out
+    assert code == 0 and "already at schema revision 0003" in out
 
 
 def test_best_prints_the_fastest_records_as_json(capsys, filled: str) -> None:
-    w = workload(1)
+    w = real_workload(1)
     code, out, _ = run(
-        capsys, "best", w.key[:10], "-t", H100.fingerprint, "-k", "3", "--db", filled, "--json"
+        capsys, "best", w.key[:10], "-t", CPU.fingerprint, "-k", "3", "--db", filled, "--json"
     )
     assert code == 0
     rows = json.loads(out)
     with RecordStore.open(filled) as store:
-        expected = store.best(w.key, H100.fingerprint, 3)
+        expected = store.best(w.key, CPU.fingerprint, 3)
     assert [r["id"] for r in rows] == [r.id for r in expected]
     assert [r["median_ms"] for r in rows] == sorted(r["median_ms"] for r in rows)
-    code, out, _ = run(capsys, "best", w.key, "-t", H100.fingerprint, "--db", filled)
+    code, out, _ = run(capsys, "best", w.key, "-t", CPU.fingerprint, "--db", filled)
     assert code == 0 and f"{expected[0].median_ms:.6g}" in out
 
 
 def test_history_list_and_stats(capsys, filled: str, monkeypatch) -> None:
     monkeypatch.setenv("TUNEFLEET_DB_URL", filled)  # read at the CLI edge
-    w = workload(0)
-    code, out, _ = run(capsys, "history", w.key, "-t", A100.fingerprint, "--json")
+    w = real_workload(0)
+    code, out, _ = run(capsys, "history", w.key, "-t", EPYC.fingerprint, "--json")
     assert code == 0 and len(json.loads(out)) == 20
-    code, out, _ = run(capsys, "history", w.key, "-t", A100.fingerprint, "--limit", "5")
+    code, out, _ = run(capsys, "history", w.key, "-t", EPYC.fingerprint, "--limit", "5")
     assert code == 0 and len(out.strip().splitlines()) == 6
     code, out, _ = run(capsys, "list", "--json")
     pairs = json.loads(out)
     assert code == 0 and len(pairs) == 4 and all(p["records"] == 20 for p in pairs)
     code, out, _ = run(capsys, "list", "targets")
-    assert code == 0 and H100.fingerprint in out and A100.fingerprint in out
+    assert code == 0 and CPU.fingerprint in out and EPYC.fingerprint in out
     code, out, _ = run(capsys, "stats", "--json")
     assert code == 0 and json.loads(out)["records"] == 80
     code, out, _ = run(capsys, "stats")
@@ -103,10 +102,10 @@ def _one_line(err: str) -> str:
 
 
 def test_bad_input_gives_one_line(capsys, filled: str, tmp_path: Path) -> None:
-    w = workload(0)
+    w = real_workload(0)
     code, _, err = run(capsys, "best", w.key, "--db", filled)
     assert code == 2 and "--target" in _one_line(err)
-    code, _, err = run(capsys, "best", "ffffffffffff", "-t", H100.fingerprint, "--db", filled)
+    code, _, err = run(capsys, "best", "ffffffffffff", "-t", CPU.fingerprint, "--db", filled)
     assert code == 2 and "no workload" in _one_line(err)
     code, _, err = run(capsys, "stats", "--db", str(tmp_path / "missing.db"))
     assert code == 1 and "db init" in _one_line(err)
@@ -124,18 +123,18 @@ def test_bad_input_gives_one_line(capsys, filled: str, tmp_path: Path) -> None:
 
 def test_jobs_are_listed(capsys, filled: str) -> None:
     with RecordStore.open(filled) as store:
-        job = store.create_job("decode sweep", "llama-3-8b", H100.fingerprint, 500)
+        job = store.create_job("decode sweep", "llama-3-8b", CPU.fingerprint, 500)
     code, out, _ = run(capsys, "list", "jobs", "--json", "--db", filled)
     assert code == 0
     [row] = json.loads(out)
-    assert (row["id"], row["status"], row["target"]) == (job, "pending", H100.fingerprint)
+    assert (row["id"], row["status"], row["target"]) == (job, "pending", CPU.fingerprint)
 
 
 @pytest.mark.postgres
 def test_postgres_by_url_with_the_password_masked(capsys, pg_schema_url: str) -> None:
     password = make_url(pg_schema_url).password
     code, out, err = run(capsys, "init", "--db", pg_schema_url)
-    assert code == 0 and "revision 0002" in out
+    assert code == 0 and "revision 0003" in out
     code, out, err = run(capsys, "stats", "--db", pg_schema_url)
     assert code == 0 and "postgresql" in out and "***" in out
     assert password not in out + err

@@ -24,13 +24,12 @@ def fill(store: RecordStore, seed: int, targets=(H100, A100), n_workloads: int =
 
 
 def content(store: RecordStore) -> tuple[list, list, list]:
-    """Everything that must survive a move between databases (ids and job ids excluded)."""
+    """Everything that must survive a move between databases: the exchanged fields (row ids,
+    job ids, origins and invalid flags are local)."""
 
     def key(r: TuningRecord) -> tuple:
         d = r.to_dict()
-        d.pop("id")
-        d.pop("job_id")
-        return tuple(sorted(d.items(), key=lambda kv: kv[0]))
+        return tuple(sorted((k, v) for k, v in d.items() if k in exchanged_fields(TuningRecord)))
 
     records = []
     for w in store.workloads():
@@ -183,7 +182,9 @@ EXPORT_V1 = Path(__file__).parent / "data" / "export_v1.jsonl"
 
 def test_an_older_export_imports_and_exports_to_the_same_lines(db_url: str, tmp_path: Path) -> None:
     with RecordStore.open(db_url) as store:
-        result = store.import_jsonl(EXPORT_V1)
+        # The format is what must keep working: these hand-made records (fake IR, two repeats
+        # of which 3.0 is not the median) would fail the checks of a verified import.
+        result = store.import_jsonl(EXPORT_V1, verify=None)
         assert (result.targets_added, result.workloads_added) == (2, 2)
         assert (result.records_added, result.records_skipped) == (5, 0)
         assert store.get_target(H100.fingerprint) == H100

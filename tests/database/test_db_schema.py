@@ -43,6 +43,42 @@ def test_an_old_schema_is_refused_until_migrated(db_url: str) -> None:
     assert RecordStore.migrate(db_url) == (db_schema.head_revision(),) * 2
 
 
+def test_records_of_revision_0002_migrate_unflagged_and_keep_answering(db_url: str) -> None:
+    engine = make_engine(db_url, EngineOptions(), create_dir=True)
+    w = workload(0)
+    try:
+        db_schema.upgrade(engine, "0002")
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO targets (id, kind, fingerprint, device, arch, details) "
+                    "VALUES (1, 'cuda', :fp, 'H100', 'sm_90', '{}')"
+                ),
+                {"fp": H100.fingerprint},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO workloads (id, key, op, shape, dtype, ir_json) "
+                    "VALUES (1, :key, 'dense', '{}', 'float16', '{}')"
+                ),
+                {"key": w.key},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tuning_records (id, workload_id, target_id, trace_json, "
+                    "trace_hash, status, timings_ms, median_ms, error_msg, space_version, "
+                    "created_at, uid) VALUES (7, 1, 1, '{}', 'h', 'ok', '[0.5, 0.5, 0.5]', 0.5, "
+                    "'', '', CURRENT_TIMESTAMP, 'u7')"
+                )
+            )
+    finally:
+        engine.dispose()
+    assert RecordStore.migrate(db_url) == ("0002", db_schema.head_revision())
+    with RecordStore.open(db_url, create=False) as store:
+        [record] = store.best(w.key, H100.fingerprint)
+        assert (record.id, record.origin, record.invalid_reason) == (7, None, None)
+
+
 def test_a_database_without_the_schema_is_not_created_unless_asked(db_url: str) -> None:
     with pytest.raises(DatabaseError, match="db init"):
         RecordStore.open(db_url, create=False)
@@ -76,7 +112,8 @@ def test_best_is_an_index_scan_on_postgresql(pg_schema_url: str) -> None:
                 conn.execute(
                     sa.text(
                         "EXPLAIN SELECT id, median_ms FROM tuning_records "
-                        "WHERE workload_id = 2 AND target_id = 1 AND status = 'ok' "
+                        "WHERE workload_id = 2 AND target_id = 1 "
+                        "AND status = 'ok' AND invalid_reason IS NULL "
                         "ORDER BY median_ms, id LIMIT 5"
                     )
                 ).scalars()
@@ -98,7 +135,8 @@ def test_best_uses_the_partial_index_on_sqlite(tmp_path) -> None:
                 for row in conn.execute(
                     sa.text(
                         "EXPLAIN QUERY PLAN SELECT id FROM tuning_records "
-                        "WHERE workload_id = 2 AND target_id = 1 AND status = 'ok' "
+                        "WHERE workload_id = 2 AND target_id = 1 "
+                        "AND status = 'ok' AND invalid_reason IS NULL "
                         "ORDER BY median_ms, id LIMIT 5"
                     )
                 )
