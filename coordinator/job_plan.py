@@ -8,7 +8,7 @@ kernel at the same point is one workload whichever model or job asks for it.
 
 A workload's correctness reference comes from a `ProblemBuilder` (`task, dims -> Problem`);
 one that raises `NoReference` leaves the workload untuned, with the reason recorded in the job.
-`library_problem` covers the tasks that are a single op of `ir.ops` (norms, the LM head).
+`chain_problem` composes every task's reference from its unfused op chain.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunefleet.coordinator.graph import PINNED, Phase
-from tunefleet.coordinator.models import ModelConfig
+from tunefleet.coordinator.task_problems import TaskProblemError, task_dims, task_problem
 from tunefleet.coordinator.tasks import Task
 from tunefleet.ir import BinOp, Const, PrimFunc, Var, const, simplify, structural_hash
 from tunefleet.ir.visit import rewrite
@@ -102,6 +102,7 @@ def plan_workloads(
             continue
         for point in bucket_points(task):
             dims = {**PINNED[phase], **point}
+            dims.update(task_dims(task, dims))  # a prefill kv length is at least the prompt
             func = specialize(task.func, dims)
             key = structural_hash(func)
             if key in seen:
@@ -115,25 +116,10 @@ def plan_workloads(
     return out
 
 
-LIBRARY_OPS = ("rmsnorm", "dense", "add", "silu_mul")
-
-
-def library_problem(model: ModelConfig) -> ProblemBuilder:
-    """Problems for tasks that are one op of `ir.ops` whose params are the task's own (the
-    norms and the LM head); any other task raises `NoReference`.
-
-    The attributes come from the model: a norm's epsilon; the only unfused dense of a pass is
-    the LM head, which has no bias.
-    """
-    attrs: dict[str, dict[str, Any]] = {
-        "rmsnorm": {"eps": model.norm_eps},
-        "dense": {"bias": False},
-    }
-
-    def build(task: Task, dims: Mapping[str, int]) -> Problem:
-        if task.op not in LIBRARY_OPS:
-            raise NoReference(f"{task.op} is a fused kernel")
-        shape = {k: v.evaluate(dims) for k, v in task.shape}
-        return Problem.create(task.op, shape, task.dtype, **attrs.get(task.op, {}))
-
-    return build
+def chain_problem(task: Task, dims: Mapping[str, int]) -> Problem:
+    """The task's problem composed from its op chain (`task_problems.task_problem`); a task
+    without a chain raises `NoReference`."""
+    try:
+        return task_problem(task, dims)
+    except TaskProblemError as err:
+        raise NoReference(str(err)) from None

@@ -29,7 +29,7 @@ from tunefleet.coordinator.graph import PINNED, Phase
 from tunefleet.coordinator.job_plan import (
     PlannedWorkload,
     ProblemBuilder,
-    library_problem,
+    chain_problem,
     plan_workloads,
 )
 from tunefleet.coordinator.models import ModelConfig
@@ -190,7 +190,7 @@ class JobOptions:
     model_dir: str | None = None
     measure_config: MeasureConfig | None = None
     measure_default: bool = True
-    problem_for: ProblemBuilder | None = None  # None: library ops only (`library_problem`)
+    problem_for: ProblemBuilder | None = None  # None: every task's composed op chain
     on_progress: Callable[[JobResult], None] | None = None  # after every round
     on_trial: Callable[[Progress], None] | None = None  # after every trial of a round
 
@@ -203,7 +203,7 @@ def load_model(spec: str) -> ModelConfig:
 def plan_job(config: JobConfig, problem_for: ProblemBuilder | None = None) -> list[PlannedWorkload]:
     """The workloads of a job config, in phase, task and bucket order."""
     model = load_model(config.model)
-    builder = problem_for or library_problem(model)
+    builder = problem_for or chain_problem
     tasks = []
     for name in config.phases:
         phase = Phase(name)

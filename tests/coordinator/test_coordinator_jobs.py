@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from tunefleet.coordinator.graph import Phase
-from tunefleet.coordinator.job_plan import library_problem, plan_workloads
+from tunefleet.coordinator.job_plan import NoReference, chain_problem, plan_workloads
 from tunefleet.coordinator.jobs import JobConfig, JobError, JobOptions, resume_job, start_job
 from tunefleet.coordinator.presets import resolve_model
 from tunefleet.coordinator.tasks import model_tasks
@@ -52,10 +52,21 @@ def executor(tmp_path_factory: pytest.TempPathFactory, cpu: Target) -> Iterator[
         yield ex
 
 
-def _plan(buckets: dict[str, tuple[int, ...]]):
+def only(*op_names: str):
+    """A problem builder for the tasks whose op is one of `op_names`; others get none."""
+
+    def build(task, dims):
+        if task.op not in op_names:
+            raise NoReference(f"{task.op} is left out of this test")
+        return chain_problem(task, dims)
+
+    return build
+
+
+def _plan(buckets: dict[str, tuple[int, ...]], problem_for=chain_problem):
     model = resolve_model(MODEL)
     tasks = [(Phase.DECODE, t) for t in model_tasks(model, Phase.DECODE, buckets=buckets)]
-    return plan_workloads(tasks, library_problem(model))
+    return plan_workloads(tasks, problem_for)
 
 
 def test_a_bucket_is_the_library_workload_at_that_point() -> None:
@@ -65,7 +76,8 @@ def test_a_bucket_is_the_library_workload_at_that_point() -> None:
     built = ops.get_op("rmsnorm").build({"m": 4, "n": 64}, "float32", eps=1e-5)
     assert norms[1].workload_key == structural_hash(built)
     assert norms[1].func.shape_vars == ()
-    fused = [w for w in plan if "+" in w.task.op]
+    assert all(w.problem is not None and not w.note for w in plan)  # fused tasks included
+    fused = [w for w in _plan({"b": (1,), "m": (16,)}, only("rmsnorm")) if "+" in w.task.op]
     assert fused and all(w.problem is None and "no reference yet" in w.note for w in fused)
 
 
@@ -86,7 +98,7 @@ def test_a_job_runs_to_done_with_records_for_every_task_with_a_problem(
                        scheduler=scheduler, trials_per_round=4)  # fmt: skip
     rounds = []
     opts = JobOptions(workers=executor, model_dir=str(tmp_path / "models"), measure_config=FAST,
-                      on_progress=rounds.append)  # fmt: skip
+                      on_progress=rounds.append, problem_for=only("rmsnorm", "dense"))  # fmt: skip
     result = start_job(config, db, opts)
     assert result.status == "done" and result.trials == 8
     assert [r.trials for r in rounds] == [4, 8]
@@ -189,3 +201,18 @@ def test_sigkill_mid_job_loses_at_most_one_round_and_resume_completes(tmp_path: 
             assert len(hashes) == len(set(hashes)) == t["trials"], "nothing measured twice"
     listed = _cli(tmp_path, "job", "list", "--json", "--db", db)
     assert json.loads(listed.stdout)[0]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_every_task_of_a_model_is_tuned_fused_ones_included(tmp_path: Path, executor) -> None:
+    db = f"sqlite:///{tmp_path / 'all.db'}"
+    plan = _plan({"b": (1,), "m": (16,)})
+    config = JobConfig(model=MODEL, phases=("decode",), sets={"b": (1,), "m": (16,)},
+                       budget=2 * len(plan), trials_per_round=2)  # fmt: skip
+    opts = JobOptions(workers=executor, model_dir=str(tmp_path / "models"), measure_config=FAST)
+    result = start_job(config, db, opts)
+    assert result.status == "done"
+    assert {t.workload_key for t in result.tasks} == {w.workload_key for w in plan}
+    assert all(t.trials > 0 and t.best_ms for t in result.tasks), [
+        (t.name, t.trials, t.best_ms, t.note) for t in result.tasks
+    ]
