@@ -1,8 +1,9 @@
 """The tuning loop for one operator on one target: search, measure, record, learn.
 
 `tune(...)` builds the workload, opens the record store, generates the design space for the
-target, loads what the database already knows (measured traces are never measured again; the
-fastest seed the search; all of them train the cost model), measures the untuned default
+target, loads what the database already knows (measured traces are never measured again, but
+those recorded `noisy`, timed under contention, are; the fastest seed the search; all but the
+noisy train the cost model), measures the untuned default
 schedule for reference, then alternates: the strategy proposes a batch, the executor measures
 it, every trial is committed, the cost model is retrained. A second call on the same database
 continues from what is there. The result is a frozen `TuneResult`.
@@ -103,6 +104,7 @@ class TuneResult:
     stale_records: int = 0  # records of another space version that no longer replay
     # (status, count, first line of the first message) per failure status, most common first
     failure_kinds: tuple[tuple[str, int, str], ...] = field(default=(), repr=False)
+    noisy: int = 0  # trials of this run timed under contention (recorded noisy, failures)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON the CLI prints (`--json`)."""
@@ -117,6 +119,7 @@ class TuneResult:
             "gbps": self.gbps,
             "failures": self.failures,
             "stale_records": self.stale_records,
+            "noisy": self.noisy,
             "op": self.op,
             "shape": dict(self.shape),
             "dtype": self.dtype,
@@ -206,6 +209,8 @@ def tune(
         samples: list[Sample] = []
         stale = 0
         for rec in history:
+            if rec.status == Status.NOISY:
+                continue  # timed under contention: no time to learn from, measured again
             try:
                 trace = Trace.from_json(rec.trace_json)
             except (KeyError, ValueError):
@@ -267,9 +272,10 @@ def tune(
                 new_samples = []
                 for cand, res in zip(batch, results, strict=True):
                     done += 1
-                    measured.add(cand.trace_hash)
+                    measured.add(cand.trace_hash)  # this run only: a noisy one is retried later
                     ms = res.median_ms if res.ok else None
-                    new_samples.append(Sample(cand.features, key, cand.trace_hash, ms))
+                    if res.status is not Status.NOISY:  # no time to learn from
+                        new_samples.append(Sample(cand.features, key, cand.trace_hash, ms))
                     if ms is None:
                         failures += 1
                         failed[res.status.value] += 1
@@ -315,6 +321,7 @@ def tune(
         failure_kinds=tuple(
             (status, count, first_message[status]) for status, count in failed.most_common()
         ),
+        noisy=failed[Status.NOISY.value],
     )
 
 
@@ -403,14 +410,17 @@ def _first_line(text: str) -> str:
 
 def _record(key: str, fp: str, version: str, cand: Candidate, res: MeasureResult) -> NewRecord:
     ok = res.ok and res.median_ms is not None
+    timed = ok or res.status is Status.NOISY  # a noisy record keeps its timings as evidence
     return NewRecord(
         workload_key=key,
         target_fingerprint=fp,
         trace_json=cand.trace_json,
         trace_hash=cand.trace_hash,
         status=res.status.value,
-        timings_ms=res.timings_ms if ok else (),
+        timings_ms=res.timings_ms if timed else (),
         median_ms=res.median_ms if ok else None,
         error_msg=res.message[:2000],
         space_version=version,
+        spread=res.spread if timed else None,
+        attempts=res.attempts or None,
     )
