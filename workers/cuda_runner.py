@@ -38,7 +38,10 @@ class CudaMeasurer:
         self.workloads = WorkloadCache(capacity=2)
         self._flush: Any = None
         self._watch: GpuWatch | None = None
-        self._bus_id = dev.pci_bus_id()
+        try:  # nvidia-smi's order may differ from CUDA's: name the device by its bus id
+            self._bus_id = str(dev.pci_bus_id())
+        except (AttributeError, cuda.Error):
+            self._bus_id = str(device_index)
 
     def watch(self, config: MeasureConfig) -> GpuWatch:
         """The nvidia-smi watch of this device (other processes, SM clock)."""

@@ -3,9 +3,11 @@ the contention seen while they ran.
 
 A kernel timed while another job holds one of its cores reads slow, and often consistently
 so: a parallel kernel waits at its closing barrier for the thread that lost its core, about
-one scheduler tick (4 ms) per call. `judge` turns the repeats and the contention measured
-around them into the reasons a measurement is noisy (none when it is clean), so the runner can
-wait, re-time, or record the trial as `noisy` instead of storing a wrong time.
+one scheduler tick (4 ms) per call. `timing_stats` drops the repeats whose threads waited for
+a core or that ran whole ticks slow, `judge` turns what is left into the reasons an attempt is
+noisy (none when it is clean), and `guarded_timing` re-times a noisy attempt, so the runner can
+record the trial as `noisy` instead of storing a wrong time. Pure functions: the readings come
+from cpu_load and gpu_load.
 """
 
 from __future__ import annotations
