@@ -24,6 +24,7 @@ from tunefleet.database.records import (
     CommittedRecord,
     TargetInfo,
     WorkloadInfo,
+    added_fields,
     exchanged_fields,
     field_types,
     json_dict,
@@ -90,7 +91,11 @@ def item_to_line(item: Item) -> dict[str, Any]:
     """The JSON object written for one item: its type tag and its exchanged fields."""
     for line_type, cls in LINE_TYPES.items():
         if isinstance(item, cls):
-            return {"type": line_type, **json_dict(item, exchanged_fields(cls))}
+            line = json_dict(item, exchanged_fields(cls))
+            for name in added_fields(cls):  # absent from files of the format's first fields
+                if line.get(name) is None:
+                    line.pop(name, None)
+            return {"type": line_type, **line}
     raise TypeError(f"{type(item).__name__} is not an item of the exchange format")
 
 
@@ -226,8 +231,12 @@ class _FieldReader:
 
     def fields(self, cls: type) -> dict[str, Any]:
         """The exchanged fields of record class `cls`, each read by its annotated type."""
-        types = field_types(cls)
-        return {key: READERS[types[key]](self, key) for key in exchanged_fields(cls)}
+        types, added = field_types(cls), added_fields(cls)
+        return {
+            key: READERS[types[key]](self, key)
+            for key in exchanged_fields(cls)
+            if key in self.obj or key not in added
+        }
 
     def str(self, key: str) -> str:
         return self._get(key, str, "a string")
@@ -242,6 +251,11 @@ class _FieldReader:
         if self.obj.get(key, ...) is None:
             return None
         return float(self._get(key, (int, float), "a number or null"))
+
+    def optional_int(self, key: str) -> int | None:
+        if self.obj.get(key, ...) is None:
+            return None
+        return self._get(key, int, "an integer or null")
 
     def floats(self, key: str) -> tuple[float, ...]:
         values = self._get(key, list, "a list of numbers")
@@ -268,6 +282,7 @@ READERS: dict[Any, Callable[[_FieldReader, str], Any]] = {
     int: _FieldReader.int,
     Mapping[str, Any]: _FieldReader.dict,
     float | None: _FieldReader.optional_float,
+    int | None: _FieldReader.optional_int,
     Sequence[float]: _FieldReader.floats,
     datetime: _FieldReader.time,
 }

@@ -38,7 +38,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-STATUS_CHECK = "status IN ('ok', 'build_error', 'run_error', 'timeout', 'wrong_result')"
+STATUS_CHECK = "status IN ('ok', 'build_error', 'run_error', 'timeout', 'wrong_result', 'noisy')"
 JOB_STATUS_CHECK = "status IN ('pending', 'running', 'done', 'failed', 'cancelled')"
 # The records best() can answer with: ok and not flagged by `tunefleet db verify`.
 BEST_WHERE = "status = 'ok' AND invalid_reason IS NULL"

@@ -26,20 +26,32 @@ from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
 from sqlalchemy.types import TypeEngine
 from tunefleet.database.errors import InvalidRecordError
 
-STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result")
+# "noisy": checked correct, but every timing ran under contention; no median, retried later
+STATUSES = ("ok", "build_error", "run_error", "timeout", "wrong_result", "noisy")
 JOB_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
 SQL_TYPE = "tunefleet.sql_type"  # field metadata: the type of its table column
 LOCAL = "tunefleet.local"  # field metadata: meaningless in another database, never exported
+ADDED = "tunefleet.added"  # field metadata: added to the exchange format later, may be absent
 
 
-def column(sql_type: TypeEngine[Any], *, local: bool = False) -> dict[str, Any]:
+def column(
+    sql_type: TypeEngine[Any], *, local: bool = False, added: bool = False
+) -> dict[str, Any]:
     """Field metadata: the field is kept in the table's column of its name, of `sql_type`.
 
     `local` marks a value that is only valid in its own database (a job id): exports and
-    merges leave it out.
+    merges leave it out. `added` marks a nullable field newer than the exchange format's
+    version: an export leaves it out when None and an import reads it as None when absent, so
+    files written before it existed still import and export to the same lines.
     """
-    return {SQL_TYPE: sql_type, LOCAL: local}
+    return {SQL_TYPE: sql_type, LOCAL: local, ADDED: added}
+
+
+@functools.cache
+def added_fields(cls: type) -> frozenset[str]:
+    """The names of the fields of `cls` that an exchanged line may leave out (None)."""
+    return frozenset(f.name for f in fields(cls) if f.metadata.get(ADDED, False))
 
 
 class StoredField(NamedTuple):
@@ -157,6 +169,10 @@ class NewRecord:
     error_msg: str = field(default="", metadata=column(Text()))
     job_id: int | None = field(default=None, metadata=column(Integer(), local=True))
     space_version: str = field(default="", metadata=column(String(64)))
+    # how the time was taken: the repeats' interquartile range / median, and the timing
+    # attempts it needed (more than 1: the first ones were noisy); None before revision 0004
+    spread: float | None = field(default=None, metadata=column(Float(), added=True))
+    attempts: int | None = field(default=None, metadata=column(Integer(), added=True))
 
     def __post_init__(self) -> None:
         timings = tuple(float(t) for t in self.timings_ms)

@@ -357,10 +357,9 @@ class RecordStore:
 
     @_translated
     def best(self, workload_key: str, target_fingerprint: str, k: int = 1) -> list[TuningRecord]:
-        """The k fastest ok records of a workload on a target (an index range scan).
-
-        Records flagged invalid by verify_records are never returned.
-        """
+        """The k fastest ok records of a workload on a target (an index range scan). Records
+        flagged invalid by verify_records, and `noisy` ones (timed under contention, with no
+        median), are never returned."""
         if k < 1:
             raise InvalidRecordError(f"k must be at least 1 (got {k})")
         with self._engine.connect() as conn:
@@ -411,7 +410,8 @@ class RecordStore:
 
     @_translated
     def has_measured(self, workload_key: str, target_fingerprint: str, trace_hash: str) -> bool:
-        """True if this trace was already tried for the workload on the target (any status)."""
+        """True if this trace was already tried for the workload on the target: any status but
+        `noisy`, whose trace is measured again."""
         with self._engine.connect() as conn:
             pair = self._pair_ids(conn, workload_key, target_fingerprint)
             if pair is None:
@@ -422,6 +422,7 @@ class RecordStore:
                     RECORDS.c.workload_id == pair[0],
                     RECORDS.c.target_id == pair[1],
                     RECORDS.c.trace_hash == trace_hash,
+                    RECORDS.c.status != "noisy",
                 )
                 .limit(1)
             ).first()
@@ -429,14 +430,19 @@ class RecordStore:
 
     @_translated
     def measured_hashes(self, workload_key: str, target_fingerprint: str) -> set[str]:
-        """Trace hashes already tried for the workload on the target (batch de-duplication)."""
+        """Trace hashes already tried for the workload on the target (batch de-duplication);
+        traces only ever measured `noisy` are left out, so they are measured again."""
         with self._engine.connect() as conn:
             pair = self._pair_ids(conn, workload_key, target_fingerprint)
             if pair is None:
                 return set()
             hashes = conn.execute(
                 select(RECORDS.c.trace_hash)
-                .where(RECORDS.c.workload_id == pair[0], RECORDS.c.target_id == pair[1])
+                .where(
+                    RECORDS.c.workload_id == pair[0],
+                    RECORDS.c.target_id == pair[1],
+                    RECORDS.c.status != "noisy",
+                )
                 .distinct()
             ).scalars()
             return set(hashes)

@@ -160,6 +160,14 @@ def _all_failed(result: TuneResult) -> str:
     return text
 
 
+def _under_load(result: TuneResult) -> str:
+    """The summary's warning for trials timed while other processes held the cores."""
+    return (
+        f"{result.noisy} of {result.trials} trials timed under load were recorded noisy"
+        " (no time kept; measured again by a later run); tune on idle cores"
+    )
+
+
 def _rate(ms: float | None, work: int, nbytes: int) -> str:
     if ms is None or ms <= 0:
         return "-"
@@ -242,6 +250,8 @@ def _summary(result: TuneResult, shape_text: str) -> None:
     table.add_row("workload", result.workload_key[:16])
     table.add_row("trials", f"{result.trials} this run, {result.total_trials} recorded")
     table.add_row("failures", str(result.failures))
+    if result.noisy:
+        table.add_row("under load", _under_load(result))
     table.add_row("best", ms(result.best_ms))
     table.add_row("default schedule", ms(result.default_ms))
     if result.best_ms and result.default_ms:

@@ -131,6 +131,8 @@ class TaskTuner:
     def _reload_history(self) -> None:
         samples: list[Sample] = []
         for rec in self.store.history(self.key, self.fingerprint):
+            if rec.status == Status.NOISY:
+                continue  # timed under contention: no time to learn from, measured again
             try:
                 trace = Trace.from_json(rec.trace_json)
             except (KeyError, ValueError):
@@ -188,9 +190,10 @@ class TaskTuner:
         new_samples = []
         for cand, res in zip(batch, results, strict=True):
             self.trials += 1
-            self.measured.add(cand.trace_hash)
+            self.measured.add(cand.trace_hash)  # this run only: a noisy one is retried later
             ms = res.median_ms if res.ok else None
-            new_samples.append(Sample(cand.features, self.key, cand.trace_hash, ms))
+            if res.status is not Status.NOISY:  # no time to learn from
+                new_samples.append(Sample(cand.features, self.key, cand.trace_hash, ms))
             if ms is None:
                 failures += 1
                 self.failed[res.status.value] += 1
@@ -212,17 +215,20 @@ class TaskTuner:
 
     def _record(self, cand: Candidate, res: MeasureResult) -> NewRecord:
         ok = res.ok and res.median_ms is not None
+        timed = ok or res.status is Status.NOISY  # a noisy record keeps its timings as evidence
         return NewRecord(
             workload_key=self.key,
             target_fingerprint=self.fingerprint,
             trace_json=cand.trace_json,
             trace_hash=cand.trace_hash,
             status=res.status.value,
-            timings_ms=res.timings_ms if ok else (),
+            timings_ms=res.timings_ms if timed else (),
             median_ms=res.median_ms if ok else None,
             error_msg=res.message[:2000],
             job_id=self.job_id,
             space_version=self.version,
+            spread=res.spread if timed else None,
+            attempts=res.attempts or None,
         )
 
 

@@ -5,7 +5,9 @@
 already knows (measured traces are never measured again; the fastest seed the search; all of
 them train the cost model). `tune` measures the untuned default schedule for reference, then
 runs the tuner's rounds (the strategy proposes a batch, the executor measures it, every trial
-is committed, the cost model is retrained) until `trials` new measurements are made. A second
+is committed, the cost model is retrained) until `trials` new measurements are made. Trials
+recorded `noisy` (timed under contention) teach the cost model nothing and are measured again
+by a later run. A second
 call on the same database continues from what is there. The result is a frozen `TuneResult`.
 
 Records are filed under the fingerprint of the target being tuned, and only results whose
@@ -84,6 +86,7 @@ class TuneResult:
     best_trace_json: str | None = field(default=None, repr=False)
     curve: tuple[float | None, ...] = field(default=(), repr=False)
     stale_records: int = 0  # records of another space version that no longer replay
+    noisy: int = 0  # trials of this run timed under contention (recorded noisy, failures)
     # (status, count, first line of the first message) per failure status, most common first
     failure_kinds: tuple[tuple[str, int, str], ...] = field(default=(), repr=False)
 
@@ -100,6 +103,7 @@ class TuneResult:
             "gbps": self.gbps,
             "failures": self.failures,
             "stale_records": self.stale_records,
+            "noisy": self.noisy,
             "op": self.op,
             "shape": dict(self.shape),
             "dtype": self.dtype,
@@ -217,4 +221,5 @@ def tune(
         curve=tuple(tuner.curve),
         stale_records=tuner.stale,
         failure_kinds=tuner.failure_kinds(),
+        noisy=tuner.failed[Status.NOISY.value],
     )

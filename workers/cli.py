@@ -121,6 +121,12 @@ def parse_shape(text: str) -> dict[str, int]:
     help="Seconds a run may take before it is killed (> 0).",
 )
 @click.option("--flush-l2", is_flag=True, help="Flush the GPU's L2 before every timed launch.")
+@click.option(
+    "--noise-guard/--no-noise-guard",
+    default=True,
+    show_default=True,
+    help="Re-time a measurement taken under contention, and report `noisy` if it stays so.",
+)
 @click.option("--cache-dir", default=None, help="Compiled-kernel cache [$TUNEFLEET_CACHE_DIR].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def measure(
@@ -135,6 +141,7 @@ def measure(
     repeats: int,
     timeout_s: float,
     flush_l2: bool,
+    noise_guard: bool,
     cache_dir: str | None,
     as_json: bool,
 ) -> None:
@@ -157,7 +164,9 @@ def measure(
         "pass --cache-dir or set TUNEFLEET_CACHE_DIR to a writable folder",
     )
     build_config = BuildConfig(cache_dir=cache)
-    config = MeasureConfig(repeats=repeats, timeout_s=timeout_s, flush_l2=flush_l2)
+    config = MeasureConfig(
+        repeats=repeats, timeout_s=timeout_s, flush_l2=flush_l2, guard_noise=noise_guard
+    )
     item = MeasureInput(
         BuildInput(target, workload=func, trace=trace), Problem.create(op, shape, dtype), config
     )
@@ -192,6 +201,8 @@ def summarize(result: MeasureResult, target: Target, flops: int, nbytes: int) ->
         "message": result.message,
         "build_s": result.build_s,
         "repeats": len(result.timings_ms),
+        "spread": result.spread,
+        "attempts": result.attempts,
         "input_sets": result.input_sets,
     }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import _ctypes
 import ctypes
 import ctypes.util
+import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +18,9 @@ from pathlib import Path
 from tunefleet.workers.checking import compare_outputs
 from tunefleet.workers.compile_cache import CompileCache
 from tunefleet.workers.cpu_harness import TIMER_SYMBOL
+from tunefleet.workers.cpu_load import contention, own_wait_ns, sample_cpu, wait_for_quiet
 from tunefleet.workers.inputs import WorkloadCache, WorkloadData, prepare, signature
+from tunefleet.workers.noise import Attempt, Contention, guarded_timing
 from tunefleet.workers.results import MeasureConfig, MeasureResult, RunInput, Status
 from tunefleet.workers.targets import cpu_cache_bytes, detect_cpu
 
@@ -28,6 +32,15 @@ def time_calls(run: Callable[[int, int], float], config: MeasureConfig) -> tuple
     and returns the nanoseconds they took. Warm up for `warmup_ms` with doubling batches,
     size each repeat to last at least `min_repeat_ms`, then time `repeats` repeats.
     """
+    timings, number, _ = timed_repeats(run, config, lambda: 0)
+    return timings, number
+
+
+def timed_repeats(
+    run: Callable[[int, int], float], config: MeasureConfig, waited_ns: Callable[[], int]
+) -> tuple[list[float], int, list[float]]:
+    """`time_calls`, and per repeat the share of its time this process's threads waited for
+    a core (`waited_ns()` reads their cumulative run delay)."""
     limit = config.max_calls_per_repeat
     spent, calls, batch = 0.0, 0, 1
     while spent < config.warmup_ms * 1e6 and calls < limit:
@@ -43,11 +56,36 @@ def time_calls(run: Callable[[int, int], float], config: MeasureConfig) -> tuple
         if took >= target_ns or number >= limit:
             break
         number = int(min(limit, max(number + 1, -(-number * 1.2 * target_ns // max(took, 1)))))
-    timings = []
+    timings, waits = [], []
     for _ in range(config.repeats):
-        timings.append(run(index, number) / number / 1e6)
+        before = waited_ns()
+        took = run(index, number)
+        waits.append((waited_ns() - before) / max(took, 1.0))
+        timings.append(took / number / 1e6)
         index += number
-    return timings, number
+    return timings, number, waits
+
+
+def time_guarded(
+    run: Callable[[int, int], float], config: MeasureConfig, cores: frozenset[int]
+) -> tuple[Attempt, int]:
+    """`time_calls` under the noise guard: wait for quiet cores, time, judge the repeats and
+    the contention on `cores` while they ran, re-time a noisy attempt (see MeasureConfig)."""
+    limits = config.noise_limits
+
+    def quiet() -> None:
+        if config.guard_noise and config.quiet_wait_s > 0:
+            wait_for_quiet(limits.max_other_load, config.quiet_wait_s, cores)
+
+    def once() -> tuple[list[float], int, Contention]:
+        before = sample_cpu(cores)
+        timings, number, waits = timed_repeats(run, config, own_wait_ns)
+        seen = contention(before, sample_cpu(cores))
+        return timings, number, dataclasses.replace(seen, repeat_waits=tuple(waits))
+
+    retimes = config.noise_retimes if config.guard_noise else 0
+    deadline = time.monotonic() + config.timeout_s / 2
+    return guarded_timing(once, limits, retimes, deadline, quiet)
 
 
 def python_loop(fn: Callable[..., None], arg_sets: Sequence[tuple[int, ...]]) -> Callable:
@@ -105,6 +143,8 @@ class CpuMeasurer:
         self.target = detect_cpu()
         self.device = self.target.device
         self.workloads = WorkloadCache()
+        # the cores this worker may use, read before an OpenMP pool binds its threads
+        self.cores = frozenset(os.sched_getaffinity(0))
         self._runtimes = _pin_openmp_runtimes()
 
     def data(self, inp: RunInput) -> WorkloadData:
@@ -158,8 +198,8 @@ class CpuMeasurer:
             return MeasureResult.wrong(bad, rtol, err, start, self.device)
 
         run = native_loop(lib, data) or python_loop(fn, arg_sets)
-        timings, number = time_calls(run, inp.config)
-        return MeasureResult.measured(timings, number, err, len(arg_sets), start, self.device)
+        attempt, attempts = time_guarded(run, inp.config, self.cores)
+        return MeasureResult.timed(attempt, attempts, err, len(arg_sets), start, self.device)
 
     def _result(self, status: Status, start: float, message: str) -> MeasureResult:
         return MeasureResult.failed(status, start, message, self.device)

@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 from tunefleet.workers.checking import INT_POISON, compare_outputs
+from tunefleet.workers.gpu_load import GpuWatch
 from tunefleet.workers.inputs import WorkloadCache, WorkloadData, prepare, signature
 from tunefleet.workers.launch import LaunchExprError, evaluate, evaluate_all
+from tunefleet.workers.noise import Contention, guarded_timing
 from tunefleet.workers.results import MeasureConfig, MeasureResult, RunInput, Status
 from tunefleet.workers.targets import cuda_device_target
 
@@ -35,6 +37,17 @@ class CudaMeasurer:
         self.l2_bytes = dev.get_attribute(cuda.device_attribute.L2_CACHE_SIZE)
         self.workloads = WorkloadCache(capacity=2)
         self._flush: Any = None
+        self._watch: GpuWatch | None = None
+        try:  # nvidia-smi's order may differ from CUDA's: name the device by its bus id
+            self._bus_id = str(dev.pci_bus_id())
+        except (AttributeError, cuda.Error):
+            self._bus_id = str(device_index)
+
+    def watch(self, config: MeasureConfig) -> GpuWatch:
+        """The nvidia-smi watch of this device (other processes, SM clock)."""
+        if self._watch is None or self._watch.min_clock_share != config.min_clock_share:
+            self._watch = GpuWatch(self._bus_id, config.min_clock_share)
+        return self._watch
 
     def close(self) -> None:
         self.ctx.pop()
@@ -103,8 +116,20 @@ class CudaMeasurer:
         if bad:
             return MeasureResult.wrong(bad, rtol, err, start, self.device)
 
-        timings, number = self._time(launch, len(arg_sets), config)
-        return MeasureResult.measured(timings, number, err, len(arg_sets), start, self.device)
+        watch = self.watch(config)
+
+        def once() -> tuple[list[float], int, Contention]:
+            timings, number = self._time(launch, len(arg_sets), config)
+            return timings, number, Contention(notes=watch.notes() if config.guard_noise else ())
+
+        def quiet() -> None:
+            time.sleep(config.quiet_wait_s)
+            watch.refresh()
+
+        retimes = config.noise_retimes if config.guard_noise else 0
+        deadline = time.monotonic() + config.timeout_s / 2
+        attempt, attempts = guarded_timing(once, config.noise_limits, retimes, deadline, quiet)
+        return MeasureResult.timed(attempt, attempts, err, len(arg_sets), start, self.device)
 
     def _time(self, launch: Any, n_sets: int, config: MeasureConfig) -> tuple[list[float], int]:
         """Per-launch times (ms) from CUDA events; one launch a repeat when flushing L2."""

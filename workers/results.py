@@ -8,6 +8,7 @@ with `KernelArg`s whose dims are ints or expression text.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from tunefleet.ir.codegen import KernelArg
+from tunefleet.workers.noise import Attempt, NoiseLimits
 from tunefleet.workers.targets import Target
 
 
@@ -27,6 +29,7 @@ class Status(StrEnum):
     RUN_ERROR = "run_error"
     TIMEOUT = "timeout"
     WRONG_RESULT = "wrong_result"
+    NOISY = "noisy"  # checked correct, but every timing attempt ran under contention
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,17 @@ class MeasureConfig:
 
     Times are per kernel call. Each repeat runs enough calls to last at least `min_repeat_ms`
     (on the GPU a repeat is one launch when `flush_l2` is set).
+
+    Noise guard (docs/workers.md, `noise.NoiseLimits`): with `guard_noise` a repeat is
+    contended when the worker's threads waited for a core more than `max_wait_share` of its
+    time or it ran whole `tick_ms` scheduler ticks slower than the fastest (by more than
+    `max_spread`). An attempt is noisy when fewer than `min_clean_share` of its repeats are
+    clean or the clean ones' spread (IQR / median) exceeds `max_spread`; the runner then
+    waits up to `quiet_wait_s` for others' load on its cores to drop to `max_other_load` and
+    re-times, up to `noise_retimes` more times within half of `timeout_s`. If no attempt is
+    clean the result is `noisy`. The median is that of the clean repeats. On a GPU an
+    attempt is also noisy while another process uses the device or its SM clock is below
+    `min_clock_share` of its maximum (nvidia-smi, when installed).
     """
 
     warmup_ms: float = 5.0
@@ -116,6 +130,29 @@ class MeasureConfig:
     max_input_sets: int = 64
     rtol: tuple[tuple[str, float], ...] = ()
     seed: int = 0
+    guard_noise: bool = True
+    noise_retimes: int = 3
+    quiet_wait_s: float = 0.5
+    max_spread: float = 0.2
+    tick_ms: float = 4.0
+    max_wait_share: float = 0.25
+    min_clean_share: float = 0.5
+    max_other_load: float = 0.5
+    min_clock_share: float = 0.5
+
+    @property
+    def noise_limits(self) -> NoiseLimits:
+        """The thresholds that make an attempt noisy (none at all without `guard_noise`)."""
+        if not self.guard_noise:
+            inf = float("inf")
+            return NoiseLimits(inf, 0.0, inf, 0.0, inf)
+        return NoiseLimits(
+            self.max_spread,
+            self.tick_ms,
+            self.max_wait_share,
+            self.min_clean_share,
+            self.max_other_load,
+        )
 
     def tolerance(self, dtype: str) -> float:
         """The relative tolerance for `dtype`: an explicit override, else the per-dtype default."""
@@ -152,10 +189,45 @@ class MeasureResult:
     run_s: float = 0.0
     device: str = ""
     target_fingerprint: str = ""
+    spread: float | None = None  # interquartile range / median of the kept repeats
+    attempts: int = 0  # timing attempts made (more than 1: the first ones were noisy)
 
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+    @classmethod
+    def timed(
+        cls,
+        attempt: Attempt,
+        attempts: int,
+        max_rel_err: float,
+        input_sets: int,
+        started: float,
+        device: str,
+    ) -> MeasureResult:
+        """Ok with the attempt's timings and the median of its clean repeats when it is clean,
+        else `noisy` (no median) saying why, with the fastest noisy attempt's timings."""
+        result = cls.measured(
+            list(attempt.timings_ms),
+            attempt.calls_per_repeat,
+            max_rel_err,
+            input_sets,
+            started,
+            device,
+        )
+        result = dataclasses.replace(
+            result,
+            median_ms=attempt.stats.median_ms,
+            spread=attempt.stats.spread,
+            attempts=attempts,
+        )
+        if not attempt.reasons:
+            return result
+        message = (
+            f"noisy in {attempts} attempts: {'; '.join(attempt.reasons)} ({attempt.describe()})"
+        )
+        return dataclasses.replace(result, status=Status.NOISY, median_ms=None, message=message)
 
     @classmethod
     def measured(
@@ -219,4 +291,6 @@ class MeasureResult:
             "run_s": self.run_s,
             "device": self.device,
             "target_fingerprint": self.target_fingerprint,
+            "spread": self.spread,
+            "attempts": self.attempts,
         }
