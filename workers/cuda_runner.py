@@ -120,7 +120,8 @@ class CudaMeasurer:
 
         def once() -> tuple[list[float], int, Contention]:
             timings, number = self._time(launch, len(arg_sets), config)
-            return timings, number, Contention(notes=watch.notes() if config.guard_noise else ())
+            notes = watch.notes() if config.guard_noise and config.watch_gpu else ()
+            return timings, number, Contention(notes=notes)
 
         def quiet() -> None:
             time.sleep(config.quiet_wait_s)

@@ -115,9 +115,11 @@ class MeasureConfig:
     clean or the clean ones' spread (IQR / median) exceeds `max_spread`; the runner then
     waits up to `quiet_wait_s` for others' load on its cores to drop to `max_other_load` and
     re-times, up to `noise_retimes` more times within half of `timeout_s`. If no attempt is
-    clean the result is `noisy`. The median is that of the clean repeats. On a GPU an
-    attempt is also noisy while another process uses the device or its SM clock is below
-    `min_clock_share` of its maximum (nvidia-smi, when installed).
+    clean the result is `noisy`. The median is that of the clean repeats. With `watch_gpu`, an
+    attempt on a GPU is also noisy while another process holds the device or its SM clock is
+    below `min_clock_share` of its maximum (nvidia-smi, when installed); it is off by default
+    because on an H200 an idle context of the driver process and the clock read between
+    launches made correct, quiet measurements noisy.
     """
 
     warmup_ms: float = 5.0
@@ -139,6 +141,7 @@ class MeasureConfig:
     min_clean_share: float = 0.5
     max_other_load: float = 0.5
     min_clock_share: float = 0.5
+    watch_gpu: bool = False
 
     @property
     def noise_limits(self) -> NoiseLimits:
