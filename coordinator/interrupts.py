@@ -5,7 +5,8 @@ compilers; see `process_tree`) and raises `Interrupted`, a
 KeyboardInterrupt, in the main thread, so the command unwinds as after Ctrl-C: `tune`
 commits the trials that finished and drops the rest. SIGTERM (how Kubernetes and Ray stop a
 pod or job) gets the same treatment as Ctrl-C. A second signal while that clean-up runs
-kills the children again and leaves at once with `os._exit`, printing one line. The
+kills the children again and leaves at once with `os._exit`, printing one line (a SIGTERM
+within a second of the first SIGTERM is taken as the same request, not a second one). The
 multiprocessing resource tracker then unlinks the semaphores the killed pools held; its
 warning about them is silenced (through the interpreter flags it is started with), since
 nothing is left behind.
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -24,6 +26,9 @@ from types import FrameType
 from .process_tree import end_children
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A second SIGTERM this soon after the first is the same request delivered twice: `timeout`
+# and process managers signal both the command and its process group.
+SIGTERM_ECHO_S = 1.0
 # The resource tracker copies -W options from sys.warnoptions when it starts.
 QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
 
@@ -50,15 +55,20 @@ def stop_on_signals() -> Iterator[None]:
     if QUIET_TRACKER not in sys.warnoptions:
         sys.warnoptions.append(QUIET_TRACKER)
     received: list[int] = []
+    first_at: list[float] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if received:
+            repeated = signum == signal.SIGTERM == received[0]
+            if repeated and time.monotonic() - first_at[0] < SIGTERM_ECHO_S:
+                return  # the same stop sent to the process and to its group (`timeout`, Ray)
             end_children()
             name = signal.Signals(signum).name
             line = f"tunefleet: stopped at once by a second {name}; work in flight is lost\n"
             os.write(2, line.encode())
             os._exit(exit_code(received[0]))
         received.append(signum)
+        first_at.append(time.monotonic())
         end_children()
         raise Interrupted(signum)
 
@@ -69,3 +79,7 @@ def stop_on_signals() -> Iterator[None]:
         if not received:  # after a stop the handler stays: a late signal still exits at once
             for signum, old in previous.items():
                 signal.signal(signum, old)
+        elif received[0] == signal.SIGTERM:
+            # the command is leaving: an echo of the stop landing while the interpreter
+            # finishes (when Python's handlers are gone) must not turn 143 into a kill
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)

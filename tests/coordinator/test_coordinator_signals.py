@@ -235,6 +235,7 @@ def test_second_signal_during_a_hanging_cleanup_exits_at_once(signum: int) -> No
     proc.send_signal(signum)
     assert proc.stdout.readline().strip() == "cleaning up"
     assert gone(child)
+    time.sleep(1.2)  # past the window in which a second SIGTERM is taken as the first's echo
     start = time.monotonic()
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=10)
@@ -244,3 +245,13 @@ def test_second_signal_during_a_hanging_cleanup_exits_at_once(signum: int) -> No
     assert err.strip().splitlines() == [
         f"tunefleet: stopped at once by a second {name}; work in flight is lost"
     ]
+
+
+def test_a_sigterm_sent_to_the_process_and_its_group_is_one_stop(tune_proc) -> None:
+    """`timeout` and process managers signal the command and then its group: one clean stop."""
+    proc = tune_proc()
+    proc.wait_for("runner worker", lambda: proc.has("worker_entry"))
+    code, lines, _ = proc.stop(signal.SIGTERM, again=True)
+    assert code == 143
+    assert not any("at once" in ln for ln in lines), lines
+    assert proc.leftovers() == []
