@@ -45,8 +45,8 @@ class CudaMeasurer:
 
     def watch(self, config: MeasureConfig) -> GpuWatch:
         """The nvidia-smi watch of this device (other processes, SM clock)."""
-        if self._watch is None or self._watch.min_clock_share != config.min_clock_share:
-            self._watch = GpuWatch(self._bus_id, config.min_clock_share)
+        if self._watch is None or self._watch.count_processes != config.count_gpu_processes:
+            self._watch = GpuWatch(self._bus_id, config.count_gpu_processes)
         return self._watch
 
     def close(self) -> None:
@@ -120,7 +120,7 @@ class CudaMeasurer:
 
         def once() -> tuple[list[float], int, Contention]:
             timings, number = self._time(launch, len(arg_sets), config)
-            notes = watch.notes() if config.guard_noise and config.watch_gpu else ()
+            notes = watch.notes() if config.guard_noise else ()
             return timings, number, Contention(notes=notes)
 
         def quiet() -> None:

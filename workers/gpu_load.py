@@ -1,9 +1,17 @@
-"""Contention on a GPU, read through nvidia-smi: other processes on the device and its clock.
+"""Contention on a GPU, read through nvidia-smi: clock slowdowns and other processes.
 
-Another process's kernels share the device's SMs and memory bandwidth, and a GPU held back
-by power or heat runs its SMs below their maximum clock; either makes a timing wrong. The
-CUDA runner adds what `GpuWatch.notes` finds to each attempt's contention, so such an attempt
-is re-timed and, if it stays so, recorded `noisy`. Without nvidia-smi there are no notes.
+A GPU slowed by heat or a hardware brake runs its SMs below the clock the kernel would get,
+and another process's kernels share the SMs and memory bandwidth; either makes a timing
+wrong. The CUDA runner adds what `GpuWatch.notes` finds to each attempt's contention, so such
+an attempt is re-timed and, if it stays so, recorded `noisy`. Without nvidia-smi there are no
+notes.
+
+The clock itself is no evidence: an idle H200 reads 345 of 1980 MHz between launches and
+ramps up within the warm-up. The driver's slowdown reasons say why a clock is held back;
+only thermal and hardware slowdowns count (idle, application clocks and the software power
+cap that a long GEMM reaches by design do not). Another process is counted only on request
+(`count_processes`): a process that merely holds a context, as the coordinator does after
+detecting its targets, shows up too.
 """
 
 from __future__ import annotations
@@ -17,13 +25,34 @@ from dataclasses import dataclass
 QUERY_TIMEOUT_S = 5.0
 
 
+# nvidia-smi's clocks_event_reasons bits that mean the GPU is slowed against its will
+SLOWDOWNS = {
+    0x8: "hardware slowdown",
+    0x20: "software thermal slowdown",
+    0x40: "hardware thermal slowdown",
+    0x80: "hardware power brake",
+}
+REASON_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")
+
+
 @dataclass(frozen=True)
 class GpuState:
-    """What nvidia-smi reports for one device: its compute processes and SM clocks (MHz)."""
+    """What nvidia-smi reports for one device: its compute processes, SM clocks (MHz) and
+    the active clock-event (slowdown) reasons as a bit mask."""
 
     processes: int
     sm_clock_mhz: float | None
     max_sm_clock_mhz: float | None
+    reasons: int | None = None
+
+
+def parse_reasons(text: str) -> int | None:
+    """The bit mask of `--query-gpu=clocks_event_reasons.active` output ('0x...'), or None."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    try:
+        return int(line, 16)
+    except ValueError:
+        return None
 
 
 def parse_clocks(text: str) -> tuple[float | None, float | None]:
@@ -45,16 +74,18 @@ def parse_processes(text: str) -> int:
     return sum(1 for ln in text.splitlines() if ln.strip() and ln.strip().split(",")[0].isdigit())
 
 
-def notes(state: GpuState, min_clock_share: float) -> tuple[str, ...]:
-    """Why timings on a device in `state` cannot be trusted; the measuring process is one of
-    its compute processes (its pid may differ from the one nvidia-smi sees in a container)."""
+def notes(state: GpuState, count_processes: bool = False) -> tuple[str, ...]:
+    """Why timings on a device in `state` cannot be trusted (see the module doc); the
+    measuring process is one of its compute processes."""
     found = []
+    slowed = [name for bit, name in SLOWDOWNS.items() if (state.reasons or 0) & bit]
+    if slowed:
+        sm, top = state.sm_clock_mhz, state.max_sm_clock_mhz
+        clock = f" (SM {sm:g} of {top:g} MHz)" if sm is not None and top else ""
+        found.append(f"GPU clock held back by {', '.join(slowed)}{clock}")
     others = state.processes - 1
-    if others > 0:
+    if count_processes and others > 0:
         found.append(f"{others} other process(es) on the GPU")
-    sm, top = state.sm_clock_mhz, state.max_sm_clock_mhz
-    if sm is not None and top and sm < min_clock_share * top:
-        found.append(f"SM clock {sm:g} MHz < {min_clock_share:g} of its {top:g} MHz maximum")
     return tuple(found)
 
 
@@ -73,13 +104,13 @@ class GpuWatch:
     def __init__(
         self,
         device_id: str,
-        min_clock_share: float,
+        count_processes: bool = False,
         interval_s: float = 2.0,
         run: Run | None = None,
         smi: str | None = None,
     ) -> None:
         self.device_id = device_id
-        self.min_clock_share = min_clock_share
+        self.count_processes = count_processes
         self.interval_s = interval_s
         self.smi = smi if smi is not None else shutil.which("nvidia-smi")
         self._run = run or _nvidia_smi
@@ -96,7 +127,15 @@ class GpuWatch:
             apps = parse_processes(self._run([*base, "--query-compute-apps=pid"]))
         except (OSError, subprocess.SubprocessError):
             return None
-        return GpuState(apps, *clocks)
+        return GpuState(apps, *clocks, self._reasons(base))
+
+    def _reasons(self, base: list[str]) -> int | None:
+        for field in REASON_FIELDS:  # the older name on drivers before the rename
+            try:
+                return parse_reasons(self._run([*base, f"--query-gpu={field}"]))
+            except (OSError, subprocess.SubprocessError):
+                continue
+        return None
 
     def refresh(self) -> None:
         """Query again at the next `notes()` (before re-timing)."""
@@ -107,6 +146,6 @@ class GpuWatch:
         now = time.monotonic()
         if now - self._last >= self.interval_s:
             state = self.state()
-            self._notes = notes(state, self.min_clock_share) if state else ()
+            self._notes = notes(state, self.count_processes) if state else ()
             self._last = now
         return self._notes

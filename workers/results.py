@@ -115,11 +115,10 @@ class MeasureConfig:
     clean or the clean ones' spread (IQR / median) exceeds `max_spread`; the runner then
     waits up to `quiet_wait_s` for others' load on its cores to drop to `max_other_load` and
     re-times, up to `noise_retimes` more times within half of `timeout_s`. If no attempt is
-    clean the result is `noisy`. The median is that of the clean repeats. With `watch_gpu`, an
-    attempt on a GPU is also noisy while another process holds the device or its SM clock is
-    below `min_clock_share` of its maximum (nvidia-smi, when installed); it is off by default
-    because on an H200 an idle context of the driver process and the clock read between
-    launches made correct, quiet measurements noisy.
+    clean the result is `noisy`. The median is that of the clean repeats. On a GPU an attempt
+    is also noisy while the driver reports a thermal or hardware slowdown of its clocks and,
+    with `count_gpu_processes`, while another process holds the device (nvidia-smi, when
+    installed; see `gpu_load`).
     """
 
     warmup_ms: float = 5.0
@@ -140,8 +139,7 @@ class MeasureConfig:
     max_wait_share: float = 0.25
     min_clean_share: float = 0.5
     max_other_load: float = 0.5
-    min_clock_share: float = 0.5
-    watch_gpu: bool = False
+    count_gpu_processes: bool = False
 
     @property
     def noise_limits(self) -> NoiseLimits:

@@ -165,11 +165,16 @@ def test_gpu_readings_are_parsed_and_judged():
     assert gpu_load.parse_clocks("[N/A], 1980\n") == (None, 1980.0)
     assert gpu_load.parse_processes("1234\n5678\n") == 2
     assert gpu_load.parse_processes("") == 0
-    alone = gpu_load.GpuState(1, 1755.0, 1980.0)
-    assert gpu_load.notes(alone, 0.5) == ()
-    shared = gpu_load.GpuState(3, 600.0, 1980.0)
-    found = gpu_load.notes(shared, 0.5)
-    assert "2 other process(es) on the GPU" in found and any("SM clock" in n for n in found)
+    assert gpu_load.parse_reasons("0x0000000000000001\n") == 1
+    assert gpu_load.parse_reasons("[N/A]\n") is None
+    # an idle device: low clock, idle reason, our own process only: nothing to say
+    assert gpu_load.notes(gpu_load.GpuState(1, 345.0, 1980.0, 0x1)) == ()
+    # a long GEMM at its power cap is the device working as designed
+    assert gpu_load.notes(gpu_load.GpuState(1, 1755.0, 1980.0, 0x4)) == ()
+    hot = gpu_load.notes(gpu_load.GpuState(3, 900.0, 1980.0, 0x40 | 0x4))
+    assert hot == ("GPU clock held back by hardware thermal slowdown (SM 900 of 1980 MHz)",)
+    shared = gpu_load.notes(gpu_load.GpuState(3, 1980.0, 1980.0, 0), count_processes=True)
+    assert shared == ("2 other process(es) on the GPU",)
 
 
 def test_gpu_watch_queries_nvidia_smi_and_skips_without_it():
@@ -177,17 +182,20 @@ def test_gpu_watch_queries_nvidia_smi_and_skips_without_it():
 
     def fake(args):
         calls.append(args)
+        if any("reasons" in a for a in args):
+            return "0x0000000000000008\n"
         return "900, 1980\n" if any("clocks" in a for a in args) else "11\n22\n"
 
-    watch = gpu_load.GpuWatch("00000000:01:00.0", 0.5, interval_s=60, run=fake, smi="smi")
+    watch = gpu_load.GpuWatch("00000000:01:00.0", count_processes=True, interval_s=60,
+                              run=fake, smi="smi")  # fmt: skip
     assert watch.notes() == (
+        "GPU clock held back by hardware slowdown (SM 900 of 1980 MHz)",
         "1 other process(es) on the GPU",
-        "SM clock 900 MHz < 0.5 of its 1980 MHz maximum",
     )
     assert calls[0][:3] == ["smi", "-i", "00000000:01:00.0"]
     watch.notes()
-    assert len(calls) == 2  # cached within the interval
+    assert len(calls) == 3  # cached within the interval
     watch.refresh()
     watch.notes()
-    assert len(calls) == 4
-    assert gpu_load.GpuWatch("0", 0.5, smi="").notes() == ()
+    assert len(calls) == 6
+    assert gpu_load.GpuWatch("0", smi="").notes() == ()
