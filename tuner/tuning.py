@@ -33,6 +33,7 @@ from tunefleet.workers import (
     Executor,
     MeasureConfig,
     Problem,
+    Status,
     Target,
     create_executor,
     resolve_target,
