@@ -9,7 +9,8 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tunefleet.coordinator.job_fleet import FencedOut, JobFleet, failure_kind
 from tunefleet.coordinator.job_plan import NoReference, chain_problem
 from tunefleet.coordinator.jobs import JobConfig, JobOptions, JobResult, start_job
 from tunefleet.database import NewRecord, RecordStore, WorkloadInfo
+from tunefleet.ir.trace import Trace, trace_hash
 from tunefleet.tuner.task_tuner import Outcome, target_info
 from tunefleet.workers import (
     BuildConfig,
@@ -28,6 +30,9 @@ from tunefleet.workers import (
     create_executor,
     resolve_target,
 )
+from tunefleet.workers import probe_kernels as pk
+from tunefleet.workers.builder import BuildInput
+from tunefleet.workers.results import BuildResult, MeasureResult, RunInput
 
 MODEL = str(Path(__file__).parent / "data" / "tiny_llama.json")
 FAST = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
@@ -117,27 +122,74 @@ def _hashes(db: str, result: JobResult, fingerprint: str) -> list[str]:
         return [r.trace_hash for r in store.history(task.workload_key, fingerprint)]
 
 
+class PlantedCrash(Executor):
+    """The real local executor, except that the candidate whose trace hash is `victim` is
+    built as a probe kernel that segfaults (run on the vector-add problem it was written for),
+    so its worker really dies with SIGSEGV."""
+
+    name = "planted-crash"
+
+    def __init__(self, inner: Executor, victim: str) -> None:
+        super().__init__(inner.build_config)
+        self.inner = inner
+        self.victim = victim
+        self.crashes = 0
+        self._planted: list[Future[BuildResult]] = []
+
+    def build(self, batch: Sequence[BuildInput]) -> list[Future[BuildResult]]:
+        planted = [b.trace is not None and trace_hash(Trace.from_json(b.trace)) == self.victim
+                   for b in batch]  # fmt: skip
+        swapped = [
+            BuildInput(b.target, kernel=pk.c_vector_add("segfault")) if hit else b
+            for b, hit in zip(batch, planted, strict=True)
+        ]
+        futures = self.inner.build(swapped)
+        self._planted += [f for f, hit in zip(futures, planted, strict=True) if hit]
+        return futures
+
+    def run(self, batch: Sequence[RunInput]) -> list[Future[MeasureResult]]:
+        faulty = {id(f.result().artifact) for f in self._planted if f.done()}
+        swapped = []
+        for r in batch:
+            if id(r.artifact) in faulty:
+                self.crashes += 1
+                r = RunInput(r.artifact, pk.vector_add_problem(1024), r.config)
+            swapped.append(r)
+        return self.inner.run(swapped)
+
+    def close(self) -> None:
+        pass  # the module's executor is closed by its fixture
+
+
 @pytest.mark.slow
-def test_a_trace_reported_twice_is_never_proposed(tmp_path: Path, executor, cpu) -> None:
-    first_db = f"sqlite:///{tmp_path / 'first.db'}"
-    first = _job(first_db, executor, tmp_path)
-    proposed = _hashes(first_db, first, cpu.fingerprint)
-    assert len(proposed) == 4
-    (task,) = [t for t in first.tasks if t.trials]
+def test_a_trace_that_crashed_two_workers_is_skipped_by_the_next_job(
+    tmp_path: Path, executor, cpu
+) -> None:
+    probe_db = f"sqlite:///{tmp_path / 'probe.db'}"
+    probe = _job(probe_db, executor, tmp_path)
+    proposed = _hashes(probe_db, probe, cpu.fingerprint)
+    assert len(proposed) == 4, "the seeded search proposes the same first round every time"
     victim = proposed[0]
+    (task,) = [t for t in probe.tasks if t.trials]
 
-    state = LocalFleetState()
-    state.report_failure(task.workload_key, cpu.fingerprint, victim, "crash")
-    once_db = f"sqlite:///{tmp_path / 'once.db'}"
-    once = _job(once_db, executor, tmp_path, fleet=state)
-    assert victim in _hashes(once_db, once, cpu.fingerprint), "one crash is not poison yet"
+    state = LocalFleetState()  # one fleet, jobs on databases of their own
+    for n in (1, 2):
+        planted = PlantedCrash(executor, victim)
+        db = f"sqlite:///{tmp_path / f'crash{n}.db'}"
+        crashed = _job(db, planted, tmp_path, fleet=state)
+        assert crashed.status == "done" and planted.crashes == 1, f"job {n} proposed the victim"
+        with RecordStore.open(db) as store:
+            (rec,) = [r for r in store.history(task.workload_key, cpu.fingerprint)
+                      if r.trace_hash == victim]  # fmt: skip
+        assert rec.status == "run_error" and "SIGSEGV" in rec.error_msg
+        assert (victim in state.poisoned(task.workload_key, cpu.fingerprint)) == (n == 2)
 
-    state.report_failure(task.workload_key, cpu.fingerprint, victim, "crash")
-    second_db = f"sqlite:///{tmp_path / 'second.db'}"
-    second = _job(second_db, executor, tmp_path, fleet=state)
-    hashes = _hashes(second_db, second, cpu.fingerprint)
-    assert second.status == "done" and len(hashes) == 4
-    assert victim not in hashes
+    planted = PlantedCrash(executor, victim)
+    last_db = f"sqlite:///{tmp_path / 'last.db'}"
+    last = _job(last_db, planted, tmp_path, fleet=state)
+    hashes = _hashes(last_db, last, cpu.fingerprint)
+    assert last.status == "done" and len(hashes) == 4
+    assert victim not in hashes and planted.crashes == 0
 
 
 @pytest.mark.redis
