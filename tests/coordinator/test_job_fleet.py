@@ -301,3 +301,24 @@ def test_unreachable_redis_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "secret-pw" not in done.stderr and "***" in done.stderr
     with RecordStore.open(db) as store:
         assert store.list_jobs() == []
+
+
+@pytest.mark.slow
+def test_job_watch_without_redis_polls_the_rows(tmp_path: Path, cpu) -> None:
+    db = f"sqlite:///{tmp_path / 'polled.db'}"
+    args = ["tune", "--model", MODEL, "--phase", "decode", "--set", "b=1:4,m=16", "--budget",
+            "12", "--batch-size", "4", "--db", db]  # fmt: skip
+    job = subprocess.Popen([sys.executable, "-c", CODE, *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True, env=_env(tmp_path))  # fmt: skip
+    try:
+        assert job.stdout is not None
+        assert job.stdout.readline().startswith("job 1:")
+        watch = subprocess.run([sys.executable, "-c", CODE, "job", "watch", "1", "--db", db,
+                                "--poll", "0.2"], capture_output=True, text=True,
+                               env=_env(tmp_path), timeout=300)  # fmt: skip
+    finally:
+        job.communicate(timeout=300)
+    assert job.returncode == 0 and watch.returncode == 0, watch.stderr
+    lines = watch.stdout.splitlines()
+    assert lines[-1].startswith("job 1: done, 12/12 trials")
+    assert all(line.startswith("job 1: running, ") for line in lines[:-1])
