@@ -13,6 +13,11 @@ converged: `patience` rounds in a row improved its best by less than 1%).
 records committed under the job's id (so a task row that lagged behind a crash is corrected),
 replays them into a fresh scheduler and continues; measured traces are never measured again.
 Final statuses: done, cancelled (SIGINT/SIGTERM; resumable) or failed (an error).
+
+Jobs share a fleet state (`JobOptions.fleet`, through job_fleet.JobFleet): a round runs under
+the (workload, target) lease and commits behind its fence, a workload leased by another job
+waits, traces other jobs measured or poisoned are never proposed, and progress goes to the
+job's event stream. Losing the fleet state mid-job costs one warning, never a record.
 """
 
 from __future__ import annotations
@@ -374,6 +379,8 @@ def _run(
             try:
                 res = tuner.round(executor, n, opts.on_trial, fence=fleet.fence(w.workload_key))
             except FencedOut as err:
+                if isinstance(err.__context__, KeyboardInterrupt):
+                    raise err.__context__ from err  # stopped mid-round: stop, records dropped
                 warn(f"tunefleet: warning: {err}")
                 fleet.drop(w.workload_key)
                 continue
