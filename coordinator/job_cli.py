@@ -1,9 +1,11 @@
 """`tunefleet tune --model` and `tunefleet job list|status|resume`: model jobs on the CLI.
 
     tunefleet tune --model MODEL --budget N [--time 10m] [--phase decode,prefill]
-                   [--set b=1:4,m=4096] [--scheduler gradient|round-robin] [--db URL] [--json]
+                   [--set b=1:4,m=4096] [--scheduler gradient|round-robin] [--db URL]
+                   [--redis URL] [--json]
     tunefleet job list [--json]          tunefleet job status JOB_ID [--json]
-    tunefleet job resume JOB_ID [--json]
+    tunefleet job resume JOB_ID [--redis URL] [--json]
+    tunefleet job watch JOB_ID [--redis URL]
 
 Progress is a live table on a terminal and one plain line per round when piped. Environment
 variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
@@ -22,6 +24,13 @@ from typing import Any
 
 import click
 from tunefleet.coordinator.buckets import DimSpecError, parse_assignments
+from tunefleet.coordinator.fleet_state import (
+    FleetEvent,
+    FleetState,
+    FleetStateError,
+    FleetStateUnavailable,
+    open_fleet_state,
+)
 from tunefleet.coordinator.jobs import (
     JobConfig,
     JobError,
@@ -33,6 +42,7 @@ from tunefleet.coordinator.jobs import (
     start_job,
 )
 from tunefleet.coordinator.models import ModelConfigError
+from tunefleet.database import RecordStore
 from tunefleet.database.cli import db_option, open_store, resolve_cli_url
 from tunefleet.database.errors import DatabaseError
 from tunefleet.tuner.cost_model import CostModelError
@@ -68,6 +78,30 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+redis_option = click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    help="Share leases, progress and the poison list through this Redis "
+    "(redis://[:password@]host:port/db); without it the job coordinates only with itself.",
+)
+
+
+@contextmanager
+def open_fleet(redis_url: str | None) -> Iterator[FleetState | None]:
+    """The fleet state `--redis` names (None without it); one line and exit 1 when Redis
+    cannot be reached or the URL is not a Redis URL (its password masked)."""
+    if redis_url is None:
+        yield None
+        return
+    try:
+        fleet = open_fleet_state(redis_url)
+    except FleetStateError as err:
+        raise click.ClickException(str(err)) from None
+    with fleet:
+        yield fleet
+
+
 def tune_model(
     model: str,
     *,
@@ -83,6 +117,7 @@ def tune_model(
     db_url: str | None,
     workers: str,
     as_json: bool,
+    redis_url: str | None = None,
 ) -> None:
     """`tunefleet tune --model`: validate the request, create the job and run it."""
     if budget is None:
@@ -113,8 +148,8 @@ def tune_model(
     except JobError as err:
         raise click.BadParameter(str(err), param_hint="--phase") from None
     url = resolve_cli_url(db_url)
-    with _reporting(as_json) as on_progress:
-        result = _guarded(lambda: start_job(config, url, _options(workers, on_progress)))
+    with open_fleet(redis_url) as fleet, _reporting(as_json) as on_progress:
+        result = _guarded(lambda: start_job(config, url, _options(workers, on_progress, fleet)))
     _finish(result, as_json)
 
 
@@ -178,21 +213,110 @@ def status(job_id: int, db_url: str | None, as_json: bool) -> None:
 @click.argument("job_id", type=int)
 @db_option
 @click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@redis_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
-def resume(job_id: int, db_url: str | None, workers: str, as_json: bool) -> None:
+def resume(
+    job_id: int, db_url: str | None, workers: str, redis_url: str | None, as_json: bool
+) -> None:
     """Continue a stopped or killed job from the database."""
     url = resolve_cli_url(db_url)
-    with _reporting(as_json) as on_progress:
-        result = _guarded(lambda: resume_job(job_id, url, _options(workers, on_progress)))
+    with open_fleet(redis_url) as fleet, _reporting(as_json) as on_progress:
+        result = _guarded(lambda: resume_job(job_id, url, _options(workers, on_progress, fleet)))
     _finish(result, as_json)
+
+
+ENDED = ("done", "cancelled", "failed")
+
+
+@job.command(name="watch")
+@click.argument("job_id", type=int)
+@db_option
+@redis_option
+@click.option("--poll", "poll_s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Seconds between looks at the database (or waits for an event).")  # fmt: skip
+def watch(job_id: int, db_url: str | None, redis_url: str | None, poll_s: float) -> None:
+    """Print a job's progress as it happens, until it ends.
+
+    With --redis the job's event stream is read (from its start); without it the job's rows
+    in the database are polled. A job that already ended prints its final status at once.
+    """
+    with open_store(db_url) as store:
+        info, res = _guarded(lambda: job_status(store, job_id))
+        if info.status not in ENDED:
+            with open_fleet(redis_url) as fleet:
+                if fleet is not None:
+                    _watch_events(fleet, store, job_id, poll_s)
+                else:
+                    _watch_rows(store, job_id, poll_s)
+            info, res = _guarded(lambda: job_status(store, job_id))
+    click.echo(_summary(res).splitlines()[0])
+
+
+def _watch_events(fleet: FleetState, store: RecordStore, job_id: int, poll_s: float) -> None:
+    """Echo the job's events until its end event (or until its row says it ended)."""
+    after = "0"
+    while True:
+        try:
+            events = fleet.read_events(str(job_id), after, block_ms=int(poll_s * 1000))
+        except FleetStateUnavailable as err:
+            click.echo(f"tunefleet: warning: {err}; watching the database instead", err=True)
+            _watch_rows(store, job_id, poll_s)
+            return
+        for event in events:
+            after = event.id
+            click.echo(_event_line(job_id, event))
+            if event.fields.get("type") == "end":
+                return
+        if not events:
+            info, _ = _guarded(lambda: job_status(store, job_id))
+            if info.status in ENDED:
+                return
+
+
+def _watch_rows(store: RecordStore, job_id: int, poll_s: float) -> None:
+    """Echo a line whenever the job's trial count moves, until its row says it ended."""
+    seen = -1
+    while True:
+        info, res = _guarded(lambda: job_status(store, job_id))
+        if info.status in ENDED:
+            return
+        if res.trials != seen:
+            seen = res.trials
+            click.echo(
+                f"job {job_id}: {info.status}, {res.trials}/{res.budget} trials, "
+                f"{res.finished_tasks}/{len(res.tasks)} tasks finished, "
+                f"estimated {_ms(res.estimated_ms)}"
+            )
+        time.sleep(poll_s)
+
+
+def _event_line(job_id: int, event: FleetEvent) -> str:
+    f = event.fields
+    kind = f.get("type", "")
+    if kind == "start":
+        return f"job {job_id}: started, budget {f.get('budget', '?')} trials"
+    if kind == "round":
+        best = f"{float(f['best_ms']):.4f} ms" if "best_ms" in f else "-"
+        return (
+            f"job {job_id}: {f.get('workload', '?')} [{f.get('bucket') or '-'}]: "
+            f"{f.get('trials', '?')} trials, best {best}, {f.get('status', '?')} "
+            f"({f.get('job_trials', '?')} job trials)"
+        )
+    if kind == "end":
+        return f"job {job_id}: ended {f.get('status', '?')}"
+    return f"job {job_id}: " + ", ".join(f"{k}={v}" for k, v in f.items())
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _options(workers: str, on_progress: Callable[[JobResult], None] | None) -> JobOptions:
+def _options(
+    workers: str,
+    on_progress: Callable[[JobResult], None] | None,
+    fleet: FleetState | None = None,
+) -> JobOptions:
     cache = os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir()
-    return JobOptions(workers=workers, cache_dir=cache, on_progress=on_progress)
+    return JobOptions(workers=workers, cache_dir=cache, on_progress=on_progress, fleet=fleet)
 
 
 def _guarded(work: Callable[[], Any]) -> Any:

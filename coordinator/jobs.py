@@ -13,11 +13,17 @@ converged: `patience` rounds in a row improved its best by less than 1%).
 records committed under the job's id (so a task row that lagged behind a crash is corrected),
 replays them into a fresh scheduler and continues; measured traces are never measured again.
 Final statuses: done, cancelled (SIGINT/SIGTERM; resumable) or failed (an error).
+
+Jobs share a fleet state (`JobOptions.fleet`, through job_fleet.JobFleet): a round runs under
+the (workload, target) lease and commits behind its fence, a workload leased by another job
+waits, traces other jobs measured or poisoned are never proposed, and progress goes to the
+job's event stream. Losing the fleet state mid-job costs one warning, never a record.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from tunefleet.coordinator.buckets import DimSpecError
+from tunefleet.coordinator.fleet_local import LocalFleetState
+from tunefleet.coordinator.fleet_state import BestEntry, FleetState
 from tunefleet.coordinator.graph import PINNED, Phase
+from tunefleet.coordinator.job_fleet import FencedOut, JobFleet
 from tunefleet.coordinator.job_plan import (
     PlannedWorkload,
     ProblemBuilder,
@@ -193,6 +202,10 @@ class JobOptions:
     problem_for: ProblemBuilder | None = None  # None: every task's composed op chain
     on_progress: Callable[[JobResult], None] | None = None  # after every round
     on_trial: Callable[[Progress], None] | None = None  # after every trial of a round
+    fleet: FleetState | None = None  # shared leases, events, cache, poison; None: in-process
+    lease_ttl_s: float = 30.0  # a dead job's workloads go to others after this
+    lease_poll_s: float = 0.5  # wait between looks when every workload left is leased elsewhere
+    on_warning: Callable[[str], None] | None = None  # one-line warnings; None: to stderr
 
 
 def load_model(spec: str) -> ModelConfig:
@@ -327,6 +340,11 @@ def _run(
     )
     tuners: dict[int, TaskTuner] = {}
     last = ""
+    warn = opts.on_warning or _to_stderr
+    fleet = JobFleet(opts.fleet or LocalFleetState(), job_id, target.fingerprint,
+                     ttl_s=opts.lease_ttl_s, warn=warn)  # fmt: skip
+    fleet.publish({"type": "start", "job_id": job_id, "budget": config.budget})
+    elsewhere: set[int] = set()  # workloads another job holds the lease of, set aside
 
     def report() -> JobResult:
         return _result(store, job_id, config, stored, elapsed0 + time.monotonic() - start, last)
@@ -337,15 +355,38 @@ def _run(
                 break
             i = scheduler.next_task()
             if i is None:
-                break
+                if not elsewhere or scheduler.spent >= config.budget:
+                    break
+                time.sleep(opts.lease_poll_s)  # their holders may finish or die meanwhile
+                for j in elsewhere:
+                    scheduler.reopen(j)
+                elsewhere.clear()
+                continue
             w, row = tunable[i]
+            if not fleet.acquire(w.workload_key):
+                scheduler.finish(i)
+                elsewhere.add(i)
+                continue
             tuner = tuners.get(i) or _tuner(store, w, target, config, model, opts, job_id)
             tuners[i] = tuner
+            tuner.refresh_measured()  # other jobs' records of the workload are not measured
+            tuner.exclude(fleet.poisoned(w.workload_key))
+            before = tuner.best_ms
             if w.workload_key not in defaults and opts.measure_default:
                 defaults[w.workload_key] = tuner.measure_default(executor)
                 stored["defaults"] = defaults
             n = min(config.trials_per_round, config.budget - scheduler.spent)
-            res = tuner.round(executor, n, opts.on_trial)
+            try:
+                res = tuner.round(executor, n, opts.on_trial, fence=fleet.fence(w.workload_key))
+            except FencedOut as err:
+                if isinstance(err.__context__, KeyboardInterrupt):
+                    raise err.__context__ from err  # stopped mid-round: stop, records dropped
+                warn(f"tunefleet: warning: {err}")
+                fleet.drop(w.workload_key)
+                continue
+            fleet.report(w.workload_key, res.outcomes)
+            if res.best_ms is not None and (before is None or res.best_ms < before):
+                _cache_best(store, fleet, w.workload_key, target.fingerprint)
             scheduler.on_results(i, res.trials, res.best_ms)
             progress = scheduler.progress(i)
             finished = res.exhausted or _converged(progress.best_history, config.patience)
@@ -357,6 +398,11 @@ def _run(
             store.update_task_progress(
                 row.id, trials_done=progress.trials, best_ms=res.best_ms, status=status
             )
+            if finished:
+                fleet.release(w.workload_key)
+            fleet.publish(
+                _round_event(job_id, w, progress.trials, res.best_ms, status, scheduler.spent)
+            )
             stored["elapsed_s"] = elapsed0 + time.monotonic() - start
             store.set_job_config(job_id, stored)
             last = w.name
@@ -367,11 +413,14 @@ def _run(
         stored["elapsed_s"] = elapsed0 + time.monotonic() - start
         store.set_job_config(job_id, stored)
         store.set_job_status(job_id, "cancelled")
+        fleet.publish({"type": "end", "job_id": job_id, "status": "cancelled"})
         raise JobInterrupted(job_id, sum(r.trials_done for r in rows.values())) from stop
     except BaseException:
         store.set_job_status(job_id, "failed")
+        fleet.publish({"type": "end", "job_id": job_id, "status": "failed"})
         raise
     finally:
+        fleet.close()
         if owned:
             executor.close()
         model.save(model_path(mdir, target.fingerprint))
@@ -381,7 +430,35 @@ def _run(
     stored["elapsed_s"] = elapsed0 + time.monotonic() - start
     store.set_job_config(job_id, stored)
     store.set_job_status(job_id, "done")
-    return replace(report(), status="done")
+    final = replace(report(), status="done")
+    end = {"type": "end", "job_id": job_id, "status": "done", "trials": final.trials}
+    fleet.publish(end)
+    return final
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _round_event(
+    job_id: int, w: PlannedWorkload, trials: int, best_ms: float | None, status: str, spent: int
+) -> dict[str, str | int | float]:
+    """The progress event of one round: the workload's trials, best and status after it."""
+    event: dict[str, str | int | float] = {
+        "type": "round", "job_id": job_id, "workload": w.name, "workload_key": w.workload_key,
+        "bucket": ",".join(f"{k}={v}" for k, v in w.bucket.items()), "trials": trials,
+        "status": status, "job_trials": spent,
+    }  # fmt: skip
+    if best_ms is not None:
+        event["best_ms"] = best_ms
+    return event
+
+
+def _cache_best(store: RecordStore, fleet: JobFleet, workload_key: str, fingerprint: str) -> None:
+    """A round improved the workload's best: put the database's best in the fleet's cache."""
+    best = store.best(workload_key, fingerprint, 1)
+    if best:
+        fleet.new_best(workload_key, BestEntry(best[0].id, best[0].median_ms, best[0].trace_hash))
 
 
 def _tuner(

@@ -315,10 +315,14 @@ class RecordStore:
     # -- records -----------------------------------------------------------------------------
 
     @_translated
-    def commit(self, records: Sequence[NewRecord]) -> list[int]:
+    def commit(
+        self, records: Sequence[NewRecord], fence: Callable[[], None] | None = None
+    ) -> list[int]:
         """Store a batch of trials in one transaction; returns their ids in input order.
 
         Workloads and targets must be registered first (ensure_workload / ensure_target).
+        `fence` is called inside the transaction, before the insert: whatever it raises (a
+        writer whose lease was fenced out) rolls the batch back and propagates unchanged.
         """
         if not records:
             return []
@@ -350,6 +354,8 @@ class RecordStore:
                         created_at=now,
                     )
                 )
+            if fence is not None:
+                fence()
             stmt = insert(RECORDS).returning(RECORDS.c.id, sort_by_parameter_order=True)
             return list(conn.execute(stmt, rows).scalars())
 

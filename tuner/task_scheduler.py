@@ -79,6 +79,10 @@ class TaskScheduler(ABC):
             raise SchedulerError(f"no task #{task} (there are {len(self.tasks)})")
         self._finished.add(task)
 
+    def reopen(self, task: int) -> None:
+        """Give `task` rounds again after `finish` set it aside (another job held its lease)."""
+        self._finished.discard(task)
+
     def is_finished(self, task: int) -> bool:
         return task in self._finished
 

@@ -68,15 +68,26 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """What one measured candidate of a round came to (the job loop reads crashes off it)."""
+
+    trace_hash: str
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
 class RoundResult:
     """One round of a tuner: trials measured and committed, failures among them, the best
     time of the workload after it (every record, this run or not), and whether the space had
-    no unmeasured candidate left (then `trials` is smaller than asked, possibly 0)."""
+    no unmeasured candidate left (then `trials` is smaller than asked, possibly 0);
+    `outcomes` has one entry per measured candidate, in proposal order."""
 
     trials: int
     failures: int
     best_ms: float | None
     exhausted: bool
+    outcomes: tuple[Outcome, ...] = ()
 
 
 class TaskTuner:
@@ -149,6 +160,14 @@ class TaskTuner:
         self.top.sort(key=lambda p: p[0])
         self.search.notify(self.top[:TOP_K])
 
+    def exclude(self, trace_hashes: set[str]) -> None:
+        """Never propose these traces: measured by another job since, or poisoned fleet-wide."""
+        self.measured |= trace_hashes
+
+    def refresh_measured(self) -> None:
+        """Take in the traces other jobs committed for this workload since the last look."""
+        self.exclude(self.store.measured_hashes(self.key, self.fingerprint))
+
     def measure_default(self, executor: Executor) -> float | None:
         """The median time of the workload's untuned default schedule (not recorded)."""
         build = BuildInput(self.target, workload=self.func, trace=None)
@@ -162,12 +181,15 @@ class TaskTuner:
         n: int,
         on_progress: Callable[[Progress], None] | None = None,
         total: int | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> RoundResult:
         """Measure up to `n` new candidates, commit them all and retrain the cost model.
 
         Progress counts this tuner's trials out of `total` (default: this round's end). A
         stop (KeyboardInterrupt) mid-round commits the finished trials and raises
         `TuneInterrupted` with this tuner's committed count and the dropped in-flight ones.
+        `fence` goes to `RecordStore.commit`: if it raises, the round's records are dropped
+        unlearned and the error propagates.
         """
         batch = self.search.generate(self.sampler, self.model, self.measured, n)
         if not batch:
@@ -182,10 +204,10 @@ class TaskTuner:
             results = measure_batch(executor, builds, self.problem, self.config, report)
         except KeyboardInterrupt as stop:
             kept = sorted(finished)
-            self.store.commit([self._record(batch[i], finished[i]) for i in kept])
+            self.store.commit([self._record(batch[i], finished[i]) for i in kept], fence)
             raise TuneInterrupted(self.trials + len(kept), len(batch) - len(kept)) from stop
         results = [on_target(r, self.fingerprint) for r in results]
-        self.store.commit([self._record(c, r) for c, r in zip(batch, results, strict=True)])
+        self.store.commit([self._record(c, r) for c, r in zip(batch, results, strict=True)], fence)
         failures = 0
         new_samples = []
         for cand, res in zip(batch, results, strict=True):
@@ -206,7 +228,11 @@ class TaskTuner:
         self.model.update(new_samples)
         self.top.sort(key=lambda p: p[0])
         self.search.notify(self.top[:TOP_K])
-        return RoundResult(len(batch), failures, self.best_ms, exhausted=len(batch) < n)
+        outcomes = tuple(
+            Outcome(c.trace_hash, r.status.value, r.message)
+            for c, r in zip(batch, results, strict=True)
+        )
+        return RoundResult(len(batch), failures, self.best_ms, len(batch) < n, outcomes)
 
     def failure_kinds(self) -> tuple[tuple[str, int, str], ...]:
         """(status, count, first line of the first message) per failure status, most common

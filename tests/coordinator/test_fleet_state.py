@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -284,40 +281,7 @@ def test_every_key_is_under_the_prefix() -> None:
     }
 
 
-# -- a Redis server of our own, to kill ---------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A throwaway redis-server on a free loopback port, password `pw-own`, no persistence."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not on PATH (the redis-marked tests need it)"
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path), "--requirepass", "pw-own"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield proc, port
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(10)
+# -- a Redis server of our own, to kill (the `own_redis` fixture is in conftest.py) --------
 
 
 @pytest.mark.redis
