@@ -33,7 +33,7 @@ from tunefleet.workers import (
 )
 
 MODEL = str(Path(__file__).parent / "data" / "tiny_llama.json")
-FAST = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
+FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 CODE = "import sys; from tunefleet.coordinator.cli import main; sys.exit(main())"
 TASK_KEYS = {"name", "workload_key", "bucket", "weight", "trials", "best_ms", "default_ms"}
 

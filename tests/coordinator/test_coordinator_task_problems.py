@@ -44,7 +44,7 @@ from tunefleet.workers.runner import Runner, RunnerConfig
 from tunefleet.workers.targets import Target, detect_cpu
 
 DIMS = {"b": 3, "n": 5, "m": 7}
-FAST = MeasureConfig(warmup_ms=0.5, repeats=1, min_repeat_ms=0.1, timeout_s=20)
+FAST = MeasureConfig(guard_noise=False, warmup_ms=0.5, repeats=1, min_repeat_ms=0.1, timeout_s=20)
 
 _BASE = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
          "num_attention_heads": 4, "vocab_size": 100}  # fmt: skip

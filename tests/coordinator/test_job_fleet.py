@@ -35,7 +35,7 @@ from tunefleet.workers.builder import BuildInput
 from tunefleet.workers.results import BuildResult, MeasureResult, RunInput
 
 MODEL = str(Path(__file__).parent / "data" / "tiny_llama.json")
-FAST = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
+FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 CODE = "import sys; from tunefleet.coordinator.cli import main; sys.exit(main())"
 DECODE_B1 = {"b": (1,), "m": (16,)}
 

@@ -12,7 +12,7 @@ from tunefleet.workers.targets import resolve_target
 
 pytestmark = pytest.mark.gpu
 
-FAST = MeasureConfig(warmup_ms=1, repeats=3, min_repeat_ms=0.2, timeout_s=20)
+FAST = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=3, min_repeat_ms=0.2, timeout_s=20)
 
 
 def _odd(op: ops.OpDef) -> dict[str, int]:

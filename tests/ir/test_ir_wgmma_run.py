@@ -16,7 +16,7 @@ pytestmark = pytest.mark.gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
-FAST = MeasureConfig(warmup_ms=1, repeats=3, min_repeat_ms=0.2, timeout_s=30)
+FAST = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=3, min_repeat_ms=0.2, timeout_s=30)
 
 
 @pytest.fixture(scope="module")

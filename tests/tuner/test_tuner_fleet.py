@@ -17,7 +17,7 @@ from tunefleet.ir import ops, structural_hash
 from tunefleet.tuner import tune
 from tunefleet.workers import BuildConfig, MeasureConfig, Target
 
-FAST = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
+FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 SHAPE = {"m": 4, "n": 32, "k": 64}
 
 

@@ -60,7 +60,7 @@ def test_normalised_throughput_is_per_workload() -> None:
 def test_xgb_learns_measured_times_and_round_trips(tmp_path: Path, executor, cpu) -> None:
     sampler = _sampler()
     cands = sampler.sample_unique(random.Random(3), 24, set())
-    config = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
+    config = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
     results = measure_batch(
         executor, [BuildInput(cpu, workload=sampler.func, trace=c.trace_json) for c in cands],
         Problem.create("dense", DIMS, "float32"), config,

@@ -36,7 +36,7 @@ def test_every_sampled_point_matches_numpy(executor, cpu) -> None:
     first = next(n for n, i in enumerate(sketches[0].trace.insts) if i.kind.startswith("sample"))
     widths = {c.trace.insts[first].inputs[0][c.trace.decisions[first]] for c in cands}
     assert len(widths) > 1, "the sample should cover several panel widths"
-    config = MeasureConfig(repeats=2, warmup_ms=0.5, min_repeat_ms=0.2)
+    config = MeasureConfig(guard_noise=False, repeats=2, warmup_ms=0.5, min_repeat_ms=0.2)
     problem = Problem.create("dense", DIMS, "float32")
     items = [
         MeasureInput(BuildInput(cpu, workload=func, trace=c.trace_json), problem, config)

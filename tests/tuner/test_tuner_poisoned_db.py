@@ -13,7 +13,7 @@ from tunefleet.ir.trace import Trace
 from tunefleet.tuner import tune
 from tunefleet.workers import MeasureConfig
 
-FAST = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
+FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 SHAPE = {"m": 4, "n": 32, "k": 64}
 
 

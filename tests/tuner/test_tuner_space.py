@@ -56,7 +56,7 @@ def test_sampled_schedules_match_numpy(op, dims, rules, executor, cpu) -> None:
     sampler = SpaceSampler(func, sketches, CTX, default_postprocs("cpu"))
     cands = sampler.sample_unique(random.Random(7), 6, set())
     assert cands, "the space must yield valid candidates"
-    config = MeasureConfig(repeats=2, warmup_ms=0.5, min_repeat_ms=0.2)
+    config = MeasureConfig(guard_noise=False, repeats=2, warmup_ms=0.5, min_repeat_ms=0.2)
     problem = Problem.create(op, dims, "float32")
     items = [
         MeasureInput(BuildInput(cpu, workload=func, trace=c.trace_json), problem, config)

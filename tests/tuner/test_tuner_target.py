@@ -17,7 +17,7 @@ from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for, space
 from tunefleet.tuner.tuning import on_target
 from tunefleet.workers import MeasureConfig, MeasureResult, Status, Target
 
-FAST = MeasureConfig(repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
+FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 SHAPE = {"m": 4, "n": 32, "k": 64}
 
 

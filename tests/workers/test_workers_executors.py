@@ -8,7 +8,7 @@ from tunefleet.workers.builder import BuildInput
 from tunefleet.workers.executor import ExecutorError, MeasureInput, create_executor
 from tunefleet.workers.results import MeasureConfig, Status
 
-FAST = MeasureConfig(warmup_ms=1, repeats=5, min_repeat_ms=0.5, timeout_s=3)
+FAST = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=5, min_repeat_ms=0.5, timeout_s=3)
 EXPECTED = [
     Status.OK,
     Status.WRONG_RESULT,

@@ -11,7 +11,7 @@ from tunefleet.workers.builder import BuildInput, build
 from tunefleet.workers.results import MeasureConfig, Problem, RunInput, Status
 from tunefleet.workers.runner import Runner, RunnerConfig
 
-FAST = MeasureConfig(warmup_ms=1, repeats=3, min_repeat_ms=0.5, timeout_s=10)
+FAST = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=3, min_repeat_ms=0.5, timeout_s=10)
 CASES = [
     ("matmul", {"m": 48, "n": 40, "k": 72}, "float32"),
     ("rmsnorm", {"m": 8, "n": 256}, "float32"),

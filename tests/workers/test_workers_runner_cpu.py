@@ -14,7 +14,7 @@ from tunefleet.workers.cpu_runner import CpuMeasurer, native_loop, python_loop, 
 from tunefleet.workers.results import MeasureConfig, RunInput, Status
 from tunefleet.workers.runner import Runner, RunnerConfig
 
-FAST = MeasureConfig(warmup_ms=1, repeats=5, min_repeat_ms=0.5, timeout_s=3)
+FAST = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=5, min_repeat_ms=0.5, timeout_s=3)
 VADD = pk.vector_add_problem(50_000)
 
 

@@ -12,7 +12,7 @@ from tunefleet.workers.targets import resolve_target
 
 pytestmark = pytest.mark.gpu
 
-FAST = MeasureConfig(warmup_ms=2, repeats=10, min_repeat_ms=0.5, timeout_s=10)
+FAST = MeasureConfig(guard_noise=False, warmup_ms=2, repeats=10, min_repeat_ms=0.5, timeout_s=10)
 VADD = pk.vector_add_problem(1 << 22)
 
 
