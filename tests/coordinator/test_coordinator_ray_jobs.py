@@ -121,5 +121,54 @@ def test_bad_addresses_and_unknown_jobs_say_one_line(tmp_path: Path, ray_head_ad
         done = _cli(tmp_path, *args, "--db", db)
         assert done.returncode == code, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, args
+    if os.environ.get("RAY_AUTH_MODE") == "token":  # the head checks the token: none is refused
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        done = subprocess.run([sys.executable, "-c", CODE, "job", "submit", "--address",
+                               ray_head_address, "--model", MODEL, "--budget", "2", "--db", db],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        assert done.returncode == 1 and "refused the request" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
     with RecordStore.open(db) as store:
         assert [j.name for j in store.list_jobs()] == ["keep"]
+
+
+@pytest.mark.ray
+@pytest.mark.ray_head
+@pytest.mark.slow
+def test_cancel_stops_the_run_and_a_resubmission_continues_it(
+    tmp_path: Path, ray_head_address: str
+) -> None:
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    args = ["job", "submit", "--address", ray_head_address, "--model", MODEL, "--phase", "decode",
+            "--set", "b=1,m=16", "--budget", "400", "--batch-size", "2", "--time", "20s",
+            "--db", db, "--json"]  # fmt: skip
+    done = _cli(tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    job_id, sid = json.loads(done.stdout)["job_id"], json.loads(done.stdout)["submission_id"]
+    deadline = time.monotonic() + 120
+    trials = 0
+    while trials < 4 and time.monotonic() < deadline:
+        time.sleep(1)
+        with RecordStore.open(db) as store:
+            trials = sum(store.job_trial_counts(job_id).values())
+    assert trials >= 4, "the submitted job records trials"
+
+    stopped = _cli(tmp_path, "job", "cancel", str(job_id), "--db", db)
+    assert stopped.returncode == 0, stopped.stderr
+    assert _wait(ray_head_address, sid) == "STOPPED"
+    with RecordStore.open(db) as store:
+        job = store.get_job(job_id)
+        assert job is not None and job.status == "cancelled"
+        kept = sum(store.job_trial_counts(job_id).values())
+    assert kept >= trials, "nothing recorded is lost"
+
+    again = _cli(tmp_path, "job", "submit", "--address", ray_head_address, "--job", str(job_id),
+                 "--db", db, "--json")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    resub = json.loads(again.stdout)
+    assert resub["created"] is True and resub["submission_id"] == submission_id(job_id, db, 2)
+    assert _wait(ray_head_address, resub["submission_id"]) == "SUCCEEDED"
+    with RecordStore.open(db) as store:
+        job = store.get_job(job_id)
+        assert job is not None and job.status == "done"  # the time limit ended it
+        assert sum(store.job_trial_counts(job_id).values()) > kept
