@@ -24,7 +24,7 @@ start)
   mkdir -p "$dir/home"
   HOME="$dir/home" PATH="$root/.venv/bin:$PATH" setsid "$root/.venv/bin/ray" start --head --block \
     --port="$gcs_port" --dashboard-host=127.0.0.1 --dashboard-port="$dashboard_port" \
-    --num-cpus=2 --num-gpus=0 --temp-dir="$dir/ray" --disable-usage-stats \
+    --num-cpus=4 --num-gpus=0 --temp-dir="$dir/ray" --disable-usage-stats \
     >"$dir/head.log" 2>&1 </dev/null &
   echo $! >"$dir/head.pid"
   ready=0

@@ -12,6 +12,7 @@ the submission id and its attempt under the key `ray`, which `logs` and `cancel`
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -67,9 +68,10 @@ def entrypoint(job_id: int, workers: str = "local") -> str:
     return f"tunefleet job resume {int(job_id)} --workers {workers}"
 
 
-def entrypoint_resources(target: str) -> tuple[float, float]:
-    """(CPUs, GPUs) the entrypoint reserves: one CPU, plus one GPU for a CUDA target."""
-    return 1.0, 1.0 if target.startswith("cuda") else 0.0
+def entrypoint_resources(target: str, workers: str = "local") -> tuple[float, float]:
+    """(CPUs, GPUs) the entrypoint reserves: one CPU, plus one GPU for a CUDA target measured
+    by the job itself (`--workers local`); with `--workers ray` the runner actors hold the GPUs."""
+    return 1.0, 1.0 if target.startswith("cuda") and workers == "local" else 0.0
 
 
 def connect(address: str, secrets: tuple[str, ...] = ()) -> Any:
@@ -118,18 +120,24 @@ def logs(job_id: int, db_url: str, redis_url: str | None = None) -> str:
     return _scrubbed(text, secrets)
 
 
-def cancel(job_id: int, db_url: str) -> str:
-    """Stop a job's Ray submission and mark the job cancelled (resumable); Ray's status after."""
+def cancel(job_id: int, db_url: str, wait_s: float = 15.0) -> str:
+    """Stop a job's Ray submission and mark the job cancelled (resumable); Ray's status after
+    waiting up to `wait_s` for the stop to land (Ray stops a job asynchronously)."""
     ray_info = _ray_info(job_id, db_url)
     secrets = _secrets(db_url)
-    client = connect(ray_info["address"], secrets)
-    sid = ray_info["submission_id"]
-    _guard(lambda: client.stop_job(sid), ray_info["address"], secrets)
+    address, sid = ray_info["address"], ray_info["submission_id"]
+    client = connect(address, secrets)
+    _guard(lambda: client.stop_job(sid), address, secrets)
+    deadline = time.monotonic() + wait_s
+    status = str(_guard(lambda: client.get_job_status(sid), address, secrets).value)
+    while status in ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = str(_guard(lambda: client.get_job_status(sid), address, secrets).value)
     with RecordStore.open(db_url) as store:
         job = store.get_job(job_id)
         if job is not None and job.status != "done":
             store.set_job_status(job_id, "cancelled")
-    return str(_guard(lambda: client.get_job_status(sid), ray_info["address"], secrets).value)
+    return status
 
 
 def ray_status(job_id: int, db_url: str) -> str | None:
@@ -177,7 +185,7 @@ def _submit(
     env = {DB_ENV_VAR: db_url}
     if redis_url:
         env[REDIS_ENV_VAR] = redis_url
-    cpus, gpus = entrypoint_resources(config.target)
+    cpus, gpus = entrypoint_resources(config.target, workers)
     try:
         _guard(
             lambda: client.submit_job(

@@ -155,6 +155,7 @@ def test_cancel_stops_the_run_and_a_resubmission_continues_it(
 
     stopped = _cli(tmp_path, "job", "cancel", str(job_id), "--db", db)
     assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip() == f"job {job_id}: cancelled (Ray: STOPPED)"
     assert _wait(ray_head_address, sid) == "STOPPED"
     with RecordStore.open(db) as store:
         job = store.get_job(job_id)
@@ -172,3 +173,27 @@ def test_cancel_stops_the_run_and_a_resubmission_continues_it(
         job = store.get_job(job_id)
         assert job is not None and job.status == "done"  # the time limit ended it
         assert sum(store.job_trial_counts(job_id).values()) > kept
+
+
+@pytest.mark.ray
+@pytest.mark.ray_head
+@pytest.mark.slow
+def test_a_submitted_job_with_ray_workers_uses_the_cluster_it_runs_in(
+    tmp_path: Path, ray_head_address: str
+) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    args = ["job", "submit", "--address", ray_head_address, "--model", MODEL, "--phase", "decode",
+            "--set", "b=1,m=16", "--budget", "4", "--batch-size", "2", "--workers", "ray",
+            "--db", db, "--json"]  # fmt: skip
+    done = _cli(tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    sub = json.loads(done.stdout)
+    assert _wait(ray_head_address, sub["submission_id"]) == "SUCCEEDED"
+    info = JobSubmissionClient(ray_head_address).get_job_info(sub["submission_id"])
+    assert info.entrypoint.endswith("--workers ray")
+    with RecordStore.open(db) as store:
+        job = store.get_job(sub["job_id"])
+        assert job is not None and job.status == "done"
+        assert sum(store.job_trial_counts(sub["job_id"]).values()) == 4
