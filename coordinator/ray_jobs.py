@@ -140,20 +140,6 @@ def cancel(job_id: int, db_url: str, wait_s: float = 15.0) -> str:
     return status
 
 
-def ray_status(job_id: int, db_url: str) -> str | None:
-    """Ray's status of a job's submission, or None for a job never submitted to Ray."""
-    with RecordStore.open(db_url) as store:
-        job = store.get_job(job_id)
-        if job is None:
-            raise JobError(f"job {job_id} does not exist")
-        ray_info = job.config.get("ray")
-    if not ray_info:
-        return None
-    client = connect(ray_info["address"], _secrets(db_url))
-    info = _info(client, ray_info["submission_id"], ray_info["address"], _secrets(db_url))
-    return None if info is None else str(info.status.value)
-
-
 # -- helpers -----------------------------------------------------------------------------------
 
 
