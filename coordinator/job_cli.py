@@ -1,12 +1,16 @@
-"""`tunefleet tune --model` and `tunefleet job list|status|resume`: model jobs on the CLI.
+"""`tunefleet tune --model` and `tunefleet job list|status|resume|submit|logs|cancel`: model jobs
+on the CLI.
 
     tunefleet tune --model MODEL --budget N [--time 10m] [--phase decode,prefill]
                    [--set b=1:4,m=4096] [--scheduler gradient|round-robin] [--db URL] [--json]
     tunefleet job list [--json]          tunefleet job status JOB_ID [--json]
     tunefleet job resume JOB_ID [--json]
+    tunefleet job submit --address URL (--model ... | --job JOB_ID) [--json]   (a Ray cluster)
+    tunefleet job logs JOB_ID            tunefleet job cancel JOB_ID
 
 Progress is a live table on a terminal and one plain line per round when piped. Environment
-variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
+variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR, TUNEFLEET_REDIS_URL, RAY_ADDRESS) are read here
+and nowhere deeper.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from tunefleet.coordinator.jobs import (
     start_job,
 )
 from tunefleet.coordinator.models import ModelConfigError
-from tunefleet.coordinator.ray_jobs import RayJobError
 from tunefleet.database.cli import db_option, open_store, resolve_cli_url
 from tunefleet.database.errors import DatabaseError
 from tunefleet.tuner.cost_model import CostModelError
@@ -56,7 +59,7 @@ _FAILURES = (
     StrategyError,
     CostModelError,
     SchedulerError,
-    RayJobError,
+    ray_jobs.RayJobError,
 )
 
 
@@ -238,7 +241,7 @@ def resume(job_id: int, db_url: str | None, workers: str, as_json: bool) -> None
 )
 @db_option
 @click.option("--redis", "redis_url", metavar="URL",
-              help="Fleet-state Redis the job uses (else $TUNEFLEET_REDIS_URL).")  # fmt: skip
+              help="Redis URL for the job, as its TUNEFLEET_REDIS_URL (else ours).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def submit(
     address: str,
