@@ -1,4 +1,5 @@
-"""`tunefleet tune --model` and `tunefleet job list|status|resume`: model jobs on the CLI.
+"""`tunefleet tune --model` and `tunefleet job list|status|resume|watch|submit|logs|cancel`:
+model jobs on the CLI.
 
     tunefleet tune --model MODEL --budget N [--time 10m] [--phase decode,prefill]
                    [--set b=1:4,m=4096] [--scheduler gradient|round-robin] [--db URL]
@@ -6,9 +7,12 @@
     tunefleet job list [--json]          tunefleet job status JOB_ID [--json]
     tunefleet job resume JOB_ID [--redis URL] [--json]
     tunefleet job watch JOB_ID [--redis URL]
+    tunefleet job submit --address URL (--model ... | --job JOB_ID) [--json]   (a Ray cluster)
+    tunefleet job logs JOB_ID            tunefleet job cancel JOB_ID
 
 Progress is a live table on a terminal and one plain line per round when piped. Environment
-variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
+variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR, TUNEFLEET_REDIS_URL, RAY_ADDRESS) are read here
+and nowhere deeper.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from tunefleet.coordinator import ray_jobs
 from tunefleet.coordinator.buckets import DimSpecError, parse_assignments
 from tunefleet.coordinator.fleet_state import (
     FleetEvent,
@@ -51,7 +56,7 @@ from tunefleet.tuner.strategy import StrategyError
 from tunefleet.tuner.task_scheduler import SchedulerError
 from tunefleet.tuner.tuning import TuneError, default_cache_dir
 from tunefleet.workers.executor import ExecutorError
-from tunefleet.workers.targets import TargetError
+from tunefleet.workers.targets import TargetError, TargetKind
 
 SCHEDULERS = {"gradient": "gradient", "round-robin": "round_robin"}
 _FAILURES = (
@@ -64,6 +69,7 @@ _FAILURES = (
     StrategyError,
     CostModelError,
     SchedulerError,
+    ray_jobs.RayJobError,
 )
 
 
@@ -82,6 +88,7 @@ redis_option = click.option(
     "--redis",
     "redis_url",
     metavar="URL",
+    envvar="TUNEFLEET_REDIS_URL",
     help="Share leases, progress and the poison list through this Redis "
     "(redis://[:password@]host:port/db); without it the job coordinates only with itself.",
 )
@@ -102,7 +109,7 @@ def open_fleet(redis_url: str | None) -> Iterator[FleetState | None]:
         yield fleet
 
 
-def tune_model(
+def job_config(
     model: str,
     *,
     target: str,
@@ -114,12 +121,8 @@ def tune_model(
     strategy: str,
     seed: int,
     batch_size: int,
-    db_url: str | None,
-    workers: str,
-    as_json: bool,
-    redis_url: str | None = None,
-) -> None:
-    """`tunefleet tune --model`: validate the request, create the job and run it."""
+) -> JobConfig:
+    """The JobConfig of `tune --model`'s options (click usage errors name the bad option)."""
     if budget is None:
         raise click.BadParameter("give a trial budget with --budget N", param_hint="--budget")
     if budget < 1:
@@ -140,13 +143,38 @@ def tune_model(
     except DimSpecError as err:
         raise click.BadParameter(str(err), param_hint="--set") from None
     try:
-        config = JobConfig(
+        return JobConfig(
             model=model, phases=phases, sets=sets, budget=budget, time_s=time_s, target=target,
             strategy=strategy, scheduler=SCHEDULERS[scheduler], seed=seed,
             trials_per_round=batch_size,
         )  # fmt: skip
     except JobError as err:
         raise click.BadParameter(str(err), param_hint="--phase") from None
+
+
+def tune_model(
+    model: str,
+    *,
+    target: str,
+    budget: int | None,
+    time_text: str | None,
+    phase_text: str,
+    set_text: str,
+    scheduler: str,
+    strategy: str,
+    seed: int,
+    batch_size: int,
+    db_url: str | None,
+    workers: str,
+    as_json: bool,
+    redis_url: str | None = None,
+) -> None:
+    """`tunefleet tune --model`: validate the request, create the job and run it."""
+    config = job_config(
+        model, target=target, budget=budget, time_text=time_text, phase_text=phase_text,
+        set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
+        batch_size=batch_size,
+    )  # fmt: skip
     url = resolve_cli_url(db_url)
     with open_fleet(redis_url) as fleet, _reporting(as_json) as on_progress:
         result = _guarded(lambda: start_job(config, url, _options(workers, on_progress, fleet)))
@@ -310,13 +338,118 @@ def _event_line(job_id: int, event: FleetEvent) -> str:
 # -- helpers -----------------------------------------------------------------------------------
 
 
+@job.command(name="submit")
+@click.option("--address", required=True, metavar="URL",
+              help="The Ray job server (dashboard), e.g. http://HEAD:8265.")  # fmt: skip
+@click.option("--job", "existing", type=int, metavar="JOB_ID",
+              help="Submit this existing job again instead of a new --model job.")  # fmt: skip
+@click.option("--model", "model_spec", metavar="NAME|PATH", help="A preset or a config.json.")
+@click.option("--budget", type=int, help="Trials for the whole job.")
+@click.option("--time", "time_text", metavar="DURATION", help="Wall-time limit: 90s, 10m, 1h.")
+@click.option("--phase", "phase_text", default="decode,prefill", show_default=True)
+@click.option("--set", "set_text", default="", metavar="DIM=V:V,...", help="Bucket values.")
+@click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default="gradient",
+              show_default=True)  # fmt: skip
+@click.option("--target", type=click.Choice([k.value for k in TargetKind]), default="cpu",
+              show_default=True)  # fmt: skip
+@click.option("--strategy", type=click.Choice(["evolutionary", "random"]),
+              default="evolutionary", show_default=True)  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--workers",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Workers of the job inside the cluster (ray: the cluster's, via RAY_ADDRESS).",
+)
+@db_option
+@click.option("--redis", "redis_url", metavar="URL",
+              help="Redis URL for the job, as its TUNEFLEET_REDIS_URL (else ours).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def submit(
+    address: str,
+    existing: int | None,
+    model_spec: str | None,
+    budget: int | None,
+    time_text: str | None,
+    phase_text: str,
+    set_text: str,
+    scheduler: str,
+    target: str,
+    strategy: str,
+    seed: int,
+    batch_size: int,
+    workers: str,
+    db_url: str | None,
+    redis_url: str | None,
+    as_json: bool,
+) -> None:
+    """Run a model job on a Ray cluster through Ray's job API; prints job and submission id."""
+    url = resolve_cli_url(db_url)
+    redis = redis_url or os.environ.get(ray_jobs.REDIS_ENV_VAR) or None
+    if existing is not None:
+        if model_spec is not None:
+            raise click.UsageError("give either --job JOB_ID or --model, not both")
+        sub = _guarded(lambda: ray_jobs.resubmit(existing, address, url, redis, workers))
+    else:
+        if model_spec is None:
+            raise click.UsageError("give the job to run: --model MODEL (or --job JOB_ID)")
+        config = job_config(
+            model_spec, target=target, budget=budget, time_text=time_text,
+            phase_text=phase_text, set_text=set_text, scheduler=scheduler, strategy=strategy,
+            seed=seed, batch_size=batch_size,
+        )  # fmt: skip
+        sub = _guarded(lambda: ray_jobs.submit(config, address, url, redis, workers))
+    if as_json:
+        click.echo(json.dumps(sub.to_json_dict(), indent=2))
+        return
+    said = "submitted" if sub.created else f"already submitted ({sub.ray_status})"
+    click.echo(f"job_id {sub.job_id}\nsubmission_id {sub.submission_id}\n{said} to {address}")
+
+
+@job.command(name="logs")
+@click.argument("job_id", type=int)
+@db_option
+def logs(job_id: int, db_url: str | None) -> None:
+    """The log of a job's Ray submission (credentials masked)."""
+    url = resolve_cli_url(db_url)
+    redis = os.environ.get(ray_jobs.REDIS_ENV_VAR) or None
+    click.echo(_guarded(lambda: ray_jobs.logs(job_id, url, redis)), nl=False)
+
+
+@job.command(name="cancel")
+@click.argument("job_id", type=int)
+@db_option
+def cancel(job_id: int, db_url: str | None) -> None:
+    """Stop a job's Ray submission and mark the job cancelled (it can be resumed)."""
+    ray_state = _guarded(lambda: ray_jobs.cancel(job_id, resolve_cli_url(db_url)))
+    click.echo(f"job {job_id}: cancelled (Ray: {ray_state})")
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
 def _options(
     workers: str,
     on_progress: Callable[[JobResult], None] | None,
     fleet: FleetState | None = None,
 ) -> JobOptions:
     cache = os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir()
+    if workers == "ray" and os.environ.get("RAY_ADDRESS"):
+        _join_cluster(os.environ["RAY_ADDRESS"])
     return JobOptions(workers=workers, cache_dir=cache, on_progress=on_progress, fleet=fleet)
+
+
+def _join_cluster(address: str) -> None:
+    """Connect this process to the Ray cluster a submitted job runs in (Ray sets RAY_ADDRESS
+    there), so `--workers ray` uses that cluster instead of starting a local instance."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING)
 
 
 def _guarded(work: Callable[[], Any]) -> Any:

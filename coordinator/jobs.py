@@ -228,6 +228,20 @@ def plan_job(config: JobConfig, problem_for: ProblemBuilder | None = None) -> li
     return plan_workloads(tasks, builder)
 
 
+def create_job(
+    config: JobConfig,
+    db_url: str | None = None,
+    problem_for: ProblemBuilder | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> int:
+    """Plan `config` and write its job row (pending) and task rows without running it, so a
+    job can be run elsewhere by id (`resume_job`); `extra` is merged into the stored config."""
+    plan = plan_job(config, problem_for)
+    target = resolve_target(config.target)
+    with RecordStore.open(db_url or default_url()) as store:
+        return _create(store, config, plan, target, extra or {})
+
+
 def start_job(
     config: JobConfig, db_url: str | None = None, options: JobOptions | None = None
 ) -> JobResult:
@@ -236,17 +250,7 @@ def start_job(
     plan = plan_job(config, opts.problem_for)
     target = resolve_target(config.target)
     with RecordStore.open(db_url or default_url()) as store:
-        store.ensure_target(target_info(target))
-        for w in plan:
-            store.ensure_workload(workload_info(w.func, w.task.op, w.shape, w.task.dtype))
-        stored = {**config.to_json(), "target_fingerprint": target.fingerprint}
-        stored["notes"] = {w.workload_key: w.note for w in plan if w.note}
-        name = f"{load_model(config.model).name} {','.join(config.phases)}"
-        job_id = store.create_job(name, config.model, target.fingerprint, config.budget, stored)
-        rows = store.add_tasks(job_id, [NewTask(w.workload_key, w.weight, 0) for w in plan])
-        for w, row in zip(plan, rows, strict=True):
-            if w.problem is None:
-                store.update_task_progress(row, trials_done=0, status="cancelled")
+        job_id = _create(store, config, plan, target, {})
         return _run(store, job_id, config, plan, target, opts)
 
 
@@ -288,6 +292,27 @@ def job_status(store: RecordStore, job_id: int) -> tuple[JobInfo, JobResult]:
     elapsed = float(job.config.get("elapsed_s", 0.0))
     trials = sum(t.trials for t in tasks)
     return job, JobResult(job_id, job.status, trials, job.budget, elapsed, tasks)
+
+
+def _create(
+    store: RecordStore,
+    config: JobConfig,
+    plan: Sequence[PlannedWorkload],
+    target: Target,
+    extra: Mapping[str, Any],
+) -> int:
+    store.ensure_target(target_info(target))
+    for w in plan:
+        store.ensure_workload(workload_info(w.func, w.task.op, w.shape, w.task.dtype))
+    stored = {**config.to_json(), "target_fingerprint": target.fingerprint, **extra}
+    stored["notes"] = {w.workload_key: w.note for w in plan if w.note}
+    name = f"{load_model(config.model).name} {','.join(config.phases)}"
+    job_id = store.create_job(name, config.model, target.fingerprint, config.budget, stored)
+    rows = store.add_tasks(job_id, [NewTask(w.workload_key, w.weight, 0) for w in plan])
+    for w, row in zip(plan, rows, strict=True):
+        if w.problem is None:
+            store.update_task_progress(row, trials_done=0, status="cancelled")
+    return job_id
 
 
 # -- the loop ----------------------------------------------------------------------------------

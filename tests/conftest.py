@@ -1,8 +1,9 @@
-"""Shared pytest set-up: server URLs for the postgres/redis markers and GPU detection.
+"""Shared pytest set-up: server URLs for the postgres/redis/ray_head markers and GPU detection.
 
 Server-backed tests read their URL from TUNEFLEET_TEST_POSTGRES_URL / TUNEFLEET_TEST_REDIS_URL
-(exported by .ci/services.sh). Where a URL is absent those tests skip with the reason; where it
-is set, a skip of such a test is turned into a failure so CI can never pass without the server.
+(exported by .ci/services.sh) and TUNEFLEET_TEST_RAY_ADDRESS (the Ray head .ci/run starts).
+Where a URL is absent those tests skip with the reason; where it is set, a skip of such a test
+is turned into a failure so CI can never pass without the server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 SERVER_URLS = {
     "postgres": "TUNEFLEET_TEST_POSTGRES_URL",
     "redis": "TUNEFLEET_TEST_REDIS_URL",
+    "ray_head": "TUNEFLEET_TEST_RAY_ADDRESS",
 }
 
 
@@ -79,3 +81,13 @@ def redis_url() -> str:
     if not url:
         pytest.skip(f"{SERVER_URLS['redis']} is not set")
     return url
+
+
+@pytest.fixture
+def ray_head_address() -> str:
+    """Job-server address (http://host:port) of the running Ray head for tests marked
+    `ray_head`."""
+    address = os.environ.get(SERVER_URLS["ray_head"])
+    if not address:
+        pytest.skip(f"{SERVER_URLS['ray_head']} is not set")
+    return address
