@@ -28,6 +28,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
 from tunefleet.database import NewRecord, RecordStore, TargetInfo, WorkloadInfo, mask_url
 from tunefleet.database.engine import EngineOptions, make_engine
 

@@ -190,6 +190,7 @@ def rel_err(out: Any, ref: Any) -> float:
 def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]:
     import torch
     from gemv_cuda import gemv_schedule
+
     from tunefleet.ir import build_source
 
     nbytes = n * k * 2
@@ -241,6 +242,7 @@ def bench_gemv(arch: str, work: Path, n: int = 4096, k: int = 4096) -> list[Row]
 def bench_rmsnorm(arch: str, work: Path, m: int = 2048, n: int = 4096) -> list[Row]:
     import torch
     from rmsnorm_cuda import rmsnorm_schedule
+
     from tunefleet.ir import build_source
 
     nbytes = m * n * 2

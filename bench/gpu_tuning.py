@@ -92,6 +92,7 @@ def main() -> None:
         rel_err,
         time_pair,
     )
+
     from tunefleet.ir import Trace, build_source, ops
     from tunefleet.tuner import tune
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
 from tunefleet.coordinator.fleet_state import (
     BestEntry,
     EventValue,

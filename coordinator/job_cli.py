@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+
 from tunefleet.coordinator import ray_jobs
 from tunefleet.coordinator.buckets import DimSpecError, parse_assignments
 from tunefleet.coordinator.fleet_state import (

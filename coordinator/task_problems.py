@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from tunefleet.coordinator.graph import PINNED, OpCall, Phase
 from tunefleet.coordinator.kernels import library_attrs, library_shape
 from tunefleet.coordinator.symbolic import Dim

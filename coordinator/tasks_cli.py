@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
+
 from tunefleet.coordinator.buckets import DimSpecError, eval_dims, parse_assignments
 from tunefleet.coordinator.graph import PINNED, Phase, Quant
 from tunefleet.coordinator.models import ModelConfig, ModelConfigError

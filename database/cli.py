@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
+
 from tunefleet.database.checks import Verifier
 from tunefleet.database.errors import DatabaseError
 from tunefleet.database.records import TuningRecord

@@ -28,6 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 from tunefleet.database.records import TargetInfo, TuningRecord, WorkloadInfo, stored_fields
 
 NAMING_CONVENTION = {

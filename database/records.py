@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
 from sqlalchemy.types import TypeEngine
+
 from tunefleet.database.errors import InvalidRecordError
 
 # "noisy": checked correct, but every timing ran under contention; no median, retried later

@@ -15,6 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
+
 from tunefleet.database import migrations
 from tunefleet.database.engine import WRITE_OPTION
 from tunefleet.database.errors import SchemaError, SchemaTooOldError

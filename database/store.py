@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
 from tunefleet.database import jsonl, schema
 from tunefleet.database.checks import Verifier, timings_check
 from tunefleet.database.engine import (

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from tunefleet.ir import build_source, default_schedule, ops
 
 CASES = [

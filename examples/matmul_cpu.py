@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from tunefleet.ir import compute, create_prim_func, placeholder, reduce_axis, reduce_sum
 from tunefleet.ir.codegen import KernelSource, build_source
 from tunefleet.ir.schedule import Schedule

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tunefleet.ir.errors import IRError
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.stmt import PrimFunc

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 import click
+
 from tunefleet.database.cli import db_option, resolve_cli_url
 from tunefleet.database.errors import DatabaseError
 from tunefleet.ir.analysis import bytes_moved, flops

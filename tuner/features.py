@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from tunefleet.ir.dtypes import DTypeError
 from tunefleet.ir.expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
 from tunefleet.ir.lower import lower

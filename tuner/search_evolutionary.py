@@ -22,6 +22,7 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
+
 from tunefleet.ir.trace import Trace
 
 from .candidates import Candidate, SpaceSampler

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from tunefleet import ir
 from tunefleet.ir.ops import get_op
 from tunefleet.workers.builder import BuildConfig, BuildInput

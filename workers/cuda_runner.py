@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import numpy as np
+
 from tunefleet.workers.checking import INT_POISON, compare_outputs
 from tunefleet.workers.gpu_load import GpuWatch
 from tunefleet.workers.inputs import WorkloadCache, WorkloadData, prepare, signature

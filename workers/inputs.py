@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from tunefleet.ir.codegen import KernelArg
 from tunefleet.workers.checking import poison, reference_scale, storage_dtype, to_storage
 from tunefleet.workers.launch import LaunchExprError, evaluate

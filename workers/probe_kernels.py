@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from tunefleet.ir.codegen import KernelArg, KernelSource
 from tunefleet.workers.results import Problem
 

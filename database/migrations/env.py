@@ -9,6 +9,7 @@ PostgreSQL and SQLite).
 from __future__ import annotations
 
 from alembic import context
+
 from tunefleet.database.models import Base
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tunefleet.coordinator.graph import Phase
 from tunefleet.coordinator.job_plan import NoReference, chain_problem, plan_workloads
 from tunefleet.coordinator.jobs import JobConfig, JobError, JobOptions, resume_job, start_job

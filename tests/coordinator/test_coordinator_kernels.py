@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tunefleet.coordinator.buckets import eval_dims
 from tunefleet.coordinator.fusion import FusedCall, fuse
 from tunefleet.coordinator.graph import Phase, Quant, build_graph

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tunefleet.coordinator.models import (
     SUPPORTED_ARCHITECTURES,
     ModelConfigError,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tunefleet.coordinator.jobs import JobConfig, plan_job
 from tunefleet.coordinator.ray_jobs import ACTIVE, submission_id
 from tunefleet.database import RecordStore

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from tunefleet import ir
 from tunefleet.coordinator.buckets import DEFAULT_BUCKETS
 from tunefleet.coordinator.fusion import FusedCall

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from tunefleet.coordinator.buckets import DEFAULT_BUCKETS, eval_dims
 from tunefleet.coordinator.graph import KINDS, Phase, Quant, build_graph
 from tunefleet.coordinator.lowering import graph_kernel

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from tunefleet.coordinator.fleet_local import LocalFleetState
 from tunefleet.coordinator.fleet_redis import KEYS, PREFIX, RedisFleetState
 from tunefleet.coordinator.fleet_state import (

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+
 from tunefleet.coordinator.fleet_local import LocalFleetState
 from tunefleet.coordinator.fleet_state import open_fleet_state
 from tunefleet.coordinator.job_fleet import FencedOut, JobFleet, failure_kind

@@ -7,6 +7,7 @@ import functools
 import random
 
 from records_factory import CPU
+
 from tunefleet.database import NewRecord, TargetInfo, WorkloadInfo
 from tunefleet.ir import ops, structural_hash
 from tunefleet.tuner.candidates import SpaceSampler

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from real_records import CPU, EPYC, real_batch, real_workload
 from sqlalchemy.engine import make_url
+
 from tunefleet.coordinator.cli import main
 from tunefleet.database import RecordStore
 from tunefleet.database.schema import head_revision

@@ -21,6 +21,7 @@ def _worker(url: str, index: int, fresh: bool, barrier, results) -> None:  # typ
     shared target and workloads, then commit in batches with a few reads in between."""
     try:
         from records_factory import H100, random_batch, workload
+
         from tunefleet.database import RecordStore
 
         barrier.wait(timeout=120)

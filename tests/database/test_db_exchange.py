@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from records_factory import A100, CPU, H100, random_batch, workload
+
 from tunefleet.database import DatabaseError, ImportFileError, RecordStore, TuningRecord, jsonl
 from tunefleet.database.records import exchanged_fields, field_types
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from records_factory import CPU, record, trace, workload
+
 from tunefleet.database import RecordStore
 
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from records_factory import H100, random_batch, workload
+
 from tunefleet.database import DatabaseError, RecordStore, SchemaError, SchemaTooOldError
 from tunefleet.database import schema as db_schema
 from tunefleet.database.engine import EngineOptions, make_engine

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from records_factory import A100, CPU, H100, random_batch, record, workload
+
 from tunefleet.database import (
     InvalidRecordError,
     NewRecord,

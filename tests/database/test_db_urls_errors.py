@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+
 from tunefleet.database import (
     AuthenticationError,
     DatabaseError,

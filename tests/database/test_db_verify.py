@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from real_records import CPU, EPYC, real_batch, real_traces, real_workload
 from records_factory import H100
+
 from tunefleet.coordinator.cli import main
 from tunefleet.database import NewRecord, RecordStore
 from tunefleet.database.checks import MIN_REPEATS, implausible_timing

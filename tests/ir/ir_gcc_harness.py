@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from tunefleet.ir import ops
 from tunefleet.ir.codegen import KernelSource, build_source
 from tunefleet.ir.dtypes import numpy_dtype, to_float32

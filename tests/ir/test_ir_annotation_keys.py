@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tunefleet.ir import Schedule, ops
 from tunefleet.ir import annotation_keys as keys
 from tunefleet.ir.annotation_keys import REGISTRY, check_annotation, registry_table

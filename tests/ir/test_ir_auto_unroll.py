@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from ir_gcc_harness import check_against_reference
+
 from tunefleet.ir import Schedule, Trace, ops
 from tunefleet.ir.auto_unroll import AUTO_UNROLL, steps
 from tunefleet.ir.codegen import build_source

@@ -4,6 +4,7 @@ is a one-line usage error (exit 2) naming the accepted values, never silently tr
 from __future__ import annotations
 
 import pytest
+
 from tunefleet.coordinator.cli import main
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ir_gcc_harness import run_kernel
+
 from tunefleet.coordinator.cli import main
 from tunefleet.ir import PrimFunc, Var, create_prim_func, flops, ops, placeholder, structural_hash
 from tunefleet.ir.codegen import build_source

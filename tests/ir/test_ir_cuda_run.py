@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tunefleet.ir import Var, build_source, ops
 from tunefleet.workers.builder import BuildConfig, BuildInput, build
 from tunefleet.workers.results import MeasureConfig, Problem, RunInput, Status

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tunefleet.ir import build_source, compute, create_prim_func, ops, placeholder
 from tunefleet.ir.annotation_keys import AUTO_UNROLL
 from tunefleet.ir.errors import ScheduleError

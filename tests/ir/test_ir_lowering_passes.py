@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tunefleet.ir import CodegenError, Schedule, default_schedule, ops
 from tunefleet.ir.annotation_keys import HOISTED_CALLS, HOISTED_LOADS, VECTOR_ACCESS
 from tunefleet.ir.intrinsics import INTRINSICS

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ir_gcc_harness import run_kernel
+
 from tunefleet.ir import LoweringError, Schedule, ScheduleError, Trace, build_source, ops
 from tunefleet.ir.lower import lower
 from tunefleet.ir.printer import stmt_lines

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 from ir_gcc_harness import check_against_reference
+
 from tunefleet.ir import Const, PrimFunc, Var, ops
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.schedule import Schedule

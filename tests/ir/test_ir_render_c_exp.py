@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 from ir_gcc_harness import check_against_reference, run_kernel
+
 from tunefleet.ir import Schedule, ops
 from tunefleet.ir import tensor_expr as te
 from tunefleet.ir.codegen import build_source

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from ir_gcc_harness import check_against_reference, run_kernel
+
 from tunefleet.ir import Var, create_prim_func, ops, placeholder
 from tunefleet.ir.codegen import build_source
 from tunefleet.ir.errors import ScheduleError

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from ir_gcc_harness import check_against_reference
+
 from tunefleet.ir import ops, structural_hash
 from tunefleet.ir.default_schedule import default_schedule
 from tunefleet.ir.errors import ScheduleError

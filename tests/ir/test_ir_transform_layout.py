@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ir_gcc_harness import check_against_reference
+
 from tunefleet.ir import ops
 from tunefleet.ir.codegen import build_source
 from tunefleet.ir.errors import ScheduleError

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from tunefleet.ir import Schedule, Trace, build_source, ops
 from tunefleet.ir.errors import CodegenError, ScheduleError
 from tunefleet.ir.intrinsics import get_intrin

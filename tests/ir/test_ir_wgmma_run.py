@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tunefleet.ir import build_source
 from tunefleet.workers.builder import BuildConfig, BuildInput, build
 from tunefleet.workers.results import MeasureConfig, Problem, RunInput, Status

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from tunefleet.ir import build_source
 from tunefleet.tuner.candidates import SpaceSampler
 from tunefleet.tuner.replay import replay

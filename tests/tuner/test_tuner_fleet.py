@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tunefleet.database import RecordStore
 from tunefleet.ir import ops, structural_hash
 from tunefleet.tuner import tune
@@ -34,6 +35,7 @@ def _wait_until_taken(ray, name: str, timeout_s: float = 10.0) -> float:
 @pytest.mark.slow
 def test_records_land_under_the_target_that_measured_them(tmp_path: Path, cpu) -> None:
     import ray
+
     from tunefleet.workers.ray_executor import RayExecutor, target_resource
 
     small = Target.cpu(cores=2, device="simulated 2-core CPU")

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+
 from tunefleet.ir import build_source, ops
 from tunefleet.ir.trace import Trace
 from tunefleet.tuner.candidates import SpaceSampler

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from tunefleet.ir import build_source, ops
 from tunefleet.ir.schedule import Schedule
 from tunefleet.tuner.candidates import SpaceSampler

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tunefleet.ir import ops
 from tunefleet.tuner.candidates import SpaceSampler
 from tunefleet.tuner.cost_model import (

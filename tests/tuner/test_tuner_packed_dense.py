@@ -6,6 +6,7 @@ import itertools
 import random
 
 import pytest
+
 from tunefleet.ir import ops
 from tunefleet.ir.codegen import build_source
 from tunefleet.ir.schedule import Schedule

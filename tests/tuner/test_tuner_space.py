@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+
 from tunefleet.ir import ops
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.schedule import Schedule

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from tunefleet.database import NewRecord, RecordStore, TargetInfo, WorkloadInfo
 from tunefleet.ir import ops, structural_hash
 from tunefleet.tuner import tune

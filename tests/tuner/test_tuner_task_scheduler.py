@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from tunefleet.coordinator.graph import Phase
 from tunefleet.coordinator.presets import resolve_model
 from tunefleet.coordinator.tasks import model_tasks

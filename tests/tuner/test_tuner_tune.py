@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from tunefleet.database import RecordStore
 from tunefleet.ir import ops, structural_hash
 from tunefleet.tuner import TuneError, tune

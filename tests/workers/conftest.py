@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tunefleet.workers.builder import BuildConfig
 from tunefleet.workers.targets import Target, detect_cpu
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from tunefleet.workers import probe_kernels as pk
 from tunefleet.workers.builder import BuildConfig, BuildInput, build
 from tunefleet.workers.results import Status

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from tunefleet.workers import probe_kernels as pk
 from tunefleet.workers.builder import compile_kernel
 from tunefleet.workers.results import MeasureConfig, MeasureResult, RunInput, Status

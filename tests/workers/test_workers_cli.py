@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tunefleet import ir
 from tunefleet.coordinator.cli import main
 from tunefleet.workers.targets import detect_cpu, detect_targets

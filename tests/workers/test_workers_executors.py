@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tunefleet.workers import probe_kernels as pk
 from tunefleet.workers.builder import BuildInput
 from tunefleet.workers.executor import ExecutorError, MeasureInput, create_executor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from tunefleet.ir.codegen import KernelArg
 from tunefleet.workers.inputs import ALIGN_BYTES, aligned, aligned_empty, prepare
 from tunefleet.workers.results import MeasureConfig, Problem

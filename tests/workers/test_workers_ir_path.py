@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+
 from tunefleet import ir
 from tunefleet.ir.ops import get_op
 from tunefleet.workers.builder import BuildInput, build

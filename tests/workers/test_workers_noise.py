@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from tunefleet.workers import cpu_load, gpu_load
 from tunefleet.workers.noise import (
     Contention,

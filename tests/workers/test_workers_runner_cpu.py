@@ -7,6 +7,7 @@ import statistics
 
 import numpy as np
 import pytest
+
 from tunefleet.workers import probe_kernels as pk
 from tunefleet.workers.builder import BuildInput, build
 from tunefleet.workers.checking import count_mismatches, from_storage, relative_error, to_storage

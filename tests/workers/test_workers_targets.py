@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tunefleet.workers.targets import Target, TargetError, TargetKind, detect_cpu
 
 
