@@ -244,12 +244,14 @@ def _progress_lines(op: str, work: int, nbytes: int) -> Callable[[Progress], Non
 
 def _summary(result: TuneResult, shape_text: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.4f} ms"
 
-    table = Table(title=f"{result.op} [{shape_text}] {result.dtype}", show_header=False)
+    title = escape(f"{result.op} [{shape_text}] {result.dtype}")  # brackets are not markup
+    table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     info = result.target

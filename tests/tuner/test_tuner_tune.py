@@ -186,3 +186,4 @@ def test_piped_progress_prints_plain_lines(tmp_path: Path, cpu) -> None:
     res = _tune_subprocess(tmp_path, *args)
     assert res.returncode == 0, res.stderr
     assert "add: 1/3 trials" in res.stdout and "add: 3/3 trials" in res.stdout
+    assert "add [m=8,n=64] float32" in res.stdout  # the summary's title keeps its brackets
