@@ -1,4 +1,5 @@
-"""Fixtures of the coordinator tests: a throwaway redis-server of their own, to kill."""
+"""Fixtures of the coordinator tests: the CPU target and a local executor (one per module, so a
+module may close it), and a throwaway redis-server of their own, to kill."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tunefleet.workers import BuildConfig, Executor, Target, create_executor, resolve_target
+
+
+@pytest.fixture(scope="module")
+def cpu() -> Target:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    return resolve_target("cpu")
+
+
+@pytest.fixture(scope="module")
+def executor(tmp_path_factory: pytest.TempPathFactory, cpu: Target) -> Iterator[Executor]:
+    cache = tmp_path_factory.mktemp("coordinator-kernels")
+    with create_executor("local", BuildConfig(cache_dir=str(cache), timeout_s=60)) as ex:
+        yield ex
 
 
 def free_port() -> int:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,11 +23,7 @@ from tunefleet.database import RecordStore
 from tunefleet.ir import ops, structural_hash
 from tunefleet.tuner.task_tuner import target_info
 from tunefleet.workers import (
-    BuildConfig,
-    Executor,
     MeasureConfig,
-    Target,
-    create_executor,
     resolve_target,
 )
 
@@ -37,20 +31,6 @@ MODEL = str(Path(__file__).parent / "data" / "tiny_llama.json")
 FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 CODE = "import sys; from tunefleet.coordinator.cli import main; sys.exit(main())"
 TASK_KEYS = {"name", "workload_key", "bucket", "weight", "trials", "best_ms", "default_ms"}
-
-
-@pytest.fixture(scope="module")
-def cpu() -> Target:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc")
-    return resolve_target("cpu")
-
-
-@pytest.fixture(scope="module")
-def executor(tmp_path_factory: pytest.TempPathFactory, cpu: Target) -> Iterator[Executor]:
-    cache = tmp_path_factory.mktemp("job-kernels")
-    with create_executor("local", BuildConfig(cache_dir=str(cache), timeout_s=60)) as ex:
-        yield ex
 
 
 def only(*op_names: str):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -24,12 +23,8 @@ from tunefleet.database import NewRecord, RecordStore, WorkloadInfo
 from tunefleet.ir.trace import Trace, trace_hash
 from tunefleet.tuner.task_tuner import Outcome, target_info
 from tunefleet.workers import (
-    BuildConfig,
     Executor,
     MeasureConfig,
-    Target,
-    create_executor,
-    resolve_target,
 )
 from tunefleet.workers import probe_kernels as pk
 from tunefleet.workers.builder import BuildInput
@@ -39,20 +34,6 @@ MODEL = str(Path(__file__).parent / "data" / "tiny_llama.json")
 FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 CODE = "import sys; from tunefleet.coordinator.cli import main; sys.exit(main())"
 DECODE_B1 = {"b": (1,), "m": (16,)}
-
-
-@pytest.fixture(scope="module")
-def cpu() -> Target:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc")
-    return resolve_target("cpu")
-
-
-@pytest.fixture(scope="module")
-def executor(tmp_path_factory: pytest.TempPathFactory, cpu: Target) -> Iterator[Executor]:
-    cache = tmp_path_factory.mktemp("fleet-kernels")
-    with create_executor("local", BuildConfig(cache_dir=str(cache), timeout_s=60)) as ex:
-        yield ex
 
 
 def norms_only(task, dims):
