@@ -27,19 +27,17 @@ them once before the loop:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .annotation_keys import (
     HOIST_LOADS,
     HOISTED_CALLS,
     HOISTED_LOADS,
-    PIPELINE_STAGES,
-    TENSORIZE,
     WGMMA_BATCH,
 )
 from .expr import BinOp, BufferLoad, Call, Cast, Const, Expr, Select, Var
-from .gpu_launch import BLOCK_TAGS
-from .pass_vectorize import vector_base
+from .pass_vectorize import rewrite_block_loops, vector_base
 from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt
 from .visit import descend, walk
 
@@ -82,20 +80,9 @@ def hoisted_loads(s: For) -> HoistedLoads | None:
 def hoist_loads(func: PrimFunc) -> PrimFunc:
     """Annotate every `hoist_loads` loop of the hoisted shape with its loads (see module)."""
 
-    def visit(s: Stmt, in_threads: bool) -> Stmt:
-        rebuilt = descend(s, in_threads, visit)
-        if rebuilt is not None:
-            return rebuilt
-        if not isinstance(s, For):
-            return s
+    def loop(s: For, pipelined: bool, recurse: Callable[[Stmt], Stmt]) -> Stmt:
+        out = dataclasses.replace(s, body=recurse(s.body))
         ann = dict(s.annotations)
-        if TENSORIZE in ann:
-            return s
-        if s.kind == "thread_binding" and s.thread != "vthread":
-            inner = in_threads or s.thread in BLOCK_TAGS
-            return dataclasses.replace(s, body=visit(s.body, inner))
-        out = dataclasses.replace(s, body=visit(s.body, in_threads))
-        pipelined = PIPELINE_STAGES in ann and not in_threads
         if HOIST_LOADS in ann and not pipelined and WGMMA_BATCH not in ann:
             found = hoisted_loads(s)
             if found is not None:
@@ -104,7 +91,7 @@ def hoist_loads(func: PrimFunc) -> PrimFunc:
                 )
         return out
 
-    return dataclasses.replace(func, body=visit(func.body, False))
+    return rewrite_block_loops(func, loop)
 
 
 # math calls worth computing once: libm calls gcc will not move out of a loop

@@ -15,6 +15,7 @@ cp.async. The renderer prints what the annotation says:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .annotation_keys import ASYNC_COPY, PIPELINE_STAGES, TENSORIZE, VECTOR_ACCESS
@@ -119,8 +120,14 @@ def vector_access(s: For) -> VectorAccess | None:
     return VectorAccess(n, tuple(loads.items()), store, store_base, copy)
 
 
-def mark_vector_loops(func: PrimFunc) -> PrimFunc:
-    """Annotate every innermost vector or unrolled loop the CUDA renderer widens (see module)."""
+LoopRewrite = Callable[[For, bool, Callable[[Stmt], Stmt]], Stmt]
+
+
+def rewrite_block_loops(func: PrimFunc, rewrite_loop: LoopRewrite) -> PrimFunc:
+    """Walk `func` the way the CUDA passes see it: tensorized loops are left alone and
+    thread-bound loops passed through; every other loop goes to `rewrite_loop(loop, pipelined,
+    recurse)`, where `pipelined` says it carries software-pipeline stages outside every
+    threadIdx loop (the pipelining pass expands it) and `recurse(body)` continues the walk."""
 
     def visit(s: Stmt, in_threads: bool) -> Stmt:
         rebuilt = descend(s, in_threads, visit)
@@ -134,13 +141,22 @@ def mark_vector_loops(func: PrimFunc) -> PrimFunc:
         if s.kind == "thread_binding" and s.thread != "vthread":
             inner = in_threads or s.thread in BLOCK_TAGS
             return dataclasses.replace(s, body=visit(s.body, inner))
-        innermost = not any(isinstance(n, For) for n in walk(s.body))
         pipelined = PIPELINE_STAGES in ann and not in_threads
+        return rewrite_loop(s, pipelined, lambda body: visit(body, in_threads))
+
+    return dataclasses.replace(func, body=visit(func.body, False))
+
+
+def mark_vector_loops(func: PrimFunc) -> PrimFunc:
+    """Annotate every innermost vector or unrolled loop the CUDA renderer widens (see module)."""
+
+    def loop(s: For, pipelined: bool, recurse: Callable[[Stmt], Stmt]) -> Stmt:
+        innermost = not any(isinstance(n, For) for n in walk(s.body))
         if s.kind in ("vectorized", "unrolled") and innermost and not pipelined:
             access = vector_access(s)
             if access is not None:
                 return dataclasses.replace(s, annotations=(*s.annotations, (VECTOR_ACCESS, access)))
             return s
-        return dataclasses.replace(s, body=visit(s.body, in_threads))
+        return dataclasses.replace(s, body=recurse(s.body))
 
-    return dataclasses.replace(func, body=visit(func.body, False))
+    return rewrite_block_loops(func, loop)
