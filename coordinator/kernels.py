@@ -87,6 +87,46 @@ def _dense_inputs(call: OpCall) -> tuple[list[TeTensor], TeTensor]:
     return [x, w], irops.dense_compute(x, w)
 
 
+def _grid_dense(call: OpCall, grid: tuple[Any, ...]) -> tuple[list[TeTensor], TeTensor]:
+    """A dense/q4_dense call with its `n` output columns laid out on `grid` (row-major), and
+    its weights (and bias) viewed the same way: `w[*grid, k]` is the memory of `w[n, k]`.
+    The products and roundings are the plain dense's; an epilogue that pairs columns reads
+    one tile of the grid, and the weight rows of a tile are one box."""
+    s, a, dt = _shape(call), call.attr, call.dtype
+    x = placeholder((s["m"], s["k"]), dt, "x")
+    r = reduce_axis(s["k"], "k")
+    if call.op == "q4_dense":
+        gs = a["group_size"]
+        qw = placeholder((*grid, s["k"] // 8), "uint32", "qweight")
+        sc = placeholder((*grid, s["k"] // gs), "float16", "scales")
+        ins = [x, qw, sc]
+
+        def weight(g: tuple[Expr, ...], kk: Expr) -> Expr:
+            nib = (qw[(*g, kk // 8)] >> ((kk % 8) * 4)) & 15
+            return (cast("float32", nib) - 8.0) * _f32(sc[(*g, kk // gs)])
+
+    else:
+        w = placeholder((*grid, s["k"]), dt, "w")
+        ins = [x, w]
+
+        def weight(g: tuple[Expr, ...], kk: Expr) -> Expr:
+            return _f32(w[(*g, kk)])
+
+    name = call.op
+    shape = (s["m"], *grid)
+    acc = compute(shape, lambda i, *g: reduce_sum(_f32(x[i, r]) * weight(g, r), r), name + "_acc")
+    if not a.get("bias"):
+        return ins, compute(shape, lambda i, *g: cast(dt, acc[(i, *g)]), name)
+    bias = placeholder(grid, dt, "bias")
+    if call.op == "q4_dense":  # the library's q4_dense rounds before the bias is added
+        y = compute(shape, lambda i, *g: cast(dt, acc[(i, *g)]), name)
+        out = compute(shape, lambda i, *g: cast(dt, _f32(y[(i, *g)]) + _f32(bias[g])),
+                      "bias_add")  # fmt: skip
+        return [*ins, bias], out
+    out = compute(shape, lambda i, *g: cast(dt, acc[(i, *g)] + _f32(bias[g])), name)
+    return [*ins, bias], out
+
+
 def _dense_add(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
     """y = x . W^T + residual."""
     ins, y = _dense_inputs(calls[0])
@@ -96,11 +136,12 @@ def _dense_add(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
 
 
 def _dense_act(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
-    """act(gate) * up over the two column halves of one dense."""
-    ins, gu = _dense_inputs(calls[0])
-    rows, inter = gu.shape[0], _shape(calls[1])["n"]
-    gate = compute((rows, inter), lambda i, j: gu[i, j], "gate")
-    up = compute((rows, inter), lambda i, j: gu[i, j + inter], "up")
+    """act(gate) * up over the two column halves of one dense, laid out `[tokens, 2, inter]`
+    with the weight viewed `[2, inter, k]`: gate column j and up column inter + j in one tile."""
+    inter = _shape(calls[1])["n"]
+    ins, gu = _grid_dense(calls[0], (2, inter))
+    gate = compute((gu.shape[0], inter), lambda i, j: gu[i, 0, j], "gate")
+    up = compute((gu.shape[0], inter), lambda i, j: gu[i, 1, j], "up")
     out = _activation(calls[1].op, gate, up)
     return create_prim_func([*ins, out], name="dense_" + calls[1].op)
 
@@ -123,22 +164,32 @@ def _gelu_mul(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
 
 
 def _dense_rope(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
-    """q|k|v projection with rope on the q and k heads, written as one `[tokens, heads, d]`
-    tensor whose v heads pass through unrotated.
+    """q|k|v projection with rope on the q and k heads, written as one
+    `[tokens, heads, 2, d/2]` tensor (the memory of `[tokens, heads, d]`) whose v heads pass
+    through unrotated.
 
     One output (the graph's rope output) lets a GPU schedule compute each head's projection
     where the head is written; two outputs fed by one reduction cannot share it in a kernel.
+    The halves that rope pairs are an axis of their own (element j of the first half turns
+    with element j of the second; the weight is viewed `[heads, 2, d/2, k]`), so a tile of
+    (head, j) holds both products of a pair.
     """
-    ins, qkv = _dense_inputs(calls[0])
     r = _shape(calls[1])
-    t, h, kv, d = r["m"], r["h"], r["kv"], r["d"]
-    heads = compute((t, h + 2 * kv, d), lambda i, hh, j: qkv[i, hh * d + j], "heads")
-    cos = placeholder((t, d // 2), "float32", "cos")
-    sin = placeholder((t, d // 2), "float32", "sin")
-    rotated = irops.rope_compute(heads, cos, sin, "rotated")
-    out = compute(heads.shape,
-                  lambda i, hh, j: select(hh < h + kv, rotated[i, hh, j], heads[i, hh, j]),
-                  "qkv_rope")  # fmt: skip
+    h, kv, d = r["h"], r["kv"], r["d"]
+    half = d // 2
+    ins, y = _grid_dense(calls[0], (h + 2 * kv, 2, half))
+    t = y.shape[0]
+    cos = placeholder((t, half), "float32", "cos")
+    sin = placeholder((t, half), "float32", "sin")
+    dt = calls[0].dtype
+
+    def body(i: Expr, hh: Expr, p: Expr, j: Expr) -> Expr:
+        other = _f32(y[i, hh, 1 - p, j])
+        sign = select(p < 1, -1.0, 1.0)
+        turned = cast(dt, _f32(y[i, hh, p, j]) * cos[i, j] + sign * other * sin[i, j])
+        return select(hh < h + kv, turned, y[i, hh, p, j])
+
+    out = compute(y.shape, body, "qkv_rope")
     return create_prim_func([*ins, cos, sin, out], name="dense_rope")
 
 

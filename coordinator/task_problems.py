@@ -8,7 +8,8 @@ text in its attrs (plain data: a Problem crosses process and Ray boundaries and 
 - inputs are drawn by each op's input maker, in the kernel's parameter order;
 - the reference runs each op's numpy reference on what the op before it would have stored
   (its output rounded to the task's dtype), reshaped to the layout the kernel writes: a q|k|v
-  dense with rope is `rope_ref(dense_ref(x, w))` on the q and k heads plus the v heads;
+  dense with rope is `rope_ref(dense_ref(x, w))` on the q and k heads plus the v heads, as
+  `[tokens, heads, 2, d/2]`;
   attention is `bmm_ref(softmax_ref(mask(bmm_ref(q, k))), v)` with grouped-query heads and, in
   prefill, the causal mask of new token i at position m - n + i.
 
@@ -182,13 +183,31 @@ def _epilogue_inputs(
     return []  # silu_mul / gelu_mul read only the anchor's gate|up columns
 
 
+def anchor_grid(chain: Chain, dims: Mapping[str, int]) -> tuple[int, ...] | None:
+    """The layout of the dense's `n` output columns that the fused kernel uses, when its
+    epilogue pairs columns (`coordinator.kernels` views the weights the same way): gate|up
+    as (2, inter), q|k|v heads with rope as (heads, 2, d/2); None for a plain `[m, n]`."""
+    if len(chain.calls) < 2:
+        return None
+    epi = chain.calls[1]
+    if epi.op in ("silu_mul", "gelu_mul"):
+        return (2, chain.calls[0].shape(dims)["n"] // 2)
+    if epi.op == "rope":
+        s = epi.static
+        return (s["h"] + 2 * s["kv"], 2, s["d"] // 2)
+    return None
+
+
 def _dense_chain_inputs(
     chain: Chain, dims: Mapping[str, int], rng: np.random.Generator
 ) -> list[np.ndarray]:
-    return [
-        *_anchor_inputs(chain.calls[0], dims, chain.dtype, rng),
-        *_epilogue_inputs(chain, dims, rng),
-    ]
+    """The anchor's and the epilogue's inputs; weight-side arrays (everything of the anchor
+    after x) reshaped to the kernel's grid view where it has one (same memory)."""
+    anchor = _anchor_inputs(chain.calls[0], dims, chain.dtype, rng)
+    grid = anchor_grid(chain, dims)
+    if grid is not None:
+        anchor = [anchor[0], *(a.reshape(*grid, *a.shape[1:]) for a in anchor[1:])]
+    return [*anchor, *_epilogue_inputs(chain, dims, rng)]
 
 
 def _gated(op: str, gate: np.ndarray, up: np.ndarray, dt: str) -> np.ndarray:
@@ -201,6 +220,12 @@ def _gated(op: str, gate: np.ndarray, up: np.ndarray, dt: str) -> np.ndarray:
 
 def _dense_chain_reference(chain: Chain, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
     anchor, dt = chain.calls[0], chain.dtype
+    if inputs[1].ndim > 2:  # weights in a grid view: back to rows of the plain dense
+        n = int(np.prod(inputs[1].shape[:-1]))
+        count = (3 if anchor.op == "q4_dense" else 2) + bool(anchor.attr.get("bias"))
+        rows = [a.reshape(n, -1) if a.ndim > len(inputs[1].shape) - 1 else a.reshape(n)
+                for a in inputs[1:count]]  # fmt: skip
+        inputs = (inputs[0], *rows, *inputs[count:])
     y, used = _anchor_reference(anchor, inputs, dt)
     if len(chain.calls) == 1:
         return (y,)
@@ -217,7 +242,7 @@ def _dense_chain_reference(chain: Chain, *inputs: np.ndarray) -> tuple[np.ndarra
         heads = ys.reshape(t, h + 2 * kv, d)  # q | k | v heads; v passes through
         qk = get_op("rope").reference(heads[:, : h + kv], *rest[:2])
         v = _decoded(heads[:, h + kv :], dt).astype(np.float32)
-        return (np.concatenate([qk, v], axis=1),)
+        return (np.concatenate([qk, v], axis=1).reshape(t, h + 2 * kv, 2, d // 2),)
     raise TaskProblemError(f"no reference for epilogue {epi.op!r}")
 
 
