@@ -91,7 +91,10 @@ def _run(func: object, inputs: Sequence[np.ndarray], dims: Mapping[str, int]) ->
                        check=True, capture_output=True)  # fmt: skip
         tmp.replace(lib)
     fn = getattr(ctypes.CDLL(str(lib)), ks.entry)
-    arrays = [np.ascontiguousarray(a) for a in inputs]
+    # fused kernels view weights in the layout their epilogue pairs (e.g. [heads, 2, d/2, k]);
+    # the numpy arrays are reshaped to it, which keeps their memory as it is
+    arrays = [np.ascontiguousarray(a).reshape(_shape(arg.shape, dims))
+              for a, arg in zip(inputs, ks.buffer_args, strict=False)]  # fmt: skip
     for arg in ks.buffer_args[len(inputs) :]:
         arrays.append(np.full(_shape(arg.shape, dims), np.nan, dtype=numpy_dtype(arg.dtype)))
     for arg, arr in zip(ks.buffer_args, arrays, strict=True):
@@ -148,7 +151,8 @@ def test_fused_qkv_rope_runs_like_numpy(cfg: ModelConfig) -> None:
     ang = rng.uniform(-3, 3, (t, d // 2)).astype(np.float32)
     ins = [x, w] + ([_randn((h + 2 * kv) * d)] if cfg.qkv_bias else [])
     (out,) = _run(build_func(group, Phase.PREFILL), [*ins, np.cos(ang), np.sin(ang)], {"n": t})
-    qk, v = out[:, : h + kv], out[:, h + kv :]  # one [tokens, q|k|v heads, d] output
+    out = out.reshape(t, h + 2 * kv, d)  # [tokens, q|k|v heads, 2, d/2] is [tokens, heads, d]
+    qk, v = out[:, : h + kv], out[:, h + kv :]
     qkv = x.astype(np.float64) @ w.T + (ins[2] if cfg.qkv_bias else 0)
     qkv = qkv.reshape(t, h + 2 * kv, d)
     np.testing.assert_allclose(qk, _rope(qkv[:, : h + kv], np.cos(ang), np.sin(ang)),
