@@ -102,7 +102,9 @@ def reverse_compute_at(state: ScheduleState, block: RV, loop: RV) -> None:
     """Move a consumer under a loop of its producer, computing the region produced there.
 
     Needs a spatial block that reads the producer's buffer at exactly its iter vars, and a
-    loop that does not iterate the producer's reduction (its values would not be final).
+    loop that does not iterate the producer's reduction (its values would not be final). A
+    dim the block reads at several points (an epilogue pairing two columns) must be produced
+    whole under the loop; the block's iter vars that index no dim alone then run in full.
 
         for i_0 in range(8): for i_1 in range(8): B[i_0*8 + i_1] = A[i_0*8 + i_1] + 1
         for i in range(64): C[i] = B[i] * 2
@@ -152,11 +154,19 @@ def reverse_compute_at(state: ScheduleState, block: RV, loop: RV) -> None:
                 )
     buf = next(iter(writes_of(producers_under[0].block) & reads_of(blk)))
     loads = [n for n in walk(blk.body) if isinstance(n, BufferLoad) and n.buffer == buf]
-    idx = loads[0].indices
-    if any(ld.indices != idx for ld in loads) or not is_identity_write(blk, idx):
+    spatial = {iv.var for iv in blk.iter_vars if iv.kind == "spatial"}
+    # per dim of buf, the consumer iter var that indexes it alone, or None: a dim read at
+    # several points (a pair) must then be produced whole under the loop
+    dim_vars: list[Var | None] = []
+    for d in range(len(buf.shape)):
+        seen = {ld.indices[d] for ld in loads}
+        only = next(iter(seen)) if len(seen) == 1 else None
+        dim_vars.append(only if isinstance(only, Var) and only in spatial else None)
+    named = [v for v in dim_vars if v is not None]
+    if len(set(named)) != len(named) or not is_identity_write(blk, store.indices):
         raise ScheduleError(
             f"reverse_compute_at needs block {blk.name!r} to read {buf.name} at "
-            "exactly its iter vars"
+            "exactly its iter vars (or whole along the dims it reads at several points)"
         )
     per_dim: list[list[Expr]] = [[] for _ in buf.shape]
     for p in producers_under:
@@ -173,13 +183,19 @@ def reverse_compute_at(state: ScheduleState, block: RV, loop: RV) -> None:
             "is a dense box (strided, fused or mixed indices); move the consumer to a "
             "loop whose inner loops index the buffer directly"
         )
-    # express windows per dim of the consumer's own store
-    var_window = {v: buf_windows[d] for d, v in enumerate(idx)}
-    windows = (
-        [var_window[v] for v in store.indices] if is_identity_write(blk, store.indices) else None
-    )
-    if windows is None:
-        raise ScheduleError(f"block {blk.name!r} must store at exactly its iter vars")
+    for d, v in enumerate(dim_vars):
+        off, ext = buf_windows[d]
+        if v is None and not (off == const(0) and simplify(ext - buf.shape[d]) == const(0)):
+            raise ScheduleError(
+                f"block {blk.name!r} reads dim {d} of {buf.name} at several points, and "
+                f"loop {lp.var.name} produces only part of that dim; move it to a loop "
+                "under which the dim is produced whole"
+            )
+    # express windows per dim of the consumer's own store; an iter var that indexes no dim
+    # of buf alone (it picks within a pair) runs over its whole domain
+    var_window = {v: buf_windows[d] for d, v in enumerate(dim_vars) if v is not None}
+    doms = {iv.var: (iv.dom.min, iv.dom.extent) for iv in blk.iter_vars}
+    windows = [var_window.get(v, doms[v]) for v in store.indices]
     guards = inherited_guards(producers_under, buf, per_dim, chain_vars)
     move_into(state, blk, windows, pos, lp, at_end=True, extra_guards=guards)
 

@@ -10,6 +10,7 @@ from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks, find_block, reduce_loop_vars, writes_of
 from tunefleet.ir.stmt import PrimFunc
 from tunefleet.ir.trace import RV
+from tunefleet.ir.visit import free_vars
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,69 @@ def reduced_output(sch: Schedule, block: str) -> ReducedOutput | None:
     if not producers or not all(is_reduction(probe.func, probe.get(p).name) for p in producers):
         return None
     return ReducedOutput(probe, out, producers)
+
+
+@dataclass(frozen=True)
+class PairedOutput:
+    """A reduction whose single consumer writes a function output and may read it at several
+    points (an epilogue pairing columns, e.g. rope's halves or gate|up), seen in a probe.
+
+    `pair_axes` are the reduction's spatial axes that one output element reads whole (the
+    consumer's read region spans them); `pair_loops` are the consumer's loops (positions)
+    that index no axis of the reduction: they pick within a pair. Both are empty for a
+    plain elementwise consumer.
+    """
+
+    probe: Schedule
+    acc: RV
+    out: RV
+    pair_axes: tuple[int, ...]
+    pair_loops: tuple[int, ...]
+
+
+def paired_output(sch: Schedule, block: str) -> PairedOutput | None:
+    """`block` as a reduction feeding one unscheduled output block, or None.
+
+    Before (rope on a q|k|v dense laid out [t, heads, 2, d/2]): `qkv_rope[i, hh, p, j]`
+    reads `dense_acc[i, hh, 0:2, j]`; here pair_axes = (2,), pair_loops = (2,) (loop p).
+    """
+    if not is_reduction(sch.func, block):
+        return None
+    probe = sch.copy()
+    acc = probe.get_block(block)
+    consumers = probe.get_consumers(acc)
+    if len(consumers) != 1:
+        return None
+    out = consumers[0]
+    name = probe.get(out).name
+    if is_reduction(probe.func, name) or not writes_output(probe.func, name):
+        return None
+    if any(probe.get(lp).kind != "serial" for lp in probe.get_loops(out)):
+        return None
+    acc_buf = probe.get(acc).writes[0].buffer
+    regions = [r for r in probe.get(out).reads if r.buffer == acc_buf]
+    if len(regions) != 1:
+        return None
+    axes = tuple(i for i, rg in enumerate(regions[0].region)
+                 if not (isinstance(rg.extent, Const) and int(rg.extent.value) == 1))  # fmt: skip
+    found = find_block(probe.func, name)
+    assert found is not None
+    br = found[0]
+    used = {v for rg in regions[0].region for v in free_vars(rg.min)}
+    bound = {iv.var: val for iv, val in zip(br.block.iter_vars, br.iter_values, strict=True)}
+    loops = probe.get_loops(out)
+    pair_loops = tuple(
+        n for n, lp in enumerate(loops)
+        if not any(probe.get(lp).var in free_vars(bound[v]) for v in used if v in bound)
+        and loop_extent(probe, lp) != 1
+    )  # fmt: skip
+    return PairedOutput(probe, acc, out, axes, pair_loops)
+
+
+def loop_extent(sch: Schedule, loop: RV) -> int | None:
+    """A loop's constant extent (None if symbolic)."""
+    ext = sch.get(loop).extent
+    return int(ext.value) if isinstance(ext, Const) else None
 
 
 def divisors_among(extent: int | None, candidates: tuple[int, ...]) -> list[int]:

@@ -6,13 +6,23 @@ loads `vec` contiguous elements of w and x per step (16 bytes for 8 halves), all
 unrolled so many loads are in flight; the partial sums meet in a cross-thread reduction and
 the row's accumulator lives in a register. `rows` rows share a block (threadIdx.y). Sampled:
 rows in {1, 2, 4, 8}, lanes in {32, 64, 128} (one to four warps per row), vec in {2, 4, 8}.
+
+A fused epilogue that pairs columns (rope's halves, gate|up; `block_info.paired_output`) is
+claimed at the reduction: the output's loops that pick within a pair go innermost, the others
+are fused into rows, and a row's accumulator holds the whole pair (a register per column,
+each with its own cross-thread reduction), so the epilogue is written from registers:
+
+    blockIdx.x, threadIdx.y: row (head, j)     # rope: 48 x 64 rows for 48 heads of d=128
+      for p in 2: acc[p] = allreduce(sum over threadIdx.x's share of k)
+      for p in 2: out[hh, p, j] = rope(acc[p], acc[1 - p])
 """
 
 from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.trace import RV
 
-from .block_info import divisors_among, loop_infos, reduced_output, uniform
+from .block_info import divisors_among, loop_infos, paired_output, reduced_output, uniform
 from .space import ScheduleRule, SpaceContext, try_fork
 
 ROWS = (1, 2, 4, 8)
@@ -24,8 +34,12 @@ class GpuGemv(ScheduleRule):
     """Split-K across the threads of a row for decode-shaped dense outputs."""
 
     name = "gpu_gemv"
+    version = 2  # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
+        paired = paired_output(sch, block) if ctx.is_gpu else None
+        if paired is not None and paired.pair_axes:
+            return _paired(sch, block)
         found = reduced_output(sch, block) if ctx.is_gpu else None
         if found is None or len(found.producers) != 1:
             return []
@@ -42,8 +56,7 @@ class GpuGemv(ScheduleRule):
         pairs = [(lane, v) for lane in LANES for v in VECS if k % (lane * v) == 0]
         if not rows or not pairs:
             return []
-        lanes = sorted({p[0] for p in pairs})
-        vecs = sorted({p[1] for p in pairs if k % (max(lanes) * p[1]) == 0}) or [min(VECS)]
+        lanes, vecs = _lanes_vecs(pairs, k)
 
         def build(t: Schedule) -> None:
             o = t.get_block(block)
@@ -55,14 +68,74 @@ class GpuGemv(ScheduleRule):
             t.bind(j1, "threadIdx.y")
             t.compute_at(acc, j1)
             t.set_scope(acc, 0, "local")
-            kk = t.get_loops(acc)[-1]
-            lane = t.sample_categorical(lanes, uniform(len(lanes)))
-            vec = t.sample_categorical(vecs, uniform(len(vecs)))
-            k0, tx, v = t.split(kk, [None, lane, vec])
-            t.reorder(tx, k0, v)
-            t.bind(tx, "threadIdx.x")
-            t.unroll(k0)
-            t.unroll(v)
+            _split_k(t, acc, lanes, vecs)
 
         made = try_fork(sch, build)
         return [made] if made is not None else []
+
+
+def _lanes_vecs(pairs: list[tuple[int, int]], k: int) -> tuple[list[int], list[int]]:
+    """The lane and vector-width candidates of a k extent, from its (lanes, vec) pairs."""
+    lanes = sorted({p[0] for p in pairs})
+    vecs = sorted({p[1] for p in pairs if k % (max(lanes) * p[1]) == 0}) or [min(VECS)]
+    return lanes, vecs
+
+
+def _split_k(t: Schedule, acc: RV, lanes: list[int], vecs: list[int]) -> None:
+    """The accumulator's k loop split over threadIdx.x lanes with `vec`-wide unrolled steps."""
+    kk = t.get_loops(acc)[-1]
+    lane = t.sample_categorical(lanes, uniform(len(lanes)))
+    vec = t.sample_categorical(vecs, uniform(len(vecs)))
+    k0, tx, v = t.split(kk, [None, lane, vec])
+    t.reorder(tx, k0, v)
+    t.bind(tx, "threadIdx.x")
+    t.unroll(k0)
+    t.unroll(v)
+
+
+def _paired(sch: Schedule, block: str) -> list[Schedule]:
+    """The GEMV form for a reduction whose output epilogue pairs its columns (module doc)."""
+    found = paired_output(sch, block)
+    assert found is not None
+    probe = found.probe
+    acc_loops = loop_infos(probe, found.acc)
+    out_loops = loop_infos(probe, found.out)
+    if not acc_loops[-1].reduce or sum(i.reduce for i in acc_loops) != 1:
+        return []
+    if acc_loops[0].extent != 1 or any(i.extent is None for i in (*acc_loops, *out_loops)):
+        return []  # one token (m = 1) and static extents only
+    pair_loops = set(found.pair_loops)
+    rows = [n for n, i in enumerate(out_loops) if n not in pair_loops and i.extent != 1]
+    if not rows:
+        return []
+    n_rows = 1
+    for n in rows:
+        n_rows *= out_loops[n].extent or 1
+    k = acc_loops[-1].extent or 0
+    row_sizes = divisors_among(n_rows, ROWS)
+    pairs = [(lane, v) for lane in LANES for v in VECS if k % (lane * v) == 0]
+    if not row_sizes or not pairs:
+        return []
+    lanes, vecs = _lanes_vecs(pairs, k)
+    out_name = probe.get(found.out).name
+
+    def build(t: Schedule) -> None:
+        o = t.get_block(out_name)
+        acc = t.get_block(block)
+        loops = t.get_loops(o)
+        pick = [loops[n] for n in sorted(pair_loops)]
+        if pick:
+            t.reorder(*(loops[n] for n in rows), *pick)
+        row = t.fuse(*(loops[n] for n in rows)) if len(rows) > 1 else loops[rows[0]]
+        r = t.sample_categorical(row_sizes, uniform(len(row_sizes)))
+        j0, j1 = t.split(row, [None, r])
+        t.bind(j0, "blockIdx.x")
+        t.bind(j1, "threadIdx.y")
+        t.compute_at(acc, j1)
+        t.set_scope(acc, 0, "local")
+        _split_k(t, acc, lanes, vecs)
+        for lp in pick:
+            t.unroll(lp)
+
+    made = try_fork(sch, build)
+    return [made] if made is not None else []

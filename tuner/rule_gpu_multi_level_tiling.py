@@ -44,7 +44,14 @@ from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import read_only_buffers
 from tunefleet.ir.trace import RV
 
-from .block_info import LoopInfo, is_reduction, loop_infos, uniform, writes_output
+from .block_info import (
+    LoopInfo,
+    is_reduction,
+    loop_infos,
+    paired_output,
+    uniform,
+    writes_output,
+)
 from .rule_auto_unroll import MAX_STEPS
 from .space import ScheduleRule, SpaceContext, try_fork
 
@@ -76,6 +83,7 @@ class GpuMultiLevelTiling(ScheduleRule):
     """SSSRRSRS tiling with shared-memory inputs and register accumulation on CUDA."""
 
     name = "gpu_multi_level_tiling"
+    version = 2  # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         if not ctx.is_gpu or not is_reduction(sch.func, block):
@@ -87,12 +95,17 @@ class GpuMultiLevelTiling(ScheduleRule):
             return []
         if any(probe.get(i.rv).kind != "serial" for i in infos):
             return []  # already scheduled by another rule
-        spatial = [i for i in infos if not i.reduce and (i.extent or 0) > 1]
-        reduce = [i for i in infos if i.reduce and (i.extent or 0) > 1]
-        if not 2 <= len(spatial) <= MAX_SPATIAL or sum(i.reduce for i in infos) != 1:
-            return []
         consumer = _cast_consumer(probe, block)
         if consumer is False:
+            return []
+        paired = paired_output(sch, block) if consumer else None
+        pairing = Pairing(paired.pair_axes, paired.pair_loops) if paired else Pairing((), ())
+        if pairing.axes and len(infos) != len(probe.get(b).iter_vars):
+            return []
+        spatial = [i for n, i in enumerate(infos)
+                   if not i.reduce and (i.extent or 0) > 1 and n not in pairing.axes]  # fmt: skip
+        reduce = [i for i in infos if i.reduce and (i.extent or 0) > 1]
+        if not 2 <= len(spatial) <= MAX_SPATIAL or sum(i.reduce for i in infos) != 1:
             return []
         k_sets = _k_sets(reduce[0].extent or 1)
         level_sets = _level_sets([i.extent or 1 for i in spatial])
@@ -100,7 +113,9 @@ class GpuMultiLevelTiling(ScheduleRule):
         for pad in PAD_BYTES:
             made = try_fork(
                 sch,
-                lambda t, p=pad: _build(t, block, consumer or None, k_sets, level_sets, p),
+                lambda t, p=pad: _build(
+                    t, block, consumer or None, k_sets, level_sets, p, pairing
+                ),
             )
             if made is not None:
                 out.append(made)
@@ -160,6 +175,15 @@ def _tile_spatial(t: Schedule, lp: LoopInfo, sets: list[list[int]]) -> _SpatialT
     return _SpatialTiles((s0_, s1_, s2_, s3_, s4_), tx, (s1, s3, s4))
 
 
+@dataclass(frozen=True)
+class Pairing:
+    """The accumulator axes an epilogue reads whole (kept in each thread's registers,
+    innermost) and the output loops that pick within them (`block_info.PairedOutput`)."""
+
+    axes: tuple[int, ...]
+    loops: tuple[int, ...]
+
+
 def _build(
     t: Schedule,
     block: str,
@@ -167,6 +191,7 @@ def _build(
     k_sets: list[list[int]],
     level_sets: list[list[list[int]]],
     pad: int,
+    pairing: Pairing,
 ) -> None:
     b = t.get_block(block)
     if consumer is None:
@@ -175,14 +200,16 @@ def _build(
         out = t.get_block(consumer)
         t.set_scope(b, 0, "local")
     infos = loop_infos(t, b)
-    spatial = [i for i in infos if not i.reduce and (i.extent or 0) > 1]
+    pair = [infos[n].rv for n in pairing.axes]
+    spatial = [i for n, i in enumerate(infos)
+               if not i.reduce and (i.extent or 0) > 1 and n not in pairing.axes]  # fmt: skip
     (red,) = [i for i in infos if i.reduce and (i.extent or 0) > 1]
     tiles = [_tile_spatial(t, lp, sets) for lp, sets in zip(spatial, level_sets, strict=True)]
     r1_, r2_ = (t.sample_categorical(c, uniform(len(c))) for c in k_sets)
     r0, r1, r2 = t.split(red.rv, [None, r1_, r2_])
     lv = [[tile.levels[n] for tile in tiles] for n in range(5)]
     unit = [i.rv for i in infos if not i.reduce and (i.extent or 0) <= 1]
-    t.reorder(*unit, *lv[0], r0, *lv[1], *lv[2], r1, *lv[3], r2, *lv[4])
+    t.reorder(*unit, *lv[0], r0, *lv[1], *lv[2], r1, *lv[3], r2, *lv[4], *pair)
     # regions first, while every index is a plain sum of split loops
     inputs = [r.buffer for r in t.get(b).reads if r.buffer in t.func.inputs]
     shared = []
@@ -195,6 +222,10 @@ def _build(
                 tile_buf, 0, len(buf.shape) - 2, BANK_BYTES // itemsize(buf.dtype), width
             )
         shared.append(tile_buf)
+    if pairing.loops:  # the output's loops that pick within a pair go innermost
+        o_loops = t.get_loops(out)
+        t.reorder(*(lp for n, lp in enumerate(o_loops) if n not in pairing.loops),
+                  *(o_loops[n] for n in pairing.loops))  # fmt: skip
     t.reverse_compute_at(out, lv[0][-1])
     for v, axis in zip(reversed(lv[0]), BLOCK_AXES, strict=False):
         t.bind(v, axis)
@@ -202,7 +233,7 @@ def _build(
         t.bind(v, "vthread")
     tx = t.fuse(*lv[2])
     t.bind(tx, "threadIdx.x")
-    for v in (*lv[3], r2, *lv[4]):
+    for v in (*lv[3], r2, *lv[4], *pair):
         t.unroll(v)
     limit = t.sample_categorical(list(MAX_STEPS), uniform(len(MAX_STEPS)))
     t.annotate(r1, AUTO_UNROLL, limit)  # R1 unrolled too when its nest is short enough
@@ -213,7 +244,7 @@ def _build(
     vec = t.sample_categorical(widths, uniform(len(widths)))
     for tile_buf in shared:
         fetch_cooperatively(t, tile_buf, len(unit) + len(lv[0]) + 1, threads, vec)
-    _bind_write_back(t, out, tiles, len(unit) + len(lv[0]))
+    _bind_write_back(t, out, tiles, len(unit) + len(lv[0]), len(pairing.loops))
     t.decompose_reduction(b, r0)
 
 
@@ -228,10 +259,17 @@ def fetch_cooperatively(t: Schedule, tile: RV, depth: int, threads: list[RV], ve
     t.vectorize(parts[-1])
 
 
-def _bind_write_back(t: Schedule, out: RV, tiles: list[_SpatialTiles], depth: int) -> None:
+def _bind_write_back(
+    t: Schedule, out: RV, tiles: list[_SpatialTiles], depth: int, picks: int = 0
+) -> None:
     """Split the write-back nest (one loop per tiled spatial loop, the block's tile) the way
-    the compute nest is split, so that each thread reads its own registers."""
+    the compute nest is split, so that each thread reads its own registers; the `picks`
+    innermost loops (within a pair) stay in the thread, unrolled."""
     loops = t.get_loops(out)[depth:]
+    if picks:
+        for lp in loops[-picks:]:
+            t.unroll(lp)
+        loops = loops[:-picks]
     levels: list[list[RV]] = [[], [], [], []]
     for lp, tile in zip(loops, tiles, strict=True):
         s1, s3, s4 = tile.inner

@@ -32,7 +32,9 @@ from tunefleet.ir import Var, bytes_moved, flops, simplify, structural_hash
 from tunefleet.ir import ops as irops
 from tunefleet.ir.codegen import KernelSource, build_source
 from tunefleet.ir.dtypes import numpy_dtype
+from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.expr import Const
+from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.visit import free_vars, substitute
 
 TINY = PRESETS["tiny"]
@@ -196,6 +198,39 @@ def test_fused_mlp_and_residuals_run_like_numpy(cfg: ModelConfig) -> None:
     (y,) = _run(build_func(groups["down_proj+mlp_residual"], Phase.DECODE), [act, wd, res],
                 {"b": t})  # fmt: skip
     np.testing.assert_allclose(y, act.astype(np.float64) @ wd.T + res, rtol=1e-4, atol=1e-4)
+
+
+@pytestmark_gcc
+@pytest.mark.parametrize("name", ["gate_up_proj+act", "qkv_proj+rope"])
+def test_paired_epilogue_moves_under_the_dense_where_its_pairs_are_whole(name: str) -> None:
+    """An epilogue reading two columns of the accumulator (gate|up, rope's halves) moves under
+    a dense loop only where both are produced; there it computes what the plain kernel does."""
+    group, dims = _groups(TINY, Phase.DECODE)[name], {"b": 3}
+    func = build_func(group, Phase.DECODE)
+    sch = Schedule(func)
+    for blk in [b for b in ("dense", "gate", "up") if _has_block(sch, b)]:
+        sch.compute_inline(sch.get_block(blk))
+    acc = sch.get_block("dense_acc")
+    (out,) = sch.get_consumers(acc)
+    loops = sch.get_loops(acc)
+    pair = 1 if name == "gate_up_proj+act" else 2  # the [.., 2, ..] axis of the accumulator
+    with pytest.raises(ScheduleError, match="several points"):
+        sch.copy().reverse_compute_at(out, loops[pair])
+    sch.reorder(*loops[:pair], *loops[pair + 1 : -1], loops[pair])  # pair loop innermost
+    sch.reverse_compute_at(out, loops[-2])
+    src = build_source(sch).source
+    assert src != build_source(func).source
+    ins = [_randn(*_shape(a.shape, dims)) for a in build_source(func).buffer_args[:-1]]
+    np.testing.assert_allclose(_run(sch, ins, dims)[0], _run(func, ins, dims)[0], rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+
+
+def _has_block(sch: Schedule, name: str) -> bool:
+    try:
+        sch.get_block(name)
+    except ScheduleError:
+        return False
+    return True
 
 
 @pytestmark_gcc

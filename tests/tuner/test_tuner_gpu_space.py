@@ -73,3 +73,28 @@ def test_shared_memory_limit_follows_the_architecture() -> None:
     for arch in ("sm_89", ""):
         reason = VerifyGpuLimits().check(sch, SpaceContext(Target.cuda(arch)))
         assert reason is not None and "shared memory" in reason
+
+
+def _fused_sampler(name: str, dims: dict[str, int]) -> SpaceSampler:
+    """The CUDA space of a Llama-3-8B decode fused task, specialised at `dims`."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.job_plan import specialize
+    from tunefleet.coordinator.presets import PRESETS
+    from tunefleet.coordinator.tasks import model_tasks
+
+    task = next(t for t in model_tasks(PRESETS["llama-3-8b"], Phase.DECODE) if t.name == name)
+    func = specialize(task.func, {"m": 1024, **dims})
+    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, CTX)
+    return SpaceSampler(func, sketches, CTX, default_postprocs("cuda"))
+
+
+@pytest.mark.parametrize("name", ["qkv_proj+rope", "gate_up_proj+act"])
+@pytest.mark.parametrize(("b", "rule"), [(1, "gpu_gemv"), (16, "gpu_multi_level_tiling")])
+def test_fused_epilogues_that_pair_columns_get_tiled_spaces(name, b, rule, nvcc_compiles) -> None:
+    """rope and gate|up read two columns of the dense per output element; their spaces keep
+    the pair in one thread's registers instead of falling back to the naive default."""
+    sampler = _fused_sampler(name, {"b": b})
+    assert any(f"{rule}(dense_acc)" in s.name for s in sampler.sketches), [
+        s.name for s in sampler.sketches
+    ]
+    nvcc_compiles(sampler)
