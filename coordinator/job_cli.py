@@ -8,11 +8,13 @@ model jobs on the CLI.
     tunefleet job resume JOB_ID [--redis URL] [--json]
     tunefleet job watch JOB_ID [--redis URL]
     tunefleet job submit --address URL (--model ... | --job JOB_ID) [--json]   (a Ray cluster)
+    tunefleet job submit --k8s [--dry-run] [--namespace NS] [--image IMG] [--cluster NAME]
+                         (--model ... | --job JOB_ID)        (a KubeRay RayJob, docs/deploy.md)
     tunefleet job logs JOB_ID            tunefleet job cancel JOB_ID
 
 Progress is a live table on a terminal and one plain line per round when piped. Environment
-variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR, TUNEFLEET_REDIS_URL, RAY_ADDRESS) are read here
-and nowhere deeper.
+variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR, TUNEFLEET_REDIS_URL, RAY_ADDRESS, KUBECONFIG)
+are read here and nowhere deeper.
 """
 
 from __future__ import annotations
