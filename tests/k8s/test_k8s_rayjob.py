@@ -5,8 +5,12 @@ Kubernetes API, or says in one line why it cannot."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +24,10 @@ from test_k8s_manifests import validate_pod_template
 
 from tunefleet.coordinator import k8s_jobs
 from tunefleet.coordinator.cli import main
+from tunefleet.coordinator.fleet_state import open_fleet_state
 from tunefleet.coordinator.job_cli import job_config
+from tunefleet.coordinator.jobs import JobConfig
+from tunefleet.database import RecordStore
 from tunefleet.tuner.cli import tune
 
 DB_PASSWORD, REDIS_PASSWORD = "S3cretDbPw", "R3disPw"
@@ -326,3 +333,39 @@ def test_the_entrypoint_finds_redis_in_the_env_as_the_cluster_sets_it(
     # an operator tune ignores the env's Redis (only a --redis typed with it is an error)
     assert main(["tune", "matmul", "--shape", "m=oops"]) == 2
     assert "--redis" not in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_the_rendered_entrypoint_runs_a_job_to_done_with_the_pods_env(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, postgres_url: str, redis_url: str,
+) -> None:  # fmt: skip
+    """What a RayJob's pod does: run the entrypoint through a shell (as Ray does) with only
+    the env the manifests give (the database and Redis URLs): the job runs to done in
+    PostgreSQL and its events reach Redis."""
+    args = ["--model", "tiny", "--budget", "2", "--phase", "decode", "--batch-size", "2"]
+    _, rayjob = dry_run(capsys, *args)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TUNEFLEET_DB_URL": postgres_url,
+        "TUNEFLEET_REDIS_URL": redis_url,
+        "TUNEFLEET_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(rayjob["spec"]["entrypoint"], shell=True, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"^job (\d+): done, 2/2 trials", done.stdout, re.MULTILINE)
+    assert match, done.stdout
+    job_id = int(match.group(1))
+    with RecordStore.open(postgres_url) as store:
+        info = store.get_job(job_id)
+    assert info is not None and info.status == "done"
+    assert JobConfig.from_json(info.config) == job_config(
+        "tiny", target="cpu", budget=2, time_text=None, phase_text="decode", set_text="",
+        scheduler="gradient", strategy="evolutionary", seed=0, batch_size=2,
+    )  # fmt: skip
+    with open_fleet_state(redis_url) as fleet:
+        kinds = [e.fields.get("type") for e in fleet.read_events(str(job_id), "0", count=1000)]
+    assert kinds[0] == "start" and kinds[-1] == "end", kinds
