@@ -86,7 +86,6 @@ def ray_container(name: str, image: str, *, head: bool, gpu: bool = False) -> di
             {"name": "client", "containerPort": 10001},
             *ports,
         ]
-    if head:
         requests: dict[str, Any] = {"cpu": "2", "memory": "8Gi"}
         limits: dict[str, Any] = {"cpu": "4", "memory": "8Gi"}
     elif gpu:
