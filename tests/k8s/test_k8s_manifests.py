@@ -17,6 +17,7 @@ from k8s_support import (
     pod_templates,
     render,
 )
+from kuberay_schema import kuberay_errors
 
 from tunefleet.coordinator import k8s_jobs
 
@@ -41,12 +42,13 @@ def validate_pod_template(template: dict, where: str) -> None:
 
 
 @pytest.mark.parametrize("part", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
-def test_every_built_in_resource_is_valid_for_the_named_kubernetes_version(part: str) -> None:
+def test_every_resource_is_valid_for_the_named_kubernetes_and_kuberay_versions(part: str) -> None:
     resources = render(part)
     kinds = {r["kind"] for r in resources}
     assert kinds == BUILT_IN - ({"Namespace"} if part == "base" else set()) | {"RayCluster"}
     for res in resources:
-        if res["kind"] == "RayCluster":
+        if res["kind"] == "RayCluster":  # KubeRay's kind: its CRD schema (k8s/schemas/)
+            assert kuberay_errors(res, KUBERNETES_VERSION) == [], res["metadata"]["name"]
             continue
         try:
             kubernetes_validate.validate(res, KUBERNETES_VERSION, strict=True)

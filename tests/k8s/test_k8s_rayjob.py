@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_support import credential_leaks, pod_templates, render
+from k8s_support import KUBERNETES_VERSION, credential_leaks, pod_templates, render
+from kuberay_schema import kuberay_errors
 from test_k8s_manifests import validate_pod_template
 
 from tunefleet.coordinator import k8s_jobs
@@ -51,9 +52,12 @@ def _credentials_in_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 
 def dry_run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, dict[str, Any]]:
+    """The printed RayJob, which must be valid under KubeRay's CRD schema (k8s/schemas/)."""
     assert main([*SUBMIT, "--dry-run", *args]) == 0
     out = capsys.readouterr().out
-    return out, yaml.safe_load(out)
+    rayjob = yaml.safe_load(out)
+    assert kuberay_errors(rayjob, KUBERNETES_VERSION) == []
+    return out, rayjob
 
 
 @pytest.mark.parametrize("tuning", TUNING, ids=["tiny", "all-options", "cpu-hours"])
@@ -131,6 +135,40 @@ def test_an_existing_job_of_the_cluster_database_is_resumed(
     _, rayjob = dry_run(capsys, "--job", "7", "--workers", "ray", "--cluster", "tunefleet")
     assert rayjob["spec"]["entrypoint"] == "tunefleet job resume 7 --workers ray"
     assert rayjob["metadata"]["name"].startswith("tunefleet-job-7-")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [*TUNING, [*TUNING[0], "--cluster", "tunefleet"], [*TUNING[1], "--cluster", "tunefleet"],
+     ["--job", "7", "--target", "cuda"], ["--job", "7", "--cluster", "tunefleet"],
+     [*TUNING[0], "--target", "cuda", "--image", "registry.example/tunefleet:1.2"]],
+    ids=["tiny", "all-options", "cpu-hours", "tiny-on-cluster", "all-options-on-cluster",
+         "resume-cuda", "resume-on-cluster", "cuda-image"],
+)  # fmt: skip
+def test_every_dry_run_rayjob_is_valid_for_kuberay(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    _, rayjob = dry_run(capsys, *args)  # dry_run checks it against the CRD schema
+    spec = rayjob["spec"]
+    assert ("clusterSelector" in spec) == ("--cluster" in args) != ("rayClusterSpec" in spec)
+
+
+def test_the_rayjob_check_fails_on_what_kuberay_refuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, rayjob = dry_run(capsys, *TUNING[0])
+    spec = rayjob["spec"]
+    del spec["entrypoint"]
+    spec["shutdownAfterJobFinish"] = spec.pop("shutdownAfterJobFinishes")
+    spec["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = 1.5
+    spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["restartPolicy"] = ["Never"]
+    assert kuberay_errors(rayjob, KUBERNETES_VERSION) == [
+        ".spec: 'entrypoint' is a required property",
+        ".spec: Additional properties are not allowed ('shutdownAfterJobFinish' was unexpected)",
+        ".spec.rayClusterSpec.headGroupSpec.template.spec.restartPolicy: ['Never'] is not of "
+        "type 'string', 'null'",
+        ".spec.rayClusterSpec.workerGroupSpecs[0].replicas: 1.5 is not of type 'integer'",
+    ]
 
 
 def test_the_same_job_gets_the_same_name_and_another_job_another(
