@@ -8,11 +8,13 @@ model jobs on the CLI.
     tunefleet job resume JOB_ID [--redis URL] [--json]
     tunefleet job watch JOB_ID [--redis URL]
     tunefleet job submit --address URL (--model ... | --job JOB_ID) [--json]   (a Ray cluster)
+    tunefleet job submit --k8s [--dry-run] [--namespace NS] [--image IMG] [--cluster NAME]
+                         (--model ... | --job JOB_ID)        (a KubeRay RayJob, docs/deploy.md)
     tunefleet job logs JOB_ID            tunefleet job cancel JOB_ID
 
 Progress is a live table on a terminal and one plain line per round when piped. Environment
-variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR, TUNEFLEET_REDIS_URL, RAY_ADDRESS) are read here
-and nowhere deeper.
+variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR, TUNEFLEET_REDIS_URL, RAY_ADDRESS, KUBECONFIG)
+are read here and nowhere deeper.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 import click
 
-from tunefleet.coordinator import ray_jobs
+from tunefleet.coordinator import k8s_jobs, ray_jobs
 from tunefleet.coordinator.buckets import DimSpecError, parse_assignments
 from tunefleet.coordinator.fleet_state import (
     FleetEvent,
@@ -48,6 +50,7 @@ from tunefleet.coordinator.jobs import (
     start_job,
 )
 from tunefleet.coordinator.models import ModelConfigError
+from tunefleet.coordinator.presets import PRESETS
 from tunefleet.database import RecordStore
 from tunefleet.database.cli import db_option, open_store, resolve_cli_url
 from tunefleet.database.errors import DatabaseError
@@ -71,7 +74,9 @@ _FAILURES = (
     CostModelError,
     SchedulerError,
     ray_jobs.RayJobError,
+    k8s_jobs.K8sJobError,
 )
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def parse_duration(text: str) -> float:
@@ -340,8 +345,20 @@ def _event_line(job_id: int, event: FleetEvent) -> str:
 
 
 @job.command(name="submit")
-@click.option("--address", required=True, metavar="URL",
+@click.option("--address", metavar="URL",
               help="The Ray job server (dashboard), e.g. http://HEAD:8265.")  # fmt: skip
+@click.option("--k8s", "on_k8s", is_flag=True,
+              help="Submit to Kubernetes as a KubeRay RayJob instead (kubeconfig: $KUBECONFIG "
+              "or ~/.kube/config).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="With --k8s: print the RayJob, create nothing.")
+@click.option("--namespace", metavar="NS",
+              help=f"With --k8s: the fleet's namespace [{k8s_jobs.DEFAULT_NAMESPACE}]")  # fmt: skip
+@click.option("--image", metavar="IMAGE",
+              help="With --k8s: the tunefleet image of the job's own Ray cluster "
+              f"[{k8s_jobs.default_image()}].")  # fmt: skip
+@click.option("--cluster", metavar="NAME",
+              help="With --k8s: run on this RayCluster (e.g. tunefleet) instead of a cluster "
+              "of the job's own.")  # fmt: skip
 @click.option("--job", "existing", type=int, metavar="JOB_ID",
               help="Submit this existing job again instead of a new --model job.")  # fmt: skip
 @click.option("--model", "model_spec", metavar="NAME|PATH", help="A preset or a config.json.")
@@ -369,7 +386,12 @@ def _event_line(job_id: int, event: FleetEvent) -> str:
               help="Redis URL for the job, as its TUNEFLEET_REDIS_URL (else ours).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def submit(
-    address: str,
+    address: str | None,
+    on_k8s: bool,
+    dry_run: bool,
+    namespace: str | None,
+    image: str | None,
+    cluster: str | None,
     existing: int | None,
     model_spec: str | None,
     budget: int | None,
@@ -386,7 +408,28 @@ def submit(
     redis_url: str | None,
     as_json: bool,
 ) -> None:
-    """Run a model job on a Ray cluster through Ray's job API; prints job and submission id."""
+    """Run a model job on a Ray cluster through Ray's job API; prints job and submission id.
+
+    With --k8s the job becomes a KubeRay RayJob in the fleet's namespace, which runs it with
+    the cluster's database and Redis (docs/deploy.md).
+    """
+    if on_k8s:
+        if address is not None:
+            raise click.UsageError("--address names a Ray job server: give it or --k8s, not both")
+        tuning = dict(budget=budget, time_text=time_text, phase_text=phase_text,
+                      set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
+                      batch_size=batch_size)  # fmt: skip
+        manifest = _rayjob(existing, model_spec, target, workers, tuning,
+                           k8s_jobs.RayJobOptions(namespace=namespace or k8s_jobs.DEFAULT_NAMESPACE,
+                                                  image=image or "", cluster=cluster))  # fmt: skip
+        _create_or_print(manifest, dry_run, as_json)
+        return
+    k8s_only = [name for name, given in (("--dry-run", dry_run), ("--namespace", namespace),
+                ("--image", image), ("--cluster", cluster)) if given]  # fmt: skip
+    if k8s_only:
+        raise click.UsageError(f"{', '.join(k8s_only)} go with --k8s")
+    if address is None:
+        raise click.UsageError("give the Ray job server with --address URL (or use --k8s)")
     url = resolve_cli_url(db_url)
     redis = redis_url or os.environ.get(ray_jobs.REDIS_ENV_VAR) or None
     if existing is not None:
@@ -407,6 +450,70 @@ def submit(
         return
     said = "submitted" if sub.created else f"already submitted ({sub.ray_status})"
     click.echo(f"job_id {sub.job_id}\nsubmission_id {sub.submission_id}\n{said} to {address}")
+
+
+def _rayjob(
+    existing: int | None,
+    model_spec: str | None,
+    target: str,
+    workers: str,
+    tuning: dict[str, Any],
+    options: k8s_jobs.RayJobOptions,
+) -> dict[str, Any]:
+    """The RayJob of `job submit --k8s`: `job resume ID` for --job, else `tune --model` with
+    the tuning options (usage errors for options that have no meaning there)."""
+    ctx = click.get_current_context()
+    for param, flag in (("db_url", "--db"), ("redis_url", "--redis")):
+        if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(
+                f"{flag} does not go with --k8s: the job uses the cluster's PostgreSQL and "
+                f"Redis, whose passwords are in the Secret {k8s_jobs.CREDENTIALS_SECRET}"
+            )
+    for value, hint in ((options.namespace, "--namespace"), (options.cluster, "--cluster")):
+        if value is not None and not _DNS_LABEL.fullmatch(value):
+            raise click.BadParameter(
+                f"{value!r} is not a Kubernetes name (lower-case letters, digits and '-', "
+                "at most 63)", param_hint=hint,
+            )  # fmt: skip
+    if options.cluster is not None and options.image:
+        raise click.UsageError("--image is the image of a job's own cluster: with --cluster the "
+                               "cluster's own image runs the job")  # fmt: skip
+    if existing is not None:
+        if model_spec is not None:
+            raise click.UsageError("give either --job JOB_ID or --model, not both")
+        command = ray_jobs.entrypoint(existing, workers)
+        return k8s_jobs.render_rayjob(command, f"job-{existing}", target, workers, options)
+    if model_spec is None:
+        raise click.UsageError("give the job to run: --model MODEL (or --job JOB_ID)")
+    if model_spec not in PRESETS:
+        raise click.BadParameter(
+            f"with --k8s the model must be a preset ({', '.join(sorted(PRESETS))}): the job "
+            "runs in the cluster's image, where a config.json of this machine is not",
+            param_hint="--model",
+        )
+    config = job_config(model_spec, target=target, **tuning)
+    command = ray_jobs.tune_entrypoint(config, workers)
+    return k8s_jobs.render_rayjob(command, model_spec, target, workers, options)
+
+
+def _create_or_print(manifest: dict[str, Any], dry_run: bool, as_json: bool) -> None:
+    """Print the RayJob (--dry-run) or create it and say how to follow it."""
+    if dry_run:
+        text = json.dumps(manifest, indent=2) if as_json else k8s_jobs.manifest_yaml(manifest)
+        click.echo(text.rstrip("\n"))
+        return
+    _guarded(lambda: k8s_jobs.create_rayjob(manifest, os.environ.get("KUBECONFIG") or None))
+    name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    if as_json:
+        out = {"name": name, "namespace": ns, "entrypoint": manifest["spec"]["entrypoint"],
+               "created": True}  # fmt: skip
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(
+        f"rayjob {name} created in namespace {ns}\n"
+        f"status: kubectl -n {ns} get rayjob {name}\n"
+        f"log:    kubectl -n {ns} logs -f job/{name}"
+    )
 
 
 @job.command(name="logs")

@@ -12,6 +12,7 @@ the submission id and its attempt under the key `ray`, which `logs` and `cancel`
 from __future__ import annotations
 
 import hashlib
+import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,24 @@ def submission_id(job_id: int, db_url: str, attempt: int = 1) -> str:
 def entrypoint(job_id: int, workers: str = "local") -> str:
     """The command the cluster runs: resume the job by id (credentials come from the env)."""
     return f"tunefleet job resume {int(job_id)} --workers {workers}"
+
+
+def tune_entrypoint(config: JobConfig, workers: str = "local") -> str:
+    """The command that runs a new job for `config` where no job row exists yet (a cluster
+    with a database of its own): `tunefleet tune --model ...` with the options that parse back
+    to the same config (credentials come from the env)."""
+    args = ["tunefleet", "tune", "--model", config.model, "--budget", str(config.budget)]
+    if config.time_s is not None:
+        args += ["--time", _seconds(config.time_s)]
+    args += ["--phase", ",".join(config.phases)]
+    if config.sets:
+        args += ["--set", ",".join(f"{d}={':'.join(map(str, v))}" for d, v in config.sets.items())]
+    args += [
+        "--scheduler", config.scheduler.replace("_", "-"), "--target", config.target,
+        "--strategy", config.strategy, "--seed", str(config.seed),
+        "--batch-size", str(config.trials_per_round), "--workers", workers,
+    ]  # fmt: skip
+    return shlex.join(args)
 
 
 def entrypoint_resources(target: str, workers: str = "local") -> tuple[float, float]:
@@ -191,6 +210,13 @@ def _submit(
             raise
         return Submission(job_id, sid, address, str(info.status.value), created=False)
     return Submission(job_id, sid, address, "PENDING", created=True)
+
+
+def _seconds(value: float) -> str:
+    """A duration `parse_duration` reads back: whole seconds as `90s`, else to the millisecond."""
+    if float(value).is_integer():
+        return f"{int(value)}s"
+    return f"{value:.3f}".rstrip("0") + "s"
 
 
 def _info(client: Any, sid: str, address: str, secrets: tuple[str, ...]) -> Any:

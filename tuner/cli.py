@@ -7,7 +7,8 @@
 
 A live progress bar shows trials, the best time so far, its GFLOP/s or GB/s and failures; a
 second run on the same database continues from the records already there. Environment
-variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
+variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR, TUNEFLEET_REDIS_URL for --model) are read
+here and nowhere deeper.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ from .tuning import tune as run_tune
               help="Bucket values to tune at, e.g. b=1:4,m=4096 (with --model).")  # fmt: skip
 @click.option("--scheduler", type=click.Choice(["gradient", "round-robin"]), default="gradient",
               show_default=True, help="How tasks share the rounds (with --model).")  # fmt: skip
-@click.option("--redis", "redis_url", metavar="URL", help="Fleet state shared by the jobs of "
-              "many machines: redis://[:password@]host:port/db (with --model).")  # fmt: skip
+@click.option("--redis", "redis_url", metavar="URL", envvar="TUNEFLEET_REDIS_URL",
+              help="Fleet state shared by the jobs of many machines: "
+              "redis://[:password@]host:port/db (with --model).")  # fmt: skip
 def tune(
     op: str | None,
     shape_text: str | None,
@@ -107,7 +109,8 @@ def tune(
         return
     if op is None or shape_text is None:
         raise click.UsageError("give OP and --shape (or --model MODEL)")
-    if redis_url is not None:
+    redis_source = click.get_current_context().get_parameter_source("redis_url")
+    if redis_url is not None and redis_source is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--redis coordinates model jobs: give it with --model")
     shape = parse_shape(shape_text)
     try:
