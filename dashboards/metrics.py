@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from tunefleet.workers.results import Status
+
 if TYPE_CHECKING:
     from tunefleet.coordinator.job_plan import PlannedWorkload
     from tunefleet.coordinator.jobs import JobResult
@@ -49,8 +51,7 @@ class MetricInfo:
 METRICS: tuple[MetricInfo, ...] = (
     MetricInfo("tunefleet_candidates_built_total", "counter", ("job", "target", "status"),
                "Candidates the builders finished, by build outcome (ok or build_error)."),
-    MetricInfo("tunefleet_candidates_measured_total", "counter",
-               ("job", "target", "device", "status"),
+    MetricInfo("tunefleet_candidates_measured_total", "counter", ("job", "target", "status"),
                "Candidates measured, by result status (ok, run_error, timeout, wrong_result, "
                "noisy, build_error)."),
     MetricInfo("tunefleet_build_duration_seconds", "histogram", ("job", "target"),
@@ -126,6 +127,10 @@ class JobMetrics:
         self._m["tunefleet_queue_depth"].labels(job).set(0)
         self._m["tunefleet_leases_held"].labels(job).set(0)
         self._targets[job] = target_kind
+        for status in Status:  # every status is a series from the start, at 0
+            self._m["tunefleet_candidates_measured_total"].labels(job, target_kind, status.value)
+        for built in ("ok", "build_error"):
+            self._m["tunefleet_candidates_built_total"].labels(job, target_kind, built)
         roof = self.roofline_target or roofline_name(target)
         for w, seconds in roofline_seconds(plan, roof).items():
             self._m["tunefleet_task_roofline_seconds"].labels(job, *w).set(seconds)
@@ -148,9 +153,7 @@ class JobMetrics:
         for o in outcomes:
             built = "build_error" if o.status in NOT_BUILT else "ok"
             self._m["tunefleet_candidates_built_total"].labels(job, target, built).inc()
-            self._m["tunefleet_candidates_measured_total"].labels(
-                job, target, o.device, o.status
-            ).inc()
+            self._m["tunefleet_candidates_measured_total"].labels(job, target, o.status).inc()
             self._m["tunefleet_build_duration_seconds"].labels(job, target).observe(o.build_s)
             if o.status not in NOT_BUILT:
                 self._m["tunefleet_run_duration_seconds"].labels(job, target, o.device).observe(
