@@ -100,7 +100,7 @@ def build_dashboard(spec: DashboardSpec) -> Dashboard:
             QueryVariable("job")
             .label("Job")
             .datasource(datasource("prometheus"))
-            .query("label_values(tunefleet_job_budget_trials, job)")
+            .query("label_values(tunefleet_job_budget_trials, job_id)")
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(VariableSort.NUMERICAL_DESC)
         )

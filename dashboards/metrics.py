@@ -6,7 +6,8 @@ Prometheus's text format. Workers report through the coordinator: every build an
 duration comes back inside the worker's result (`build_s`, `run_s`, the device it ran on), so
 one exporter per job sees the whole fleet's work without an exporter on every Ray node.
 
-Labels stay few and bounded: the job id, the target kind, the status, the device name and, for
+Labels stay few and bounded: the job id (`job_id`: Prometheus keeps `job` for the scrape
+job), the target kind, the status, the device name and, for
 per-task gauges, the task name (`phase/task`) and its bucket. Trace hashes are never labels.
 """
 
@@ -49,38 +50,38 @@ class MetricInfo:
 
 
 METRICS: tuple[MetricInfo, ...] = (
-    MetricInfo("tunefleet_candidates_built_total", "counter", ("job", "target", "status"),
+    MetricInfo("tunefleet_candidates_built_total", "counter", ("job_id", "target", "status"),
                "Candidates the builders finished, by build outcome (ok or build_error)."),
-    MetricInfo("tunefleet_candidates_measured_total", "counter", ("job", "target", "status"),
+    MetricInfo("tunefleet_candidates_measured_total", "counter", ("job_id", "target", "status"),
                "Candidates measured, by result status (ok, run_error, timeout, wrong_result, "
                "noisy, build_error)."),
-    MetricInfo("tunefleet_build_duration_seconds", "histogram", ("job", "target"),
+    MetricInfo("tunefleet_build_duration_seconds", "histogram", ("job_id", "target"),
                "Wall time of one candidate's build (replay, lowering, compiler)."),
-    MetricInfo("tunefleet_run_duration_seconds", "histogram", ("job", "target", "device"),
+    MetricInfo("tunefleet_run_duration_seconds", "histogram", ("job_id", "target", "device"),
                "Wall time of one candidate's run on its worker (load, check, time)."),
-    MetricInfo("tunefleet_kernel_time_seconds", "histogram", ("job", "target", "device"),
+    MetricInfo("tunefleet_kernel_time_seconds", "histogram", ("job_id", "target", "device"),
                "Median time of one call of each valid candidate kernel."),
-    MetricInfo("tunefleet_queue_depth", "gauge", ("job",),
+    MetricInfo("tunefleet_queue_depth", "gauge", ("job_id",),
                "Candidates of the round in flight not measured yet."),
-    MetricInfo("tunefleet_leases_held", "gauge", ("job",),
+    MetricInfo("tunefleet_leases_held", "gauge", ("job_id",),
                "(workload, target) leases the job holds."),
-    MetricInfo("tunefleet_tasks", "gauge", ("job", "status"),
+    MetricInfo("tunefleet_tasks", "gauge", ("job_id", "status"),
                "The job's workloads by task status."),
-    MetricInfo("tunefleet_task_trials", "gauge", ("job", "task", "bucket"),
+    MetricInfo("tunefleet_task_trials", "gauge", ("job_id", "task", "bucket"),
                "Trials measured for one workload of the job."),
-    MetricInfo("tunefleet_task_best_seconds", "gauge", ("job", "task", "bucket"),
+    MetricInfo("tunefleet_task_best_seconds", "gauge", ("job_id", "task", "bucket"),
                "Best time so far of one workload of the job."),
-    MetricInfo("tunefleet_task_default_seconds", "gauge", ("job", "task", "bucket"),
+    MetricInfo("tunefleet_task_default_seconds", "gauge", ("job_id", "task", "bucket"),
                "Time of the workload's untuned default schedule."),
-    MetricInfo("tunefleet_task_roofline_seconds", "gauge", ("job", "task", "bucket"),
+    MetricInfo("tunefleet_task_roofline_seconds", "gauge", ("job_id", "task", "bucket"),
                "Roofline lower bound of one call of the workload on the job's target."),
-    MetricInfo("tunefleet_job_budget_trials", "gauge", ("job",), "The job's trial budget."),
-    MetricInfo("tunefleet_job_trials", "gauge", ("job",), "Trials the job has used."),
-    MetricInfo("tunefleet_job_estimated_seconds", "gauge", ("job",),
+    MetricInfo("tunefleet_job_budget_trials", "gauge", ("job_id",), "The job's trial budget."),
+    MetricInfo("tunefleet_job_trials", "gauge", ("job_id",), "Trials the job has used."),
+    MetricInfo("tunefleet_job_estimated_seconds", "gauge", ("job_id",),
                "Estimated model time: sum of weight x best over the measured workloads."),
-    MetricInfo("tunefleet_job_roofline_seconds", "gauge", ("job",),
+    MetricInfo("tunefleet_job_roofline_seconds", "gauge", ("job_id",),
                "Roofline model time: sum of weight x roofline over the same workloads."),
-    MetricInfo("tunefleet_job_running", "gauge", ("job",),
+    MetricInfo("tunefleet_job_running", "gauge", ("job_id",),
                "1 while the job's loop runs, 0 once it ended."),
 )  # fmt: skip
 

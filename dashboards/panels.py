@@ -101,13 +101,13 @@ FLEET = DashboardSpec(
                       "{{device}}"),),
                   "How busy each device's workers are."),
         PanelSpec("Queue and leases by job", "timeseries", "none",
-                  (_p("sum by (job) (tunefleet_queue_depth)", "queue job {{job}}"),
-                   _p("sum by (job) (tunefleet_leases_held)", "leases job {{job}}")),
+                  (_p("sum by (job_id) (tunefleet_queue_depth)", "queue job {{job_id}}"),
+                   _p("sum by (job_id) (tunefleet_leases_held)", "leases job {{job_id}}")),
                   "Per job: candidates in flight and leases held."),
     ),
 )  # fmt: skip
 
-JOB = 'job="$job"'
+JOB = 'job_id="$job"'
 
 JOB_DASHBOARD = DashboardSpec(
     uid="tunefleet-job",

@@ -1,5 +1,5 @@
-"""Fixtures of the dashboards tests: the tiny model, fast measurement settings, and a real tiny
-CPU job to fill a database (and, when given, a metrics exporter)."""
+"""Helpers of the dashboards tests: the tiny model, fast measurement settings, a free port, and
+a real tiny CPU job to fill a database (and, when given, a metrics exporter)."""
 
 from __future__ import annotations
 
