@@ -101,6 +101,13 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         assert not {"trace", "trace_hash", "workload_key"} & set(m.labels), m.name
 
 
+def test_the_docs_list_every_metric() -> None:
+    page = (Path(__file__).parents[2] / "docs" / "dashboards.md").read_text()
+    for m in METRICS:
+        row = f"| `{m.name}` | {m.kind} | {', '.join(m.labels)} |"
+        assert row in page, f"docs/dashboards.md lacks the row of {m.name}"
+
+
 def test_export_writes_the_layout(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", CODE, "dashboards", "export", str(tmp_path / "g")],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
