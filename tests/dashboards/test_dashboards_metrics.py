@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from dash_job import MODEL, free_port, run_tiny_job
 
+from tunefleet.coordinator.jobs import JobConfig, create_job
 from tunefleet.dashboards.metrics import JobMetrics
 from tunefleet.dashboards.panels import DASHBOARDS
 
@@ -122,12 +123,19 @@ def test_prometheus_scrapes_a_job_and_every_panel_query_returns_a_series(
 
 
 @pytest.mark.slow
-def test_tune_model_serves_metrics_while_it_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["tune", "resume"])
+def test_the_job_commands_serve_metrics_while_the_job_runs(tmp_path: Path, command: str) -> None:
     port = free_port()
     env = dict(os.environ, HOME=str(tmp_path / "home"), TUNEFLEET_CACHE_DIR=str(tmp_path / "kc"))
-    args = ["tune", "--model", MODEL, "--phase", "decode", "--set", "b=1,m=16", "--budget", "8",
-            "--batch-size", "4", "--db", f"sqlite:///{tmp_path / 'j.db'}",
-            "--metrics-port", str(port)]  # fmt: skip
+    db = f"sqlite:///{tmp_path / 'j.db'}"
+    if command == "tune":
+        args = ["tune", "--model", MODEL, "--phase", "decode", "--set", "b=1,m=16", "--budget",
+                "8", "--batch-size", "4", "--db", db, "--metrics-port", str(port)]  # fmt: skip
+    else:  # a job created without running, then run by id
+        config = JobConfig(model=MODEL, phases=("decode",), sets={"b": (1,), "m": (16,)},
+                           budget=8, trials_per_round=4)  # fmt: skip
+        assert create_job(config, db) == 1
+        args = ["job", "resume", "1", "--db", db, "--metrics-port", str(port)]
     proc = subprocess.Popen([sys.executable, "-c", CODE, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     seen = ""
