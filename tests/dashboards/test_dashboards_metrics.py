@@ -113,6 +113,9 @@ def test_prometheus_scrapes_a_job_and_every_panel_query_returns_a_series(
         assert {n for n, _ in got} == {n for n, _ in want}
         for name, ms in want:
             assert any(n == name and abs(v - ms) <= 1e-9 + 1e-6 * ms for n, v in got)
+        for gauge in ("tunefleet_leases_held", "tunefleet_queue_depth"):  # seen while it ran
+            (peak,) = _promql(base, f'max_over_time({gauge}{{job_id="{job}"}}[5m])')
+            assert float(peak["value"][1]) >= 1, gauge
         builds = _promql(base, "sum(tunefleet_build_duration_seconds_count)")
         assert float(builds[0]["value"][1]) == 8
         for series in _promql(base, '{__name__=~"tunefleet_.+"}'):
