@@ -105,3 +105,20 @@ def test_report_errors_are_one_line(report, tmp_path: Path) -> None:
                "--db", db)  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.startswith("tunefleet: error: cannot write")
     assert len(bad.stderr.splitlines()) == 1
+
+
+def test_a_model_that_no_longer_resolves_leaves_the_roofline_out(report, tmp_path: Path) -> None:
+    from tunefleet.database import RecordStore
+
+    _, db, job_id = report
+    copy = tmp_path / "copy.db"
+    shutil.copy(db.removeprefix("sqlite:///"), copy)
+    with RecordStore.open(f"sqlite:///{copy}") as store:
+        job = store.get_job(job_id)
+        store.set_job_config(job_id, {**job.config, "model": str(tmp_path / "gone.json")})
+    out = tmp_path / "r.html"
+    done = _cli(tmp_path, "report", str(job_id), "--out", str(out), "--db", f"sqlite:///{copy}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("5 charts")
+    page = out.read_text()
+    assert "Roofline efficiency" not in page and "Best time per task" in page
