@@ -3,9 +3,9 @@ model jobs on the CLI.
 
     tunefleet tune --model MODEL --budget N [--time 10m] [--phase decode,prefill]
                    [--set b=1:4,m=4096] [--scheduler gradient|round-robin] [--db URL]
-                   [--redis URL] [--json]
+                   [--redis URL] [--metrics-port PORT] [--json]
     tunefleet job list [--json]          tunefleet job status JOB_ID [--json]
-    tunefleet job resume JOB_ID [--redis URL] [--json]
+    tunefleet job resume JOB_ID [--redis URL] [--metrics-port PORT] [--json]
     tunefleet job watch JOB_ID [--redis URL]
     tunefleet job submit --address URL (--model ... | --job JOB_ID) [--json]   (a Ray cluster)
     tunefleet job submit --k8s [--dry-run] [--namespace NS] [--image IMG] [--cluster NAME]
@@ -100,6 +100,38 @@ redis_option = click.option(
 )
 
 
+metrics_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve the job's Prometheus metrics on this port (0: a free one, printed to stderr).",
+)
+
+
+@contextmanager
+def serve_metrics(port: int | None) -> Iterator[Any]:
+    """The job's `JobMetrics` served over HTTP on `port` (None without --metrics-port); one
+    line and exit 1 when the port cannot be bound."""
+    if port is None:
+        yield None
+        return
+    from tunefleet.dashboards.metrics import JobMetrics
+
+    metrics = JobMetrics()
+    try:
+        bound = metrics.serve(port)
+    except OSError as err:
+        raise click.ClickException(
+            f"cannot serve metrics on port {port}: {err.strerror or err}; "
+            "pick a free port with --metrics-port"
+        ) from None
+    click.echo(f"tunefleet: metrics on http://0.0.0.0:{bound}/metrics", err=True)
+    try:
+        yield metrics
+    finally:
+        metrics.close()
+
+
 @contextmanager
 def open_fleet(redis_url: str | None) -> Iterator[FleetState | None]:
     """The fleet state `--redis` names (None without it); one line and exit 1 when Redis
@@ -174,6 +206,7 @@ def tune_model(
     workers: str,
     as_json: bool,
     redis_url: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """`tunefleet tune --model`: validate the request, create the job and run it."""
     config = job_config(
@@ -182,8 +215,13 @@ def tune_model(
         batch_size=batch_size,
     )  # fmt: skip
     url = resolve_cli_url(db_url)
-    with open_fleet(redis_url) as fleet, _reporting(as_json) as on_progress:
-        result = _guarded(lambda: start_job(config, url, _options(workers, on_progress, fleet)))
+    with (
+        open_fleet(redis_url) as fleet,
+        serve_metrics(metrics_port) as metrics,
+        _reporting(as_json) as on_progress,
+    ):
+        opts = _options(workers, on_progress, fleet, metrics)
+        result = _guarded(lambda: start_job(config, url, opts))
     _finish(result, as_json)
 
 
@@ -248,14 +286,25 @@ def status(job_id: int, db_url: str | None, as_json: bool) -> None:
 @db_option
 @click.option("--workers", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @redis_option
+@metrics_option
 @click.option("--json", "as_json", is_flag=True, help="Print the final state as JSON.")
 def resume(
-    job_id: int, db_url: str | None, workers: str, redis_url: str | None, as_json: bool
+    job_id: int,
+    db_url: str | None,
+    workers: str,
+    redis_url: str | None,
+    metrics_port: int | None,
+    as_json: bool,
 ) -> None:
     """Continue a stopped or killed job from the database."""
     url = resolve_cli_url(db_url)
-    with open_fleet(redis_url) as fleet, _reporting(as_json) as on_progress:
-        result = _guarded(lambda: resume_job(job_id, url, _options(workers, on_progress, fleet)))
+    with (
+        open_fleet(redis_url) as fleet,
+        serve_metrics(metrics_port) as metrics,
+        _reporting(as_json) as on_progress,
+    ):
+        opts = _options(workers, on_progress, fleet, metrics)
+        result = _guarded(lambda: resume_job(job_id, url, opts))
     _finish(result, as_json)
 
 
@@ -478,10 +527,13 @@ def _rayjob(
     if options.cluster is not None and options.image:
         raise click.UsageError("--image is the image of a job's own cluster: with --cluster the "
                                "cluster's own image runs the job")  # fmt: skip
+    # a job's own cluster runs one coordinator, which serves its metrics on the port the
+    # manifests' Prometheus scrapes; on a shared cluster (--cluster) jobs would clash on it
+    port = k8s_jobs.COORDINATOR_METRICS_PORT if options.cluster is None else None
     if existing is not None:
         if model_spec is not None:
             raise click.UsageError("give either --job JOB_ID or --model, not both")
-        command = ray_jobs.entrypoint(existing, workers)
+        command = ray_jobs.entrypoint(existing, workers, port)
         return k8s_jobs.render_rayjob(command, f"job-{existing}", target, workers, options)
     if model_spec is None:
         raise click.UsageError("give the job to run: --model MODEL (or --job JOB_ID)")
@@ -492,7 +544,7 @@ def _rayjob(
             param_hint="--model",
         )
     config = job_config(model_spec, target=target, **tuning)
-    command = ray_jobs.tune_entrypoint(config, workers)
+    command = ray_jobs.tune_entrypoint(config, workers, port)
     return k8s_jobs.render_rayjob(command, model_spec, target, workers, options)
 
 
@@ -542,11 +594,14 @@ def _options(
     workers: str,
     on_progress: Callable[[JobResult], None] | None,
     fleet: FleetState | None = None,
+    metrics: Any = None,
 ) -> JobOptions:
     cache = os.environ.get("TUNEFLEET_CACHE_DIR") or default_cache_dir()
     if workers == "ray" and os.environ.get("RAY_ADDRESS"):
         _join_cluster(os.environ["RAY_ADDRESS"])
-    return JobOptions(workers=workers, cache_dir=cache, on_progress=on_progress, fleet=fleet)
+    return JobOptions(
+        workers=workers, cache_dir=cache, on_progress=on_progress, fleet=fleet, metrics=metrics
+    )
 
 
 def _join_cluster(address: str) -> None:

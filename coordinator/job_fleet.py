@@ -125,6 +125,12 @@ class JobFleet:
             self._hold(lease)
             return True
 
+    @property
+    def held(self) -> int:
+        """How many leases the job holds now."""
+        with self._lock:
+            return len(self._leases)
+
     def release(self, workload_key: str) -> None:
         """Give the pair's lease back (its workload is finished, or the job ends)."""
         with self._lock:

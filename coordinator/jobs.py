@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunefleet.coordinator.buckets import DimSpecError
 from tunefleet.coordinator.fleet_local import LocalFleetState
@@ -63,6 +63,9 @@ from tunefleet.workers import (
     create_executor,
     resolve_target,
 )
+
+if TYPE_CHECKING:
+    from tunefleet.dashboards.metrics import JobMetrics
 
 CONVERGED_GAIN = 0.01  # a round that improves the best by less than this fraction is flat
 
@@ -206,6 +209,7 @@ class JobOptions:
     lease_ttl_s: float = 30.0  # a dead job's workloads go to others after this
     lease_poll_s: float = 0.5  # wait between looks when every workload left is leased elsewhere
     on_warning: Callable[[str], None] | None = None  # one-line warnings; None: to stderr
+    metrics: JobMetrics | None = None  # Prometheus metrics of the loop (dashboards.metrics)
 
 
 def load_model(spec: str) -> ModelConfig:
@@ -369,6 +373,11 @@ def _run(
     fleet = JobFleet(opts.fleet or LocalFleetState(), job_id, target.fingerprint,
                      ttl_s=opts.lease_ttl_s, warn=warn)  # fmt: skip
     fleet.publish({"type": "start", "job_id": job_id, "budget": config.budget})
+    metrics = opts.metrics
+    on_trial = opts.on_trial
+    if metrics is not None:
+        metrics.job_started(job_id, config.budget, target, plan)
+        on_trial = _counting(metrics, job_id, opts.on_trial)
     elsewhere: set[int] = set()  # workloads another job holds the lease of, set aside
 
     def report() -> JobResult:
@@ -401,8 +410,10 @@ def _run(
                 defaults[w.workload_key] = tuner.measure_default(executor)
                 stored["defaults"] = defaults
             n = min(config.trials_per_round, config.budget - scheduler.spent)
+            if metrics is not None:
+                metrics.round_started(job_id, n)
             try:
-                res = tuner.round(executor, n, opts.on_trial, fence=fleet.fence(w.workload_key))
+                res = tuner.round(executor, n, on_trial, fence=fleet.fence(w.workload_key))
             except FencedOut as err:
                 if isinstance(err.__context__, KeyboardInterrupt):
                     raise err.__context__ from err  # stopped mid-round: stop, records dropped
@@ -433,6 +444,8 @@ def _run(
             last = w.name
             if opts.on_progress is not None:
                 opts.on_progress(report())
+            if metrics is not None:
+                metrics.round_finished(job_id, res.outcomes, fleet.held, report())
     except KeyboardInterrupt as stop:  # finished trials of the round in flight are committed
         rows = _reconcile(store, job_id, target.fingerprint)
         stored["elapsed_s"] = elapsed0 + time.monotonic() - start
@@ -446,6 +459,8 @@ def _run(
         raise
     finally:
         fleet.close()
+        if metrics is not None:
+            metrics.job_ended(job_id)
         if owned:
             executor.close()
         model.save(model_path(mdir, target.fingerprint))
@@ -458,7 +473,22 @@ def _run(
     final = replace(report(), status="done")
     end = {"type": "end", "job_id": job_id, "status": "done", "trials": final.trials}
     fleet.publish(end)
+    if metrics is not None:
+        metrics.progress(final)
     return final
+
+
+def _counting(
+    metrics: JobMetrics, job_id: int, then: Callable[[Progress], None] | None
+) -> Callable[[Progress], None]:
+    """An on_trial callback that counts the trial down in the metrics, then calls `then`."""
+
+    def on_trial(progress: Progress) -> None:
+        metrics.trial_done(job_id)
+        if then is not None:
+            then(progress)
+
+    return on_trial
 
 
 def _to_stderr(line: str) -> None:

@@ -64,12 +64,16 @@ def submission_id(job_id: int, db_url: str, attempt: int = 1) -> str:
     return base if attempt == 1 else f"{base}-{attempt}"
 
 
-def entrypoint(job_id: int, workers: str = "local") -> str:
-    """The command the cluster runs: resume the job by id (credentials come from the env)."""
-    return f"tunefleet job resume {int(job_id)} --workers {workers}"
+def entrypoint(job_id: int, workers: str = "local", metrics_port: int | None = None) -> str:
+    """The command the cluster runs: resume the job by id (credentials come from the env),
+    serving its Prometheus metrics on `metrics_port` when one is given."""
+    metrics = f" --metrics-port {int(metrics_port)}" if metrics_port is not None else ""
+    return f"tunefleet job resume {int(job_id)} --workers {workers}{metrics}"
 
 
-def tune_entrypoint(config: JobConfig, workers: str = "local") -> str:
+def tune_entrypoint(
+    config: JobConfig, workers: str = "local", metrics_port: int | None = None
+) -> str:
     """The command that runs a new job for `config` where no job row exists yet (a cluster
     with a database of its own): `tunefleet tune --model ...` with the options that parse back
     to the same config (credentials come from the env)."""
@@ -84,6 +88,8 @@ def tune_entrypoint(config: JobConfig, workers: str = "local") -> str:
         "--strategy", config.strategy, "--seed", str(config.seed),
         "--batch-size", str(config.trials_per_round), "--workers", workers,
     ]  # fmt: skip
+    if metrics_port is not None:
+        args += ["--metrics-port", str(int(metrics_port))]
     return shlex.join(args)
 
 

@@ -3,7 +3,9 @@
 Server-backed tests read their URL from TUNEFLEET_TEST_POSTGRES_URL / TUNEFLEET_TEST_REDIS_URL
 (exported by .ci/services.sh) and TUNEFLEET_TEST_RAY_ADDRESS (the Ray head .ci/run starts).
 Where a URL is absent those tests skip with the reason; where it is set, a skip of such a test
-is turned into a failure so CI can never pass without the server.
+is turned into a failure so CI can never pass without the server. Tests marked `prometheus` or
+`chromium` need that binary on PATH the same way: they skip without it, and a skip fails where
+TUNEFLEET_TEST_PROMETHEUS / TUNEFLEET_TEST_CHROMIUM is set (as .ci/run does).
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ SERVER_URLS = {
     "postgres": "TUNEFLEET_TEST_POSTGRES_URL",
     "redis": "TUNEFLEET_TEST_REDIS_URL",
     "ray_head": "TUNEFLEET_TEST_RAY_ADDRESS",
+}
+
+# marker -> (the environment variable that makes a skip fail, the binary it needs)
+TOOLS = {
+    "prometheus": ("TUNEFLEET_TEST_PROMETHEUS", "prometheus"),
+    "chromium": ("TUNEFLEET_TEST_CHROMIUM", "chromium"),
 }
 
 
@@ -48,6 +56,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, env in SERVER_URLS.items():
             if item.get_closest_marker(marker) and not os.environ.get(env):
                 item.add_marker(pytest.mark.skip(reason=f"{env} is not set (no {marker} server)"))
+        for marker, (_, binary) in TOOLS.items():
+            if item.get_closest_marker(marker) and shutil.which(binary) is None:
+                item.add_marker(pytest.mark.skip(reason=f"{binary} is not on PATH"))
         if item.get_closest_marker("gpu") and cuda_device_count() == 0:
             item.add_marker(pytest.mark.skip(reason="no CUDA device on this machine"))
 
@@ -59,6 +70,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if not report.skipped:
         return
     for marker, env in SERVER_URLS.items():
+        if item.get_closest_marker(marker) and os.environ.get(env):
+            report.outcome = "failed"
+            report.longrepr = f"{env} is set but this {marker} test was skipped: {report.longrepr}"
+            return
+    for marker, (env, _) in TOOLS.items():
         if item.get_closest_marker(marker) and os.environ.get(env):
             report.outcome = "failed"
             report.longrepr = f"{env} is set but this {marker} test was skipped: {report.longrepr}"

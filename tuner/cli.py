@@ -74,6 +74,8 @@ from .tuning import tune as run_tune
 @click.option("--redis", "redis_url", metavar="URL", envvar="TUNEFLEET_REDIS_URL",
               help="Fleet state shared by the jobs of many machines: "
               "redis://[:password@]host:port/db (with --model).")  # fmt: skip
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve the job's Prometheus metrics on this port (with --model).")  # fmt: skip
 def tune(
     op: str | None,
     shape_text: str | None,
@@ -93,6 +95,7 @@ def tune(
     set_text: str,
     scheduler: str,
     redis_url: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Tune OP at --shape on --target for --trials new measurements, or a whole --model."""
     if model_spec is not None:
@@ -104,7 +107,7 @@ def tune(
             model_spec, target=target, budget=budget, time_text=time_text, phase_text=phase_text,
             set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
             batch_size=batch_size, db_url=db_url, workers=workers, as_json=as_json,
-            redis_url=redis_url,
+            redis_url=redis_url, metrics_port=metrics_port,
         )  # fmt: skip
         return
     if op is None or shape_text is None:
@@ -112,6 +115,8 @@ def tune(
     redis_source = click.get_current_context().get_parameter_source("redis_url")
     if redis_url is not None and redis_source is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--redis coordinates model jobs: give it with --model")
+    if metrics_port is not None:
+        raise click.UsageError("--metrics-port serves a model job's metrics: give it with --model")
     shape = parse_shape(shape_text)
     try:
         func = build_workload(op, shape, dtype, {})

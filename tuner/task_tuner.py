@@ -74,6 +74,10 @@ class Outcome:
     trace_hash: str
     status: str
     message: str
+    build_s: float = 0.0  # the worker's build and run wall times (metrics read them)
+    run_s: float = 0.0
+    median_ms: float | None = None
+    device: str = ""
 
 
 @dataclass(frozen=True)
@@ -228,10 +232,7 @@ class TaskTuner:
         self.model.update(new_samples)
         self.top.sort(key=lambda p: p[0])
         self.search.notify(self.top[:TOP_K])
-        outcomes = tuple(
-            Outcome(c.trace_hash, r.status.value, r.message)
-            for c, r in zip(batch, results, strict=True)
-        )
+        outcomes = tuple(_outcome(c, r) for c, r in zip(batch, results, strict=True))
         return RoundResult(len(batch), failures, self.best_ms, len(batch) < n, outcomes)
 
     def failure_kinds(self) -> tuple[tuple[str, int, str], ...]:
@@ -256,6 +257,18 @@ class TaskTuner:
             spread=res.spread if timed else None,
             attempts=res.attempts or None,
         )
+
+
+def _outcome(cand: Candidate, res: MeasureResult) -> Outcome:
+    return Outcome(
+        cand.trace_hash,
+        res.status.value,
+        res.message,
+        build_s=res.build_s,
+        run_s=res.run_s,
+        median_ms=res.median_ms if res.ok else None,
+        device=res.device,
+    )
 
 
 def target_info(target: Target) -> TargetInfo:

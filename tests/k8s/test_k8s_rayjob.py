@@ -83,6 +83,8 @@ def test_the_entrypoint_parses_back_to_the_same_job(
     )  # fmt: skip
     assert rebuilt == wanted
     assert p["workers"] == s.get("--workers", "local")
+    # a cluster of its own: the coordinator serves metrics where the manifests' Prometheus looks
+    assert p["metrics_port"] == k8s_jobs.COORDINATOR_METRICS_PORT
 
 
 def test_a_job_of_its_own_cluster_is_shut_down_after_it_finishes(
@@ -127,6 +129,7 @@ def test_a_job_on_a_running_cluster_selects_it_and_leaves_it_running(
     assert "rayClusterSpec" not in spec and "ttlSecondsAfterFinished" not in spec
     assert rayjob["metadata"]["namespace"] == "fleet"
     assert DB_PASSWORD not in out and REDIS_PASSWORD not in out
+    assert "--metrics-port" not in spec["entrypoint"]  # two jobs on one head would clash on it
 
 
 def test_an_existing_job_of_the_cluster_database_is_resumed(
