@@ -1,0 +1,102 @@
+"""Kernel backends: one class per device kind loads a compiled model's binaries and calls
+them. The CPU backend loads the shared libraries with ctypes; a CUDA backend (cubins through
+pycuda, decode steps captured as CUDA graphs) slots in as another class of the same shape and
+is not built yet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tunefleet.runtime.errors import RuntimeModelError
+from tunefleet.runtime.manifest import KernelEntry
+from tunefleet.workers.launch import evaluate
+
+KernelCall = Callable[[Sequence[np.ndarray], Mapping[str, int]], None]
+
+
+class Backend(ABC):
+    """Loads kernels of one target kind and runs them on host-visible buffers."""
+
+    kind: str
+
+    @abstractmethod
+    def load(self, model_dir: Path, kernel: KernelEntry) -> KernelCall:
+        """A callable running `kernel` on buffers (in parameter order) at dims."""
+
+
+class CpuBackend(Backend):
+    """C kernels (OpenMP) from shared libraries, called through ctypes with the buffers'
+    addresses and the dims as int64 scalars."""
+
+    kind = "cpu"
+
+    def __init__(self) -> None:
+        self._libs: dict[str, ctypes.CDLL] = {}
+        self._runtimes = [
+            ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL)
+            for p in filter(None, (ctypes.util.find_library("gomp"),))
+        ]  # OpenMP stays loaded for as long as any kernel may run
+
+    def load(self, model_dir: Path, kernel: KernelEntry) -> KernelCall:
+        path = str((model_dir / kernel.binary).resolve())
+        lib = self._libs.get(path)
+        if lib is None:
+            try:
+                lib = self._libs[path] = ctypes.CDLL(path)
+            except OSError as err:
+                raise RuntimeModelError(f"cannot load kernel {kernel.binary}: {err}") from None
+        try:
+            fn = getattr(lib, kernel.entry)
+        except AttributeError:
+            raise RuntimeModelError(f"{kernel.binary} has no kernel {kernel.entry!r}") from None
+        buffers = [a for a in kernel.args if a.kind == "buffer"]
+        scalars = [a.name for a in kernel.args if a.kind == "scalar"]
+        fn.argtypes = [ctypes.c_void_p] * len(buffers) + [ctypes.c_int64] * len(scalars)
+        fn.restype = None
+        checked: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+
+        def call(arrays: Sequence[np.ndarray], dims: Mapping[str, int]) -> None:
+            values = tuple(int(dims[s]) for s in scalars)
+            sizes = tuple(a.size for a in arrays)
+            if (values, sizes) not in checked:  # the guard, once per shape seen
+                _check_buffers(kernel, buffers, arrays, dims)
+                checked.add((values, sizes))
+            fn(*(a.ctypes.data for a in arrays), *values)
+
+        return call
+
+
+def _check_buffers(kernel: KernelEntry, specs, arrays: Sequence[np.ndarray], dims) -> None:
+    if len(arrays) != len(specs):
+        raise RuntimeModelError(
+            f"kernel {kernel.entry} takes {len(specs)} buffers, got {len(arrays)}"
+        )
+    for spec, arr in zip(specs, arrays, strict=True):
+        need = 1
+        for d in spec.shape:
+            need *= evaluate(d, dims)
+        if arr.size < need or not arr.flags.c_contiguous:
+            raise RuntimeModelError(
+                f"kernel {kernel.entry}: buffer {spec.name} needs {need} contiguous elements "
+                f"at {dict(dims)}, got {arr.size}"
+            )
+
+
+BACKENDS: dict[str, type[Backend]] = {"cpu": CpuBackend}
+
+
+def backend_for(kind: str) -> Backend:
+    """The backend running kernels of target kind `kind`."""
+    if kind not in BACKENDS:
+        raise RuntimeModelError(
+            f"no {kind} runtime in this build: the compiled model's kernels are built, but "
+            "running them needs the CUDA backend, which is not implemented yet"
+        )
+    return BACKENDS[kind]()
