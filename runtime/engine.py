@@ -28,7 +28,7 @@ from tunefleet.ir.dtypes import from_float32, to_float32
 from tunefleet.runtime.backend import Backend, KernelCall, backend_for
 from tunefleet.runtime.dispatch import in_range
 from tunefleet.runtime.errors import RuntimeModelError
-from tunefleet.runtime.manifest import Manifest, TaskEntry, read_manifest
+from tunefleet.runtime.manifest import KernelEntry, Manifest, TaskEntry, read_manifest
 from tunefleet.runtime.memory import MemoryPlan
 from tunefleet.runtime.weights import Weights, random_weights
 from tunefleet.workers.targets import Target, detect_cpu
@@ -130,7 +130,16 @@ class CompiledModel:
         self._loaded: dict[tuple[str, str], KernelCall] = {}
 
     def kernel(self, task: TaskEntry, dims: dict[str, int]) -> KernelCall:
-        """The kernel of the bucket holding `dims` (an exact kernel only at its own point)."""
+        """The loaded kernel `choose` picks for `dims`."""
+        k = self.choose(task, dims)
+        key = (k.binary, k.entry)
+        if key not in self._loaded:
+            self._loaded[key] = self.backend.load(self.model_dir, k)
+        return self._loaded[key]
+
+    def choose(self, task: TaskEntry, dims: dict[str, int]) -> KernelEntry:
+        """The kernel of the bucket holding `dims` (an exact kernel only at its own point,
+        the task's default at the other sizes of its bucket)."""
         for k in task.kernels:
             if all(in_range(dims[s], *k.ranges[s]) for s in task.symbolic):
                 if k.exact and any(dims[s] != k.bucket[s] for s in task.symbolic):
@@ -138,10 +147,7 @@ class CompiledModel:
                 break
         else:
             raise RuntimeModelError(f"{task.phase}/{task.name}: no kernel holds sizes {dims}")
-        key = (k.binary, k.entry)
-        if key not in self._loaded:
-            self._loaded[key] = self.backend.load(self.model_dir, k)
-        return self._loaded[key]
+        return k
 
     def session(self, batch: int = 1, max_len: int = 256, max_prompt: int | None = None):
         """A session for `batch` sequences of at most `max_len` tokens (prompt and generated);

@@ -1,0 +1,107 @@
+"""Tiny models of every supported family compile, load real safetensors checkpoints and run
+prefill and 16 greedy decode steps against the numpy reference model (fp32)."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_models import BUCKETS, HF_CONFIGS, tiny, write_checkpoint
+
+from tunefleet.runtime import CompileOptions, compile_model, load_model, load_weights
+from tunefleet.runtime.manifest import MANIFEST_NAME, read_manifest
+from tunefleet.runtime.reference import ReferenceModel
+from tunefleet.workers.targets import detect_cpu
+
+STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, build_config) -> dict[str, Path]:
+    """family -> a compiled model folder (default schedules: no database)."""
+    out = {}
+    target = detect_cpu()
+    for family in HF_CONFIGS:
+        folder = tmp_path_factory.mktemp(f"model-{family}")
+        compile_model(CompileOptions(tiny(family), target, str(folder), build_config,
+                                     buckets=BUCKETS))  # fmt: skip
+        out[family] = folder
+    return out
+
+
+def rel_err(a: np.ndarray, r: np.ndarray) -> float:
+    return float(np.abs(a - r).max() / np.abs(r).max())
+
+
+def generate_and_compare(model, weights, batch: int, prompt_len: int, steps: int) -> float:
+    """Prefill and greedy decode on the runtime and the reference fed the same tokens; the
+    largest relative logit error; asserts the greedy tokens agree at every step."""
+    session = model.session(batch, prompt_len + steps, prompt_len)
+    ref = ReferenceModel(weights)
+    ids = np.random.default_rng(batch * 100 + prompt_len).integers(
+        0, weights.config.vocab_size, (batch, prompt_len)
+    )
+    got, want = session.prefill(ids), ref.prefill(ids)
+    worst = rel_err(got, want)
+    tok = session.greedy(got[:, -1]).copy()
+    assert np.array_equal(tok, want[:, -1].argmax(-1))
+    for step in range(steps):
+        got, want = session.decode(tok), ref.decode(tok)
+        worst = max(worst, rel_err(got, want))
+        tok = session.greedy(got).copy()
+        assert np.array_equal(tok, want.argmax(-1)), f"greedy tokens differ at step {step}"
+    return worst
+
+
+@pytest.mark.parametrize("family", list(HF_CONFIGS))
+def test_family_checkpoint_runs_like_the_reference(family, compiled, family_weights, tmp_path):
+    weights = family_weights[family]
+    shards = 2 if family == "llama" else 1  # one sharded checkpoint with its index
+    ckpt = write_checkpoint(weights, tmp_path / "ckpt", shards)
+    loaded = load_weights(tiny(family), ckpt)
+    assert set(loaded.tensors) == set(weights.tensors)
+    for name, arr in weights.tensors.items():  # fused and tied tensors come back split
+        np.testing.assert_array_equal(loaded[name], arr, err_msg=name)
+    model = load_model(compiled[family], loaded)
+    err = generate_and_compare(model, loaded, batch=2, prompt_len=5, steps=STEPS)
+    assert err <= 1e-3
+
+
+def test_manifest_is_versioned_plain_json(compiled) -> None:
+    folder = compiled["qwen2"]
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    assert data["format"] == "tunefleet.compiled-model" and data["version"] == 1
+    assert data["model"]["qkv_bias"] is True and data["target"]["fingerprint"]
+    manifest = read_manifest(folder)
+    assert {t.phase for t in manifest.tasks} == {"decode", "prefill"}
+    for task in manifest.tasks:
+        assert task.kernels and all(k.record_id is None for k in task.kernels)
+        for k in (*task.kernels, task.fallback):
+            assert (folder / k.binary).is_file() and (folder / k.source).is_file()
+            assert k.target_fingerprint == manifest.target_fingerprint
+    assert not list(folder.rglob("*.pkl")) and not list(folder.rglob("*.pickle"))
+
+
+def test_a_decode_step_allocates_no_buffer(compiled, family_weights) -> None:
+    model = load_model(compiled["llama"], family_weights["llama"])
+    session = model.session(batch=3, max_len=24, max_prompt=8)
+    logits = session.prefill(np.zeros((3, 8), dtype=np.int64))
+    tok = session.greedy(logits[:, -1]).copy()
+    session.decode(tok)  # first call per shape loads kernels and runs the guard
+    numpy_domain = np.lib.tracemalloc_domain
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(4):
+            tok = session.greedy(session.decode(tok))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    only_numpy = [tracemalloc.DomainFilter(True, numpy_domain)]
+    grown = sum(s.size_diff for s in after.filter_traces(only_numpy).compare_to(
+        before.filter_traces(only_numpy), "filename"))  # fmt: skip
+    assert grown <= 0, f"decode steps left {grown} bytes of numpy buffers"
+    assert session.plan.k_cache.shape == (2, 3, 2, 24, 16)  # layers, batch, kv, max_len, d
