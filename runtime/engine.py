@@ -170,6 +170,11 @@ def load_model(
     path = Path(model_dir)
     manifest = read_manifest(path)
     backend = backend_for(manifest.target_kind)
+    if manifest.quant != "none":
+        raise RuntimeModelError(
+            f"{path} was compiled with --quant {manifest.quant}; this runtime does not quantise "
+            "weights at load yet: compile with --quant none"
+        )
     here = target or detect_cpu()
     if here.fingerprint != manifest.target_fingerprint:
         raise RuntimeModelError(
