@@ -24,7 +24,7 @@ from tunefleet.coordinator.models import ModelConfigError
 from tunefleet.coordinator.presets import resolve_model
 from tunefleet.database.cli import db_option, open_store
 from tunefleet.runtime.compile import CompileOptions, compile_model
-from tunefleet.runtime.engine import load_model
+from tunefleet.runtime.engine import effective_weights, load_model
 from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.runtime.manifest import Manifest, read_manifest
 from tunefleet.runtime.reference import ReferenceModel
@@ -175,7 +175,7 @@ def _run(model_dir: str, weights_path: str | None, use_random: bool, prompt_len:
         "tokens": np.stack(tokens, axis=1).tolist(),
     }
     if check:
-        result |= _check(weights, prompt, tokens, seen)
+        result |= _check(effective_weights(weights, manifest.quant), prompt, tokens, seen)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from tunefleet.runtime.dispatch import in_range
 from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.runtime.manifest import KernelEntry, Manifest, TaskEntry, read_manifest
 from tunefleet.runtime.memory import MemoryPlan
+from tunefleet.runtime.quant import dequantized, quantize_q4
 from tunefleet.runtime.weights import Weights, random_weights
 from tunefleet.workers.targets import Target, detect_cpu
 
@@ -46,35 +48,89 @@ CALLS = {
 }
 
 
+Projection = tuple[np.ndarray, ...]  # (weight,) or q4's (qweight, scales), in kernel layout
+
+
 @dataclass(frozen=True)
 class LayerWeights:
     """One layer's weights in the kernels' layouts and storage dtype."""
 
     input_norm: np.ndarray
-    qkv: np.ndarray  # [H, 2, d/2, hidden]; q rows scaled by 1/sqrt(d)
+    qkv: Projection  # [H, 2, d/2, hidden]; q rows scaled by 1/sqrt(d)
     qkv_bias: np.ndarray | None  # [H, 2, d/2]
-    o: np.ndarray
+    o: Projection
     o_bias: np.ndarray | None
     post_norm: np.ndarray
-    gate_up: np.ndarray  # [2, inter, hidden]
+    gate_up: Projection  # [2, inter, hidden]
     gate_up_bias: np.ndarray | None  # [2, inter]
-    down: np.ndarray
+    down: Projection
     down_bias: np.ndarray | None
 
 
-def pack_weights(w: Weights) -> tuple[list[LayerWeights], dict[str, np.ndarray]]:
+def _rows(w: Weights) -> dict[str, np.ndarray]:
+    """The weight rows of each dense kernel as the kernels see them ([n, k], float32):
+    per layer q|k|v with 1/sqrt(d) folded into q, o, gate|up and down; then the LM head."""
+    cfg = w.config
+    scale = 1.0 / math.sqrt(cfg.head_dim)
+    out = {}
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        out[p + "qkv"] = np.concatenate([w[p + "q"] * scale, w[p + "k"], w[p + "v"]])
+        out[p + "o"] = w[p + "o"]
+        out[p + "gate_up"] = np.concatenate([w[p + "gate"], w[p + "up"]])
+        out[p + "down"] = w[p + "down"]
+    out["lm_head"] = w["lm_head"]
+    return out
+
+
+def effective_weights(w: Weights, quant: str) -> Weights:
+    """The canonical weights a model compiled with `quant` computes with: `w` itself, or for
+    q4 every projection and the LM head quantised and unpacked again (the numpy reference
+    runs on these to check a q4 model)."""
+    if quant == "none":
+        return w
+    cfg = w.config
+    sqrt_d = math.sqrt(cfg.head_dim)
+    tensors = dict(w.tensors)
+    for name, rows in _rows(w).items():
+        deq = dequantized(np.asarray(rows, np.float32))
+        if name.endswith("qkv"):
+            p = name.removesuffix("qkv")
+            q, kv = cfg.q_size, cfg.kv_size
+            tensors |= {p + "q": deq[:q] * sqrt_d, p + "k": deq[q : q + kv], p + "v": deq[q + kv :]}
+        elif name.endswith("gate_up"):
+            p = name.removesuffix("gate_up")
+            inter = cfg.intermediate_size
+            tensors |= {p + "gate": deq[:inter], p + "up": deq[inter:]}
+        else:
+            tensors[name] = deq
+    return Weights(cfg, tensors)
+
+
+def pack_weights(w: Weights, quant: str = "none") -> tuple[list[LayerWeights], dict[str, Any]]:
     """Canonical weights in the kernels' layouts: q|k|v and gate|up concatenated and viewed
-    as the fused kernels' grids, 1/sqrt(d) folded into q, Gemma's norm as 1 + weight."""
+    as the fused kernels' grids, 1/sqrt(d) folded into q, Gemma's norm as 1 + weight; with
+    q4, each projection and the LM head quantised to (qweight, scales)."""
     cfg = w.config
     dt = cfg.dtype
     h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     grid = (h + 2 * kv, 2, d // 2)
     scale = 1.0 / math.sqrt(d)
     plus = 1.0 if cfg.family == "gemma" else 0.0
+    rows = _rows(w)
 
     def store(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
         out = np.ascontiguousarray(from_float32(np.asarray(a, np.float32), dt))
         return out.reshape(shape) if shape is not None else out
+
+    def proj(name: str, lead: tuple[int, ...] | None = None) -> Projection:
+        a = rows[name]
+        if quant == "none":
+            return (store(a, None if lead is None else (*lead, a.shape[1])),)
+        qw, sc = quantize_q4(np.asarray(a, np.float32))
+        if lead is None:
+            return qw, sc
+        return qw.reshape(*lead, qw.shape[1]), sc.reshape(*lead, sc.shape[1])
 
     def opt(name: str) -> np.ndarray | None:
         a = w.get(name)
@@ -83,7 +139,6 @@ def pack_weights(w: Weights) -> tuple[list[LayerWeights], dict[str, np.ndarray]]
     layers = []
     for i in range(cfg.num_layers):
         p = f"layers.{i}."
-        qkv = np.concatenate([w[p + "q"] * scale, w[p + "k"], w[p + "v"]])
         qkv_bias = None
         if cfg.qkv_bias:
             qkv_bias = store(
@@ -96,24 +151,21 @@ def pack_weights(w: Weights) -> tuple[list[LayerWeights], dict[str, np.ndarray]]
         layers.append(
             LayerWeights(
                 input_norm=store(w[p + "input_norm"] + plus),
-                qkv=store(qkv, (*grid, cfg.hidden_size)),
+                qkv=proj(p + "qkv", grid),
                 qkv_bias=qkv_bias,
-                o=store(w[p + "o"]),
+                o=proj(p + "o"),
                 o_bias=opt(p + "o_bias"),
                 post_norm=store(w[p + "post_norm"] + plus),
-                gate_up=store(
-                    np.concatenate([w[p + "gate"], w[p + "up"]]),
-                    (2, cfg.intermediate_size, cfg.hidden_size),
-                ),
+                gate_up=proj(p + "gate_up", (2, cfg.intermediate_size)),
                 gate_up_bias=gu_bias,
-                down=store(w[p + "down"]),
+                down=proj(p + "down"),
                 down_bias=opt(p + "down_bias"),
             )
         )
     glob = {
         "embed": store(w["embed"]),
         "final_norm": store(w["final_norm"] + plus),
-        "lm_head": store(w["lm_head"]),
+        "lm_head": proj("lm_head"),
     }
     return layers, glob
 
@@ -126,7 +178,7 @@ class CompiledModel:
         self.manifest = manifest
         self.config = manifest.model
         self.backend = backend
-        self.layers, self.globals = pack_weights(weights)
+        self.layers, self.globals = pack_weights(weights, manifest.quant)
         self._loaded: dict[tuple[str, str], KernelCall] = {}
 
     def kernel(self, task: TaskEntry, dims: dict[str, int]) -> KernelCall:
@@ -170,11 +222,6 @@ def load_model(
     path = Path(model_dir)
     manifest = read_manifest(path)
     backend = backend_for(manifest.target_kind)
-    if manifest.quant != "none":
-        raise RuntimeModelError(
-            f"{path} was compiled with --quant {manifest.quant}; this runtime does not quantise "
-            "weights at load yet: compile with --quant none"
-        )
     here = target or detect_cpu()
     if here.fingerprint != manifest.target_fingerprint:
         raise RuntimeModelError(
@@ -292,7 +339,7 @@ class Session:
         qkv = pl.qkv[: t * big * d].reshape(t, big, d)
         for li, lw in enumerate(model.layers):
             run(tasks["norm"], tok_dims, x, lw.input_norm, pl.hn)
-            run(tasks["qkv"], tok_dims, pl.hn, lw.qkv, lw.qkv_bias, pl.cos, pl.sin, pl.qkv)
+            run(tasks["qkv"], tok_dims, pl.hn, *lw.qkv, lw.qkv_bias, pl.cos, pl.sin, pl.qkv)
             kc, vc = pl.k_cache[li], pl.v_cache[li]
             q = pl.q[: b * h * n * d].reshape(b, h, n, d)
             ks = pl.k_stage[: b * kv * m * d].reshape(b, kv, m, d)
@@ -316,10 +363,10 @@ class Session:
                     pl.ctx[: h * n * d].reshape(h, n, d).transpose(1, 0, 2)
                 )
                 ctx = pl.ctx_t
-            run(tasks["o"], tok_dims, ctx, lw.o, lw.o_bias, x, x_other)
+            run(tasks["o"], tok_dims, ctx, *lw.o, lw.o_bias, x, x_other)
             run(tasks["norm"], tok_dims, x_other, lw.post_norm, pl.hn)
-            run(tasks["gate_up"], tok_dims, pl.hn, lw.gate_up, lw.gate_up_bias, pl.act)
-            run(tasks["down"], tok_dims, pl.act, lw.down, lw.down_bias, x_other, x)
+            run(tasks["gate_up"], tok_dims, pl.hn, *lw.gate_up, lw.gate_up_bias, pl.act)
+            run(tasks["down"], tok_dims, pl.act, *lw.down, lw.down_bias, x_other, x)
         run(tasks["norm"], tok_dims, x, model.globals["final_norm"], pl.hn)
-        run(tasks["lm_head"], tok_dims, pl.hn, model.globals["lm_head"], logits.reshape(-1))
+        run(tasks["lm_head"], tok_dims, pl.hn, *model.globals["lm_head"], logits.reshape(-1))
 

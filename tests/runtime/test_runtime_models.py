@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from runtime_models import BUCKETS, HF_CONFIGS, tiny, write_checkpoint
 
+from tunefleet.coordinator.graph import Quant
 from tunefleet.runtime import CompileOptions, compile_model, load_model, load_weights
+from tunefleet.runtime.engine import effective_weights
 from tunefleet.runtime.manifest import MANIFEST_NAME, read_manifest
+from tunefleet.runtime.quant import quantize_q4
 from tunefleet.runtime.reference import ReferenceModel
 from tunefleet.workers.targets import detect_cpu
 
@@ -105,3 +108,29 @@ def test_a_decode_step_allocates_no_buffer(compiled, family_weights) -> None:
         before.filter_traces(only_numpy), "filename"))  # fmt: skip
     assert grown <= 0, f"decode steps left {grown} bytes of numpy buffers"
     assert session.plan.k_cache.shape == (2, 3, 2, 24, 16)  # layers, batch, kv, max_len, d
+
+
+def test_q4_weights_are_quantised_at_load_and_run_like_the_reference(
+    tmp_path, build_config, family_weights
+) -> None:
+    weights = family_weights["qwen2"]
+    compile_model(CompileOptions(tiny("qwen2"), detect_cpu(), str(tmp_path), build_config,
+                                 quant=Quant.Q4, buckets=BUCKETS))  # fmt: skip
+    model = load_model(tmp_path, weights)
+    qweight, scales = model.layers[0].gate_up
+    assert qweight.dtype == np.uint32 and scales.dtype == np.float16
+    assert qweight.shape == (2, 96, 64 // 8) and scales.shape == (2, 96, 64 // 32)
+    effective = effective_weights(weights, "q4")
+    lost = np.abs(effective["layers.0.down"] - weights["layers.0.down"])
+    assert 0 < lost.max() <= np.abs(weights["layers.0.down"]).max() / 14 + 1e-6  # half a step
+    assert generate_and_compare(model, effective, batch=1, prompt_len=6, steps=STEPS) <= 1e-3
+
+
+def test_quantize_q4_packs_nibbles_as_the_kernels_read_them() -> None:
+    w = np.zeros((1, 32), np.float32)
+    w[0, :8] = [7, -7, 0, 1, -1, 3.5, 2, -6.5]  # scale 1: codes are value + 8
+    qweight, scales = quantize_q4(w)
+    assert scales.tolist() == [[1.0]]
+    expected = [15, 1, 8, 9, 7, 12, 10, 2]  # 3.5 and -6.5 round half to even
+    assert int(qweight[0, 0]) == sum(c << (4 * j) for j, c in enumerate(expected))
+    assert int(qweight[0, 1]) == 0x88888888
