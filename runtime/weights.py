@@ -223,3 +223,30 @@ def _read_bf16(file: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
         handle.seek(8 + size + begin)
         raw = np.frombuffer(handle.read(end - begin), dtype="<u2")
     return bf16_to_f32(raw).reshape(shape).astype(np.float32)
+
+
+def save_checkpoint(w: Weights, folder: str | Path) -> Path:
+    """Write `w` as a one-file Hugging Face checkpoint (`model.safetensors`, HF names; Phi-3's
+    projections fused, a tied LM head left out), e.g. for loading the same random weights
+    into another implementation."""
+    from safetensors.numpy import save_file
+
+    cfg = w.config
+    names = hf_names(cfg)
+    out: dict[str, np.ndarray] = {}
+    for name, arr in w.tensors.items():
+        hf = names[name]
+        if name == "lm_head" and cfg.tie_embeddings:
+            continue
+        if cfg.family == "phi3" and ("qkv_proj" in hf or "gate_up_proj" in hf):
+            parts = ("q", "k", "v") if "qkv_proj" in hf else ("gate", "up")
+            prefix, kind = name.rsplit(".", 1)
+            suffix = "_bias" if kind.endswith("_bias") else ""
+            if kind.removesuffix("_bias") == parts[0]:
+                out[hf] = np.concatenate([w[f"{prefix}.{p}{suffix}"] for p in parts])
+            continue
+        out[hf] = np.ascontiguousarray(arr, dtype=np.float32)
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path / SINGLE_NAME))
+    return path

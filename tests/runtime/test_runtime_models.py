@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from runtime_models import BUCKETS, HF_CONFIGS, tiny, write_checkpoint
+from safetensors.numpy import load_file
 
 from tunefleet.coordinator.graph import Quant
 from tunefleet.runtime import CompileOptions, compile_model, load_model, load_weights
@@ -17,6 +18,7 @@ from tunefleet.runtime.engine import effective_weights
 from tunefleet.runtime.manifest import MANIFEST_NAME, read_manifest
 from tunefleet.runtime.quant import quantize_q4
 from tunefleet.runtime.reference import ReferenceModel
+from tunefleet.runtime.weights import save_checkpoint
 from tunefleet.workers.targets import detect_cpu
 
 STEPS = 16
@@ -134,3 +136,15 @@ def test_quantize_q4_packs_nibbles_as_the_kernels_read_them() -> None:
     expected = [15, 1, 8, 9, 7, 12, 10, 2]  # 3.5 and -6.5 round half to even
     assert int(qweight[0, 0]) == sum(c << (4 * j) for j, c in enumerate(expected))
     assert int(qweight[0, 1]) == 0x88888888
+
+
+@pytest.mark.parametrize("family", ["phi3", "gemma"])
+def test_save_checkpoint_writes_what_load_weights_reads(family, family_weights, tmp_path):
+    weights = family_weights[family]
+    folder = save_checkpoint(weights, tmp_path)
+    names = set(load_file(str(folder / "model.safetensors")))
+    assert ("model.layers.0.self_attn.qkv_proj.weight" in names) == (family == "phi3")
+    assert ("lm_head.weight" in names) == (not weights.config.tie_embeddings)
+    loaded = load_weights(weights.config, folder)
+    for name, arr in weights.tensors.items():
+        np.testing.assert_array_equal(loaded[name], arr, err_msg=name)
