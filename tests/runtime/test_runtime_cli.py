@@ -20,19 +20,23 @@ from tunefleet.runtime import RuntimeModelError, load_model, load_weights
 from tunefleet.runtime.manifest import MANIFEST_NAME, read_manifest
 from tunefleet.workers.targets import detect_cpu
 
+pytestmark = pytest.mark.slow  # a real tuning job and several CLI processes
+
 CODE = "import sys; from tunefleet.coordinator.cli import main; sys.exit(main())"
 BUCKET_SPEC = "b=1:4,n=8:32,m=64"
 
 
-def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HOME=str(tmp / "home"), TUNEFLEET_CACHE_DIR=str(tmp / "kc"))
+def cli(tmp: Path, *args: str, cache_dir: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `tunefleet ARGS` in a fresh process; kernels cached in `cache_dir` (shared with the
+    other runtime tests, so equal kernels compile once)."""
+    env = dict(os.environ, HOME=str(tmp / "home"), TUNEFLEET_CACHE_DIR=cache_dir or str(tmp / "kc"))
     env.pop("TUNEFLEET_DB_URL", None)
     return subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True,
                           env=env, timeout=300)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory) -> dict:
+def tuned(tmp_path_factory, build_config) -> dict:
     """A tiny Qwen2 tuned by a real job for a few trials (decode, b=1 only), then compiled."""
     tmp = tmp_path_factory.mktemp("tuned")
     model_dir = tmp / "qwen2"
@@ -40,11 +44,13 @@ def tuned(tmp_path_factory) -> dict:
     (model_dir / "config.json").write_text(json.dumps(HF_CONFIGS["qwen2"]))
     db = f"sqlite:///{tmp / 'records.db'}"
     done = cli(tmp, "tune", "--model", str(model_dir), "--budget", "3", "--phase", "decode",
-               "--set", "b=1,m=64", "--db", db, "--json")  # fmt: skip
+               "--set", "b=1,m=64", "--db", db, "--json",
+               cache_dir=build_config.cache_dir)  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = tmp / "compiled"
     made = cli(tmp, "compile", "--model", str(model_dir), "--target", "cpu", "--db", db,
-               "--out", str(out), "--buckets", BUCKET_SPEC, "--json")  # fmt: skip
+               "--out", str(out), "--buckets", BUCKET_SPEC, "--json",
+               cache_dir=build_config.cache_dir)  # fmt: skip
     assert made.returncode == 0, made.stderr
     return {"tmp": tmp, "db": db, "out": out, "report": json.loads(made.stdout),
             "model_dir": model_dir}  # fmt: skip
