@@ -23,6 +23,7 @@ from tunefleet.coordinator.graph import Quant
 from tunefleet.coordinator.models import ModelConfigError
 from tunefleet.coordinator.presets import resolve_model
 from tunefleet.database.cli import db_option, open_store
+from tunefleet.ir.dtypes import to_float32
 from tunefleet.runtime.compile import CompileOptions, compile_model
 from tunefleet.runtime.engine import effective_weights, load_model
 from tunefleet.runtime.errors import RuntimeModelError
@@ -153,7 +154,7 @@ def _run(model_dir: str, weights_path: str | None, use_random: bool, prompt_len:
         t0 = time.perf_counter()
         logits = session.prefill(prompt)
         prefill_s = time.perf_counter() - t0
-        seen = [logits.astype(np.float64, copy=True)] if check else []
+        seen = [_values(logits, cfg.dtype)] if check else []
         tokens = [session.greedy(logits[:, -1]).copy()]
         decode_s = 0.0
         for _ in range(gen):
@@ -161,7 +162,7 @@ def _run(model_dir: str, weights_path: str | None, use_random: bool, prompt_len:
             step = session.decode(tokens[-1])
             decode_s += time.perf_counter() - t0
             if check:
-                seen.append(step.astype(np.float64, copy=True))
+                seen.append(_values(step, cfg.dtype))
             tokens.append(session.greedy(step).copy())
     except RuntimeModelError as err:
         raise click.ClickException(str(err)) from None
@@ -195,6 +196,11 @@ def _run(model_dir: str, weights_path: str | None, use_random: bool, prompt_len:
                 f"check failed: max_rel_err {result['max_rel_err']:.3g} (limit {limit:g}), "
                 f"tokens {'match' if result['tokens_match'] else 'differ'}"
             )
+
+
+def _values(logits: np.ndarray, dtype: str) -> np.ndarray:
+    """A copy of logits as float64 values (bf16 logits are stored as bit patterns)."""
+    return to_float32(logits, dtype).astype(np.float64)
 
 
 def _check(weights, prompt: np.ndarray, tokens: list[np.ndarray],

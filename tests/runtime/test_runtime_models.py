@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,13 @@ from runtime_models import BUCKETS, HF_CONFIGS, tiny, write_checkpoint
 from safetensors.numpy import load_file
 
 from tunefleet.coordinator.graph import Quant
+from tunefleet.ir.dtypes import to_float32
 from tunefleet.runtime import CompileOptions, compile_model, load_model, load_weights
 from tunefleet.runtime.engine import effective_weights
 from tunefleet.runtime.manifest import MANIFEST_NAME, read_manifest
 from tunefleet.runtime.quant import quantize_q4
 from tunefleet.runtime.reference import ReferenceModel
-from tunefleet.runtime.weights import save_checkpoint
+from tunefleet.runtime.weights import random_weights, save_checkpoint
 from tunefleet.workers.targets import detect_cpu
 
 STEPS = 16
@@ -37,8 +39,10 @@ def compiled(tmp_path_factory, build_config) -> dict[str, Path]:
     return out
 
 
-def rel_err(a: np.ndarray, r: np.ndarray) -> float:
-    return float(np.abs(a - r).max() / np.abs(r).max())
+def rel_err(a: np.ndarray, r: np.ndarray, dtype: str = "float32") -> float:
+    """Largest |a - r| over the largest |r|; `a` stored in `dtype` (bf16 as bit patterns)."""
+    values = to_float32(a, dtype).astype(np.float64)
+    return float(np.abs(values - r).max() / np.abs(r).max())
 
 
 def generate_and_compare(model, weights, batch: int, prompt_len: int, steps: int) -> float:
@@ -49,13 +53,14 @@ def generate_and_compare(model, weights, batch: int, prompt_len: int, steps: int
     ids = np.random.default_rng(batch * 100 + prompt_len).integers(
         0, weights.config.vocab_size, (batch, prompt_len)
     )
+    dtype = weights.config.dtype
     got, want = session.prefill(ids), ref.prefill(ids)
-    worst = rel_err(got, want)
+    worst = rel_err(got, want, dtype)
     tok = session.greedy(got[:, -1]).copy()
     assert np.array_equal(tok, want[:, -1].argmax(-1))
     for step in range(steps):
         got, want = session.decode(tok), ref.decode(tok)
-        worst = max(worst, rel_err(got, want))
+        worst = max(worst, rel_err(got, want, dtype))
         tok = session.greedy(got).copy()
         assert np.array_equal(tok, want.argmax(-1)), f"greedy tokens differ at step {step}"
     return worst
@@ -156,3 +161,16 @@ def test_save_checkpoint_writes_what_load_weights_reads(family, family_weights, 
     loaded = load_weights(weights.config, folder)
     for name, arr in weights.tensors.items():
         np.testing.assert_array_equal(loaded[name], arr, err_msg=name)
+
+
+@pytest.mark.parametrize(("dtype", "limit"), [("bfloat16", 5e-2), ("float16", 1e-2)])
+def test_half_precision_models_store_weights_and_activations_in_their_dtype(
+    dtype, limit, tmp_path, build_config
+) -> None:
+    cfg = replace(tiny("qwen2"), dtype=dtype)
+    compile_model(CompileOptions(cfg, detect_cpu(), str(tmp_path), build_config,
+                                 buckets=BUCKETS))  # fmt: skip
+    weights = random_weights(cfg, seed=4)
+    model = load_model(tmp_path, weights)
+    assert model.layers[0].qkv[0].dtype == (np.uint16 if dtype == "bfloat16" else np.float16)
+    assert generate_and_compare(model, weights, batch=2, prompt_len=4, steps=4) <= limit
