@@ -13,7 +13,6 @@ a record use the default schedule, built once per task on the symbolic PrimFunc.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -274,7 +273,3 @@ def _with_estimates(
         totals[phase.value] = totals.get(phase.value, 0.0) + task.weight * ms
     return replace(manifest, estimated_ms=totals)
 
-
-def clear_output(out_dir: str) -> None:
-    """Remove an earlier compiled model's kernels from `out_dir` (the folder is reused)."""
-    shutil.rmtree(Path(out_dir) / KERNEL_DIR, ignore_errors=True)

@@ -125,5 +125,9 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, family_weights, damage) -
 def test_cli_usage_errors(tuned, tmp_path) -> None:
     done = cli(tmp_path, "run", str(tuned["out"]), "--prompt-len", "4")
     assert done.returncode == 2 and "--weights PATH or --random-weights" in done.stderr
+    done = cli(tmp_path, "compile", "--model", "tiny", "--out", str(tmp_path / "x"),
+               "--buckets", "q=3")  # fmt: skip
+    assert done.returncode == 2 and "unknown dim 'q'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
     with pytest.raises(RuntimeModelError, match="not a compiled model"):
         read_manifest(tmp_path / "nothing")
