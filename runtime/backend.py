@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tunefleet.runtime.errors import RuntimeModelError
-from tunefleet.runtime.manifest import KernelEntry
+from tunefleet.runtime.manifest import KernelArg, KernelEntry
 from tunefleet.workers.launch import evaluate
 
 KernelCall = Callable[[Sequence[np.ndarray], Mapping[str, int]], None]
@@ -74,7 +74,14 @@ class CpuBackend(Backend):
         return call
 
 
-def _check_buffers(kernel: KernelEntry, specs, arrays: Sequence[np.ndarray], dims) -> None:
+def _check_buffers(
+    kernel: KernelEntry,
+    specs: Sequence[KernelArg],
+    arrays: Sequence[np.ndarray],
+    dims: Mapping[str, int],
+) -> None:
+    """Each buffer holds, contiguously, at least the elements its argument shape needs at
+    `dims`; RuntimeModelError names the buffer otherwise."""
     if len(arrays) != len(specs):
         raise RuntimeModelError(
             f"kernel {kernel.entry} takes {len(specs)} buffers, got {len(arrays)}"

@@ -31,7 +31,8 @@ FLOAT_DTYPES = ("F32", "F16", "BF16")
 
 @dataclass(frozen=True)
 class Weights:
-    """A model's weights by canonical name, float32."""
+    """A model's weights by canonical name, float32 (the dtype conversion happens when the
+    runtime packs them)."""
 
     config: ModelConfig
     tensors: Mapping[str, np.ndarray]
@@ -45,7 +46,7 @@ class Weights:
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every canonical tensor of `cfg` and its shape."""
-    hid, inter, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    hid, inter = cfg.hidden_size, cfg.intermediate_size
     out: dict[str, tuple[int, ...]] = {
         "embed": (cfg.vocab_size, hid),
         "final_norm": (hid,),
@@ -65,7 +66,6 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         if cfg.mlp_bias:
             layer |= {"gate_bias": (inter,), "up_bias": (inter,), "down_bias": (hid,)}
         out |= {p + k: v for k, v in layer.items()}
-    del d
     return out
 
 
