@@ -6,8 +6,10 @@ task specialised at that point (the workload key a tuning job records under, see
 coordinator/job_plan.py) on the target's fingerprint. A record's trace is replayed on the
 task's symbolic PrimFunc, so its kernel takes the dims as arguments and serves the whole
 bucket; a trace that pins a symbolic extent (a tiling sampled on the constant) cannot be,
-and is built on the specialised PrimFunc instead: an `exact` kernel that serves only the
-bucket point, while other sizes of the bucket run the task's default kernel. Buckets without
+and is built on the specialised PrimFunc instead: an `exact` kernel. It serves the sizes of
+its bucket up to the point along the row dims (`pad`: the token rows of every kernel but
+attention, and attention's batch), the runtime running the point's rows; other sizes of the
+bucket run the task's default kernel. Buckets without
 a record use the default schedule, built once per task on the symbolic PrimFunc.
 """
 
@@ -193,6 +195,15 @@ class _KernelBuilder:
         return _Built(source, binary, art.entry, args)
 
 
+def paddable(task: Task) -> tuple[str, ...]:
+    """Symbolic dims along which the task's rows are computed independently: every dim of a
+    row-wise kernel (tokens), only the batch of attention (its kv length and its queries'
+    causal positions change the result)."""
+    if task.kind == "attention":
+        return tuple(s for s in task.symbolic if s == "b")
+    return task.symbolic
+
+
 def _ranges(task: Task, point: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     """The sizes of each symbolic dim the bucket point holds."""
     out = {}
@@ -214,6 +225,7 @@ def _entry(
         bucket=dict(p.dims),
         ranges=dict(ranges),
         exact=exact,
+        pad=paddable(p.task) if exact else (),
         record_id=None if record is None else record.id,
         workload_key=p.workload_key,
         target_fingerprint=fingerprint,
@@ -232,6 +244,7 @@ def _task_entry(
         bucket={},
         ranges={name: (1, 0) for name in task.symbolic},
         exact=False,
+        pad=(),
         record_id=None,
         workload_key=task.workload_key,
         target_fingerprint=fp,

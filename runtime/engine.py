@@ -181,30 +181,55 @@ class CompiledModel:
         self.layers, self.globals = pack_weights(weights, manifest.quant)
         self._loaded: dict[tuple[str, str], KernelCall] = {}
 
-    def kernel(self, task: TaskEntry, dims: dict[str, int]) -> KernelCall:
-        """The loaded kernel `choose` picks for `dims`."""
-        k = self.choose(task, dims)
+    def kernel(self, task: TaskEntry, dims: dict[str, int]) -> tuple[KernelCall, dict[str, int]]:
+        """The loaded kernel `choose` picks for `dims`, and the dims to call it with."""
+        k, call_dims = self.choose(task, dims)
         key = (k.binary, k.entry)
         if key not in self._loaded:
             self._loaded[key] = self.backend.load(self.model_dir, k)
-        return self._loaded[key]
+        return self._loaded[key], call_dims
 
-    def choose(self, task: TaskEntry, dims: dict[str, int]) -> KernelEntry:
-        """The kernel of the bucket holding `dims` (an exact kernel only at its own point,
-        the task's default at the other sizes of its bucket)."""
+    def choose(
+        self, task: TaskEntry, dims: dict[str, int]
+    ) -> tuple[KernelEntry, dict[str, int]]:
+        """The kernel of the bucket holding `dims` and the sizes to run it at: the actual
+        ones, or for an exact kernel its point, when the sizes differ from it only along its
+        `pad` dims (rows beyond the actual ones are computed and ignored); the task's default
+        at the other sizes of an exact kernel's bucket."""
         for k in task.kernels:
             if all(in_range(dims[s], *k.ranges[s]) for s in task.symbolic):
-                if k.exact and any(dims[s] != k.bucket[s] for s in task.symbolic):
-                    k = task.fallback
                 break
         else:
             raise RuntimeModelError(f"{task.phase}/{task.name}: no kernel holds sizes {dims}")
-        return k
+        if not k.exact:
+            return k, dims
+        differ = [s for s in task.symbolic if dims[s] != k.bucket[s]]
+        if all(s in k.pad and dims[s] < k.bucket[s] for s in differ):
+            return k, {**dims, **{s: k.bucket[s] for s in differ}}
+        return task.fallback, dims
+
+    def padded(self, phase: Phase, dim: str, size: int) -> int:
+        """The most rows a call of `phase` with `size` along `dim` may run: the point of an
+        exact kernel that pads up to it, else `size` (the memory plan reserves this)."""
+        most = size
+        for task in self.manifest.tasks:
+            if task.phase != phase.value:
+                continue
+            for k in task.kernels:
+                if k.exact and dim in k.pad and in_range(size, *k.ranges[dim]):
+                    most = max(most, k.bucket[dim])
+        return most
 
     def session(self, batch: int = 1, max_len: int = 256, max_prompt: int | None = None):
         """A session for `batch` sequences of at most `max_len` tokens (prompt and generated);
-        every buffer is allocated here, once."""
-        return Session(self, MemoryPlan.create(self.config, batch, max_len, max_prompt))
+        every buffer is allocated here, once, with room for the rows exact kernels pad to."""
+        max_prompt = max_len if max_prompt is None else max_prompt
+        rows = {
+            "batch": self.padded(Phase.DECODE, "b", batch),
+            "prompt": self.padded(Phase.PREFILL, "n", max_prompt) if max_prompt >= 1 else 1,
+        }
+        plan = MemoryPlan.create(self.config, batch, max_len, max_prompt, rows)
+        return Session(self, plan)
 
 
 def load_model(
@@ -275,7 +300,7 @@ class Session:
         self._check_ids(ids)
         for s in range(pl.batch):
             pl.ids[:n] = ids[s]
-            self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s, :n])
+            self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s])
         self.length = n
         return pl.prefill_logits[:, :n]
 
@@ -293,7 +318,7 @@ class Session:
         pl.ids[: pl.batch] = ids
         self._forward(Phase.DECODE, pl.batch, None, pl.decode_logits)
         self.length += 1
-        return pl.decode_logits
+        return pl.decode_logits[: pl.batch]
 
     def greedy(self, logits: np.ndarray) -> np.ndarray:
         """argmax over the vocabulary into the session's token buffer (no allocation for
@@ -332,7 +357,8 @@ class Session:
         m = att["m"]
 
         def run(task: TaskEntry, dims: dict[str, int], *arrays: np.ndarray | None) -> None:
-            model.kernel(task, dims)([a for a in arrays if a is not None], dims)
+            call, call_dims = model.kernel(task, dims)
+            call([a for a in arrays if a is not None], call_dims)
 
         x, x_other = pl.x0, pl.x1
         run(tasks["embed"], tok_dims, pl.ids, model.globals["embed"], x)

@@ -39,12 +39,15 @@ class KernelEntry:
 
     `record_id` is the tuning record whose trace built it (None: the default schedule);
     `workload_key` the key the record belongs to (the task specialised at `bucket`);
-    `exact` marks a kernel specialised at the bucket point, which serves only those sizes.
+    `exact` marks a kernel specialised at the bucket point: it serves sizes of its bucket
+    below the point only along the dims in `pad` (rows that are computed independently, so
+    the runtime runs the point's rows and ignores the extra ones), and the point itself.
     """
 
     bucket: Mapping[str, int]
     ranges: Mapping[str, tuple[int, int]]  # dim -> (low, high); high 0 = unbounded
     exact: bool
+    pad: tuple[str, ...]
     record_id: int | None
     workload_key: str
     target_fingerprint: str
@@ -159,6 +162,7 @@ def read_manifest(model_dir: str | Path) -> Manifest:
 def _kernel_json(k: KernelEntry) -> dict[str, Any]:
     out = asdict(k)
     out["ranges"] = {d: list(r) for d, r in k.ranges.items()}
+    out["pad"] = list(k.pad)
     out["args"] = [asdict(a) | {"shape": list(a.shape)} for a in k.args]
     return out
 
@@ -184,6 +188,7 @@ def _kernel_from(d: Mapping[str, Any]) -> KernelEntry:
         bucket={k: int(v) for k, v in d["bucket"].items()},
         ranges={k: (int(v[0]), int(v[1])) for k, v in d["ranges"].items()},
         exact=bool(d["exact"]),
+        pad=tuple(str(x) for x in d["pad"]),
         record_id=None if d["record_id"] is None else int(d["record_id"]),
         workload_key=str(d["workload_key"]),
         target_fingerprint=str(d["target_fingerprint"]),

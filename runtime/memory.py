@@ -2,11 +2,14 @@
 
 Activations are reused by every layer and both phases (the residual stream ping-pongs
 between two buffers); the kv cache holds `batch x max_len` positions of every layer; the
-attention staging buffers hold the largest cache prefix. A step allocates nothing.
+attention staging buffers hold the largest cache prefix. Buffers hold the rows kernels run,
+more than the actual tokens where an exact kernel pads up to its bucket point. A step
+allocates nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +44,8 @@ class MemoryPlan:
     v_cache: np.ndarray
     k_stage: np.ndarray
     v_stage: np.ndarray
-    prefill_logits: np.ndarray  # [batch, max_prompt, vocab]
-    decode_logits: np.ndarray  # [batch, vocab]
+    prefill_logits: np.ndarray  # [batch, prompt rows, vocab]
+    decode_logits: np.ndarray  # [batch rows, vocab]
 
     @property
     def nbytes(self) -> int:
@@ -51,10 +54,16 @@ class MemoryPlan:
 
     @staticmethod
     def create(
-        cfg: ModelConfig, batch: int, max_len: int, max_prompt: int | None = None
+        cfg: ModelConfig,
+        batch: int,
+        max_len: int,
+        max_prompt: int | None = None,
+        rows: Mapping[str, int] | None = None,
     ) -> MemoryPlan:
         """Allocate the buffers for `batch` sequences of at most `max_len` tokens, prompts
-        of at most `max_prompt` (default `max_len`)."""
+        of at most `max_prompt` (default `max_len`); `rows` gives the rows a kernel may run
+        for the batch (`batch`) and a prompt (`prompt`) when exact kernels pad up to their
+        bucket point (default: the sizes themselves)."""
         max_prompt = max_len if max_prompt is None else max_prompt
         if batch < 1 or max_len < 1 or not 1 <= max_prompt <= max_len:
             raise RuntimeModelError(
@@ -62,7 +71,10 @@ class MemoryPlan:
                 f"max_prompt={max_prompt}, max_len={max_len}"
             )
         dt = storage_dtype(cfg.dtype)
-        t = max(batch, max_prompt)
+        rows = rows or {}
+        batch_rows = max(batch, rows.get("batch", batch))
+        prompt_rows = max(max_prompt, rows.get("prompt", max_prompt))
+        t = max(batch_rows, prompt_rows)
         h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         hid, big = cfg.hidden_size, cfg.num_heads + 2 * cfg.num_kv_heads
 
@@ -72,7 +84,7 @@ class MemoryPlan:
         inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
         angles = np.arange(max_len, dtype=np.float64)[:, None] * inv[None, :]
         cache = (cfg.num_layers, batch, kv, max_len, d)
-        stage = batch * kv * max_len * d
+        stage = batch_rows * kv * max_len * d
         return MemoryPlan(
             batch=batch,
             max_len=max_len,
@@ -95,7 +107,7 @@ class MemoryPlan:
             v_cache=buf(*cache),
             k_stage=buf(stage),
             v_stage=buf(stage),
-            prefill_logits=buf(batch, max_prompt, cfg.vocab_size),
-            decode_logits=buf(batch, cfg.vocab_size),
+            prefill_logits=buf(batch, prompt_rows, cfg.vocab_size),
+            decode_logits=buf(batch_rows, cfg.vocab_size),
         )
 

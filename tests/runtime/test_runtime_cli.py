@@ -82,7 +82,7 @@ def test_the_tuned_kernels_run_and_match_the_reference(tuned) -> None:
     model = load_model(tuned["out"])
     for task, kernel in with_record:
         dims = {s: kernel.bucket[s] for s in task.symbolic}
-        assert model.choose(task, dims) == kernel  # at its bucket point the tuned one runs
+        assert model.choose(task, dims) == (kernel, dims)  # at its point the tuned one runs
     done = cli(tuned["tmp"], "run", str(tuned["out"]), "--random-weights", "--prompt-len", "4",
                "--gen", "16", "--batch", "1", "--check", "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr

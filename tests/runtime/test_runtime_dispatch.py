@@ -48,10 +48,11 @@ def test_prefill_lengths_at_bucket_edges(model, family_weights, prompt) -> None:
 def test_each_size_picks_the_bucket_that_holds_it(model) -> None:
     manifest = model.manifest
     dense = manifest.task_for("prefill", "down_proj+mlp_residual")
-    picks = {n: model.choose(dense, {"n": n}).bucket["n"] for n in (1, 8, 9, 32, 33, 500)}
+    picks = {n: model.choose(dense, {"n": n})[0].bucket["n"] for n in (1, 8, 9, 32, 33, 500)}
     assert picks == {1: 8, 8: 8, 9: 32, 32: 32, 33: 32, 500: 32}
     att = manifest.task_for("decode", "attn_scores+attn_softmax+attn_context")
-    assert model.choose(att, {"b": 3, "m": 200}).bucket == {"b": 4, "m": 64}
+    kernel, call_dims = model.choose(att, {"b": 3, "m": 200})
+    assert kernel.bucket == {"b": 4, "m": 64} and call_dims == {"b": 3, "m": 200}
 
 
 def test_a_prompt_longer_than_the_maximum_is_refused(model) -> None:
