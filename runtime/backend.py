@@ -26,6 +26,10 @@ class Backend(ABC):
 
     kind: str
 
+    def __init__(self, threads: int | None = None) -> None:
+        """`threads`: host threads a kernel may use (backends without host threads ignore it)."""
+        self.threads = threads
+
     @abstractmethod
     def load(self, model_dir: Path, kernel: KernelEntry) -> KernelCall:
         """A callable running `kernel` on buffers (in parameter order) at dims."""
@@ -33,16 +37,24 @@ class Backend(ABC):
 
 class CpuBackend(Backend):
     """C kernels (OpenMP) from shared libraries, called through ctypes with the buffers'
-    addresses and the dims as int64 scalars."""
+    addresses and the dims as int64 scalars. `threads` sets OpenMP's thread count for the
+    kernels this thread calls (None: OpenMP's default, every core); on cores other
+    processes keep busy, fewer threads avoid waiting at every kernel's barrier."""
 
     kind = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__(threads)
         self._libs: dict[str, ctypes.CDLL] = {}
-        self._runtimes = [
-            ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL)
-            for p in filter(None, (ctypes.util.find_library("gomp"),))
-        ]  # OpenMP stays loaded for as long as any kernel may run
+        path = ctypes.util.find_library("gomp")
+        # OpenMP stays loaded for as long as any kernel may run
+        self._openmp = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL) if path else None
+        if threads is not None:
+            if threads < 1:
+                raise RuntimeModelError(f"threads must be at least 1, got {threads}")
+            if self._openmp is None:
+                raise RuntimeModelError("cannot set the thread count: no OpenMP runtime found")
+            self._openmp.omp_set_num_threads(ctypes.c_int(threads))
 
     def load(self, model_dir: Path, kernel: KernelEntry) -> KernelCall:
         path = str((model_dir / kernel.binary).resolve())
@@ -100,11 +112,11 @@ def _check_buffers(
 BACKENDS: dict[str, type[Backend]] = {"cpu": CpuBackend}
 
 
-def backend_for(kind: str) -> Backend:
-    """The backend running kernels of target kind `kind`."""
+def backend_for(kind: str, threads: int | None = None) -> Backend:
+    """The backend running kernels of target kind `kind` (`threads`: see CpuBackend)."""
     if kind not in BACKENDS:
         raise RuntimeModelError(
             f"no {kind} runtime in this build: the compiled model's kernels are built, but "
             "running them needs the CUDA backend, which is not implemented yet"
         )
-    return BACKENDS[kind]()
+    return BACKENDS[kind](threads)

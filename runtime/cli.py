@@ -3,7 +3,7 @@
     tunefleet compile --model MODEL --target cpu|cuda [--db URL] --out DIR [--buckets ...]
                       [--quant none|q4] [--json]
     tunefleet run DIR [--weights PATH | --random-weights] [--prompt-len N] [--gen N]
-                  [--batch B] [--check] [--json]
+                  [--batch B] [--threads T] [--check] [--json]
 
 Environment variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
 """
@@ -129,16 +129,21 @@ def coverage(manifest: Manifest) -> dict[str, Any]:
 @click.option("--gen", type=click.IntRange(min=0), default=16, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt and weights seed.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads per kernel "
+              "(default: every core; fewer where other processes keep cores busy).")  # fmt: skip
 @click.option("--check", is_flag=True, help="Compare the logits with the numpy reference.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run_cmd(model_dir: str, weights_path: str | None, use_random: bool, prompt_len: int,
-            gen: int, batch: int, seed: int, check: bool, as_json: bool) -> None:  # fmt: skip
+            gen: int, batch: int, seed: int, threads: int | None, check: bool,
+            as_json: bool) -> None:  # fmt: skip
     """Run a compiled model: prefill a random prompt, then greedy decode steps."""
-    _run(model_dir, weights_path, use_random, prompt_len, gen, batch, seed, check, as_json)
+    _run(model_dir, weights_path, use_random, prompt_len, gen, batch, seed, threads, check,
+         as_json)  # fmt: skip
 
 
 def _run(model_dir: str, weights_path: str | None, use_random: bool, prompt_len: int, gen: int,
-         batch: int, seed: int, check: bool, as_json: bool) -> None:  # fmt: skip
+         batch: int, seed: int, threads: int | None, check: bool,
+         as_json: bool) -> None:  # fmt: skip
     if (weights_path is None) == (not use_random):
         raise click.UsageError("pass one of --weights PATH or --random-weights")
     try:
@@ -147,7 +152,7 @@ def _run(model_dir: str, weights_path: str | None, use_random: bool, prompt_len:
         weights = (
             random_weights(cfg, seed) if use_random else load_weights(cfg, weights_path or "")
         )
-        model = load_model(model_dir, weights)
+        model = load_model(model_dir, weights, threads=threads)
         max_len = prompt_len + gen
         session = model.session(batch, max_len, prompt_len)
         prompt = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, prompt_len))

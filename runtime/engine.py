@@ -238,15 +238,17 @@ def load_model(
     *,
     target: Target | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> CompiledModel:
     """Load a compiled model for this machine (random weights when `weights` is None).
 
     The model must have been compiled for this machine's target: a different kind or
     fingerprint is refused, since its kernels were chosen and built for another device.
+    `threads` is the OpenMP thread count of the CPU kernels (None: every core).
     """
     path = Path(model_dir)
     manifest = read_manifest(path)
-    backend = backend_for(manifest.target_kind)
+    backend = backend_for(manifest.target_kind, threads)
     here = target or detect_cpu()
     if here.fingerprint != manifest.target_fingerprint:
         raise RuntimeModelError(

@@ -30,7 +30,7 @@ def model(tmp_path_factory, build_config, family_weights):
     folder = tmp_path_factory.mktemp("dispatch")
     compile_model(CompileOptions(tiny("qwen2"), detect_cpu(), str(folder), build_config,
                                  buckets=BUCKETS))  # fmt: skip
-    return load_model(folder, family_weights["qwen2"])
+    return load_model(folder, family_weights["qwen2"], threads=1)
 
 
 # decode b buckets (1, 4): 1 is the first edge, 2 and 3 lie between, 4 the edge, 5 above

@@ -1,8 +1,14 @@
 """Tiny models of every supported family compile, load real safetensors checkpoints and run
-prefill and 16 greedy decode steps against the numpy reference model (fp32)."""
+prefill and 16 greedy decode steps against the numpy reference model (fp32).
+
+Kernels run on one OpenMP thread here (`threads=1`): on a machine whose cores other processes
+keep busy, every parallel region waits at its barrier; test_runtime_cli runs them on every
+core."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import tracemalloc
 from dataclasses import replace
@@ -75,7 +81,8 @@ def test_family_checkpoint_runs_like_the_reference(family, compiled, family_weig
     assert set(loaded.tensors) == set(weights.tensors)
     for name, arr in weights.tensors.items():  # fused and tied tensors come back split
         np.testing.assert_array_equal(loaded[name], arr, err_msg=name)
-    model = load_model(compiled[family], loaded)
+    model = load_model(compiled[family], loaded, threads=1)
+    assert ctypes.CDLL(ctypes.util.find_library("gomp")).omp_get_max_threads() == 1
     err = generate_and_compare(model, loaded, batch=2, prompt_len=5, steps=STEPS)
     assert err <= 1e-3
 
@@ -99,7 +106,7 @@ def test_a_decode_step_allocates_no_buffer(compiled, family_weights) -> None:
     """Steps neither keep nor briefly take memory the size of a buffer: the peak traced
     memory of four decode steps (Python's own objects included) stays below half the cache
     prefix that each step reads."""
-    model = load_model(compiled["llama"], family_weights["llama"])
+    model = load_model(compiled["llama"], family_weights["llama"], threads=1)
     session = model.session(batch=3, max_len=512, max_prompt=400)
     logits = session.prefill(np.zeros((3, 400), dtype=np.int64))  # steps see m > 400
     tok = session.greedy(logits[:, -1]).copy()
@@ -131,7 +138,7 @@ def test_q4_weights_are_quantised_at_load_and_run_like_the_reference(
     weights = family_weights["qwen2"]
     compile_model(CompileOptions(tiny("qwen2"), detect_cpu(), str(tmp_path), build_config,
                                  quant=Quant.Q4, buckets=BUCKETS))  # fmt: skip
-    model = load_model(tmp_path, weights)
+    model = load_model(tmp_path, weights, threads=1)
     qweight, scales = model.layers[0].gate_up
     assert qweight.dtype == np.uint32 and scales.dtype == np.float16
     assert qweight.shape == (2, 96, 64 // 8) and scales.shape == (2, 96, 64 // 32)
@@ -171,6 +178,6 @@ def test_half_precision_models_store_weights_and_activations_in_their_dtype(
     compile_model(CompileOptions(cfg, detect_cpu(), str(tmp_path), build_config,
                                  buckets=BUCKETS))  # fmt: skip
     weights = random_weights(cfg, seed=4)
-    model = load_model(tmp_path, weights)
+    model = load_model(tmp_path, weights, threads=1)
     assert model.layers[0].qkv[0].dtype == (np.uint16 if dtype == "bfloat16" else np.float16)
     assert generate_and_compare(model, weights, batch=2, prompt_len=4, steps=4) <= limit

@@ -75,7 +75,7 @@ def test_an_exact_kernel_pads_smaller_batches_of_its_bucket(tmp_path, build_conf
     assert kernel.record_id == record_id and kernel.exact and kernel.pad == ("b",)
     assert kernel.bucket == {"b": 4} and kernel.ranges == {"b": (2, 0)}  # the last bucket
 
-    model = load_model(out, family_weights["llama"])
+    model = load_model(out, family_weights["llama"], threads=1)
     assert model.choose(lm_head, {"b": 3}) == (kernel, {"b": 4})  # 3 rows run as 4
     assert model.choose(lm_head, {"b": 4}) == (kernel, {"b": 4})
     assert model.choose(lm_head, {"b": 1})[0].record_id is None  # bucket 1: the default
