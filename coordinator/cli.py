@@ -34,6 +34,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "tasks": CommandSpec("tunefleet.coordinator.tasks_cli:tasks", "Split a model into tasks."),
     "job": CommandSpec("tunefleet.coordinator.job_cli:job", "List, inspect and resume jobs."),
     "db": CommandSpec("tunefleet.database.cli:db", "Manage and query the tuning-record database."),
+    "compile": CommandSpec("tunefleet.runtime.cli:compile_cmd", "Compile a model to run."),
+    "run": CommandSpec("tunefleet.runtime.cli:run_cmd", "Run a compiled model (prefill, decode)."),
     "dashboards": CommandSpec("tunefleet.dashboards.cli:dashboards", "Export or push dashboards."),
     "report": CommandSpec("tunefleet.dashboards.cli:report", "Write a job's HTML report."),
 }

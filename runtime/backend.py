@@ -1,0 +1,122 @@
+"""Kernel backends: one class per device kind loads a compiled model's binaries and calls
+them. The CPU backend loads the shared libraries with ctypes; a CUDA backend (cubins through
+pycuda, decode steps captured as CUDA graphs) slots in as another class of the same shape and
+is not built yet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tunefleet.runtime.errors import RuntimeModelError
+from tunefleet.runtime.manifest import KernelArg, KernelEntry
+from tunefleet.workers.launch import evaluate
+
+KernelCall = Callable[[Sequence[np.ndarray], Mapping[str, int]], None]
+
+
+class Backend(ABC):
+    """Loads kernels of one target kind and runs them on host-visible buffers."""
+
+    kind: str
+
+    def __init__(self, threads: int | None = None) -> None:
+        """`threads`: host threads a kernel may use (backends without host threads ignore it)."""
+        self.threads = threads
+
+    @abstractmethod
+    def load(self, model_dir: Path, kernel: KernelEntry) -> KernelCall:
+        """A callable running `kernel` on buffers (in parameter order) at dims."""
+
+
+class CpuBackend(Backend):
+    """C kernels (OpenMP) from shared libraries, called through ctypes with the buffers'
+    addresses and the dims as int64 scalars. `threads` sets OpenMP's thread count for the
+    kernels this thread calls (None: OpenMP's default, every core); on cores other
+    processes keep busy, fewer threads avoid waiting at every kernel's barrier."""
+
+    kind = "cpu"
+
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__(threads)
+        self._libs: dict[str, ctypes.CDLL] = {}
+        path = ctypes.util.find_library("gomp")
+        # OpenMP stays loaded for as long as any kernel may run
+        self._openmp = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL) if path else None
+        if threads is not None:
+            if threads < 1:
+                raise RuntimeModelError(f"threads must be at least 1, got {threads}")
+            if self._openmp is None:
+                raise RuntimeModelError("cannot set the thread count: no OpenMP runtime found")
+            self._openmp.omp_set_num_threads(ctypes.c_int(threads))
+
+    def load(self, model_dir: Path, kernel: KernelEntry) -> KernelCall:
+        path = str((model_dir / kernel.binary).resolve())
+        lib = self._libs.get(path)
+        if lib is None:
+            try:
+                lib = self._libs[path] = ctypes.CDLL(path)
+            except OSError as err:
+                raise RuntimeModelError(f"cannot load kernel {kernel.binary}: {err}") from None
+        try:
+            fn = getattr(lib, kernel.entry)
+        except AttributeError:
+            raise RuntimeModelError(f"{kernel.binary} has no kernel {kernel.entry!r}") from None
+        buffers = [a for a in kernel.args if a.kind == "buffer"]
+        scalars = [a.name for a in kernel.args if a.kind == "scalar"]
+        fn.argtypes = [ctypes.c_void_p] * len(buffers) + [ctypes.c_int64] * len(scalars)
+        fn.restype = None
+        last: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+        def call(arrays: Sequence[np.ndarray], dims: Mapping[str, int]) -> None:
+            values = tuple(int(dims[s]) for s in scalars)
+            seen = (values, tuple(a.size for a in arrays))
+            if not last or last[0] != seen:  # the guard, again whenever the shapes change
+                _check_buffers(kernel, buffers, arrays, dims)
+                last[:] = [seen]
+            # the address through __array_interface__: `ndarray.ctypes` keeps memory per call
+            fn(*(a.__array_interface__["data"][0] for a in arrays), *values)
+
+        return call
+
+
+def _check_buffers(
+    kernel: KernelEntry,
+    specs: Sequence[KernelArg],
+    arrays: Sequence[np.ndarray],
+    dims: Mapping[str, int],
+) -> None:
+    """Each buffer holds, contiguously, at least the elements its argument shape needs at
+    `dims`; RuntimeModelError names the buffer otherwise."""
+    if len(arrays) != len(specs):
+        raise RuntimeModelError(
+            f"kernel {kernel.entry} takes {len(specs)} buffers, got {len(arrays)}"
+        )
+    for spec, arr in zip(specs, arrays, strict=True):
+        need = 1
+        for d in spec.shape:
+            need *= evaluate(d, dims)
+        if arr.size < need or not arr.flags.c_contiguous:
+            raise RuntimeModelError(
+                f"kernel {kernel.entry}: buffer {spec.name} needs {need} contiguous elements "
+                f"at {dict(dims)}, got {arr.size}"
+            )
+
+
+BACKENDS: dict[str, type[Backend]] = {"cpu": CpuBackend}
+
+
+def backend_for(kind: str, threads: int | None = None) -> Backend:
+    """The backend running kernels of target kind `kind` (`threads`: see CpuBackend)."""
+    if kind not in BACKENDS:
+        raise RuntimeModelError(
+            f"no {kind} runtime in this build: the compiled model's kernels are built, but "
+            "running them needs the CUDA backend, which is not implemented yet"
+        )
+    return BACKENDS[kind](threads)

@@ -1,0 +1,288 @@
+"""The compile path: a model's tasks, the best record of each (task, bucket) for the target,
+every kernel built, and a compiled model written to a folder.
+
+For each phase, task and bucket point the record store is asked for the best record of the
+task specialised at that point (the workload key a tuning job records under, see
+coordinator/job_plan.py) on the target's fingerprint. A record's trace is replayed on the
+task's symbolic PrimFunc, so its kernel takes the dims as arguments and serves the whole
+bucket; a trace that pins a symbolic extent (a tiling sampled on the constant) cannot be,
+and is built on the specialised PrimFunc instead: an `exact` kernel. It serves the sizes of
+its bucket up to the point along the row dims (`pad`: the token rows of every kernel but
+attention, and attention's batch), the runtime running the point's rows; other sizes of the
+bucket run the task's default kernel. Buckets without
+a record use the default schedule, built once per task on the symbolic PrimFunc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tunefleet.coordinator.graph import PINNED, Phase, Quant
+from tunefleet.coordinator.job_plan import bucket_points, specialize
+from tunefleet.coordinator.models import ModelConfig
+from tunefleet.coordinator.roofline import get_target
+from tunefleet.coordinator.task_problems import task_dims
+from tunefleet.coordinator.tasks import Task, model_tasks
+from tunefleet.database import RecordStore, TuningRecord
+from tunefleet.ir import structural_hash
+from tunefleet.ir.codegen import KernelSource
+from tunefleet.runtime.dispatch import bucket_ranges
+from tunefleet.runtime.errors import RuntimeModelError
+from tunefleet.runtime.manifest import KernelArg, KernelEntry, Manifest, TaskEntry
+from tunefleet.workers.builder import BuildConfig, BuildInput, LoweringError, compile_kernel, lower
+from tunefleet.workers.cpu_harness import harness_source
+from tunefleet.workers.targets import Target
+
+KERNEL_DIR = "kernels"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What to compile and where: the model, the target, the records, the output folder.
+
+    `store` None compiles every kernel with its default schedule. `buckets` replaces the
+    phases' default bucket values (use the values the model was tuned at). `jobs` is how
+    many compilers run at once.
+    """
+
+    model: ModelConfig
+    target: Target
+    out_dir: str
+    build: BuildConfig
+    store: RecordStore | None = None
+    quant: Quant = Quant.NONE
+    buckets: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    jobs: int = 2
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A kernel to build: where its schedule comes from and the bucket it serves."""
+
+    task: Task
+    point: Mapping[str, int]  # raw bucket values of the point
+    dims: Mapping[str, int]  # the task's symbolic dims at the point (prefill m raised to n)
+    workload_key: str
+    record: TuningRecord | None
+
+
+def compile_model(options: CompileOptions, on_kernel: Callable[[], None] | None = None) -> Manifest:
+    """Compile every task and bucket of the model into `options.out_dir`; the manifest.
+
+    A kernel that cannot be built (its generated C does not compile) raises
+    RuntimeModelError naming the task; `on_kernel` is called as each kernel is built.
+    """
+    out = Path(options.out_dir)
+    try:
+        (out / KERNEL_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RuntimeModelError(f"{out}: cannot create the output folder: {err}") from None
+    fp = options.target.fingerprint
+    plans: list[tuple[Phase, Task, list[_Planned]]] = []
+    for phase in (Phase.DECODE, Phase.PREFILL):
+        for task in model_tasks(options.model, phase, options.quant, buckets=options.buckets):
+            planned = []
+            for point in bucket_points(task):
+                dims = task_dims(task, {**PINNED[phase], **point}) if task.symbolic else {}
+                key = structural_hash(specialize(task.func, {**PINNED[phase], **dims}))
+                best = options.store.best(key, fp) if options.store is not None else []
+                planned.append(_Planned(task, point, dims, key, best[0] if best else None))
+            plans.append((phase, task, planned))
+
+    builder = _KernelBuilder(options, out, on_kernel)
+    with ThreadPoolExecutor(max(options.jobs, 1)) as pool:
+        fallbacks = {id(t): pool.submit(builder.default, t) for _, t, _ in plans}
+        tuned = {
+            (id(t), i): pool.submit(builder.tuned, p)
+            for _, t, ps in plans
+            for i, p in enumerate(ps)
+            if p.record is not None
+        }
+        entries = []
+        for phase, task, planned in plans:
+            fallback = fallbacks[id(task)].result()
+            kernels = []
+            for i, p in enumerate(planned):
+                ranges = _ranges(task, p.point)
+                made = tuned.get((id(task), i))
+                result = made.result() if made is not None else None
+                if result is None:
+                    kernels.append(_entry(fallback, p, ranges, None, fp))
+                else:
+                    built, exact = result
+                    kernels.append(_entry(built, p, ranges, p.record, fp, exact))
+            entries.append(_task_entry(phase, task, kernels, fallback, fp))
+    manifest = Manifest(
+        model=options.model,
+        quant=options.quant.value,
+        target_kind=options.target.kind.value,
+        target_fingerprint=fp,
+        target_device=options.target.device,
+        tasks=tuple(entries),
+    )
+    manifest = _with_estimates(manifest, plans, options.target)
+    manifest.write(out)
+    return manifest
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A compiled kernel written into the model folder."""
+
+    source: str
+    binary: str
+    entry: str
+    args: tuple[KernelArg, ...]
+
+
+class _KernelBuilder:
+    """Lowers and compiles kernels into the model folder (shared by the pool's threads)."""
+
+    def __init__(self, options: CompileOptions, out: Path, on_kernel: Callable[[], None] | None):
+        self.options = options
+        self.out = out
+        self.on_kernel = on_kernel
+
+    def default(self, task: Task) -> _Built:
+        """The task's default schedule on its symbolic PrimFunc."""
+        try:
+            kernel = lower(BuildInput(self.options.target, workload=task.func))
+        except LoweringError as err:
+            raise RuntimeModelError(f"{task.phase}/{task.name}: no default kernel: {err}") from None
+        return self._compile(task, kernel)
+
+    def tuned(self, p: _Planned) -> tuple[_Built, bool] | None:
+        """The record's trace on the symbolic PrimFunc, else on the one specialised at the
+        point (exact); None when it replays on neither (the bucket keeps the default)."""
+        assert p.record is not None
+        target = self.options.target
+        try:
+            kernel = lower(BuildInput(target, workload=p.task.func, trace=p.record.trace_json))
+            exact = False
+        except LoweringError:
+            func = specialize(p.task.func, {**PINNED[p.task.phase], **p.dims})
+            try:
+                kernel = lower(BuildInput(target, workload=func, trace=p.record.trace_json))
+            except LoweringError:
+                return None
+            exact = True
+        return self._compile(p.task, kernel), exact
+
+    def _compile(self, task: Task, kernel: KernelSource) -> _Built:
+        result = compile_kernel(kernel, self.options.target, self.options.build)
+        if result.artifact is None:
+            first = result.message.strip().splitlines()[:1]
+            raise RuntimeModelError(
+                f"{task.phase}/{task.name}: the kernel does not compile: "
+                f"{first[0] if first else result.status}"
+            )
+        art = result.artifact
+        stem = art.key[:20]
+        suffix = ".so" if self.options.target.is_cpu else ".cubin"
+        src_suffix = ".c" if self.options.target.is_cpu else ".cu"
+        source = f"{KERNEL_DIR}/{stem}{src_suffix}"
+        binary = f"{KERNEL_DIR}/{stem}{suffix}"
+        text = kernel.source + (harness_source(kernel) if self.options.target.is_cpu else "")
+        (self.out / source).write_text(text)
+        (self.out / binary).write_bytes(art.binary)
+        if self.on_kernel is not None:
+            self.on_kernel()
+        args = tuple(KernelArg(a.name, a.kind, a.dtype, tuple(a.shape)) for a in art.args)
+        return _Built(source, binary, art.entry, args)
+
+
+def paddable(task: Task) -> tuple[str, ...]:
+    """Symbolic dims along which the task's rows are computed independently: every dim of a
+    row-wise kernel (tokens), only the batch of attention (its kv length and its queries'
+    causal positions change the result)."""
+    if task.kind == "attention":
+        return tuple(s for s in task.symbolic if s == "b")
+    return task.symbolic
+
+
+def _ranges(task: Task, point: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """The sizes of each symbolic dim the bucket point holds."""
+    out = {}
+    for name, values in task.buckets:
+        reps = sorted(set(values))
+        out[name] = bucket_ranges(reps)[reps.index(point[name])]
+    return out
+
+
+def _entry(
+    built: _Built,
+    p: _Planned,
+    ranges: Mapping[str, tuple[int, int]],
+    record: TuningRecord | None,
+    fingerprint: str,
+    exact: bool = False,
+) -> KernelEntry:
+    return KernelEntry(
+        bucket=dict(p.dims),
+        ranges=dict(ranges),
+        exact=exact,
+        pad=paddable(p.task) if exact else (),
+        record_id=None if record is None else record.id,
+        workload_key=p.workload_key,
+        target_fingerprint=fingerprint,
+        median_ms=None if record is None else record.median_ms,
+        source=built.source,
+        binary=built.binary,
+        entry=built.entry,
+        args=built.args,
+    )
+
+
+def _task_entry(
+    phase: Phase, task: Task, kernels: Sequence[KernelEntry], fallback: _Built, fp: str
+) -> TaskEntry:
+    default = KernelEntry(
+        bucket={},
+        ranges={name: (1, 0) for name in task.symbolic},
+        exact=False,
+        pad=(),
+        record_id=None,
+        workload_key=task.workload_key,
+        target_fingerprint=fp,
+        median_ms=None,
+        source=fallback.source,
+        binary=fallback.binary,
+        entry=fallback.entry,
+        args=fallback.args,
+    )
+    return TaskEntry(
+        name=task.name,
+        phase=phase.value,
+        calls=task.names,
+        op=task.op,
+        kind=task.kind,
+        weight=task.weight,
+        workload_key=task.workload_key,
+        symbolic=task.symbolic,
+        buckets={k: tuple(v) for k, v in task.buckets},
+        kernels=tuple(kernels),
+        fallback=default,
+    )
+
+
+def _with_estimates(
+    manifest: Manifest, plans: Sequence[tuple[Phase, Task, list[_Planned]]], target: Target
+) -> Manifest:
+    """Estimated time of one pass per phase at its first bucket point: each task's measured
+    median where its kernel there is tuned, its roofline time on the target otherwise."""
+    roof = get_target("cpu" if target.is_cpu else "h100")
+    totals: dict[str, float] = {}
+    for (phase, task, planned), entry in zip(plans, manifest.tasks, strict=True):
+        first, kernel = planned[0], entry.kernels[0]
+        dims: dict[str, Any] = {**PINNED[phase], **first.dims}
+        if kernel.median_ms is not None:
+            ms = kernel.median_ms
+        else:
+            ms = roof.seconds(task.flops(dims), task.nbytes(dims), task.dtype) * 1e3
+        totals[phase.value] = totals.get(phase.value, 0.0) + task.weight * ms
+    return replace(manifest, estimated_ms=totals)
+

@@ -1,0 +1,400 @@
+"""Running a compiled model: its weights in the kernels' layouts, a session whose memory is
+planned once, prefill and greedy decode steps.
+
+Data flow of one decoder layer (t tokens; H = heads + 2 kv heads):
+
+    x[t, hidden] -rmsnorm-> hn -dense+rope-> qkv[t, H, 2, d/2]  (the memory of [t, H, d])
+    qkv's k and v heads -> the layer's kv cache [batch, kv, max_len, d] at the tokens' positions
+    q heads -> q[b, h, n, d]; cache[:, :, :m] -> staged k, v [b, kv, m, d]
+    attention(q, k, v) -> ctx[b, h, n, d]  (prefill: transposed to [n, h*d])
+    dense+add(ctx, o, residual x) -> x1 -rmsnorm-> hn2 -dense+act-> act[t, inter]
+    dense+add(act, down, residual x1) -> x2
+
+The attention kernels take the cache as dense `[b, kv, m, d]` with `m` the kv length, so
+each step stages the first `m` positions of the cache into a buffer planned at the maximum
+size (a copy of the cache prefix; a kernel taking the cache's stride would avoid it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunefleet.coordinator.graph import Phase
+from tunefleet.ir.dtypes import from_float32, to_float32
+from tunefleet.runtime.backend import Backend, KernelCall, backend_for
+from tunefleet.runtime.dispatch import in_range
+from tunefleet.runtime.errors import RuntimeModelError
+from tunefleet.runtime.manifest import KernelEntry, Manifest, TaskEntry, read_manifest
+from tunefleet.runtime.memory import MemoryPlan
+from tunefleet.runtime.quant import dequantized, quantize_q4
+from tunefleet.runtime.weights import Weights, random_weights
+from tunefleet.workers.targets import Target, detect_cpu
+
+# fused call names of the graph (coordinator/graph.py, fused by coordinator/fusion.py)
+CALLS = {
+    "embed": "embed",
+    "norm": "input_norm",
+    "qkv": "qkv_proj+rope",
+    "attention": "attn_scores+attn_softmax+attn_context",
+    "o": "o_proj+attn_residual",
+    "gate_up": "gate_up_proj+act",
+    "down": "down_proj+mlp_residual",
+    "lm_head": "lm_head",
+}
+
+
+Projection = tuple[np.ndarray, ...]  # (weight,) or q4's (qweight, scales), in kernel layout
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One layer's weights in the kernels' layouts and storage dtype."""
+
+    input_norm: np.ndarray
+    qkv: Projection  # [H, 2, d/2, hidden]; q rows scaled by 1/sqrt(d)
+    qkv_bias: np.ndarray | None  # [H, 2, d/2]
+    o: Projection
+    o_bias: np.ndarray | None
+    post_norm: np.ndarray
+    gate_up: Projection  # [2, inter, hidden]
+    gate_up_bias: np.ndarray | None  # [2, inter]
+    down: Projection
+    down_bias: np.ndarray | None
+
+
+def _rows(w: Weights) -> dict[str, np.ndarray]:
+    """The weight rows of each dense kernel as the kernels see them ([n, k], float32):
+    per layer q|k|v with 1/sqrt(d) folded into q, o, gate|up and down; then the LM head."""
+    cfg = w.config
+    scale = 1.0 / math.sqrt(cfg.head_dim)
+    out = {}
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        out[p + "qkv"] = np.concatenate([w[p + "q"] * scale, w[p + "k"], w[p + "v"]])
+        out[p + "o"] = w[p + "o"]
+        out[p + "gate_up"] = np.concatenate([w[p + "gate"], w[p + "up"]])
+        out[p + "down"] = w[p + "down"]
+    out["lm_head"] = w["lm_head"]
+    return out
+
+
+def effective_weights(w: Weights, quant: str) -> Weights:
+    """The canonical weights a model compiled with `quant` computes with: `w` itself, or for
+    q4 every projection and the LM head quantised and unpacked again (the numpy reference
+    runs on these to check a q4 model)."""
+    if quant == "none":
+        return w
+    cfg = w.config
+    sqrt_d = math.sqrt(cfg.head_dim)
+    tensors = dict(w.tensors)
+    for name, rows in _rows(w).items():
+        deq = dequantized(np.asarray(rows, np.float32))
+        if name.endswith("qkv"):
+            p = name.removesuffix("qkv")
+            q, kv = cfg.q_size, cfg.kv_size
+            tensors |= {p + "q": deq[:q] * sqrt_d, p + "k": deq[q : q + kv], p + "v": deq[q + kv :]}
+        elif name.endswith("gate_up"):
+            p = name.removesuffix("gate_up")
+            inter = cfg.intermediate_size
+            tensors |= {p + "gate": deq[:inter], p + "up": deq[inter:]}
+        else:
+            tensors[name] = deq
+    return Weights(cfg, tensors)
+
+
+def pack_weights(w: Weights, quant: str = "none") -> tuple[list[LayerWeights], dict[str, Any]]:
+    """Canonical weights in the kernels' layouts: q|k|v and gate|up concatenated and viewed
+    as the fused kernels' grids, 1/sqrt(d) folded into q, Gemma's norm as 1 + weight; with
+    q4, each projection and the LM head quantised to (qweight, scales)."""
+    cfg = w.config
+    dt = cfg.dtype
+    h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    grid = (h + 2 * kv, 2, d // 2)
+    scale = 1.0 / math.sqrt(d)
+    plus = 1.0 if cfg.family == "gemma" else 0.0
+    rows = _rows(w)
+
+    def store(a: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        out = np.ascontiguousarray(from_float32(np.asarray(a, np.float32), dt))
+        return out.reshape(shape) if shape is not None else out
+
+    def proj(name: str, lead: tuple[int, ...] | None = None) -> Projection:
+        a = rows[name]
+        if quant == "none":
+            return (store(a, None if lead is None else (*lead, a.shape[1])),)
+        qw, sc = quantize_q4(np.asarray(a, np.float32))
+        if lead is None:
+            return qw, sc
+        return qw.reshape(*lead, qw.shape[1]), sc.reshape(*lead, sc.shape[1])
+
+    def opt(name: str) -> np.ndarray | None:
+        a = w.get(name)
+        return None if a is None else store(a)
+
+    layers = []
+    for i in range(cfg.num_layers):
+        p = f"layers.{i}."
+        qkv_bias = None
+        if cfg.qkv_bias:
+            qkv_bias = store(
+                np.concatenate([w[p + "q_bias"] * scale, w[p + "k_bias"], w[p + "v_bias"]]), grid
+            )
+        gu_bias = None
+        if cfg.mlp_bias:
+            gu_bias = store(np.concatenate([w[p + "gate_bias"], w[p + "up_bias"]]),
+                            (2, cfg.intermediate_size))  # fmt: skip
+        layers.append(
+            LayerWeights(
+                input_norm=store(w[p + "input_norm"] + plus),
+                qkv=proj(p + "qkv", grid),
+                qkv_bias=qkv_bias,
+                o=proj(p + "o"),
+                o_bias=opt(p + "o_bias"),
+                post_norm=store(w[p + "post_norm"] + plus),
+                gate_up=proj(p + "gate_up", (2, cfg.intermediate_size)),
+                gate_up_bias=gu_bias,
+                down=proj(p + "down"),
+                down_bias=opt(p + "down_bias"),
+            )
+        )
+    glob = {
+        "embed": store(w["embed"]),
+        "final_norm": store(w["final_norm"] + plus),
+        "lm_head": proj("lm_head"),
+    }
+    return layers, glob
+
+
+class CompiledModel:
+    """A compiled model with its kernels loaded and its weights packed."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, weights: Weights, backend: Backend):
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.config = manifest.model
+        self.backend = backend
+        self.layers, self.globals = pack_weights(weights, manifest.quant)
+        self._loaded: dict[tuple[str, str], KernelCall] = {}
+
+    def kernel(self, task: TaskEntry, dims: dict[str, int]) -> tuple[KernelCall, dict[str, int]]:
+        """The loaded kernel `choose` picks for `dims`, and the dims to call it with."""
+        k, call_dims = self.choose(task, dims)
+        key = (k.binary, k.entry)
+        if key not in self._loaded:
+            self._loaded[key] = self.backend.load(self.model_dir, k)
+        return self._loaded[key], call_dims
+
+    def choose(
+        self, task: TaskEntry, dims: dict[str, int]
+    ) -> tuple[KernelEntry, dict[str, int]]:
+        """The kernel of the bucket holding `dims` and the sizes to run it at: the actual
+        ones, or for an exact kernel its point, when the sizes differ from it only along its
+        `pad` dims (rows beyond the actual ones are computed and ignored); the task's default
+        at the other sizes of an exact kernel's bucket."""
+        for k in task.kernels:
+            if all(in_range(dims[s], *k.ranges[s]) for s in task.symbolic):
+                break
+        else:
+            raise RuntimeModelError(f"{task.phase}/{task.name}: no kernel holds sizes {dims}")
+        if not k.exact:
+            return k, dims
+        differ = [s for s in task.symbolic if dims[s] != k.bucket[s]]
+        if all(s in k.pad and dims[s] < k.bucket[s] for s in differ):
+            return k, {**dims, **{s: k.bucket[s] for s in differ}}
+        return task.fallback, dims
+
+    def padded(self, phase: Phase, dim: str, size: int) -> int:
+        """The most rows a call of `phase` with `size` along `dim` may run: the point of an
+        exact kernel that pads up to it, else `size` (the memory plan reserves this)."""
+        most = size
+        for task in self.manifest.tasks:
+            if task.phase != phase.value:
+                continue
+            for k in task.kernels:
+                if k.exact and dim in k.pad and in_range(size, *k.ranges[dim]):
+                    most = max(most, k.bucket[dim])
+        return most
+
+    def session(self, batch: int = 1, max_len: int = 256, max_prompt: int | None = None):
+        """A session for `batch` sequences of at most `max_len` tokens (prompt and generated);
+        every buffer is allocated here, once, with room for the rows exact kernels pad to."""
+        max_prompt = max_len if max_prompt is None else max_prompt
+        rows = {
+            "batch": self.padded(Phase.DECODE, "b", batch),
+            "prompt": self.padded(Phase.PREFILL, "n", max_prompt) if max_prompt >= 1 else 1,
+        }
+        plan = MemoryPlan.create(self.config, batch, max_len, max_prompt, rows)
+        return Session(self, plan)
+
+
+def load_model(
+    model_dir: str | Path,
+    weights: Weights | None = None,
+    *,
+    target: Target | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> CompiledModel:
+    """Load a compiled model for this machine (random weights when `weights` is None).
+
+    The model must have been compiled for this machine's target: a different kind or
+    fingerprint is refused, since its kernels were chosen and built for another device.
+    `threads` is the OpenMP thread count of the CPU kernels (None: every core).
+    """
+    path = Path(model_dir)
+    manifest = read_manifest(path)
+    backend = backend_for(manifest.target_kind, threads)
+    here = target or detect_cpu()
+    if here.fingerprint != manifest.target_fingerprint:
+        raise RuntimeModelError(
+            f"{path} was compiled for target {manifest.target_fingerprint} "
+            f"({manifest.target_device}), this machine is {here.fingerprint} ({here.device}); "
+            "compile it again here with 'tunefleet compile'"
+        )
+    if weights is None:
+        weights = random_weights(manifest.model, seed)
+    if weights.config != manifest.model:
+        raise RuntimeModelError(
+            f"the weights are for model {weights.config.name!r}, the compiled model is "
+            f"{manifest.model.name!r}"
+        )
+    return CompiledModel(path, manifest, weights, backend)
+
+
+class Session:
+    """Prefill then decode for a batch of sequences, on buffers planned once."""
+
+    def __init__(self, model: CompiledModel, plan: MemoryPlan) -> None:
+        self.model = model
+        self.plan = plan
+        self.cfg = model.config
+        self.length = 0  # tokens in the kv cache of every sequence
+        m = model.manifest
+        self.tasks = {
+            phase: {k: m.task_for(phase.value, call) for k, call in CALLS.items()}
+            for phase in Phase
+        }
+        for phase in Phase:  # final_norm shares the norm task
+            m.task_for(phase.value, "final_norm")
+
+    def reset(self) -> None:
+        """Forget the sequences (the cache is overwritten by the next prefill)."""
+        self.length = 0
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        """Run the prompts `ids[batch, n]`; the logits of every prompt position,
+        `[batch, n, vocab]` (a view of the session's buffer, valid until the next call)."""
+        ids = np.asarray(ids)
+        pl = self.plan
+        if ids.ndim != 2 or ids.shape[0] != pl.batch:
+            raise RuntimeModelError(f"prefill takes ids of shape [{pl.batch}, n], got {ids.shape}")
+        n = ids.shape[1]
+        if n < 1 or n > pl.max_prompt:
+            raise RuntimeModelError(
+                f"prompt of {n} tokens is longer than the maximum {pl.max_prompt} of this "
+                "session; start one with a larger max_len"
+            )
+        self._check_ids(ids)
+        for s in range(pl.batch):
+            pl.ids[:n] = ids[s]
+            self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s])
+        self.length = n
+        return pl.prefill_logits[:, :n]
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        """One token `ids[batch]` for each sequence; the next logits `[batch, vocab]` (a view)."""
+        ids = np.asarray(ids)
+        pl = self.plan
+        if ids.shape != (pl.batch,):
+            raise RuntimeModelError(f"decode takes ids of shape [{pl.batch}], got {ids.shape}")
+        if self.length == 0:
+            raise RuntimeModelError("decode needs a prefill first")
+        if self.length >= pl.max_len:
+            raise RuntimeModelError(f"the sequences reached the maximum length {pl.max_len}")
+        self._check_ids(ids)
+        pl.ids[: pl.batch] = ids
+        self._forward(Phase.DECODE, pl.batch, None, pl.decode_logits)
+        self.length += 1
+        return pl.decode_logits[: pl.batch]
+
+    def greedy(self, logits: np.ndarray) -> np.ndarray:
+        """argmax over the vocabulary into the session's token buffer (no allocation for
+        float32 and float16 logits)."""
+        out = self.plan.tokens[: logits.shape[0]]
+        if self.cfg.dtype == "bfloat16":
+            logits = to_float32(logits, "bfloat16")
+        np.argmax(logits, axis=-1, out=out)
+        return out
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):
+            raise RuntimeModelError(f"token ids must lie in [0, {self.cfg.vocab_size})")
+
+    # ------------------------------------------------------------------ one forward pass
+
+    def _forward(self, phase: Phase, t: int, seq: int | None, logits: np.ndarray) -> None:
+        """Embedding, the layers, the final norm and the LM head for `t` tokens: one prompt
+        of sequence `seq` (prefill) or one token of each sequence (decode)."""
+        cfg, pl, model = self.cfg, self.plan, self.model
+        tasks = self.tasks[phase]
+        h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        big = h + 2 * kv
+        if phase is Phase.PREFILL:
+            pos, tok_dims = 0, {"n": t}
+            att = {"n": t, "m": t}
+            b, n = 1, t
+            pl.cos[: t * (d // 2)] = pl.cos_table[:t].reshape(-1)
+            pl.sin[: t * (d // 2)] = pl.sin_table[:t].reshape(-1)
+        else:
+            pos, tok_dims = self.length, {"b": t}
+            att = {"b": t, "m": pos + 1}
+            b, n = t, 1
+            pl.cos[: t * (d // 2)].reshape(t, d // 2)[:] = pl.cos_table[pos]
+            pl.sin[: t * (d // 2)].reshape(t, d // 2)[:] = pl.sin_table[pos]
+        m = att["m"]
+
+        def run(task: TaskEntry, dims: dict[str, int], *arrays: np.ndarray | None) -> None:
+            call, call_dims = model.kernel(task, dims)
+            call([a for a in arrays if a is not None], call_dims)
+
+        x, x_other = pl.x0, pl.x1
+        run(tasks["embed"], tok_dims, pl.ids, model.globals["embed"], x)
+        qkv = pl.qkv[: t * big * d].reshape(t, big, d)
+        for li, lw in enumerate(model.layers):
+            run(tasks["norm"], tok_dims, x, lw.input_norm, pl.hn)
+            run(tasks["qkv"], tok_dims, pl.hn, *lw.qkv, lw.qkv_bias, pl.cos, pl.sin, pl.qkv)
+            kc, vc = pl.k_cache[li], pl.v_cache[li]
+            q = pl.q[: b * h * n * d].reshape(b, h, n, d)
+            ks = pl.k_stage[: b * kv * m * d].reshape(b, kv, m, d)
+            vs = pl.v_stage[: b * kv * m * d].reshape(b, kv, m, d)
+            if phase is Phase.PREFILL:
+                kc[seq, :, :t] = qkv[:, h : h + kv].transpose(1, 0, 2)
+                vc[seq, :, :t] = qkv[:, h + kv :].transpose(1, 0, 2)
+                q[0] = qkv[:, :h].transpose(1, 0, 2)
+                ks[0] = kc[seq, :, :m]
+                vs[0] = vc[seq, :, :m]
+            else:
+                kc[:t, :, pos] = qkv[:, h : h + kv]
+                vc[:t, :, pos] = qkv[:, h + kv :]
+                q[:, :, 0] = qkv[:, :h]
+                ks[:] = kc[:t, :, :m]
+                vs[:] = vc[:t, :, :m]
+            run(tasks["attention"], att, pl.q, pl.k_stage, pl.v_stage, pl.ctx)
+            ctx = pl.ctx
+            if phase is Phase.PREFILL:  # [1, h, n, d] -> [n, h, d]
+                pl.ctx_t[: n * h * d].reshape(n, h, d)[:] = (
+                    pl.ctx[: h * n * d].reshape(h, n, d).transpose(1, 0, 2)
+                )
+                ctx = pl.ctx_t
+            run(tasks["o"], tok_dims, ctx, *lw.o, lw.o_bias, x, x_other)
+            run(tasks["norm"], tok_dims, x_other, lw.post_norm, pl.hn)
+            run(tasks["gate_up"], tok_dims, pl.hn, *lw.gate_up, lw.gate_up_bias, pl.act)
+            run(tasks["down"], tok_dims, pl.act, *lw.down, lw.down_bias, x_other, x)
+        run(tasks["norm"], tok_dims, x, model.globals["final_norm"], pl.hn)
+        run(tasks["lm_head"], tok_dims, pl.hn, *model.globals["lm_head"], logits.reshape(-1))
+
