@@ -62,13 +62,7 @@ class GpuGemv(ScheduleRule):
             o = t.get_block(block)
             acc = t.get_block(acc_name)
             _, j = t.get_loops(o)
-            r = t.sample_categorical(rows, uniform(len(rows)))
-            j0, j1 = t.split(j, [None, r])
-            t.bind(j0, "blockIdx.x")
-            t.bind(j1, "threadIdx.y")
-            t.compute_at(acc, j1)
-            t.set_scope(acc, 0, "local")
-            _split_k(t, acc, lanes, vecs)
+            _rows_of_lanes(t, j, acc, rows, lanes, vecs)
 
         made = try_fork(sch, build)
         return [made] if made is not None else []
@@ -79,6 +73,20 @@ def _lanes_vecs(pairs: list[tuple[int, int]], k: int) -> tuple[list[int], list[i
     lanes = sorted({p[0] for p in pairs})
     vecs = sorted({p[1] for p in pairs if k % (max(lanes) * p[1]) == 0}) or [min(VECS)]
     return lanes, vecs
+
+
+def _rows_of_lanes(
+    t: Schedule, row: RV, acc: RV, rows: list[int], lanes: list[int], vecs: list[int]
+) -> None:
+    """`rows` output rows per block (threadIdx.y), each with its accumulator in a register,
+    computed under the row by threadIdx.x lanes splitting k."""
+    r = t.sample_categorical(rows, uniform(len(rows)))
+    j0, j1 = t.split(row, [None, r])
+    t.bind(j0, "blockIdx.x")
+    t.bind(j1, "threadIdx.y")
+    t.compute_at(acc, j1)
+    t.set_scope(acc, 0, "local")
+    _split_k(t, acc, lanes, vecs)
 
 
 def _split_k(t: Schedule, acc: RV, lanes: list[int], vecs: list[int]) -> None:
@@ -127,13 +135,7 @@ def _paired(sch: Schedule, block: str) -> list[Schedule]:
         if pick:
             t.reorder(*(loops[n] for n in rows), *pick)
         row = t.fuse(*(loops[n] for n in rows)) if len(rows) > 1 else loops[rows[0]]
-        r = t.sample_categorical(row_sizes, uniform(len(row_sizes)))
-        j0, j1 = t.split(row, [None, r])
-        t.bind(j0, "blockIdx.x")
-        t.bind(j1, "threadIdx.y")
-        t.compute_at(acc, j1)
-        t.set_scope(acc, 0, "local")
-        _split_k(t, acc, lanes, vecs)
+        _rows_of_lanes(t, row, acc, row_sizes, lanes, vecs)
         for lp in pick:
             t.unroll(lp)
 
