@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSION = "1.32.0"  # the version built-in kinds are validated at (kubernetes-validate)
+GRAFANA_PASSWORD_KEY = "grafana-admin-password"  # the Secret's key of Grafana's admin password
 
 # a URL with a password that is not a $(VAR) reference Kubernetes fills in from a Secret
 _URL_WITH_PASSWORD = re.compile(r"://[^/\s:@]*:(?!\$\()[^@\s/]+@")
@@ -67,7 +68,8 @@ def pod_templates(resource: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any
 
 def credential_leaks(resources: list[dict[str, Any]]) -> list[str]:
     """Where a manifest holds a credential: a Secret object, an env var whose name says it is
-    secret but whose value is inline, or a URL with a password written into it."""
+    secret but whose value is inline, a URL with a password written into it, or a file of a
+    ConfigMap (Grafana's datasources) whose password-like field is not a $VARIABLE reference."""
     leaks = []
     for res in resources:
         name = f"{res.get('kind')}/{res.get('metadata', {}).get('name')}"
@@ -79,7 +81,29 @@ def credential_leaks(resources: list[dict[str, Any]]) -> list[str]:
             if isinstance(node, dict) and "name" in node and "value" in node:
                 if _SECRET_NAME.search(str(node["name"])):
                     leaks.append(f"{name} {path}: {node['name']} has an inline value")
+        if res.get("kind") == "ConfigMap":
+            for key, text in (res.get("data") or {}).items():
+                leaks += [f"{name} data.{key}{where}: an inline value, not a $VARIABLE"
+                          for where in _inline_secret_fields(text)]  # fmt: skip
     return leaks
+
+
+def _inline_secret_fields(text: str) -> list[str]:
+    """Paths of the password-like fields of a YAML or JSON file whose value is written in it
+    (Grafana expands `$VAR`, `${VAR}` and `$__env{VAR}` from its environment when it reads one)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return []
+    found = []
+    for path, node in _walk(doc):
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if (_SECRET_NAME.search(str(key)) and isinstance(value, str) and value
+                    and not value.startswith("$")):
+                found.append(f"{path}.{key}")
+    return found
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:

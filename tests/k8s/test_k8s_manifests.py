@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from k8s_support import (
+    GRAFANA_PASSWORD_KEY,
     K8S,
     KUBERNETES_VERSION,
     OVERLAYS,
@@ -111,6 +112,7 @@ def test_no_password_or_secret_is_written_in_a_rendered_manifest(overlay: str) -
     assert refs == {
         (k8s_jobs.POSTGRES_PASSWORD_KEY, k8s_jobs.CREDENTIALS_SECRET),
         (k8s_jobs.REDIS_PASSWORD_KEY, k8s_jobs.CREDENTIALS_SECRET),
+        (GRAFANA_PASSWORD_KEY, k8s_jobs.CREDENTIALS_SECRET),
     }
 
 
@@ -135,7 +137,8 @@ def test_the_credential_scan_finds_inline_passwords() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_prometheus_scrapes_the_ports_the_ray_containers_name(overlay: str) -> None:
     resources = render(f"overlays/{overlay}")
-    (config_map,) = [r for r in resources if r["kind"] == "ConfigMap"]
+    (config_map,) = [r for r in resources
+                     if r["kind"] == "ConfigMap" and "prometheus.yml" in r["data"]]
     config = yaml.safe_load(config_map["data"]["prometheus.yml"])
     kept_ports = {}
     for job in config["scrape_configs"]:
@@ -152,7 +155,8 @@ def test_prometheus_scrapes_the_ports_the_ray_containers_name(overlay: str) -> N
         assert ports["metrics"] == k8s_jobs.RAY_METRICS_PORT == 8080, where
         assert ports["coordinator"] == k8s_jobs.COORDINATOR_METRICS_PORT == 9400, where
     # the Deployment mounts that ConfigMap (kustomize renamed it with a hash) and may list pods
-    (deployment,) = [r for r in resources if r["kind"] == "Deployment"]
+    (deployment,) = [r for r in resources if (r["kind"], r["metadata"]["name"]) == (
+        "Deployment", "tunefleet-prometheus")]
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
     (role,) = [r for r in resources if r["kind"] == "Role"]
