@@ -1,6 +1,7 @@
 """Task schedulers: which task of a model gets the next round of trials.
 
-`next_task()` names a task (or None when the budget is spent or every task is finished) and
+`next_task()` names a task (or None when the budget is spent or every task is finished; tasks
+with a round in flight are passed as `busy` and named only when nothing else is left) and
 `on_results(task, trials, best_ms)` reports a finished round; `finish(task)` takes a task out
 (it converged, or its space has nothing left to measure). Chosen by name
 (`create_task_scheduler("gradient", ...)`) or passed as instances; both are deterministic, so
@@ -11,7 +12,7 @@ with `workload_key` and `weight` (the coordinator's `Task`), or `TaskSpec`s.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +68,22 @@ class TaskScheduler(ABC):
     def progress(self, task: int) -> TaskProgress:
         return self._progress[task]
 
-    def next_task(self) -> int | None:
-        """The task to tune next, or None when the trial budget is spent or all are finished."""
+    def next_task(self, busy: Collection[int] = ()) -> int | None:
+        """The task to tune next, or None when the trial budget is spent or all are finished.
+
+        `busy` tasks have a round in flight whose results are not known yet (a pipelined
+        loop): another unfinished task is preferred, a busy one is named only when no other
+        is left.
+        """
         if self._spent >= self.max_trials or len(self._finished) == len(self.tasks):
             return None
+        finished = self._finished
+        if not finished | set(busy) >= set(range(len(self.tasks))):
+            self._finished = finished | set(busy)
+            try:
+                return self._choose()
+            finally:
+                self._finished = finished
         return self._choose()
 
     def finish(self, task: int) -> None:
