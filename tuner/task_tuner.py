@@ -5,6 +5,10 @@ sampler, the search strategy, the cost model it trains, the set of traces alread
 (from the record store, so nothing is measured twice), the best times seen and the failures.
 `round(executor, n)` proposes up to `n` unmeasured candidates, measures them, commits every
 trial (filed under the target's fingerprint and the space version) and retrains the model.
+A round also comes in its three steps, so a loop can pipeline rounds: `start_round` proposes
+and starts the builds (a `RoundInFlight`), `RoundInFlight.start_runs` queues the built
+kernels on the runners, `finish_round` waits for the results and commits them, and `learn`
+retrains the model; the next batch can be proposed and built while this one is timed.
 `tuning.tune` drives one tuner to a trial count; the coordinator's job loop drives one tuner
 per (task, bucket) of a model, several sharing one cost model.
 """
@@ -12,9 +16,13 @@ per (task, bucket) of a model, several sharing one cost model.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import queue
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import as_completed
+from concurrent.futures import Future, as_completed, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +34,7 @@ from tunefleet.workers import (
     BuildResult,
     Executor,
     MeasureConfig,
+    MeasureInput,
     MeasureResult,
     Problem,
     RunInput,
@@ -94,6 +103,132 @@ class RoundResult:
     outcomes: tuple[Outcome, ...] = ()
 
 
+@dataclass(frozen=True)
+class BatchTimes:
+    """When one batch passed its stages, on this process's monotonic clock: proposal began,
+    builds were submitted, each build came back (NaN: never), runs were queued, and the last
+    result came back (NaN: runs never queued or not finished)."""
+
+    workload_key: str
+    trials: int
+    proposed_at: float
+    builds_started: float
+    builds_done: tuple[float, ...]
+    runs_started: float
+    runs_done: float
+
+    def built_while_timing(self, other: BatchTimes) -> bool:
+        """True when a build of this batch came back while `other`'s runs were being timed."""
+        return any(other.runs_started < t < other.runs_done for t in self.builds_done)
+
+
+class RoundInFlight:
+    """One batch of a tuner's candidates on its way through build and run.
+
+    Builds start when it is made; `start_runs` waits for them and queues the built kernels.
+    Every result (a failed build, a run) arrives through its future's callback, stamped with
+    the monotonic time it came, so after a stop `arrived_before(t)` is exactly what finished
+    before it, whichever thread was busy meanwhile; `collect` hands them to the caller's
+    thread in arrival order.
+    """
+
+    def __init__(
+        self, tuner: TaskTuner, batch: list[Candidate], wanted: int, executor: Executor,
+        proposed_at: float,
+    ) -> None:  # fmt: skip
+        self.tuner = tuner
+        self.batch = batch
+        self.wanted = wanted
+        self.samples: list[Sample] = []
+        self.closed = False  # finished, aborted or dropped
+        self._proposed_at = proposed_at
+        self._arrivals: queue.SimpleQueue[tuple[int, MeasureResult, float]] = queue.SimpleQueue()
+        self._arrived: dict[int, tuple[MeasureResult, float]] = {}
+        self._built: dict[int, BuildResult] = {}
+        self._build_done = [math.nan] * len(batch)
+        self._runs_started = math.nan
+        self._builds_started = time.monotonic()
+        builds = [BuildInput(tuner.target, workload=tuner.func, trace=c.trace_json) for c in batch]
+        self._builds = executor.build(builds)
+        for i, fut in enumerate(self._builds):
+            fut.add_done_callback(functools.partial(self._on_built, i))
+
+    def _on_built(self, i: int, fut: Future[BuildResult]) -> None:
+        self._build_done[i] = time.monotonic()
+        try:
+            built = fut.result()
+        except Exception as err:  # a lost build worker is that candidate's build_error
+            message = f"build failed: {type(err).__name__}: {err}"
+            built = BuildResult(Status.BUILD_ERROR, message=message)
+        self._built[i] = built
+        if built.artifact is None:
+            failed = MeasureResult(built.status, message=built.message, build_s=built.build_s)
+            self._arrivals.put((i, failed, time.monotonic()))
+
+    def _on_ran(self, i: int, fut: Future[MeasureResult]) -> None:
+        try:
+            res = fut.result()
+        except Exception as err:  # a lost runner is that candidate's run_error
+            res = MeasureResult(Status.RUN_ERROR, message=f"{type(err).__name__}: {err}")
+        res = dataclasses.replace(res, build_s=self._built[i].build_s)
+        self._arrivals.put((i, res, time.monotonic()))
+
+    def start_runs(self, executor: Executor) -> None:
+        """Wait for every build, then queue the built kernels on runners of the target."""
+        wait(self._builds)
+        while len(self._built) < len(self._builds):  # callbacks run just after the futures
+            time.sleep(0.001)
+        runnable = sorted(i for i, b in self._built.items() if b.artifact is not None)
+        self._runs_started = time.monotonic()
+        if not runnable:
+            return
+        config, problem = self.tuner.config, self.tuner.problem
+        runs = executor.run([RunInput(self._built[i].artifact, problem, config) for i in runnable])
+        for i, fut in zip(runnable, runs, strict=True):
+            fut.add_done_callback(functools.partial(self._on_ran, i))
+
+    def collect(self, on_result: Callable[[int, MeasureResult], None]) -> list[MeasureResult]:
+        """Wait for every candidate's result, calling `on_result` on this thread as each comes;
+        results in proposal order."""
+        for i, (res, _) in self._arrived.items():
+            on_result(i, res)
+        while len(self._arrived) < len(self.batch):
+            try:
+                i, res, at = self._arrivals.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._arrived[i] = (res, at)
+            on_result(i, res)
+        return [self._arrived[i][0] for i in range(len(self.batch))]
+
+    def arrived_before(self, stop_at: float) -> dict[int, MeasureResult]:
+        """The results that came back before `stop_at` (a stop: later ones may be casualties
+        of the stop itself, such as a runner killed mid-run)."""
+        while True:
+            try:
+                i, res, at = self._arrivals.get_nowait()
+            except queue.Empty:
+                break
+            self._arrived[i] = (res, at)
+        return {i: res for i, (res, at) in self._arrived.items() if at < stop_at}
+
+    def cancel(self) -> None:
+        """Drop the batch unmeasured: builds not started are cancelled, nothing is recorded."""
+        for fut in self._builds:
+            fut.cancel()
+        self.tuner.in_flight -= {c.trace_hash for c in self.batch}
+        self.closed = True
+
+    def times(self) -> BatchTimes:
+        """When the batch passed its stages (see BatchTimes)."""
+        arrived = [at for _, at in self._arrived.values()]
+        done = max(arrived) if len(arrived) == len(self.batch) and arrived else math.nan
+        return BatchTimes(
+            self.tuner.key, len(self.batch), self._proposed_at, self._builds_started,
+            tuple(self._build_done), self._runs_started, done,
+        )  # fmt: skip
+
+
 class TaskTuner:
     """Search, measure, record and learn for one workload (`func`) on one target.
 
@@ -133,6 +268,7 @@ class TaskTuner:
         store.ensure_target(target_info(target))
         store.ensure_workload(workload)
         self.measured: set[str] = store.measured_hashes(self.key, self.fingerprint)
+        self.in_flight: set[str] = set()  # proposed in a round not finished yet
         self.trials = 0  # measured by this tuner
         self.failures = 0
         self.failed: Counter[str] = Counter()
@@ -174,9 +310,17 @@ class TaskTuner:
 
     def measure_default(self, executor: Executor) -> float | None:
         """The median time of the workload's untuned default schedule (not recorded)."""
+        return self.default_ms(self.start_default(executor).result())
+
+    def start_default(self, executor: Executor) -> Future[MeasureResult]:
+        """Start building and timing the default schedule (its result: `default_ms`)."""
         build = BuildInput(self.target, workload=self.func, trace=None)
-        (res,) = measure_batch(executor, [build], self.problem, self.config)
-        res = on_target(res, self.fingerprint)
+        (fut,) = executor.measure([MeasureInput(build, self.problem, self.config)])
+        return fut
+
+    def default_ms(self, result: MeasureResult) -> float | None:
+        """The default schedule's time from its measurement (None unless ok on the target)."""
+        res = on_target(result, self.fingerprint)
         return res.median_ms if res.ok else None
 
     def round(
@@ -195,31 +339,62 @@ class TaskTuner:
         `fence` goes to `RecordStore.commit`: if it raises, the round's records are dropped
         unlearned and the error propagates.
         """
-        batch = self.search.generate(self.sampler, self.model, self.measured, n)
+        flight = self.start_round(executor, n)
+        try:
+            flight.start_runs(executor)
+            return self.finish_round(flight, on_progress, total, fence)
+        except KeyboardInterrupt as stop:
+            kept = self.abort_round(flight, stop_time(stop), fence)
+            raise TuneInterrupted(self.trials + kept, len(flight.batch) - kept) from stop
+
+    def start_round(self, executor: Executor, n: int) -> RoundInFlight:
+        """Propose up to `n` candidates (none measured or in flight) and start building them.
+
+        Proposal uses what is known now: the cost model as trained so far and the measured
+        top, not the results of rounds still in flight.
+        """
+        proposed_at = time.monotonic()
+        batch = self.search.generate(self.sampler, self.model, self.measured | self.in_flight, n)
+        self.in_flight |= {c.trace_hash for c in batch}
+        return RoundInFlight(self, batch, n, executor, proposed_at)
+
+    def finish_round(
+        self,
+        flight: RoundInFlight,
+        on_progress: Callable[[Progress], None] | None = None,
+        total: int | None = None,
+        fence: Callable[[], None] | None = None,
+        learn: bool = True,
+    ) -> RoundResult:
+        """Wait for a started round's results (runs queued), commit them, update the best.
+
+        With `learn` the cost model is retrained at once; otherwise the caller calls `learn`
+        later (a pipelined loop queues the next batch's runs first). A stop or a refused
+        fence leaves the round open for `abort_round`/`cancel`.
+        """
+        batch = flight.batch
         if not batch:
+            flight.closed = True
             return RoundResult(0, 0, self.best_ms, exhausted=True)
         finished: dict[int, MeasureResult] = {}
         counts = (self.trials, total if total is not None else self.trials + len(batch))
         report = _collector(
             finished, on_progress, self.fingerprint, counts, self.best_ms, self.failures
         )
-        builds = [BuildInput(self.target, workload=self.func, trace=c.trace_json) for c in batch]
+        results = [on_target(r, self.fingerprint) for r in flight.collect(report)]
         try:
-            results = measure_batch(executor, builds, self.problem, self.config, report)
-        except KeyboardInterrupt as stop:
-            kept = sorted(finished)
-            self.store.commit([self._record(batch[i], finished[i]) for i in kept], fence)
-            raise TuneInterrupted(self.trials + len(kept), len(batch) - len(kept)) from stop
-        results = [on_target(r, self.fingerprint) for r in results]
-        self.store.commit([self._record(c, r) for c, r in zip(batch, results, strict=True)], fence)
+            records = [self._record(c, r) for c, r in zip(batch, results, strict=True)]
+            self.store.commit(records, fence)
+        finally:  # committed, or refused by the fence: either way no longer in flight
+            flight.closed = True
+            self.in_flight -= {c.trace_hash for c in batch}
         failures = 0
-        new_samples = []
         for cand, res in zip(batch, results, strict=True):
             self.trials += 1
             self.measured.add(cand.trace_hash)  # this run only: a noisy one is retried later
             ms = res.median_ms if res.ok else None
             if res.status is not Status.NOISY:  # no time to learn from
-                new_samples.append(Sample(cand.features, self.key, cand.trace_hash, ms))
+                flight.samples.append(Sample(cand.features, self.key, cand.trace_hash, ms))
             if ms is None:
                 failures += 1
                 self.failed[res.status.value] += 1
@@ -229,11 +404,32 @@ class TaskTuner:
                 self.best_ms = ms if self.best_ms is None else min(self.best_ms, ms)
             self.curve.append(self.best_ms)
         self.failures += failures
-        self.model.update(new_samples)
+        if learn:
+            self.learn(flight)
+        outcomes = tuple(_outcome(c, r) for c, r in zip(batch, results, strict=True))
+        return RoundResult(len(batch), failures, self.best_ms, len(batch) < flight.wanted, outcomes)
+
+    def learn(self, flight: RoundInFlight) -> None:
+        """Retrain the cost model on a finished round and seed the search with the new top."""
+        self.model.update(flight.samples)
+        flight.samples = []
         self.top.sort(key=lambda p: p[0])
         self.search.notify(self.top[:TOP_K])
-        outcomes = tuple(_outcome(c, r) for c, r in zip(batch, results, strict=True))
-        return RoundResult(len(batch), failures, self.best_ms, len(batch) < n, outcomes)
+
+    def abort_round(
+        self, flight: RoundInFlight, stop_at: float, fence: Callable[[], None] | None = None
+    ) -> int:
+        """After a stop: commit the round's results that came back before `stop_at`, drop the
+        rest unrecorded; returns how many were committed (0 for a closed round)."""
+        if flight.closed:
+            return 0
+        flight.closed = True
+        self.in_flight -= {c.trace_hash for c in flight.batch}
+        kept = {
+            i: on_target(r, self.fingerprint) for i, r in flight.arrived_before(stop_at).items()
+        }
+        self.store.commit([self._record(flight.batch[i], kept[i]) for i in sorted(kept)], fence)
+        return len(kept)
 
     def failure_kinds(self) -> tuple[tuple[str, int, str], ...]:
         """(status, count, first line of the first message) per failure status, most common
@@ -282,6 +478,12 @@ def target_info(target: Target) -> TargetInfo:
 def workload_info(func: Any, op: str, shape: Mapping[str, Any], dtype: str) -> WorkloadInfo:
     """The record store's row of a PrimFunc, keyed by its structural hash."""
     return WorkloadInfo(structural_hash(func), op, dict(shape), dtype, func.to_json())
+
+
+def stop_time(stop: BaseException) -> float:
+    """When a stop happened: the signal handler's stamp (`at`) when it left one, else now."""
+    at = getattr(stop, "at", None)
+    return at if isinstance(at, float) else time.monotonic()
 
 
 def measure_batch(
