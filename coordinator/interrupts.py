@@ -34,11 +34,13 @@ QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal arrived; `signum` says which."""
+    """A stop signal arrived; `signum` says which, `at` when (monotonic, before any child was
+    ended: results that came back later may be casualties of the stop)."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, at: float | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.at = time.monotonic() if at is None else at
 
 
 def exit_code(signum: int) -> int:
@@ -70,7 +72,7 @@ def stop_on_signals() -> Iterator[None]:
         received.append(signum)
         first_at.append(time.monotonic())
         end_children()
-        raise Interrupted(signum)
+        raise Interrupted(signum, first_at[0])
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
