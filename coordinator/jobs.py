@@ -26,6 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,8 +50,11 @@ from tunefleet.tuner.cost_model import CostModel, create_cost_model, model_path
 from tunefleet.tuner.strategy import create_strategy
 from tunefleet.tuner.task_scheduler import create_task_scheduler
 from tunefleet.tuner.task_tuner import (
+    BatchTimes,
     Progress,
+    RoundInFlight,
     TaskTuner,
+    stop_time,
     target_info,
     workload_info,
 )
@@ -59,6 +63,7 @@ from tunefleet.workers import (
     BuildConfig,
     Executor,
     MeasureConfig,
+    MeasureResult,
     Target,
     create_executor,
     resolve_target,
@@ -101,6 +106,7 @@ class JobConfig:
     seed: int = 0
     trials_per_round: int = 16
     patience: int = 3  # flat rounds in a row before a workload counts as converged
+    pipeline: bool = True  # build the next batch while this one is timed
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -205,6 +211,7 @@ class JobOptions:
     problem_for: ProblemBuilder | None = None  # None: every task's composed op chain
     on_progress: Callable[[JobResult], None] | None = None  # after every round
     on_trial: Callable[[Progress], None] | None = None  # after every trial of a round
+    on_batch: Callable[[BatchTimes], None] | None = None  # a round's stage times, as it ends
     fleet: FleetState | None = None  # shared leases, events, cache, poison; None: in-process
     lease_ttl_s: float = 30.0  # a dead job's workloads go to others after this
     lease_poll_s: float = 0.5  # wait between looks when every workload left is leased elsewhere
@@ -379,23 +386,25 @@ def _run(
         metrics.job_started(job_id, config.budget, target, plan)
         on_trial = _counting(metrics, job_id, opts.on_trial)
     elsewhere: set[int] = set()  # workloads another job holds the lease of, set aside
+    default_runs: dict[str, Future[MeasureResult]] = {}  # default schedules being timed
 
     def report() -> JobResult:
         return _result(store, job_id, config, stored, elapsed0 + time.monotonic() - start, last)
 
-    try:
+    def time_up() -> bool:  # the time of earlier runs of the job counts
+        return config.time_s is not None and elapsed0 + time.monotonic() - start >= config.time_s
+
+    def prepare(timing: _Round | None) -> _Round | None:
+        """Choose the next workload, take its lease, propose its batch and start the builds
+        (while `timing`, if any, is being timed); None when nothing can start now."""
+        busy = () if timing is None else (timing.index,)
         while True:
-            if config.time_s is not None and elapsed0 + time.monotonic() - start >= config.time_s:
-                break
-            i = scheduler.next_task()
+            if time_up():
+                return None
+            left = config.budget - scheduler.spent - (0 if timing is None else timing.wanted)
+            i = scheduler.next_task(busy) if left >= 1 else None
             if i is None:
-                if not elsewhere or scheduler.spent >= config.budget:
-                    break
-                time.sleep(opts.lease_poll_s)  # their holders may finish or die meanwhile
-                for j in elsewhere:
-                    scheduler.reopen(j)
-                elsewhere.clear()
-                continue
+                return None
             w, row = tunable[i]
             if not fleet.acquire(w.workload_key):
                 scheduler.finish(i)
@@ -405,48 +414,96 @@ def _run(
             tuners[i] = tuner
             tuner.refresh_measured()  # other jobs' records of the workload are not measured
             tuner.exclude(fleet.poisoned(w.workload_key))
-            before = tuner.best_ms
-            if w.workload_key not in defaults and opts.measure_default:
-                defaults[w.workload_key] = tuner.measure_default(executor)
-                stored["defaults"] = defaults
-            n = min(config.trials_per_round, config.budget - scheduler.spent)
+            key = w.workload_key
+            if key not in defaults and key not in default_runs and opts.measure_default:
+                default_runs[key] = tuner.start_default(executor)
+            n = min(config.trials_per_round, left)
             if metrics is not None:
                 metrics.round_started(job_id, n)
-            try:
-                res = tuner.round(executor, n, on_trial, fence=fleet.fence(w.workload_key))
-            except FencedOut as err:
-                if isinstance(err.__context__, KeyboardInterrupt):
-                    raise err.__context__ from err  # stopped mid-round: stop, records dropped
-                warn(f"tunefleet: warning: {err}")
-                fleet.drop(w.workload_key)
+            return _Round(i, w, row, tuner, tuner.start_round(executor, n))
+
+    def finish(done: _Round) -> bool:
+        """Wait for a round's results, commit them and write its rows and events; False when
+        its commit was fenced out (the lease passed to another job)."""
+        nonlocal last
+        i, w, tuner = done.index, done.workload, done.tuner
+        before = tuner.best_ms
+        fence = fleet.fence(w.workload_key)
+        try:
+            res = tuner.finish_round(done.flight, on_trial, fence=fence, learn=False)
+        except FencedOut as err:
+            warn(f"tunefleet: warning: {err}")
+            fleet.drop(w.workload_key)
+            return False
+        if opts.on_batch is not None:
+            opts.on_batch(done.flight.times())
+        if w.workload_key in default_runs:
+            defaults[w.workload_key] = tuner.default_ms(default_runs.pop(w.workload_key).result())
+            stored["defaults"] = defaults
+        fleet.report(w.workload_key, res.outcomes)
+        if res.best_ms is not None and (before is None or res.best_ms < before):
+            _cache_best(store, fleet, w.workload_key, target.fingerprint)
+        scheduler.on_results(i, res.trials, res.best_ms)
+        progress = scheduler.progress(i)
+        finished = res.exhausted or _converged(progress.best_history, config.patience)
+        if finished:
+            scheduler.finish(i)
+        status = "done" if finished else "running"
+        if finished and res.best_ms is None:
+            status = "failed"  # nothing it measured was valid
+        store.update_task_progress(
+            done.row.id, trials_done=progress.trials, best_ms=res.best_ms, status=status
+        )
+        if finished:
+            fleet.release(w.workload_key)
+        fleet.publish(
+            _round_event(job_id, w, progress.trials, res.best_ms, status, scheduler.spent)
+        )
+        stored["elapsed_s"] = elapsed0 + time.monotonic() - start
+        store.set_job_config(job_id, stored)
+        last = w.name
+        if opts.on_progress is not None:
+            opts.on_progress(report())
+        if metrics is not None:
+            metrics.round_finished(job_id, res.outcomes, fleet.held, report())
+        return True
+
+    # Pipelined, the next batch is proposed and built while the current one is timed, and its
+    # runs are queued once the current one is committed; unpipelined, one batch at a time.
+    timing: _Round | None = None  # the batch on the runners
+    flights: list[_Round] = []  # every round not finished, for a stop
+    try:
+        while True:
+            nxt = prepare(timing) if timing is None or config.pipeline else None
+            if nxt is not None:
+                flights.append(nxt)
+            done, timing = timing, None
+            ended_one = done is not None
+            if done is not None:
+                kept = finish(done)
+                flights.remove(done)
+                same = nxt is not None and nxt.index == done.index
+                if nxt is not None and same and (not kept or scheduler.is_finished(nxt.index)):
+                    nxt.flight.cancel()  # built for a workload that just finished or was lost
+                    flights.remove(nxt)
+                    nxt = None
+                if not kept:
+                    done = None
+            if nxt is not None:
+                nxt.flight.start_runs(executor)
+                timing = nxt
+            if done is not None:
+                done.tuner.learn(done.flight)  # while the next batch is timed
+            if timing is not None or ended_one:
                 continue
-            fleet.report(w.workload_key, res.outcomes)
-            if res.best_ms is not None and (before is None or res.best_ms < before):
-                _cache_best(store, fleet, w.workload_key, target.fingerprint)
-            scheduler.on_results(i, res.trials, res.best_ms)
-            progress = scheduler.progress(i)
-            finished = res.exhausted or _converged(progress.best_history, config.patience)
-            if finished:
-                scheduler.finish(i)
-            status = "done" if finished else "running"
-            if finished and res.best_ms is None:
-                status = "failed"  # nothing it measured was valid
-            store.update_task_progress(
-                row.id, trials_done=progress.trials, best_ms=res.best_ms, status=status
-            )
-            if finished:
-                fleet.release(w.workload_key)
-            fleet.publish(
-                _round_event(job_id, w, progress.trials, res.best_ms, status, scheduler.spent)
-            )
-            stored["elapsed_s"] = elapsed0 + time.monotonic() - start
-            store.set_job_config(job_id, stored)
-            last = w.name
-            if opts.on_progress is not None:
-                opts.on_progress(report())
-            if metrics is not None:
-                metrics.round_finished(job_id, res.outcomes, fleet.held, report())
-    except KeyboardInterrupt as stop:  # finished trials of the round in flight are committed
+            if not elsewhere or scheduler.spent >= config.budget or time_up():
+                break
+            time.sleep(opts.lease_poll_s)  # their holders may finish or die meanwhile
+            for j in elsewhere:
+                scheduler.reopen(j)
+            elsewhere.clear()
+    except KeyboardInterrupt as stop:  # finished trials of the round being timed are committed
+        _abort(flights, stop, fleet, warn)
         rows = _reconcile(store, job_id, target.fingerprint)
         stored["elapsed_s"] = elapsed0 + time.monotonic() - start
         store.set_job_config(job_id, stored)
@@ -489,6 +546,34 @@ def _counting(
             then(progress)
 
     return on_trial
+
+
+@dataclass
+class _Round:
+    """A round of the loop on its way: the workload (index in the scheduler, plan, row), its
+    tuner, and the batch in flight."""
+
+    index: int
+    workload: PlannedWorkload
+    row: TaskInfo
+    tuner: TaskTuner
+    flight: RoundInFlight
+
+    @property
+    def wanted(self) -> int:
+        return self.flight.wanted
+
+
+def _abort(
+    flights: Sequence[_Round], stop: BaseException, fleet: JobFleet, warn: Callable[[str], None]
+) -> None:
+    """After a stop: commit what each open round got back before it; drop the rest."""
+    at = stop_time(stop)
+    for r in flights:
+        try:
+            r.tuner.abort_round(r.flight, at, fleet.fence(r.workload.workload_key))
+        except FencedOut as err:
+            warn(f"tunefleet: warning: {err}")
 
 
 def _to_stderr(line: str) -> None:
