@@ -3,7 +3,8 @@ model jobs on the CLI.
 
     tunefleet tune --model MODEL --budget N [--time 10m] [--phase decode,prefill]
                    [--set b=1:4,m=4096] [--scheduler gradient|round-robin] [--db URL]
-                   [--redis URL] [--metrics-port PORT] [--json]
+                   [--redis URL] [--metrics-port PORT] [--no-pipeline]
+                   [--json]
     tunefleet job list [--json]          tunefleet job status JOB_ID [--json]
     tunefleet job resume JOB_ID [--redis URL] [--metrics-port PORT] [--json]
     tunefleet job watch JOB_ID [--redis URL]
@@ -159,6 +160,7 @@ def job_config(
     strategy: str,
     seed: int,
     batch_size: int,
+    pipeline: bool = True,
 ) -> JobConfig:
     """The JobConfig of `tune --model`'s options (click usage errors name the bad option)."""
     if budget is None:
@@ -184,7 +186,7 @@ def job_config(
         return JobConfig(
             model=model, phases=phases, sets=sets, budget=budget, time_s=time_s, target=target,
             strategy=strategy, scheduler=SCHEDULERS[scheduler], seed=seed,
-            trials_per_round=batch_size,
+            trials_per_round=batch_size, pipeline=pipeline,
         )  # fmt: skip
     except JobError as err:
         raise click.BadParameter(str(err), param_hint="--phase") from None
@@ -207,12 +209,13 @@ def tune_model(
     as_json: bool,
     redis_url: str | None = None,
     metrics_port: int | None = None,
+    pipeline: bool = True,
 ) -> None:
     """`tunefleet tune --model`: validate the request, create the job and run it."""
     config = job_config(
         model, target=target, budget=budget, time_text=time_text, phase_text=phase_text,
         set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
-        batch_size=batch_size,
+        batch_size=batch_size, pipeline=pipeline,
     )  # fmt: skip
     url = resolve_cli_url(db_url)
     with (
@@ -423,6 +426,8 @@ def _event_line(job_id: int, event: FleetEvent) -> str:
               default="evolutionary", show_default=True)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--no-pipeline", "no_pipeline", is_flag=True,
+              help="Build each batch only after the last one was timed.")  # fmt: skip
 @click.option(
     "--workers",
     type=click.Choice(["local", "ray"]),
@@ -452,6 +457,7 @@ def submit(
     strategy: str,
     seed: int,
     batch_size: int,
+    no_pipeline: bool,
     workers: str,
     db_url: str | None,
     redis_url: str | None,
@@ -484,6 +490,8 @@ def submit(
     if existing is not None:
         if model_spec is not None:
             raise click.UsageError("give either --job JOB_ID or --model, not both")
+        if no_pipeline:
+            raise click.UsageError("--no-pipeline goes with --model; a job keeps its own setting")
         sub = _guarded(lambda: ray_jobs.resubmit(existing, address, url, redis, workers))
     else:
         if model_spec is None:
@@ -491,7 +499,7 @@ def submit(
         config = job_config(
             model_spec, target=target, budget=budget, time_text=time_text,
             phase_text=phase_text, set_text=set_text, scheduler=scheduler, strategy=strategy,
-            seed=seed, batch_size=batch_size,
+            seed=seed, batch_size=batch_size, pipeline=not no_pipeline,
         )  # fmt: skip
         sub = _guarded(lambda: ray_jobs.submit(config, address, url, redis, workers))
     if as_json:

@@ -76,6 +76,8 @@ from .tuning import tune as run_tune
               "redis://[:password@]host:port/db (with --model).")  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
               help="Serve the job's Prometheus metrics on this port (with --model).")  # fmt: skip
+@click.option("--no-pipeline", "no_pipeline", is_flag=True, help="Build each batch only after "
+              "the last one was timed, instead of while it is timed (with --model).")  # fmt: skip
 def tune(
     op: str | None,
     shape_text: str | None,
@@ -96,6 +98,7 @@ def tune(
     scheduler: str,
     redis_url: str | None,
     metrics_port: int | None,
+    no_pipeline: bool,
 ) -> None:
     """Tune OP at --shape on --target for --trials new measurements, or a whole --model."""
     if model_spec is not None:
@@ -108,6 +111,7 @@ def tune(
             set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
             batch_size=batch_size, db_url=db_url, workers=workers, as_json=as_json,
             redis_url=redis_url, metrics_port=metrics_port,
+            pipeline=not no_pipeline,
         )  # fmt: skip
         return
     if op is None or shape_text is None:
@@ -117,6 +121,8 @@ def tune(
         raise click.UsageError("--redis coordinates model jobs: give it with --model")
     if metrics_port is not None:
         raise click.UsageError("--metrics-port serves a model job's metrics: give it with --model")
+    if no_pipeline:
+        raise click.UsageError("--no-pipeline is an option of model jobs: give it with --model")
     shape = parse_shape(shape_text)
     try:
         func = build_workload(op, shape, dtype, {})
