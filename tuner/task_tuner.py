@@ -159,7 +159,7 @@ class RoundInFlight:
             built = fut.result()
         except Exception as err:  # a lost build worker is that candidate's build_error
             message = f"build failed: {type(err).__name__}: {err}"
-            built = BuildResult(Status.BUILD_ERROR, message=message)
+            built = BuildResult(Status.BUILD_ERROR, None, message=message)
         self._built[i] = built
         if built.artifact is None:
             failed = MeasureResult(built.status, message=built.message, build_s=built.build_s)
