@@ -438,7 +438,7 @@ def _run(
         if opts.on_batch is not None:
             opts.on_batch(done.flight.times())
         if w.workload_key in default_runs:
-            defaults[w.workload_key] = tuner.default_ms(default_runs.pop(w.workload_key).result())
+            defaults[w.workload_key] = tuner.default_ms(default_runs.pop(w.workload_key))
             stored["defaults"] = defaults
         fleet.report(w.workload_key, res.outcomes)
         if res.best_ms is not None and (before is None or res.best_ms < before):

@@ -310,17 +310,21 @@ class TaskTuner:
 
     def measure_default(self, executor: Executor) -> float | None:
         """The median time of the workload's untuned default schedule (not recorded)."""
-        return self.default_ms(self.start_default(executor).result())
+        return self.default_ms(self.start_default(executor))
 
     def start_default(self, executor: Executor) -> Future[MeasureResult]:
-        """Start building and timing the default schedule (its result: `default_ms`)."""
+        """Start building and timing the default schedule (its time: `default_ms`)."""
         build = BuildInput(self.target, workload=self.func, trace=None)
         (fut,) = executor.measure([MeasureInput(build, self.problem, self.config)])
         return fut
 
-    def default_ms(self, result: MeasureResult) -> float | None:
-        """The default schedule's time from its measurement (None unless ok on the target)."""
-        res = on_target(result, self.fingerprint)
+    def default_ms(self, started: Future[MeasureResult]) -> float | None:
+        """The default schedule's time once measured (None unless ok on the target; a lost
+        runner is no time either)."""
+        try:
+            res = on_target(started.result(), self.fingerprint)
+        except Exception:
+            return None
         return res.median_ms if res.ok else None
 
     def round(

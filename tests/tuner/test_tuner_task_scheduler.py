@@ -79,3 +79,16 @@ def test_errors() -> None:
     sched = create_task_scheduler("gradient", TASKS, 10)
     with pytest.raises(SchedulerError, match="no task #7"):
         sched.on_results(7, 1, 1.0)
+
+
+@pytest.mark.parametrize("name", ["gradient", "round_robin"])
+def test_a_task_with_a_round_in_flight_is_named_only_when_nothing_else_is_left(name: str) -> None:
+    sched = create_task_scheduler(name, TASKS, 10 * ROUND, trials_per_round=ROUND)
+    first = sched.next_task()
+    assert first == 0
+    second = sched.next_task(busy={first})
+    assert second not in (None, first)  # an untried task waits no longer than a busy one
+    sched.finish(1)
+    sched.finish(2)
+    assert sched.next_task(busy={first}) == first  # the only one left, busy or not
+    assert not sched.is_finished(first) and sched.is_finished(1) and sched.is_finished(2)
