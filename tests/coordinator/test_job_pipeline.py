@@ -153,3 +153,23 @@ def test_after_a_stop_only_results_that_came_back_before_it_are_committed(
         assert tuner.abort_round(second, time.monotonic()) == 0, "a closed round commits once"
         assert store.measured_hashes(tuner.key, cpu.fingerprint) == hashes[1]
         assert not tuner.in_flight
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_pipelined_job_builds_as_ray_tasks_and_times_in_runner_actors(
+    tmp_path: Path, cpu
+) -> None:
+    from tunefleet.workers import BuildConfig, create_executor
+
+    config = BuildConfig(cache_dir=str(tmp_path / "kernels"))
+    with create_executor("ray", config, num_cpus=2) as ray_executor:
+        db, job, opts, batches = _job(tmp_path, ray_executor, True, budget=8, strategy="random")
+        result = start_job(job, db, opts)
+    assert result.status == "done" and result.trials == 8
+    assert [b.trials for b in batches] == [4, 4]
+    with RecordStore.open(db) as store:
+        assert sum(store.job_trial_counts(result.job_id).values()) == 8
+        for t in result.tasks:
+            if t.trials:
+                assert store.best(t.workload_key, cpu.fingerprint, 1)[0].median_ms == t.best_ms
