@@ -7,7 +7,10 @@ round, runs that round through the workload's `TaskTuner` (records committed as 
 ends), then writes the task row (trials, best, status) and the job's elapsed time: a
 coordinator killed at any point loses at most the round in flight. It stops when the trial
 budget is spent, the wall time is up or every workload is finished (its space exhausted, or
-converged: `patience` rounds in a row improved its best by less than 1%).
+converged: `patience` rounds in a row improved its best by less than 1%). Rounds are pipelined
+unless `JobConfig.pipeline` is off: the next batch is proposed and built while the current one
+is timed, and queued on the runners once the current one is committed, so a kill still loses
+at most one batch of measurements (the batch being built has none yet).
 
 `resume_job` rebuilds the plan from the stored config, takes each task's trials from the
 records committed under the job's id (so a task row that lagged behind a crash is corrected),
