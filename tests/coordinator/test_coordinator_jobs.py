@@ -116,6 +116,7 @@ def _cli(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
         (["tune", "--model", "{bad}", "--budget", "4"], 1, "not valid JSON"),
         (["job", "status", "7"], 1, "job 7 does not exist"),
         (["job", "resume", "7"], 1, "job 7 does not exist"),
+        (["tune", "rmsnorm", "--shape", "m=2,n=64", "--no-pipeline"], 2, "--no-pipeline"),
     ],
 )
 def test_bad_requests_say_one_line(tmp_path: Path, args: list[str], code: int, says: str) -> None:
