@@ -473,7 +473,7 @@ def submit(
             raise click.UsageError("--address names a Ray job server: give it or --k8s, not both")
         tuning = dict(budget=budget, time_text=time_text, phase_text=phase_text,
                       set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
-                      batch_size=batch_size)  # fmt: skip
+                      batch_size=batch_size, pipeline=not no_pipeline)  # fmt: skip
         manifest = _rayjob(existing, model_spec, target, workers, tuning,
                            k8s_jobs.RayJobOptions(namespace=namespace or k8s_jobs.DEFAULT_NAMESPACE,
                                                   image=image or "", cluster=cluster))  # fmt: skip
@@ -541,6 +541,8 @@ def _rayjob(
     if existing is not None:
         if model_spec is not None:
             raise click.UsageError("give either --job JOB_ID or --model, not both")
+        if not tuning["pipeline"]:
+            raise click.UsageError("--no-pipeline goes with --model; a job keeps its own setting")
         command = ray_jobs.entrypoint(existing, workers, port)
         return k8s_jobs.render_rayjob(command, f"job-{existing}", target, workers, options)
     if model_spec is None:

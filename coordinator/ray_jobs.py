@@ -88,6 +88,8 @@ def tune_entrypoint(
         "--strategy", config.strategy, "--seed", str(config.seed),
         "--batch-size", str(config.trials_per_round), "--workers", workers,
     ]  # fmt: skip
+    if not config.pipeline:
+        args.append("--no-pipeline")
     if metrics_port is not None:
         args += ["--metrics-port", str(int(metrics_port))]
     return shlex.join(args)

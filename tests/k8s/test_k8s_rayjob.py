@@ -410,3 +410,11 @@ def test_the_rendered_entrypoint_runs_a_job_to_done_with_the_pods_env(
     with open_fleet_state(redis_url) as fleet:
         kinds = [e.fields.get("type") for e in fleet.read_events(str(job_id), "0", count=1000)]
     assert kinds[0] == "start" and kinds[-1] == "end", kinds
+
+
+def test_no_pipeline_travels_into_the_entrypoint(capsys: pytest.CaptureFixture[str]) -> None:
+    _, rayjob = dry_run(capsys, "--model", "tiny", "--budget", "4", "--no-pipeline")
+    argv = shlex.split(rayjob["spec"]["entrypoint"])
+    assert tune.make_context("tune", argv[2:]).params["no_pipeline"] is True
+    _, plain = dry_run(capsys, "--model", "tiny", "--budget", "4")
+    assert "--no-pipeline" not in plain["spec"]["entrypoint"]
