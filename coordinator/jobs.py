@@ -420,9 +420,9 @@ def _run(
             key = w.workload_key
             if key not in defaults and key not in default_runs and opts.measure_default:
                 default_runs[key] = tuner.start_default(executor)
-            n = min(config.trials_per_round, left)
             if metrics is not None:
-                metrics.round_started(job_id, n)
+                metrics.leases_held(job_id, fleet.held)
+            n = min(config.trials_per_round, left)
             return _Round(i, w, row, tuner, tuner.start_round(executor, n))
 
     def finish(done: _Round) -> bool:
@@ -494,6 +494,8 @@ def _run(
                     done = None
             if nxt is not None:
                 nxt.flight.start_runs(executor)
+                if metrics is not None:  # the previous round's results are all in by now
+                    metrics.round_started(job_id, len(nxt.flight.batch))
                 timing = nxt
             if done is not None:
                 done.tuner.learn(done.flight)  # while the next batch is timed

@@ -141,6 +141,10 @@ class JobMetrics:
         """A round of `candidates` trials went to the workers."""
         self._m["tunefleet_queue_depth"].labels(str(job_id)).set(candidates)
 
+    def leases_held(self, job_id: int, leases: int) -> None:
+        """The job took a lease (for a round it is about to build): how many it holds now."""
+        self._m["tunefleet_leases_held"].labels(str(job_id)).set(leases)
+
     def trial_done(self, job_id: int) -> None:
         """One candidate of the round in flight came back."""
         self._m["tunefleet_queue_depth"].labels(str(job_id)).dec()
