@@ -140,8 +140,10 @@ def test_cancel_stops_the_run_and_a_resubmission_continues_it(
     tmp_path: Path, ray_head_address: str
 ) -> None:
     db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    # the time limit outlasts the wait for 4 trials below even on a loaded 2-core machine, so
+    # the cancel finds the job running
     args = ["job", "submit", "--address", ray_head_address, "--model", MODEL, "--phase", "decode",
-            "--set", "b=1,m=16", "--budget", "400", "--batch-size", "2", "--time", "20s",
+            "--set", "b=1,m=16", "--budget", "400", "--batch-size", "2", "--time", "45s",
             "--db", db, "--json"]  # fmt: skip
     done = _cli(tmp_path, *args)
     assert done.returncode == 0, done.stderr
