@@ -140,8 +140,8 @@ def test_cancel_stops_the_run_and_a_resubmission_continues_it(
     tmp_path: Path, ray_head_address: str
 ) -> None:
     db = f"sqlite:///{tmp_path / 'jobs.db'}"
-    # the time limit outlasts the wait for 4 trials below even on a loaded 2-core machine, so
-    # the cancel finds the job running
+    # the cancel must find the job running: it comes once the first batch is recorded, which
+    # on a 2-core machine can take half of the time limit (imports, the first proposals)
     args = ["job", "submit", "--address", ray_head_address, "--model", MODEL, "--phase", "decode",
             "--set", "b=1,m=16", "--budget", "400", "--batch-size", "2", "--time", "45s",
             "--db", db, "--json"]  # fmt: skip
@@ -150,11 +150,11 @@ def test_cancel_stops_the_run_and_a_resubmission_continues_it(
     job_id, sid = json.loads(done.stdout)["job_id"], json.loads(done.stdout)["submission_id"]
     deadline = time.monotonic() + 120
     trials = 0
-    while trials < 4 and time.monotonic() < deadline:
+    while trials < 2 and time.monotonic() < deadline:
         time.sleep(1)
         with RecordStore.open(db) as store:
             trials = sum(store.job_trial_counts(job_id).values())
-    assert trials >= 4, "the submitted job records trials"
+    assert trials >= 2, "the submitted job records trials"
 
     stopped = _cli(tmp_path, "job", "cancel", str(job_id), "--db", db)
     assert stopped.returncode == 0, stopped.stderr
