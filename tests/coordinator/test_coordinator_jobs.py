@@ -197,7 +197,8 @@ def test_every_task_of_a_model_is_tuned_fused_ones_included(tmp_path: Path, exec
     db = f"sqlite:///{tmp_path / 'all.db'}"
     plan = _plan({"b": (1,), "m": (16,)})
     config = JobConfig(model=MODEL, phases=("decode",), sets={"b": (1,), "m": (16,)},
-                       budget=2 * len(plan), trials_per_round=2)  # fmt: skip
+                       budget=2 * len(plan), trials_per_round=2,
+                       strategy="random")  # fmt: skip
     opts = JobOptions(workers=executor, model_dir=str(tmp_path / "models"), measure_config=FAST)
     result = start_job(config, db, opts)
     assert result.status == "done"
