@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from job_problems import only
 
 from tunefleet.coordinator.graph import Phase
-from tunefleet.coordinator.job_plan import NoReference, chain_problem, plan_workloads
+from tunefleet.coordinator.job_plan import chain_problem, plan_workloads
 from tunefleet.coordinator.jobs import JobConfig, JobError, JobOptions, resume_job, start_job
 from tunefleet.coordinator.presets import resolve_model
 from tunefleet.coordinator.tasks import model_tasks
@@ -31,17 +32,6 @@ MODEL = str(Path(__file__).parent / "data" / "tiny_llama.json")
 FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=0.3)
 CODE = "import sys; from tunefleet.coordinator.cli import main; sys.exit(main())"
 TASK_KEYS = {"name", "workload_key", "bucket", "weight", "trials", "best_ms", "default_ms"}
-
-
-def only(*op_names: str):
-    """A problem builder for the tasks whose op is one of `op_names`; others get none."""
-
-    def build(task, dims):
-        if task.op not in op_names:
-            raise NoReference(f"{task.op} is left out of this test")
-        return chain_problem(task, dims)
-
-    return build
 
 
 def _plan(buckets: dict[str, tuple[int, ...]], problem_for=chain_problem):

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from job_problems import only
 
-from tunefleet.coordinator.job_plan import NoReference, chain_problem
 from tunefleet.coordinator.jobs import (
     JobConfig,
     JobInterrupted,
@@ -31,17 +31,6 @@ FAST = MeasureConfig(guard_noise=False, repeats=3, warmup_ms=0.5, min_repeat_ms=
 # long enough runs (about 0.3 s a candidate) that a build has time to finish beside them
 SLOW = MeasureConfig(guard_noise=False, repeats=5, warmup_ms=5.0, min_repeat_ms=50.0)
 SETS = {"b": (1,), "m": (16,)}
-
-
-def only(*op_names: str):
-    """A problem builder for the tasks whose op is one of `op_names`; others get none."""
-
-    def build(task, dims):
-        if task.op not in op_names:
-            raise NoReference(f"{task.op} is left out of this test")
-        return chain_problem(task, dims)
-
-    return build
 
 
 def _job(tmp_path: Path, executor, pipeline: bool, budget: int, strategy="evolutionary", **kw):
