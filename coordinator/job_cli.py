@@ -218,14 +218,7 @@ def tune_model(
         batch_size=batch_size, pipeline=pipeline,
     )  # fmt: skip
     url = resolve_cli_url(db_url)
-    with (
-        open_fleet(redis_url) as fleet,
-        serve_metrics(metrics_port) as metrics,
-        _reporting(as_json) as on_progress,
-    ):
-        opts = _options(workers, on_progress, fleet, metrics)
-        result = _guarded(lambda: start_job(config, url, opts))
-    _finish(result, as_json)
+    _run_job(lambda opts: start_job(config, url, opts), workers, redis_url, metrics_port, as_json)
 
 
 @click.group(name="job")
@@ -301,13 +294,25 @@ def resume(
 ) -> None:
     """Continue a stopped or killed job from the database."""
     url = resolve_cli_url(db_url)
+    _run_job(lambda opts: resume_job(job_id, url, opts), workers, redis_url, metrics_port, as_json)
+
+
+def _run_job(
+    run: Callable[[JobOptions], JobResult],
+    workers: str,
+    redis_url: str | None,
+    metrics_port: int | None,
+    as_json: bool,
+) -> None:
+    """Run a job (`run` starts or resumes it) with its fleet state, metrics and progress
+    display around it, then print its final state."""
     with (
         open_fleet(redis_url) as fleet,
         serve_metrics(metrics_port) as metrics,
         _reporting(as_json) as on_progress,
     ):
         opts = _options(workers, on_progress, fleet, metrics)
-        result = _guarded(lambda: resume_job(job_id, url, opts))
+        result = _guarded(lambda: run(opts))
     _finish(result, as_json)
 
 
