@@ -58,7 +58,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, int]]:
     exporter, port = free_port(), free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "global:\n  scrape_interval: 100ms\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: tunefleet\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{exporter}']\n"
     )
@@ -94,7 +94,7 @@ def test_prometheus_scrapes_a_job_and_every_panel_query_returns_a_series(
         job = str(result.job_id)
         ended = f'tunefleet_job_running{{job_id="{job}"}} == 0'
         _wait(lambda: bool(_promql(base, ended)), 30, "the scrape after the job's end")
-        time.sleep(2.5)  # two more scrapes: rates have two samples of the final counters
+        time.sleep(0.5)  # more scrapes: rates have two samples of the final counters
         for spec in (DASHBOARDS["fleet"], DASHBOARDS["job"]):
             for panel in spec.panels:
                 for q in panel.queries:
