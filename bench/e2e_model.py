@@ -14,10 +14,21 @@ needs torch (not a dependency of tunefleet). Measures, in this order:
 4. the whole model with random weights: decode tokens/s at b=1 and b=16 (kv 4096) and the
    time to first token of a 2048-token prompt.
 
-Each line is the median of repeats timed with CUDA events. Eager runs as written and as a
-captured CUDA graph; torch.compile as `max-autotune-no-cudagraphs` and `reduce-overhead`
-(CUDA graphs). The tunefleet column needs the CUDA runtime, which this build does not have
-(`docs/runtime.md`): it is printed as such, not measured.
+Each torch line is the median of repeats timed with CUDA events. Eager runs as written and
+as a captured CUDA graph; torch.compile as `max-autotune-no-cudagraphs` and `reduce-overhead`
+(CUDA graphs).
+
+The tunefleet lines (`--device cuda`) compile the same model with `tunefleet.runtime` for this
+GPU, from the best records of `--db` (a database a model job filled; defaults where it has
+none), and time our session's prefill and decode calls by wall clock around a device
+synchronize (median of repeats), Python launches included: our decode is not captured as a
+CUDA graph. How they are made:
+- "layer": a one-layer model with a 1024-token vocabulary (its embedding, final norm and LM
+  head add about 8 MB to the layer's bytes); decode runs at kv length 4096 by setting the
+  session's length after a short prefill (the cache holds zeros: the kernels read it all);
+- "model": the full vocabulary, and 32 layers that share one layer's weights on the GPU
+  (each layer's 453 MB streams from memory again, far beyond the L2; this saves generating
+  and converting 8B random values on the host).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +48,7 @@ LLAMA3_8B = {"hidden": 4096, "inter": 14336, "heads": 32, "kv": 8, "d": 128, "vo
              "layers": 32, "theta": 500000.0, "eps": 1e-5}  # fmt: skip
 TINY = {"hidden": 256, "inter": 704, "heads": 4, "kv": 2, "d": 64, "vocab": 1024,
         "layers": 2, "theta": 10000.0, "eps": 1e-5}  # fmt: skip
-OURS = "needs the tunefleet CUDA runtime (not in this build)"
+OURS_VOCAB = 1024  # the layer model's vocabulary
 
 
 @dataclass(frozen=True)
@@ -245,6 +256,100 @@ def bench_model(torch: Any, c: dict, dtype: Any, device: str, clock: Clock) -> l
     return lines
 
 
+def ours_config(c: dict, dtype: str, layers: int, vocab: int) -> Any:
+    """The bench's Llama as a tunefleet ModelConfig (Llama-3-8B's task shapes, so records
+    a model job made for llama-3-8b serve it)."""
+    from tunefleet.coordinator.models import ModelConfig
+
+    return ModelConfig(name=f"llama-bench-{layers}l", family="llama", hidden_size=c["hidden"],
+                       intermediate_size=c["inter"], num_layers=layers, num_heads=c["heads"],
+                       num_kv_heads=c["kv"], head_dim=c["d"], vocab_size=vocab, dtype=dtype,
+                       rope_theta=c["theta"], norm_eps=c["eps"])  # fmt: skip
+
+
+def wall_ms(fn: Callable[[], Any], sync: Callable[[], None], repeats: int, warmup: int = 2
+            ) -> float:  # fmt: skip
+    """Median wall milliseconds of `fn` followed by `sync`."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_ours(c: dict, dtype: str, db_url: str | None, work: Path, repeats: int,
+               only: str | None) -> tuple[list[Line], dict]:  # fmt: skip
+    """tunefleet's compiled model on this GPU: the layer and the whole-model cases."""
+    import numpy as np
+
+    from tunefleet.database import RecordStore
+    from tunefleet.runtime import CompileOptions, compile_model, load_model
+    from tunefleet.runtime.cli import coverage
+    from tunefleet.runtime.weights import random_weights
+    from tunefleet.workers import BuildConfig, resolve_target
+
+    target = resolve_target("cuda")
+    store = RecordStore.open(db_url, create=False) if db_url else None
+    build = BuildConfig(cache_dir=str(work / "kernels"))
+    lines: list[Line] = []
+    info: dict = {}
+    kv_len, n = (4096, 2048) if c["hidden"] == LLAMA3_8B["hidden"] else (256, 128)
+
+    def compiled(layers: int, vocab: int) -> Any:
+        cfg = ours_config(c, dtype, layers, vocab)
+        folder = work / cfg.name
+        t0 = time.perf_counter()
+        manifest = compile_model(CompileOptions(cfg, target, str(folder), build, store, jobs=16))
+        cov = coverage(manifest)
+        info[cfg.name] = {"tuned": cov["tuned"], "default": cov["default"],
+                          "compile_s": time.perf_counter() - t0}  # fmt: skip
+        t0 = time.perf_counter()
+        model = load_model(folder, random_weights(cfg, seed=0))
+        info[cfg.name]["load_s"] = time.perf_counter() - t0
+        return model
+
+    def decode_ms(model: Any, batch: int) -> float:
+        session = model.session(batch, kv_len, 8)
+        session.prefill(np.zeros((batch, 8), dtype=np.int64))
+        tok = np.zeros(batch, dtype=np.int64)
+
+        def step() -> None:
+            session.length = kv_len - 1  # the last position: attention reads the whole cache
+            session.decode(tok)
+
+        return wall_ms(step, session.synchronize, repeats)
+
+    def prefill_ms(model: Any) -> float:
+        session = model.session(1, n, n)
+        ids = np.zeros((1, n), dtype=np.int64)
+        return wall_ms(lambda: session.prefill(ids), session.synchronize, max(3, repeats // 4))
+
+    if only in (None, "layer"):
+        layer = compiled(1, OURS_VOCAB)
+        lines.append(Line(f"layer decode b=1 kv={kv_len}", "tunefleet", decode_ms(layer, 1),
+                          f"+ a {OURS_VOCAB}-token head"))  # fmt: skip
+        lines.append(Line(f"layer prefill n={n}", "tunefleet", prefill_ms(layer)))
+        del layer
+    if only in (None, "model"):
+        model = compiled(1, c["vocab"])
+        model.layers = model.layers * c["layers"]  # one layer's device weights, every layer
+        model.config = replace(model.config, num_layers=c["layers"])
+        for batch in (1, 16):
+            ms = decode_ms(model, batch)
+            rate = f"{batch * 1e3 / ms:.1f} tokens/s; layers share weights"
+            lines.append(Line(f"model decode b={batch} kv={kv_len}", "tunefleet", ms, rate))
+        lines.append(Line(f"model TTFT n={n}", "tunefleet", prefill_ms(model),
+                          "layers share weights"))  # fmt: skip
+    if store is not None:
+        store.close()
+    return lines, info
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -254,6 +359,9 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a small config (checks the script)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", help="folder for e2e_model.json")
+    parser.add_argument("--db", help="records for our kernels (a model job's database URL)")
+    parser.add_argument("--work", help="folder for our compiled models (default: a temp one)")
+    parser.add_argument("--no-ours", action="store_true", help="torch lines only")
     args = parser.parse_args()
     try:
         import torch
@@ -281,11 +389,20 @@ def main() -> int:
             lines += bench_layer(torch, c, dtype, args.device, clock)
         if args.only in (None, "model"):
             lines += bench_model(torch, c, dtype, args.device, clock)
-    cases = dict.fromkeys(line.case for line in lines if line.impl not in ("torch copy_",))
-    for case in cases:
-        lines.append(Line(case, "tunefleet", math.nan, OURS))
+    info: dict = {}
+    if args.device == "cuda" and not args.no_ours:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tf-e2e-") as tmp:
+            ours, info = bench_ours(c, args.dtype, args.db, Path(args.work or tmp),
+                                    args.repeats, args.only)  # fmt: skip
+        lines += ours
+    order = {case: i for i, case in reversed(list(enumerate(x.case for x in lines)))}
+    lines.sort(key=lambda line: order[line.case])
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"e2e_model on {device}, {args.dtype}, torch {torch.__version__}")
+    for name, what in info.items():
+        print(f"ours {name}: {what}")
     print(f"{'case':34} {'impl':26} {'ms':>10}  note")
     for line in lines:
         ms = "-" if math.isnan(line.ms) or line.impl == "torch copy_" else f"{line.ms:.4f}"
@@ -294,7 +411,8 @@ def main() -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         rows = [asdict(line) | {"ms": None if math.isnan(line.ms) else line.ms} for line in lines]
-        (out / "e2e_model.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+        data = {"device": device, "rows": rows, "ours": info}
+        (out / "e2e_model.json").write_text(json.dumps(data, indent=2))
     return 0
 
 

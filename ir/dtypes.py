@@ -82,9 +82,16 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 def f32_to_bf16(values: np.ndarray) -> np.ndarray:
     """Round float32 values to bfloat16 (nearest even) and return the uint16 bit patterns."""
-    u = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    return rounded.astype(np.uint16)
+    # in place on one uint32 copy: a model's weights are billions of values. The sum wraps
+    # only for negative NaN patterns >= 0xFFFF8000, which round to 0 as they would unwrapped
+    # and truncated to 16 bits.
+    u = np.array(values, dtype=np.float32, copy=True).view(np.uint32)
+    lsb = u >> 16
+    lsb &= 1
+    lsb += 0x7FFF
+    u += lsb
+    u >>= 16
+    return u.astype(np.uint16)
 
 
 def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:

@@ -135,11 +135,11 @@ class CUDARenderer(CStyleRenderer):
         self._vec: dict[BufferLoad, str] = {}
         self._counter = 0
         self._needs_scratch = False
-        self._dyn_offsets: dict[str, int] = {}
+        self._dyn_offsets: dict[str, int | str] = {}  # C offset: bytes, or an expression
         self._hoisted: dict[BufferLoad, str] = {}
         self.swizzled: dict[str, int] = {}  # shared buffers in a swizzled layout: row bytes
         self._block_text: dict[str, str] = {}  # remapped block indices (rasterisation)
-        self.dynamic_shared_bytes = 0
+        self.dynamic_shared_bytes: int | str = 0  # an expression when a size is symbolic
 
     # ------------------------------------------------------------ expressions
 
@@ -687,6 +687,11 @@ class CUDARenderer(CStyleRenderer):
                 f"intermediate {buf.name} lives in global memory, which a kernel cannot allocate; "
                 "compute it under a thread loop and set_scope it to 'shared' or 'local'"
             )
+        if buf.scope == "shared" and name in self._dyn_offsets:  # planned, maybe symbolic
+            off = self._dyn_offsets[name]
+            self.emit(f"{ct}* {name} = ({ct}*)(tf_dyn_smem + {off});", depth)
+            self.stmt(s.body, depth)
+            return
         if not isinstance(size, Const):
             raise CodegenError(
                 f"{buf.scope} buffer {buf.name} has symbolic size {size}; tile it to a constant"
@@ -721,12 +726,8 @@ class CUDARenderer(CStyleRenderer):
                 f"{buf.scope} buffers are not supported; tensorize loads from memory"
             )
         if buf.scope == "shared":
-            if name in self._dyn_offsets:
-                off = self._dyn_offsets[name]
-                self.emit(f"{ct}* {name} = ({ct}*)(tf_dyn_smem + {off});", depth)
-            else:
-                align = 1024 if buf.name in self.swizzled else 128  # a swizzle atom
-                self.emit(f"__shared__ __align__({align}) {ct} {name}[{n}];", depth)
+            align = 1024 if buf.name in self.swizzled else 128  # a swizzle atom
+            self.emit(f"__shared__ __align__({align}) {ct} {name}[{n}];", depth)
         else:
             self.emit(f"{ct} {name}[{n}] __attribute__((aligned(16)));", depth)
         self.stmt(s.body, depth)
@@ -734,15 +735,29 @@ class CUDARenderer(CStyleRenderer):
     def _plan_shared(self, lowered: PrimFunc) -> None:
         """Static shared arrays up to 48 KB; above that all of them move to dynamic memory,
         where an allocation shares bytes with any other that is not live at the same time
-        (neither encloses the other)."""
+        (neither encloses the other).
+
+        An array whose size depends on a symbolic dim (a row of `m` scores, say) is dynamic
+        too: the constant arrays keep their planned offsets, each symbolic one follows them
+        (no sharing), and the launch's dynamic bytes become an expression over the dims.
+        """
         placed: list[tuple[Buffer, int, int]] = []  # buffer, nesting depth, end offset
+        symbolic: list[tuple[Buffer, Expr]] = []  # buffer, bytes rounded to 128
 
         def visit(s: Stmt, chain: list[int]) -> None:
             if isinstance(s, Allocate) and s.buffer.scope == "shared":
                 b = s.buffer
                 size = buffer_elements(b)
                 if not isinstance(size, Const):
-                    raise CodegenError(f"shared buffer {b.name} has symbolic size {size}")
+                    if b.name in self.swizzled:
+                        raise CodegenError(f"swizzled shared buffer {b.name} has symbolic size")
+                    isz = Const(itemsize(b.dtype), size.dtype)
+                    c127, c128 = Const(127, size.dtype), Const(128, size.dtype)
+                    rounded = BinOp("mul", BinOp("floordiv", BinOp(
+                        "add", BinOp("mul", size, isz), c127), c128), c128)  # fmt: skip
+                    symbolic.append((b, rounded))
+                    visit(s.body, chain)
+                    return
                 nbytes = (int(size.value) * itemsize(b.dtype) + 127) // 128 * 128
                 start = max((placed[i][2] for i in chain), default=0)
                 if b.name in self.swizzled:  # swizzled tiles start on a 1024-byte atom
@@ -757,11 +772,21 @@ class CUDARenderer(CStyleRenderer):
                         visit(c, chain)
 
         visit(lowered.body, [])
-        if sum(end - start for _, start, end in placed) <= STATIC_SHARED_LIMIT:
+        fixed = max((end for _, _, end in placed), default=0)
+        if not symbolic:
+            if sum(end - start for _, start, end in placed) <= STATIC_SHARED_LIMIT:
+                return
+            for b, start, _ in placed:
+                self._dyn_offsets[c_name(b.name)] = start
+            self.dynamic_shared_bytes = fixed
             return
         for b, start, _ in placed:
             self._dyn_offsets[c_name(b.name)] = start
-        self.dynamic_shared_bytes = max(end for _, _, end in placed)
+        offset: Expr = Const(fixed, symbolic[0][1].dtype)
+        for b, nbytes in symbolic:
+            self._dyn_offsets[c_name(b.name)] = self.expr(simplify(offset))
+            offset = BinOp("add", offset, nbytes)
+        self.dynamic_shared_bytes = launch_text(simplify(offset))
 
     # ------------------------------------------------------------ function
 

@@ -1,7 +1,7 @@
 """Kernel backends: one class per device kind loads a compiled model's binaries and calls
-them. The CPU backend loads the shared libraries with ctypes; a CUDA backend (cubins through
-pycuda, decode steps captured as CUDA graphs) slots in as another class of the same shape and
-is not built yet.
+them, and says where a session's buffers live. The CPU backend loads the shared libraries
+with ctypes and keeps buffers in numpy; the CUDA backend (runtime/cuda_backend.py) loads
+cubins and keeps buffers on the GPU.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import ctypes.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,13 +19,18 @@ from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.runtime.manifest import KernelArg, KernelEntry
 from tunefleet.workers.launch import evaluate
 
-KernelCall = Callable[[Sequence[np.ndarray], Mapping[str, int]], None]
+KernelCall = Callable[[Sequence[Any], Mapping[str, int]], None]
 
 
 class Backend(ABC):
-    """Loads kernels of one target kind and runs them on host-visible buffers."""
+    """Loads kernels of one target kind and runs them on the backend's buffers.
+
+    `xp` is the array module of those buffers (numpy here, cupy on the GPU): sessions
+    allocate with it and copy within it, so the engine's data movement is the same code on
+    every device."""
 
     kind: str
+    xp: Any = np
 
     def __init__(self, threads: int | None = None) -> None:
         """`threads`: host threads a kernel may use (backends without host threads ignore it)."""
@@ -33,6 +39,18 @@ class Backend(ABC):
     @abstractmethod
     def load(self, model_dir: Path, kernel: KernelEntry) -> KernelCall:
         """A callable running `kernel` on buffers (in parameter order) at dims."""
+
+    def to_device(self, array: np.ndarray) -> Any:
+        """`array` where the kernels can read it (the array itself on the CPU)."""
+        return array
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """A buffer's values as a numpy array (the array itself on the CPU)."""
+        return np.asarray(array)
+
+    def synchronize(self) -> None:
+        """Wait for every kernel launched so far (a no-op where calls are synchronous)."""
+        return None
 
 
 class CpuBackend(Backend):
@@ -78,7 +96,7 @@ class CpuBackend(Backend):
             values = tuple(int(dims[s]) for s in scalars)
             seen = (values, tuple(a.size for a in arrays))
             if not last or last[0] != seen:  # the guard, again whenever the shapes change
-                _check_buffers(kernel, buffers, arrays, dims)
+                check_buffers(kernel, buffers, arrays, dims)
                 last[:] = [seen]
             # the address through __array_interface__: `ndarray.ctypes` keeps memory per call
             fn(*(a.__array_interface__["data"][0] for a in arrays), *values)
@@ -86,10 +104,10 @@ class CpuBackend(Backend):
         return call
 
 
-def _check_buffers(
+def check_buffers(
     kernel: KernelEntry,
     specs: Sequence[KernelArg],
-    arrays: Sequence[np.ndarray],
+    arrays: Sequence[Any],
     dims: Mapping[str, int],
 ) -> None:
     """Each buffer holds, contiguously, at least the elements its argument shape needs at
@@ -109,14 +127,12 @@ def _check_buffers(
             )
 
 
-BACKENDS: dict[str, type[Backend]] = {"cpu": CpuBackend}
-
-
 def backend_for(kind: str, threads: int | None = None) -> Backend:
     """The backend running kernels of target kind `kind` (`threads`: see CpuBackend)."""
-    if kind not in BACKENDS:
-        raise RuntimeModelError(
-            f"no {kind} runtime in this build: the compiled model's kernels are built, but "
-            "running them needs the CUDA backend, which is not implemented yet"
-        )
-    return BACKENDS[kind](threads)
+    if kind == "cpu":
+        return CpuBackend(threads)
+    if kind == "cuda":  # imported here: cupy is needed only to run on a GPU
+        from tunefleet.runtime.cuda_backend import CudaBackend
+
+        return CudaBackend(threads)
+    raise RuntimeModelError(f"no runtime for target kind {kind!r}; this build runs cpu and cuda")

@@ -156,18 +156,21 @@ def _run(model_dir: str, weights_path: str | None, use_random: bool, prompt_len:
         max_len = prompt_len + gen
         session = model.session(batch, max_len, prompt_len)
         prompt = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, prompt_len))
+        session.synchronize()  # the weights' uploads are not the prefill's time
         t0 = time.perf_counter()
         logits = session.prefill(prompt)
+        session.synchronize()
         prefill_s = time.perf_counter() - t0
-        seen = [_values(logits, cfg.dtype)] if check else []
+        seen = [_values(session.host(logits), cfg.dtype)] if check else []
         tokens = [session.greedy(logits[:, -1]).copy()]
         decode_s = 0.0
         for _ in range(gen):
             t0 = time.perf_counter()
             step = session.decode(tokens[-1])
+            session.synchronize()
             decode_s += time.perf_counter() - t0
             if check:
-                seen.append(_values(step, cfg.dtype))
+                seen.append(_values(session.host(step), cfg.dtype))
             tokens.append(session.greedy(step).copy())
     except RuntimeModelError as err:
         raise click.ClickException(str(err)) from None

@@ -32,7 +32,7 @@ from tunefleet.ir import structural_hash
 from tunefleet.ir.codegen import KernelSource
 from tunefleet.runtime.dispatch import bucket_ranges
 from tunefleet.runtime.errors import RuntimeModelError
-from tunefleet.runtime.manifest import KernelArg, KernelEntry, Manifest, TaskEntry
+from tunefleet.runtime.manifest import KernelArg, KernelEntry, Launch, Manifest, TaskEntry
 from tunefleet.workers.builder import BuildConfig, BuildInput, LoweringError, compile_kernel, lower
 from tunefleet.workers.cpu_harness import harness_source
 from tunefleet.workers.targets import Target
@@ -137,6 +137,7 @@ class _Built:
     binary: str
     entry: str
     args: tuple[KernelArg, ...]
+    launch: Launch | None
 
 
 class _KernelBuilder:
@@ -192,7 +193,10 @@ class _KernelBuilder:
         if self.on_kernel is not None:
             self.on_kernel()
         args = tuple(KernelArg(a.name, a.kind, a.dtype, tuple(a.shape)) for a in art.args)
-        return _Built(source, binary, art.entry, args)
+        launch = None
+        if art.grid is not None and art.block is not None:
+            launch = Launch(tuple(art.grid), tuple(art.block), art.shared_bytes or 0)
+        return _Built(source, binary, art.entry, args, launch)
 
 
 def paddable(task: Task) -> tuple[str, ...]:
@@ -234,6 +238,7 @@ def _entry(
         binary=built.binary,
         entry=built.entry,
         args=built.args,
+        launch=built.launch,
     )
 
 
@@ -253,6 +258,7 @@ def _task_entry(
         binary=fallback.binary,
         entry=fallback.entry,
         args=fallback.args,
+        launch=fallback.launch,
     )
     return TaskEntry(
         name=task.name,

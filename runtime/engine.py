@@ -13,19 +13,22 @@ Data flow of one decoder layer (t tokens; H = heads + 2 kv heads):
 The attention kernels take the cache as dense `[b, kv, m, d]` with `m` the kv length, so
 each step stages the first `m` positions of the cache into a buffer planned at the maximum
 size (a copy of the cache prefix; a kernel taking the cache's stride would avoid it).
+
+The same code runs on every backend: buffers and weights are arrays of the backend's module
+(numpy, or cupy on the GPU) and the copies above are that module's slicing.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tunefleet.coordinator.graph import Phase
-from tunefleet.ir.dtypes import from_float32, to_float32
+from tunefleet.ir.dtypes import from_float32
 from tunefleet.runtime.backend import Backend, KernelCall, backend_for
 from tunefleet.runtime.dispatch import in_range
 from tunefleet.runtime.errors import RuntimeModelError
@@ -33,7 +36,7 @@ from tunefleet.runtime.manifest import KernelEntry, Manifest, TaskEntry, read_ma
 from tunefleet.runtime.memory import MemoryPlan
 from tunefleet.runtime.quant import dequantized, quantize_q4
 from tunefleet.runtime.weights import Weights, random_weights
-from tunefleet.workers.targets import Target, detect_cpu
+from tunefleet.workers.targets import Target, TargetError, detect_cpu, resolve_target
 
 # fused call names of the graph (coordinator/graph.py, fused by coordinator/fusion.py)
 CALLS = {
@@ -178,7 +181,9 @@ class CompiledModel:
         self.manifest = manifest
         self.config = manifest.model
         self.backend = backend
-        self.layers, self.globals = pack_weights(weights, manifest.quant)
+        layers, glob = pack_weights(weights, manifest.quant)
+        self.layers = [_placed(lw, backend.to_device) for lw in layers]
+        self.globals = {k: _put(v, backend.to_device) for k, v in glob.items()}
         self._loaded: dict[tuple[str, str], KernelCall] = {}
 
     def kernel(self, task: TaskEntry, dims: dict[str, int]) -> tuple[KernelCall, dict[str, int]]:
@@ -228,8 +233,22 @@ class CompiledModel:
             "batch": self.padded(Phase.DECODE, "b", batch),
             "prompt": self.padded(Phase.PREFILL, "n", max_prompt) if max_prompt >= 1 else 1,
         }
-        plan = MemoryPlan.create(self.config, batch, max_len, max_prompt, rows)
+        plan = MemoryPlan.create(self.config, batch, max_len, max_prompt, rows, self.backend.xp)
         return Session(self, plan)
+
+
+def _put(value: Any, to_device: Any) -> Any:
+    """An array, a tuple of arrays or None, moved by `to_device`."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(to_device(a) for a in value)
+    return to_device(value)
+
+
+def _placed(lw: LayerWeights, to_device: Any) -> LayerWeights:
+    """A layer's weights where the backend's kernels read them."""
+    return replace(lw, **{f.name: _put(getattr(lw, f.name), to_device) for f in fields(lw)})
 
 
 def load_model(
@@ -249,7 +268,7 @@ def load_model(
     path = Path(model_dir)
     manifest = read_manifest(path)
     backend = backend_for(manifest.target_kind, threads)
-    here = target or detect_cpu()
+    here = target or _this_machine(manifest.target_kind)
     if here.fingerprint != manifest.target_fingerprint:
         raise RuntimeModelError(
             f"{path} was compiled for target {manifest.target_fingerprint} "
@@ -264,6 +283,16 @@ def load_model(
             f"{manifest.model.name!r}"
         )
     return CompiledModel(path, manifest, weights, backend)
+
+
+def _this_machine(kind: str) -> Target:
+    """This machine's target of `kind` (the first GPU for cuda)."""
+    if kind == "cpu":
+        return detect_cpu()
+    try:
+        return resolve_target(kind)
+    except TargetError as err:
+        raise RuntimeModelError(str(err)) from None
 
 
 class Session:
@@ -300,8 +329,9 @@ class Session:
                 "session; start one with a larger max_len"
             )
         self._check_ids(ids)
+        put = self.model.backend.to_device
         for s in range(pl.batch):
-            pl.ids[:n] = ids[s]
+            pl.ids[:n] = put(ids[s].astype(np.int32))
             self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s])
         self.length = n
         return pl.prefill_logits[:, :n]
@@ -317,19 +347,28 @@ class Session:
         if self.length >= pl.max_len:
             raise RuntimeModelError(f"the sequences reached the maximum length {pl.max_len}")
         self._check_ids(ids)
-        pl.ids[: pl.batch] = ids
+        pl.ids[: pl.batch] = self.model.backend.to_device(ids.astype(np.int32))
         self._forward(Phase.DECODE, pl.batch, None, pl.decode_logits)
         self.length += 1
         return pl.decode_logits[: pl.batch]
 
-    def greedy(self, logits: np.ndarray) -> np.ndarray:
+    def greedy(self, logits: Any) -> np.ndarray:
         """argmax over the vocabulary into the session's token buffer (no allocation for
-        float32 and float16 logits)."""
+        float32 and float16 logits); the picks on the host (a view of the buffer on the CPU)."""
+        xp = self.model.backend.xp
         out = self.plan.tokens[: logits.shape[0]]
-        if self.cfg.dtype == "bfloat16":
-            logits = to_float32(logits, "bfloat16")
-        np.argmax(logits, axis=-1, out=out)
-        return out
+        if self.cfg.dtype == "bfloat16":  # bit patterns: the high half of a float32
+            logits = (logits.astype(xp.uint32) << 16).view(xp.float32)
+        xp.argmax(logits, axis=-1, out=out)
+        return self.model.backend.to_host(out)
+
+    def host(self, array: Any) -> np.ndarray:
+        """A buffer's values (logits, say) as a numpy array; waits for the kernels."""
+        return self.model.backend.to_host(array)
+
+    def synchronize(self) -> None:
+        """Wait for every kernel launched so far (timings of a GPU session need it)."""
+        self.model.backend.synchronize()
 
     def _check_ids(self, ids: np.ndarray) -> None:
         if ids.size and (ids.min() < 0 or ids.max() >= self.cfg.vocab_size):

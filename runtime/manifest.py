@@ -1,8 +1,11 @@
 """The compiled-model format: a versioned JSON manifest beside kernel sources and binaries.
 
     DIR/manifest.json      model config, target, buckets, tasks and their kernels
-    DIR/kernels/NAME.c     each kernel's source (the generated C and its timing harness)
+    DIR/kernels/NAME.c     a CPU kernel's source (the generated C and its timing harness)
     DIR/kernels/NAME.so    the shared library built from it
+    DIR/kernels/NAME.cu    a CUDA kernel's source
+    DIR/kernels/NAME.cubin the cubin built from it; its launch (grid, block, dynamic shared
+                           bytes, as ints or expressions over the dims) is in the manifest
 
 Nothing is pickled: the manifest is plain JSON and every path in it is relative to DIR.
 """
@@ -19,7 +22,7 @@ from tunefleet.coordinator.models import ModelConfig, ModelConfigError
 from tunefleet.runtime.errors import RuntimeModelError
 
 FORMAT = "tunefleet.compiled-model"
-VERSION = 1
+VERSION = 2  # 2: CUDA kernels carry their launch configuration
 MANIFEST_NAME = "manifest.json"
 
 
@@ -31,6 +34,16 @@ class KernelArg:
     kind: str  # "buffer" | "scalar"
     dtype: str
     shape: tuple[int | str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A CUDA kernel's launch: (x, y, z) grid and block extents and the dynamic shared bytes,
+    each an int or a launch expression over the symbolic dims (workers/launch.py)."""
+
+    grid: tuple[int | str, ...]
+    block: tuple[int | str, ...]
+    shared_bytes: int | str = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class KernelEntry:
     binary: str
     entry: str
     args: tuple[KernelArg, ...]
+    launch: Launch | None = None  # CUDA kernels only
 
     @property
     def tuned(self) -> bool:
@@ -164,6 +178,9 @@ def _kernel_json(k: KernelEntry) -> dict[str, Any]:
     out["ranges"] = {d: list(r) for d, r in k.ranges.items()}
     out["pad"] = list(k.pad)
     out["args"] = [asdict(a) | {"shape": list(a.shape)} for a in k.args]
+    if k.launch is not None:
+        out["launch"] = {"grid": list(k.launch.grid), "block": list(k.launch.block),
+                         "shared_bytes": k.launch.shared_bytes}  # fmt: skip
     return out
 
 
@@ -199,6 +216,18 @@ def _kernel_from(d: Mapping[str, Any]) -> KernelEntry:
         args=tuple(
             KernelArg(a["name"], a["kind"], a["dtype"], tuple(a["shape"])) for a in d["args"]
         ),
+        launch=_launch_from(d["launch"]) if d.get("launch") is not None else None,
+    )
+
+
+def _launch_from(d: Mapping[str, Any]) -> Launch:
+    def extent(v: Any) -> int | str:
+        return v if isinstance(v, int | str) and not isinstance(v, bool) else str(v)
+
+    return Launch(
+        grid=tuple(extent(v) for v in d["grid"]),
+        block=tuple(extent(v) for v in d["block"]),
+        shared_bytes=extent(d.get("shared_bytes", 0)),
     )
 
 

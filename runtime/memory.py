@@ -4,19 +4,23 @@ Activations are reused by every layer and both phases (the residual stream ping-
 between two buffers); the kv cache holds `batch x max_len` positions of every layer; the
 attention staging buffers hold the largest cache prefix. Buffers hold the rows kernels run,
 more than the actual tokens where an exact kernel pads up to its bucket point. A step
-allocates nothing.
+allocates nothing. Buffers are arrays of the backend's array module: numpy on the CPU,
+cupy on the GPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from tunefleet.coordinator.models import ModelConfig
 from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.workers.checking import storage_dtype
+
+_SIZES = ("batch", "max_len", "max_prompt")
 
 
 @dataclass(frozen=True)
@@ -26,31 +30,31 @@ class MemoryPlan:
     batch: int
     max_len: int
     max_prompt: int
-    ids: np.ndarray  # int32 [tokens]
-    tokens: np.ndarray  # int64 [batch]: greedy picks
-    x0: np.ndarray
-    x1: np.ndarray
-    hn: np.ndarray
-    qkv: np.ndarray
-    q: np.ndarray
-    ctx: np.ndarray
-    ctx_t: np.ndarray
-    act: np.ndarray
-    cos: np.ndarray  # float32 [tokens * d/2]
-    sin: np.ndarray
-    cos_table: np.ndarray  # float32 [max_len, d/2]
-    sin_table: np.ndarray
-    k_cache: np.ndarray  # [layers, batch, kv, max_len, d]
-    v_cache: np.ndarray
-    k_stage: np.ndarray
-    v_stage: np.ndarray
-    prefill_logits: np.ndarray  # [batch, prompt rows, vocab]
-    decode_logits: np.ndarray  # [batch rows, vocab]
+    ids: Any  # int32 [tokens]; every buffer: an array of the backend's module
+    tokens: Any  # int64 [batch]: greedy picks
+    x0: Any
+    x1: Any
+    hn: Any
+    qkv: Any
+    q: Any
+    ctx: Any
+    ctx_t: Any
+    act: Any
+    cos: Any  # float32 [tokens * d/2]
+    sin: Any
+    cos_table: Any  # float32 [max_len, d/2]
+    sin_table: Any
+    k_cache: Any  # [layers, batch, kv, max_len, d]
+    v_cache: Any
+    k_stage: Any
+    v_stage: Any
+    prefill_logits: Any  # [batch, prompt rows, vocab]
+    decode_logits: Any  # [batch rows, vocab]
 
     @property
     def nbytes(self) -> int:
         """Bytes of every buffer of the plan."""
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+        return sum(v.nbytes for k, v in vars(self).items() if k not in _SIZES)
 
     @staticmethod
     def create(
@@ -59,11 +63,12 @@ class MemoryPlan:
         max_len: int,
         max_prompt: int | None = None,
         rows: Mapping[str, int] | None = None,
+        xp: Any = np,
     ) -> MemoryPlan:
         """Allocate the buffers for `batch` sequences of at most `max_len` tokens, prompts
         of at most `max_prompt` (default `max_len`); `rows` gives the rows a kernel may run
         for the batch (`batch`) and a prompt (`prompt`) when exact kernels pad up to their
-        bucket point (default: the sizes themselves)."""
+        bucket point (default: the sizes themselves). `xp` allocates: numpy or cupy."""
         max_prompt = max_len if max_prompt is None else max_prompt
         if batch < 1 or max_len < 1 or not 1 <= max_prompt <= max_len:
             raise RuntimeModelError(
@@ -78,8 +83,8 @@ class MemoryPlan:
         h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         hid, big = cfg.hidden_size, cfg.num_heads + 2 * cfg.num_kv_heads
 
-        def buf(*shape: int, dtype: np.dtype = dt) -> np.ndarray:
-            return np.zeros(shape, dtype=dtype)
+        def buf(*shape: int, dtype: np.dtype = dt) -> Any:
+            return xp.zeros(shape, dtype=dtype)
 
         inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
         angles = np.arange(max_len, dtype=np.float64)[:, None] * inv[None, :]
@@ -101,8 +106,8 @@ class MemoryPlan:
             act=buf(t * cfg.intermediate_size),
             cos=buf(t * (d // 2), dtype=np.dtype(np.float32)),
             sin=buf(t * (d // 2), dtype=np.dtype(np.float32)),
-            cos_table=np.cos(angles).astype(np.float32),
-            sin_table=np.sin(angles).astype(np.float32),
+            cos_table=xp.asarray(np.cos(angles).astype(np.float32)),
+            sin_table=xp.asarray(np.sin(angles).astype(np.float32)),
             k_cache=buf(*cache),
             v_cache=buf(*cache),
             k_stage=buf(stage),

@@ -215,6 +215,32 @@ def test_large_shared_tiles_use_dynamic_shared_memory() -> None:
     assert "extern __shared__" in ks.source and "__syncthreads();" in ks.source
 
 
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+def test_shared_rows_of_symbolic_length_are_dynamic_with_a_launch_expression() -> None:
+    """The fused decode attention's default keeps a row of `m` scores and probabilities in
+    shared memory: both go to dynamic memory after the constant arrays, and the launch's
+    dynamic bytes are an expression the workers evaluate at each kv length."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.models import ModelConfig
+    from tunefleet.coordinator.tasks import model_tasks
+    from tunefleet.workers.launch import evaluate
+
+    cfg = ModelConfig(name="t", family="llama", hidden_size=64, intermediate_size=96,
+                      num_layers=1, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=100,
+                      dtype="float16")  # fmt: skip
+    task = next(t for t in model_tasks(cfg, Phase.DECODE) if t.kind == "attention")
+    assert "m" in task.symbolic
+    ks = build_source(default_schedule(task.func, target="cuda"), target="cuda")
+    assert isinstance(ks.shared_bytes, str) and "m" in ks.shared_bytes
+    const = evaluate(ks.shared_bytes, {"b": 1, "m": 0})  # the constant arrays alone
+    for m in (1, 333, 4096):  # a row of fp16 probabilities and of fp32 scores, 128-aligned
+        rows = -(-m * 2 // 128) * 128 + -(-m * 4 // 128) * 128
+        assert evaluate(ks.shared_bytes, {"b": 1, "m": m}) == const + rows
+    assert "(tf_dyn_smem + " in ks.source and "* m" not in ks.source.split("tf_dyn_smem[]")[0]
+    code, err = _compile(ks.source, "sm_90")
+    assert code == 0, err
+
+
 def _tc_schedule(dtype: str = "float16") -> Schedule:
     import sys
     from pathlib import Path

@@ -9,6 +9,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from tunefleet.coordinator.models import ModelConfig, parse_hf_config
+from tunefleet.ir.dtypes import to_float32
+from tunefleet.runtime.reference import ReferenceModel
 from tunefleet.runtime.weights import Weights, hf_names
 
 BUCKETS = {"b": (1, 4), "n": (8, 32), "m": (64,)}
@@ -65,3 +67,30 @@ def write_checkpoint(w: Weights, folder: Path, shards: int = 1) -> Path:
         weight_map |= {k: file for k in part}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return folder
+
+
+def rel_err(a: np.ndarray, r: np.ndarray, dtype: str = "float32") -> float:
+    """Largest |a - r| over the largest |r|; `a` stored in `dtype` (bf16 as bit patterns)."""
+    values = to_float32(a, dtype).astype(np.float64)
+    return float(np.abs(values - r).max() / np.abs(r).max())
+
+
+def generate_and_compare(model, weights: Weights, batch: int, prompt_len: int, steps: int) -> float:
+    """Prefill and greedy decode on the runtime (any backend) and the reference fed the same
+    tokens; the largest relative logit error; asserts the greedy tokens agree at every step."""
+    session = model.session(batch, prompt_len + steps, prompt_len)
+    ref = ReferenceModel(weights)
+    ids = np.random.default_rng(batch * 100 + prompt_len).integers(
+        0, weights.config.vocab_size, (batch, prompt_len)
+    )
+    dtype = weights.config.dtype
+    logits, want = session.prefill(ids), ref.prefill(ids)
+    worst = rel_err(session.host(logits), want, dtype)
+    tok = session.greedy(logits[:, -1]).copy()
+    assert np.array_equal(tok, want[:, -1].argmax(-1))
+    for step in range(steps):
+        logits, want = session.decode(tok), ref.decode(tok)
+        worst = max(worst, rel_err(session.host(logits), want, dtype))
+        tok = session.greedy(logits).copy()
+        assert np.array_equal(tok, want.argmax(-1)), f"greedy tokens differ at step {step}"
+    return worst

@@ -16,16 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_models import BUCKETS, HF_CONFIGS, tiny, write_checkpoint
+from runtime_models import (
+    BUCKETS,
+    HF_CONFIGS,
+    generate_and_compare,
+    tiny,
+    write_checkpoint,
+)
 from safetensors.numpy import load_file
 
 from tunefleet.coordinator.graph import Quant
-from tunefleet.ir.dtypes import to_float32
 from tunefleet.runtime import CompileOptions, compile_model, load_model, load_weights
 from tunefleet.runtime.engine import effective_weights
 from tunefleet.runtime.manifest import MANIFEST_NAME, read_manifest
 from tunefleet.runtime.quant import quantize_q4
-from tunefleet.runtime.reference import ReferenceModel
 from tunefleet.runtime.weights import random_weights, save_checkpoint
 from tunefleet.workers.targets import detect_cpu
 
@@ -43,33 +47,6 @@ def compiled(tmp_path_factory, build_config) -> dict[str, Path]:
                                      buckets=BUCKETS))  # fmt: skip
         out[family] = folder
     return out
-
-
-def rel_err(a: np.ndarray, r: np.ndarray, dtype: str = "float32") -> float:
-    """Largest |a - r| over the largest |r|; `a` stored in `dtype` (bf16 as bit patterns)."""
-    values = to_float32(a, dtype).astype(np.float64)
-    return float(np.abs(values - r).max() / np.abs(r).max())
-
-
-def generate_and_compare(model, weights, batch: int, prompt_len: int, steps: int) -> float:
-    """Prefill and greedy decode on the runtime and the reference fed the same tokens; the
-    largest relative logit error; asserts the greedy tokens agree at every step."""
-    session = model.session(batch, prompt_len + steps, prompt_len)
-    ref = ReferenceModel(weights)
-    ids = np.random.default_rng(batch * 100 + prompt_len).integers(
-        0, weights.config.vocab_size, (batch, prompt_len)
-    )
-    dtype = weights.config.dtype
-    got, want = session.prefill(ids), ref.prefill(ids)
-    worst = rel_err(got, want, dtype)
-    tok = session.greedy(got[:, -1]).copy()
-    assert np.array_equal(tok, want[:, -1].argmax(-1))
-    for step in range(steps):
-        got, want = session.decode(tok), ref.decode(tok)
-        worst = max(worst, rel_err(got, want, dtype))
-        tok = session.greedy(got).copy()
-        assert np.array_equal(tok, want.argmax(-1)), f"greedy tokens differ at step {step}"
-    return worst
 
 
 @pytest.mark.parametrize("family", list(HF_CONFIGS))
@@ -90,7 +67,7 @@ def test_family_checkpoint_runs_like_the_reference(family, compiled, family_weig
 def test_manifest_is_versioned_plain_json(compiled) -> None:
     folder = compiled["qwen2"]
     data = json.loads((folder / MANIFEST_NAME).read_text())
-    assert data["format"] == "tunefleet.compiled-model" and data["version"] == 1
+    assert data["format"] == "tunefleet.compiled-model" and data["version"] == 2
     assert data["model"]["qkv_bias"] is True and data["target"]["fingerprint"]
     manifest = read_manifest(folder)
     assert {t.phase for t in manifest.tasks} == {"decode", "prefill"}

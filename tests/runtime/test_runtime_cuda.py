@@ -1,0 +1,99 @@
+"""Compiled models on the GPU: tiny models of every family, compiled for the CUDA target with
+default schedules, run prefill and 16 greedy decode steps on cupy buffers against the numpy
+reference model, in fp32 and fp16, at prompt lengths and batches inside, between and beyond
+the bucket points."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from runtime_models import BUCKETS, HF_CONFIGS, generate_and_compare, tiny
+
+from tunefleet.coordinator.cli import main
+from tunefleet.runtime import CompileOptions, compile_model, load_model
+from tunefleet.runtime.errors import RuntimeModelError
+from tunefleet.runtime.manifest import read_manifest
+from tunefleet.runtime.weights import random_weights
+from tunefleet.workers.targets import resolve_target
+
+pytestmark = pytest.mark.gpu
+
+TOLERANCE = {"float32": 1e-3, "float16": 1e-2}
+
+
+@pytest.fixture(scope="module")
+def cuda_models(tmp_path_factory, build_config) -> dict[tuple[str, str], Path]:
+    """(family, dtype) -> a model compiled for this machine's first GPU."""
+    pytest.importorskip("cupy")
+    target = resolve_target("cuda")
+    out = {}
+    for family in HF_CONFIGS:
+        for dtype in TOLERANCE:
+            folder = tmp_path_factory.mktemp(f"cuda-{family}-{dtype}")
+            cfg = replace(tiny(family), dtype=dtype)
+            compile_model(CompileOptions(cfg, target, str(folder), build_config,
+                                         buckets=BUCKETS, jobs=8))  # fmt: skip
+            out[family, dtype] = folder
+    return out
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("family", list(HF_CONFIGS))
+def test_cuda_model_runs_like_the_reference(cuda_models, family: str, dtype: str) -> None:
+    folder = cuda_models[family, dtype]
+    manifest = read_manifest(folder)
+    assert manifest.target_kind == "cuda"
+    assert all(k.launch is not None for t in manifest.tasks for k in (*t.kernels, t.fallback))
+    weights = random_weights(manifest.model, seed=3)
+    model = load_model(folder, weights)
+    assert model.backend.kind == "cuda"
+    err = generate_and_compare(model, weights, batch=2, prompt_len=5, steps=16)
+    assert err <= TOLERANCE[dtype], f"{family} {dtype}: max_rel_err {err:.3g}"
+
+
+@pytest.mark.parametrize(("batch", "prompt_len"), [(1, 8), (3, 20), (4, 33), (5, 1)])
+def test_cuda_dispatch_inside_between_and_beyond_buckets(cuda_models, batch, prompt_len) -> None:
+    """b buckets (1, 4) and n buckets (8, 32): points, sizes between them and past the last."""
+    folder = cuda_models["llama", "float32"]
+    weights = random_weights(read_manifest(folder).model, seed=5)
+    model = load_model(folder, weights)
+    assert generate_and_compare(model, weights, batch, prompt_len, steps=3) <= 1e-3
+
+
+def test_cuda_session_buffers_live_on_the_gpu(cuda_models) -> None:
+    import cupy
+
+    model = load_model(cuda_models["qwen2", "float32"])
+    session = model.session(2, 12, 6)
+    assert isinstance(session.plan.k_cache, cupy.ndarray)
+    assert isinstance(model.layers[0].qkv[0], cupy.ndarray)
+    logits = session.prefill(np.zeros((2, 6), dtype=np.int64))
+    assert isinstance(logits, cupy.ndarray) and logits.shape == (2, 6, 100)
+    assert np.isfinite(session.host(logits)).all()
+    with pytest.raises(RuntimeModelError, match="longer than the maximum"):
+        session.prefill(np.zeros((2, 7), dtype=np.int64))
+
+
+def test_cuda_run_command_checks_against_the_reference(cuda_models) -> None:
+    folder = cuda_models["mistral", "float16"]
+    args = ["run", str(folder), "--random-weights", "--prompt-len", "7", "--gen", "16",
+            "--batch", "2", "--check", "--json"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["tokens_match"] and out["max_rel_err"] <= 1e-2
+    assert out["decode_tokens_per_s"] > 0 and len(out["tokens"][0]) == 17
+
+
+def test_a_cuda_model_is_refused_on_another_gpu(cuda_models, tmp_path) -> None:
+    folder = cuda_models["llama", "float32"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["target"]["fingerprint"] = "0000000000000000"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RuntimeModelError, match="compile it again here"):
+        load_model(tmp_path)
