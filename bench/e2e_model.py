@@ -152,11 +152,16 @@ def rope_tables(torch: Any, c: dict, positions: Any, dtype: Any) -> tuple[Any, A
     return ang.cos().to(dtype)[None, :, None, :], ang.sin().to(dtype)[None, :, None, :]
 
 
+COMPILE = [True]  # --no-torch-compile clears it: torch.compile's autotuning takes minutes
+
+
 def variants(torch: Any, fn: Callable[[], Any], device: str) -> dict[str, Callable[[], Any]]:
     """Eager, eager in a CUDA graph, torch.compile without and with CUDA graphs."""
     out: dict[str, Callable[[], Any]] = {"eager": fn}
     if device == "cuda":
         out["eager+cudagraph"] = capture(torch, fn)
+    if not COMPILE[0]:
+        return out
     out["torch.compile"] = torch.compile(fn, mode="max-autotune-no-cudagraphs")
     if device == "cuda":
         out["torch.compile+cudagraph"] = torch.compile(fn, mode="reduce-overhead")
@@ -362,6 +367,8 @@ def main() -> int:
     parser.add_argument("--db", help="records for our kernels (a model job's database URL)")
     parser.add_argument("--work", help="folder for our compiled models (default: a temp one)")
     parser.add_argument("--no-ours", action="store_true", help="torch lines only")
+    parser.add_argument("--no-torch-compile", action="store_true",
+                        help="eager and eager+cudagraph only (no torch.compile lines)")  # fmt: skip
     args = parser.parse_args()
     try:
         import torch
@@ -371,6 +378,7 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("e2e_model: no CUDA device; use --device cpu --tiny to check the script")
         return 1
+    COMPILE[0] = not args.no_torch_compile
     c = dict(TINY if args.tiny else LLAMA3_8B)
     if args.layers:
         c["layers"] = args.layers
