@@ -108,9 +108,10 @@ def time_to_converge(
     return (None if None in times else max(times, default=0.0)), per  # type: ignore[type-var]
 
 
-def roofline_ms(config: JobConfig, device: str) -> float:
-    """The roofline floor of one pass over the job's workloads: sum of weight x bound."""
-    plan = plan_job(config)
+def roofline_ms(config: JobConfig, device: str, keys: set[str] | None = None) -> float:
+    """The roofline floor of one pass over the job's workloads (those in `keys` when given):
+    sum of weight x bound."""
+    plan = [w for w in plan_job(config) if keys is None or w.workload_key in keys]
     items = [(w.task.weight, w.task.flops(w.dims), w.task.nbytes(w.dims)) for w in plan]
     dtype = plan[0].task.dtype if plan else "float32"
     return shares(items, get_target(device), dtype)[1] * 1e3
@@ -188,6 +189,11 @@ def main() -> None:
     rate_on = first.result.trials / first.wall_s / n_dev
     rate_off = plain.result.trials / plain.wall_s / n_dev
     floor = roofline_ms(config(budget, True), device)
+    timed = {t.workload_key for t in more.result.tasks if t.best_ms is not None}
+    floor_timed = roofline_ms(config(budget, True), device, timed)
+    n_tasks, n_first = len(more.result.tasks), sum(
+        t.best_ms is not None for t in first.result.tasks
+    )
     est_b, est_4b = first.result.estimated_ms, more.result.estimated_ms
     untuned = [t for t in more.result.tasks if t.best_ms is None]
 
@@ -213,9 +219,11 @@ def main() -> None:
         f"| records of B by status, pipelined | {first.status_text()} |",
         f"| records of B by status, unpipelined | {plain.status_text()} |",
         f"| records of the 3B continuation by status | {more.status_text()} |",
-        f"| estimated pass latency sum(weight x best), after B / 4B | "
-        f"{_ms(est_b)} / {_ms(est_4b)} |",
-        f"| roofline floor on {device} | {floor:.4f} ms ({_ratio(est_4b, floor)} of it after 4B) |",
+        f"| estimated pass latency sum(weight x best) over the tasks measured, after B / 4B | "
+        f"{_ms(est_b)} ({n_first} of {n_tasks} tasks) / {_ms(est_4b)} ({len(timed)} of "
+        f"{n_tasks}) |",
+        f"| roofline floor on {device}, those {len(timed)} tasks / all | {floor_timed:.4f} ms "
+        f"({_ratio(est_4b, floor_timed)} of it after 4B) / {floor:.4f} ms |",
         "",
         "| task | weight | best after 4B | reached 5% at |",
         "|---|---|---|---|",
