@@ -266,8 +266,9 @@ def ours_config(c: dict, dtype: str, layers: int, vocab: int) -> Any:
     a model job made for llama-3-8b serve it)."""
     from tunefleet.coordinator.models import ModelConfig
 
-    return ModelConfig(name=f"llama-bench-{layers}l", family="llama", hidden_size=c["hidden"],
-                       intermediate_size=c["inter"], num_layers=layers, num_heads=c["heads"],
+    return ModelConfig(name=f"llama-bench-{layers}l-v{vocab}", family="llama",
+                       hidden_size=c["hidden"], intermediate_size=c["inter"],
+                       num_layers=layers, num_heads=c["heads"],
                        num_kv_heads=c["kv"], head_dim=c["d"], vocab_size=vocab, dtype=dtype,
                        rope_theta=c["theta"], norm_eps=c["eps"])  # fmt: skip
 

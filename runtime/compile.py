@@ -15,6 +15,8 @@ a record use the default schedule, built once per task on the symbolic PrimFunc.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -189,7 +191,11 @@ class _KernelBuilder:
         binary = f"{KERNEL_DIR}/{stem}{suffix}"
         text = kernel.source + (harness_source(kernel) if self.options.target.is_cpu else "")
         (self.out / source).write_text(text)
-        (self.out / binary).write_bytes(art.binary)
+        # a new file renamed over the old: a process that has the old one loaded keeps its
+        # mapping (rewriting a loaded shared library in place crashes that process)
+        part = self.out / f"{binary}.{threading.get_ident()}.part"
+        part.write_bytes(art.binary)
+        os.replace(part, self.out / binary)
         if self.on_kernel is not None:
             self.on_kernel()
         args = tuple(KernelArg(a.name, a.kind, a.dtype, tuple(a.shape)) for a in art.args)

@@ -158,3 +158,20 @@ def test_half_precision_models_store_weights_and_activations_in_their_dtype(
     model = load_model(tmp_path, weights, threads=1)
     assert model.layers[0].qkv[0].dtype == (np.uint16 if dtype == "bfloat16" else np.float16)
     assert generate_and_compare(model, weights, batch=2, prompt_len=4, steps=4) <= limit
+
+
+def test_compiling_again_into_a_loaded_models_folder_keeps_it_running(
+    tmp_path, build_config, family_weights
+) -> None:
+    """The new kernels replace the files; the process that loaded the old ones keeps them
+    (rewriting a loaded shared library in place crashes the process that uses it)."""
+    weights = family_weights["llama"]
+    options = CompileOptions(tiny("llama"), detect_cpu(), str(tmp_path), build_config,
+                             buckets=BUCKETS)  # fmt: skip
+    compile_model(options)
+    session = load_model(tmp_path, weights, threads=1).session(1, 8, 4)
+    ids = np.array([[1, 2, 3, 4]])
+    before = session.prefill(ids).copy()
+    compile_model(options)
+    assert not list((tmp_path / "kernels").glob("*.part"))
+    np.testing.assert_array_equal(session.prefill(ids), before)
