@@ -123,6 +123,13 @@ def picked(report: dict) -> dict[tuple[str, str], int | None]:
     return {(k["phase"], k["task"]): k["record_id"] for k in report["kernels"]}
 
 
+def manifest_ids(folder: Path) -> dict[tuple[str, str], int | None]:
+    """The record id of each (phase, task) kernel in a compiled model's manifest."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {(t["phase"], t["name"]): k["record_id"] for t in manifest["tasks"]
+            for k in t["kernels"]}  # fmt: skip
+
+
 @pytest.mark.redis
 def test_a_first_compile_fills_the_cache_and_a_second_hits_for_every_best(
     records, cache, redis_url, build_config
@@ -139,12 +146,15 @@ def test_a_first_compile_fills_the_cache_and_a_second_hits_for_every_best(
     tuned = {k["workload_key"]: k["record_id"] for k in first["kernels"] if k["record_id"]}
     assert tuned == {keys[name]: ids[name][0] for name in TUNED}  # the fastest of each
 
-    second = compile_json(records, build_config, "second", "--redis", redis_url)
-    assert second["cache"] == {"hits": 2, "misses": 0, "ignored": 0, "unavailable": False}
-    assert picked(second) == picked(first)
-    manifest = json.loads((records["tmp"] / "second" / "manifest.json").read_text())
-    ids = {k["record_id"] for t in manifest["tasks"] for k in t["kernels"]} - {None}
-    assert ids == set(tuned.values())
+    # the second compile in text mode: its line says where the bests came from
+    done = cli(records["tmp"], build_config.cache_dir, "compile", "--model",
+               str(records["model_dir"]), "--db", records["db"], "--out",
+               str(records["tmp"] / "second"), "--buckets", BUCKET_SPEC, "--redis", redis_url,
+               env={"TUNEFLEET_REDIS_URL": "redis://unused.invalid:1/0"})  # --redis wins
+    assert done.returncode == 0, done.stderr
+    assert "best records: 2 from the Redis cache, 0 from the database (now cached)\n" in done.stdout
+    assert manifest_ids(records["tmp"] / "second") == manifest_ids(records["tmp"] / "first")
+    assert set(manifest_ids(records["tmp"] / "second").values()) - {None} == set(tuned.values())
 
     without = compile_json(records, build_config, "plain")
     assert without["cache"] is None and picked(without) == picked(first)
