@@ -8,8 +8,9 @@ is used only if the record it names exists here, is sound (ok and not flagged in
 entry's trace hash. Any other entry is ignored, and, like a missing one, the store's best
 answers and replaces it. Every tuning job with this Redis replaces the entry when it lands a
 new best (coordinator/jobs.py), so a confirmed hit is the database's best; a record that
-reached the database otherwise (`db import`, a job without Redis) is seen once the entry
-expires (`FleetConfig.best_ttl_s`).
+reached the database otherwise (`db import`, a job without Redis), or that a job landed
+while this lookup was filling the entry with the older best, is seen once the entry expires
+(`FleetConfig.best_ttl_s`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class BestLookup:
                     self.counts.hits += 1
                     return record
             ignored = entry is not None
-        self.counts.ignored += ignored
+        self.counts.ignored += int(ignored)
         record = self._store_best(workload_key, target_fp)
         if record is not None:
             self.counts.misses += 1
