@@ -386,6 +386,22 @@ class RecordStore:
         return [_tuning_record(row, workload_key, target_fingerprint) for row in rows]
 
     @_translated
+    def get_record(self, record_id: int, *, sound: bool = False) -> TuningRecord | None:
+        """The record with this id, or None; with `sound`, only a record best() may answer
+        with (ok, not flagged invalid), so a cached record id can be checked by primary key."""
+        query = (
+            select(WORKLOADS.c.key, TARGETS.c.fingerprint, *_RECORD_COLUMNS)
+            .join(WORKLOADS, WORKLOADS.c.id == RECORDS.c.workload_id)
+            .join(TARGETS, TARGETS.c.id == RECORDS.c.target_id)
+            .where(RECORDS.c.id == record_id)
+        )
+        if sound:
+            query = query.where(SOUND_OK)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _tuning_record(row, row.key, row.fingerprint)
+
+    @_translated
     def history(
         self,
         workload_key: str,

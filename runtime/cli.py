@@ -1,11 +1,12 @@
 """`tunefleet compile` and `tunefleet run`: make a compiled model from the records, run it.
 
-    tunefleet compile --model MODEL --target cpu|cuda [--db URL] --out DIR [--buckets ...]
-                      [--quant none|q4] [--json]
+    tunefleet compile --model MODEL --target cpu|cuda [--db URL] [--redis URL] --out DIR
+                      [--buckets ...] [--quant none|q4] [--json]
     tunefleet run DIR [--weights PATH | --random-weights] [--prompt-len N] [--gen N]
                   [--batch B] [--threads T] [--check] [--json]
 
-Environment variables (TUNEFLEET_DB_URL, TUNEFLEET_CACHE_DIR) are read here and nowhere deeper.
+Environment variables (TUNEFLEET_DB_URL, TUNEFLEET_REDIS_URL, TUNEFLEET_CACHE_DIR) are read
+here and nowhere deeper.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -20,10 +22,13 @@ import numpy as np
 
 from tunefleet.coordinator.buckets import DimSpecError, parse_assignments
 from tunefleet.coordinator.graph import Quant
+from tunefleet.coordinator.job_cli import open_fleet
 from tunefleet.coordinator.models import ModelConfigError
 from tunefleet.coordinator.presets import resolve_model
+from tunefleet.coordinator.ray_jobs import REDIS_ENV_VAR
 from tunefleet.database.cli import db_option, open_store
 from tunefleet.ir.dtypes import to_float32
+from tunefleet.runtime.best_lookup import BestLookup
 from tunefleet.runtime.compile import CompileOptions, compile_model
 from tunefleet.runtime.engine import effective_weights, load_model
 from tunefleet.runtime.errors import RuntimeModelError
@@ -48,6 +53,10 @@ def _cache_dir() -> str:
 @click.option("--target", type=click.Choice([k.value for k in TargetKind]), default="cpu",
               show_default=True)  # fmt: skip
 @db_option
+@click.option("--redis", "redis_url", metavar="URL", envvar=REDIS_ENV_VAR,
+              help="Read the best records through this Redis best-schedule cache "
+              "(redis://[:password@]host:port/db) and fill it; without it, the database "
+              "alone.")  # fmt: skip
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write the compiled model into.")  # fmt: skip
 @click.option("--buckets", "bucket_spec", default="", metavar="DIM=V:V,...",
@@ -55,8 +64,8 @@ def _cache_dir() -> str:
 @click.option("--quant", type=click.Choice([q.value for q in Quant]), default="none",
               show_default=True)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the coverage as JSON.")
-def compile_cmd(model_spec: str, target: str, db_url: str | None, out_dir: str,
-                bucket_spec: str, quant: str, as_json: bool) -> None:  # fmt: skip
+def compile_cmd(model_spec: str, target: str, db_url: str | None, redis_url: str | None,
+                out_dir: str, bucket_spec: str, quant: str, as_json: bool) -> None:  # fmt: skip
     """Compile a model: the best record of every task and bucket, defaults elsewhere."""
     try:
         model = resolve_model(model_spec)
@@ -70,18 +79,23 @@ def compile_cmd(model_spec: str, target: str, db_url: str | None, out_dir: str,
     except TargetError as err:
         raise click.ClickException(str(err)) from None
     store = open_store(db_url)
-    options = CompileOptions(model, tgt, out_dir, BuildConfig(cache_dir=_cache_dir()),
-                             store, Quant(quant), buckets)  # fmt: skip
     try:
-        manifest = compile_model(options)
+        with open_fleet(redis_url) as fleet:
+            bests = BestLookup(store, fleet, warn=lambda line: click.echo(line, err=True))
+            options = CompileOptions(model, tgt, out_dir, BuildConfig(cache_dir=_cache_dir()),
+                                     store, Quant(quant), buckets, bests=bests)  # fmt: skip
+            manifest = compile_model(options)
     except (RuntimeModelError, DimSpecError, ModelConfigError) as err:
         raise click.ClickException(str(err)) from None
     finally:
         store.close()
     report = coverage(manifest)
+    cache = None
+    if redis_url is not None:
+        cache = {**asdict(bests.counts), "unavailable": bests.unavailable}
     if as_json:
         click.echo(json.dumps({"model": model.name, "target": tgt.fingerprint, "out": out_dir,
-                               **report}, indent=2))  # fmt: skip
+                               **report, "cache": cache}, indent=2))  # fmt: skip
         return
     click.echo(f"{model.name} compiled for {tgt.device} ({tgt.fingerprint}) into {out_dir}")
     for task in manifest.tasks:
@@ -92,9 +106,22 @@ def compile_cmd(model_spec: str, target: str, db_url: str | None, out_dir: str,
             cells.append(f"{where} {what}{' (exact)' if k.exact else ''}")
         click.echo(f"  {task.phase:8} {task.name:40} {'; '.join(cells)}")
     click.echo(f"kernels: {report['tuned']} tuned, {report['default']} default")
+    if cache is not None:
+        click.echo(_cache_line(cache))
     for phase, ms in report["estimated_ms"].items():
         click.echo(f"estimated {phase}: {ms:.4g} ms per pass (measured where tuned, roofline "
                    "elsewhere)")  # fmt: skip
+
+
+def _cache_line(cache: dict[str, Any]) -> str:
+    """Where the best records came from, for the text output of `compile --redis`."""
+    line = (f"best records: {cache['hits']} from the Redis cache, {cache['misses']} from the "
+            "database (now cached)")  # fmt: skip
+    if cache["ignored"]:
+        line += f", {cache['ignored']} cache entries ignored (not confirmed by the database)"
+    if cache["unavailable"]:
+        line += "; Redis went away, the rest from the database"
+    return line
 
 
 def coverage(manifest: Manifest) -> dict[str, Any]:

@@ -3,7 +3,8 @@ every kernel built, and a compiled model written to a folder.
 
 For each phase, task and bucket point the record store is asked for the best record of the
 task specialised at that point (the workload key a tuning job records under, see
-coordinator/job_plan.py) on the target's fingerprint. A record's trace is replayed on the
+coordinator/job_plan.py) on the target's fingerprint, through the Redis best-schedule cache
+when one is given (runtime/best_lookup.py). A record's trace is replayed on the
 task's symbolic PrimFunc, so its kernel takes the dims as arguments and serves the whole
 bucket; a trace that pins a symbolic extent (a tiling sampled on the constant) cannot be,
 and is built on the specialised PrimFunc instead: an `exact` kernel. It serves the sizes of
@@ -32,6 +33,7 @@ from tunefleet.coordinator.tasks import Task, model_tasks
 from tunefleet.database import RecordStore, TuningRecord
 from tunefleet.ir import structural_hash
 from tunefleet.ir.codegen import KernelSource
+from tunefleet.runtime.best_lookup import BestLookup
 from tunefleet.runtime.dispatch import bucket_ranges
 from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.runtime.manifest import KernelArg, KernelEntry, Launch, Manifest, TaskEntry
@@ -46,9 +48,10 @@ KERNEL_DIR = "kernels"
 class CompileOptions:
     """What to compile and where: the model, the target, the records, the output folder.
 
-    `store` None compiles every kernel with its default schedule. `buckets` replaces the
-    phases' default bucket values (use the values the model was tuned at). `jobs` is how
-    many compilers run at once.
+    `store` None compiles every kernel with its default schedule. `bests`, when given, is
+    asked instead of `store` (the best-schedule cache in front of it, runtime/best_lookup.py).
+    `buckets` replaces the phases' default bucket values (use the values the model was tuned
+    at). `jobs` is how many compilers run at once.
     """
 
     model: ModelConfig
@@ -59,6 +62,7 @@ class CompileOptions:
     quant: Quant = Quant.NONE
     buckets: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     jobs: int = 2
+    bests: BestLookup | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ def compile_model(options: CompileOptions, on_kernel: Callable[[], None] | None 
     except OSError as err:
         raise RuntimeModelError(f"{out}: cannot create the output folder: {err}") from None
     fp = options.target.fingerprint
+    bests = options.bests
+    if bests is None and options.store is not None:
+        bests = BestLookup(options.store)
     plans: list[tuple[Phase, Task, list[_Planned]]] = []
     for phase in (Phase.DECODE, Phase.PREFILL):
         for task in model_tasks(options.model, phase, options.quant, buckets=options.buckets):
@@ -91,8 +98,8 @@ def compile_model(options: CompileOptions, on_kernel: Callable[[], None] | None 
             for point in bucket_points(task):
                 dims = task_dims(task, {**PINNED[phase], **point}) if task.symbolic else {}
                 key = structural_hash(specialize(task.func, {**PINNED[phase], **dims}))
-                best = options.store.best(key, fp) if options.store is not None else []
-                planned.append(_Planned(task, point, dims, key, best[0] if best else None))
+                best = bests.best(key, fp) if bests is not None else None
+                planned.append(_Planned(task, point, dims, key, best))
             plans.append((phase, task, planned))
 
     builder = _KernelBuilder(options, out, on_kernel)

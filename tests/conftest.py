@@ -5,15 +5,20 @@ Server-backed tests read their URL from TUNEFLEET_TEST_POSTGRES_URL / TUNEFLEET_
 Where a URL is absent those tests skip with the reason; where it is set, a skip of such a test
 is turned into a failure so CI can never pass without the server. Tests marked `prometheus` or
 `chromium` need that binary on PATH the same way: they skip without it, and a skip fails where
-TUNEFLEET_TEST_PROMETHEUS / TUNEFLEET_TEST_CHROMIUM is set (as .ci/run does).
+TUNEFLEET_TEST_PROMETHEUS / TUNEFLEET_TEST_CHROMIUM is set (as .ci/run does). `own_redis` is
+a redis-server of a test's own, for tests that kill it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +112,37 @@ def ray_head_address() -> str:
     if not address:
         pytest.skip(f"{SERVER_URLS['ray_head']} is not set")
     return address
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A throwaway redis-server on a free loopback port, password `pw-own`, no persistence."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not on PATH (the redis-marked tests need it)"
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path), "--requirepass", "pw-own"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(10)

@@ -282,7 +282,7 @@ def test_every_key_is_under_the_prefix() -> None:
     }
 
 
-# -- a Redis server of our own, to kill (the `own_redis` fixture is in conftest.py) --------
+# -- a Redis server of our own, to kill (the `own_redis` fixture is in tests/conftest.py) --
 
 
 @pytest.mark.redis

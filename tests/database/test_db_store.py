@@ -66,6 +66,25 @@ def test_best_is_ordered_by_median_and_ignores_failures(store: RecordStore) -> N
         store.best(w.key, H100.fingerprint, 0)
 
 
+def test_get_record_reads_one_record_by_id_with_its_workload_and_target(
+    store: RecordStore,
+) -> None:
+    w = workload(4)
+    store.ensure_target(H100)
+    store.ensure_workload(w)
+    ok_id, failed_id = store.commit(
+        [record(w, H100, 1, 0.25), record(w, H100, 2, None, "run_error")]
+    )
+    got = store.get_record(ok_id)
+    assert got == store.best(w.key, H100.fingerprint)[0]
+    assert (got.workload_key, got.target_fingerprint) == (w.key, H100.fingerprint)
+    assert got.median_ms == 0.25
+    assert store.get_record(ok_id, sound=True) == got
+    assert store.get_record(failed_id).status == "run_error"
+    assert store.get_record(failed_id, sound=True) is None  # best() would never answer with it
+    assert store.get_record(failed_id + 1) is None
+
+
 def test_ties_are_broken_by_commit_order(store: RecordStore) -> None:
     w = workload(1)
     store.ensure_target(H100)
