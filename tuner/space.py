@@ -6,6 +6,11 @@ schedules it forks into (an empty list when it does not apply to the block), and
 rule that applies to a block claims it. Rules see a `SpaceContext`: the `Target` the space is
 for and the capabilities they read from it (kind predicates, cores, vector width, arch).
 
+Every space also holds the untuned default schedule (ir's `default_schedule` for the target,
+the kernel a workload gets without tuning) as a sketch of one point, so a search always
+measures it and tuning never ends slower than the default; where the rules' sketches all
+fail (a fused chain no rule can place on the GPU) it is the space's one valid point.
+
 A space version names the rule set of a target kind (`space_version`): it changes when a rule
 is added, removed, reordered or bumps its own `version`. Records carry it, and the tuner
 re-checks records from another version before it trusts them as seeds.
@@ -19,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.default_schedule import default_schedule
+from tunefleet.ir.errors import IRError, ScheduleError
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks
 from tunefleet.ir.stmt import PrimFunc
@@ -140,6 +146,9 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+DEFAULT_SKETCH = "default_schedule@1"  # the untuned default, a sketch of every space
+
+
 def rules_for(kind: TargetKind | str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The (block rules, global rules) of a target kind ("cpu" or "cuda")."""
     return RULES_BY_KIND[TargetKind(kind)]
@@ -155,6 +164,7 @@ def space_version(kind: TargetKind | str) -> str:
             cls = load_entry(_RULES, name)
             ident = f"{cls.__module__}.{cls.__qualname__}" if cls is not None else "?"
             parts.append(f"{group}:{name}={ident}@{getattr(cls, 'version', 0)}")
+    parts.append(f"default:{DEFAULT_SKETCH}")
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:8]
     return f"{TargetKind(kind).value}-{digest}"
 
@@ -187,7 +197,10 @@ class SpaceGenerator:
         block_rules: Sequence[ScheduleRule | str] = CPU_BLOCK_RULES,
         global_rules: Sequence[GlobalRule | str] = CPU_GLOBAL_RULES,
         max_sketches: int = 16,
+        with_default: bool = True,
     ) -> None:
+        """`with_default` False leaves the untuned default out: the rules' sketches only
+        (for looking at what the rules make)."""
         self.block_rules: list[ScheduleRule] = [
             _as(ScheduleRule, create_rule(r) if isinstance(r, str) else r) for r in block_rules
         ]
@@ -195,6 +208,7 @@ class SpaceGenerator:
             _as(GlobalRule, create_rule(r) if isinstance(r, str) else r) for r in global_rules
         ]
         self.max_sketches = max_sketches
+        self.with_default = with_default
 
     def generate(self, func: PrimFunc, ctx: SpaceContext, seed: int = 0) -> list[Sketch]:
         """The sketches of `func`: consumers are scheduled before their producers."""
@@ -222,9 +236,24 @@ class SpaceGenerator:
             for rule in self.global_rules:
                 sch = rule.apply(sch, ctx)
             sketches.append(Sketch(label or "identity", sch.trace))
+        default = default_sketch(func, ctx) if self.with_default else None
+        if default is not None:
+            text = default.trace.as_python()
+            if all(s.trace.as_python() != text for s in sketches):
+                sketches.append(default)
         if not sketches:
             raise SpaceError(f"no sketch for {func.name}")
         return sketches
+
+
+def default_sketch(func: PrimFunc, ctx: SpaceContext) -> Sketch | None:
+    """The untuned default schedule of `func` on the context's target as a sketch named
+    "default" (no sampling: one point); None where ir has no default for it."""
+    try:
+        sch = default_schedule(func, target="cuda" if ctx.is_gpu else "cpu")
+    except IRError:
+        return None
+    return Sketch("default", sch.trace)
 
 
 def try_fork(sch: Schedule, build: Callable[[Schedule], object]) -> Schedule | None:

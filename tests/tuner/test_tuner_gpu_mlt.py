@@ -48,7 +48,7 @@ OTHERS = [
 
 def _sampler(op: str, dims: dict[str, int], dtype: str, attrs: dict[str, Any]) -> SpaceSampler:
     func = ops.get_op(op).build(dims, dtype, **attrs)
-    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, CTX)
+    sketches = SpaceGenerator(*rules_for("cuda"), with_default=False).generate(func, CTX)
     return SpaceSampler(func, sketches, CTX, default_postprocs("cuda"))
 
 

@@ -24,7 +24,7 @@ DIMS = {"m": 32, "n": 128, "k": 48}
 
 def _packed_sketch(op: str, dims: dict[str, int]):
     func = ops.get_op(op).build(dims, "float32")
-    gen = SpaceGenerator(["auto_inline", "packed_dense"], CPU_GLOBAL_RULES)
+    gen = SpaceGenerator(["auto_inline", "packed_dense"], CPU_GLOBAL_RULES, with_default=False)
     return func, gen.generate(func, CTX, seed=0)
 
 
@@ -82,7 +82,7 @@ def test_inner_loop_reads_the_packed_panel_contiguously() -> None:
 )
 def test_applies_only_to_dense_like_blocks(op: str, dims: dict[str, int], applies: bool) -> None:
     func = ops.get_op(op).build(dims, "float32")
-    gen = SpaceGenerator(["packed_dense"], [])
+    gen = SpaceGenerator(["packed_dense"], [], with_default=False)
     names = {s.name for s in gen.generate(func, CTX, seed=0)}
     assert any(name.startswith("packed_dense(") for name in names) == applies
     if op == "dense":

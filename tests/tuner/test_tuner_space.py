@@ -38,7 +38,7 @@ CASES = [
 
 def _sketches(op: str, dims: dict[str, int]):
     func = ops.get_op(op).build(dims, "float32")
-    return func, SpaceGenerator().generate(func, CTX, seed=0)
+    return func, SpaceGenerator(with_default=False).generate(func, CTX, seed=0)
 
 
 @pytest.mark.parametrize(("op", "dims", "rules"), CASES)
@@ -189,3 +189,46 @@ def test_every_cpu_nest_samples_its_unroll_limit() -> None:
             kinds[choice] = [n.kind for n in walk(lower(sch.func).body) if isinstance(n, For)]
         assert "unrolled" in kinds[len(MAX_STEPS) - 1]
         assert kinds[0].count("unrolled") < kinds[len(MAX_STEPS) - 1].count("unrolled")
+
+
+@pytest.mark.parametrize("kind", ["cpu", "cuda"])
+def test_every_space_holds_the_untuned_default_as_one_point(kind: str) -> None:
+    """The last sketch is ir's default schedule: it samples to the very kernel a build without
+    a trace makes, whatever the seed, so a search measures the default like any candidate."""
+    from tunefleet.ir import build_source, default_schedule
+    from tunefleet.tuner.space import rules_for
+
+    ctx = CTX if kind == "cpu" else SpaceContext(Target.cuda("sm_90"))
+    func = ops.get_op("dense").build({"m": 333, "n": 777, "k": 555}, "float32")
+    sketches = SpaceGenerator(*rules_for(kind)).generate(func, ctx)
+    assert sketches[-1].name == "default"
+    assert [s.name for s in sketches[:-1]] == [
+        s.name for s in SpaceGenerator(*rules_for(kind), with_default=False).generate(func, ctx)
+    ]
+    want = build_source(default_schedule(func, target=kind), target=kind).source
+    for seed in (0, 1):
+        got = build_source(resample(func, sketches[-1].trace, seed), target=kind).source
+        assert got == want
+
+
+def test_a_gpu_space_whose_rule_sketches_all_fail_is_left_with_the_default() -> None:
+    """The fused decode attention on CUDA: every tiling leaves the scores in global memory,
+    which no kernel can allocate; the default keeps them in shared memory and is the point
+    the task is measured at."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.job_plan import specialize
+    from tunefleet.coordinator.models import ModelConfig
+    from tunefleet.coordinator.tasks import model_tasks
+    from tunefleet.tuner.space import rules_for
+
+    cfg = ModelConfig(name="t", family="llama", hidden_size=64, intermediate_size=96,
+                      num_layers=1, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=100,
+                      dtype="float16")  # fmt: skip
+    task = next(t for t in model_tasks(cfg, Phase.DECODE) if t.kind == "attention")
+    func = specialize(task.func, {"b": 1, "m": 64})
+    ctx = SpaceContext(Target.cuda("sm_90"))
+    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
+    sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
+    cands = sampler.sample_unique(random.Random(0), 4, set(), max_tries=24)
+    assert [sketches[c.sketch].name for c in cands] == ["default"]
+    assert sampler.rejected > 0  # the rules' tilings were drawn and refused

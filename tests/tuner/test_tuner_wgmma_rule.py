@@ -17,7 +17,7 @@ HOPPER = SpaceContext(Target.cuda("sm_90"))
 
 def _sampler(op: str, dims: dict[str, int], ctx: SpaceContext, dtype: str = "float16"):
     func = ops.get_op(op).build(dims, dtype)
-    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
+    sketches = SpaceGenerator(*rules_for("cuda"), with_default=False).generate(func, ctx)
     return SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
 
 
