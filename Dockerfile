@@ -1,6 +1,7 @@
 # The tunefleet image of the Ray head and workers on Kubernetes (k8s/), which also runs a job's
 # coordinator. CUDA's devel image, because the GPU workers compile candidates with nvcc and
-# pycuda builds against its headers; tunefleet[cuda] in a virtual environment on PATH; Ray
+# pycuda builds against its headers; tunefleet[cuda] in a virtual environment on PATH, with
+# the cupy wheel of the image's CUDA 12 (compiled models run on the GPU through cupy); Ray
 # pinned to the rayVersion of the manifests (k8s/base/ray/raycluster.yaml).
 #
 #   docker build -t REGISTRY/tunefleet:0.1.0 .
@@ -25,6 +26,7 @@ COPY . /src
 RUN python3 -m venv /opt/tunefleet \
     && pip install --upgrade pip \
     && pip install "tunefleet[cuda] @ file:///src" "ray[default]==${RAY_VERSION}" \
+        "cupy-cuda12x>=13.0" \
     && rm -rf /src
 
 RUN useradd --create-home --shell /bin/bash ray
