@@ -58,7 +58,7 @@ def test_a_submitted_job_runs_to_done_once_with_records_for_every_task(
     plan = plan_job(JobConfig(model=MODEL, phases=("decode",), sets=SETS))
     args = ["job", "submit", "--address", ray_head_address, "--model", MODEL, "--phase", "decode",
             "--set", "b=1,m=16", "--budget", str(2 * len(plan)), "--batch-size", "2",
-            "--db", db, "--json"]  # fmt: skip
+            "--strategy", "random", "--db", db, "--json"]  # fmt: skip
     done = _cli(tmp_path, *args)
     assert done.returncode == 0, done.stderr
     sub = json.loads(done.stdout)
@@ -141,10 +141,12 @@ def test_cancel_stops_the_run_and_a_resubmission_continues_it(
 ) -> None:
     db = f"sqlite:///{tmp_path / 'jobs.db'}"
     # the cancel must find the job running: it comes once the first batch is recorded, which
-    # on a 2-core machine can take half of the time limit (imports, the first proposals)
+    # on a 2-core machine can take half of the time limit (imports, the first proposals).
+    # Random proposals: the time limit is checked between rounds, and the evolutionary
+    # search's rounds on this machine outlast it (the test is about cancel and resubmission)
     args = ["job", "submit", "--address", ray_head_address, "--model", MODEL, "--phase", "decode",
             "--set", "b=1,m=16", "--budget", "400", "--batch-size", "2", "--time", "45s",
-            "--db", db, "--json"]  # fmt: skip
+            "--strategy", "random", "--db", db, "--json"]  # fmt: skip
     done = _cli(tmp_path, *args)
     assert done.returncode == 0, done.stderr
     job_id, sid = json.loads(done.stdout)["job_id"], json.loads(done.stdout)["submission_id"]
