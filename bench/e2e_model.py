@@ -74,8 +74,9 @@ class Clock:
         times = []
         for _ in range(self.repeats):
             if self.device == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                    enable_timing=True
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
                 )
                 start.record()
                 fn()
@@ -195,7 +196,7 @@ def bench_layer(torch: Any, c: dict, dtype: Any, device: str, clock: Clock) -> l
     w = layer_weights(torch, c, dtype, device, gen)
     layer = make_layer(torch, c)
     lines = []
-    kv_len = 4096 if c is LLAMA3_8B else 256
+    kv_len = 4096 if c["hidden"] == LLAMA3_8B["hidden"] else 256
     # decode b=1 at kv_len: the cache holds kv_len - 1 tokens, the step writes the last
     k_cache = torch.randn(1, c["kv"], kv_len, c["d"], generator=gen, device=device).to(dtype)
     v_cache = torch.randn_like(k_cache)
@@ -204,7 +205,7 @@ def bench_layer(torch: Any, c: dict, dtype: Any, device: str, clock: Clock) -> l
     step = lambda: layer(x, w, k_cache, v_cache, kv_len - 1, cos, sin)  # noqa: E731
     for impl, fn in variants(torch, step, device).items():
         lines.append(Line(f"layer decode b=1 kv={kv_len}", impl, clock.ms(fn)))
-    n = 2048 if c is LLAMA3_8B else 128
+    n = 2048 if c["hidden"] == LLAMA3_8B["hidden"] else 128
     kc = torch.zeros(1, c["kv"], n, c["d"], device=device, dtype=dtype)
     vc = torch.zeros_like(kc)
     xp = torch.randn(1, n, c["hidden"], generator=gen, device=device).to(dtype)
@@ -223,7 +224,7 @@ def bench_model(torch: Any, c: dict, dtype: Any, device: str, clock: Clock) -> l
     head = (torch.randn(c["vocab"], c["hidden"], generator=gen, device=device)
             / math.sqrt(c["hidden"])).to(dtype)  # fmt: skip
     layer = make_layer(torch, c)
-    kv_len = 4096 if c is LLAMA3_8B else 256
+    kv_len = 4096 if c["hidden"] == LLAMA3_8B["hidden"] else 256
     lines = []
     for batch in (1, 16):
         caches = [(torch.zeros(batch, c["kv"], kv_len, c["d"], device=device, dtype=dtype),
@@ -243,7 +244,7 @@ def bench_model(torch: Any, c: dict, dtype: Any, device: str, clock: Clock) -> l
             lines.append(Line(f"model decode b={batch} kv={kv_len}", impl, ms,
                               f"{batch * 1e3 / ms:.1f} tokens/s"))  # fmt: skip
         del caches
-    n = 2048 if c is LLAMA3_8B else 128
+    n = 2048 if c["hidden"] == LLAMA3_8B["hidden"] else 128
     caches = [(torch.zeros(1, c["kv"], n, c["d"], device=device, dtype=dtype),
                torch.zeros(1, c["kv"], n, c["d"], device=device, dtype=dtype))
               for _ in layers]  # fmt: skip

@@ -4,16 +4,21 @@
 * Matmul-like outputs (the reduction writes a same-shape accumulator, or the output itself):
   one output element per thread, 128 threads per block; an accumulator is computed in the
   thread and kept in registers (`local`).
-* Row-wise outputs (rmsnorm, layernorm, softmax: reductions over the last axis feed an
-  elementwise output): one row per thread block; every reduction is computed under the
-  row's blockIdx loop by all threads together (a cross-thread reduction over threadIdx.x)
-  into `shared` memory, then each thread writes a strided share of the row.
+* Row-wise outputs (rmsnorm, layernorm, softmax, attention: producers of other shapes feed
+  the output): one row per thread block, the row being every spatial loop of the output but
+  its last. Each producer is computed under the row's blockIdx loop into `shared` memory:
+  its threads spread over its largest remaining spatial loop (attention's scores over the
+  key positions, its context over the head dim) with reductions kept in each thread, or,
+  where only reductions remain (a row's max or sum), over the reduction as a cross-thread
+  reduction. Each thread then writes a strided share of the row; an output that is itself
+  a reduction (float32 attention's context) keeps its reduction loops in the thread.
 """
 
 from __future__ import annotations
 
+from .expr import Const
 from .schedule import RV, Schedule
-from .schedule_tree import blocks, reduce_loop_vars
+from .schedule_tree import blocks, find_block, reduce_loop_vars, spatial_loop_vars
 from .stmt import BlockRealize, PrimFunc
 
 ELEMENTWISE_THREADS = 256
@@ -23,8 +28,6 @@ ROW_THREADS = 256
 
 def _row_threads(extent: object) -> int:
     """Threads per row: a power of two from 32 to 256 covering a constant row length."""
-    from .expr import Const
-
     if not isinstance(extent, Const):
         return ROW_THREADS
     n, t = int(extent.value), 32
@@ -42,6 +45,40 @@ def _spread(sch: Schedule, loops: list[RV], threads: int) -> RV:
     return tx
 
 
+def _widest(sch: Schedule, loops: list[RV]) -> RV:
+    """The loop of largest extent, a symbolic one first, the innermost on ties."""
+
+    def size(lp: RV) -> int:
+        ext = sch.get(lp).extent
+        return int(ext.value) if isinstance(ext, Const) else 1 << 62
+
+    best = loops[-1]
+    for lp in reversed(loops):
+        if size(lp) > size(best):
+            best = lp
+    return best
+
+
+def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
+    """Spread a producer computed under `row` over the row's threads (see module docstring)."""
+    block = sch.get_block(name)
+    loops = sch.get_loops(block)
+    row_var = sch.get(row).var
+    at = [i for i, lp in enumerate(loops) if sch.get(lp).var is row_var]
+    rest = loops[at[0] + 1 :] if at else loops[-1:]
+    found = find_block(sch.mod, name)
+    spatial_vars = spatial_loop_vars(found[0]) if found else set()
+    spatial = [lp for lp in rest if sch.get(lp).var in spatial_vars]
+    if spatial:
+        outer, inner = sch.split(_widest(sch, spatial), [None, threads])
+        sch.reorder(inner, outer)
+        sch.bind(inner, "threadIdx.x")
+        return
+    k0, k1 = sch.split(loops[-1], [None, threads])
+    sch.reorder(k1, k0)
+    sch.bind(k1, "threadIdx.x")
+
+
 def default_cuda_schedule(func: PrimFunc) -> Schedule:
     """See the module docstring; the schedule's trace records every step."""
     sch = Schedule(func)
@@ -51,32 +88,31 @@ def default_cuda_schedule(func: PrimFunc) -> Schedule:
     block = sch.get_block(out.block.name)
     loops = sch.get_loops(block)
     red = reduce_loop_vars(out)
-    if red:  # the output is itself the reduction (float32 matmul-like ops)
-        spatial = [lp for lp in loops if sch.get(lp).var not in red]
+    spatial = [lp for lp in loops if sch.get(lp).var not in red]
+    out_rank = len(out.block.writes[0].buffer.shape)
+    ranks = [len(br.block.writes[0].buffer.shape) for br in producers]
+    same_shape = all(r == out_rank for r in ranks)
+    if red and (not producers or same_shape):  # the output is itself the reduction (matmul)
         _spread(sch, spatial, MATMUL_THREADS)
         return sch
     if not producers:
         _spread(sch, loops, ELEMENTWISE_THREADS)
         return sch
-    out_rank = len(out.block.writes[0].buffer.shape)
-    ranks = [len(br.block.writes[0].buffer.shape) for br in producers]
-    if all(r == out_rank for r in ranks):  # accumulators of the output's shape
+    if same_shape:  # accumulators of the output's shape
         tx = _spread(sch, loops, MATMUL_THREADS)
         for br in reversed(producers):
             sch.compute_at(sch.get_block(br.block.name), tx)
             sch.set_scope(sch.get_block(br.block.name), 0, "local")
         return sch
-    threads = _row_threads(sch.get(loops[-1]).extent)
-    row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-    _, tx = sch.split(loops[-1], [None, threads])
+    last = spatial[-1]
+    threads = _row_threads(sch.get(last).extent)
+    row = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
+    _, tx = sch.split(last, [None, threads])
     sch.bind(row, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
     for br in reversed(producers):
         p = sch.get_block(br.block.name)
         sch.compute_at(p, row)
         sch.set_scope(p, 0, "shared")
-        k = sch.get_loops(p)[-1]
-        k0, k1 = sch.split(k, [None, threads])
-        sch.reorder(k1, k0)
-        sch.bind(k1, "threadIdx.x")
+        _spread_in_row(sch, br.block.name, row, threads)
     return sch
