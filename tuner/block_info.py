@@ -113,18 +113,24 @@ def paired_output(sch: Schedule, block: str) -> PairedOutput | None:
         return None
     axes = tuple(i for i, rg in enumerate(regions[0].region)
                  if not (isinstance(rg.extent, Const) and int(rg.extent.value) == 1))  # fmt: skip
-    found = find_block(probe.func, name)
+    return PairedOutput(probe, acc, out, axes, pick_loops(probe, out, acc_buf.name))
+
+
+def pick_loops(sch: Schedule, out: RV, acc: str) -> tuple[int, ...]:
+    """The positions of `out`'s loops (longer than 1) that index no point of buffer `acc`
+    that `out` reads: they pick within a pair. Asked again after a primitive rebuilds the
+    nest (reverse_compute_at lays its loops out in the order of the output's dims)."""
+    found = find_block(sch.func, sch.get(out).name)
     assert found is not None
     br = found[0]
-    used = {v for rg in regions[0].region for v in free_vars(rg.min)}
+    used = {v for r in br.block.reads if r.buffer.name == acc
+            for rg in r.region for v in free_vars(rg.min)}  # fmt: skip
     bound = {iv.var: val for iv, val in zip(br.block.iter_vars, br.iter_values, strict=True)}
-    loops = probe.get_loops(out)
-    pair_loops = tuple(
-        n for n, lp in enumerate(loops)
-        if not any(probe.get(lp).var in free_vars(bound[v]) for v in used if v in bound)
-        and loop_extent(probe, lp) != 1
+    return tuple(
+        n for n, lp in enumerate(sch.get_loops(out))
+        if not any(sch.get(lp).var in free_vars(bound[v]) for v in used if v in bound)
+        and loop_extent(sch, lp) != 1
     )  # fmt: skip
-    return PairedOutput(probe, acc, out, axes, pair_loops)
 
 
 def loop_extent(sch: Schedule, loop: RV) -> int | None:

@@ -49,6 +49,7 @@ from .block_info import (
     is_reduction,
     loop_infos,
     paired_output,
+    pick_loops,
     uniform,
     writes_output,
 )
@@ -83,7 +84,9 @@ class GpuMultiLevelTiling(ScheduleRule):
     """SSSRRSRS tiling with shared-memory inputs and register accumulation on CUDA."""
 
     name = "gpu_multi_level_tiling"
-    version = 2  # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers
+    # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers; 3: the loops
+    # that pick within a pair are found after reverse_compute_at rebuilt the write-back nest
+    version = 3
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         if not ctx.is_gpu or not is_reduction(sch.func, block):
@@ -222,11 +225,15 @@ def _build(
                 tile_buf, 0, len(buf.shape) - 2, BANK_BYTES // itemsize(buf.dtype), width
             )
         shared.append(tile_buf)
-    if pairing.loops:  # the output's loops that pick within a pair go innermost
-        o_loops = t.get_loops(out)
-        t.reorder(*(lp for n, lp in enumerate(o_loops) if n not in pairing.loops),
-                  *(o_loops[n] for n in pairing.loops))  # fmt: skip
     t.reverse_compute_at(out, lv[0][-1])
+    depth = len(unit) + len(lv[0])
+    picks: tuple[int, ...] = ()
+    if pairing.loops:  # the output's loops that pick within a pair go innermost, asked
+        # after the move: reverse_compute_at lays the nest out in the output's dim order
+        picks = pick_loops(t, out, t.get(b).writes[0].buffer.name)
+        o_loops = t.get_loops(out)
+        t.reorder(*(lp for n, lp in enumerate(o_loops) if n >= depth and n not in picks),
+                  *(o_loops[n] for n in picks))  # fmt: skip
     for v, axis in zip(reversed(lv[0]), BLOCK_AXES, strict=False):
         t.bind(v, axis)
     for v in lv[1]:
@@ -244,7 +251,7 @@ def _build(
     vec = t.sample_categorical(widths, uniform(len(widths)))
     for tile_buf in shared:
         fetch_cooperatively(t, tile_buf, len(unit) + len(lv[0]) + 1, threads, vec)
-    _bind_write_back(t, out, tiles, len(unit) + len(lv[0]), len(pairing.loops))
+    _bind_write_back(t, out, tiles, depth, len(picks))
     t.decompose_reduction(b, r0)
 
 

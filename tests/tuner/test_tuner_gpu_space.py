@@ -98,3 +98,26 @@ def test_fused_epilogues_that_pair_columns_get_tiled_spaces(name, b, rule, nvcc_
         s.name for s in sampler.sketches
     ]
     nvcc_compiles(sampler)
+
+
+def test_rope_write_back_keeps_each_pair_in_one_thread() -> None:
+    """The rope epilogue's output loops follow the output's dims ([t, heads, 2, d/2]) once
+    reverse_compute_at has rebuilt them; the loop that picks within a pair must still end up
+    innermost and whole, with every other loop split like the compute nest. Placed by
+    position before the move, the pick loop was split by the d/2 tile factors under a guard,
+    and most of the output was never written (wrong results on the GPU)."""
+    from tunefleet.ir.schedule_tree import find_block
+    from tunefleet.ir.stmt import TRUE
+
+    sampler = _fused_sampler("qkv_proj+rope", {"b": 16})
+    cands = sampler.sample_unique(random.Random(0), 6, set())
+    tiled = [c for c in cands
+             if "gpu_multi_level_tiling" in sampler.sketches[c.sketch].name]  # fmt: skip
+    assert tiled, "no tiled rope candidate"
+    for cand in tiled:
+        sch = replay(sampler.func, cand.trace, decisions=cand.trace.decisions)
+        out = sch.get_block("qkv_rope")
+        loops = [sch.get(lp) for lp in sch.get_loops(out)]
+        assert int(loops[-1].extent.value) == 2 and loops[-1].kind == "unrolled"
+        found = find_block(sch.func, "qkv_rope")
+        assert found is not None and found[0].predicate == TRUE, "write-back under a guard"
