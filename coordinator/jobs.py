@@ -56,6 +56,7 @@ from tunefleet.tuner.task_tuner import (
     BatchTimes,
     Progress,
     RoundInFlight,
+    RoundOverdue,
     TaskTuner,
     stop_time,
     target_info,
@@ -394,8 +395,11 @@ def _run(
     def report() -> JobResult:
         return _result(store, job_id, config, stored, elapsed0 + time.monotonic() - start, last)
 
-    def time_up() -> bool:  # the time of earlier runs of the job counts
-        return config.time_s is not None and elapsed0 + time.monotonic() - start >= config.time_s
+    # the time of earlier runs of the job counts
+    deadline = None if config.time_s is None else start + config.time_s - elapsed0
+
+    def time_up() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
 
     def prepare(timing: _Round | None) -> _Round | None:
         """Choose the next workload, take its lease, propose its batch and start the builds
@@ -433,7 +437,9 @@ def _run(
         before = tuner.best_ms
         fence = fleet.fence(w.workload_key)
         try:
-            res = tuner.finish_round(done.flight, on_trial, fence=fence, learn=False)
+            res = tuner.finish_round(
+                done.flight, on_trial, fence=fence, learn=False, deadline=deadline
+            )
         except FencedOut as err:
             warn(f"tunefleet: warning: {err}")
             fleet.drop(w.workload_key)
@@ -507,8 +513,11 @@ def _run(
             for j in elsewhere:
                 scheduler.reopen(j)
             elsewhere.clear()
+    except RoundOverdue:  # the time limit passed while a round was timed: keep what came
+        _abort(flights, time.monotonic(), fleet, warn)
+        _reconcile(store, job_id, target.fingerprint)
     except KeyboardInterrupt as stop:  # finished trials of the round being timed are committed
-        _abort(flights, stop, fleet, warn)
+        _abort(flights, stop_time(stop), fleet, warn)
         rows = _reconcile(store, job_id, target.fingerprint)
         stored["elapsed_s"] = elapsed0 + time.monotonic() - start
         store.set_job_config(job_id, stored)
@@ -570,10 +579,10 @@ class _Round:
 
 
 def _abort(
-    flights: Sequence[_Round], stop: BaseException, fleet: JobFleet, warn: Callable[[str], None]
+    flights: Sequence[_Round], at: float, fleet: JobFleet, warn: Callable[[str], None]
 ) -> None:
-    """After a stop: commit what each open round got back before it; drop the rest."""
-    at = stop_time(stop)
+    """After a stop (or the time limit) at monotonic time `at`: commit what each open round
+    got back before it; drop the rest."""
     for r in flights:
         try:
             r.tuner.abort_round(r.flight, at, fleet.fence(r.workload.workload_key))

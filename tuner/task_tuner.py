@@ -64,6 +64,11 @@ class TuneInterrupted(KeyboardInterrupt):
         self.dropped = dropped
 
 
+class RoundOverdue(TimeoutError):
+    """A round's results were still coming when its deadline (a job's time limit) passed;
+    the round is left open for `TaskTuner.abort_round`."""
+
+
 @dataclass(frozen=True)
 class Progress:
     """Reported after every measured trial (for progress bars and logs)."""
@@ -148,6 +153,7 @@ class RoundInFlight:
         self._build_done = [math.nan] * len(batch)
         self._runs_started = math.nan
         self._builds_started = time.monotonic()
+        self._runs: list[Future[MeasureResult]] = []
         builds = [BuildInput(tuner.target, workload=tuner.func, trace=c.trace_json) for c in batch]
         self._builds = executor.build(builds)
         for i, fut in enumerate(self._builds):
@@ -184,15 +190,21 @@ class RoundInFlight:
             return
         config, problem = self.tuner.config, self.tuner.problem
         runs = executor.run([RunInput(self._built[i].artifact, problem, config) for i in runnable])
+        self._runs = runs
         for i, fut in zip(runnable, runs, strict=True):
             fut.add_done_callback(functools.partial(self._on_ran, i))
 
-    def collect(self, on_result: Callable[[int, MeasureResult], None]) -> list[MeasureResult]:
+    def collect(
+        self, on_result: Callable[[int, MeasureResult], None], deadline: float | None = None
+    ) -> list[MeasureResult]:
         """Wait for every candidate's result, calling `on_result` on this thread as each comes;
-        results in proposal order."""
+        results in proposal order. Raises RoundOverdue once the monotonic `deadline` passes
+        with results still out."""
         for i, (res, _) in self._arrived.items():
             on_result(i, res)
         while len(self._arrived) < len(self.batch):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RoundOverdue(f"{len(self.batch) - len(self._arrived)} results still out")
             try:
                 i, res, at = self._arrivals.get(timeout=0.5)
             except queue.Empty:
@@ -212,10 +224,14 @@ class RoundInFlight:
             self._arrived[i] = (res, at)
         return {i: res for i, (res, at) in self._arrived.items() if at < stop_at}
 
+    def cancel_pending(self) -> None:
+        """Cancel the builds and runs not started yet (one already running still finishes)."""
+        for fut in (*self._builds, *self._runs):
+            fut.cancel()
+
     def cancel(self) -> None:
         """Drop the batch unmeasured: builds not started are cancelled, nothing is recorded."""
-        for fut in self._builds:
-            fut.cancel()
+        self.cancel_pending()
         self.tuner.in_flight -= {c.trace_hash for c in self.batch}
         self.closed = True
 
@@ -369,12 +385,13 @@ class TaskTuner:
         total: int | None = None,
         fence: Callable[[], None] | None = None,
         learn: bool = True,
+        deadline: float | None = None,
     ) -> RoundResult:
         """Wait for a started round's results (runs queued), commit them, update the best.
 
         With `learn` the cost model is retrained at once; otherwise the caller calls `learn`
-        later (a pipelined loop queues the next batch's runs first). A stop or a refused
-        fence leaves the round open for `abort_round`/`cancel`.
+        later (a pipelined loop queues the next batch's runs first). A stop, a refused fence
+        or a passed `deadline` (RoundOverdue) leaves the round open for `abort_round`/`cancel`.
         """
         batch = flight.batch
         if not batch:
@@ -385,7 +402,7 @@ class TaskTuner:
         report = _collector(
             finished, on_progress, self.fingerprint, counts, self.best_ms, self.failures
         )
-        results = [on_target(r, self.fingerprint) for r in flight.collect(report)]
+        results = [on_target(r, self.fingerprint) for r in flight.collect(report, deadline)]
         try:
             records = [self._record(c, r) for c, r in zip(batch, results, strict=True)]
             self.store.commit(records, fence)
@@ -423,11 +440,13 @@ class TaskTuner:
     def abort_round(
         self, flight: RoundInFlight, stop_at: float, fence: Callable[[], None] | None = None
     ) -> int:
-        """After a stop: commit the round's results that came back before `stop_at`, drop the
-        rest unrecorded; returns how many were committed (0 for a closed round)."""
+        """After a stop or a passed time limit: commit the round's results that came back
+        before `stop_at`, drop the rest unrecorded (cancelling what has not started); returns
+        how many were committed (0 for a closed round)."""
         if flight.closed:
             return 0
         flight.closed = True
+        flight.cancel_pending()
         self.in_flight -= {c.trace_hash for c in flight.batch}
         kept = {
             i: on_target(r, self.fingerprint) for i, r in flight.arrived_before(stop_at).items()

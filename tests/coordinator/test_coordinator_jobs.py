@@ -196,3 +196,24 @@ def test_every_task_of_a_model_is_tuned_fused_ones_included(tmp_path: Path, exec
     assert all(t.trials > 0 and t.best_ms for t in result.tasks), [
         (t.name, t.trials, t.best_ms, t.note) for t in result.tasks
     ]
+
+
+@pytest.mark.slow
+def test_the_time_limit_stops_a_round_being_timed(tmp_path: Path, executor, cpu) -> None:
+    """A round that would run long past --time is cut when the limit passes: what came back
+    is committed, the rest is dropped unrecorded, and the job ends done."""
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    slow = MeasureConfig(guard_noise=False, repeats=5, warmup_ms=0.5, min_repeat_ms=250)
+    config = JobConfig(model=MODEL, phases=("decode",), sets={"b": (1,), "m": (16,)}, budget=16,
+                       trials_per_round=8, time_s=4.0)  # fmt: skip
+    opts = JobOptions(workers=executor, model_dir=str(tmp_path / "models"), measure_config=slow,
+                      problem_for=only("rmsnorm"))  # fmt: skip
+    start = time.monotonic()
+    result = start_job(config, db, opts)
+    took = time.monotonic() - start
+    assert result.status == "done"
+    assert result.trials < 8, f"the first round ran whole ({took:.1f} s)"
+    with RecordStore.open(db) as store:
+        counts = store.job_trial_counts(result.job_id)
+        rows = store.list_tasks(result.job_id)
+    assert sum(counts.values()) == result.trials == sum(r.trials_done for r in rows)
