@@ -8,7 +8,8 @@
   the output): one row per thread block, the row being every spatial loop of the output but
   its last. Each producer is computed under the row's blockIdx loop into `shared` memory:
   its threads spread over its largest remaining spatial loop (attention's scores over the
-  key positions, its context over the head dim) with reductions kept in each thread, or,
+  key positions, its context over the head dim) with reductions kept in each thread (split
+  by 16 and unrolled, so each thread has 16 loads in flight), or,
   where only reductions remain (a row's max or sum), over the reduction as a cross-thread
   reduction. Each thread then writes a strided share of the row; an output that is itself
   a reduction (float32 attention's context) keeps its reduction loops in the thread.
@@ -24,6 +25,7 @@ from .stmt import BlockRealize, PrimFunc
 ELEMENTWISE_THREADS = 256
 MATMUL_THREADS = 128
 ROW_THREADS = 256
+REDUCE_UNROLL = 16  # steps of a thread's own reduction loop unrolled in the row path
 
 
 def _row_threads(extent: object) -> int:
@@ -59,6 +61,22 @@ def _widest(sch: Schedule, loops: list[RV]) -> RV:
     return best
 
 
+def _unroll_steps(sch: Schedule, loop: RV) -> None:
+    """Split a reduction loop a thread runs alone by REDUCE_UNROLL and unroll the inner part,
+    so the thread has that many loads in flight instead of one dependent load per step
+    (attention's context sums over every key position; its kv length is symbolic).
+
+        for k in range(m): acc += p[k] * v[k, j]   ->
+        for k_0 in range((m + 15) // 16): for k_1 in range(16) (unrolled):
+            if k_0*16 + k_1 < m: acc += p[k_0*16 + k_1] * v[k_0*16 + k_1, j]
+    """
+    ext = sch.get(loop).extent
+    if isinstance(ext, Const) and int(ext.value) <= REDUCE_UNROLL:
+        return
+    _, inner = sch.split(loop, [None, REDUCE_UNROLL])
+    sch.unroll(inner)
+
+
 def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
     """Spread a producer computed under `row` over the row's threads (see module docstring)."""
     block = sch.get_block(name)
@@ -70,9 +88,13 @@ def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
     spatial_vars = spatial_loop_vars(found[0]) if found else set()
     spatial = [lp for lp in rest if sch.get(lp).var in spatial_vars]
     if spatial:
+        reduce_vars = reduce_loop_vars(found[0]) if found else set()
+        steps = [lp for lp in rest if sch.get(lp).var in reduce_vars]
         outer, inner = sch.split(_widest(sch, spatial), [None, threads])
         sch.reorder(inner, outer)
         sch.bind(inner, "threadIdx.x")
+        for lp in steps:
+            _unroll_steps(sch, lp)
         return
     k0, k1 = sch.split(loops[-1], [None, threads])
     sch.reorder(k1, k0)
@@ -104,12 +126,15 @@ def default_cuda_schedule(func: PrimFunc) -> Schedule:
             sch.compute_at(sch.get_block(br.block.name), tx)
             sch.set_scope(sch.get_block(br.block.name), 0, "local")
         return sch
+    steps = [lp for lp in loops if sch.get(lp).var in red]  # the output's own reduction
     last = spatial[-1]
     threads = _row_threads(sch.get(last).extent)
     row = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
     _, tx = sch.split(last, [None, threads])
     sch.bind(row, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
+    for lp in steps:
+        _unroll_steps(sch, lp)
     for br in reversed(producers):
         p = sch.get_block(br.block.name)
         sch.compute_at(p, row)

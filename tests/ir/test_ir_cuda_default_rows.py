@@ -40,6 +40,9 @@ def test_attention_default_keeps_scores_on_chip_and_threads_over_keys(dtype, pha
     # cross-thread reduction over the head dim
     body = ks.source[ks.source.index("extern") :]
     assert "tf_block_add(scores" not in body and "tf_warp_add(scores" not in body
+    # each thread's sum over the key positions (the context) runs 16 unrolled steps at a time,
+    # so 16 loads of the value cache are in flight instead of one
+    assert "< ((m + 15) / 16)" in body and "#pragma unroll 16" in body
     if NVCC is None:
         pytest.skip("nvcc is not on PATH")
     src = tmp_path / "k.cu"
