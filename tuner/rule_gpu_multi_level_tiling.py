@@ -250,7 +250,7 @@ def _build(
     widths = [v for v in VECTOR_WIDTHS if all(r % v == 0 for r in rows)]
     vec = t.sample_categorical(widths, uniform(len(widths)))
     for tile_buf in shared:
-        fetch_cooperatively(t, tile_buf, len(unit) + len(lv[0]) + 1, threads, vec)
+        fetch_cooperatively(t, tile_buf, depth + 1, threads, vec)
     _bind_write_back(t, out, tiles, depth, len(picks))
     t.decompose_reduction(b, r0)
 
