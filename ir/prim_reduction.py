@@ -168,8 +168,9 @@ def rfactor(state: ScheduleState, loop: RV, factor_axis: int) -> RV:
     # write-back reads is initialised; guards over spatial loops stay on the realize.
     red_set = {lp.var, *new_red}
     spatial_guards: list[Expr] = []
+    loop_set = {x.var for x in loops}  # symbolic dims (m in `k < m`) are no loops
     for cond in conjuncts(br.predicate):
-        used = loop_vars_in(cond)
+        used = loop_vars_in(cond) & loop_set
         if used <= red_set:
             assert isinstance(blk.init, BufferStore)
             rhs = Select(substitute(cond, ren), rhs, blk.init.value)

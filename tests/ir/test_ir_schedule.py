@@ -249,6 +249,16 @@ def test_rfactor_sum_and_max() -> None:
     assert "not a reduction" in msg
 
 
+def test_rfactor_over_a_symbolic_extent() -> None:
+    """Splitting a reduction of symbolic extent guards `k < n`; rfactor moves that guard into
+    the partial sums' value (a symbolic dim is not a spatial loop)."""
+    sch = Schedule(RMSNORM.build({"m": 7, "n": Var("n")}))
+    _, k = sch.get_loops(sch.get_block("rmsnorm_sumsq"))
+    _, k1 = sch.split(k, [None, 16])
+    sch.rfactor(k1, 0)
+    check_against_reference(sch, RMSNORM, {"m": 7, "n": 129})
+
+
 def test_sampling_instructions_and_decisions() -> None:
     sch, _dims = _matmul({"m": 16, "n": 64, "k": 24})
     blk = sch.get_block("matmul")
