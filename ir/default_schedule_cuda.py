@@ -11,20 +11,39 @@
   key positions, its context over the head dim) with reductions kept in each thread (split
   by 16 and unrolled, so each thread has 16 loads in flight), or,
   where only reductions remain (a row's max or sum), over the reduction as a cross-thread
-  reduction. Each thread then writes a strided share of the row; an output that is itself
-  a reduction (float32 attention's context) keeps its reduction loops in the thread.
+  reduction. Each thread then writes a strided share of the row.
+* Keyed rows (attention: the output, or its same-shape accumulator, sums over the row's key
+  positions): one row per thread block of 32 lanes (threadIdx.x) by KEYED_WARPS warps
+  (threadIdx.y), every intermediate in shared memory. Warps take the keys; a key's score is
+  a warp reduction over the head dim (lanes read the key's row together, KEYED_VEC elements
+  each, KEYS_IN_FLIGHT keys unrolled); the row's max and sum are warp reductions over the
+  keys; the probabilities spread over every thread. The context is rfactored over the warps:
+  each thread sums its warp's keys for KEYED_VEC head-dim columns in registers (16 keys
+  unrolled), the partial sums meet in shared memory, and a thread per column adds them up.
+  A mask that calls no math function (prefill's causal mask) is inlined into its readers.
+
+      blockIdx.x: row (b, h, n);  threadIdx.y: w;  threadIdx.x: lane
+        scores[j] = warp_sum over lanes of q[d] * k[j, d]   for j = w, w + W, ...
+        mx = warp_max(scores); den = warp_sum(exp(scores - mx)); p = exp(scores - mx) / den
+        part[w, d] = sum over j = w, w + W, ... of p[j] * v[j, d]   (registers, then shared)
+        out[d] = sum over w of part[w, d]
 """
 
 from __future__ import annotations
 
-from .expr import Const
+from .expr import Call, Const
 from .schedule import RV, Schedule
 from .schedule_tree import blocks, find_block, reduce_loop_vars, spatial_loop_vars
-from .stmt import BlockRealize, PrimFunc
+from .stmt import BlockRealize, BufferStore, PrimFunc
+from .visit import walk
 
 ELEMENTWISE_THREADS = 256
 MATMUL_THREADS = 128
 ROW_THREADS = 256
+WARP = 32
+KEYED_WARPS = 32  # warps of a row whose output sums over the row's keys (attention)
+KEYED_VEC = 4
+KEYS_IN_FLIGHT = 4  # keys a warp scores at once (unrolled), each with its own warp reduction
 REDUCE_UNROLL = 16  # steps of a thread's own reduction loop unrolled in the row path
 
 
@@ -61,7 +80,7 @@ def _widest(sch: Schedule, loops: list[RV]) -> RV:
     return best
 
 
-def _unroll_steps(sch: Schedule, loop: RV) -> None:
+def _unroll_steps(sch: Schedule, loop: RV, steps: int = REDUCE_UNROLL) -> None:
     """Split a reduction loop a thread runs alone by REDUCE_UNROLL and unroll the inner part,
     so the thread has that many loads in flight instead of one dependent load per step
     (attention's context sums over every key position; its kv length is symbolic).
@@ -71,9 +90,9 @@ def _unroll_steps(sch: Schedule, loop: RV) -> None:
             if k_0*16 + k_1 < m: acc += p[k_0*16 + k_1] * v[k_0*16 + k_1, j]
     """
     ext = sch.get(loop).extent
-    if isinstance(ext, Const) and int(ext.value) <= REDUCE_UNROLL:
+    if isinstance(ext, Const) and int(ext.value) <= steps:
         return
-    _, inner = sch.split(loop, [None, REDUCE_UNROLL])
+    _, inner = sch.split(loop, [None, steps])
     sch.unroll(inner)
 
 
@@ -101,8 +120,133 @@ def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
     sch.bind(k1, "threadIdx.x")
 
 
-def default_cuda_schedule(func: PrimFunc) -> Schedule:
-    """See the module docstring; the schedule's trace records every step."""
+def _reduces(sch: Schedule, name: str) -> bool:
+    """Whether block `name` has a reduction."""
+    found = find_block(sch.mod, name)
+    return bool(found and reduce_loop_vars(found[0]))
+
+
+def _split_lanes(sch: Schedule, loop: RV) -> tuple[RV, RV]:
+    """Split `loop` into (outer, lane, vec): WARP lanes, each `vec` contiguous elements
+    (up to KEYED_VEC, dividing the extent / WARP); returns (lane, vec) after moving the
+    outer steps inside the lane loop."""
+    ext = sch.get(loop).extent
+    n = int(ext.value) if isinstance(ext, Const) else 0
+    vec = next((v for v in (KEYED_VEC, 2, 1) if n and n % (WARP * v) == 0), 1)
+    outer, lane, v = sch.split(loop, [None, WARP, vec])
+    sch.reorder(lane, outer, v)
+    sch.unroll(outer)
+    sch.unroll(v)
+    return lane, v
+
+
+def _keyed_rows(
+    sch: Schedule, out: BlockRealize, producers: list[BlockRealize], warps: int
+) -> None:
+    """Rows whose output sums over the row's keys (attention's context); the module
+    docstring's last item."""
+    out_name = out.block.name
+    for br in producers:  # a mask costs a compare where it is read: keep it out of shared memory
+        if _cheap_elementwise(br):
+            sch.compute_inline(sch.get_block(br.block.name))
+    producers = [br for br in producers if not _cheap_elementwise(br)]
+    rank = len(out.block.writes[0].buffer.shape)
+    last = producers[-1] if producers else None
+    acc = (last.block.name if last is not None
+           and len(last.block.writes[0].buffer.shape) == rank and _reduces(sch, last.block.name)
+           else None)  # fmt: skip
+    red_block = sch.get_block(acc or out_name)
+    _, jy = sch.split(sch.get_loops(red_block)[-1], [None, warps])
+    rf = sch.rfactor(jy, rank - 1)  # partial sums [.., warp, d]
+    copy = sch.cache_write(rf, 0, "local")  # each thread's partial sums stay in registers
+    o = sch.get_block(out_name)
+    loops = sch.get_loops(o)
+    spatial = [lp for lp in loops if sch.get(lp).var not in _red_vars(sch, out_name)]
+    row = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
+    sch.bind(row, "blockIdx.x")
+    _, ty, tx = sch.split(spatial[-1], [None, warps, WARP])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    if acc is not None:
+        a = sch.get_block(acc)
+        sch.compute_at(a, tx)
+        sch.set_scope(a, 0, "local")
+    # the copy of the partial sums: warps over the keys' split, lanes over the head dim
+    sch.compute_at(copy, row)
+    sch.set_scope(copy, 0, "shared")
+    w, d = sch.get_loops(copy)[-2:]
+    sch.bind(w, "threadIdx.y")
+    lane, _ = _split_lanes(sch, d)
+    sch.bind(lane, "threadIdx.x")
+    sch.compute_at(rf, lane)
+    sch.set_scope(rf, 0, "local")
+    rest = _loops_below(sch, rf, lane)
+    red = _red_vars(sch, sch.get(rf).name)
+    j = [lp for lp in rest if sch.get(lp).var in red][-1]
+    vs = [lp for lp in rest if sch.get(lp).var not in red]
+    if vs:
+        sch.reorder(j, *vs)
+    for v in vs:
+        sch.unroll(v)
+    _unroll_steps(sch, j)
+    names = [br.block.name for br, _ in blocks(sch.mod)]
+    for name in reversed(names[: names.index(sch.get(rf).name)]):
+        p = sch.get_block(name)
+        sch.compute_at(p, row)
+        sch.set_scope(p, 0, "shared")
+        rest = _loops_below(sch, p, row)
+        red = _red_vars(sch, name)
+        keys = [lp for lp in rest if sch.get(lp).var not in red]
+        steps = [lp for lp in rest if sch.get(lp).var in red]
+        if keys and steps:  # scores: warps over the keys, lanes over the head dim
+            k = sch.fuse(*keys) if len(keys) > 1 else keys[0]
+            ko, ky = sch.split(k, [None, warps])
+            sch.reorder(ky, ko)
+            sch.bind(ky, "threadIdx.y")
+            lane, _ = _split_lanes(sch, steps[-1])
+            sch.bind(lane, "threadIdx.x")
+            _unroll_steps(sch, ko, KEYS_IN_FLIGHT)
+        elif keys:  # elementwise over the keys: every thread of the block
+            k = sch.fuse(*keys) if len(keys) > 1 else keys[0]
+            ko, ky, kx = sch.split(k, [None, warps, WARP])
+            sch.reorder(ky, kx, ko)
+            sch.bind(ky, "threadIdx.y")
+            sch.bind(kx, "threadIdx.x")
+        else:  # a reduction over the keys (max, sum): one warp's lanes, every warp alike
+            ko, kx = sch.split(steps[-1], [None, WARP])
+            sch.reorder(kx, ko)
+            sch.bind(kx, "threadIdx.x")
+            _unroll_steps(sch, ko)
+
+
+def _cheap_elementwise(br: BlockRealize) -> bool:
+    """A spatial block whose value calls no math function (prefill attention's causal mask)."""
+    blk = br.block
+    store = blk.body
+    return (
+        blk.init is None
+        and isinstance(store, BufferStore)
+        and all(iv.kind == "spatial" for iv in blk.iter_vars)
+        and not any(isinstance(n, Call) for n in walk(store.value))
+    )
+
+
+def _loops_below(sch: Schedule, block: RV, loop: RV) -> list[RV]:
+    """The loops of `block` inside `loop`."""
+    loops = sch.get_loops(block)
+    at = [i for i, lp in enumerate(loops) if sch.get(lp).var is sch.get(loop).var]
+    return loops[at[0] + 1 :]
+
+
+def _red_vars(sch: Schedule, name: str) -> set:
+    """The loop variables driving block `name`'s reductions."""
+    found = find_block(sch.mod, name)
+    return reduce_loop_vars(found[0]) if found else set()
+
+
+def default_cuda_schedule(func: PrimFunc, keyed_warps: int = KEYED_WARPS) -> Schedule:
+    """See the module docstring; the schedule's trace records every step. `keyed_warps` 0
+    schedules keyed rows like other rows (one thread per key, per head-dim column)."""
     sch = Schedule(func)
     realizes: list[BlockRealize] = [br for br, _ in blocks(func)]
     out = realizes[-1]
@@ -125,6 +269,10 @@ def default_cuda_schedule(func: PrimFunc) -> Schedule:
         for br in reversed(producers):
             sch.compute_at(sch.get_block(br.block.name), tx)
             sch.set_scope(sch.get_block(br.block.name), 0, "local")
+        return sch
+    acc_rank = len(producers[-1].block.writes[0].buffer.shape)
+    if keyed_warps and (red or (acc_rank == out_rank and _reduces(sch, producers[-1].block.name))):
+        _keyed_rows(sch, out, producers, keyed_warps)
         return sch
     steps = [lp for lp in loops if sch.get(lp).var in red]  # the output's own reduction
     last = spatial[-1]

@@ -1,9 +1,10 @@
 """The default GPU schedule of row-shaped fused tasks (attention: scores, softmax and context
 in one kernel) keeps every intermediate on chip, in float32 and float16, for decode and
-prefill, and the kernels compile with nvcc (no GPU needed)."""
+prefill, spreads the keys over warps, and the kernels compile with nvcc (no GPU needed)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from tunefleet.coordinator.graph import Phase
 from tunefleet.coordinator.tasks import model_tasks
 from tunefleet.ir import build_source, default_schedule
+from tunefleet.ir.default_schedule_cuda import KEYED_WARPS, KEYS_IN_FLIGHT
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
 from runtime_models import tiny
@@ -30,19 +32,21 @@ def _attention(dtype: str, phase: Phase):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("phase", [Phase.DECODE, Phase.PREFILL])
-def test_attention_default_keeps_scores_on_chip_and_threads_over_keys(dtype, phase, tmp_path):
+def test_attention_default_spreads_keys_over_warps_and_head_dim_over_lanes(dtype, phase, tmp_path):
     task = _attention(dtype, phase)
     ks = build_source(default_schedule(task.func, target="cuda"), target="cuda")
-    # one thread block per query row, its threads over the head dim (16 in the tiny config)
-    assert ks.block == (32, 1, 1)
+    # one thread block per query row: 32 lanes (threadIdx.x) by KEYED_WARPS warps
+    assert ks.block == (32, KEYED_WARPS, 1)
     assert "m" in str(ks.shared_bytes)  # the scores row lives in dynamic shared memory
-    # the scores are spread over the key positions, not computed one key at a time with a
-    # cross-thread reduction over the head dim
     body = ks.source[ks.source.index("extern") :]
-    assert "tf_block_add(scores" not in body and "tf_warp_add(scores" not in body
-    # each thread's sum over the key positions (the context) runs 16 unrolled steps at a time,
-    # so 16 loads of the value cache are in flight instead of one
-    assert "< ((m + 15) / 16)" in body and "#pragma unroll 16" in body
+    # a key's score is a warp reduction over the head dim (lanes read the key's row together),
+    # several keys in flight per warp
+    assert "scores_red[0] = tf_block_add(scores_red[0], 32, nullptr)" in body
+    assert f"#pragma unroll {KEYS_IN_FLIGHT}" in body
+    # the context is split over the warps: each thread keeps its partial sums over its keys in
+    # registers, 16 keys unrolled, and the warps' partials meet in shared memory
+    assert re.search(r"float \w+_rf_\d+_local\[\d+\]", body), body
+    assert "#pragma unroll 16" in body
     if NVCC is None:
         pytest.skip("nvcc is not on PATH")
     src = tmp_path / "k.cu"
