@@ -226,6 +226,7 @@ class Buffer:
 SCOPES = (
     "global",
     "shared",
+    "shared.cluster",
     "local",
     "wmma.matrix_a",
     "wmma.matrix_b",

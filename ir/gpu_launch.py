@@ -17,6 +17,8 @@ from .stmt import For, PrimFunc
 from .visit import walk
 
 GRID_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
+CLUSTER_TAG = "clusterIdx.x"  # a block's rank in its cluster of consecutive blockIdx.x
+MAX_CLUSTER = 8  # the portable cluster size
 BLOCK_TAGS = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 MAX_THREADS = 1024
 
@@ -46,8 +48,17 @@ class LaunchDims:
         return dict(self.extents).get(tag, 1)
 
     @property
+    def cluster(self) -> int:
+        """Blocks per thread-block cluster along x (1: no clusters)."""
+        return int(self.get(CLUSTER_TAG))
+
+    @property
     def grid(self) -> tuple[int | str, ...]:
-        return tuple(self.get(t) for t in GRID_TAGS)
+        """Blocks launched per axis; along x, every cluster's blocks."""
+        x, c = self.get("blockIdx.x"), self.cluster
+        if c > 1:
+            x = x * c if isinstance(x, int) else f"({x} * {c})"
+        return (x, *(self.get(t) for t in GRID_TAGS[1:]))
 
     @property
     def block(self) -> tuple[int | str, ...]:
@@ -66,7 +77,7 @@ def launch_dims(lowered: PrimFunc) -> LaunchDims:
             found.setdefault(n.thread or "", []).append(simplify(n.extent))
     out: list[tuple[str, int | str]] = []
     threads = 1
-    for tag in (*GRID_TAGS, *BLOCK_TAGS):
+    for tag in (*GRID_TAGS, CLUSTER_TAG, *BLOCK_TAGS):
         exts = found.get(tag)
         if not exts:
             continue
@@ -75,7 +86,7 @@ def launch_dims(lowered: PrimFunc) -> LaunchDims:
         value: int | str
         if not texts:
             value = max(consts)
-        elif tag in BLOCK_TAGS:
+        elif tag in BLOCK_TAGS or tag == CLUSTER_TAG:
             raise CodegenError(
                 f"{tag} is bound to a symbolic extent {texts[0]}; split it by a constant"
             )
@@ -87,6 +98,11 @@ def launch_dims(lowered: PrimFunc) -> LaunchDims:
         if tag in BLOCK_TAGS:
             threads *= int(value)
         out.append((tag, value))
+    cluster = dict(out).get(CLUSTER_TAG, 1)
+    if not isinstance(cluster, int) or cluster > MAX_CLUSTER:
+        raise CodegenError(
+            f"{CLUSTER_TAG} is launched with {cluster} blocks per cluster; at most {MAX_CLUSTER}"
+        )
     if threads > MAX_THREADS:
         raise CodegenError(f"{threads} threads per block; CUDA allows at most {MAX_THREADS}")
     return LaunchDims(tuple(out))

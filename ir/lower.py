@@ -345,11 +345,12 @@ def _may_enter(loop: For, scope: str) -> bool:
 
     Thread-bound loops are GPU threads: shared memory lives per thread block (inside
     blockIdx loops, outside threadIdx loops), local memory and fragments per thread, and
-    global intermediates outside all of them.
+    global intermediates outside all of them; a `shared.cluster` buffer stays outside the
+    clusterIdx loop whose blocks write it.
     """
     if loop.kind != "thread_binding":
         return True
-    if scope == "shared":
+    if scope in ("shared", "shared.cluster"):  # the cluster's blocks index it by their rank
         return (loop.thread or "").startswith("blockIdx")
     return scope != "global"
 
@@ -367,10 +368,12 @@ def _inner_ranges(s: Stmt) -> dict[Var, tuple[int, int]] | None:
 
 def _compact(s: Stmt, buf: Buffer) -> Stmt:
     inner = _inner_ranges(s) or {}
-    if buf.scope not in ("global", "shared"):
+    if buf.scope not in ("global", "shared", "shared.cluster"):
         # per-thread storage: a thread index is fixed for the thread, so it is an offset
-        thread_vars = ("threadIdx_", "blockIdx_")
+        thread_vars = ("threadIdx_", "blockIdx_", "clusterIdx_")
         inner = {v: r for v, r in inner.items() if not v.name.startswith(thread_vars)}
+    elif buf.scope == "shared":  # a block's own memory: its rank in the cluster is fixed
+        inner = {v: r for v, r in inner.items() if not v.name.startswith("clusterIdx_")}
     index_lists = [
         n.indices for n in walk(s) if isinstance(n, BufferLoad | BufferStore) and n.buffer == buf
     ]

@@ -4,8 +4,10 @@ shared memory to each other.
 Outside the loops bound to threadIdx axes (block level), a barrier separates a statement that
 writes shared memory from the next one that touches shared memory, and ends each iteration of
 a block-level loop whose body writes and reads shared memory, so a tile is not overwritten
-while other threads still read it. A software-pipelined loop's waits (PipelineSync) are its
-only barriers; tensorized nests, vector loops and the loops inside thread-bound ones get none:
+while other threads still read it. `shared.cluster` buffers (shared memory that the other
+blocks of a thread-block cluster read) get the cluster's barrier instead. A
+software-pipelined loop's waits (PipelineSync) are its only barriers; tensorized nests,
+vector loops and the loops inside thread-bound ones get none:
 
     x_shared[...] = x[...]         (copy nest)         x_shared[...] = x[...]
     y[...] = x_shared[...] * 2     (compute nest)  ->  SyncThreads()
@@ -28,16 +30,27 @@ from .gpu_launch import BLOCK_TAGS
 from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt, SyncThreads
 from .visit import walk
 
+CLUSTER_SCOPE = "shared.cluster"  # each block's shared memory, read by the whole cluster
+SHARED_SCOPES = ("shared", CLUSTER_SCOPE)
 
-def shared_names(s: Stmt, stores: bool = True, loads: bool = True) -> set[str]:
-    """Names of the shared buffers `s` stores to (`stores`) or loads from (`loads`)."""
+
+def shared_names(
+    s: Stmt, stores: bool = True, loads: bool = True, scopes: tuple[str, ...] = SHARED_SCOPES
+) -> set[str]:
+    """Names of the buffers of `scopes` (shared memory) `s` stores to (`stores`) or loads
+    from (`loads`)."""
     out: set[str] = set()
     for n in walk(s):
-        if isinstance(n, BufferStore) and n.buffer.scope == "shared" and stores:
+        if isinstance(n, BufferStore) and n.buffer.scope in scopes and stores:
             out.add(n.buffer.name)
-        elif isinstance(n, BufferLoad) and n.buffer.scope == "shared" and loads:
+        elif isinstance(n, BufferLoad) and n.buffer.scope in scopes and loads:
             out.add(n.buffer.name)
     return out
+
+
+def cluster_names(s: Stmt, stores: bool = True, loads: bool = True) -> set[str]:
+    """Names of the `shared.cluster` buffers `s` stores to or loads from."""
+    return shared_names(s, stores, loads, (CLUSTER_SCOPE,))
 
 
 def insert_thread_syncs(func: PrimFunc) -> PrimFunc:
@@ -47,13 +60,17 @@ def insert_thread_syncs(func: PrimFunc) -> PrimFunc:
         if in_threads:
             return SeqStmt(tuple(visit(c, in_threads, no_auto) for c in s.stmts))
         out: list[Stmt] = []
-        dirty = False
+        dirty = cluster_dirty = False
         for c in s.stmts:
-            if dirty and not no_auto and shared_names(c):
+            if cluster_dirty and not no_auto and cluster_names(c):
+                out.append(SyncThreads(cluster=True))  # a block barrier too
+                dirty = cluster_dirty = False
+            elif dirty and not no_auto and shared_names(c):
                 out.append(SyncThreads())
                 dirty = False
             out.append(visit(c, in_threads, no_auto))
             dirty = dirty or bool(shared_names(c, loads=False))
+            cluster_dirty = cluster_dirty or bool(cluster_names(c, loads=False))
         return SeqStmt(tuple(out))
 
     def loop(s: For, in_threads: bool, no_auto: bool) -> Stmt:
@@ -73,7 +90,8 @@ def insert_thread_syncs(func: PrimFunc) -> PrimFunc:
             and shared_names(s.body, loads=False)
             and shared_names(s.body, stores=False)
         ):
-            body = SeqStmt((body, SyncThreads()))
+            writes, reads = cluster_names(s.body, loads=False), cluster_names(s.body, stores=False)
+            body = SeqStmt((body, SyncThreads(bool(writes and reads))))
         return dataclasses.replace(s, body=body)
 
     def visit(s: Stmt, in_threads: bool, no_auto: bool) -> Stmt:

@@ -124,7 +124,7 @@ def stmt_lines(s: Stmt, indent: int = 0) -> list[str]:
         cond = " and ".join(f"{t} == 0" for t in s.threads)
         return [f"{pad}if {cond}:  # one thread", *stmt_lines(s.body, indent + 1)]
     if isinstance(s, SyncThreads):
-        return [f"{pad}sync_threads()"]
+        return [f"{pad}sync_cluster()" if s.cluster else f"{pad}sync_threads()"]
     if isinstance(s, BlockRealize):
         return _block_lines(s, indent)
     if isinstance(s, Block):

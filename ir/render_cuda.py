@@ -28,10 +28,11 @@ from .annotation_keys import (
 from .dtypes import is_float, itemsize
 from .errors import CodegenError
 from .expr import BinOp, Buffer, BufferLoad, Cast, Const, Expr, Var
-from .gpu_launch import BLOCK_TAGS, LaunchDims, launch_dims, launch_text
+from .gpu_launch import BLOCK_TAGS, CLUSTER_TAG, LaunchDims, launch_dims, launch_text
 from .intrinsics import TensorIntrin
 from .intrinsics_wgmma import parse_swizzled
 from .pass_hoist import HoistedLoads
+from .pass_thread_sync import CLUSTER_SCOPE, SHARED_SCOPES
 from .pass_vectorize import VectorAccess, guarded_stores
 from .render_c import CStyleRenderer, buffer_elements, c_name
 from .simplify import linear, simplify
@@ -103,6 +104,13 @@ __device__ __forceinline__ int64_t tf_floormod(int64_t a, int64_t b) {
 
 _VEC_TYPES = {16: "uint4", 8: "uint2"}
 
+CLUSTER_HELPERS = r"""#include <cooperative_groups.h>
+template <typename T> __device__ __forceinline__ T* tf_dsmem(T* p, int64_t rank) {
+  return cooperative_groups::this_cluster().map_shared_rank(p, (unsigned int)rank);
+}
+__device__ __forceinline__ void tf_cluster_sync() { cooperative_groups::this_cluster().sync(); }
+"""
+
 
 class CUDARenderer(CStyleRenderer):
     """One `extern "C" __global__` kernel per translation unit, launched as `launch_dims` says."""
@@ -168,7 +176,15 @@ class CUDARenderer(CStyleRenderer):
     def expr(self, e: Expr) -> str:
         if isinstance(e, BufferLoad) and e in self._vec:
             return self._vec[e]
+        if isinstance(e, BufferLoad) and e.buffer.scope == CLUSTER_SCOPE:
+            return self._cluster_ref(e.buffer, e.indices)
         return super().expr(e)
+
+    def _cluster_ref(self, buf: Buffer, indices: tuple[Expr, ...]) -> str:
+        """An element of a `shared.cluster` buffer, in the shared memory of the block whose
+        rank is its first index (every block allocates the whole buffer at one offset)."""
+        flat = self.flat_index(buf, indices)
+        return f"(*tf_dsmem({c_name(buf.name)} + ({flat}), {self.expr(indices[0])}))"
 
     def cast(self, e: Cast) -> str:
         src, dst = e.value.dtype, e.dtype
@@ -208,7 +224,7 @@ class CUDARenderer(CStyleRenderer):
 
     def stmt(self, s: Stmt, depth: int) -> None:
         if isinstance(s, SyncThreads):
-            self.emit("__syncthreads();", depth)
+            self.emit("tf_cluster_sync();" if s.cluster else "__syncthreads();", depth)
         elif isinstance(s, ThreadAllReduce):
             self._allreduce(s, depth)
         elif isinstance(s, BufferStore):
@@ -229,6 +245,8 @@ class CUDARenderer(CStyleRenderer):
     def _store(self, s: BufferStore, depth: int, threads: tuple[str, ...] = ()) -> None:
         """A store; made by thread 0 of `threads` only when pass_predicate says so."""
         target = f"{c_name(s.buffer.name)}[{self.flat_index(s.buffer, s.indices)}]"
+        if s.buffer.scope == CLUSTER_SCOPE:
+            target = self._cluster_ref(s.buffer, s.indices)
         self.emit(f"{_thread_zero(threads)}{target} = {self.store_value(s)};", depth)
 
     def _pipeline_sync(self, s: PipelineSync, depth: int) -> None:
@@ -687,7 +705,7 @@ class CUDARenderer(CStyleRenderer):
                 f"intermediate {buf.name} lives in global memory, which a kernel cannot allocate; "
                 "compute it under a thread loop and set_scope it to 'shared' or 'local'"
             )
-        if buf.scope == "shared" and name in self._dyn_offsets:  # planned, maybe symbolic
+        if buf.scope in SHARED_SCOPES and name in self._dyn_offsets:  # planned, maybe symbolic
             off = self._dyn_offsets[name]
             self.emit(f"{ct}* {name} = ({ct}*)(tf_dyn_smem + {off});", depth)
             self.stmt(s.body, depth)
@@ -725,7 +743,7 @@ class CUDARenderer(CStyleRenderer):
             raise CodegenError(
                 f"{buf.scope} buffers are not supported; tensorize loads from memory"
             )
-        if buf.scope == "shared":
+        if buf.scope in SHARED_SCOPES:
             align = 1024 if buf.name in self.swizzled else 128  # a swizzle atom
             self.emit(f"__shared__ __align__({align}) {ct} {name}[{n}];", depth)
         else:
@@ -740,12 +758,14 @@ class CUDARenderer(CStyleRenderer):
         An array whose size depends on a symbolic dim (a row of `m` scores, say) is dynamic
         too: the constant arrays keep their planned offsets, each symbolic one follows them
         (no sharing), and the launch's dynamic bytes become an expression over the dims.
+        A `shared.cluster` array shares bytes with no other: the cluster's other blocks may
+        still read it after this block has moved on.
         """
-        placed: list[tuple[Buffer, int, int]] = []  # buffer, nesting depth, end offset
+        placed: list[tuple[Buffer, int, int]] = []  # buffer, start offset, end offset
         symbolic: list[tuple[Buffer, Expr]] = []  # buffer, bytes rounded to 128
 
         def visit(s: Stmt, chain: list[int]) -> None:
-            if isinstance(s, Allocate) and s.buffer.scope == "shared":
+            if isinstance(s, Allocate) and s.buffer.scope in SHARED_SCOPES:
                 b = s.buffer
                 size = buffer_elements(b)
                 if not isinstance(size, Const):
@@ -759,7 +779,9 @@ class CUDARenderer(CStyleRenderer):
                     visit(s.body, chain)
                     return
                 nbytes = (int(size.value) * itemsize(b.dtype) + 127) // 128 * 128
-                start = max((placed[i][2] for i in chain), default=0)
+                kept = range(len(placed)) if b.scope == CLUSTER_SCOPE else chain
+                kept = [*kept, *(i for i, p in enumerate(placed) if p[0].scope == CLUSTER_SCOPE)]
+                start = max((placed[i][2] for i in kept), default=0)
                 if b.name in self.swizzled:  # swizzled tiles start on a 1024-byte atom
                     start = (start + 1023) // 1024 * 1024
                 placed.append((b, start, start + nbytes))
@@ -825,14 +847,35 @@ class CUDARenderer(CStyleRenderer):
             f"  const int64_t tf_bx = tf_lin % {span} / tf_rows;",
         ]
 
+    def _cluster(self, lowered: PrimFunc, rasterized: bool) -> list[str]:
+        """Lines that split blockIdx.x into the cluster's row and the block's rank in it,
+        when a loop is bound to clusterIdx.x (clusters of consecutive blockIdx.x)."""
+        bound = any(
+            isinstance(n, For) and n.kind == "thread_binding" and n.thread == CLUSTER_TAG
+            for n in walk(lowered.body)
+        )
+        if not bound:
+            return []
+        if rasterized:
+            raise CodegenError("block_rasterize and clusterIdx.x cannot share a kernel")
+        c = self._launch.cluster
+        self._block_text = {"blockIdx.x": "tf_bx", CLUSTER_TAG: "tf_crank"}
+        return [
+            f"  const int64_t tf_bx = (int64_t)blockIdx.x / {c};",
+            f"  const int64_t tf_crank = (int64_t)blockIdx.x % {c};",
+        ]
+
     def render(self, lowered: PrimFunc, entry: str, scalars: tuple[Var, ...]) -> str:
         self._launch = launch_dims(lowered)
         self.swizzled = parse_swizzled(lowered.attrs)
         self._plan_shared(lowered)
         self._lines = []
         raster = self._rasterize(lowered)
+        cluster = self._cluster(lowered, bool(raster))
         self.stmt(lowered.body, 1)
-        head: list[str] = raster
+        head: list[str] = raster + cluster
+        if cluster:  # no block leaves while others may still read its shared memory
+            self._lines.append("  tf_cluster_sync();")
         if self._needs_scratch:
             head.append("  __shared__ float tf_red_scratch[32];")
         if self._dyn_offsets:
@@ -846,10 +889,13 @@ class CUDARenderer(CStyleRenderer):
         min_blocks = _loop_annotations(lowered, MIN_BLOCKS_PER_SM)
         if min_blocks:  # the register budget that lets this many blocks share a multiprocessor
             bounds += f", {max(min_blocks)}"
+        attrs = f"__launch_bounds__({bounds})"
+        if cluster:
+            attrs = f"__cluster_dims__({self._launch.cluster}, 1, 1) {attrs}"
         sig = self.signature(lowered, entry, scalars).replace(
-            "__global__ void", f"__global__ void __launch_bounds__({bounds})", 1
+            "__global__ void", f"__global__ void {attrs}", 1
         )
-        prelude = self.prelude
+        prelude = self.prelude + (CLUSTER_HELPERS if cluster else "")
         if self.swizzled:
             from .render_wgmma import SWIZZLE_HELPER
 

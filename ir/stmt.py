@@ -20,6 +20,7 @@ THREAD_TAGS = (
     "blockIdx.x",
     "blockIdx.y",
     "blockIdx.z",
+    "clusterIdx.x",
     "threadIdx.x",
     "threadIdx.y",
     "threadIdx.z",
@@ -145,7 +146,10 @@ class SingleThread(Stmt):
 @dataclass(frozen=True)
 class SyncThreads(Stmt):
     """A barrier of the thread block (made by pass_thread_sync between statements that
-    write shared memory and later ones that touch it)."""
+    write shared memory and later ones that touch it); with `cluster`, of every thread of
+    the thread-block cluster (around `shared.cluster` buffers)."""
+
+    cluster: bool = False
 
 
 @node

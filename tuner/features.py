@@ -131,7 +131,9 @@ def _store_vector(store: BufferStore, loops: list[_Loop], guarded: bool) -> np.n
     unrolled = math.prod(lp.extent for lp in loops if lp.kind == "unrolled")
     parallel = math.prod(lp.extent for lp in loops if lp.kind == "parallel")
     threads = math.prod(lp.extent for lp in loops if lp.thread and "threadIdx" in lp.thread)
-    blocks_ = math.prod(lp.extent for lp in loops if lp.thread and "blockIdx" in lp.thread)
+    blocks_ = math.prod(
+        lp.extent for lp in loops if lp.thread and lp.thread.startswith(("blockIdx", "clusterIdx"))
+    )
     vec[0] = _lg(iters)
     vec[1] = _lg(flops * iters)
     vec[2] = _lg(calls * iters)
