@@ -30,17 +30,18 @@ def _as_func(op_or_func: Any) -> PrimFunc:
     )
 
 
-def default_schedule(op_or_func: Any, target: str = "cpu") -> Schedule:
+def default_schedule(op_or_func: Any, target: str = "cpu", arch: str = "") -> Schedule:
     """CPU: move a unit-stride spatial loop inside the reduction (matmul's i, k, j), fuse the
     two outer spatial loops and run them in parallel, hoist each reduction's init out of its
     reduce loops, and vectorize the innermost loop when it is spatial with a constant extent or a
     contiguous reduction (rendered as a simd reduction). CUDA: see `default_schedule_cuda`
-    (threads over outputs, cross-thread row reductions)."""
+    (threads over outputs, cross-thread row reductions); `arch` ("sm_90") enables the
+    forms that need it (thread-block clusters from sm_90)."""
     func = _as_func(op_or_func)
     if target == "cuda":
         from .default_schedule_cuda import default_cuda_schedule
 
-        return default_cuda_schedule(func)
+        return default_cuda_schedule(func, arch=arch)
     if target not in ("cpu", "c"):
         raise ScheduleError(
             f"no default schedule for target {target!r} in this build (available: cpu, cuda)"

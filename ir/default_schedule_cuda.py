@@ -27,9 +27,23 @@
         mx = warp_max(scores); den = warp_sum(exp(scores - mx)); p = exp(scores - mx) / den
         part[w, d] = sum over j = w, w + W, ... of p[j] * v[j, d]   (registers, then shared)
         out[d] = sum over w of part[w, d]
+
+  Decode rows (one query token per batch and head: b x 32 rows, too few to fill the GPU)
+  are split from sm_90 over a cluster of KEYED_CLUSTER blocks of KEYED_CLUSTER_WARPS warps,
+  each block taking a contiguous share of the keys (flash-decoding's split of the KV
+  length, combined inside the kernel): the row's max, its sum and the context are rfactored
+  over the block's rank, each block's share in `shared.cluster` memory, and every block
+  adds up the shares it reads from the others after the cluster's barrier:
+
+      blockIdx.x / C: row;  blockIdx.x % C: r (keys r*ceil(m/C) ...)
+        mx_share[r] = max over the block's keys;  sync_cluster();  mx = max over r of mx_share[r]
+        (the sum alike);  ctx_share[r, d] = sum over the block's keys;  sync_cluster()
+        out[d] = sum over r of ctx_share[r, d]
 """
 
 from __future__ import annotations
+
+import re
 
 from .expr import Call, Const
 from .schedule import RV, Schedule
@@ -42,6 +56,8 @@ MATMUL_THREADS = 128
 ROW_THREADS = 256
 WARP = 32
 KEYED_WARPS = 32  # warps of a row whose output sums over the row's keys (attention)
+KEYED_CLUSTER_WARPS = 16  # warps of each block when the row is split over a cluster
+KEYED_CLUSTER = 8  # blocks a decode row (one query token) is split over, from sm_90
 KEYED_VEC = 4
 KEYS_IN_FLIGHT = 4  # keys a warp scores at once (unrolled), each with its own warp reduction
 REDUCE_UNROLL = 16  # steps of a thread's own reduction loop unrolled in the row path
@@ -120,6 +136,12 @@ def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
     sch.bind(k1, "threadIdx.x")
 
 
+def _sm(arch: str) -> int:
+    """The compute capability in an arch name ("sm_90a" -> 90); 0 when there is none."""
+    found = re.match(r"sm_(\d+)", arch)
+    return int(found.group(1)) if found else 0
+
+
 def _reduces(sch: Schedule, name: str) -> bool:
     """Whether block `name` has a reduction."""
     found = find_block(sch.mod, name)
@@ -141,7 +163,7 @@ def _split_lanes(sch: Schedule, loop: RV) -> tuple[RV, RV]:
 
 
 def _keyed_rows(
-    sch: Schedule, out: BlockRealize, producers: list[BlockRealize], warps: int
+    sch: Schedule, out: BlockRealize, producers: list[BlockRealize], warps: int, cluster: int
 ) -> None:
     """Rows whose output sums over the row's keys (attention's context); the module
     docstring's last item."""
@@ -155,9 +177,22 @@ def _keyed_rows(
     acc = (last.block.name if last is not None
            and len(last.block.writes[0].buffer.shape) == rank and _reduces(sch, last.block.name)
            else None)  # fmt: skip
-    red_block = sch.get_block(acc or out_name)
-    _, jy = sch.split(sch.get_loops(red_block)[-1], [None, warps])
-    rf = sch.rfactor(jy, rank - 1)  # partial sums [.., warp, d]
+    # with a cluster, a row's max and sum are each block's share meeting in cluster memory
+    shares: dict[str, str] = {}  # share block -> the block that combines the shares
+    if cluster > 1:
+        for br in producers:
+            name = br.block.name
+            if name != acc and _reduces(sch, name) and len(br.block.writes[0].buffer.shape) < rank:
+                s, _ = sch.split(sch.get_loops(sch.get_block(name))[-1], [cluster, None])
+                shares[sch.get(sch.rfactor(s, 0)).name] = name
+    keys = sch.get_loops(sch.get_block(acc or out_name))[-1]
+    part = None  # the context's share of one block of the cluster
+    if cluster > 1:
+        s, _ = sch.split(keys, [cluster, None])
+        part = sch.rfactor(s, 0)  # [cluster, .., d]
+        keys = sch.get_loops(part)[-1]
+    _, jy = sch.split(keys, [None, warps])
+    rf = sch.rfactor(jy, rank if part is not None else rank - 1)  # partial sums [.., warp, d]
     copy = sch.cache_write(rf, 0, "local")  # each thread's partial sums stay in registers
     o = sch.get_block(out_name)
     loops = sch.get_loops(o)
@@ -171,10 +206,20 @@ def _keyed_rows(
         a = sch.get_block(acc)
         sch.compute_at(a, tx)
         sch.set_scope(a, 0, "local")
+    if part is not None:  # the warps' partial sums added up into this block's slot
+        sch.compute_at(part, row)
+        sch.set_scope(part, 0, "shared.cluster")
+        rank_loop, d = _loops_below(sch, part, row)[:2]
+        sch.bind(rank_loop, "clusterIdx.x")
+        _, py, px = sch.split(d, [None, warps, WARP])
+        sch.bind(py, "threadIdx.y")
+        sch.bind(px, "threadIdx.x")
     # the copy of the partial sums: warps over the keys' split, lanes over the head dim
     sch.compute_at(copy, row)
     sch.set_scope(copy, 0, "shared")
-    w, d = sch.get_loops(copy)[-2:]
+    *ranks, w, d = _loops_below(sch, copy, row)
+    for r in ranks:
+        sch.bind(r, "clusterIdx.x")
     sch.bind(w, "threadIdx.y")
     lane, _ = _split_lanes(sch, d)
     sch.bind(lane, "threadIdx.x")
@@ -193,21 +238,27 @@ def _keyed_rows(
     for name in reversed(names[: names.index(sch.get(rf).name)]):
         p = sch.get_block(name)
         sch.compute_at(p, row)
-        sch.set_scope(p, 0, "shared")
+        sch.set_scope(p, 0, "shared.cluster" if name in shares else "shared")
+        if name in shares.values():  # adds up the cluster's shares, every thread alike
+            continue
         rest = _loops_below(sch, p, row)
+        if name in shares:
+            sch.bind(rest[0], "clusterIdx.x")
+            rest = rest[1:]
         red = _red_vars(sch, name)
-        keys = [lp for lp in rest if sch.get(lp).var not in red]
+        key_loops = [lp for lp in rest if sch.get(lp).var not in red]
         steps = [lp for lp in rest if sch.get(lp).var in red]
-        if keys and steps:  # scores: warps over the keys, lanes over the head dim
-            k = sch.fuse(*keys) if len(keys) > 1 else keys[0]
+        if key_loops:
+            k = sch.fuse(*key_loops) if len(key_loops) > 1 else key_loops[0]
+            k = _over_cluster(sch, k, cluster)
+        if key_loops and steps:  # scores: warps over the keys, lanes over the head dim
             ko, ky = sch.split(k, [None, warps])
             sch.reorder(ky, ko)
             sch.bind(ky, "threadIdx.y")
             lane, _ = _split_lanes(sch, steps[-1])
             sch.bind(lane, "threadIdx.x")
             _unroll_steps(sch, ko, KEYS_IN_FLIGHT)
-        elif keys:  # elementwise over the keys: every thread of the block
-            k = sch.fuse(*keys) if len(keys) > 1 else keys[0]
+        elif key_loops:  # elementwise over the keys: every thread of the block
             ko, ky, kx = sch.split(k, [None, warps, WARP])
             sch.reorder(ky, kx, ko)
             sch.bind(ky, "threadIdx.y")
@@ -217,6 +268,16 @@ def _keyed_rows(
             sch.reorder(kx, ko)
             sch.bind(kx, "threadIdx.x")
             _unroll_steps(sch, ko)
+
+
+def _over_cluster(sch: Schedule, loop: RV, cluster: int) -> RV:
+    """With a cluster, `loop` split into `cluster` contiguous shares, one per block (the
+    outer part bound to clusterIdx.x); the loop over a block's share."""
+    if cluster <= 1:
+        return loop
+    s, rest = sch.split(loop, [cluster, None])
+    sch.bind(s, "clusterIdx.x")
+    return rest
 
 
 def _cheap_elementwise(br: BlockRealize) -> bool:
@@ -244,9 +305,13 @@ def _red_vars(sch: Schedule, name: str) -> set:
     return reduce_loop_vars(found[0]) if found else set()
 
 
-def default_cuda_schedule(func: PrimFunc, keyed_warps: int = KEYED_WARPS) -> Schedule:
-    """See the module docstring; the schedule's trace records every step. `keyed_warps` 0
-    schedules keyed rows like other rows (one thread per key, per head-dim column)."""
+def default_cuda_schedule(
+    func: PrimFunc, arch: str = "", keyed_warps: int | None = None, cluster: int | None = None
+) -> Schedule:
+    """See the module docstring; the schedule's trace records every step. `cluster`
+    overrides the blocks a decode row is split over (KEYED_CLUSTER from sm_90),
+    `keyed_warps` the warps of a keyed row's block (KEYED_WARPS, or KEYED_CLUSTER_WARPS in a
+    cluster); `keyed_warps` 0 schedules keyed rows like other rows (a thread per key)."""
     sch = Schedule(func)
     realizes: list[BlockRealize] = [br for br, _ in blocks(func)]
     out = realizes[-1]
@@ -271,8 +336,14 @@ def default_cuda_schedule(func: PrimFunc, keyed_warps: int = KEYED_WARPS) -> Sch
             sch.set_scope(sch.get_block(br.block.name), 0, "local")
         return sch
     acc_rank = len(producers[-1].block.writes[0].buffer.shape)
-    if keyed_warps and (red or (acc_rank == out_rank and _reduces(sch, producers[-1].block.name))):
-        _keyed_rows(sch, out, producers, keyed_warps)
+    keyed = red or (acc_rank == out_rank and _reduces(sch, producers[-1].block.name))
+    if keyed and keyed_warps != 0:
+        if cluster is None:  # one query token per (batch, head): too few rows to fill the GPU
+            one_query = len(spatial) > 1 and sch.get(spatial[-2]).extent == Const(1, "int64")
+            cluster = KEYED_CLUSTER if one_query and _sm(arch) >= 90 else 1
+        if keyed_warps is None:
+            keyed_warps = KEYED_CLUSTER_WARPS if cluster > 1 else KEYED_WARPS
+        _keyed_rows(sch, out, producers, keyed_warps, cluster)
         return sch
     steps = [lp for lp in loops if sch.get(lp).var in red]  # the output's own reduction
     last = spatial[-1]

@@ -23,4 +23,4 @@ class GpuAutoBind(GlobalRule):
             return sch.copy()
         if any(inst.kind == "bind" for inst in sch.trace.insts):
             return sch.copy()
-        return default_schedule(sch.original, target="cuda")
+        return default_schedule(sch.original, target="cuda", arch=ctx.target.arch)

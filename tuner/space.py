@@ -250,7 +250,7 @@ def default_sketch(func: PrimFunc, ctx: SpaceContext) -> Sketch | None:
     """The untuned default schedule of `func` on the context's target as a sketch named
     "default" (no sampling: one point); None where ir has no default for it."""
     try:
-        sch = default_schedule(func, target="cuda" if ctx.is_gpu else "cpu")
+        sch = default_schedule(func, target="cuda" if ctx.is_gpu else "cpu", arch=ctx.target.arch)
     except IRError:
         return None
     return Sketch("default", sch.trace)

@@ -72,7 +72,7 @@ def lower(inp: BuildInput) -> KernelSource:
     kind = inp.target.kind
     try:
         if inp.trace is None:
-            scheduled = ir.default_schedule(inp.workload, target=kind)
+            scheduled = ir.default_schedule(inp.workload, target=kind, arch=inp.target.arch)
         else:
             trace = inp.trace
             if isinstance(trace, str):

@@ -16,7 +16,7 @@ import pytest
 from tunefleet.coordinator.graph import Phase
 from tunefleet.coordinator.tasks import model_tasks
 from tunefleet.ir import build_source, default_schedule
-from tunefleet.ir.default_schedule_cuda import KEYED_WARPS, KEYS_IN_FLIGHT
+from tunefleet.ir.default_schedule_cuda import KEYED_CLUSTER, KEYED_WARPS, KEYS_IN_FLIGHT
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
 from runtime_models import tiny
@@ -51,6 +51,24 @@ def test_attention_default_spreads_keys_over_warps_and_head_dim_over_lanes(dtype
         pytest.skip("nvcc is not on PATH")
     src = tmp_path / "k.cu"
     src.write_text(ks.source)
+    cmd = [NVCC, "-cubin", "-arch=sm_90", "-O3", "-o", str(tmp_path / "k.cubin"), str(src)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("phase", [Phase.DECODE, Phase.PREFILL])
+def test_decode_attention_rows_split_over_a_cluster_from_sm_90(phase, tmp_path):
+    """One query token per (batch, head) leaves too few rows to fill the GPU: from sm_90 each
+    decode row is split over a cluster of blocks; prefill rows, and older GPUs, are not."""
+    task = _attention("float16", phase)
+    for arch, clustered in (("sm_90", phase is Phase.DECODE), ("sm_80", False), ("", False)):
+        ks = build_source(default_schedule(task.func, target="cuda", arch=arch), target="cuda")
+        assert (f"__cluster_dims__({KEYED_CLUSTER}, 1, 1)" in ks.source) is clustered, arch
+        assert ("tf_dsmem(" in ks.source) is clustered, arch
+    if NVCC is None or phase is Phase.PREFILL:
+        return
+    src = tmp_path / "k.cu"
+    src.write_text(build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda").source)
     cmd = [NVCC, "-cubin", "-arch=sm_90", "-O3", "-o", str(tmp_path / "k.cubin"), str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
