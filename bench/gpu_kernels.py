@@ -1,6 +1,7 @@
-"""GPU bench: the hand-written schedules in examples/ against PyTorch, side by side in one run.
+"""GPU bench: the hand-written schedules in examples/ and the default attention forms against
+PyTorch, side by side in one run.
 
-    python bench/gpu_kernels.py [--out DIR] [--only dense]   # needs a CUDA GPU, torch, cupy, nvcc
+    python bench/gpu_kernels.py [--out DIR] [--only dense,attention]  # CUDA GPU, torch, cupy, nvcc
 
 Measures the card's device-to-device copy bandwidth first (bytes read + written), then for
 each kernel: builds every variant from the IR (nvcc -cubin for the card's arch), checks it
@@ -58,24 +59,30 @@ def compile_cubin(source: str, arch: str, workdir: Path, name: str) -> Path:
 class Launcher:
     """A loaded kernel from an ir KernelSource, callable on torch tensors."""
 
-    def __init__(self, ks: Any, cubin: Path) -> None:
+    def __init__(self, ks: Any, cubin: Path, dims: dict[str, int] | None = None) -> None:
+        """`dims` bind the kernel's symbolic dims: its launch and its trailing arguments."""
         import cupy
+
+        from tunefleet.workers.launch import evaluate, evaluate_all
 
         self.cupy = cupy
         self.ks = ks
         self.fn = cupy.RawModule(path=str(cubin)).get_function(ks.entry)
-        self.shared = int(ks.shared_bytes or 0)
+        dims = dims or {}
+        self.shared = evaluate(ks.shared_bytes or 0, dims)
         if self.shared > 48 * 1024:
             self.fn.max_dynamic_shared_size_bytes = self.shared
-        self.grid = tuple(int(g) for g in ks.grid)
-        self.block = tuple(int(b) for b in ks.block)
+        self.grid = evaluate_all(ks.grid, dims)
+        self.block = evaluate_all(ks.block, dims)
+        scalars = [a.name for a in ks.args if a.kind == "scalar"]
+        self.scalars = tuple(cupy.int64(dims[n]) for n in scalars)
 
     def bind(self, *tensors: Any) -> Callable[[], None]:
         """A no-argument launch over these tensors (in the kernel's argument order)."""
         import torch
 
         cupy = self.cupy
-        args = tuple(cupy.asarray(t) for t in tensors)
+        args = tuple(cupy.asarray(t) for t in tensors) + self.scalars
         fn, grid, block, shared = self.fn, self.grid, self.block, self.shared
 
         def launch() -> None:  # on torch's current stream, so a graph capture records it
@@ -287,6 +294,82 @@ def bench_rmsnorm(arch: str, work: Path, m: int = 2048, n: int = 4096) -> list[R
     ]
 
 
+def bench_attention(arch: str, work: Path) -> list[Row]:
+    """Llama-3-8B's decode attention (32 query heads, 8 kv heads, d=128, bf16, one query
+    token) as the runtime builds it, the default schedule's forms against
+    F.scaled_dot_product_attention; goal (issue 18): 80% of copy bandwidth for the kv bytes
+    and 1.2x SDPA."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.presets import resolve_model
+    from tunefleet.coordinator.tasks import model_tasks
+    from tunefleet.ir import build_source
+    from tunefleet.ir.default_schedule_cuda import default_cuda_schedule
+
+    (task,) = [
+        t
+        for t in model_tasks(resolve_model("llama-3-8b"), Phase.DECODE)
+        if t.name.startswith("attn_scores")
+    ]
+    forms = {  # the default's forms: a thread per key; keyed rows; keyed rows over a cluster
+        "thread per key": default_cuda_schedule(task.func, arch="sm_80", keyed_warps=0),
+        "keyed rows": default_cuda_schedule(task.func, arch="sm_80"),
+        "keyed rows over a cluster": default_cuda_schedule(task.func, arch=arch),
+    }
+    sources = {name: build_source(sch, target="cuda") for name, sch in forms.items()}
+    cubins = {
+        name: compile_cubin(ks.source, arch, work, f"attention_{i}")
+        for i, (name, ks) in enumerate(sources.items())
+    }
+    rows: list[Row] = []
+    for b, m in ((1, 1024), (1, 4096), (1, 32768), (16, 4096)):
+        rows += _attention_case(b, m, sources, cubins)
+    return rows
+
+
+def _attention_case(b: int, m: int, sources: dict[str, Any], cubins: dict[str, Path]) -> list[Row]:
+    """One (batch, kv length) of bench_attention: rotating inputs, every form and SDPA."""
+    import torch
+    import torch.nn.functional as F
+
+    kv_bytes = 2 * b * 8 * m * 128 * 2
+    copies = copies_needed(kv_bytes)
+
+    def bf16(*shape: int) -> list[Any]:
+        return [torch.randn(*shape, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+
+    qs, ks, vs, outs = (
+        bf16(b, 32, 1, 128),
+        bf16(b, 8, m, 128),
+        bf16(b, 8, m, 128),
+        bf16(b, 32, 1, 128),
+    )
+
+    def sdpa(i: int) -> Any:  # our kernels take the 1/sqrt(d) scale folded into q
+        return F.scaled_dot_product_attention(qs[i], ks[i], vs[i], scale=1.0, enable_gqa=True)
+
+    kd, vd = ks[0].double().repeat_interleave(4, 1), vs[0].double().repeat_interleave(4, 1)
+    ref = torch.softmax(qs[0].double() @ kd.transpose(-1, -2), dim=-1) @ vd
+    fns: dict[str, list[Callable[[], None]]] = {
+        "torch SDPA": [lambda i=i: sdpa(i) for i in range(copies)]
+    }
+    errs = {"torch SDPA": rel_err(sdpa(0), ref)}
+    for name, src in sources.items():
+        launcher = Launcher(src, cubins[name], {"b": b, "m": m})
+        launches = [launcher.bind(qs[i], ks[i], vs[i], outs[i]) for i in range(copies)]
+        outs[0].fill_(float("nan"))
+        launches[0]()
+        torch.cuda.synchronize()
+        errs[name] = rel_err(outs[0], ref)
+        fns[name] = launches
+    times = time_pair(fns, reps=15)
+    sdpa_us = times["torch SDPA"]
+    return [
+        Row(f"attention decode b={b} kv={m}", name, us, kv_bytes / (us * 1e-6) / 1e9, 0.0,
+            errs[name], "" if name == "torch SDPA" else f"{sdpa_us / us:.2f}x SDPA")
+        for name, us in times.items()
+    ]  # fmt: skip
+
+
 def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int = 4096) -> list[Row]:
     import torch
 
@@ -390,7 +473,7 @@ def main() -> None:
     args = parser.parse_args()
     global GRAPHS
     GRAPHS = not args.no_graphs
-    known = ("gemv", "rmsnorm", "dense")
+    known = ("gemv", "rmsnorm", "dense", "attention")
     only = [k for k in args.only.split(",") if k]
     if any(k not in known for k in only):
         parser.error(f"--only takes a comma list of {', '.join(known)}; got {args.only!r}")
@@ -404,7 +487,12 @@ def main() -> None:
     bw = copy_bandwidth()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
-        benches = {"gemv": bench_gemv, "rmsnorm": bench_rmsnorm, "dense": bench_dense_tc}
+        benches = {
+            "gemv": bench_gemv,
+            "rmsnorm": bench_rmsnorm,
+            "dense": bench_dense_tc,
+            "attention": bench_attention,
+        }
         for bench in (benches[k] for k in only):
             try:
                 rows += bench(arch, Path(tmp))
