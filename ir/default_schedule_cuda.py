@@ -206,14 +206,17 @@ def _keyed_rows(
         a = sch.get_block(acc)
         sch.compute_at(a, tx)
         sch.set_scope(a, 0, "local")
-    if part is not None:  # the warps' partial sums added up into this block's slot
-        sch.compute_at(part, row)
-        sch.set_scope(part, 0, "shared.cluster")
-        rank_loop, d = _loops_below(sch, part, row)[:2]
+    if part is not None:  # the warps' partial sums added up in a register, into this block's slot
+        slot = sch.cache_write(part, 0, "local")
+        sch.compute_at(slot, row)
+        sch.set_scope(slot, 0, "shared.cluster")
+        rank_loop, d = _loops_below(sch, slot, row)[:2]
         sch.bind(rank_loop, "clusterIdx.x")
         _, py, px = sch.split(d, [None, warps, WARP])
         sch.bind(py, "threadIdx.y")
         sch.bind(px, "threadIdx.x")
+        sch.compute_at(part, px)
+        sch.set_scope(part, 0, "local")
     # the copy of the partial sums: warps over the keys' split, lanes over the head dim
     sch.compute_at(copy, row)
     sch.set_scope(copy, 0, "shared")
@@ -239,7 +242,8 @@ def _keyed_rows(
         p = sch.get_block(name)
         sch.compute_at(p, row)
         sch.set_scope(p, 0, "shared.cluster" if name in shares else "shared")
-        if name in shares.values():  # adds up the cluster's shares, every thread alike
+        if name in shares.values():  # adds up the cluster's shares: a lane reads each
+            sch.bind(_loops_below(sch, p, row)[-1], "threadIdx.x")
             continue
         rest = _loops_below(sch, p, row)
         if name in shares:

@@ -53,6 +53,21 @@ def cluster_names(s: Stmt, stores: bool = True, loads: bool = True) -> set[str]:
     return shared_names(s, stores, loads, (CLUSTER_SCOPE,))
 
 
+def _pending_after(s: Stmt, dirty: bool, cluster_dirty: bool) -> tuple[bool, bool]:
+    """Whether shared (and cluster) memory written before or in `s` awaits a barrier after
+    it, in program order: a store makes it pending, a barrier inside `s` clears it (not one
+    that only a branch of an `if` reaches)."""
+    branch = {id(b) for n in walk(s) if isinstance(n, IfThenElse) for b in walk(n)}
+    for n in walk(s):
+        if isinstance(n, SyncThreads) and id(n) not in branch:
+            dirty = False
+            cluster_dirty = cluster_dirty and not n.cluster
+        elif isinstance(n, BufferStore) and n.buffer.scope in SHARED_SCOPES:
+            dirty = True
+            cluster_dirty = cluster_dirty or n.buffer.scope == CLUSTER_SCOPE
+    return dirty, cluster_dirty
+
+
 def insert_thread_syncs(func: PrimFunc) -> PrimFunc:
     """Insert the block-level barriers described in the module docstring."""
 
@@ -69,8 +84,7 @@ def insert_thread_syncs(func: PrimFunc) -> PrimFunc:
                 out.append(SyncThreads())
                 dirty = False
             out.append(visit(c, in_threads, no_auto))
-            dirty = dirty or bool(shared_names(c, loads=False))
-            cluster_dirty = cluster_dirty or bool(cluster_names(c, loads=False))
+            dirty, cluster_dirty = _pending_after(out[-1], dirty, cluster_dirty)
         return SeqStmt(tuple(out))
 
     def loop(s: For, in_threads: bool, no_auto: bool) -> Stmt:

@@ -341,10 +341,10 @@ class CUDARenderer(CStyleRenderer):
         n = s.extent
         if s.thread != "threadIdx.x":
             raise CodegenError(f"cross-thread reductions run over threadIdx.x, not {s.thread}")
-        if self._launch.get("threadIdx.x") != n:
+        if self._launch.get("threadIdx.x") != n and n > 32:
             raise CodegenError(
-                f"a reduction over threadIdx.x needs every launched thread: its loop has {n} "
-                f"threads but threadIdx.x is launched with {self._launch.get('threadIdx.x')}"
+                f"a reduction over more than a warp needs every launched thread: its loop has "
+                f"{n} threads but threadIdx.x is launched with {self._launch.get('threadIdx.x')}"
             )
         if n & (n - 1) or n > 1024:
             raise CodegenError(

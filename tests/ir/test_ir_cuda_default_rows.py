@@ -65,7 +65,16 @@ def test_decode_attention_rows_split_over_a_cluster_from_sm_90(phase, tmp_path):
         ks = build_source(default_schedule(task.func, target="cuda", arch=arch), target="cuda")
         assert (f"__cluster_dims__({KEYED_CLUSTER}, 1, 1)" in ks.source) is clustered, arch
         assert ("tf_dsmem(" in ks.source) is clustered, arch
-    if NVCC is None or phase is Phase.PREFILL:
+    if phase is Phase.PREFILL:
+        return
+    body = build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda").source
+    # the cluster's shares of the max and the sum are read by one lane each and combined by a
+    # warp reduction; the context's shares are summed in a register before one store
+    assert f"row_max_red[0] = tf_block_max(row_max_red[0], {KEYED_CLUSTER}, nullptr)" in body
+    assert f"row_sum_red[0] = tf_block_add(row_sum_red[0], {KEYED_CLUSTER}, nullptr)" in body
+    # one cluster barrier after each kind of share (max, sum, context) and one at the end
+    assert body.count("tf_cluster_sync();") == 4, body
+    if NVCC is None:
         return
     src = tmp_path / "k.cu"
     src.write_text(build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda").source)

@@ -4,6 +4,7 @@ stores and barriers in the lowered IR, and the CUDA renderer prints only what th
 from __future__ import annotations
 
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,20 @@ def test_c_hoists_invariant_math_calls_the_pass_names() -> None:
     full = CRenderer().render(lowered, "k", ())
     bare = CRenderer().render(lower(func), "k", ())
     assert "const float tf_inv0 = (1.0f / sqrtf(" in full and "tf_inv" not in bare
+
+
+def test_no_barrier_after_a_loop_whose_iterations_end_with_one() -> None:
+    """A block-level loop that writes and reads shared memory ends each iteration with a
+    barrier; the statement after it needs no second one (the tensor-core dense reuses its
+    tiles' bytes for the output tile right after its k loop)."""
+    from dense_tensorcore_cuda import dense_tc_schedule
+
+    func = dense_tc_schedule(256, 256, 256, "float16", stages=1).func
+    lines = [
+        ln.strip()
+        for ln in CUDARenderer().render(lower_for_target(func, "cuda"), "k", ()).splitlines()
+        if ln.strip() not in ("{", "}")
+    ]
+    barriers = [i for i, ln in enumerate(lines) if ln == "__syncthreads();"]
+    assert barriers, "the k loop's iterations end with a barrier"
+    assert all(b - a > 1 for a, b in pairwise(barriers)), "\n".join(lines)
