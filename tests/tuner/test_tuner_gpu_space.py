@@ -121,3 +121,23 @@ def test_rope_write_back_keeps_each_pair_in_one_thread() -> None:
         assert int(loops[-1].extent.value) == 2 and loops[-1].kind == "unrolled"
         found = find_block(sch.func, "qkv_rope")
         assert found is not None and found[0].predicate == TRUE, "write-back under a guard"
+
+
+@pytest.mark.parametrize(("arch", "clustered"), [("sm_90", True), ("sm_86", False)])
+def test_the_attention_default_sketch_follows_the_architecture(arch: str, clustered: bool) -> None:
+    """The untuned default every space keeps is the one the target's GPU can run: decode
+    attention split over a thread-block cluster from sm_90, a block per row before."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.presets import PRESETS
+    from tunefleet.coordinator.tasks import model_tasks
+    from tunefleet.tuner.space import default_sketch
+
+    (task,) = [
+        t
+        for t in model_tasks(PRESETS["llama-3-8b"], Phase.DECODE)
+        if t.name.startswith("attn_scores")
+    ]
+    sketch = default_sketch(task.func, SpaceContext(Target.cuda(arch)))
+    assert sketch is not None
+    source = build_source(replay(task.func, sketch.trace), target="cuda").source
+    assert ("__cluster_dims__" in source) is clustered
