@@ -15,7 +15,8 @@ output columns are contiguous for every k, and tiles the block as
         out[i, j] = acc                       # written back once per register tile
 
 Decisions: NB (8-64 floats: one to four zmm), R (2-8 rows), and the cache-block sizes IB
-and JB (1-16 tiles). All are `sample_categorical` over values that keep every split perfect,
+and JB (1-16 tiles). Where no power of two divides n (or m), NB (or R) takes the extent's
+divisors in the same range instead (777 columns: panels of 21 or 37; 333 rows: tiles of 3). All are `sample_categorical` over values that keep every split perfect,
 so the loop structure is the same for every decision. The rule applies to blocks with two
 spatial loops and one reduction loop, reading a buffer at exactly `[j, k]`; it leaves the
 other CPU sketches in place (non-exclusive).
@@ -89,10 +90,17 @@ def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
     return None
 
 
+def _odd_divisors(extent: int, lo: int, hi: int) -> list[int]:
+    """Divisors of `extent` in [lo, hi]: the tile sizes left to a shape that no power of two
+    divides (777 columns: 21 or 37 per panel)."""
+    return [d for d in range(lo, hi + 1) if extent % d == 0]
+
+
 class PackedDense(ScheduleRule):
     """Pack w j-contiguous, then an R x NB register tile over the whole k (module docstring)."""
 
     name = "packed_dense"
+    version = 2  # 2: odd tile sizes where no power of two divides the extent
     exclusive = False  # multi-level tiling and split-K keep their sketches for the block
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
@@ -101,8 +109,8 @@ class PackedDense(ScheduleRule):
         shape = dense_shape(sch, block)
         if shape is None:
             return []
-        widths = divisors_among(shape.n, PANEL_WIDTHS)
-        rows = divisors_among(shape.m, TILE_ROWS)
+        widths = divisors_among(shape.n, PANEL_WIDTHS) or _odd_divisors(shape.n, 8, 64)
+        rows = divisors_among(shape.m, TILE_ROWS) or _odd_divisors(shape.m, 2, 8)
         if not widths or not rows:
             return []
         made = try_fork(sch, lambda t: self._build(t, block, shape, widths, rows, ctx.cores))
