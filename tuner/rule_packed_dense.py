@@ -16,8 +16,9 @@ output columns are contiguous for every k, and tiles the block as
 
 Decisions: NB (8-64 floats: one to four zmm), R (2-8 rows), and the cache-block sizes IB
 and JB (1-16 tiles). Where no power of two divides n (or m), NB (or R) takes the extent's
-divisors in the same range instead (777 columns: panels of 21 or 37; 333 rows: tiles of 3). All are `sample_categorical` over values that keep every split perfect,
-so the loop structure is the same for every decision. The rule applies to blocks with two
+divisors in the same range instead (777 columns: panels of 21 or 37; 333 rows: tiles of
+3). All are `sample_categorical` over values that keep every split perfect, so the loop
+structure is the same for every decision. The rule applies to blocks with two
 spatial loops and one reduction loop, reading a buffer at exactly `[j, k]`; it leaves the
 other CPU sketches in place (non-exclusive).
 """
