@@ -193,10 +193,8 @@ def _keyed_rows(
         keys = sch.get_loops(part)[-1]
     _, jy = sch.split(keys, [None, warps])
     rf = sch.rfactor(jy, rank if part is not None else rank - 1)  # partial sums [.., warp, d]
-    copy = sch.cache_write(rf, 0, "local")  # each thread's partial sums stay in registers
     o = sch.get_block(out_name)
-    loops = sch.get_loops(o)
-    spatial = [lp for lp in loops if sch.get(lp).var not in _red_vars(sch, out_name)]
+    spatial = [lp for lp in sch.get_loops(o) if sch.get(lp).var not in _red_vars(sch, out_name)]
     row = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
     sch.bind(row, "blockIdx.x")
     _, ty, tx = sch.split(spatial[-1], [None, warps, WARP])
@@ -206,7 +204,18 @@ def _keyed_rows(
         a = sch.get_block(acc)
         sch.compute_at(a, tx)
         sch.set_scope(a, 0, "local")
-    if part is not None:  # the warps' partial sums added up in a register, into this block's slot
+    _context_partials(sch, row, rf, part, warps)
+    names = [br.block.name for br, _ in blocks(sch.mod)]
+    for name in reversed(names[: names.index(sch.get(rf).name)]):
+        _keyed_producer(sch, name, row, shares, warps, cluster)
+
+
+def _context_partials(sch: Schedule, row: RV, rf: RV, part: RV | None, warps: int) -> None:
+    """The context's partial sums `rf[.., warp, d]`: each thread's in registers over its
+    warp's keys, copied to shared memory; with a cluster (`part`), the warps' sums added up
+    in a register per column and stored once into this block's slot of cluster memory."""
+    copy = sch.cache_write(rf, 0, "local")
+    if part is not None:
         slot = sch.cache_write(part, 0, "local")
         sch.compute_at(slot, row)
         sch.set_scope(slot, 0, "shared.cluster")
@@ -237,41 +246,46 @@ def _keyed_rows(
     for v in vs:
         sch.unroll(v)
     _unroll_steps(sch, j)
-    names = [br.block.name for br, _ in blocks(sch.mod)]
-    for name in reversed(names[: names.index(sch.get(rf).name)]):
-        p = sch.get_block(name)
-        sch.compute_at(p, row)
-        sch.set_scope(p, 0, "shared.cluster" if name in shares else "shared")
-        if name in shares.values():  # adds up the cluster's shares: a lane reads each
-            sch.bind(_loops_below(sch, p, row)[-1], "threadIdx.x")
-            continue
-        rest = _loops_below(sch, p, row)
-        if name in shares:
-            sch.bind(rest[0], "clusterIdx.x")
-            rest = rest[1:]
-        red = _red_vars(sch, name)
-        key_loops = [lp for lp in rest if sch.get(lp).var not in red]
-        steps = [lp for lp in rest if sch.get(lp).var in red]
-        if key_loops:
-            k = sch.fuse(*key_loops) if len(key_loops) > 1 else key_loops[0]
-            k = _over_cluster(sch, k, cluster)
-        if key_loops and steps:  # scores: warps over the keys, lanes over the head dim
-            ko, ky = sch.split(k, [None, warps])
-            sch.reorder(ky, ko)
-            sch.bind(ky, "threadIdx.y")
-            lane, _ = _split_lanes(sch, steps[-1])
-            sch.bind(lane, "threadIdx.x")
-            _unroll_steps(sch, ko, KEYS_IN_FLIGHT)
-        elif key_loops:  # elementwise over the keys: every thread of the block
-            ko, ky, kx = sch.split(k, [None, warps, WARP])
-            sch.reorder(ky, kx, ko)
-            sch.bind(ky, "threadIdx.y")
-            sch.bind(kx, "threadIdx.x")
-        else:  # a reduction over the keys (max, sum): one warp's lanes, every warp alike
-            ko, kx = sch.split(steps[-1], [None, WARP])
-            sch.reorder(kx, ko)
-            sch.bind(kx, "threadIdx.x")
-            _unroll_steps(sch, ko)
+
+
+def _keyed_producer(
+    sch: Schedule, name: str, row: RV, shares: dict[str, str], warps: int, cluster: int
+) -> None:
+    """A producer of a keyed row computed under `row` (scores, mask, max, sum, probs), its
+    loops spread over the block's warps and lanes (and the cluster's blocks)."""
+    p = sch.get_block(name)
+    sch.compute_at(p, row)
+    sch.set_scope(p, 0, "shared.cluster" if name in shares else "shared")
+    if name in shares.values():  # adds up the cluster's shares: a lane reads each
+        sch.bind(_loops_below(sch, p, row)[-1], "threadIdx.x")
+        return
+    rest = _loops_below(sch, p, row)
+    if name in shares:
+        sch.bind(rest[0], "clusterIdx.x")
+        rest = rest[1:]
+    red = _red_vars(sch, name)
+    key_loops = [lp for lp in rest if sch.get(lp).var not in red]
+    steps = [lp for lp in rest if sch.get(lp).var in red]
+    if not key_loops:  # a reduction over the keys (max, sum): one warp's lanes, every warp alike
+        ko, kx = sch.split(steps[-1], [None, WARP])
+        sch.reorder(kx, ko)
+        sch.bind(kx, "threadIdx.x")
+        _unroll_steps(sch, ko)
+        return
+    k = sch.fuse(*key_loops) if len(key_loops) > 1 else key_loops[0]
+    k = _over_cluster(sch, k, cluster)
+    if steps:  # scores: warps over the keys, lanes over the head dim
+        ko, ky = sch.split(k, [None, warps])
+        sch.reorder(ky, ko)
+        sch.bind(ky, "threadIdx.y")
+        lane, _ = _split_lanes(sch, steps[-1])
+        sch.bind(lane, "threadIdx.x")
+        _unroll_steps(sch, ko, KEYS_IN_FLIGHT)
+    else:  # elementwise over the keys: every thread of the block
+        ko, ky, kx = sch.split(k, [None, warps, WARP])
+        sch.reorder(ky, kx, ko)
+        sch.bind(ky, "threadIdx.y")
+        sch.bind(kx, "threadIdx.x")
 
 
 def _over_cluster(sch: Schedule, loop: RV, cluster: int) -> RV:
