@@ -116,14 +116,12 @@ def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
     """Spread a producer computed under `row` over the row's threads (see module docstring)."""
     block = sch.get_block(name)
     loops = sch.get_loops(block)
-    row_var = sch.get(row).var
-    at = [i for i, lp in enumerate(loops) if sch.get(lp).var is row_var]
-    rest = loops[at[0] + 1 :] if at else loops[-1:]
+    rest = _loops_below(sch, block, row)
     found = find_block(sch.mod, name)
     spatial_vars = spatial_loop_vars(found[0]) if found else set()
     spatial = [lp for lp in rest if sch.get(lp).var in spatial_vars]
     if spatial:
-        reduce_vars = reduce_loop_vars(found[0]) if found else set()
+        reduce_vars = _red_vars(sch, name)
         steps = [lp for lp in rest if sch.get(lp).var in reduce_vars]
         outer, inner = sch.split(_widest(sch, spatial), [None, threads])
         sch.reorder(inner, outer)
@@ -144,8 +142,7 @@ def _sm(arch: str) -> int:
 
 def _reduces(sch: Schedule, name: str) -> bool:
     """Whether block `name` has a reduction."""
-    found = find_block(sch.mod, name)
-    return bool(found and reduce_loop_vars(found[0]))
+    return bool(_red_vars(sch, name))
 
 
 def _split_lanes(sch: Schedule, loop: RV) -> tuple[RV, RV]:
@@ -168,10 +165,10 @@ def _keyed_rows(
     """Rows whose output sums over the row's keys (attention's context); the module
     docstring's last item."""
     out_name = out.block.name
-    for br in producers:  # a mask costs a compare where it is read: keep it out of shared memory
-        if _cheap_elementwise(br):
-            sch.compute_inline(sch.get_block(br.block.name))
-    producers = [br for br in producers if not _cheap_elementwise(br)]
+    masks = [br for br in producers if _cheap_elementwise(br)]
+    for br in masks:  # a mask costs a compare where it is read: keep it out of shared memory
+        sch.compute_inline(sch.get_block(br.block.name))
+    producers = [br for br in producers if br not in masks]
     rank = len(out.block.writes[0].buffer.shape)
     last = producers[-1] if producers else None
     acc = (last.block.name if last is not None

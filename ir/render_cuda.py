@@ -847,14 +847,10 @@ class CUDARenderer(CStyleRenderer):
             f"  const int64_t tf_bx = tf_lin % {span} / tf_rows;",
         ]
 
-    def _cluster(self, lowered: PrimFunc, rasterized: bool) -> list[str]:
+    def _cluster(self, rasterized: bool) -> list[str]:
         """Lines that split blockIdx.x into the cluster's row and the block's rank in it,
         when a loop is bound to clusterIdx.x (clusters of consecutive blockIdx.x)."""
-        bound = any(
-            isinstance(n, For) and n.kind == "thread_binding" and n.thread == CLUSTER_TAG
-            for n in walk(lowered.body)
-        )
-        if not bound:
+        if all(tag != CLUSTER_TAG for tag, _ in self._launch.extents):
             return []
         if rasterized:
             raise CodegenError("block_rasterize and clusterIdx.x cannot share a kernel")
@@ -871,7 +867,7 @@ class CUDARenderer(CStyleRenderer):
         self._plan_shared(lowered)
         self._lines = []
         raster = self._rasterize(lowered)
-        cluster = self._cluster(lowered, bool(raster))
+        cluster = self._cluster(bool(raster))
         self.stmt(lowered.body, 1)
         head: list[str] = raster + cluster
         if cluster:  # no block leaves while others may still read its shared memory
