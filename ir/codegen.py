@@ -1,7 +1,8 @@
 """Code generation entry point: PrimFunc or Schedule -> KernelSource with its call description.
 
 Workers compile `source`, load `entry` and call it with the buffers' data pointers in `args`
-order followed by the symbolic dims as int64_t scalars, so nobody re-derives the ABI.
+order followed by the symbolic dims as int64_t scalars (or, for a CUDA kernel built with
+`dim_slots`, one pointer to a device array holding them), so nobody re-derives the ABI.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class KernelSource:
     grid: tuple[int | str, ...] | None = None
     block: tuple[int | str, ...] | None = None
     shared_bytes: int | str | None = None
+    dim_slots: tuple[str, ...] | None = None  # dims read from a device array (see build_source)
 
     @property
     def buffer_args(self) -> tuple[KernelArg, ...]:
@@ -81,8 +83,14 @@ def _dim(e: Expr) -> int | Expr:
     return int(s.value) if isinstance(s, Const) else s
 
 
-def build_source(func_or_schedule: Any, target: str = "cpu") -> KernelSource:
-    """Lower and render a PrimFunc (or a Schedule's current one) for `target`."""
+def build_source(
+    func_or_schedule: Any, target: str = "cpu", dim_slots: tuple[str, ...] | None = None
+) -> KernelSource:
+    """Lower and render a PrimFunc (or a Schedule's current one) for `target`.
+
+    `dim_slots` (CUDA only): the kernel reads its symbolic dims from a device array of these
+    dims, passed as one pointer after the buffers, instead of taking them as scalars (what a
+    CUDA graph replayed at changing sizes needs); `KernelSource.dim_slots` says so."""
     func = getattr(func_or_schedule, "func", func_or_schedule)
     if not isinstance(func, PrimFunc):
         raise TypeError(
@@ -97,7 +105,9 @@ def build_source(func_or_schedule: Any, target: str = "cpu") -> KernelSource:
     lowered = lower_for_target(func, renderer_cls.lang)
     scalars: tuple[Var, ...] = func.shape_vars
     entry = f"{c_name(func.name)}_kernel"
-    renderer = renderer_cls()
+    if dim_slots is not None and renderer_cls is not CUDARenderer:
+        raise CodegenError(f"dims read from memory need the cuda target, not {target!r}")
+    renderer = CUDARenderer(dim_slots) if dim_slots is not None else renderer_cls()
     source = renderer.render(lowered, entry, scalars)
     args = tuple(
         KernelArg(b.name, "buffer", b.dtype, tuple(_dim(d) for d in b.shape)) for b in func.params
@@ -112,5 +122,6 @@ def build_source(func_or_schedule: Any, target: str = "cpu") -> KernelSource:
             dims.grid,
             dims.block,
             renderer.dynamic_shared_bytes,
+            dim_slots,
         )
     return KernelSource(renderer_cls.lang, source, entry, args)

@@ -135,8 +135,12 @@ class CUDARenderer(CStyleRenderer):
         "wgmma": "_wgmma_intrin",
     }
 
-    def __init__(self) -> None:
+    def __init__(self, dim_slots: tuple[str, ...] | None = None) -> None:
+        """`dim_slots`: read the symbolic dims from a device array (`tf_dims`, the last
+        argument) whose i-th element holds dim `dim_slots[i]`, instead of taking them by
+        value; a CUDA graph captured once then serves every size written into that array."""
         super().__init__()
+        self.dim_slots = dim_slots
         self._launch = LaunchDims(())
         self._bound: list[str] = []
         self._divergent = 0
@@ -820,8 +824,26 @@ class CUDARenderer(CStyleRenderer):
             f"{self.restrict} {c_name(b.name)}"
             for b in func.params
         ]
-        args += [f"int64_t {c_name(v.name)}" for v in scalars]
+        if self.dim_slots is None:
+            args += [f"int64_t {c_name(v.name)}" for v in scalars]
+        elif scalars:
+            args.append("const int64_t* __restrict__ tf_dims")
         return f"{self.kernel_prefix} {entry}({', '.join(args)})"
+
+    def _dims_from_memory(self, scalars: tuple[Var, ...]) -> list[str]:
+        """Lines that read each symbolic dim from its slot of `tf_dims` (with `dim_slots`)."""
+        if self.dim_slots is None:
+            return []
+        missing = [v.name for v in scalars if v.name not in self.dim_slots]
+        if missing:
+            raise CodegenError(
+                f"dims {missing} have no slot in {list(self.dim_slots)}; name a slot for "
+                "every symbolic dim of the kernel"
+            )
+        return [
+            f"  const int64_t {c_name(v.name)} = tf_dims[{self.dim_slots.index(v.name)}];"
+            for v in scalars
+        ]
 
     def _rasterize(self, lowered: PrimFunc) -> list[str]:
         """Lines that renumber the blocks in groups of G blockIdx.y rows (G from the
@@ -869,7 +891,7 @@ class CUDARenderer(CStyleRenderer):
         raster = self._rasterize(lowered)
         cluster = self._cluster(bool(raster))
         self.stmt(lowered.body, 1)
-        head: list[str] = raster + cluster
+        head: list[str] = self._dims_from_memory(scalars) + raster + cluster
         if cluster:  # no block leaves while others may still read its shared memory
             self._lines.append("  tf_cluster_sync();")
         if self._needs_scratch:

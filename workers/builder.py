@@ -50,13 +50,15 @@ class BuildConfig:
 class BuildInput:
     """One candidate to build: a ready kernel source, or a workload (PrimFunc) plus a trace.
 
-    `trace` is an ir Trace or its JSON text (None means the workload's default schedule).
+    `trace` is an ir Trace or its JSON text (None means the workload's default schedule);
+    `dim_slots`, for CUDA, reads the dims from a device array (`ir.build_source`).
     """
 
     target: Target
     kernel: KernelSource | None = None
     workload: Any = None
     trace: Any = None
+    dim_slots: tuple[str, ...] | None = None
 
 
 class LoweringError(RuntimeError):
@@ -78,7 +80,7 @@ def lower(inp: BuildInput) -> KernelSource:
             if isinstance(trace, str):
                 trace = ir.Trace.from_json(trace)
             scheduled = trace.apply(inp.workload)
-        return plain_kernel(ir.build_source(scheduled, target=kind))
+        return plain_kernel(ir.build_source(scheduled, target=kind, dim_slots=inp.dim_slots))
     except Exception as err:  # any failure of a candidate is its build_error
         raise LoweringError(f"{type(err).__name__}: {err}") from err
 
