@@ -21,8 +21,9 @@ as a captured CUDA graph; torch.compile as `max-autotune-no-cudagraphs` and `red
 The tunefleet lines (`--device cuda`) compile the same model with `tunefleet.runtime` for this
 GPU, from the best records of `--db` (a database a model job filled; defaults where it has
 none), and time our session's prefill and decode calls by wall clock around a device
-synchronize (median of repeats), Python launches included: our decode is not captured as a
-CUDA graph. How they are made:
+synchronize (median of repeats), Python launches included. Decode steps replay as CUDA
+graphs (a session's default); "tunefleet, no graphs" launches every kernel from Python, for
+comparison. How they are made:
 - "layer": a one-layer model with a 1024-token vocabulary (its embedding, final norm and LM
   head add about 8 MB to the layer's bytes); decode runs at kv length 4096 by setting the
   session's length after a short prefill (the cache holds zeros: the kernels read it all);
@@ -320,8 +321,8 @@ def bench_ours(c: dict, dtype: str, db_url: str | None, work: Path, repeats: int
         info[cfg.name]["load_s"] = time.perf_counter() - t0
         return model
 
-    def decode_ms(model: Any, batch: int) -> float:
-        session = model.session(batch, kv_len, 8)
+    def decode_ms(model: Any, batch: int, graphs: bool = True) -> float:
+        session = model.session(batch, kv_len, 8, graphs=graphs)
         session.prefill(np.zeros((batch, 8), dtype=np.int64))
         tok = np.zeros(batch, dtype=np.int64)
 
@@ -340,6 +341,8 @@ def bench_ours(c: dict, dtype: str, db_url: str | None, work: Path, repeats: int
         layer = compiled(1, OURS_VOCAB)
         lines.append(Line(f"layer decode b=1 kv={kv_len}", "tunefleet", decode_ms(layer, 1),
                           f"+ a {OURS_VOCAB}-token head"))  # fmt: skip
+        lines.append(Line(f"layer decode b=1 kv={kv_len}", "tunefleet, no graphs",
+                          decode_ms(layer, 1, graphs=False)))  # fmt: skip
         lines.append(Line(f"layer prefill n={n}", "tunefleet", prefill_ms(layer)))
         del layer
     if only in (None, "model"):

@@ -19,7 +19,14 @@ from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.runtime.manifest import KernelArg, KernelEntry
 from tunefleet.workers.launch import evaluate
 
-KernelCall = Callable[[Sequence[Any], Mapping[str, int]], None]
+# call(buffers, dims, launch_dims=None): run a kernel on buffers (in parameter order) at
+# dims; `launch_dims` (CUDA graph capture) sizes its launch for the largest dims it will serve
+KernelCall = Callable[..., None]
+
+
+class GraphUnsafe(Exception):
+    """A kernel whose launch changes between the dims a CUDA graph would serve (its grid
+    grows with the kv length, say): the step runs without a graph."""
 
 
 class Backend(ABC):
@@ -31,6 +38,7 @@ class Backend(ABC):
 
     kind: str
     xp: Any = np
+    has_graphs = False  # whether `capture` records graphs
 
     def __init__(self, threads: int | None = None) -> None:
         """`threads`: host threads a kernel may use (backends without host threads ignore it)."""
@@ -51,6 +59,54 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait for every kernel launched so far (a no-op where calls are synchronous)."""
         return None
+
+    def set_dims(self, dims: Mapping[str, int]) -> None:
+        """The sizes of the next forward pass, for kernels that read them from memory (a
+        no-op where kernels take them as arguments)."""
+        return None
+
+    def decode_moves(self, plan: Any, cfg: Any) -> DecodeMoves:
+        """The decode step's position-dependent copies on this backend's buffers."""
+        return DecodeMoves(plan, cfg)
+
+    def capture(self, forward: Callable[[], None]) -> Any:
+        """`forward`'s launches captured as a graph to `replay`; None where there are no
+        graphs (the CPU): the caller runs `forward` itself."""
+        return None
+
+    def replay(self, graph: Any) -> None:
+        """Launch a graph made by `capture`."""
+        raise NotImplementedError(f"the {self.kind} backend has no graphs")
+
+
+class DecodeMoves:
+    """The copies of a decode step that depend on the position: the rope rows of position
+    `pos`, each token's key and value into the cache at `pos`, and the cache's first `m`
+    positions staged as the attention kernels' dense `[b, kv, m, d]` inputs. Done here by
+    slicing the backend's arrays at the host's `pos` and `m`; the CUDA backend reads them
+    from the dims array instead, so a captured graph serves every step."""
+
+    def __init__(self, plan: Any, cfg: Any) -> None:
+        self.plan = plan
+        self.h, self.kv, self.d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def rope_rows(self, t: int, pos: int) -> None:
+        """cos and sin of position `pos` for each of `t` tokens."""
+        pl, half = self.plan, self.d // 2
+        pl.cos[: t * half].reshape(t, half)[:] = pl.cos_table[pos]
+        pl.sin[: t * half].reshape(t, half)[:] = pl.sin_table[pos]
+
+    def append_kv(self, layer: int, qkv: Any, t: int, pos: int) -> None:
+        """The keys and values of `qkv[t, H, d]` into layer `layer`'s cache at `pos`."""
+        pl, h, kv = self.plan, self.h, self.kv
+        pl.k_cache[layer][:t, :, pos] = qkv[:, h : h + kv]
+        pl.v_cache[layer][:t, :, pos] = qkv[:, h + kv :]
+
+    def stage_kv(self, layer: int, t: int, m: int) -> None:
+        """The first `m` cache positions of layer `layer` into the staging buffers."""
+        pl, kv, d = self.plan, self.kv, self.d
+        pl.k_stage[: t * kv * m * d].reshape(t, kv, m, d)[:] = pl.k_cache[layer][:t, :, :m]
+        pl.v_stage[: t * kv * m * d].reshape(t, kv, m, d)[:] = pl.v_cache[layer][:t, :, :m]
 
 
 class CpuBackend(Backend):
@@ -92,7 +148,9 @@ class CpuBackend(Backend):
         fn.restype = None
         last: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
 
-        def call(arrays: Sequence[np.ndarray], dims: Mapping[str, int]) -> None:
+        def call(
+            arrays: Sequence[np.ndarray], dims: Mapping[str, int], launch_dims: Any = None
+        ) -> None:
             values = tuple(int(dims[s]) for s in scalars)
             seen = (values, tuple(a.size for a in arrays))
             if not last or last[0] != seen:  # the guard, again whenever the shapes change

@@ -36,7 +36,14 @@ from tunefleet.ir.codegen import KernelSource
 from tunefleet.runtime.best_lookup import BestLookup
 from tunefleet.runtime.dispatch import bucket_ranges
 from tunefleet.runtime.errors import RuntimeModelError
-from tunefleet.runtime.manifest import KernelArg, KernelEntry, Launch, Manifest, TaskEntry
+from tunefleet.runtime.manifest import (
+    DIM_SLOTS,
+    KernelArg,
+    KernelEntry,
+    Launch,
+    Manifest,
+    TaskEntry,
+)
 from tunefleet.workers.builder import BuildConfig, BuildInput, LoweringError, compile_kernel, lower
 from tunefleet.workers.cpu_harness import harness_source
 from tunefleet.workers.targets import Target
@@ -160,7 +167,7 @@ class _KernelBuilder:
     def default(self, task: Task) -> _Built:
         """The task's default schedule on its symbolic PrimFunc."""
         try:
-            kernel = lower(BuildInput(self.options.target, workload=task.func))
+            kernel = lower(self._input(task.func))
         except LoweringError as err:
             raise RuntimeModelError(f"{task.phase}/{task.name}: no default kernel: {err}") from None
         return self._compile(task, kernel)
@@ -169,18 +176,24 @@ class _KernelBuilder:
         """The record's trace on the symbolic PrimFunc, else on the one specialised at the
         point (exact); None when it replays on neither (the bucket keeps the default)."""
         assert p.record is not None
-        target = self.options.target
         try:
-            kernel = lower(BuildInput(target, workload=p.task.func, trace=p.record.trace_json))
+            kernel = lower(self._input(p.task.func, p.record.trace_json))
             exact = False
         except LoweringError:
             func = specialize(p.task.func, {**PINNED[p.task.phase], **p.dims})
             try:
-                kernel = lower(BuildInput(target, workload=func, trace=p.record.trace_json))
+                kernel = lower(self._input(func, p.record.trace_json))
             except LoweringError:
                 return None
             exact = True
         return self._compile(p.task, kernel), exact
+
+    def _input(self, func: Any, trace: str | None = None) -> BuildInput:
+        """A build of `func` (by `trace`, else its default schedule); CUDA kernels read the
+        dims from the session's dims array, so decode steps replay as CUDA graphs."""
+        target = self.options.target
+        slots = None if target.is_cpu else DIM_SLOTS
+        return BuildInput(target, workload=func, trace=trace, dim_slots=slots)
 
     def _compile(self, task: Task, kernel: KernelSource) -> _Built:
         result = compile_kernel(kernel, self.options.target, self.options.build)
@@ -208,7 +221,9 @@ class _KernelBuilder:
         args = tuple(KernelArg(a.name, a.kind, a.dtype, tuple(a.shape)) for a in art.args)
         launch = None
         if art.grid is not None and art.block is not None:
-            launch = Launch(tuple(art.grid), tuple(art.block), art.shared_bytes or 0)
+            launch = Launch(
+                tuple(art.grid), tuple(art.block), art.shared_bytes or 0, kernel.dim_slots
+            )
         return _Built(source, binary, art.entry, args, launch)
 
 

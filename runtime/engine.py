@@ -15,7 +15,10 @@ each step stages the first `m` positions of the cache into a buffer planned at t
 size (a copy of the cache prefix; a kernel taking the cache's stride would avoid it).
 
 The same code runs on every backend: buffers and weights are arrays of the backend's module
-(numpy, or cupy on the GPU) and the copies above are that module's slicing.
+(numpy, or cupy on the GPU) and the copies above are that module's slicing, except a decode
+step's position-dependent copies (`Backend.decode_moves`). On the GPU the kernels and those
+copies read the sizes from the backend's dims array, so a decode step is captured once as a
+CUDA graph and replayed at every later position its kernels serve.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from tunefleet.coordinator.graph import Phase
 from tunefleet.ir.dtypes import from_float32
-from tunefleet.runtime.backend import Backend, KernelCall, backend_for
+from tunefleet.runtime.backend import Backend, GraphUnsafe, KernelCall, backend_for
 from tunefleet.runtime.dispatch import in_range
 from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.runtime.manifest import KernelEntry, Manifest, TaskEntry, read_manifest
@@ -225,16 +228,23 @@ class CompiledModel:
                     most = max(most, k.bucket[dim])
         return most
 
-    def session(self, batch: int = 1, max_len: int = 256, max_prompt: int | None = None):
+    def session(
+        self,
+        batch: int = 1,
+        max_len: int = 256,
+        max_prompt: int | None = None,
+        graphs: bool = True,
+    ) -> Session:
         """A session for `batch` sequences of at most `max_len` tokens (prompt and generated);
-        every buffer is allocated here, once, with room for the rows exact kernels pad to."""
+        every buffer is allocated here, once, with room for the rows exact kernels pad to.
+        `graphs`: replay decode steps as CUDA graphs where the backend has them."""
         max_prompt = max_len if max_prompt is None else max_prompt
         rows = {
             "batch": self.padded(Phase.DECODE, "b", batch),
             "prompt": self.padded(Phase.PREFILL, "n", max_prompt) if max_prompt >= 1 else 1,
         }
         plan = MemoryPlan.create(self.config, batch, max_len, max_prompt, rows, self.backend.xp)
-        return Session(self, plan)
+        return Session(self, plan, graphs)
 
 
 def _put(value: Any, to_device: Any) -> Any:
@@ -296,13 +306,24 @@ def _this_machine(kind: str) -> Target:
 
 
 class Session:
-    """Prefill then decode for a batch of sequences, on buffers planned once."""
+    """Prefill then decode for a batch of sequences, on buffers planned once.
 
-    def __init__(self, model: CompiledModel, plan: MemoryPlan) -> None:
+    With `graphs` on a backend that has them, a decode step whose kernels serve a range of
+    kv lengths is captured as a graph the second time that set of kernels runs, launched
+    with room for the range's largest length, and replayed for every later step in the
+    range (a new bucket's kernels make a new graph; a kernel whose grid changes with the
+    length, or one specialised at a single length, runs without one)."""
+
+    def __init__(self, model: CompiledModel, plan: MemoryPlan, graphs: bool = True) -> None:
         self.model = model
         self.plan = plan
         self.cfg = model.config
         self.length = 0  # tokens in the kv cache of every sequence
+        self.moves = model.backend.decode_moves(plan, self.cfg)
+        self.use_graphs = graphs and model.backend.has_graphs
+        self.graphs: dict[tuple[Any, ...], Any] = {}  # decode kernels -> captured step
+        self._seen: set[tuple[Any, ...]] = set()
+        self._unsafe: set[tuple[Any, ...]] = set()
         m = model.manifest
         self.tasks = {
             phase: {k: m.task_for(phase.value, call) for k, call in CALLS.items()}
@@ -330,6 +351,7 @@ class Session:
             )
         self._check_ids(ids)
         put = self.model.backend.to_device
+        self.model.backend.set_dims({"n": n, "m": n})
         for s in range(pl.batch):
             pl.ids[:n] = put(ids[s].astype(np.int32))
             self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s])
@@ -347,10 +369,48 @@ class Session:
         if self.length >= pl.max_len:
             raise RuntimeModelError(f"the sequences reached the maximum length {pl.max_len}")
         self._check_ids(ids)
-        pl.ids[: pl.batch] = self.model.backend.to_device(ids.astype(np.int32))
-        self._forward(Phase.DECODE, pl.batch, None, pl.decode_logits)
+        backend = self.model.backend
+        pl.ids[: pl.batch] = backend.to_device(ids.astype(np.int32))
+        backend.set_dims({"b": pl.batch, "m": self.length + 1})
+
+        def forward(launch_m: int | None = None) -> None:
+            self._forward(Phase.DECODE, pl.batch, None, pl.decode_logits, launch_m)
+
+        span = self._graph_span() if self.use_graphs else None
+        graph = None
+        if span is not None:
+            key, top = span
+            graph = self.graphs.get(key)
+            if graph is None and key in self._seen and key not in self._unsafe:
+                try:
+                    graph = self.graphs[key] = backend.capture(lambda: forward(top))
+                except GraphUnsafe:
+                    self._unsafe.add(key)
+            self._seen.add(key)
+        if graph is not None:
+            backend.replay(graph)
+        else:
+            forward()
         self.length += 1
         return pl.decode_logits[: pl.batch]
+
+    def _graph_span(self) -> tuple[tuple[Any, ...], int] | None:
+        """The graph key of this step (its kernels, the batch and the largest kv length they
+        all serve: buckets sharing one kernel get a graph each, sized for their lengths) and
+        that length; None when a kernel is specialised at this length (no graph for one
+        step)."""
+        model, t, top = self.model, self.plan.batch, self.plan.max_len
+        dims = {"b": t, "m": self.length + 1}
+        chosen = []
+        for task in self.tasks[Phase.DECODE].values():
+            kernel, _ = model.choose(task, {s: dims[s] for s in task.symbolic})
+            if "m" in task.symbolic:
+                if kernel.exact:
+                    return None
+                high = kernel.ranges["m"][1]
+                top = min(top, high) if high else top
+            chosen.append((kernel.binary, kernel.entry))
+        return (tuple(chosen), t, top), top
 
     def greedy(self, logits: Any) -> np.ndarray:
         """argmax over the vocabulary into the session's token buffer (no allocation for
@@ -376,9 +436,17 @@ class Session:
 
     # ------------------------------------------------------------------ one forward pass
 
-    def _forward(self, phase: Phase, t: int, seq: int | None, logits: np.ndarray) -> None:
+    def _forward(
+        self,
+        phase: Phase,
+        t: int,
+        seq: int | None,
+        logits: np.ndarray,
+        launch_m: int | None = None,
+    ) -> None:
         """Embedding, the layers, the final norm and the LM head for `t` tokens: one prompt
-        of sequence `seq` (prefill) or one token of each sequence (decode)."""
+        of sequence `seq` (prefill) or one token of each sequence (decode). `launch_m`: the
+        largest kv length the launches must serve (a decode step captured as a graph)."""
         cfg, pl, model = self.cfg, self.plan, self.model
         tasks = self.tasks[phase]
         h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -393,13 +461,15 @@ class Session:
             pos, tok_dims = self.length, {"b": t}
             att = {"b": t, "m": pos + 1}
             b, n = t, 1
-            pl.cos[: t * (d // 2)].reshape(t, d // 2)[:] = pl.cos_table[pos]
-            pl.sin[: t * (d // 2)].reshape(t, d // 2)[:] = pl.sin_table[pos]
+            self.moves.rope_rows(t, pos)
         m = att["m"]
 
         def run(task: TaskEntry, dims: dict[str, int], *arrays: np.ndarray | None) -> None:
             call, call_dims = model.kernel(task, dims)
-            call([a for a in arrays if a is not None], call_dims)
+            top = None
+            if launch_m is not None and "m" in call_dims:
+                top = {**call_dims, "m": launch_m}
+            call([a for a in arrays if a is not None], call_dims, top)
 
         x, x_other = pl.x0, pl.x1
         run(tasks["embed"], tok_dims, pl.ids, model.globals["embed"], x)
@@ -409,20 +479,16 @@ class Session:
             run(tasks["qkv"], tok_dims, pl.hn, *lw.qkv, lw.qkv_bias, pl.cos, pl.sin, pl.qkv)
             kc, vc = pl.k_cache[li], pl.v_cache[li]
             q = pl.q[: b * h * n * d].reshape(b, h, n, d)
-            ks = pl.k_stage[: b * kv * m * d].reshape(b, kv, m, d)
-            vs = pl.v_stage[: b * kv * m * d].reshape(b, kv, m, d)
             if phase is Phase.PREFILL:
                 kc[seq, :, :t] = qkv[:, h : h + kv].transpose(1, 0, 2)
                 vc[seq, :, :t] = qkv[:, h + kv :].transpose(1, 0, 2)
                 q[0] = qkv[:, :h].transpose(1, 0, 2)
-                ks[0] = kc[seq, :, :m]
-                vs[0] = vc[seq, :, :m]
+                pl.k_stage[: kv * m * d].reshape(1, kv, m, d)[0] = kc[seq, :, :m]
+                pl.v_stage[: kv * m * d].reshape(1, kv, m, d)[0] = vc[seq, :, :m]
             else:
-                kc[:t, :, pos] = qkv[:, h : h + kv]
-                vc[:t, :, pos] = qkv[:, h + kv :]
+                self.moves.append_kv(li, qkv, t, pos)
                 q[:, :, 0] = qkv[:, :h]
-                ks[:] = kc[:t, :, :m]
-                vs[:] = vc[:t, :, :m]
+                self.moves.stage_kv(li, t, m)
             run(tasks["attention"], att, pl.q, pl.k_stage, pl.v_stage, pl.ctx)
             ctx = pl.ctx
             if phase is Phase.PREFILL:  # [1, h, n, d] -> [n, h, d]

@@ -22,7 +22,9 @@ from tunefleet.coordinator.models import ModelConfig, ModelConfigError
 from tunefleet.runtime.errors import RuntimeModelError
 
 FORMAT = "tunefleet.compiled-model"
-VERSION = 2  # 2: CUDA kernels carry their launch configuration
+VERSION = 3  # 2: CUDA kernels carry their launch configuration; 3: and read dims from memory
+# the dims array a CUDA kernel reads its symbolic dims from, in slot order (one per session)
+DIM_SLOTS = ("b", "n", "m")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -39,11 +41,14 @@ class KernelArg:
 @dataclass(frozen=True)
 class Launch:
     """A CUDA kernel's launch: (x, y, z) grid and block extents and the dynamic shared bytes,
-    each an int or a launch expression over the symbolic dims (workers/launch.py)."""
+    each an int or a launch expression over the symbolic dims (workers/launch.py). With
+    `dim_slots` the kernel takes, after its buffers, a pointer to a device array holding
+    these dims, instead of the dims as scalars (so a captured CUDA graph serves any size)."""
 
     grid: tuple[int | str, ...]
     block: tuple[int | str, ...]
     shared_bytes: int | str = 0
+    dim_slots: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -179,8 +184,10 @@ def _kernel_json(k: KernelEntry) -> dict[str, Any]:
     out["pad"] = list(k.pad)
     out["args"] = [asdict(a) | {"shape": list(a.shape)} for a in k.args]
     if k.launch is not None:
+        slots = k.launch.dim_slots
         out["launch"] = {"grid": list(k.launch.grid), "block": list(k.launch.block),
-                         "shared_bytes": k.launch.shared_bytes}  # fmt: skip
+                         "shared_bytes": k.launch.shared_bytes,
+                         "dim_slots": None if slots is None else list(slots)}  # fmt: skip
     return out
 
 
@@ -228,6 +235,7 @@ def _launch_from(d: Mapping[str, Any]) -> Launch:
         grid=tuple(extent(v) for v in d["grid"]),
         block=tuple(extent(v) for v in d["block"]),
         shared_bytes=extent(d.get("shared_bytes", 0)),
+        dim_slots=None if d.get("dim_slots") is None else tuple(str(x) for x in d["dim_slots"]),
     )
 
 

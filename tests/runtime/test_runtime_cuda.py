@@ -102,3 +102,39 @@ def test_a_cuda_model_is_refused_on_another_gpu(cuda_models, tmp_path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RuntimeModelError, match="compile it again here"):
         load_model(tmp_path)
+
+
+def test_cuda_decode_steps_replay_as_graphs_like_eager_steps(tmp_path, build_config) -> None:
+    """Steps crossing the kv-length bucket at 16: the graph session captures one graph per
+    bucket's kernels and gives the logits and tokens of a session without graphs."""
+    pytest.importorskip("cupy")
+    cfg = tiny("llama")
+    buckets = {**BUCKETS, "m": (16, 64)}
+    compile_model(CompileOptions(cfg, resolve_target("cuda"), str(tmp_path), build_config,
+                                 buckets=buckets, jobs=8))  # fmt: skip
+    model = load_model(tmp_path, random_weights(cfg, seed=7))
+    eager, graphed = model.session(2, 40, 10, graphs=False), model.session(2, 40, 10)
+    ids = np.random.default_rng(7).integers(0, cfg.vocab_size, (2, 10))
+    tokens = eager.greedy(eager.prefill(ids)[:, -1]).copy()
+    graphed.prefill(ids)
+    for _ in range(24):  # kv lengths 11 to 34
+        want = eager.host(eager.decode(tokens))
+        got = graphed.host(graphed.decode(tokens))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+        tokens = want.argmax(-1)
+    assert len(graphed.graphs) == 2 and not eager.graphs
+
+
+def test_cuda_dense_tasks_with_a_warp_per_output_run_like_the_reference(tmp_path, build_config):
+    """Hidden size 256 and intermediate 512: every dense task's default reduces over at
+    least 256 elements, so each output gets a warp (the GEMV form) with its epilogue."""
+    pytest.importorskip("cupy")
+    cfg = replace(tiny("llama"), hidden_size=256, intermediate_size=512, head_dim=64,
+                  dtype="float16")  # fmt: skip
+    compile_model(CompileOptions(cfg, resolve_target("cuda"), str(tmp_path), build_config,
+                                 buckets=BUCKETS, jobs=8))  # fmt: skip
+    source = (tmp_path / read_manifest(tmp_path).task_for("decode", "lm_head").fallback.source)
+    assert "tf_block_add" in source.read_text()  # the lanes' partial sums meet in a warp sum
+    weights = random_weights(cfg, seed=11)
+    err = generate_and_compare(load_model(tmp_path, weights), weights, 2, 9, steps=8)
+    assert err <= TOLERANCE["float16"]

@@ -67,7 +67,7 @@ def test_family_checkpoint_runs_like_the_reference(family, compiled, family_weig
 def test_manifest_is_versioned_plain_json(compiled) -> None:
     folder = compiled["qwen2"]
     data = json.loads((folder / MANIFEST_NAME).read_text())
-    assert data["format"] == "tunefleet.compiled-model" and data["version"] == 2
+    assert data["format"] == "tunefleet.compiled-model" and data["version"] == 3
     assert data["model"]["qkv_bias"] is True and data["target"]["fingerprint"]
     manifest = read_manifest(folder)
     assert {t.phase for t in manifest.tasks} == {"decode", "prefill"}
