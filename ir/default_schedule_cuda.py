@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import re
 
+from .dtypes import itemsize
 from .expr import Call, Const
 from .schedule import RV, Schedule
 from .schedule_tree import blocks, find_block, reduce_loop_vars, spatial_loop_vars
@@ -53,6 +54,8 @@ from .visit import walk
 
 ELEMENTWISE_THREADS = 256
 MATMUL_THREADS = 128
+OUTPUT_WARPS = 4  # warps of a block whose warps each compute one output (matmul, GEMV)
+WARP_REDUCTION = 256  # reductions at least this long get a warp per output
 ROW_THREADS = 256
 WARP = 32
 KEYED_WARPS = 32  # warps of a row whose output sums over the row's keys (attention)
@@ -145,13 +148,14 @@ def _reduces(sch: Schedule, name: str) -> bool:
     return bool(_red_vars(sch, name))
 
 
-def _split_lanes(sch: Schedule, loop: RV) -> tuple[RV, RV]:
+def _split_lanes(sch: Schedule, loop: RV, widest: int = KEYED_VEC) -> tuple[RV, RV]:
     """Split `loop` into (outer, lane, vec): WARP lanes, each `vec` contiguous elements
-    (up to KEYED_VEC, dividing the extent / WARP); returns (lane, vec) after moving the
-    outer steps inside the lane loop."""
+    (the largest power of two up to `widest` dividing the extent / WARP); returns (lane,
+    vec) after moving the outer steps inside the lane loop."""
     ext = sch.get(loop).extent
     n = int(ext.value) if isinstance(ext, Const) else 0
-    vec = next((v for v in (KEYED_VEC, 2, 1) if n and n % (WARP * v) == 0), 1)
+    widths = [w for w in (16, 8, 4, 2) if w <= widest] + [1]
+    vec = next((v for v in widths if n and n % (WARP * v) == 0), 1)
     outer, lane, v = sch.split(loop, [None, WARP, vec])
     sch.reorder(lane, outer, v)
     sch.unroll(outer)
@@ -295,6 +299,69 @@ def _over_cluster(sch: Schedule, loop: RV, cluster: int) -> RV:
     return rest
 
 
+def _reduce_axes(br: BlockRealize) -> list:
+    return [iv for iv in br.block.iter_vars if iv.kind == "reduce"]
+
+
+def _long_reduction(br: BlockRealize, out_rank: int) -> bool:
+    """Whether `br` sums over one constant loop of at least WARP_REDUCTION steps (a dense
+    layer's hidden size), long enough for a warp to share, into one value per output
+    element (its rank is at least the output's: a dense layer's accumulator, not a norm's
+    row sum, which every output of the row reads)."""
+    axes = _reduce_axes(br)
+    if len(axes) != 1 or len(br.block.writes[0].buffer.shape) < out_rank:
+        return False
+    ext = axes[0].dom.extent
+    if not (isinstance(ext, Const) and int(ext.value) >= WARP_REDUCTION):
+        return False
+    # lanes read consecutive elements only where the reduction runs along every input's
+    # last dim (x[i, k] . w[j, k]; not matmul's b[k, j], which threads over j read better)
+    own = {w.buffer.name for w in br.block.writes}
+    k = axes[0].var
+    inputs = [r for r in br.block.reads if r.buffer.name not in own]
+    return bool(inputs) and all(k in set(walk(r.region[-1].min)) for r in inputs)
+
+
+def _warp_per_output(
+    sch: Schedule,
+    out: BlockRealize,
+    producers: list[BlockRealize],
+    reducer: BlockRealize,
+    spatial: list[RV],
+) -> None:
+    """Matmul-like outputs with a long reduction: one warp per output element, its lanes
+    splitting the reduction (16-byte loads where the length allows, contiguous across the
+    lanes) and adding up their partial sums with a warp reduction; OUTPUT_WARPS warps per
+    block. The weight's rows are read coalesced, once per output, which is what a GEMV
+    (decode: one token, b tokens) needs; accumulators of the output's shape stay in a
+    register of the warp, and the output is written by its first lane.
+
+        blockIdx.x * W + threadIdx.y: output (i, j);  threadIdx.x: lane
+          acc = warp_sum over lanes of sum over k = lane*v + 32*v*s, .. of x[i, k] * w[j, k]
+          out[i, j] = epilogue(acc)
+    """
+    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    bx, ty = sch.split(fused, [None, OUTPUT_WARPS])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(ty, "threadIdx.y")
+    for br in reversed(producers):
+        p = sch.get_block(br.block.name)
+        sch.compute_at(p, ty)
+        sch.set_scope(p, 0, "local")
+    acc = sch.get_block(reducer.block.name)
+    red = _red_vars(sch, reducer.block.name)
+    k = [lp for lp in sch.get_loops(acc) if sch.get(lp).var in red][-1]
+    lane, _ = _split_lanes(sch, k, 16 // _input_itemsize(reducer))
+    sch.bind(lane, "threadIdx.x")
+
+
+def _input_itemsize(br: BlockRealize) -> int:
+    """The bytes of the widest input element the block reads (not its own accumulator)."""
+    own = {w.buffer.name for w in br.block.writes}
+    sizes = [itemsize(r.buffer.dtype) for r in br.block.reads if r.buffer.name not in own]
+    return max(sizes, default=4)
+
+
 def _cheap_elementwise(br: BlockRealize) -> bool:
     """A spatial block whose value calls no math function (prefill attention's causal mask)."""
     blk = br.block
@@ -338,6 +405,10 @@ def default_cuda_schedule(
     out_rank = len(out.block.writes[0].buffer.shape)
     ranks = [len(br.block.writes[0].buffer.shape) for br in producers]
     same_shape = all(r == out_rank for r in ranks)
+    reducers = [br for br in (*producers, out) if _reduce_axes(br)]
+    if len(reducers) == 1 and _long_reduction(reducers[0], out_rank):
+        _warp_per_output(sch, out, producers, reducers[0], spatial)
+        return sch
     if red and (not producers or same_shape):  # the output is itself the reduction (matmul)
         _spread(sch, spatial, MATMUL_THREADS)
         return sch

@@ -146,7 +146,7 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-DEFAULT_SKETCH = "default_schedule@2"  # the untuned default; 2: keyed attention rows, clusters
+DEFAULT_SKETCH = "default_schedule@3"  # untuned default; 2: keyed attention; 3: warp GEMV
 
 
 def rules_for(kind: TargetKind | str) -> tuple[tuple[str, ...], tuple[str, ...]]:

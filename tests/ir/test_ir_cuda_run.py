@@ -30,6 +30,12 @@ def _cases() -> list[tuple[str, dict[str, int], str, tuple[str, ...]]]:
         if op.name in ("dense", "matmul", "q4_dense"):
             shape["m"] = 3
         out.append((op.name, shape, "float16", (op.params[0],)))
+    # reductions long enough for a warp per output, at lengths no vector width divides
+    for dtype in ("float32", "float16", "bfloat16"):
+        out.append(("dense", {"m": 3, "n": 77, "k": 1000}, dtype, ()))
+    out.append(("dense", {"m": 5, "n": 77, "k": 4096}, "bfloat16", ("m",)))
+    out.append(("q4_dense", {"m": 2, "n": 77, "k": 512}, "float16", ()))
+    out.append(("batch_matmul", {"b": 1, "h": 4, "m": 3, "n": 77, "k": 264}, "float16", ()))
     return out
 
 
