@@ -4,6 +4,11 @@
 * Matmul-like outputs (the reduction writes a same-shape accumulator, or the output itself):
   one output element per thread, 128 threads per block; an accumulator is computed in the
   thread and kept in registers (`local`).
+* Dense-like outputs whose one reduction is constant, at least WARP_REDUCTION long and runs
+  along every input's last dim (x[i, k] . w[j, k], with any elementwise epilogue: bias,
+  residual add, silu_mul, rope): a warp per output element, its lanes splitting the
+  reduction with 16-byte loads and meeting in a warp sum (`_warp_per_output`), so decode's
+  GEMVs read the weight rows coalesced.
 * Row-wise outputs (rmsnorm, layernorm, softmax, attention: producers of other shapes feed
   the output): one row per thread block, the row being every spatial loop of the output but
   its last. Each producer is computed under the row's blockIdx loop into `shared` memory:
