@@ -56,6 +56,10 @@ class Backend(ABC):
         """A buffer's values as a numpy array (the array itself on the CPU)."""
         return np.asarray(array)
 
+    def upload(self, dst: Any, values: np.ndarray) -> None:
+        """Host `values` into the start of buffer `dst` (no allocation on the device)."""
+        dst[: values.size] = values.reshape(-1)
+
     def synchronize(self) -> None:
         """Wait for every kernel launched so far (a no-op where calls are synchronous)."""
         return None

@@ -77,6 +77,10 @@ class CudaBackend(Backend):
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    def upload(self, dst: Any, values: np.ndarray) -> None:
+        # one copy from pageable memory: staged before it returns, so `values` may change
+        dst[: values.size].set(np.ascontiguousarray(values.reshape(-1), dst.dtype), self.stream)
+
     def set_dims(self, dims: Mapping[str, int]) -> None:
         for i, name in enumerate(DIM_SLOTS):
             self._dims_host[i] = dims.get(name, 1)

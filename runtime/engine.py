@@ -350,10 +350,9 @@ class Session:
                 "session; start one with a larger max_len"
             )
         self._check_ids(ids)
-        put = self.model.backend.to_device
         self.model.backend.set_dims({"n": n, "m": n})
         for s in range(pl.batch):
-            pl.ids[:n] = put(ids[s].astype(np.int32))
+            self.model.backend.upload(pl.ids, ids[s].astype(np.int32))
             self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s])
         self.length = n
         return pl.prefill_logits[:, :n]
@@ -370,7 +369,7 @@ class Session:
             raise RuntimeModelError(f"the sequences reached the maximum length {pl.max_len}")
         self._check_ids(ids)
         backend = self.model.backend
-        pl.ids[: pl.batch] = backend.to_device(ids.astype(np.int32))
+        backend.upload(pl.ids, ids.astype(np.int32))
         backend.set_dims({"b": pl.batch, "m": self.length + 1})
 
         def forward(launch_m: int | None = None) -> None:
