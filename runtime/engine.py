@@ -204,17 +204,20 @@ class CompiledModel:
         ones, or for an exact kernel its point, when the sizes differ from it only along its
         `pad` dims (rows beyond the actual ones are computed and ignored); the task's default
         at the other sizes of an exact kernel's bucket."""
-        for k in task.kernels:
-            if all(in_range(dims[s], *k.ranges[s]) for s in task.symbolic):
-                break
-        else:
-            raise RuntimeModelError(f"{task.phase}/{task.name}: no kernel holds sizes {dims}")
+        k = self.holder(task, dims)
         if not k.exact:
             return k, dims
         differ = [s for s in task.symbolic if dims[s] != k.bucket[s]]
         if all(s in k.pad and dims[s] < k.bucket[s] for s in differ):
             return k, {**dims, **{s: k.bucket[s] for s in differ}}
         return task.fallback, dims
+
+    def holder(self, task: TaskEntry, dims: dict[str, int]) -> KernelEntry:
+        """The kernel of the bucket whose ranges hold `dims`."""
+        for k in task.kernels:
+            if all(in_range(dims[s], *k.ranges[s]) for s in task.symbolic):
+                return k
+        raise RuntimeModelError(f"{task.phase}/{task.name}: no kernel holds sizes {dims}")
 
     def padded(self, phase: Phase, dim: str, size: int) -> int:
         """The most rows a call of `phase` with `size` along `dim` may run: the point of an
@@ -324,6 +327,7 @@ class Session:
         self.graphs: dict[tuple[Any, ...], Any] = {}  # decode kernels -> captured step
         self._seen: set[tuple[Any, ...]] = set()
         self._unsafe: set[tuple[Any, ...]] = set()
+        self._span: tuple[int, int, Any] = (1, 0, None)  # kv lengths the last span serves
         m = model.manifest
         self.tasks = {
             phase: {k: m.task_for(phase.value, call) for k, call in CALLS.items()}
@@ -398,18 +402,28 @@ class Session:
         all serve: buckets sharing one kernel get a graph each, sized for their lengths) and
         that length; None when a kernel is specialised at this length (no graph for one
         step)."""
+        m = self.length + 1
+        low, high, span = self._span
+        if low <= m <= high:  # the kernels of the last step serve this length too
+            return span
         model, t, top = self.model, self.plan.batch, self.plan.max_len
-        dims = {"b": t, "m": self.length + 1}
-        chosen = []
+        dims = {"b": t, "m": m}
+        chosen, bottom, exact = [], 1, False
         for task in self.tasks[Phase.DECODE].values():
-            kernel, _ = model.choose(task, {s: dims[s] for s in task.symbolic})
+            task_dims = {s: dims[s] for s in task.symbolic}
+            kernel, _ = model.choose(task, task_dims)
             if "m" in task.symbolic:
                 if kernel.exact:
+                    self._span = (m, m, None)
                     return None
-                high = kernel.ranges["m"][1]
-                top = min(top, high) if high else top
+                holder = model.holder(task, task_dims)  # the bucket, when the default runs
+                exact = exact or holder.exact  # its exact kernel serves one length of it
+                lo, hi = holder.ranges["m"]
+                bottom, top = max(bottom, lo), min(top, hi) if hi else top
             chosen.append((kernel.binary, kernel.entry))
-        return (tuple(chosen), t, top), top
+        span = ((tuple(chosen), t, top), top)
+        self._span = (m, m, span) if exact else (bottom, top, span)
+        return span
 
     def greedy(self, logits: Any) -> np.ndarray:
         """argmax over the vocabulary into the session's token buffer (no allocation for

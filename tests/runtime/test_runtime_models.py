@@ -175,3 +175,30 @@ def test_compiling_again_into_a_loaded_models_folder_keeps_it_running(
     compile_model(options)
     assert not list((tmp_path / "kernels").glob("*.part"))
     np.testing.assert_array_equal(session.prefill(ids), before)
+
+
+def test_decode_graph_spans_follow_the_kv_buckets(compiled, family_weights) -> None:
+    """The graph key of a decode step and the kv length its graph is sized for: the high
+    end of the bucket holding the length (the session's max_len for the last bucket), a new
+    key per bucket although one default kernel serves both, and no graph at the one length
+    an exact attention kernel is specialised at."""
+    model = load_model(compiled["llama"], family_weights["llama"], threads=1)
+    manifest = model.manifest
+    att = manifest.task_for("decode", "attn_scores+attn_softmax+attn_context")
+    low = replace(att.fallback, bucket={"b": 1, "m": 16}, ranges={"b": (1, 0), "m": (1, 16)})
+    high = replace(att.fallback, bucket={"b": 1, "m": 32}, ranges={"b": (1, 0), "m": (17, 0)},
+                   exact=True, pad=("b",), entry="attention_exact")  # fmt: skip
+    tasks = tuple(replace(t, kernels=(low, high)) if t is att else t for t in manifest.tasks)
+    model.manifest = replace(manifest, tasks=tasks)
+    session = model.session(batch=1, max_len=40, max_prompt=8)
+
+    def span(m: int):
+        session.length = m - 1
+        return session._graph_span()
+
+    first = span(5)
+    assert first is not None and first[1] == 16 and span(16) == first  # cached in the bucket
+    second = span(17)
+    assert second is not None and second[1] == 40 and second[0] != first[0]
+    assert span(32) is None  # the exact kernel's own length
+    assert span(33) == second and span(12) == first
