@@ -9,6 +9,7 @@ start address / 16, leading byte offset 16 (unused with swizzling), stride byte 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .errors import CodegenError
@@ -48,14 +49,16 @@ def _descriptor(ptr: str) -> str:
 
 
 def accumulator_decl(buf: Buffer) -> str:
-    """The per-thread register array of a 64 x N `wgmma.accumulator` tile."""
+    """The per-thread register array of a 64 x N `wgmma.accumulator` tile. The columns may
+    span several dims (a tile holding both halves of a pair: 64 x 2 x N/2), row-major."""
     shape = [int(d.value) if isinstance(d, Const) else -1 for d in buf.shape]
-    if len(shape) != 2 or shape[0] != 64 or shape[1] % 8:
+    cols = math.prod(shape[1:]) if len(shape) >= 2 and min(shape) > 0 else -1
+    if shape[0] != 64 or cols <= 0 or cols % 8:
         raise CodegenError(
             f"wgmma accumulator {buf.name} must be one 64 x N tile per warpgroup, got shape "
             f"{shape}; split rows by 64 per warpgroup and columns by N"
         )
-    return f"float {c_name(buf.name)}[{shape[1] // 2}];"
+    return f"float {c_name(buf.name)}[{cols // 2}];"
 
 
 def _acc(r: CUDARenderer, access: BufferLoad | BufferStore, zero: dict[Var, Expr]) -> str:

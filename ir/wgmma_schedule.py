@@ -8,15 +8,23 @@ reads (`storage_swizzle`), software-pipelined over `stages` with cp.async; each 
 then issues four `wgmma.mma_async` m64n{n}k16 on descriptors of those tiles as one batch
 and waits for it. The accumulator goes back through a shared float32 tile (rows padded by
 `out_pad` floats) and is written out converted, 16 bytes per thread.
+
+`apply_wgmma_paired_tiling` does the same for a dense whose epilogue pairs columns (rope's
+halves, gate|up): the accumulator is laid out [i, ..., 2, j] and each block's n columns are
+n / 2 of j for both halves of the pair, so the epilogue finds both halves in its tile.
 """
 
 from __future__ import annotations
 
+import math
+
 from .annotation_keys import PIPELINE_STAGES
 from .errors import ScheduleError
+from .expr import Const
 from .intrinsics_wgmma import STORAGE_SWIZZLE, WGMMA_BATCH, WGMMA_N, wgmma_name
 from .schedule import Schedule
 from .tensorcore_schedule import tensorize_accumulation
+from .trace import RV
 
 TILE_K = 64  # one 128-byte swizzle row of fp16 / bf16
 
@@ -53,17 +61,7 @@ def apply_wgmma_tiling(
     sch.bind(bi, "blockIdx.y")
     sch.bind(bj, "blockIdx.x")
     sch.bind(wi, "threadIdx.y")
-    for operand in (0, 1):  # 16 rows x 8 chunks of 16 bytes per warpgroup and copy
-        tile = sch.cache_read(acc, operand, "shared")
-        sch.compute_at(tile, ko)
-        sch.annotate(tile, STORAGE_SWIZZLE, 128)
-        rows, cols = sch.get_loops(tile)[-2:]
-        _, ty, r = sch.split(rows, [None, warpgroups, 16])
-        c, vec = sch.split(cols, [None, 8])
-        lane = sch.fuse(r, c)
-        sch.bind(ty, "threadIdx.y")
-        sch.bind(lane, "threadIdx.x")
-        sch.vectorize(vec)
+    _fetch_operands(sch, acc, ko, warpgroups)
     sch.annotate(ko, PIPELINE_STAGES, stages)
     sch.unroll(ki)
     sch.annotate(ki, WGMMA_BATCH, 0)  # the four MMAs of a k step: one group, waited for
@@ -78,10 +76,117 @@ def apply_wgmma_tiling(
     sch.bind(t0, "threadIdx.y")
     sch.tensorize(i0, f"wgmma_store_n{n}")
     sch.reverse_compute_at(out, bj)  # convert and write the output, 8 elements per thread
-    rows, cols = sch.get_loops(out)[-2:]
-    _, ty, r = sch.split(rows, [None, warpgroups, 128 // (n // 8)])
+    _write_out(sch, out, bj, warpgroups)
+
+
+def apply_wgmma_paired_tiling(
+    sch: Schedule,
+    out_block: str,
+    acc_block: str,
+    dtype: str,
+    *,
+    pair: int,
+    warpgroups: int,
+    n: int,
+    stages: int,
+) -> None:
+    """Tile `acc_block` (loops i, outer..., p, j, k; p the 2-wide pair axis at spatial
+    position `pair`, j last) onto warpgroup MMAs whose n columns are n / 2 of j for p = 0
+    and p = 1, and write `out_block`, which reads both halves, from the shared tile.
+
+        acc[i, p, j] += x[i, k] * w[p, j, k]; out[i, j] = silu(acc[i, 0, j]) * acc[i, 1, j]
+        -> block (bi, bj): wgmma m64n{n} over rows i, columns (p, j in bj's n/2), then
+           out[i, j in bj's n/2] from the float32 tile in shared memory
+
+    The shared tile is unpadded (its columns span two dims). m must be a multiple of 64 *
+    warpgroups, j's extent of n / 2, k of 64.
+    """
+    if n not in WGMMA_N or warpgroups not in (1, 2) or stages < 2:
+        raise ScheduleError(
+            f"wgmma tiling needs n in {WGMMA_N}, 1 or 2 warpgroups and stages >= 2; "
+            f"got n={n}, warpgroups={warpgroups}, stages={stages}"
+        )
+    acc = sch.get_block(acc_block)
+    out = sch.get_block(out_block)
+    frag_out = sch.cache_write(acc, 0, "wgmma.accumulator")
+    i, *spatial, kk = sch.get_loops(acc)
+    if not 0 <= pair < len(spatial) - 1:
+        raise ScheduleError(
+            f"wgmma paired tiling: pair axis {pair} must be a spatial loop of {acc_block} "
+            "before its last one"
+        )
+    p, j = spatial[pair], spatial[-1]
+    outer = [lp for lp in spatial[:-1] if lp is not p]
+    bi, wi, ii = sch.split(i, [None, warpgroups, 64])
+    bj, jj = sch.split(j, [None, n // 2])
+    ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
+    sch.reorder(bi, *outer, bj, ko, wi, ki, ii, p, jj, kx)
+    bx = sch.fuse(*outer, bj) if outer else bj
+    sch.bind(bi, "blockIdx.y")
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(wi, "threadIdx.y")
+    _fetch_operands(sch, acc, ko, warpgroups)
+    sch.annotate(ko, PIPELINE_STAGES, stages)
+    sch.unroll(ki)
+    sch.annotate(ki, WGMMA_BATCH, 0)
+    sch.reverse_compute_at(frag_out, bx)
+    init = sch.decompose_reduction(acc, ko)
+    sch.fuse(p, jj)  # the n columns of the MMA: both halves, contiguous in the shared tiles
+    sch.tensorize(ii, wgmma_name(n, dtype))
+    *_, fill_rows, fill_p, fill_j = sch.get_loops(init)
+    sch.fuse(fill_p, fill_j)
+    sch.tensorize(fill_rows, f"wgmma_fill_n{n}")
+    sch.set_scope(frag_out, 0, "shared")
+    rows, *cols = _loops_under(sch, frag_out, bx)
+    t0, i0 = sch.split(rows, [warpgroups, 64])
+    sch.bind(t0, "threadIdx.y")
+    sch.reverse_compute_at(out, bx)  # before the store's columns fuse: out reads them as a box
+    sch.fuse(*cols)
+    sch.tensorize(i0, f"wgmma_store_n{n}")
+    _write_out(sch, out, bx, warpgroups)
+
+
+def _loops_under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
+    """The loops of `block` nested inside `loop`."""
+    loops = sch.get_loops(block)
+    at = next(k for k, lp in enumerate(loops) if sch.get(lp) is sch.get(loop))
+    return loops[at + 1 :]
+
+
+def _fetch_operands(sch: Schedule, acc: RV, ko: RV, warpgroups: int) -> None:
+    """Copy both operand tiles of a k step into swizzled shared memory: 16 rows x 8 chunks
+    of 16 bytes per warpgroup and copy (a tile's leading dims fuse into its rows)."""
+    for operand in (0, 1):
+        tile = sch.cache_read(acc, operand, "shared")
+        sch.compute_at(tile, ko)
+        sch.annotate(tile, STORAGE_SWIZZLE, 128)
+        *lead, cols = _loops_under(sch, tile, ko)
+        rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        _, ty, r = sch.split(rows, [None, warpgroups, 16])
+        c, vec = sch.split(cols, [None, 8])
+        lane = sch.fuse(r, c)
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+        sch.vectorize(vec)
+
+
+def _write_out(sch: Schedule, out: RV, at: RV, warpgroups: int) -> None:
+    """Convert and write `out`'s tile under `at`, 8 elements (16 bytes) per thread along its
+    last dim; its other column dims join the lanes."""
+    rows, *mid, cols = [lp for lp in _loops_under(sch, out, at) if _extent(sch, lp) != 1]
+    width = math.prod(_extent(sch, lp) for lp in (*mid, cols))
+    _, ty, r = sch.split(rows, [None, warpgroups, 128 // (width // 8)])
     c, vec = sch.split(cols, [None, 8])
-    lane = sch.fuse(r, c)
+    lane = sch.fuse(r, *mid, c)
     sch.bind(ty, "threadIdx.y")
     sch.bind(lane, "threadIdx.x")
     sch.vectorize(vec)
+
+
+def _extent(sch: Schedule, loop: RV) -> int:
+    ext = sch.get(loop).extent
+    if not isinstance(ext, Const):
+        raise ScheduleError(
+            f"wgmma tiling needs constant extents, loop {sch.get(loop).var.name} has {ext}"
+        )
+    return int(ext.value)

@@ -13,6 +13,11 @@ halves with storage_align so fragment loads avoid bank conflicts), the MMAs run 
 cores (`tensorize`), and the tile goes back through shared memory to the fp16 output. The
 variants are structural (split factors), so each is its own sketch: warps in {2x2, 2x4, 4x2},
 tile_k in {32, 64}, pad in {0, 8}.
+
+A dense whose epilogue pairs columns (rope on q|k|v laid out [t, heads, 2, d/2], silu_mul on
+gate|up laid out [t, 2, I]; `block_info.paired_output`) is claimed at its reduction on sm_90:
+each wgmma tile's N columns hold N / 2 of the paired dim for both halves
+(`ir.wgmma_schedule.apply_wgmma_paired_tiling`), so the epilogue reads both from the tile.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.stmt import Block
 from tunefleet.ir.tensorcore_schedule import WMMA_MMA, apply_wmma_tiling
 from tunefleet.ir.wgmma_schedule import TILE_K as WGMMA_TILE_K
-from tunefleet.ir.wgmma_schedule import apply_wgmma_tiling
+from tunefleet.ir.wgmma_schedule import apply_wgmma_paired_tiling, apply_wgmma_tiling
 
-from .block_info import loop_infos, reduced_output
+from .block_info import is_reduction, loop_infos, paired_output, reduced_output
 from .space import ScheduleRule, SpaceContext, try_fork
 
 TILE = 128
@@ -38,8 +43,11 @@ class GpuTensorCore(ScheduleRule):
     """WMMA tiling with shared-memory staging for large fp16/bf16 dense outputs."""
 
     name = "gpu_tensor_core"
+    version = 2  # 2: wgmma for the paired epilogues (rope, gate|up)
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
+        if ctx.is_gpu and ctx.arch == "sm_90" and is_reduction(sch.func, block):
+            return _paired_wgmma(sch, block)
         found = reduced_output(sch, block) if ctx.is_gpu else None
         if found is None or len(found.producers) != 1:
             return []
@@ -91,6 +99,61 @@ class GpuTensorCore(ScheduleRule):
                     if made is not None:
                         out_forks.append(made)
         return out_forks
+
+
+def _paired_wgmma(sch: Schedule, block: str) -> list[Schedule]:
+    """The wgmma forks of reduction `block` feeding an epilogue that reads a 2-wide pair axis
+    whole; [] where it is not such a dense or its sizes do not fit a variant."""
+    found = paired_output(sch, block)
+    if found is None or len(found.pair_axes) != 1:
+        return []
+    acc_block = found.probe.get(found.acc)
+    dtypes = {r.buffer.dtype for r in acc_block.reads if r.buffer in found.probe.func.inputs}
+    loops = loop_infos(found.probe, found.acc)
+    if len(dtypes) != 1 or next(iter(dtypes)) not in WMMA_MMA or len(loops) < 4:
+        return []
+    pair = found.pair_axes[0]
+    kinds = [lp.reduce for lp in loops]
+    extents = [lp.extent for lp in loops]
+    if kinds != [False] * (len(loops) - 1) + [True] or None in extents:
+        return []
+    if (
+        not 1 <= pair < len(loops) - 2
+        or extents[pair] != 2
+        or not _is_k_major(found.probe, acc_block)
+    ):
+        return []
+    m, j, k = extents[0], extents[-2], extents[-1]
+    assert m is not None and j is not None and k is not None
+    if k % WGMMA_TILE_K:
+        return []
+    out_name = found.probe.get(found.out).name
+    dtype = next(iter(dtypes))
+    forks = []
+    for wg, tn, st in WGMMA_VARIANTS:
+        if m % (64 * wg) or j % (tn // 2):
+            continue
+        made = try_fork(
+            sch,
+            lambda t, wg=wg, tn=tn, st=st: apply_wgmma_paired_tiling(
+                t, out_name, block, dtype, pair=pair - 1, warpgroups=wg, n=tn, stages=st
+            ),
+        )
+        if made is not None:
+            forks.append(made)
+    return forks
+
+
+def _is_k_major(sch: Schedule, blk: Block) -> bool:
+    """Whether `blk` reads a[i, k] and b[..., k]: two inputs, both with the reduction var
+    last, the first indexed by the block's first axis and k alone."""
+    ins = [r for r in blk.reads if r.buffer in sch.func.inputs]
+    if len(ins) != 2:
+        return False
+    axes = [iv.var for iv in blk.iter_vars]
+    if any(r.region[-1].min != axes[-1] for r in ins):
+        return False
+    return any([rg.min for rg in r.region] == [axes[0], axes[-1]] for r in ins)
 
 
 def _is_dense(sch: Schedule, blk: Block) -> bool:

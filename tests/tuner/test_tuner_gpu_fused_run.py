@@ -1,7 +1,7 @@
 """Tuned candidates of the fused dense epilogues that pair columns (rope's halves, gate|up)
-run on a real GPU against the task's own reference, at batched decode and an odd prefill
-length, so that a sketch whose write-back misses part of the output is caught here and not
-as a column of wrong results in a model job."""
+run on a real GPU against the task's own reference, at batched decode, an odd prefill
+length and a prefill that fills wgmma tiles (sm_90), so that a sketch whose write-back misses
+part of the output is caught here and not as a column of wrong results in a model job."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def gpu(tmp_path_factory):
 
 @pytest.mark.parametrize("op", ["dense+rope", "dense+silu_mul"])
 @pytest.mark.parametrize(("phase", "dims"), [(Phase.DECODE, {"b": 16, "m": 64}),
-                                             (Phase.PREFILL, {"n": 96})])  # fmt: skip
+                                             (Phase.PREFILL, {"n": 96}),
+                                             (Phase.PREFILL, {"n": 256})])  # fmt: skip
 def test_tiled_candidates_of_paired_epilogues_match_the_reference(gpu, op, phase, dims) -> None:
     target, runner, config = gpu
     cfg = parse_hf_config(TINY, "tiny.json", name="tiny-llama")
@@ -49,8 +50,9 @@ def test_tiled_candidates_of_paired_epilogues_match_the_reference(gpu, op, phase
     sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
     cands = sampler.sample_unique(random.Random(0), 12, set())
-    tiled = [c for c in cands
-             if "gpu_multi_level_tiling" in sampler.sketches[c.sketch].name][:4]  # fmt: skip
+    tiled = [c for c in cands  # SIMT tiles, or wgmma on sm_90 where the tokens fill its tiles
+             if any(r in sampler.sketches[c.sketch].name
+                    for r in ("gpu_multi_level_tiling", "gpu_tensor_core"))][:6]  # fmt: skip
     assert tiled, [s.name for s in sampler.sketches]
     problem = task_problem(task, dims)
     for cand in tiled:
