@@ -45,14 +45,7 @@ def apply_wgmma_tiling(
     m must be a multiple of 64 * warpgroups, n (the total) of `n`, k of 64. Every step is a
     recorded primitive, so the result replays from its trace.
     """
-    if n not in WGMMA_N or warpgroups not in (1, 2) or stages < 2:
-        raise ScheduleError(
-            f"wgmma tiling needs n in {WGMMA_N}, 1 or 2 warpgroups and stages >= 2; "
-            f"got n={n}, warpgroups={warpgroups}, stages={stages}"
-        )
-    acc = sch.get_block(acc_block)
-    out = sch.get_block(out_block)
-    frag_out = sch.cache_write(acc, 0, "wgmma.accumulator")
+    acc, out, frag_out = _start(sch, out_block, acc_block, warpgroups, n, stages)
     i, j, kk = sch.get_loops(acc)
     bi, wi, ii = sch.split(i, [None, warpgroups, 64])
     bj, jj = sch.split(j, [None, n])
@@ -101,14 +94,7 @@ def apply_wgmma_paired_tiling(
     The shared tile is unpadded (its columns span two dims). m must be a multiple of 64 *
     warpgroups, j's extent of n / 2, k of 64.
     """
-    if n not in WGMMA_N or warpgroups not in (1, 2) or stages < 2:
-        raise ScheduleError(
-            f"wgmma tiling needs n in {WGMMA_N}, 1 or 2 warpgroups and stages >= 2; "
-            f"got n={n}, warpgroups={warpgroups}, stages={stages}"
-        )
-    acc = sch.get_block(acc_block)
-    out = sch.get_block(out_block)
-    frag_out = sch.cache_write(acc, 0, "wgmma.accumulator")
+    acc, out, frag_out = _start(sch, out_block, acc_block, warpgroups, n, stages)
     i, *spatial, kk = sch.get_loops(acc)
     if not 0 <= pair < len(spatial) - 1:
         raise ScheduleError(
@@ -144,6 +130,20 @@ def apply_wgmma_paired_tiling(
     sch.fuse(*cols)
     sch.tensorize(i0, f"wgmma_store_n{n}")
     _write_out(sch, out, bx, warpgroups)
+
+
+def _start(
+    sch: Schedule, out_block: str, acc_block: str, warpgroups: int, n: int, stages: int
+) -> tuple[RV, RV, RV]:
+    """Check a variant and cache the accumulator into wgmma registers: (acc, out, frag_out)."""
+    if n not in WGMMA_N or warpgroups not in (1, 2) or stages < 2:
+        raise ScheduleError(
+            f"wgmma tiling needs n in {WGMMA_N}, 1 or 2 warpgroups and stages >= 2; "
+            f"got n={n}, warpgroups={warpgroups}, stages={stages}"
+        )
+    acc = sch.get_block(acc_block)
+    out = sch.get_block(out_block)
+    return acc, out, sch.cache_write(acc, 0, "wgmma.accumulator")
 
 
 def _loops_under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
