@@ -47,6 +47,7 @@ from tunefleet.coordinator.jobs import (
     JobResult,
     job_status,
     load_model,
+    plan_job,
     resume_job,
     start_job,
 )
@@ -161,6 +162,7 @@ def job_config(
     seed: int,
     batch_size: int,
     pipeline: bool = True,
+    task_text: str = "",
 ) -> JobConfig:
     """The JobConfig of `tune --model`'s options (click usage errors name the bad option)."""
     if budget is None:
@@ -183,13 +185,20 @@ def job_config(
     except DimSpecError as err:
         raise click.BadParameter(str(err), param_hint="--set") from None
     try:
-        return JobConfig(
+        config = JobConfig(
             model=model, phases=phases, sets=sets, budget=budget, time_s=time_s, target=target,
             strategy=strategy, scheduler=SCHEDULERS[scheduler], seed=seed,
             trials_per_round=batch_size, pipeline=pipeline,
+            tasks=tuple(t.strip() for t in task_text.split(",") if t.strip()),
         )  # fmt: skip
     except JobError as err:
         raise click.BadParameter(str(err), param_hint="--phase") from None
+    if config.tasks:
+        try:
+            plan_job(config)
+        except JobError as err:
+            raise click.BadParameter(str(err), param_hint="--tasks") from None
+    return config
 
 
 def tune_model(
@@ -210,12 +219,13 @@ def tune_model(
     redis_url: str | None = None,
     metrics_port: int | None = None,
     pipeline: bool = True,
+    task_text: str = "",
 ) -> None:
     """`tunefleet tune --model`: validate the request, create the job and run it."""
     config = job_config(
         model, target=target, budget=budget, time_text=time_text, phase_text=phase_text,
         set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
-        batch_size=batch_size, pipeline=pipeline,
+        batch_size=batch_size, pipeline=pipeline, task_text=task_text,
     )  # fmt: skip
     url = resolve_cli_url(db_url)
     _run_job(lambda opts: start_job(config, url, opts), workers, redis_url, metrics_port, as_json)
@@ -423,6 +433,8 @@ def _event_line(job_id: int, event: FleetEvent) -> str:
 @click.option("--time", "time_text", metavar="DURATION", help="Wall-time limit: 90s, 10m, 1h.")
 @click.option("--phase", "phase_text", default="decode,prefill", show_default=True)
 @click.option("--set", "set_text", default="", metavar="DIM=V:V,...", help="Bucket values.")
+@click.option("--tasks", "task_text", default="", metavar="NAME,...",
+              help="Tune only these tasks of the model.")  # fmt: skip
 @click.option("--scheduler", type=click.Choice(list(SCHEDULERS)), default="gradient",
               show_default=True)  # fmt: skip
 @click.option("--target", type=click.Choice([k.value for k in TargetKind]), default="cpu",
@@ -457,6 +469,7 @@ def submit(
     time_text: str | None,
     phase_text: str,
     set_text: str,
+    task_text: str,
     scheduler: str,
     target: str,
     strategy: str,
@@ -478,7 +491,8 @@ def submit(
             raise click.UsageError("--address names a Ray job server: give it or --k8s, not both")
         tuning = dict(budget=budget, time_text=time_text, phase_text=phase_text,
                       set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
-                      batch_size=batch_size, pipeline=not no_pipeline)  # fmt: skip
+                      batch_size=batch_size, pipeline=not no_pipeline,
+                      task_text=task_text)  # fmt: skip
         manifest = _rayjob(existing, model_spec, target, workers, tuning,
                            k8s_jobs.RayJobOptions(namespace=namespace or k8s_jobs.DEFAULT_NAMESPACE,
                                                   image=image or "", cluster=cluster))  # fmt: skip
@@ -504,7 +518,7 @@ def submit(
         config = job_config(
             model_spec, target=target, budget=budget, time_text=time_text,
             phase_text=phase_text, set_text=set_text, scheduler=scheduler, strategy=strategy,
-            seed=seed, batch_size=batch_size, pipeline=not no_pipeline,
+            seed=seed, batch_size=batch_size, pipeline=not no_pipeline, task_text=task_text,
         )  # fmt: skip
         sub = _guarded(lambda: ray_jobs.submit(config, address, url, redis, workers))
     if as_json:

@@ -111,6 +111,7 @@ class JobConfig:
     trials_per_round: int = 16
     patience: int = 3  # flat rounds in a row before a workload counts as converged
     pipeline: bool = True  # build the next batch while this one is timed
+    tasks: tuple[str, ...] = ()  # tune only the tasks of these names (empty: every task)
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -128,6 +129,7 @@ class JobConfig:
         out = asdict(self)
         out["phases"] = list(self.phases)
         out["sets"] = {k: list(v) for k, v in self.sets.items()}
+        out["tasks"] = list(self.tasks)
         return out
 
     @staticmethod
@@ -137,6 +139,7 @@ class JobConfig:
         kept = {k: v for k, v in data.items() if k in names}
         kept["phases"] = tuple(kept.get("phases", ()))
         kept["sets"] = {k: tuple(v) for k, v in kept.get("sets", {}).items()}
+        kept["tasks"] = tuple(kept.get("tasks", ()))
         return JobConfig(**kept)
 
 
@@ -240,6 +243,15 @@ def plan_job(config: JobConfig, problem_for: ProblemBuilder | None = None) -> li
             tasks += [(phase, t) for t in model_tasks(model, phase, buckets=sets)]
         except DimSpecError as err:
             raise JobError(str(err)) from None
+    if config.tasks:
+        known = {name for _, t in tasks for name in t.names}
+        unknown = [name for name in config.tasks if name not in known]
+        if unknown:
+            raise JobError(
+                f"unknown task {', '.join(unknown)} for {model.name}; its tasks: "
+                f"{', '.join(sorted(known))} (`tunefleet tasks --model` lists them)"
+            )
+        tasks = [(ph, t) for ph, t in tasks if set(t.names) & set(config.tasks)]
     return plan_workloads(tasks, builder)
 
 

@@ -69,6 +69,9 @@ from .tuning import tune as run_tune
               help="Passes of the model to tune (with --model).")  # fmt: skip
 @click.option("--set", "set_text", default="", metavar="DIM=V:V,...",
               help="Bucket values to tune at, e.g. b=1:4,m=4096 (with --model).")  # fmt: skip
+@click.option("--tasks", "task_text", default="", metavar="NAME,...",
+              help="Tune only these tasks of the model, by the names `tunefleet tasks` "
+              "prints, e.g. gate_up_proj+act,lm_head (with --model).")  # fmt: skip
 @click.option("--scheduler", type=click.Choice(["gradient", "round-robin"]), default="gradient",
               show_default=True, help="How tasks share the rounds (with --model).")  # fmt: skip
 @click.option("--redis", "redis_url", metavar="URL", envvar="TUNEFLEET_REDIS_URL",
@@ -95,6 +98,7 @@ def tune(
     time_text: str | None,
     phase_text: str,
     set_text: str,
+    task_text: str,
     scheduler: str,
     redis_url: str | None,
     metrics_port: int | None,
@@ -111,7 +115,7 @@ def tune(
             set_text=set_text, scheduler=scheduler, strategy=strategy, seed=seed,
             batch_size=batch_size, db_url=db_url, workers=workers, as_json=as_json,
             redis_url=redis_url, metrics_port=metrics_port,
-            pipeline=not no_pipeline,
+            pipeline=not no_pipeline, task_text=task_text,
         )  # fmt: skip
         return
     if op is None or shape_text is None:

@@ -17,7 +17,14 @@ from job_problems import only
 
 from tunefleet.coordinator.graph import Phase
 from tunefleet.coordinator.job_plan import chain_problem, plan_workloads
-from tunefleet.coordinator.jobs import JobConfig, JobError, JobOptions, resume_job, start_job
+from tunefleet.coordinator.jobs import (
+    JobConfig,
+    JobError,
+    JobOptions,
+    plan_job,
+    resume_job,
+    start_job,
+)
 from tunefleet.coordinator.presets import resolve_model
 from tunefleet.coordinator.tasks import model_tasks
 from tunefleet.database import RecordStore
@@ -57,6 +64,26 @@ def test_a_config_without_trials_or_phases_is_refused() -> None:
         JobConfig(model=MODEL, budget=0)
     with pytest.raises(JobError, match="phase"):
         JobConfig(model=MODEL, phases=("train",))
+
+
+def test_a_job_of_some_tasks_plans_only_those_and_keeps_them_on_resume() -> None:
+    """`tune --model --tasks`: the named tasks in every phase asked for, nothing else; the
+    stored config gives the same plan back (a resumed job tunes the same tasks)."""
+    config = JobConfig(model=MODEL, sets={"b": (1,), "m": (16,), "n": (8,)},
+                       tasks=("lm_head", "post_norm"))  # fmt: skip
+    plan = plan_job(config)
+    assert {(w.phase.value, w.task.names[0]) for w in plan} == {
+        ("decode", "input_norm"),
+        ("decode", "lm_head"),
+        ("prefill", "input_norm"),
+        ("prefill", "lm_head"),
+    }  # post_norm is one of the norm task's names
+    again = JobConfig.from_json(json.loads(json.dumps(config.to_json())))
+    assert again == config
+    assert [w.workload_key for w in plan_job(again)] == [w.workload_key for w in plan]
+    assert len(plan_job(JobConfig(model=MODEL, sets=config.sets))) > len(plan)
+    with pytest.raises(JobError, match="unknown task gate"):
+        plan_job(JobConfig(model=MODEL, tasks=("gate",)))
 
 
 @pytest.mark.slow
@@ -107,6 +134,11 @@ def _cli(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
         (["job", "status", "7"], 1, "job 7 does not exist"),
         (["job", "resume", "7"], 1, "job 7 does not exist"),
         (["tune", "rmsnorm", "--shape", "m=2,n=64", "--no-pipeline"], 2, "--no-pipeline"),
+        (
+            ["tune", "--model", MODEL, "--budget", "4", "--tasks", "lm_head,nope"],
+            2,
+            "unknown task nope",
+        ),
     ],
 )
 def test_bad_requests_say_one_line(tmp_path: Path, args: list[str], code: int, says: str) -> None:
