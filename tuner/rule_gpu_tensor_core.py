@@ -23,7 +23,7 @@ each wgmma tile's N columns hold N / 2 of the paired dim for both halves
 from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
-from tunefleet.ir.stmt import Block
+from tunefleet.ir.stmt import Block, BufferRegion
 from tunefleet.ir.tensorcore_schedule import WMMA_MMA, apply_wmma_tiling
 from tunefleet.ir.wgmma_schedule import TILE_K as WGMMA_TILE_K
 from tunefleet.ir.wgmma_schedule import apply_wgmma_paired_tiling, apply_wgmma_tiling
@@ -147,26 +147,25 @@ def _paired_wgmma(sch: Schedule, block: str) -> list[Schedule]:
 def _is_k_major(sch: Schedule, blk: Block) -> bool:
     """Whether `blk` reads a[i, k] and b[..., k]: two inputs, both with the reduction var
     last, the first indexed by the block's first axis and k alone."""
-    ins = [r for r in blk.reads if r.buffer in sch.func.inputs]
-    if len(ins) != 2:
-        return False
+    ins = _k_last_inputs(sch, blk)
     axes = [iv.var for iv in blk.iter_vars]
-    if any(r.region[-1].min != axes[-1] for r in ins):
-        return False
     return any([rg.min for rg in r.region] == [axes[0], axes[-1]] for r in ins)
 
 
 def _is_dense(sch: Schedule, blk: Block) -> bool:
     """Whether `blk` reads a[i, k] and b[j, k] (both k-major), as wgmma's tiling needs."""
+    ins = _k_last_inputs(sch, blk)
+    return bool(ins) and all(len(r.region) == 2 for r in ins)
+
+
+def _k_last_inputs(sch: Schedule, blk: Block) -> list[BufferRegion]:
+    """`blk`'s two function-input reads if both index the block's last (reduction) var in
+    their last dim, else []: what both wgmma tilings need of their operands."""
     ins = [r for r in blk.reads if r.buffer in sch.func.inputs]
-    if len(ins) != 2:
-        return False
-    acc_vars = [iv.var for iv in blk.iter_vars]
-    for r in ins:
-        last = r.region[-1].min
-        if not (len(r.region) == 2 and last == acc_vars[-1]):
-            return False
-    return True
+    last = blk.iter_vars[-1].var
+    if len(ins) != 2 or any(r.region[-1].min != last for r in ins):
+        return []
+    return ins
 
 
 def _build(
