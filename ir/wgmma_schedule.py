@@ -51,13 +51,7 @@ def apply_wgmma_tiling(
     bj, jj = sch.split(j, [None, n])
     ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
     sch.reorder(bi, bj, ko, wi, ki, ii, jj, kx)
-    sch.bind(bi, "blockIdx.y")
-    sch.bind(bj, "blockIdx.x")
-    sch.bind(wi, "threadIdx.y")
-    _fetch_operands(sch, acc, ko, warpgroups)
-    sch.annotate(ko, PIPELINE_STAGES, stages)
-    sch.unroll(ki)
-    sch.annotate(ki, WGMMA_BATCH, 0)  # the four MMAs of a k step: one group, waited for
+    _main_loop(sch, acc, (bi, bj, wi, ko, ki), warpgroups, stages)
     tensorize_accumulation(
         sch, acc, frag_out, ko=ko, ii=ii, bj=bj, mma=wgmma_name(n, dtype), fill=f"wgmma_fill_n{n}"
     )
@@ -108,13 +102,7 @@ def apply_wgmma_paired_tiling(
     ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
     sch.reorder(bi, *outer, bj, ko, wi, ki, ii, p, jj, kx)
     bx = sch.fuse(*outer, bj) if outer else bj
-    sch.bind(bi, "blockIdx.y")
-    sch.bind(bx, "blockIdx.x")
-    sch.bind(wi, "threadIdx.y")
-    _fetch_operands(sch, acc, ko, warpgroups)
-    sch.annotate(ko, PIPELINE_STAGES, stages)
-    sch.unroll(ki)
-    sch.annotate(ki, WGMMA_BATCH, 0)
+    _main_loop(sch, acc, (bi, bx, wi, ko, ki), warpgroups, stages)
     sch.reverse_compute_at(frag_out, bx)
     init = sch.decompose_reduction(acc, ko)
     sch.fuse(p, jj)  # the n columns of the MMA: both halves, contiguous in the shared tiles
@@ -144,6 +132,21 @@ def _start(
     acc = sch.get_block(acc_block)
     out = sch.get_block(out_block)
     return acc, out, sch.cache_write(acc, 0, "wgmma.accumulator")
+
+
+def _main_loop(
+    sch: Schedule, acc: RV, loops: tuple[RV, RV, RV, RV, RV], warpgroups: int, stages: int
+) -> None:
+    """Bind the block rows / columns and the warpgroups (`bi, bj, wi`), fetch the operands
+    of each k step `ko` in `stages`, and issue the MMAs of `ki` as one waited-for group."""
+    bi, bj, wi, ko, ki = loops
+    sch.bind(bi, "blockIdx.y")
+    sch.bind(bj, "blockIdx.x")
+    sch.bind(wi, "threadIdx.y")
+    _fetch_operands(sch, acc, ko, warpgroups)
+    sch.annotate(ko, PIPELINE_STAGES, stages)
+    sch.unroll(ki)
+    sch.annotate(ki, WGMMA_BATCH, 0)  # the four MMAs of a k step: one group, waited for
 
 
 def _loops_under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
