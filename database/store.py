@@ -158,8 +158,9 @@ class RecordStore:
         try:
             with engine.connect() as conn:
                 revision = schema.current_revision(conn)
-                fresh = revision is None and not schema.has_tunefleet_tables(conn)
-            if fresh and create:
+            if revision is None and create:
+                # decided under the migration lock: another opener may be creating the
+                # schema right now, and its tables can appear after this read of the revision
                 schema.upgrade(engine)
             else:
                 schema.check_revision(revision, mask_url(url))
