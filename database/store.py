@@ -126,6 +126,19 @@ def _translated(method: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
+def _retry_locked(work: Callable[[], T]) -> T:
+    """Run `work`, again after a short back-off while SQLite reports a lock the busy handler
+    gave up on (it does so at once where waiting could deadlock); other errors pass through."""
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return work()
+        except OperationalError as err:
+            if not is_locked_error(err) or attempt == LOCK_RETRIES - 1:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
 class RecordStore:
     """The tuning-record store over one SQLite file or PostgreSQL database."""
 
@@ -155,7 +168,8 @@ class RecordStore:
                 f"no database file at {missing}; run 'tunefleet db init --db URL' to create one"
             )
         engine = make_engine(url, options or EngineOptions(), create_dir=create)
-        try:
+
+        def settle_schema() -> None:
             with engine.connect() as conn:
                 revision = schema.current_revision(conn)
             if revision is None and create:
@@ -164,6 +178,10 @@ class RecordStore:
                 schema.upgrade(engine)
             else:
                 schema.check_revision(revision, mask_url(url))
+
+        try:
+            # openers racing on a new SQLite file can see 'locked' past the busy handler
+            _retry_locked(settle_schema)
         except SQLAlchemyError as err:
             engine.dispose()
             raise translate(err, url) from None
@@ -209,16 +227,13 @@ class RecordStore:
 
     def _write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one write transaction, retrying while SQLite reports a lock."""
-        for attempt in range(LOCK_RETRIES):
-            try:
-                with self._engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
-                    with conn.begin():
-                        return work(conn)
-            except OperationalError as err:
-                if not is_locked_error(err) or attempt == LOCK_RETRIES - 1:
-                    raise
-                time.sleep(min(0.05 * 2**attempt, 2.0))
-        raise AssertionError("unreachable")
+
+        def once() -> T:
+            with self._engine.connect().execution_options(**{WRITE_OPTION: True}) as conn:
+                with conn.begin():
+                    return work(conn)
+
+        return _retry_locked(once)
 
     def _insert(self, table: Table) -> Insert:
         """An INSERT that supports ON CONFLICT DO NOTHING on this dialect."""

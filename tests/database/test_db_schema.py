@@ -146,3 +146,23 @@ def test_best_uses_the_partial_index_on_sqlite(tmp_path) -> None:
         engine.dispose()
     assert "ix_tuning_records_best" in plan
     assert "TEMP B-TREE" not in plan
+
+
+def test_open_waits_out_a_lock_held_past_the_busy_timeout(tmp_path) -> None:
+    """A new SQLite file locked by another writer for longer than the busy timeout still
+    opens once the lock goes: the opener retries instead of failing with 'locked'."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(0.6, holder.rollback)
+    release.start()
+    try:
+        options = EngineOptions(busy_timeout_s=0.05)
+        with RecordStore.open(f"sqlite:///{path}", options=options) as store:
+            assert store.revision() == db_schema.head_revision()
+    finally:
+        release.join()
+        holder.close()
