@@ -14,6 +14,11 @@ cores (`tensorize`), and the tile goes back through shared memory to the fp16 ou
 variants are structural (split factors), so each is its own sketch: warps in {2x2, 2x4, 4x2},
 tile_k in {32, 64}, pad in {0, 8}.
 
+Small m (batched decode, short chunks: m a multiple of 16 but not of 128) gets narrow WMMA
+tiles instead, so that the weight, the bytes that matter there, streams through many blocks:
+SMALL_M_VARIANTS, each `tile_m x tile_n` over `warps_m x warps_n` warps with `stages` k steps
+of cp.async copies in flight (16 x 32 tiles give a 4096-wide output 128 blocks).
+
 A dense whose epilogue pairs columns (rope on q|k|v laid out [t, heads, 2, d/2], silu_mul on
 gate|up laid out [t, 2, I]; `block_info.paired_output`) is claimed at its reduction on sm_90:
 each wgmma tile's N columns hold N / 2 of the paired dim for both halves
@@ -37,13 +42,25 @@ TILE_KS = (32, 64)
 PADS = (8, 0)
 # (warpgroups, N, stages): 128 x 128 with 3 stages measured fastest on an H100 (2 blocks/SM)
 WGMMA_VARIANTS = ((2, 128, 3), (2, 128, 2), (1, 128, 3), (1, 128, 4), (1, 256, 2), (2, 64, 4))
+# (tile_m, tile_n, warps, tile_k, stages) for m % TILE != 0: each warp one or two 16 x 16
+# fragments per row of tiles, enough stages to keep a multiprocessor's share of the weight
+# in flight with one or two blocks on it
+SMALL_M_VARIANTS = (
+    (16, 32, (1, 2), 64, 4),
+    (16, 64, (1, 2), 64, 4),
+    (16, 64, (1, 4), 128, 3),
+    (16, 128, (1, 4), 64, 4),
+    (32, 64, (2, 2), 64, 4),
+    (64, 64, (2, 2), 64, 3),
+)
+SMALL_M_PAD = 8
 
 
 class GpuTensorCore(ScheduleRule):
     """WMMA tiling with shared-memory staging for large fp16/bf16 dense outputs."""
 
     name = "gpu_tensor_core"
-    version = 2  # 2: wgmma for the paired epilogues (rope, gate|up)
+    version = 3  # 2: wgmma for the paired epilogues (rope, gate|up); 3: small-m tiles
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         if ctx.is_gpu and ctx.arch == "sm_90" and is_reduction(sch.func, block):
@@ -65,6 +82,7 @@ class GpuTensorCore(ScheduleRule):
         if m is None or n is None or k is None:
             return []
         dtype = next(iter(dtypes))
+        hopper: list[Schedule] = []
         if ctx.arch == "sm_90" and _is_dense(probe, acc_block) and k % WGMMA_TILE_K == 0:
             hopper = [
                 made
@@ -80,9 +98,11 @@ class GpuTensorCore(ScheduleRule):
                 ]
                 if made is not None
             ]
-            if hopper:
+            if hopper and m % TILE == 0:
                 return hopper
-        if m % TILE or n % TILE:
+        if m % TILE:  # 64 x N wgmma tiles leave most multiprocessors idle at small m
+            return hopper + _small_m(sch, block, acc_name, mma, (m, n, k))
+        if n % TILE:
             return []
         out_forks = []
         for warps in WARPS:
@@ -99,6 +119,27 @@ class GpuTensorCore(ScheduleRule):
                     if made is not None:
                         out_forks.append(made)
         return out_forks
+
+
+def _small_m(
+    sch: Schedule, block: str, acc_name: str, mma: str, mnk: tuple[int, int, int]
+) -> list[Schedule]:
+    """The SMALL_M_VARIANTS forks whose tiles divide (m, n, k); [] where none does."""
+    m, n, k = mnk
+    forks = []
+    for tm, tn, warps, tk, stages in SMALL_M_VARIANTS:
+        if m % tm or n % tn or k % tk:
+            continue
+        made = try_fork(
+            sch,
+            lambda t, tm=tm, tn=tn, w=warps, tk=tk, st=stages: apply_wmma_tiling(
+                t, block, acc_name, mma, warps=w, tile=(tm, tn), tile_k=tk, pad=SMALL_M_PAD,
+                stages=st,
+            ),
+        )
+        if made is not None:
+            forks.append(made)
+    return forks
 
 
 def _paired_wgmma(sch: Schedule, block: str) -> list[Schedule]:

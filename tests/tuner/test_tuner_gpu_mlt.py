@@ -30,7 +30,7 @@ CLAIMED = [
         "float32",
         {"transpose_b": False},
     ),
-    ("dense", {"m": 32, "n": 256, "k": 128}, "float16", {}),
+    ("dense", {"m": 24, "n": 256, "k": 128}, "float16", {}),  # m % 16: no tensor-core tile
 ]
 # also checked on the GPU: odd sizes, m=3, a 4-bit dense, grouped-query attention
 ODD = [

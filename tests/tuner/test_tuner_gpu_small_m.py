@@ -1,0 +1,125 @@
+"""Small-m dense on tensor cores (batched decode, short chunks): which sketches the rule
+makes, nvcc-clean samples, and (on a GPU) every sketch's candidates against numpy, plain and
+with the residual epilogue of a decode step at b=16."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tunefleet.ir import ops
+from tunefleet.ir.annotation_keys import PIPELINE_STAGES
+from tunefleet.tuner.candidates import SpaceSampler
+from tunefleet.tuner.postproc import default_postprocs
+from tunefleet.tuner.rule_gpu_tensor_core import SMALL_M_VARIANTS
+from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
+from tunefleet.workers.targets import Target
+
+AMPERE = SpaceContext(Target.cuda("sm_80"))
+HOPPER = SpaceContext(Target.cuda("sm_90"))
+
+
+def _sampler(dims: dict[str, int], ctx: SpaceContext, dtype: str = "float16") -> SpaceSampler:
+    func = ops.get_op("dense").build(dims, dtype)
+    sketches = SpaceGenerator(*rules_for("cuda"), with_default=False).generate(func, ctx)
+    return SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
+
+
+def _fitting(m: int, n: int, k: int) -> int:
+    return sum(m % tm == 0 and n % tn == 0 and k % tk == 0 for tm, tn, _, tk, _ in SMALL_M_VARIANTS)
+
+
+@pytest.mark.parametrize("ctx", [AMPERE, HOPPER], ids=["sm_80", "sm_90"])
+def test_batched_decode_gets_one_pipelined_wmma_sketch_per_fitting_tile(ctx) -> None:
+    sampler = _sampler({"m": 16, "n": 4096, "k": 4096}, ctx)
+    names = [s.name for s in sampler.sketches]
+    assert names == ["gpu_tensor_core(dense)"] * _fitting(16, 4096, 4096), names
+    for sketch in sampler.sketches:
+        text = sketch.trace.as_python()
+        assert "wmma_mma_f16_f32" in text and PIPELINE_STAGES in text
+    cands = sampler.sample_unique(random.Random(0), len(names), set(), max_tries=60)
+    assert len(cands) == len(names)  # every tile passes the limits of the architecture
+
+
+def test_hopper_keeps_wgmma_beside_the_narrow_tiles_at_m_64() -> None:
+    sampler = _sampler({"m": 64, "n": 4096, "k": 14336}, HOPPER)
+    kinds = ["wgmma" in s.trace.as_python() for s in sampler.sketches]
+    assert kinds.count(False) == _fitting(64, 4096, 14336) and kinds.count(True) >= 1
+
+
+def test_m_off_the_16_grid_stays_on_simt_tiles() -> None:
+    sampler = _sampler({"m": 24, "n": 4096, "k": 4096}, AMPERE)
+    assert {s.name.split("(")[0] for s in sampler.sketches} == {"gpu_multi_level_tiling"}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_small_m_samples_compile_with_nvcc(seed, nvcc_compiles) -> None:
+    nvcc_compiles(_sampler({"m": 32, "n": 512, "k": 1024}, AMPERE), seed)
+
+
+@pytest.fixture(scope="module")
+def gpu(tmp_path_factory):
+    from tunefleet.workers.builder import BuildConfig
+    from tunefleet.workers.runner import Runner, RunnerConfig
+    from tunefleet.workers.targets import resolve_target
+
+    cache = str(tmp_path_factory.mktemp("small-m-kernels"))
+    with Runner(RunnerConfig(device="cuda", device_index=0, cache_dir=cache)) as runner:
+        yield resolve_target("cuda"), runner, BuildConfig(cache_dir=cache, timeout_s=120)
+
+
+def _run_every_sketch(gpu, func, problem, sampler: SpaceSampler) -> int:
+    """Build and check one candidate of each tensor-core sketch; returns how many ran."""
+    from tunefleet.workers.builder import BuildInput, build
+    from tunefleet.workers.results import MeasureConfig, RunInput, Status
+
+    target, runner, config = gpu
+    fast = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=3, min_repeat_ms=0.2, timeout_s=20)
+    cands = sampler.sample_unique(random.Random(0), 3 * len(sampler.sketches), set(), max_tries=90)
+    seen: set[int] = set()
+    for cand in cands:
+        if cand.sketch in seen or "gpu_tensor_core" not in sampler.sketches[cand.sketch].name:
+            continue
+        seen.add(cand.sketch)
+        built = build(BuildInput(target, workload=func, trace=cand.trace), config)
+        assert built.status is Status.OK, built.message
+        result = runner.run(RunInput(built.artifact, problem, fast))
+        assert result.status is Status.OK, f"{cand.trace.as_python()}\n{result.message}"
+    return len(seen)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dims", [{"m": 16, "n": 384, "k": 512}, {"m": 64, "n": 128, "k": 768}])
+def test_every_small_m_sketch_matches_numpy_on_the_gpu(gpu, dims, dtype) -> None:
+    from tunefleet.workers.results import Problem
+
+    target = gpu[0]
+    func = ops.get_op("dense").build(dims, dtype)
+    ctx = SpaceContext(target)
+    sketches = SpaceGenerator(*rules_for("cuda"), with_default=False).generate(func, ctx)
+    sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
+    ran = _run_every_sketch(gpu, func, Problem.create("dense", dims, dtype), sampler)
+    assert ran >= _fitting(dims["m"], dims["n"], dims["k"])
+
+
+@pytest.mark.gpu
+def test_the_residual_epilogue_at_b16_runs_from_the_narrow_tiles(gpu) -> None:
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.job_plan import specialize
+    from tunefleet.coordinator.models import parse_hf_config
+    from tunefleet.coordinator.task_problems import task_problem
+    from tunefleet.coordinator.tasks import model_tasks
+
+    tiny = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 384,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 100, "torch_dtype": "float16"}  # fmt: skip
+    cfg = parse_hf_config(tiny, "tiny.json", name="tiny-llama")
+    task = next(t for t in model_tasks(cfg, Phase.DECODE) if t.op == "dense+add")
+    dims = {"b": 16, "m": 64}
+    func = specialize(task.func, dims)
+    ctx = SpaceContext(gpu[0])
+    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
+    sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
+    assert _run_every_sketch(gpu, func, task_problem(task, dims), sampler) >= 2
