@@ -143,6 +143,9 @@ class CUDARenderer(CStyleRenderer):
         self.dim_slots = dim_slots
         self._launch = LaunchDims(())
         self._bound: list[str] = []
+        # thread / block vars of extent-1 loops: always 0, so a fragment index drops them
+        # and stays a compile-time constant (a runtime index puts fragments in local memory)
+        self._unit_threads: dict[Var, Expr] = {}
         self._divergent = 0
         self._vec: dict[BufferLoad, str] = {}
         self._counter = 0
@@ -330,6 +333,9 @@ class CUDARenderer(CStyleRenderer):
         ext = simplify(s.extent)
         guarded = (int(ext.value) if isinstance(ext, Const) else launch_text(ext)) != launched
         self._bound.append(tag)
+        unit = isinstance(ext, Const) and int(ext.value) == 1
+        if unit:
+            self._unit_threads[s.var] = Const(0, s.var.dtype)
         if guarded:
             self.emit(f"if ({v} < {self.expr(ext)}) {{", depth + 1)
             self._divergent += tag in BLOCK_TAGS
@@ -338,6 +344,8 @@ class CUDARenderer(CStyleRenderer):
             self.emit("}", depth + 1)
         else:
             self.stmt(s.body, depth + 1)
+        if unit:
+            del self._unit_threads[s.var]
         self._bound.pop()
         self.emit("}", depth)
 
@@ -478,12 +486,10 @@ class CUDARenderer(CStyleRenderer):
 
     def _fragment(self, load_or_store: BufferLoad | BufferStore, zero: dict[Var, Expr]) -> str:
         buf = load_or_store.buffer
-        if len(buf.shape) != 2 or not all(
-            isinstance(d, Const) and int(d.value) % 16 == 0 for d in buf.shape
-        ):
-            raise CodegenError(f"accumulator {buf.name} must be a 2-D tile of 16 x 16 fragments")
-        r0, c0 = (simplify(substitute(i, zero)) for i in load_or_store.indices)
-        per_row = int(buf.shape[1].value) // 16  # type: ignore[attr-defined]
+        rows, cols = _tile_dims(buf)
+        zero = {**zero, **self._unit_threads}
+        r0, c0 = (simplify(substitute(load_or_store.indices[d], zero)) for d in (rows, cols))
+        per_row = int(buf.shape[cols].value) // 16  # type: ignore[attr-defined]
         idx = simplify((r0 // 16) * per_row + c0 // 16)
         return f"{c_name(buf.name)}[{self.expr(idx)}]"
 
@@ -720,10 +726,7 @@ class CUDARenderer(CStyleRenderer):
             )
         n = int(size.value)
         if buf.scope == "wmma.accumulator":
-            if len(buf.shape) != 2 or n % 256:
-                raise CodegenError(
-                    f"accumulator {buf.name} must be a 2-D tile of 16 x 16 fragments"
-                )
+            _tile_dims(buf)  # a 2-D tile of 16 x 16 fragments, or raise
             frag = "nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>"
             self.emit(f"{frag} {name}[{n // 256}];", depth)
             self.stmt(s.body, depth)
@@ -931,3 +934,15 @@ def _loop_annotations(func: PrimFunc, key: str) -> list[int]:
     return [
         int(v) for n in walk(func.body) if isinstance(n, For) for k, v in n.annotations if k == key
     ]
+
+
+def _tile_dims(buf: Buffer) -> tuple[int, int]:
+    """The (row, column) dims of a WMMA accumulator: its two dims longer than 1, each a
+    multiple of 16 (a paired tile [rows, 1, 1, cols] keeps unit dims for its half)."""
+    long = [d for d, ext in enumerate(buf.shape) if not (isinstance(ext, Const) and ext.value == 1)]
+    if len(long) != 2 or not all(
+        isinstance(buf.shape[d], Const) and int(buf.shape[d].value) % 16 == 0  # type: ignore[attr-defined]
+        for d in long
+    ):
+        raise CodegenError(f"accumulator {buf.name} must be a 2-D tile of 16 x 16 fragments")
+    return long[0], long[1]

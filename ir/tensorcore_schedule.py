@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .annotation_keys import PIPELINE_STAGES
+from .errors import ScheduleError
+from .expr import Const
 from .schedule import Schedule
 from .trace import RV
 
@@ -169,3 +171,122 @@ def apply_wmma_tiling(
         sch, acc, t.frag_out, ko=t.ko, ii=t.ii, bj=t.bj, mma=mma, fill="wmma_fill_f32"
     )
     write_through_shared(sch, t, out, "wmma_store_f32")
+
+
+def apply_wmma_paired_tiling(
+    sch: Schedule,
+    out_block: str,
+    acc_block: str,
+    mma: str,
+    *,
+    pair: int,
+    warps: tuple[int, int],
+    tile: tuple[int, int],
+    tile_k: int,
+    pad: int,
+    stages: int,
+) -> None:
+    """Tile `acc_block` (loops i, outer..., p, j, k; p the 2-wide pair axis at spatial
+    position `pair`, j last) onto WMMA fragments whose block tile holds `tile[1] / 2` columns
+    of j for both p, and write `out_block`, which reads both halves, from the shared tile.
+
+        acc[i, p, j] += x[i, k] * w[p, j, k]; out[i, j] = silu(acc[i, 0, j]) * acc[i, 1, j]
+        -> block (bi, bj), warp (wi, p * warps_n / 2 + wj): 16 x 16 fragments of rows i and
+           columns j of half p; out[i, j in bj's tile / 2] from the float32 tile in shared
+
+    Half the warps along n work on each half, so a fragment never spans the pair. m must be
+    a multiple of tile[0], j's extent of tile[1] / 2, k of tile_k; warps[1] even.
+    """
+    warps_m, warps_n = warps
+    if warps_n % 2 or tile[1] % (8 * warps_n) or tile[0] % (16 * warps_m):
+        raise ScheduleError(
+            f"wmma paired tiling: warps {warps} do not split a {tile[0]} x {tile[1]} tile into "
+            "16 x 16 fragments, half the warps along n per half"
+        )
+    acc = sch.get_block(acc_block)
+    out = sch.get_block(out_block)
+    frag_out = sch.cache_write(acc, 0, "wmma.accumulator")
+    i, *spatial, kk = sch.get_loops(acc)
+    if not 0 <= pair < len(spatial) - 1:
+        raise ScheduleError(
+            f"wmma paired tiling: pair axis {pair} must be a spatial loop of {acc_block} "
+            "before its last one"
+        )
+    p, j = spatial[pair], spatial[-1]
+    outer = [lp for lp in spatial[:-1] if lp is not p]
+    half_warps = warps_n // 2
+    frags = (tile[0] // warps_m // 16, tile[1] // 2 // half_warps // 16)
+    bi, wi, fi, ii = sch.split(i, [None, warps_m, frags[0], 16])
+    bj, wj, fj, jj = sch.split(j, [None, half_warps, frags[1], 16])
+    ko, ki, kx = sch.split(kk, [None, tile_k // 16, 16])
+    sch.reorder(bi, *outer, bj, ko, wi, p, wj, ki, fi, fj, ii, jj, kx)
+    bx = sch.fuse(*outer, bj) if outer else bj
+    sch.bind(bi, "blockIdx.y")
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(wi, "threadIdx.z")
+    for operand in (0, 1):  # operand tiles into shared memory, 16 bytes per thread and step
+        tile_buf = sch.cache_read(acc, operand, "shared")
+        sch.compute_at(tile_buf, ko)
+        _fetch_rows(sch, tile_buf, ko, warps, tile_k, pad)
+    if stages > 1:
+        sch.annotate(ko, PIPELINE_STAGES, stages)
+    for loop in (ki, fi, fj):
+        sch.unroll(loop)
+    # the tiles move while p and wj still index the buffers directly; then they fuse
+    sch.reverse_compute_at(frag_out, bx)
+    sch.bind(sch.fuse(p, wj), "threadIdx.y")
+    init = sch.decompose_reduction(acc, ko)
+    sch.tensorize(ii, mma)
+    sch.tensorize(sch.get_loops(init)[-2], "wmma_fill_f32")
+    # the float32 tile in shared memory: each warp stores its own fragments
+    sch.set_scope(frag_out, 0, "shared")
+    rows, *cols = [lp for lp in _under(sch, frag_out, bx) if _const(sch, lp) != 1]
+    hp, col = cols[-2], cols[-1]
+    t0, f0, i0 = sch.split(rows, [warps_m, frags[0], 16])
+    t1, f1, i1 = sch.split(col, [half_warps, frags[1], 16])
+    sch.reorder(t0, hp, t1, f0, f1, i0, i1)
+    sch.bind(t0, "threadIdx.z")
+    sch.unroll(f0)
+    sch.unroll(f1)
+    sch.tensorize(i0, "wmma_store_f32")
+    sch.reverse_compute_at(out, bx)
+    sch.bind(sch.fuse(hp, t1), "threadIdx.y")
+    # the epilogue from the tile: rows over the warps, the rest of a row over the lanes
+    rows, *rest = [lp for lp in _under(sch, out, bx) if _const(sch, lp) != 1]
+    _, tz, ty = sch.split(rows, [None, warps_m, warps_n])
+    lane = sch.fuse(*rest) if len(rest) > 1 else rest[0]
+    lane, _ = sch.split(lane, [32, None])
+    sch.bind(tz, "threadIdx.z")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(lane, "threadIdx.x")
+
+
+def _fetch_rows(
+    sch: Schedule, tile: RV, at: RV, warps: tuple[int, int], row_len: int, pad: int
+) -> None:
+    """Copy an operand tile of any rank under `at` with all warps, 16 bytes per thread; its
+    leading dims fuse into rows of `row_len`, the row stride padded by `pad` elements."""
+    if pad:
+        rank = len(sch.get(tile).writes[0].buffer.shape)
+        sch.storage_align(tile, 0, rank - 2, row_len, pad)
+    *lead, cols = [lp for lp in _under(sch, tile, at) if _const(sch, lp) != 1]
+    rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    _, tz, ty, r = sch.split(rows, [None, warps[0], warps[1], max(1, 32 // (row_len // 8))])
+    c, vec = sch.split(cols, [None, 8])
+    sch.bind(tz, "threadIdx.z")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(sch.fuse(r, c), "threadIdx.x")
+    sch.vectorize(vec)
+
+
+def _under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
+    """The loops of `block` nested inside `loop`."""
+    loops = sch.get_loops(block)
+    at = next(k for k, lp in enumerate(loops) if sch.get(lp) is sch.get(loop))
+    return loops[at + 1 :]
+
+
+def _const(sch: Schedule, loop: RV) -> int | None:
+    """A loop's extent where it is a constant, else None."""
+    ext = sch.get(loop).extent
+    return int(ext.value) if isinstance(ext, Const) else None

@@ -29,7 +29,11 @@ from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.stmt import Block, BufferRegion
-from tunefleet.ir.tensorcore_schedule import WMMA_MMA, apply_wmma_tiling
+from tunefleet.ir.tensorcore_schedule import (
+    WMMA_MMA,
+    apply_wmma_paired_tiling,
+    apply_wmma_tiling,
+)
 from tunefleet.ir.wgmma_schedule import TILE_K as WGMMA_TILE_K
 from tunefleet.ir.wgmma_schedule import apply_wgmma_paired_tiling, apply_wgmma_tiling
 
@@ -60,11 +64,12 @@ class GpuTensorCore(ScheduleRule):
     """WMMA tiling with shared-memory staging for large fp16/bf16 dense outputs."""
 
     name = "gpu_tensor_core"
-    version = 3  # 2: wgmma for the paired epilogues (rope, gate|up); 3: small-m tiles
+    # 2: wgmma for the paired epilogues (rope, gate|up); 3: small-m tiles, paired too
+    version = 3
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
-        if ctx.is_gpu and ctx.arch == "sm_90" and is_reduction(sch.func, block):
-            return _paired_wgmma(sch, block)
+        if ctx.is_gpu and is_reduction(sch.func, block):
+            return _paired(sch, block, hopper=ctx.arch == "sm_90")
         found = reduced_output(sch, block) if ctx.is_gpu else None
         if found is None or len(found.producers) != 1:
             return []
@@ -142,9 +147,10 @@ def _small_m(
     return forks
 
 
-def _paired_wgmma(sch: Schedule, block: str) -> list[Schedule]:
-    """The wgmma forks of reduction `block` feeding an epilogue that reads a 2-wide pair axis
-    whole; [] where it is not such a dense or its sizes do not fit a variant."""
+def _paired(sch: Schedule, block: str, *, hopper: bool) -> list[Schedule]:
+    """The forks of reduction `block` feeding an epilogue that reads a 2-wide pair axis
+    whole: wgmma tiles on sm_90 (`hopper`), narrow WMMA tiles at small m; [] where it is not
+    such a dense or its sizes fit no variant."""
     found = paired_output(sch, block)
     if found is None or len(found.pair_axes) != 1:
         return []
@@ -166,13 +172,23 @@ def _paired_wgmma(sch: Schedule, block: str) -> list[Schedule]:
         return []
     m, j, k = extents[0], extents[-2], extents[-1]
     assert m is not None and j is not None and k is not None
-    if k % WGMMA_TILE_K:
-        return []
     out_name = found.probe.get(found.out).name
     dtype = next(iter(dtypes))
     forks = []
-    for wg, tn, st in WGMMA_VARIANTS:
-        if m % (64 * wg) or j % (tn // 2):
+    for tm, tn, warps, tk, stages in SMALL_M_VARIANTS if m % TILE else ():
+        if m % tm or j % (tn // 2) or k % tk or warps[1] % 2:
+            continue
+        made = try_fork(
+            sch,
+            lambda t, tm=tm, tn=tn, w=warps, tk=tk, st=stages: apply_wmma_paired_tiling(
+                t, out_name, block, WMMA_MMA[dtype], pair=pair - 1, warps=w, tile=(tm, tn),
+                tile_k=tk, pad=SMALL_M_PAD, stages=st,
+            ),
+        )
+        if made is not None:
+            forks.append(made)
+    for wg, tn, st in WGMMA_VARIANTS if hopper else ():
+        if m % (64 * wg) or j % (tn // 2) or k % WGMMA_TILE_K:
             continue
         made = try_fork(
             sch,

@@ -5,19 +5,27 @@ with the residual epilogue of a decode step at b=16."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
-from tunefleet.ir import ops
+from tunefleet.ir import build_source, ops
 from tunefleet.ir.annotation_keys import PIPELINE_STAGES
+from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.tensorcore_schedule import apply_wmma_paired_tiling
 from tunefleet.tuner.candidates import SpaceSampler
 from tunefleet.tuner.postproc import default_postprocs
+from tunefleet.tuner.replay import replay
 from tunefleet.tuner.rule_gpu_tensor_core import SMALL_M_VARIANTS
 from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
 from tunefleet.workers.targets import Target
 
 AMPERE = SpaceContext(Target.cuda("sm_80"))
 HOPPER = SpaceContext(Target.cuda("sm_90"))
+TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 384,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 100, "torch_dtype": "float16"}  # fmt: skip
 
 
 def _sampler(dims: dict[str, int], ctx: SpaceContext, dtype: str = "float16") -> SpaceSampler:
@@ -105,21 +113,62 @@ def test_every_small_m_sketch_matches_numpy_on_the_gpu(gpu, dims, dtype) -> None
 
 
 @pytest.mark.gpu
-def test_the_residual_epilogue_at_b16_runs_from_the_narrow_tiles(gpu) -> None:
-    from tunefleet.coordinator.graph import Phase
-    from tunefleet.coordinator.job_plan import specialize
-    from tunefleet.coordinator.models import parse_hf_config
+@pytest.mark.parametrize("op", ["dense+add", "dense+rope", "dense+silu_mul"])
+def test_decode_epilogues_at_b16_run_from_the_narrow_tiles(gpu, op) -> None:
+    """The residual add, rope's halves and gate|up's silu_mul of a decode step at b=16,
+    each from every narrow tensor-core sketch, against the task's own reference."""
     from tunefleet.coordinator.task_problems import task_problem
-    from tunefleet.coordinator.tasks import model_tasks
 
-    tiny = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 384,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "vocab_size": 100, "torch_dtype": "float16"}  # fmt: skip
-    cfg = parse_hf_config(tiny, "tiny.json", name="tiny-llama")
-    task = next(t for t in model_tasks(cfg, Phase.DECODE) if t.op == "dense+add")
-    dims = {"b": 16, "m": 64}
-    func = specialize(task.func, dims)
+    func, task = _decode_task(op, 16)
     ctx = SpaceContext(gpu[0])
     sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
-    assert _run_every_sketch(gpu, func, task_problem(task, dims), sampler) >= 2
+    ran = _run_every_sketch(gpu, func, task_problem(task, {"b": 16, "m": 64}), sampler)
+    assert ran >= 4
+
+
+def _decode_task(op: str, b: int):  # type: ignore[no-untyped-def]
+    """The decode task `op` of a small Llama at batch `b`, specialised: (func, task)."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.job_plan import specialize
+    from tunefleet.coordinator.models import parse_hf_config
+    from tunefleet.coordinator.tasks import model_tasks
+
+    cfg = parse_hf_config(TINY, "tiny.json", name="tiny-llama")
+    task = next(t for t in model_tasks(cfg, Phase.DECODE) if t.op == op)
+    return specialize(task.func, {"b": b, "m": 64}), task
+
+
+@pytest.mark.parametrize("op", ["dense+rope", "dense+silu_mul"])
+@pytest.mark.parametrize("ctx", [AMPERE, HOPPER], ids=["sm_80", "sm_90"])
+def test_paired_epilogues_at_b16_get_narrow_tiles_that_replay(ctx, op) -> None:
+    """Both halves of a pair come from one block's tile: half the warps along n each."""
+    func, _ = _decode_task(op, 16)
+    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
+    sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
+    names = [s.name for s in sampler.sketches]
+    narrow = [s for s in sampler.sketches if "wmma_mma_f16_f32" in s.trace.as_python()]
+    assert len(narrow) == len(names) - 1 and names[-1] == "default", names
+    cands = sampler.sample_unique(random.Random(0), len(names), set(), max_tries=80)
+    assert len(cands) == len(names)
+    for cand in [c for c in cands if sampler.sketches[c.sketch] in narrow][:2]:
+        first, again = (
+            build_source(replay(func, cand.trace, decisions=cand.trace.decisions), "cuda").source
+            for _ in range(2)
+        )
+        assert first == again and "load_matrix_sync" in first
+        # fragments indexed by constants only: a thread index would put them in local memory
+        frags = re.findall(r"wmma_accumulator\[([^\]]*)\]", first)
+        assert frags and not any("Idx" in f for f in frags), frags
+
+
+def test_paired_tiling_refuses_an_odd_warp_count() -> None:
+    func, _ = _decode_task("dense+silu_mul", 16)
+    sch = Schedule(func)
+    for name in ("up", "gate", "dense"):
+        sch.compute_inline(sch.get_block(name))
+    with pytest.raises(ScheduleError, match="half the warps along n"):
+        apply_wmma_paired_tiling(
+            sch, "silu_mul", "dense_acc", "wmma_mma_f16_f32",
+            pair=0, warps=(1, 3), tile=(16, 96), tile_k=64, pad=8, stages=3,
+        )  # fmt: skip
