@@ -1,4 +1,4 @@
-"""GPU low-batch GEMV / dense (m = 1): warps split k, wide weight loads, a warp reduction.
+"""GPU low-batch GEMV / dense (m = 1 .. 8): warps split k, wide weight loads, a warp reduction.
 
 For an output that casts a float32 accumulator of `x[1, k] . w[n, k]` (the library's fp16 and
 bf16 dense), each output row gets `lanes` threads (threadIdx.x) that split k; every thread
@@ -6,6 +6,9 @@ loads `vec` contiguous elements of w and x per step (16 bytes for 8 halves), all
 unrolled so many loads are in flight; the partial sums meet in a cross-thread reduction and
 the row's accumulator lives in a register. `rows` rows share a block (threadIdx.y). Sampled:
 rows in {1, 2, 4, 8}, lanes in {32, 64, 128} (one to four warps per row), vec in {2, 4, 8}.
+With 2 to 8 tokens (batched decode) a row holds all of them: the token loop goes inside the
+row, one accumulator and one cross-thread reduction per token, so each weight row is read
+from memory once and the tokens' x rows come from L1.
 
 A fused epilogue that pairs columns (rope's halves, gate|up; `block_info.paired_output`) is
 claimed at the reduction: the output's loops that pick within a pair go innermost, the others
@@ -26,6 +29,9 @@ from .block_info import divisors_among, loop_infos, paired_output, reduced_outpu
 from .space import ScheduleRule, SpaceContext, try_fork
 
 ROWS = (1, 2, 4, 8)
+# up to this many tokens share a row's lanes (one accumulator and reduction each); more
+# would re-read x too often from L1, and from m = 16 the tensor-core tiles take over
+MAX_TOKENS = 8
 LANES = (32, 64, 128)
 VECS = (2, 4, 8)
 
@@ -34,7 +40,8 @@ class GpuGemv(ScheduleRule):
     """Split-K across the threads of a row for decode-shaped dense outputs."""
 
     name = "gpu_gemv"
-    version = 2  # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers
+    # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers; 3: m <= 8
+    version = 3
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         paired = paired_output(sch, block) if ctx.is_gpu else None
@@ -47,10 +54,10 @@ class GpuGemv(ScheduleRule):
         acc_name = probe.get(producers[0]).name
         out_loops = loop_infos(probe, out)
         acc_loops = loop_infos(probe, producers[0])
-        if len(out_loops) != 2 or out_loops[0].extent != 1 or not acc_loops[-1].reduce:
+        if len(out_loops) != 2 or not acc_loops[-1].reduce:
             return []
-        n, k = out_loops[1].extent, acc_loops[-1].extent
-        if n is None or k is None:
+        m, n, k = out_loops[0].extent, out_loops[1].extent, acc_loops[-1].extent
+        if m is None or n is None or k is None or not 1 <= m <= MAX_TOKENS:
             return []
         rows = divisors_among(n, ROWS)
         pairs = [(lane, v) for lane in LANES for v in VECS if k % (lane * v) == 0]
@@ -61,8 +68,13 @@ class GpuGemv(ScheduleRule):
         def build(t: Schedule) -> None:
             o = t.get_block(block)
             acc = t.get_block(acc_name)
-            _, j = t.get_loops(o)
+            i, j = t.get_loops(o)
+            if m > 1:  # every token of a row in one thread group: the weight is read once
+                t.reorder(j, i)
             _rows_of_lanes(t, j, acc, rows, lanes, vecs)
+            if m > 1:  # constant indices keep the tokens' accumulators in registers
+                t.unroll(i)
+                t.unroll(t.get_loops(acc)[-4])  # the token loop, above lanes / steps / vec
 
         made = try_fork(sch, build)
         return [made] if made is not None else []
@@ -110,10 +122,14 @@ def _paired(sch: Schedule, block: str) -> list[Schedule]:
     out_loops = loop_infos(probe, found.out)
     if not acc_loops[-1].reduce or sum(i.reduce for i in acc_loops) != 1:
         return []
-    if acc_loops[0].extent != 1 or any(i.extent is None for i in (*acc_loops, *out_loops)):
-        return []  # one token (m = 1) and static extents only
+    if any(i.extent is None for i in (*acc_loops, *out_loops)):
+        return []  # static extents only
+    m = acc_loops[0].extent or 0
+    if not 1 <= m <= MAX_TOKENS:
+        return []
     pair_loops = set(found.pair_loops)
-    rows = [n for n, i in enumerate(out_loops) if n not in pair_loops and i.extent != 1]
+    inner = ([0] if m > 1 else []) + sorted(pair_loops)  # tokens, then the pick, in a row
+    rows = [n for n, i in enumerate(out_loops) if n not in inner and i.extent != 1]
     if not rows:
         return []
     n_rows = 1
@@ -131,13 +147,17 @@ def _paired(sch: Schedule, block: str) -> list[Schedule]:
         o = t.get_block(out_name)
         acc = t.get_block(block)
         loops = t.get_loops(o)
-        pick = [loops[n] for n in sorted(pair_loops)]
+        pick = [loops[n] for n in inner]
         if pick:
             t.reorder(*(loops[n] for n in rows), *pick)
         row = t.fuse(*(loops[n] for n in rows)) if len(rows) > 1 else loops[rows[0]]
         _rows_of_lanes(t, row, acc, row_sizes, lanes, vecs)
         for lp in pick:
             t.unroll(lp)
+        if m > 1:  # the acc's token loop: the first under the row's threadIdx.y
+            loops = t.get_loops(acc)
+            at = next(n for n, lp in enumerate(loops) if t.get(lp).thread == "threadIdx.y")
+            t.unroll(loops[at + 1])
 
     made = try_fork(sch, build)
     return [made] if made is not None else []

@@ -32,10 +32,10 @@ CLAIMED = [
     ),
     ("dense", {"m": 24, "n": 256, "k": 128}, "float16", {}),  # m % 16: no tensor-core tile
 ]
-# also checked on the GPU: odd sizes, m=3, a 4-bit dense, grouped-query attention
+# also checked on the GPU: odd sizes, m=9, a 4-bit dense, grouped-query attention
 ODD = [
     ("matmul", {"m": 7, "n": 77, "k": 7}, "float32", {}),
-    ("dense", {"m": 3, "n": 512, "k": 256}, "float16", {}),
+    ("dense", {"m": 9, "n": 512, "k": 256}, "float16", {}),  # m <= 8: the GEMV rows
     ("q4_dense", {"m": 32, "n": 256, "k": 128}, "float16", {}),
     ("batch_matmul", {"b": 1, "h": 8, "m": 16, "n": 64, "k": 64}, "float16", {"group": 4}),
 ]

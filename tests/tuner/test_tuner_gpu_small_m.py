@@ -1,6 +1,7 @@
-"""Small-m dense on tensor cores (batched decode, short chunks): which sketches the rule
-makes, nvcc-clean samples, and (on a GPU) every sketch's candidates against numpy, plain and
-with the residual epilogue of a decode step at b=16."""
+"""Small-m dense (batched decode, short chunks): GEMV rows that hold 2-8 tokens, narrow
+tensor-core tiles from m=16; which sketches the rules make, nvcc-clean samples, and (on a
+GPU) every sketch's candidates against numpy, plain and with the epilogues of a decode step
+(residual add, rope, gate|up silu) at b=4 and b=16."""
 
 from __future__ import annotations
 
@@ -66,6 +67,22 @@ def test_small_m_samples_compile_with_nvcc(seed, nvcc_compiles) -> None:
     nvcc_compiles(_sampler({"m": 32, "n": 512, "k": 1024}, AMPERE), seed)
 
 
+@pytest.mark.parametrize("m", [2, 5, 8])
+def test_a_few_tokens_share_each_gemv_row(m: int) -> None:
+    """Up to 8 tokens: one GEMV sketch whose rows hold every token (an accumulator each, in
+    registers), so the weight is read once, not once per token as the SIMT tiles do."""
+    sampler = _sampler({"m": m, "n": 4096, "k": 4096}, HOPPER)
+    assert [s.name for s in sampler.sketches] == ["gpu_gemv(dense)"]
+    cand = sampler.sample_unique(random.Random(0), 1, set())[0]
+    src = build_source(replay(sampler.func, cand.trace, decisions=cand.trace.decisions), "cuda")
+    assert f"float dense_acc[{m}]" in src.source and "tf_block_add" in src.source
+
+
+def test_nine_tokens_leave_the_gemv_rows() -> None:
+    names = {s.name for s in _sampler({"m": 9, "n": 4096, "k": 4096}, HOPPER).sketches}
+    assert names == {"gpu_multi_level_tiling(dense_acc)"}
+
+
 @pytest.fixture(scope="module")
 def gpu(tmp_path_factory):
     from tunefleet.workers.builder import BuildConfig
@@ -77,8 +94,10 @@ def gpu(tmp_path_factory):
         yield resolve_target("cuda"), runner, BuildConfig(cache_dir=cache, timeout_s=120)
 
 
-def _run_every_sketch(gpu, func, problem, sampler: SpaceSampler) -> int:
-    """Build and check one candidate of each tensor-core sketch; returns how many ran."""
+def _run_every_sketch(
+    gpu, func, problem, sampler: SpaceSampler, rule: str = "gpu_tensor_core"
+) -> int:
+    """Build and check one candidate of each sketch of `rule`; returns how many ran."""
     from tunefleet.workers.builder import BuildInput, build
     from tunefleet.workers.results import MeasureConfig, RunInput, Status
 
@@ -87,7 +106,7 @@ def _run_every_sketch(gpu, func, problem, sampler: SpaceSampler) -> int:
     cands = sampler.sample_unique(random.Random(0), 3 * len(sampler.sketches), set(), max_tries=90)
     seen: set[int] = set()
     for cand in cands:
-        if cand.sketch in seen or "gpu_tensor_core" not in sampler.sketches[cand.sketch].name:
+        if cand.sketch in seen or rule not in sampler.sketches[cand.sketch].name:
             continue
         seen.add(cand.sketch)
         built = build(BuildInput(target, workload=func, trace=cand.trace), config)
@@ -113,18 +132,34 @@ def test_every_small_m_sketch_matches_numpy_on_the_gpu(gpu, dims, dtype) -> None
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("m", [2, 5, 8])
+def test_gemv_rows_of_a_few_tokens_match_numpy_on_the_gpu(gpu, m, dtype) -> None:
+    from tunefleet.workers.results import Problem
+
+    dims = {"m": m, "n": 320, "k": 1024}
+    func = ops.get_op("dense").build(dims, dtype)
+    ctx = SpaceContext(gpu[0])
+    sketches = SpaceGenerator(*rules_for("cuda"), with_default=False).generate(func, ctx)
+    sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
+    assert _run_every_sketch(gpu, func, Problem.create("dense", dims, dtype), sampler, "gpu_gemv")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("op", ["dense+add", "dense+rope", "dense+silu_mul"])
-def test_decode_epilogues_at_b16_run_from_the_narrow_tiles(gpu, op) -> None:
-    """The residual add, rope's halves and gate|up's silu_mul of a decode step at b=16,
-    each from every narrow tensor-core sketch, against the task's own reference."""
+@pytest.mark.parametrize(("b", "rule", "least"), [(4, "gpu_gemv", 1), (16, "gpu_tensor_core", 4)])
+def test_decode_epilogues_at_small_batches_run(gpu, op, b, rule, least) -> None:
+    """The residual add, rope's halves and gate|up's silu_mul of a decode step at b=4 (GEMV
+    rows of 4 tokens) and b=16 (narrow tensor-core tiles), from every sketch, against the
+    task's own reference."""
     from tunefleet.coordinator.task_problems import task_problem
 
-    func, task = _decode_task(op, 16)
+    func, task = _decode_task(op, b)
     ctx = SpaceContext(gpu[0])
     sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
-    ran = _run_every_sketch(gpu, func, task_problem(task, {"b": 16, "m": 64}), sampler)
-    assert ran >= 4
+    ran = _run_every_sketch(gpu, func, task_problem(task, {"b": b, "m": 64}), sampler, rule)
+    assert ran >= least
 
 
 def _decode_task(op: str, b: int):  # type: ignore[no-untyped-def]
