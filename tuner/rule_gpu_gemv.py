@@ -59,6 +59,8 @@ class GpuGemv(ScheduleRule):
         m, n, k = out_loops[0].extent, out_loops[1].extent, acc_loops[-1].extent
         if m is None or n is None or k is None or not 1 <= m <= MAX_TOKENS:
             return []
+        if m > 1 and len(acc_loops) != 3:
+            return []  # a few tokens: dense-shaped (tokens, columns, k) only, not a row norm
         rows = divisors_among(n, ROWS)
         pairs = [(lane, v) for lane in LANES for v in VECS if k % (lane * v) == 0]
         if not rows or not pairs:
