@@ -206,14 +206,7 @@ def apply_wmma_paired_tiling(
     acc = sch.get_block(acc_block)
     out = sch.get_block(out_block)
     frag_out = sch.cache_write(acc, 0, "wmma.accumulator")
-    i, *spatial, kk = sch.get_loops(acc)
-    if not 0 <= pair < len(spatial) - 1:
-        raise ScheduleError(
-            f"wmma paired tiling: pair axis {pair} must be a spatial loop of {acc_block} "
-            "before its last one"
-        )
-    p, j = spatial[pair], spatial[-1]
-    outer = [lp for lp in spatial[:-1] if lp is not p]
+    i, outer, p, j, kk = pair_loops(sch, acc, pair, "wmma paired tiling")
     half_warps = warps_n // 2
     frags = (tile[0] // warps_m // 16, tile[1] // 2 // half_warps // 16)
     bi, wi, fi, ii = sch.split(i, [None, warps_m, frags[0], 16])
@@ -240,7 +233,7 @@ def apply_wmma_paired_tiling(
     sch.tensorize(sch.get_loops(init)[-2], "wmma_fill_f32")
     # the float32 tile in shared memory: each warp stores its own fragments
     sch.set_scope(frag_out, 0, "shared")
-    rows, *cols = [lp for lp in _under(sch, frag_out, bx) if _const(sch, lp) != 1]
+    rows, *cols = [lp for lp in loops_under(sch, frag_out, bx) if _const(sch, lp) != 1]
     hp, col = cols[-2], cols[-1]
     t0, f0, i0 = sch.split(rows, [warps_m, frags[0], 16])
     t1, f1, i1 = sch.split(col, [half_warps, frags[1], 16])
@@ -252,7 +245,7 @@ def apply_wmma_paired_tiling(
     sch.reverse_compute_at(out, bx)
     sch.bind(sch.fuse(hp, t1), "threadIdx.y")
     # the epilogue from the tile: rows over the warps, the rest of a row over the lanes
-    rows, *rest = [lp for lp in _under(sch, out, bx) if _const(sch, lp) != 1]
+    rows, *rest = [lp for lp in loops_under(sch, out, bx) if _const(sch, lp) != 1]
     _, tz, ty = sch.split(rows, [None, warps_m, warps_n])
     lane = sch.fuse(*rest) if len(rest) > 1 else rest[0]
     lane, _ = sch.split(lane, [32, None])
@@ -269,7 +262,7 @@ def _fetch_rows(
     if pad:
         rank = len(sch.get(tile).writes[0].buffer.shape)
         sch.storage_align(tile, 0, rank - 2, row_len, pad)
-    *lead, cols = [lp for lp in _under(sch, tile, at) if _const(sch, lp) != 1]
+    *lead, cols = [lp for lp in loops_under(sch, tile, at) if _const(sch, lp) != 1]
     rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     _, tz, ty, r = sch.split(rows, [None, warps[0], warps[1], max(1, 32 // (row_len // 8))])
     c, vec = sch.split(cols, [None, 8])
@@ -279,11 +272,25 @@ def _fetch_rows(
     sch.vectorize(vec)
 
 
-def _under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
+def loops_under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
     """The loops of `block` nested inside `loop`."""
     loops = sch.get_loops(block)
     at = next(k for k, lp in enumerate(loops) if sch.get(lp) is sch.get(loop))
     return loops[at + 1 :]
+
+
+def pair_loops(sch: Schedule, acc: RV, pair: int, who: str) -> tuple[RV, list[RV], RV, RV, RV]:
+    """The loops (i, outer, p, j, k) of a paired accumulator `acc[i, outer..., p, j] += ...`
+    with the 2-wide pair axis at spatial position `pair` (before j): what both paired
+    tilings split."""
+    i, *spatial, kk = sch.get_loops(acc)
+    if not 0 <= pair < len(spatial) - 1:
+        raise ScheduleError(
+            f"{who}: pair axis {pair} must be a spatial loop of {sch.get(acc).name} "
+            "before its last one"
+        )
+    p, j = spatial[pair], spatial[-1]
+    return i, [lp for lp in spatial[:-1] if lp is not p], p, j, kk
 
 
 def _const(sch: Schedule, loop: RV) -> int | None:

@@ -23,7 +23,7 @@ from .errors import ScheduleError
 from .expr import Const
 from .intrinsics_wgmma import STORAGE_SWIZZLE, WGMMA_BATCH, WGMMA_N, wgmma_name
 from .schedule import Schedule
-from .tensorcore_schedule import tensorize_accumulation
+from .tensorcore_schedule import loops_under, pair_loops, tensorize_accumulation
 from .trace import RV
 
 TILE_K = 64  # one 128-byte swizzle row of fp16 / bf16
@@ -89,14 +89,7 @@ def apply_wgmma_paired_tiling(
     warpgroups, j's extent of n / 2, k of 64.
     """
     acc, out, frag_out = _start(sch, out_block, acc_block, warpgroups, n, stages)
-    i, *spatial, kk = sch.get_loops(acc)
-    if not 0 <= pair < len(spatial) - 1:
-        raise ScheduleError(
-            f"wgmma paired tiling: pair axis {pair} must be a spatial loop of {acc_block} "
-            "before its last one"
-        )
-    p, j = spatial[pair], spatial[-1]
-    outer = [lp for lp in spatial[:-1] if lp is not p]
+    i, outer, p, j, kk = pair_loops(sch, acc, pair, "wgmma paired tiling")
     bi, wi, ii = sch.split(i, [None, warpgroups, 64])
     bj, jj = sch.split(j, [None, n // 2])
     ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
@@ -111,7 +104,7 @@ def apply_wgmma_paired_tiling(
     sch.fuse(fill_p, fill_j)
     sch.tensorize(fill_rows, f"wgmma_fill_n{n}")
     sch.set_scope(frag_out, 0, "shared")
-    rows, *cols = _loops_under(sch, frag_out, bx)
+    rows, *cols = loops_under(sch, frag_out, bx)
     t0, i0 = sch.split(rows, [warpgroups, 64])
     sch.bind(t0, "threadIdx.y")
     sch.reverse_compute_at(out, bx)  # before the store's columns fuse: out reads them as a box
@@ -149,13 +142,6 @@ def _main_loop(
     sch.annotate(ki, WGMMA_BATCH, 0)  # the four MMAs of a k step: one group, waited for
 
 
-def _loops_under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
-    """The loops of `block` nested inside `loop`."""
-    loops = sch.get_loops(block)
-    at = next(k for k, lp in enumerate(loops) if sch.get(lp) is sch.get(loop))
-    return loops[at + 1 :]
-
-
 def _fetch_operands(sch: Schedule, acc: RV, ko: RV, warpgroups: int) -> None:
     """Copy both operand tiles of a k step into swizzled shared memory: 16 rows x 8 chunks
     of 16 bytes per warpgroup and copy (a tile's leading dims fuse into its rows)."""
@@ -163,7 +149,7 @@ def _fetch_operands(sch: Schedule, acc: RV, ko: RV, warpgroups: int) -> None:
         tile = sch.cache_read(acc, operand, "shared")
         sch.compute_at(tile, ko)
         sch.annotate(tile, STORAGE_SWIZZLE, 128)
-        *lead, cols = _loops_under(sch, tile, ko)
+        *lead, cols = loops_under(sch, tile, ko)
         rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         _, ty, r = sch.split(rows, [None, warpgroups, 16])
         c, vec = sch.split(cols, [None, 8])
@@ -176,7 +162,7 @@ def _fetch_operands(sch: Schedule, acc: RV, ko: RV, warpgroups: int) -> None:
 def _write_out(sch: Schedule, out: RV, at: RV, warpgroups: int) -> None:
     """Convert and write `out`'s tile under `at`, 8 elements (16 bytes) per thread along its
     last dim; its other column dims join the lanes."""
-    rows, *mid, cols = [lp for lp in _loops_under(sch, out, at) if _extent(sch, lp) != 1]
+    rows, *mid, cols = [lp for lp in loops_under(sch, out, at) if _extent(sch, lp) != 1]
     width = math.prod(_extent(sch, lp) for lp in (*mid, cols))
     _, ty, r = sch.split(rows, [None, warpgroups, 128 // (width // 8)])
     c, vec = sch.split(cols, [None, 8])
