@@ -135,12 +135,10 @@ def _small_m(
     for tm, tn, warps, tk, stages in SMALL_M_VARIANTS:
         if m % tm or n % tn or k % tk:
             continue
+        narrow = {"warps": warps, "tile": (tm, tn), "tile_k": tk, "stages": stages}
         made = try_fork(
             sch,
-            lambda t, tm=tm, tn=tn, w=warps, tk=tk, st=stages: apply_wmma_tiling(
-                t, block, acc_name, mma, warps=w, tile=(tm, tn), tile_k=tk, pad=SMALL_M_PAD,
-                stages=st,
-            ),
+            lambda t, kw=narrow: apply_wmma_tiling(t, block, acc_name, mma, pad=SMALL_M_PAD, **kw),
         )
         if made is not None:
             forks.append(made)
@@ -178,11 +176,11 @@ def _paired(sch: Schedule, block: str, *, hopper: bool) -> list[Schedule]:
     for tm, tn, warps, tk, stages in SMALL_M_VARIANTS if m % TILE else ():
         if m % tm or j % (tn // 2) or k % tk or warps[1] % 2:
             continue
+        narrow = {"warps": warps, "tile": (tm, tn), "tile_k": tk, "stages": stages}
         made = try_fork(
             sch,
-            lambda t, tm=tm, tn=tn, w=warps, tk=tk, st=stages: apply_wmma_paired_tiling(
-                t, out_name, block, WMMA_MMA[dtype], pair=pair - 1, warps=w, tile=(tm, tn),
-                tile_k=tk, pad=SMALL_M_PAD, stages=st,
+            lambda t, kw=narrow: apply_wmma_paired_tiling(
+                t, out_name, block, WMMA_MMA[dtype], pair=pair - 1, pad=SMALL_M_PAD, **kw
             ),
         )
         if made is not None:
