@@ -137,7 +137,7 @@ def dense_mma_schedule(
         sch.tensorize(r, intrin)
         sch.compute_at(tile_rv, t.ko)
         row_len = sch.get(sch.get_loops(tile_rv)[-1]).extent.value  # type: ignore[attr-defined]
-        fetch_to_shared(sch, tile_rv, warps, row_len, pad)
+        fetch_to_shared(sch, tile_rv, t.ko, warps, row_len, pad)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
         sch.annotate(t.ko, PIPELINE_STAGES, stages)
         if prefetch and tile_k // 16 % 2 == 0:  # next 16-wide step's fragments during the MMAs

@@ -76,19 +76,22 @@ def tile_warps(
 
 
 def fetch_to_shared(
-    sch: Schedule, tile: RV, warps: tuple[int, int], row_len: int, pad: int
+    sch: Schedule, tile: RV, at: RV, warps: tuple[int, int], row_len: int, pad: int
 ) -> None:
-    """Copy a shared operand tile (already computed at its k step) with all warps, 16 bytes
-    per thread.
+    """Copy a shared operand tile (already computed at its k step `at`) with all warps, 16
+    bytes per thread.
 
     Rows of `row_len` elements are padded by `pad` (storage_align) so that fragment loads of
     16 rows hit distinct banks; each warp copies whole rows, 32 lanes over rows x 16-byte
-    chunks, the chunk vectorized.
+    chunks, the chunk vectorized. A tile of higher rank (the paired tiling's `[2, j, k]`)
+    fuses its leading dims into the rows.
     """
     warps_m, warps_n = warps
     if pad:
-        sch.storage_align(tile, 0, 0, row_len, pad)
-    rows, cols = sch.get_loops(tile)[-2:]
+        rank = len(sch.get(tile).writes[0].buffer.shape)
+        sch.storage_align(tile, 0, rank - 2, row_len, pad)
+    *lead, cols = [lp for lp in loops_under(sch, tile, at) if _const(sch, lp) != 1]
+    rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
     _, tz, ty, r = sch.split(rows, [None, warps_m, warps_n, max(1, 32 // (row_len // 8))])
     c, vec = sch.split(cols, [None, 8])
     lane = sch.fuse(r, c)
@@ -162,7 +165,7 @@ def apply_wmma_tiling(
     for operand in (0, 1):  # operand tiles into shared memory, 16 bytes per thread and step
         tile_buf = sch.cache_read(acc, operand, "shared")
         sch.compute_at(tile_buf, t.ko)
-        fetch_to_shared(sch, tile_buf, warps, tile_k, pad)
+        fetch_to_shared(sch, tile_buf, t.ko, warps, tile_k, pad)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
         sch.annotate(t.ko, PIPELINE_STAGES, stages)
     for loop in (t.ki, t.fi, t.fj):
@@ -220,7 +223,7 @@ def apply_wmma_paired_tiling(
     for operand in (0, 1):  # operand tiles into shared memory, 16 bytes per thread and step
         tile_buf = sch.cache_read(acc, operand, "shared")
         sch.compute_at(tile_buf, ko)
-        _fetch_rows(sch, tile_buf, ko, warps, tile_k, pad)
+        fetch_to_shared(sch, tile_buf, ko, warps, tile_k, pad)
     if stages > 1:
         sch.annotate(ko, PIPELINE_STAGES, stages)
     for loop in (ki, fi, fj):
@@ -252,24 +255,6 @@ def apply_wmma_paired_tiling(
     sch.bind(tz, "threadIdx.z")
     sch.bind(ty, "threadIdx.y")
     sch.bind(lane, "threadIdx.x")
-
-
-def _fetch_rows(
-    sch: Schedule, tile: RV, at: RV, warps: tuple[int, int], row_len: int, pad: int
-) -> None:
-    """Copy an operand tile of any rank under `at` with all warps, 16 bytes per thread; its
-    leading dims fuse into rows of `row_len`, the row stride padded by `pad` elements."""
-    if pad:
-        rank = len(sch.get(tile).writes[0].buffer.shape)
-        sch.storage_align(tile, 0, rank - 2, row_len, pad)
-    *lead, cols = [lp for lp in loops_under(sch, tile, at) if _const(sch, lp) != 1]
-    rows = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    _, tz, ty, r = sch.split(rows, [None, warps[0], warps[1], max(1, 32 // (row_len // 8))])
-    c, vec = sch.split(cols, [None, 8])
-    sch.bind(tz, "threadIdx.z")
-    sch.bind(ty, "threadIdx.y")
-    sch.bind(sch.fuse(r, c), "threadIdx.x")
-    sch.vectorize(vec)
 
 
 def loops_under(sch: Schedule, block: RV, loop: RV) -> list[RV]:
