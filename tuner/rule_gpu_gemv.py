@@ -76,7 +76,7 @@ class GpuGemv(ScheduleRule):
             _rows_of_lanes(t, j, acc, rows, lanes, vecs)
             if m > 1:  # constant indices keep the tokens' accumulators in registers
                 t.unroll(i)
-                t.unroll(t.get_loops(acc)[-4])  # the token loop, above lanes / steps / vec
+                _unroll_token_loop(t, acc)
 
         made = try_fork(sch, build)
         return [made] if made is not None else []
@@ -101,6 +101,14 @@ def _rows_of_lanes(
     t.compute_at(acc, j1)
     t.set_scope(acc, 0, "local")
     _split_k(t, acc, lanes, vecs)
+
+
+def _unroll_token_loop(t: Schedule, acc: RV) -> None:
+    """Unroll the accumulator's token loop, the first under its row's threadIdx.y, so each
+    token's accumulator has a constant index (a register, not local memory)."""
+    loops = t.get_loops(acc)
+    at = next(n for n, lp in enumerate(loops) if t.get(lp).thread == "threadIdx.y")
+    t.unroll(loops[at + 1])
 
 
 def _split_k(t: Schedule, acc: RV, lanes: list[int], vecs: list[int]) -> None:
@@ -156,10 +164,8 @@ def _paired(sch: Schedule, block: str) -> list[Schedule]:
         _rows_of_lanes(t, row, acc, row_sizes, lanes, vecs)
         for lp in pick:
             t.unroll(lp)
-        if m > 1:  # the acc's token loop: the first under the row's threadIdx.y
-            loops = t.get_loops(acc)
-            at = next(n for n, lp in enumerate(loops) if t.get(lp).thread == "threadIdx.y")
-            t.unroll(loops[at + 1])
+        if m > 1:
+            _unroll_token_loop(t, acc)
 
     made = try_fork(sch, build)
     return [made] if made is not None else []
