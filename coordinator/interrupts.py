@@ -19,7 +19,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import InvalidStateError
 from contextlib import contextmanager
 from types import FrameType
 
@@ -71,6 +72,7 @@ def stop_on_signals() -> Iterator[None]:
             os._exit(exit_code(received[0]))
         received.append(signum)
         first_at.append(time.monotonic())
+        threading.excepthook = _quiet_broken_pool(threading.excepthook)
         end_children()
         raise Interrupted(signum, first_at[0])
 
@@ -85,3 +87,17 @@ def stop_on_signals() -> Iterator[None]:
             # the command is leaving: an echo of the stop landing while the interpreter
             # finishes (when Python's handlers are gone) must not turn 143 into a kill
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _quiet_broken_pool(
+    previous: Callable[[threading.ExceptHookArgs], object],
+) -> Callable[[threading.ExceptHookArgs], None]:
+    """A thread excepthook that drops the InvalidStateError a process pool's manager thread
+    raises when the workers `end_children` killed break the pool while the command cancels
+    its queued futures (CPython gh-107219, fixed in 3.12); every other error goes on."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.exc_value, InvalidStateError):
+            previous(args)
+
+    return hook

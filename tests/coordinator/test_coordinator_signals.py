@@ -255,3 +255,19 @@ def test_a_sigterm_sent_to_the_process_and_its_group_is_one_stop(tune_proc) -> N
     assert code == 143
     assert not any("at once" in ln for ln in lines), lines
     assert proc.leftovers() == []
+
+
+def test_after_a_stop_only_the_broken_pools_cancel_race_is_silenced() -> None:
+    """The workers a stop kills break the build pool while the command cancels its queued
+    futures; Python 3.11's pool manager thread then raises InvalidStateError (CPython
+    gh-107219). That one error is dropped after a stop; any other thread error still shows."""
+    import threading
+    from concurrent.futures import InvalidStateError
+
+    from tunefleet.coordinator.interrupts import _quiet_broken_pool
+
+    shown: list[type[BaseException]] = []
+    hook = _quiet_broken_pool(lambda args: shown.append(args.exc_type))
+    for err in (InvalidStateError("CANCELLED"), ValueError("a real bug")):
+        hook(threading.ExceptHookArgs([type(err), err, None, None]))
+    assert shown == [ValueError]
