@@ -4,11 +4,11 @@ transform_layout, which add buffers, move them between storage scopes or change 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ScheduleError
-from .expr import SCOPES, Buffer, BufferLoad, Var, const
+from .expr import SCOPES, Buffer, BufferLoad, Expr, Var, const
 from .instruction_traits import primitive
 from .layout import LayoutMap
 from .lower import STORAGE_ALIGN, storage_aligns
@@ -254,18 +254,26 @@ def replace_buffer(blk: Block, old: Buffer, new: Buffer, loads_only: bool) -> Bl
     return dataclasses.replace(blk, body=rewrite(blk.body, post), init=init)
 
 
-def copy_nest_of(names: NameSupply, block_name: str, src: Buffer, dst: Buffer) -> Stmt:
-    """Loops over src's shape with one block (`block_name`) copying src to dst elementwise."""
-    loop_vars = [Var(names.fresh(f"ax{d}")) for d in range(len(src.shape))]
+def copy_nest_of(
+    names: NameSupply,
+    block_name: str,
+    src: Buffer,
+    dst: Buffer,
+    shape: tuple[Expr, ...] | None = None,
+    src_index: Callable[[tuple[Expr, ...]], tuple[Expr, ...]] | None = None,
+) -> Stmt:
+    """Loops over `shape` (src's by default) with one block (`block_name`) storing
+    dst[v] = src[src_index(v)] (src[v] by default) elementwise."""
+    shape = src.shape if shape is None else shape
+    loop_vars = [Var(names.fresh(f"ax{d}")) for d in range(len(shape))]
     ivs = [
         IterVar(Var(names.fresh(f"v_ax{d}")), Range(const(0), e), "spatial")
-        for d, e in enumerate(src.shape)
+        for d, e in enumerate(shape)
     ]
     idx = tuple(iv.var for iv in ivs)
-    blk = with_regions(
-        Block(block_name, tuple(ivs), (), (), BufferStore(dst, idx, BufferLoad(src, idx)))
-    )
+    value = BufferLoad(src, idx if src_index is None else src_index(idx))
+    blk = with_regions(Block(block_name, tuple(ivs), (), (), BufferStore(dst, idx, value)))
     nest: Stmt = BlockRealize(tuple(loop_vars), TRUE, blk)
-    for lv, e in reversed(list(zip(loop_vars, src.shape, strict=True))):
+    for lv, e in reversed(list(zip(loop_vars, shape, strict=True))):
         nest = For(lv, e, nest)
     return nest

@@ -12,6 +12,7 @@ The primitives live in modules by family, each declaring its trace traits
     prim_loops        split, fuse, reorder, parallel, vectorize, unroll, bind (+ race check)
     prim_annotate     annotate
     prim_caches       cache_read, cache_write, set_scope, storage_align, transform_layout
+    prim_pad          pad_spatial
     prim_tensorize    tensorize
     prim_compute_at   compute_at, reverse_compute_at
     prim_inline       compute_inline, reverse_compute_inline
@@ -40,6 +41,7 @@ from . import (
     prim_compute_at,
     prim_inline,
     prim_loops,
+    prim_pad,
     prim_queries,
     prim_reduction,
     prim_sampling,
@@ -243,6 +245,10 @@ class Schedule:
     ) -> None:
         inputs = [block, write_buffer_index, axis, factor, list(order)]
         self._apply(prim_caches.transform_layout, inputs)
+
+    @_documented_by(prim_pad.pad_spatial)
+    def pad_spatial(self, block: RV, padding: Sequence[int]) -> list[RV]:
+        return self._apply(prim_pad.pad_spatial, [block, list(padding)])
 
     # ------------------------------------------------------------ tensorize
 

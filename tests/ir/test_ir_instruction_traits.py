@@ -38,7 +38,14 @@ def test_every_primitive_declares_traits_and_every_declaration_names_a_primitive
         "sample_perfect_tile",
     )
     lists = {n for n, t in declared().items() if t.results == "list"}
-    assert lists == {"get_loops", "get_producers", "get_consumers", "split", "sample_perfect_tile"}
+    assert lists == {
+        "get_loops",
+        "get_producers",
+        "get_consumers",
+        "split",
+        "pad_spatial",
+        "sample_perfect_tile",
+    }
     with pytest.raises(ScheduleError, match="unknown primitive 'get_child_blocks'"):
         traits_of("get_child_blocks")
 
@@ -99,11 +106,27 @@ def _packed_dense() -> Schedule:
     return sch
 
 
+def _padded_dense() -> Schedule:
+    """dense at 5 x 30, padded to 8 x 32 and tiled by 8 x 16."""
+    sch = Schedule(ops.get_op("dense").build({"m": 5, "n": 30, "k": 24}, "float32"))
+    b = sch.get_block("dense")
+    x_copy, w_copy, write_back = sch.pad_spatial(b, [3, 2, 0])
+    sch.compute_inline(x_copy)
+    sch.transform_layout(w_copy, 0, 0, 16, [0, 2, 1])
+    sch.set_scope(b, 0, "local")
+    i, j, k = sch.get_loops(b)
+    jo, ji = sch.split(j, [None, 16])
+    sch.reorder(jo, i, k, ji)
+    sch.reverse_compute_at(write_back, jo)
+    return sch
+
+
 CASES = {
     "elementwise": (_elementwise_chain, "cpu"),
     "softmax": (lambda: _softmax(3), "cpu"),
     "matmul": (lambda: _matmul(1), "cpu"),
     "packed_dense": (_packed_dense, "cpu"),
+    "padded_dense": (_padded_dense, "cpu"),
     "wmma": (lambda: dense_tc_schedule(256, 256, 128, tile=(64, 64), warps=(2, 2)), "cuda"),
     "mma_sync": (lambda: dense_mma_schedule(512, 256, 128), "cuda"),
     "wgmma": (lambda: dense_wgmma_schedule(256, 512, 320, "float16", 2, 256, 3), "cuda"),
