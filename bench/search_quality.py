@@ -8,7 +8,10 @@ OpenBLAS slow each other down when they share one), median per call, so every ra
 kernels measured in the same run. Evolutionary and random are also compared round by round:
 the rounds evolutionary's kernel won and the one-sided sign-test p-value of that many wins
 between equal kernels (both searches' best being one trace is reported as such). Ops (fp32):
-dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm 32x4096, softmax 256x2048.
+dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm 32x4096, softmax 256x2048, and
+dense at an odd shape, 333x777x555, beside its nearest multiple of the tiles, 336x784x560
+(`--ops dense_odd,dense_aligned`: the last table gives the share of the aligned throughput
+the odd shape keeps).
 
 Tuning results are kept under --state (one JSON per op/budget/searcher, MetaSchedule's
 database in a folder), so an interrupted run resumes and a partial run still reports:
@@ -37,6 +40,9 @@ import numpy as np
 
 OPS: dict[str, tuple[str, dict[str, int]]] = {
     "dense": ("dense", {"m": 1024, "n": 1024, "k": 1024}),
+    # shapes as they come (333 tokens, a 777-wide layer) and their nearest tile multiple
+    "dense_odd": ("dense", {"m": 333, "n": 777, "k": 555}),
+    "dense_aligned": ("dense", {"m": 336, "n": 784, "k": 560}),
     "gemv": ("dense", {"m": 1, "n": 4096, "k": 4096}),
     "rmsnorm": ("rmsnorm", {"m": 32, "n": 4096}),
     "softmax": ("softmax", {"m": 256, "n": 2048}),
@@ -406,6 +412,7 @@ def main() -> None:
         timed = {k: m for k, v in runs.items() if (m := median_of(v)) is not None}
         report[f"timing_{name}"] = {"median_ms": timed, "rounds_ms": runs, "max_rel_err": errors}
         print_op(name, budgets, runs, timed, report)
+    print_any_shape(report, budgets, strategies)
     (state / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"\nfull report: {state / 'report.json'}")
 
@@ -457,6 +464,33 @@ def print_op(name: str, budgets, runs, timed, report) -> None:
 
 
 STRATEGY_NAMES = ("evolutionary", "random")
+
+
+def gflops(name: str, ms: float) -> float:
+    """GFLOP/s of a dense op at `ms` per call."""
+    _, d = OPS[name]
+    return 2 * d["m"] * d["n"] * d["k"] / ms / 1e6
+
+
+def print_any_shape(report: dict[str, Any], budgets: list[int], strategies: list[str]) -> None:
+    """Odd shape against its aligned neighbour: throughput of each, and the share kept."""
+    odd, aligned = report.get("timing_dense_odd"), report.get("timing_dense_aligned")
+    if not odd or not aligned:
+        return
+    print(
+        "\n## any shape: dense 333x777x555 against 336x784x560 (GFLOP/s of each shape's own work)"
+    )
+    print("| kernel | odd | aligned | odd keeps (goal >= 90%) | odd vs numpy (goal >= 1.00x) |")
+    print("|---|---|---|---|---|")
+    numpy_odd = odd["median_ms"].get("numpy")
+    keys = [f"{s}@{b}" for b in budgets for s in strategies] + ["numpy"]
+    for key in keys:
+        a, b = odd["median_ms"].get(key), aligned["median_ms"].get(key)
+        if a is None or b is None:
+            continue
+        ga, gb = gflops("dense_odd", a), gflops("dense_aligned", b)
+        vs = f"{numpy_odd / a:.2f}x" if numpy_odd and key != "numpy" else "-"
+        print(f"| {key} | {ga:.0f} | {gb:.0f} | {ga / gb:.0%} | {vs} |")
 
 
 def candidates(result: dict[str, Any]) -> str:

@@ -15,12 +15,17 @@ output columns are contiguous for every k, and tiles the block as
         out[i, j] = acc                       # written back once per register tile
 
 Decisions: NB (8-64 floats: one to four zmm), R (2-8 rows), and the cache-block sizes IB
-and JB (1-16 tiles). Where no power of two divides n (or m), NB (or R) takes the extent's
-divisors in the same range instead (777 columns: panels of 21 or 37; 333 rows: tiles of
-3). All are `sample_categorical` over values that keep every split perfect, so the loop
-structure is the same for every decision. The rule applies to blocks with two
-spatial loops and one reduction loop, reading a buffer at exactly `[j, k]`; it leaves the
-other CPU sketches in place (non-exclusive).
+and JB (1-16 tiles). All are `sample_categorical` over values that keep every split
+perfect, so the loop structure is the same for every decision.
+
+Shapes as they come: where a wider panel or a taller tile fits after padding at most 1/64
+of the extent (777 columns: 784, panels of 16; 333 rows: 336, tiles of 8), the block is
+first padded (`pad_spatial`). The padded weight copy is the packed buffer itself, so
+padding costs no extra pass over w, and x is read in place at a clamped row. The
+accumulator tile is then the padded output itself (in registers) and its write-back stores
+the valid part. The rule applies to blocks with two spatial loops and one reduction loop,
+reading a buffer at exactly `[j, k]`; it leaves the other CPU sketches in place
+(non-exclusive).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from tunefleet.ir.expr import BufferLoad, Var
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import find_block, read_only_buffers, store_of
+from tunefleet.ir.trace import RV
 from tunefleet.ir.visit import walk
 
 from .block_info import divisors_among, is_reduction, loop_infos, uniform
@@ -37,6 +43,7 @@ from .space import ScheduleRule, SpaceContext, try_fork
 
 PANEL_WIDTHS = (8, 16, 32, 64)  # NB: packed columns per k, the vector width of the tile
 TILE_ROWS = (2, 4, 8)  # R: rows of x per register tile
+PAD_WASTE = 1 / 64  # the most padding (a fraction of the extent) taken for a larger tile
 BLOCK_TILES = (1, 2, 4, 8, 16)  # IB, JB: register tiles per cache block along i and j
 
 
@@ -50,6 +57,9 @@ class DenseShape:
     weight_index: int  # index among the block's read-only buffers (cache_read's numbering)
     m: int
     n: int
+    i_iter: int = 0  # positions of i and j among the block's iter vars (pad_spatial's order)
+    j_iter: int = 1
+    weight: str = ""  # the weight buffer's name
 
 
 def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
@@ -87,57 +97,73 @@ def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
         if mine and all(tuple(ix) == (vj, vk) for ix in mine):
             m, n = infos[pos[vi]].extent, infos[pos[vj]].extent
             assert m is not None and n is not None
-            return DenseShape(pos[vi], pos[vj], pos[vk], idx, m, n)
+            order = [iv.var for iv in blk.iter_vars]
+            return DenseShape(
+                pos[vi], pos[vj], pos[vk], idx, m, n, order.index(vi), order.index(vj), buf.name
+            )
     return None
 
 
-def _odd_divisors(extent: int, lo: int, hi: int) -> list[int]:
-    """Divisors of `extent` in [lo, hi]: the tile sizes left to a shape that no power of two
-    divides (777 columns: 21 or 37 per panel)."""
-    return [d for d in range(lo, hi + 1) if extent % d == 0]
+def padding(extent: int, tiles: tuple[int, ...]) -> int:
+    """How far to pad `extent` for the largest tile that costs at most PAD_WASTE of it
+    (333 rows: 3, for tiles of 8; 777 columns: 7, for panels of 16); where none is that
+    cheap, the least padding any tile needs (ties to the larger tile)."""
+    cheap = [t for t in tiles if -extent % t <= extent * PAD_WASTE]
+    if cheap:
+        return -extent % max(cheap)
+    return min(-extent % t for t in tiles)
 
 
 class PackedDense(ScheduleRule):
     """Pack w j-contiguous, then an R x NB register tile over the whole k (module docstring)."""
 
     name = "packed_dense"
-    version = 2  # 2: odd tile sizes where no power of two divides the extent
+    version = 3  # 3: shapes no tile divides are padded (pad_spatial), not cut in odd tiles
     exclusive = False  # multi-level tiling and split-K keep their sketches for the block
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         if not ctx.is_cpu or not is_reduction(sch.func, block):
             return []
         shape = dense_shape(sch, block)
-        if shape is None:
+        if shape is None or shape.m < 2:
             return []
-        widths = divisors_among(shape.n, PANEL_WIDTHS) or _odd_divisors(shape.n, 8, 64)
-        rows = divisors_among(shape.m, TILE_ROWS) or _odd_divisors(shape.m, 2, 8)
-        if not widths or not rows:
-            return []
-        made = try_fork(sch, lambda t: self._build(t, block, shape, widths, rows, ctx.cores))
+        made = try_fork(sch, lambda t: self._build(t, block, shape, ctx.cores))
         return [] if made is None else [made]
 
     @staticmethod
-    def _build(
-        t: Schedule, block: str, shape: DenseShape, widths: list[int], rows: list[int], cores: int
-    ) -> None:
+    def _build(t: Schedule, block: str, shape: DenseShape, cores: int) -> None:
         b = t.get_block(block)
-        wp = t.cache_read(b, shape.weight_index, "global")
+        pad_m, pad_n = padding(shape.m, TILE_ROWS), padding(shape.n, PANEL_WIDTHS)
+        m, n = shape.m + pad_m, shape.n + pad_n
+        widths = divisors_among(n, PANEL_WIDTHS)
+        rows = divisors_among(m, TILE_ROWS)
+        wp = None
+        if pad_m or pad_n:
+            counts = [0, 0, 0]
+            counts[shape.i_iter], counts[shape.j_iter] = pad_m, pad_n
+            *copies, acc = t.pad_spatial(b, counts)
+            for copy in copies:  # the weight's copy becomes the packed buffer; x is read in place
+                if _source_of(t, copy) == shape.weight:
+                    wp = copy
+                else:
+                    t.compute_inline(copy)
+            t.set_scope(b, 0, "local")  # the padded output is the register tile
+        if wp is None:
+            wp = t.cache_read(b, shape.weight_index, "global")
         nb = t.sample_categorical(widths, uniform(len(widths)))
         t.transform_layout(wp, 0, 0, nb, [0, 2, 1])
         t.split(t.get_loops(wp)[0], [None, nb])  # whole NB-row panels per outer iteration
-        acc = t.cache_write(b, 0, "local")
+        if not (pad_m or pad_n):
+            acc = t.cache_write(b, 0, "local")
         loops = t.get_loops(b)
         i, j, k = loops[shape.i_loop], loops[shape.j_loop], loops[shape.k_loop]
         r = t.sample_categorical(rows, uniform(len(rows)))
         # block sizes that divide the extent for the largest tile keep every split perfect;
         # along i they also leave every core an outer iteration (the parallel loop)
         i_blocks = [
-            c
-            for c in BLOCK_TILES
-            if shape.m % (c * max(rows)) == 0 and shape.m // (c * max(rows)) >= cores
+            c for c in BLOCK_TILES if m % (c * max(rows)) == 0 and m // (c * max(rows)) >= cores
         ] or [1]
-        j_blocks = [c for c in BLOCK_TILES if shape.n % (c * max(widths)) == 0]
+        j_blocks = [c for c in BLOCK_TILES if n % (c * max(widths)) == 0]
         ib = t.sample_categorical(i_blocks, uniform(len(i_blocks)))
         jb = t.sample_categorical(j_blocks, uniform(len(j_blocks)))
         i0, i1, i2 = t.split(i, [None, ib, r])
@@ -148,3 +174,10 @@ class PackedDense(ScheduleRule):
         t.vectorize(j2)
         t.unroll(i2)
         t.vectorize(t.get_loops(acc)[-1])
+
+
+def _source_of(t: Schedule, block: RV) -> str:
+    """The name of the buffer a copy block reads."""
+    store = store_of(t.get(block))
+    assert store is not None and isinstance(store.value, BufferLoad)
+    return store.value.buffer.name

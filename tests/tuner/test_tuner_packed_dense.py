@@ -13,7 +13,7 @@ from tunefleet.ir.schedule import Schedule
 from tunefleet.tuner.candidates import SpaceSampler
 from tunefleet.tuner.postproc import default_postprocs
 from tunefleet.tuner.replay import replay
-from tunefleet.tuner.rule_packed_dense import dense_shape
+from tunefleet.tuner.rule_packed_dense import PANEL_WIDTHS, TILE_ROWS, dense_shape, padding
 from tunefleet.tuner.space import CPU_GLOBAL_RULES, SpaceContext, SpaceGenerator
 from tunefleet.workers import BuildInput, MeasureConfig, MeasureInput, Problem
 from tunefleet.workers.targets import Target
@@ -28,7 +28,7 @@ def _packed_sketch(op: str, dims: dict[str, int]):
     return func, gen.generate(func, CTX, seed=0)
 
 
-@pytest.mark.parametrize("dims", [DIMS, {"m": 33, "n": 111, "k": 20}])
+@pytest.mark.parametrize("dims", [DIMS, {"m": 33, "n": 111, "k": 20}, {"m": 333, "n": 777, "k": 5}])
 def test_every_sampled_point_matches_numpy(dims, executor, cpu) -> None:
     func, sketches = _packed_sketch("dense", dims)
     assert [s.name for s in sketches] == ["packed_dense(dense)"]
@@ -37,7 +37,7 @@ def test_every_sampled_point_matches_numpy(dims, executor, cpu) -> None:
     assert len(cands) >= 2
     first = next(n for n, i in enumerate(sketches[0].trace.insts) if i.kind.startswith("sample"))
     widths = {c.trace.insts[first].inputs[0][c.trace.decisions[first]] for c in cands}
-    assert all(dims["n"] % w == 0 for w in widths)
+    assert all((dims["n"] + padding(dims["n"], PANEL_WIDTHS)) % w == 0 for w in widths)
     if dims is DIMS:
         assert len(widths) > 1, "the sample should cover several panel widths"
     config = MeasureConfig(guard_noise=False, repeats=2, warmup_ms=0.5, min_repeat_ms=0.2)
@@ -78,9 +78,9 @@ def test_inner_loop_reads_the_packed_panel_contiguously() -> None:
     [
         ("dense", {"m": 8, "n": 32, "k": 16}, True),
         ("dense", {"m": 1, "n": 32, "k": 16}, False),  # decode GEMV: split-K's job
-        ("dense", {"m": 9, "n": 21, "k": 16}, True),  # odd shapes: 3-row tiles, 21-wide panels
-        ("dense", {"m": 8, "n": 67, "k": 16}, False),  # no panel width from 8 to 64 divides n
-        ("dense", {"m": 11, "n": 32, "k": 16}, False),  # no tile of 2 to 8 rows divides m
+        ("dense", {"m": 9, "n": 21, "k": 16}, True),  # odd shapes are padded: 10 x 24
+        ("dense", {"m": 8, "n": 67, "k": 16}, True),  # no panel width divides n: 72
+        ("dense", {"m": 11, "n": 32, "k": 16}, True),  # no tile divides m: 12
         ("matmul", {"m": 8, "n": 32, "k": 16}, False),  # b[k, j] is already j-contiguous
         ("rmsnorm", {"m": 8, "n": 32}, False),
     ],
@@ -94,3 +94,32 @@ def test_applies_only_to_dense_like_blocks(op: str, dims: dict[str, int], applie
         shape = dense_shape(Schedule(func), "dense")
         assert shape is not None
         assert (shape.weight_index, shape.m, shape.n) == (1, dims["m"], dims["n"])
+
+
+@pytest.mark.parametrize(
+    ("extent", "tiles", "pad"),
+    [
+        (333, TILE_ROWS, 3),  # 336: tiles of 8 for 0.9% more rows
+        (777, PANEL_WIDTHS, 7),  # 784: panels of 16; 800 for panels of 32 would cost 3%
+        (784, PANEL_WIDTHS, 0),  # already a multiple of 16: no copy added
+        (151936, PANEL_WIDTHS, 0),  # a real vocabulary, a multiple of 64
+        (6, TILE_ROWS, 0),  # 8 rows would be a third more work: tiles of 2
+        (11, TILE_ROWS, 1),  # no tile is cheap: the least padding, tiles of 4
+    ],
+)
+def test_padding_buys_the_largest_tile_that_costs_under_a_64th(extent, tiles, pad) -> None:
+    assert padding(extent, tiles) == pad
+
+
+def test_an_odd_shape_runs_the_aligned_register_tile_without_extra_copies() -> None:
+    """333 x 777: the weight's padded copy is the packed panel buffer, x is read in place at
+    a clamped row, and the innermost loop has no bounds check (only the write-back does)."""
+    func, (sketch,) = _packed_sketch("dense", {"m": 333, "n": 777, "k": 32})
+    sch = replay(func, sketch.trace, decisions=dict(sketch.trace.decisions))
+    source = build_source(sch).source
+    assert source.count("aligned_alloc") == 1 and "w_pad = " in source
+    assert "x_pad" not in source and "(332) ? " in source
+    fma = next(ln for ln in source.splitlines() if "* w_pad[" in ln)
+    inner = source[: source.index(fma)].rsplit("for (int64_t k", 1)[1]
+    assert "if (" not in inner
+    assert "< 333)" in source and "< 777)" in source
