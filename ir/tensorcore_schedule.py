@@ -131,6 +131,16 @@ def write_through_shared(
     sch.vectorize(vec)
 
 
+def shared_operand(sch: Schedule, acc: RV, operand: int, copy: str | None) -> RV:
+    """The block that fills operand `operand` of `acc` in shared memory: its named `copy`
+    moved to shared scope, or else a new cache_read of the input."""
+    if copy is None:
+        return sch.cache_read(acc, operand, "shared")
+    tile = sch.get_block(copy)
+    sch.set_scope(tile, 0, "shared")
+    return tile
+
+
 def tensorize_accumulation(
     sch: Schedule, acc: RV, frag_out: RV, *, ko: RV, ii: RV, bj: RV, mma: str, fill: str
 ) -> None:
@@ -154,16 +164,20 @@ def apply_wmma_tiling(
     tile_k: int,
     pad: int,
     stages: int = 1,
+    operand_copies: tuple[str | None, str | None] = (None, None),
 ) -> None:
     """Tile `acc_block` (loops i, j, k) onto tensor cores and write `out_block` from it.
 
+    An operand whose copy block is named in `operand_copies` (pad_spatial's edge-padded
+    copy of x) is fetched by that block, moved into shared memory, instead of a cache_read:
+    padded rows then cost a clamped row index in the fetch, not a copy in global memory.
     Every step is a recorded schedule primitive, so the result replays from its trace.
     """
     acc = sch.get_block(acc_block)
     out = sch.get_block(out_block)
     t = tile_warps(sch, acc, "wmma.accumulator", warps=warps, tile=tile, tile_k=tile_k)
     for operand in (0, 1):  # operand tiles into shared memory, 16 bytes per thread and step
-        tile_buf = sch.cache_read(acc, operand, "shared")
+        tile_buf = shared_operand(sch, acc, operand, operand_copies[operand])
         sch.compute_at(tile_buf, t.ko)
         fetch_to_shared(sch, tile_buf, t.ko, warps, tile_k, pad)
     if stages > 1:  # copies of later k steps in flight (cp.async) while this one computes
@@ -188,6 +202,7 @@ def apply_wmma_paired_tiling(
     tile_k: int,
     pad: int,
     stages: int,
+    operand_copies: tuple[str | None, str | None] = (None, None),
 ) -> None:
     """Tile `acc_block` (loops i, outer..., p, j, k; p the 2-wide pair axis at spatial
     position `pair`, j last) onto WMMA fragments whose block tile holds `tile[1] / 2` columns
@@ -199,6 +214,7 @@ def apply_wmma_paired_tiling(
 
     Half the warps along n work on each half, so a fragment never spans the pair. m must be
     a multiple of tile[0], j's extent of tile[1] / 2, k of tile_k; warps[1] even.
+    `operand_copies` as in apply_wmma_tiling.
     """
     warps_m, warps_n = warps
     if warps_n % 2 or tile[1] % (8 * warps_n) or tile[0] % (16 * warps_m):
@@ -221,7 +237,7 @@ def apply_wmma_paired_tiling(
     sch.bind(bx, "blockIdx.x")
     sch.bind(wi, "threadIdx.z")
     for operand in (0, 1):  # operand tiles into shared memory, 16 bytes per thread and step
-        tile_buf = sch.cache_read(acc, operand, "shared")
+        tile_buf = shared_operand(sch, acc, operand, operand_copies[operand])
         sch.compute_at(tile_buf, ko)
         fetch_to_shared(sch, tile_buf, ko, warps, tile_k, pad)
     if stages > 1:

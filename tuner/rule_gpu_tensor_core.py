@@ -19,6 +19,13 @@ tiles instead, so that the weight, the bytes that matter there, streams through 
 SMALL_M_VARIANTS, each `tile_m x tile_n` over `warps_m x warps_n` warps with `stages` k steps
 of cp.async copies in flight (16 x 32 tiles give a 4096-wide output 128 blocks).
 
+Shapes as they come: an m no 16-row fragment divides (333 tokens) is padded first
+(`pad_rows`: ir's pad_spatial on the accumulator's rows). The padded copy of x is the
+shared-memory operand tile itself, its rows clamped to the last real one as they are
+fetched, so padding adds no pass over global memory; only the output's write checks the
+rows. Where reaching the 128-row tile costs at most 1/16 of m (2000 tokens: 2048), that
+padding is offered too, for the wide tiles. wgmma sketches stay unpadded.
+
 A dense whose epilogue pairs columns (rope on q|k|v laid out [t, heads, 2, d/2], silu_mul on
 gate|up laid out [t, 2, I]; `block_info.paired_output`) is claimed at its reduction on sm_90:
 each wgmma tile's N columns hold N / 2 of the paired dim for both halves
@@ -27,7 +34,11 @@ each wgmma tile's N columns hold N / 2 of the paired dim for both halves
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.schedule_tree import read_only_buffers
 from tunefleet.ir.stmt import Block, BufferRegion
 from tunefleet.ir.tensorcore_schedule import (
     WMMA_MMA,
@@ -64,8 +75,9 @@ class GpuTensorCore(ScheduleRule):
     """WMMA tiling with shared-memory staging for large fp16/bf16 dense outputs."""
 
     name = "gpu_tensor_core"
-    # 2: wgmma for the paired epilogues (rope, gate|up); 3: small-m tiles, paired too
-    version = 3
+    # 2: wgmma for the paired epilogues (rope, gate|up); 3: small-m tiles, paired too;
+    # 4: rows no fragment divides (333 tokens) padded to the tile (pad_spatial)
+    version = 4
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         if ctx.is_gpu and is_reduction(sch.func, block):
@@ -87,62 +99,110 @@ class GpuTensorCore(ScheduleRule):
         if m is None or n is None or k is None:
             return []
         dtype = next(iter(dtypes))
-        hopper: list[Schedule] = []
-        if ctx.arch == "sm_90" and _is_dense(probe, acc_block) and k % WGMMA_TILE_K == 0:
-            hopper = [
-                made
-                for wg, tn, st in WGMMA_VARIANTS
-                if m % (64 * wg) == 0 and n % tn == 0
-                for made in [
-                    try_fork(
-                        sch,
-                        lambda t, wg=wg, tn=tn, st=st: apply_wgmma_tiling(
-                            t, block, acc_name, dtype, warpgroups=wg, n=tn, stages=st
-                        ),
-                    )
-                ]
-                if made is not None
+        forks: list[Schedule] = []
+        for pad_m in row_paddings(m):
+            fit = _Fit(block, acc_name, mma, dtype, (m + pad_m, n, k), pad_m)
+            forks += _plain_forks(sch, fit, ctx, dense=_is_dense(probe, acc_block))
+        return forks
+
+
+def row_paddings(m: int) -> list[int]:
+    """Rows to add to an m no fragment divides (333 tokens: 3, to 336, for 16-row tiles),
+    and to reach a multiple of the 128-row tile where that costs at most 1/16 of m (2000:
+    48); [0] alone where 16 divides m and 128 is out of reach."""
+    pads = [-m % 16]
+    big = -m % TILE
+    if big and big != pads[0] and big * 16 <= m:
+        pads.append(big)
+    return pads
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One output's tiling problem: its blocks, the MMA, and the (padded) extents."""
+
+    block: str
+    acc: str
+    mma: str
+    dtype: str
+    mnk: tuple[int, int, int]  # m padded by pad_m
+    pad_m: int
+
+
+def _plain_forks(sch: Schedule, fit: _Fit, ctx: SpaceContext, *, dense: bool) -> list[Schedule]:
+    """The tensor-core forks of one padding of a plain (unpaired) output: wgmma on sm_90
+    (unpadded only), narrow WMMA tiles off the 128 grid, else 128 x 128 WMMA tiles."""
+    m, n, k = fit.mnk
+    hopper: list[Schedule] = []
+    if ctx.arch == "sm_90" and dense and k % WGMMA_TILE_K == 0 and not fit.pad_m:
+        hopper = [
+            made
+            for wg, tn, st in WGMMA_VARIANTS
+            if m % (64 * wg) == 0 and n % tn == 0
+            for made in [
+                try_fork(
+                    sch,
+                    lambda t, wg=wg, tn=tn, st=st: apply_wgmma_tiling(
+                        t, fit.block, fit.acc, fit.dtype, warpgroups=wg, n=tn, stages=st
+                    ),
+                )
             ]
-            if hopper and m % TILE == 0:
-                return hopper
-        if m % TILE:  # 64 x N wgmma tiles leave most multiprocessors idle at small m
-            return hopper + _small_m(sch, block, acc_name, mma, (m, n, k))
-        if n % TILE:
-            return []
-        out_forks = []
-        for warps in WARPS:
-            for tile_k in TILE_KS:
-                if k % tile_k:
-                    continue
-                for pad in PADS:
-                    made = try_fork(
-                        sch,
-                        lambda t, w=warps, tk=tile_k, p=pad: _build(
-                            t, block, acc_name, mma, w, tk, p
-                        ),
-                    )
-                    if made is not None:
-                        out_forks.append(made)
-        return out_forks
+            if made is not None
+        ]
+        if hopper and m % TILE == 0:
+            return hopper
+    if m % TILE:  # 64 x N wgmma tiles leave most multiprocessors idle at small m
+        return hopper + _small_m(sch, fit)
+    if n % TILE:
+        return []
+    out_forks = []
+    for warps in WARPS:
+        for tile_k in TILE_KS:
+            if k % tile_k:
+                continue
+            for pad in PADS:
+                wide = {"warps": warps, "tile": (TILE, TILE), "tile_k": tile_k, "pad": pad}
+                made = try_fork(sch, lambda t, kw=wide: _wmma(t, fit, **kw))
+                if made is not None:
+                    out_forks.append(made)
+    return out_forks
 
 
-def _small_m(
-    sch: Schedule, block: str, acc_name: str, mma: str, mnk: tuple[int, int, int]
-) -> list[Schedule]:
-    """The SMALL_M_VARIANTS forks whose tiles divide (m, n, k); [] where none does."""
-    m, n, k = mnk
+def _small_m(sch: Schedule, fit: _Fit) -> list[Schedule]:
+    """The SMALL_M_VARIANTS forks whose tiles divide the padded (m, n, k); [] where none does."""
+    m, n, k = fit.mnk
     forks = []
     for tm, tn, warps, tk, stages in SMALL_M_VARIANTS:
         if m % tm or n % tn or k % tk:
             continue
         narrow = {"warps": warps, "tile": (tm, tn), "tile_k": tk, "stages": stages}
-        made = try_fork(
-            sch,
-            lambda t, kw=narrow: apply_wmma_tiling(t, block, acc_name, mma, pad=SMALL_M_PAD, **kw),
-        )
+        made = try_fork(sch, lambda t, kw=narrow: _wmma(t, fit, pad=SMALL_M_PAD, **kw))
         if made is not None:
             forks.append(made)
     return forks
+
+
+def _wmma(t: Schedule, fit: _Fit, **tiling: Any) -> None:
+    """Pad the accumulator's rows (when the fit asks), then the WMMA tiling."""
+    copies = pad_rows(t, fit.acc, fit.pad_m) if fit.pad_m else (None, None)
+    apply_wmma_tiling(t, fit.block, fit.acc, fit.mma, operand_copies=copies, **tiling)
+
+
+def pad_rows(t: Schedule, acc: str, pad_m: int) -> tuple[str | None, str | None]:
+    """Grow `acc`'s first axis by `pad_m` rows (pad_spatial) and let its consumer read the
+    padded accumulator directly; returns, per operand of `acc`, the name of its padded copy (None
+    for an operand the rows do not index), which the tiling moves into shared memory."""
+    acc_rv = t.get_block(acc)
+    counts = [pad_m] + [0] * (len(t.get(acc_rv).iter_vars) - 1)
+    *copies, back = t.pad_spatial(acc_rv, counts)
+    t.compute_inline(back)
+    operands = read_only_buffers(t.get(acc_rv))
+    names: list[str | None] = [None] * len(operands)
+    for copy in copies:
+        block = t.get(copy)
+        names[operands.index(block.writes[0].buffer)] = block.name
+    first, second = names
+    return first, second
 
 
 def _paired(sch: Schedule, block: str, *, hopper: bool) -> list[Schedule]:
@@ -173,18 +233,26 @@ def _paired(sch: Schedule, block: str, *, hopper: bool) -> list[Schedule]:
     out_name = found.probe.get(found.out).name
     dtype = next(iter(dtypes))
     forks = []
-    for tm, tn, warps, tk, stages in SMALL_M_VARIANTS if m % TILE else ():
-        if m % tm or j % (tn // 2) or k % tk or warps[1] % 2:
-            continue
-        narrow = {"warps": warps, "tile": (tm, tn), "tile_k": tk, "stages": stages}
-        made = try_fork(
-            sch,
-            lambda t, kw=narrow: apply_wmma_paired_tiling(
-                t, out_name, block, WMMA_MMA[dtype], pair=pair - 1, pad=SMALL_M_PAD, **kw
-            ),
-        )
-        if made is not None:
-            forks.append(made)
+    for pad_m in row_paddings(m) if m % TILE else ():
+        for tm, tn, warps, tk, stages in SMALL_M_VARIANTS:
+            if (m + pad_m) % tm or j % (tn // 2) or k % tk or warps[1] % 2:
+                continue
+            narrow = {"warps": warps, "tile": (tm, tn), "tile_k": tk, "stages": stages}
+            made = try_fork(
+                sch,
+                lambda t, kw=narrow, pm=pad_m: apply_wmma_paired_tiling(
+                    t,
+                    out_name,
+                    block,
+                    WMMA_MMA[dtype],
+                    pair=pair - 1,
+                    pad=SMALL_M_PAD,
+                    operand_copies=pad_rows(t, block, pm) if pm else (None, None),
+                    **kw,
+                ),
+            )
+            if made is not None:
+                forks.append(made)
     for wg, tn, st in WGMMA_VARIANTS if hopper else ():
         if m % (64 * wg) or j % (tn // 2) or k % WGMMA_TILE_K:
             continue
@@ -221,11 +289,3 @@ def _k_last_inputs(sch: Schedule, blk: Block) -> list[BufferRegion]:
     if len(ins) != 2 or any(r.region[-1].min != last for r in ins):
         return []
     return ins
-
-
-def _build(
-    t: Schedule, block: str, acc_name: str, mma: str, warps: tuple[int, int], tile_k: int, pad: int
-) -> None:
-    apply_wmma_tiling(
-        t, block, acc_name, mma, warps=warps, tile=(TILE, TILE), tile_k=tile_k, pad=pad
-    )

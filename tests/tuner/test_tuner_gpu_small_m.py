@@ -1,7 +1,7 @@
 """Small-m dense (batched decode, short chunks): GEMV rows that hold 2-8 tokens, narrow
-tensor-core tiles from m=16; which sketches the rules make, nvcc-clean samples, and (on a
-GPU) every sketch's candidates against numpy, plain and with the epilogues of a decode step
-(residual add, rope, gate|up silu) at b=4 and b=16."""
+tensor-core tiles from m=16 (odd m padded to them); which sketches the rules make,
+nvcc-clean samples, and (on a GPU) every sketch's candidates against numpy, plain and with
+the epilogues of a decode step (residual add, rope, gate|up silu) at b=4, 13 and 16."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ from tunefleet.ir.tensorcore_schedule import apply_wmma_paired_tiling
 from tunefleet.tuner.candidates import SpaceSampler
 from tunefleet.tuner.postproc import default_postprocs
 from tunefleet.tuner.replay import replay
-from tunefleet.tuner.rule_gpu_tensor_core import SMALL_M_VARIANTS
+from tunefleet.tuner.rule_gpu_tensor_core import (
+    PADS,
+    SMALL_M_VARIANTS,
+    TILE_KS,
+    WARPS,
+    row_paddings,
+)
 from tunefleet.tuner.space import SpaceContext, SpaceGenerator, rules_for
 from tunefleet.workers.targets import Target
 
@@ -57,14 +63,37 @@ def test_hopper_keeps_wgmma_beside_the_narrow_tiles_at_m_64() -> None:
     assert kinds.count(False) == _fitting(64, 4096, 14336) and kinds.count(True) >= 1
 
 
-def test_m_off_the_16_grid_stays_on_simt_tiles() -> None:
-    sampler = _sampler({"m": 24, "n": 4096, "k": 4096}, AMPERE)
-    assert {s.name.split("(")[0] for s in sampler.sketches} == {"gpu_multi_level_tiling"}
+@pytest.mark.parametrize("ctx", [AMPERE, HOPPER], ids=["sm_80", "sm_90"])
+@pytest.mark.parametrize(("m", "padded"), [(24, 32), (333, 336), (9, 16)])
+def test_m_off_the_16_grid_is_padded_to_the_narrow_tiles(ctx, m, padded) -> None:
+    """Odd token counts pad their rows to the fragment (pad_spatial) and take the narrow
+    tiles of the padded m; x's padded copy is the shared tile, read at clamped rows."""
+    sampler = _sampler({"m": m, "n": 4096, "k": 4096}, ctx)
+    assert len(sampler.sketches) == _fitting(padded, 4096, 4096)
+    for sketch in sampler.sketches:
+        text = sketch.trace.as_python()
+        assert f"sch.pad_spatial(b0, [{padded - m}, 0, 0])" in text and "wmma_mma" in text
+    cand = sampler.sample_unique(random.Random(0), 1, set())[0]
+    src = build_source(replay(sampler.func, cand.trace, decisions=cand.trace.decisions), "cuda")
+    assert f"< ({m - 1}) ? " in src.source  # the clamped row of the x fetch
+    assert f"< {m})" in src.source  # the guarded store of the output
+
+
+@pytest.mark.parametrize(("m", "pads"), [(333, [3]), (24, [8]), (2000, [0, 48]), (64, [0])])
+def test_rows_pad_to_the_fragment_and_to_the_wide_tile_when_it_is_cheap(m, pads) -> None:
+    assert row_paddings(m) == pads
+
+
+def test_near_multiples_of_128_also_get_the_wide_tiles() -> None:
+    sampler = _sampler({"m": 2000, "n": 4096, "k": 4096}, AMPERE)
+    wide = [s for s in sampler.sketches if "[48, 0, 0]" in s.trace.as_python()]
+    assert len(wide) == len(WARPS) * len(TILE_KS) * len(PADS)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_small_m_samples_compile_with_nvcc(seed, nvcc_compiles) -> None:
-    nvcc_compiles(_sampler({"m": 32, "n": 512, "k": 1024}, AMPERE), seed)
+@pytest.mark.parametrize("m", [32, 333])
+def test_small_m_samples_compile_with_nvcc(seed, m, nvcc_compiles) -> None:
+    nvcc_compiles(_sampler({"m": m, "n": 512, "k": 1024}, AMPERE), seed)
 
 
 @pytest.mark.parametrize("m", [2, 5, 8])
@@ -78,9 +107,9 @@ def test_a_few_tokens_share_each_gemv_row(m: int) -> None:
     assert f"float dense_acc[{m}]" in src.source and "tf_block_add" in src.source
 
 
-def test_nine_tokens_leave_the_gemv_rows() -> None:
+def test_nine_tokens_leave_the_gemv_rows_for_padded_fragments() -> None:
     names = {s.name for s in _sampler({"m": 9, "n": 4096, "k": 4096}, HOPPER).sketches}
-    assert names == {"gpu_multi_level_tiling(dense_acc)"}
+    assert names == {"gpu_tensor_core(dense)"}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +147,15 @@ def _run_every_sketch(
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("dims", [{"m": 16, "n": 384, "k": 512}, {"m": 64, "n": 128, "k": 768}])
+@pytest.mark.parametrize(
+    "dims",
+    [
+        {"m": 16, "n": 384, "k": 512},
+        {"m": 64, "n": 128, "k": 768},
+        {"m": 37, "n": 128, "k": 256},  # padded to 48: narrow tiles, clamped x rows
+        {"m": 250, "n": 128, "k": 128},  # padded to 256: the 128 x 128 tiles
+    ],
+)
 def test_every_small_m_sketch_matches_numpy_on_the_gpu(gpu, dims, dtype) -> None:
     from tunefleet.workers.results import Problem
 
@@ -128,7 +165,9 @@ def test_every_small_m_sketch_matches_numpy_on_the_gpu(gpu, dims, dtype) -> None
     sketches = SpaceGenerator(*rules_for("cuda"), with_default=False).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
     ran = _run_every_sketch(gpu, func, Problem.create("dense", dims, dtype), sampler)
-    assert ran >= _fitting(dims["m"], dims["n"], dims["k"])
+    assert ran >= min(len(sampler.sketches), 4) and ran == len(
+        [s for s in sampler.sketches if "gpu_tensor_core" in s.name]
+    )
 
 
 @pytest.mark.gpu
@@ -147,7 +186,10 @@ def test_gemv_rows_of_a_few_tokens_match_numpy_on_the_gpu(gpu, m, dtype) -> None
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("op", ["dense+add", "dense+rope", "dense+silu_mul"])
-@pytest.mark.parametrize(("b", "rule", "least"), [(4, "gpu_gemv", 1), (16, "gpu_tensor_core", 4)])
+@pytest.mark.parametrize(
+    ("b", "rule", "least"),
+    [(4, "gpu_gemv", 1), (16, "gpu_tensor_core", 4), (13, "gpu_tensor_core", 4)],
+)
 def test_decode_epilogues_at_small_batches_run(gpu, op, b, rule, least) -> None:
     """The residual add, rope's halves and gate|up's silu_mul of a decode step at b=4 (GEMV
     rows of 4 tokens) and b=16 (narrow tensor-core tiles), from every sketch, against the
@@ -174,11 +216,13 @@ def _decode_task(op: str, b: int):  # type: ignore[no-untyped-def]
     return specialize(task.func, {"b": b, "m": 64}), task
 
 
+@pytest.mark.parametrize("b", [16, 13])
 @pytest.mark.parametrize("op", ["dense+rope", "dense+silu_mul"])
 @pytest.mark.parametrize("ctx", [AMPERE, HOPPER], ids=["sm_80", "sm_90"])
-def test_paired_epilogues_at_b16_get_narrow_tiles_that_replay(ctx, op) -> None:
-    """Both halves of a pair come from one block's tile: half the warps along n each."""
-    func, _ = _decode_task(op, 16)
+def test_paired_epilogues_at_small_batches_get_narrow_tiles_that_replay(ctx, op, b) -> None:
+    """Both halves of a pair come from one block's tile: half the warps along n each; 13
+    sequences pad to 16 rows."""
+    func, _ = _decode_task(op, b)
     sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
     names = [s.name for s in sampler.sketches]
