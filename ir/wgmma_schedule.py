@@ -23,7 +23,12 @@ from .errors import ScheduleError
 from .expr import Const
 from .intrinsics_wgmma import STORAGE_SWIZZLE, WGMMA_BATCH, WGMMA_N, wgmma_name
 from .schedule import Schedule
-from .tensorcore_schedule import loops_under, pair_loops, tensorize_accumulation
+from .tensorcore_schedule import (
+    loops_under,
+    pair_loops,
+    shared_operand,
+    tensorize_accumulation,
+)
 from .trace import RV
 
 TILE_K = 64  # one 128-byte swizzle row of fp16 / bf16
@@ -39,11 +44,14 @@ def apply_wgmma_tiling(
     n: int,
     stages: int,
     out_pad: int = 4,
+    operand_copies: tuple[str | None, str | None] = (None, None),
 ) -> None:
     """Tile `acc_block` (loops i, j, k of dense x[m, k] . w[n, k]) onto warpgroup MMAs.
 
-    m must be a multiple of 64 * warpgroups, n (the total) of `n`, k of 64. Every step is a
-    recorded primitive, so the result replays from its trace.
+    m must be a multiple of 64 * warpgroups, n (the total) of `n`, k of 64. An operand
+    whose copy block is named in `operand_copies` (pad_spatial's) is fetched by that block
+    (see tensorcore_schedule.apply_wmma_tiling). Every step is a recorded primitive, so the
+    result replays from its trace.
     """
     acc, out, frag_out = _start(sch, out_block, acc_block, warpgroups, n, stages)
     i, j, kk = sch.get_loops(acc)
@@ -51,7 +59,7 @@ def apply_wgmma_tiling(
     bj, jj = sch.split(j, [None, n])
     ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
     sch.reorder(bi, bj, ko, wi, ki, ii, jj, kx)
-    _main_loop(sch, acc, (bi, bj, wi, ko, ki), warpgroups, stages)
+    _main_loop(sch, acc, (bi, bj, wi, ko, ki), warpgroups, stages, operand_copies)
     tensorize_accumulation(
         sch, acc, frag_out, ko=ko, ii=ii, bj=bj, mma=wgmma_name(n, dtype), fill=f"wgmma_fill_n{n}"
     )
@@ -76,6 +84,7 @@ def apply_wgmma_paired_tiling(
     warpgroups: int,
     n: int,
     stages: int,
+    operand_copies: tuple[str | None, str | None] = (None, None),
 ) -> None:
     """Tile `acc_block` (loops i, outer..., p, j, k; p the 2-wide pair axis at spatial
     position `pair`, j last) onto warpgroup MMAs whose n columns are n / 2 of j for p = 0
@@ -86,7 +95,7 @@ def apply_wgmma_paired_tiling(
            out[i, j in bj's n/2] from the float32 tile in shared memory
 
     The shared tile is unpadded (its columns span two dims). m must be a multiple of 64 *
-    warpgroups, j's extent of n / 2, k of 64.
+    warpgroups, j's extent of n / 2, k of 64; `operand_copies` as in apply_wgmma_tiling.
     """
     acc, out, frag_out = _start(sch, out_block, acc_block, warpgroups, n, stages)
     i, outer, p, j, kk = pair_loops(sch, acc, pair, "wgmma paired tiling")
@@ -95,7 +104,7 @@ def apply_wgmma_paired_tiling(
     ko, ki, kx = sch.split(kk, [None, TILE_K // 16, 16])
     sch.reorder(bi, *outer, bj, ko, wi, ki, ii, p, jj, kx)
     bx = sch.fuse(*outer, bj) if outer else bj
-    _main_loop(sch, acc, (bi, bx, wi, ko, ki), warpgroups, stages)
+    _main_loop(sch, acc, (bi, bx, wi, ko, ki), warpgroups, stages, operand_copies)
     sch.reverse_compute_at(frag_out, bx)
     init = sch.decompose_reduction(acc, ko)
     sch.fuse(p, jj)  # the n columns of the MMA: both halves, contiguous in the shared tiles
@@ -128,7 +137,12 @@ def _start(
 
 
 def _main_loop(
-    sch: Schedule, acc: RV, loops: tuple[RV, RV, RV, RV, RV], warpgroups: int, stages: int
+    sch: Schedule,
+    acc: RV,
+    loops: tuple[RV, RV, RV, RV, RV],
+    warpgroups: int,
+    stages: int,
+    copies: tuple[str | None, str | None],
 ) -> None:
     """Bind the block rows / columns and the warpgroups (`bi, bj, wi`), fetch the operands
     of each k step `ko` in `stages`, and issue the MMAs of `ki` as one waited-for group."""
@@ -136,17 +150,19 @@ def _main_loop(
     sch.bind(bi, "blockIdx.y")
     sch.bind(bj, "blockIdx.x")
     sch.bind(wi, "threadIdx.y")
-    _fetch_operands(sch, acc, ko, warpgroups)
+    _fetch_operands(sch, acc, ko, warpgroups, copies)
     sch.annotate(ko, PIPELINE_STAGES, stages)
     sch.unroll(ki)
     sch.annotate(ki, WGMMA_BATCH, 0)  # the four MMAs of a k step: one group, waited for
 
 
-def _fetch_operands(sch: Schedule, acc: RV, ko: RV, warpgroups: int) -> None:
+def _fetch_operands(
+    sch: Schedule, acc: RV, ko: RV, warpgroups: int, copies: tuple[str | None, str | None]
+) -> None:
     """Copy both operand tiles of a k step into swizzled shared memory: 16 rows x 8 chunks
     of 16 bytes per warpgroup and copy (a tile's leading dims fuse into its rows)."""
     for operand in (0, 1):
-        tile = sch.cache_read(acc, operand, "shared")
+        tile = shared_operand(sch, acc, operand, copies[operand])
         sch.compute_at(tile, ko)
         sch.annotate(tile, STORAGE_SWIZZLE, 128)
         *lead, cols = loops_under(sch, tile, ko)

@@ -20,11 +20,11 @@ SMALL_M_VARIANTS, each `tile_m x tile_n` over `warps_m x warps_n` warps with `st
 of cp.async copies in flight (16 x 32 tiles give a 4096-wide output 128 blocks).
 
 Shapes as they come: an m no 16-row fragment divides (333 tokens) is padded first
-(`pad_rows`: ir's pad_spatial on the accumulator's rows). The padded copy of x is the
-shared-memory operand tile itself, its rows clamped to the last real one as they are
-fetched, so padding adds no pass over global memory; only the output's write checks the
-rows. Where reaching the 128-row tile costs at most 1/16 of m (2000 tokens: 2048), that
-padding is offered too, for the wide tiles. wgmma sketches stay unpadded.
+(`pad_rows`: ir's pad_spatial on the accumulator's rows; WMMA and wgmma alike). The padded
+copy of x is the shared-memory operand tile itself, its rows clamped to the last real one
+as they are fetched, so padding adds no pass over global memory; only the output's write
+checks the rows. Where reaching the 128-row tile costs at most 1/16 of m (2000 tokens:
+2048), that padding is offered too, for the wide tiles and wgmma.
 
 A dense whose epilogue pairs columns (rope on q|k|v laid out [t, heads, 2, d/2], silu_mul on
 gate|up laid out [t, 2, I]; `block_info.paired_output`) is claimed at its reduction on sm_90:
@@ -134,21 +134,14 @@ def _plain_forks(sch: Schedule, fit: _Fit, ctx: SpaceContext, *, dense: bool) ->
     (unpadded only), narrow WMMA tiles off the 128 grid, else 128 x 128 WMMA tiles."""
     m, n, k = fit.mnk
     hopper: list[Schedule] = []
-    if ctx.arch == "sm_90" and dense and k % WGMMA_TILE_K == 0 and not fit.pad_m:
-        hopper = [
-            made
-            for wg, tn, st in WGMMA_VARIANTS
-            if m % (64 * wg) == 0 and n % tn == 0
-            for made in [
-                try_fork(
-                    sch,
-                    lambda t, wg=wg, tn=tn, st=st: apply_wgmma_tiling(
-                        t, fit.block, fit.acc, fit.dtype, warpgroups=wg, n=tn, stages=st
-                    ),
-                )
-            ]
-            if made is not None
-        ]
+    if ctx.arch == "sm_90" and dense and k % WGMMA_TILE_K == 0:
+        for wg, tn, st in WGMMA_VARIANTS:
+            if m % (64 * wg) or n % tn:
+                continue
+            kw = {"warpgroups": wg, "n": tn, "stages": st}
+            made = try_fork(sch, lambda t, kw=kw: _wgmma(t, fit, **kw))
+            if made is not None:
+                hopper.append(made)
         if hopper and m % TILE == 0:
             return hopper
     if m % TILE:  # 64 x N wgmma tiles leave most multiprocessors idle at small m
@@ -186,6 +179,12 @@ def _wmma(t: Schedule, fit: _Fit, **tiling: Any) -> None:
     """Pad the accumulator's rows (when the fit asks), then the WMMA tiling."""
     copies = pad_rows(t, fit.acc, fit.pad_m) if fit.pad_m else (None, None)
     apply_wmma_tiling(t, fit.block, fit.acc, fit.mma, operand_copies=copies, **tiling)
+
+
+def _wgmma(t: Schedule, fit: _Fit, **tiling: Any) -> None:
+    """Pad the accumulator's rows (when the fit asks), then the wgmma tiling."""
+    copies = pad_rows(t, fit.acc, fit.pad_m) if fit.pad_m else (None, None)
+    apply_wgmma_tiling(t, fit.block, fit.acc, fit.dtype, operand_copies=copies, **tiling)
 
 
 def pad_rows(t: Schedule, acc: str, pad_m: int) -> tuple[str | None, str | None]:
@@ -233,37 +232,32 @@ def _paired(sch: Schedule, block: str, *, hopper: bool) -> list[Schedule]:
     out_name = found.probe.get(found.out).name
     dtype = next(iter(dtypes))
     forks = []
-    for pad_m in row_paddings(m) if m % TILE else ():
-        for tm, tn, warps, tk, stages in SMALL_M_VARIANTS:
-            if (m + pad_m) % tm or j % (tn // 2) or k % tk or warps[1] % 2:
+    for pad_m in row_paddings(m):
+        rows = m + pad_m
+
+        def tiled(t: Schedule, tiling: Any, pm: int = pad_m, **kw: Any) -> None:
+            copies = pad_rows(t, block, pm) if pm else (None, None)
+            tiling(t, out_name, block, operand_copies=copies, pair=pair - 1, **kw)
+
+        for tm, tn, warps, tk, stages in SMALL_M_VARIANTS if rows % TILE else ():
+            if rows % tm or j % (tn // 2) or k % tk or warps[1] % 2:
                 continue
             narrow = {"warps": warps, "tile": (tm, tn), "tile_k": tk, "stages": stages}
             made = try_fork(
                 sch,
-                lambda t, kw=narrow, pm=pad_m: apply_wmma_paired_tiling(
-                    t,
-                    out_name,
-                    block,
-                    WMMA_MMA[dtype],
-                    pair=pair - 1,
-                    pad=SMALL_M_PAD,
-                    operand_copies=pad_rows(t, block, pm) if pm else (None, None),
-                    **kw,
+                lambda t, kw=narrow, f=tiled: f(
+                    t, apply_wmma_paired_tiling, mma=WMMA_MMA[dtype], pad=SMALL_M_PAD, **kw
                 ),
             )
             if made is not None:
                 forks.append(made)
-    for wg, tn, st in WGMMA_VARIANTS if hopper else ():
-        if m % (64 * wg) or j % (tn // 2) or k % WGMMA_TILE_K:
-            continue
-        made = try_fork(
-            sch,
-            lambda t, wg=wg, tn=tn, st=st: apply_wgmma_paired_tiling(
-                t, out_name, block, dtype, pair=pair - 1, warpgroups=wg, n=tn, stages=st
-            ),
-        )
-        if made is not None:
-            forks.append(made)
+        for wg, tn, st in WGMMA_VARIANTS if hopper else ():
+            if rows % (64 * wg) or j % (tn // 2) or k % WGMMA_TILE_K:
+                continue
+            wide = {"dtype": dtype, "warpgroups": wg, "n": tn, "stages": st}
+            made = try_fork(sch, lambda t, kw=wide, f=tiled: f(t, apply_wgmma_paired_tiling, **kw))
+            if made is not None:
+                forks.append(made)
     return forks
 
 

@@ -31,17 +31,18 @@ def executor(tmp_path_factory: pytest.TempPathFactory, cpu: Target) -> Iterator[
 
 
 @pytest.fixture
-def nvcc_compiles(tmp_path: Path) -> Callable[[SpaceSampler, int], None]:
-    """Compile one sampled candidate of a CUDA space to a sm_80 cubin with nvcc (or fail)."""
+def nvcc_compiles(tmp_path: Path) -> Callable[..., None]:
+    """Compile one sampled candidate of a CUDA space to a cubin (sm_80 unless `arch` says)
+    with nvcc (or fail)."""
     if shutil.which("nvcc") is None:
         pytest.skip("needs nvcc")
 
-    def check(sampler: SpaceSampler, seed: int = 1) -> None:
+    def check(sampler: SpaceSampler, seed: int = 1, arch: str = "sm_80") -> None:
         cand = sampler.sample_unique(random.Random(seed), 1, set())[0]
         sch = replay(sampler.func, cand.trace, decisions=cand.trace.decisions)
         src = tmp_path / "k.cu"
         src.write_text(build_source(sch, "cuda").source)
-        cmd = ["nvcc", "-cubin", "-arch=sm_80", "-O3", "-o", str(tmp_path / "k.cubin"), str(src)]
+        cmd = ["nvcc", "-cubin", f"-arch={arch}", "-O3", "-o", str(tmp_path / "k.cubin"), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -90,6 +90,14 @@ def test_near_multiples_of_128_also_get_the_wide_tiles() -> None:
     assert len(wide) == len(WARPS) * len(TILE_KS) * len(PADS)
 
 
+def test_near_multiples_of_128_get_padded_wgmma_on_hopper(nvcc_compiles) -> None:
+    sampler = _sampler({"m": 2000, "n": 512, "k": 1024}, HOPPER)
+    wgmma = [s for s in sampler.sketches if "wgmma" in s.trace.as_python()]
+    assert len(wgmma) >= 4 and all("[48, 0, 0]" in s.trace.as_python() for s in wgmma)
+    only = SpaceSampler(sampler.func, wgmma, HOPPER, default_postprocs("cuda"))
+    nvcc_compiles(only, 1, arch="sm_90a")
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("m", [32, 333])
 def test_small_m_samples_compile_with_nvcc(seed, m, nvcc_compiles) -> None:
