@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 
 from .errors import ScheduleError
-from .expr import Const, Expr, Var, binop, const, logical_and
+from .expr import Buffer, Const, Expr, Var, binop, const, logical_and
 from .instruction_traits import primitive
 from .lower import cross_thread_reduction
 from .schedule_state import ScheduleState
@@ -238,54 +238,94 @@ def set_kind(state: ScheduleState, loop: RV, kind: str, thread: str | None = Non
     state.replace_loop(lp, dataclasses.replace(lp, kind=kind, thread=thread))
 
 
+RACE_KINDS = ("parallel", "vectorized", "thread_binding")
+
+
 def check_races(func: PrimFunc) -> None:
     """Refuse any state where iterations of a parallel, vectorized or thread-bound loop
     would race: a block iterating its reduction over such a loop, or a block that does not
-    depend on the loop writing a buffer that is not private to it."""
-    loops = [n for n, _ in iter_nodes(root_body(func)) if isinstance(n, For)]
-    for lp in loops:
-        if lp.kind not in ("parallel", "vectorized", "thread_binding"):
+    depend on the loop writing a buffer that is not private to it.
+
+    Runs after every primitive, so it visits statements only (never expressions) in one
+    pass; where several races exist, the one of the outermost-first loop, then the first
+    block under it, is reported.
+    """
+    found = blocks(func)
+    order = {
+        lp.var: n for n, (lp, _) in enumerate(iter_nodes(root_body(func))) if isinstance(lp, For)
+    }
+    races: list[tuple[int, int, str]] = []
+    touching: dict[Buffer, set[str]] | None = None
+    under: dict[Var, set[str]] = {}
+    for br, loops in found:
+        for lp in loops:
+            if lp.kind in RACE_KINDS:
+                under.setdefault(lp.var, set()).add(br.block.name)
+    for at, (br, loops) in enumerate(found):
+        racing = [lp for lp in loops if lp.kind in RACE_KINDS]
+        if not racing:
             continue
-        kind = {"thread_binding": "thread-bound"}.get(lp.kind, lp.kind)
-        for n in walk(lp.body):
-            if not isinstance(n, BlockRealize):
-                continue
-            if lp.var in reduce_loop_vars(n):
-                if cross_thread_reduction(lp, n):
+        reduced, spatial = reduce_loop_vars(br), spatial_loop_vars(br)
+        for lp in racing:
+            kind = {"thread_binding": "thread-bound"}.get(lp.kind, lp.kind)
+            if lp.var in reduced:
+                if cross_thread_reduction(lp, br):
                     continue  # lowered to a combine across the threads of the axis
-                if lp.kind == "vectorized" and simd_reduction(lp, n) is None:
-                    continue
                 reason = (
-                    simd_reduction(lp, n)
+                    simd_reduction(lp, br)
                     if lp.kind == "vectorized"
-                    else "so iterations would race on the same output"
+                    else ("so iterations would race on the same output")
                 )
-                raise ScheduleError(
-                    f"{kind} loop {lp.var.name} would iterate the reduction of block "
-                    f"{n.block.name!r}, {reason}"
+                if reason is not None:
+                    races.append(
+                        (
+                            order[lp.var],
+                            at,
+                            (
+                                f"{kind} loop {lp.var.name} would iterate the reduction of block "
+                                f"{br.block.name!r}, {reason}"
+                            ),
+                        )
+                    )
+                continue
+            if lp.var in spatial:
+                continue
+            if touching is None:
+                touching = buffer_users(found)
+            if not private_under(func, br.block, under[lp.var], touching):
+                races.append(
+                    (
+                        order[lp.var],
+                        at,
+                        (
+                            f"block {br.block.name!r} does not depend on {kind} loop {lp.var.name} "
+                            "and writes a buffer shared across its iterations, so they would race"
+                        ),
+                    )
                 )
-            if lp.var not in spatial_loop_vars(n) and not private_under(func, n.block, lp):
-                raise ScheduleError(
-                    f"block {n.block.name!r} does not depend on {kind} loop {lp.var.name} "
-                    "and writes a buffer shared across its iterations, so they would race"
-                )
+    if races:
+        raise ScheduleError(min(races)[2])
 
 
-def private_under(func: PrimFunc, blk: Block, lp: For) -> bool:
-    """True when everything `blk` writes is an intermediate used only under `lp`.
+def buffer_users(found: list[tuple[BlockRealize, tuple[For, ...]]]) -> dict[Buffer, set[str]]:
+    """The names of the blocks that read or write each buffer."""
+    users: dict[Buffer, set[str]] = {}
+    for br, _ in found:
+        for buf in reads_of(br.block) | writes_of(br.block):
+            users.setdefault(buf, set()).add(br.block.name)
+    return users
+
+
+def private_under(
+    func: PrimFunc, blk: Block, under: set[str], users: dict[Buffer, set[str]]
+) -> bool:
+    """True when everything `blk` writes is an intermediate used only by the blocks
+    `under` a loop.
 
     Lowering then allocates it inside the loop, so each iteration has its own copy and a
     block that does not depend on the loop variable cannot race.
     """
-    under = {n.block.name for n in walk(lp) if isinstance(n, BlockRealize)}
-    for buf in writes_of(blk):
-        if buf in func.params:
-            return False
-        for other, _ in blocks(func):
-            touches = buf in reads_of(other.block) or buf in writes_of(other.block)
-            if touches and other.block.name not in under:
-                return False
-    return True
+    return all(buf not in func.params and users.get(buf, set()) <= under for buf in writes_of(blk))
 
 
 def simd_reduction(lp: For, br: BlockRealize) -> str | None:
