@@ -24,6 +24,23 @@ def fields_of(cls: type) -> tuple[str, ...]:
     return names
 
 
+_CHILDREN: dict[type, tuple[str, ...]] = {}
+# field annotations that never hold a node: traversal skips them
+_LEAF_FIELDS = frozenset(
+    {"str", "int", "float", "bool", "int | float | bool", "str | None", "tuple[str, ...]"}
+)
+
+
+def child_fields(cls: type) -> tuple[str, ...]:
+    """Field names of a node class that may hold nodes or tuples of them (cached): strings,
+    numbers and flags are left out, so walks and rewrites never visit them."""
+    names = _CHILDREN.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.type not in _LEAF_FIELDS)
+        _CHILDREN[cls] = names
+    return names
+
+
 _IS_NODE: dict[type, bool] = {}
 
 
@@ -56,7 +73,7 @@ def rewrite(
         if key in memo:
             return memo[key]
         changes = {}
-        for name in fields_of(type(value)):
+        for name in child_fields(type(value)):
             old = getattr(value, name)
             new = visit(old)
             if new is not old:
@@ -90,7 +107,7 @@ def walk(root: Any, into_buffers: bool = False) -> Iterator[Any]:
         yield value
         if isinstance(value, Buffer) and not into_buffers:
             continue
-        stack.extend(reversed([getattr(value, f) for f in fields_of(type(value))]))
+        stack.extend(reversed([getattr(value, f) for f in child_fields(type(value))]))
 
 
 def free_vars(root: Any) -> list[Var]:
