@@ -10,8 +10,8 @@ the rounds evolutionary's kernel won and the one-sided sign-test p-value of that
 between equal kernels (both searches' best being one trace is reported as such). Ops (fp32):
 dense 1024^3 (x @ w.T), decode GEMV (m=1, k=n=4096), rmsnorm 32x4096, softmax 256x2048, and
 dense at an odd shape, 333x777x555, beside its nearest multiple of the tiles, 336x784x560
-(`--ops dense_odd,dense_aligned`: the last table gives the share of the aligned throughput
-the odd shape keeps).
+(`--ops dense_odd,dense_aligned`, and `matmul_odd,matmul_aligned` for a @ b: the last tables
+give the share of the aligned throughput each odd shape keeps).
 
 Tuning results are kept under --state (one JSON per op/budget/searcher, MetaSchedule's
 database in a folder), so an interrupted run resumes and a partial run still reports:
@@ -43,6 +43,8 @@ OPS: dict[str, tuple[str, dict[str, int]]] = {
     # shapes as they come (333 tokens, a 777-wide layer) and their nearest tile multiple
     "dense_odd": ("dense", {"m": 333, "n": 777, "k": 555}),
     "dense_aligned": ("dense", {"m": 336, "n": 784, "k": 560}),
+    "matmul_odd": ("matmul", {"m": 333, "n": 777, "k": 555}),
+    "matmul_aligned": ("matmul", {"m": 336, "n": 784, "k": 560}),
     "gemv": ("dense", {"m": 1, "n": 4096, "k": 4096}),
     "rmsnorm": ("rmsnorm", {"m": 32, "n": 4096}),
     "softmax": ("softmax", {"m": 256, "n": 2048}),
@@ -55,10 +57,11 @@ EPS = 1e-5
 
 def make_inputs(name: str, rng: np.random.Generator) -> list[np.ndarray]:
     op, d = OPS[name]
-    if op == "dense":
+    if op in ("dense", "matmul"):
+        w_shape = (d["n"], d["k"]) if op == "dense" else (d["k"], d["n"])
         return [
             rng.standard_normal((d["m"], d["k"]), dtype=np.float32),
-            rng.standard_normal((d["n"], d["k"]), dtype=np.float32),
+            rng.standard_normal(w_shape, dtype=np.float32),
         ]
     if op == "rmsnorm":
         return [
@@ -73,6 +76,9 @@ def numpy_fn(name: str, inputs: list[np.ndarray]) -> Callable[[], Any]:
     if op == "dense":
         x, w = inputs
         return lambda: x @ w.T
+    if op == "matmul":
+        a, b = inputs
+        return lambda: a @ b
     if op == "rmsnorm":
         x, w = inputs
 
@@ -190,6 +196,14 @@ def tvm_func(name: str) -> Any:
             (d["m"], d["n"]), lambda i, j: te.sum(x[i, k] * w[j, k], axis=k), name="dense"
         )
         return te.create_prim_func([x, w, out])
+    if op == "matmul":
+        a = te.placeholder((d["m"], d["k"]), "float32", name="a")
+        b = te.placeholder((d["k"], d["n"]), "float32", name="b")
+        k = te.reduce_axis((0, d["k"]), name="k")
+        out = te.compute(
+            (d["m"], d["n"]), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul"
+        )
+        return te.create_prim_func([a, b, out])
     m, n = d["m"], d["n"]
     x = te.placeholder((m, n), "float32", name="x")
     k = te.reduce_axis((0, n), name="k")
@@ -467,30 +481,29 @@ STRATEGY_NAMES = ("evolutionary", "random")
 
 
 def gflops(name: str, ms: float) -> float:
-    """GFLOP/s of a dense op at `ms` per call."""
+    """GFLOP/s of a dense or matmul op at `ms` per call."""
     _, d = OPS[name]
     return 2 * d["m"] * d["n"] * d["k"] / ms / 1e6
 
 
 def print_any_shape(report: dict[str, Any], budgets: list[int], strategies: list[str]) -> None:
-    """Odd shape against its aligned neighbour: throughput of each, and the share kept."""
-    odd, aligned = report.get("timing_dense_odd"), report.get("timing_dense_aligned")
-    if not odd or not aligned:
-        return
-    print(
-        "\n## any shape: dense 333x777x555 against 336x784x560 (GFLOP/s of each shape's own work)"
-    )
-    print("| kernel | odd | aligned | odd keeps (goal >= 90%) | odd vs numpy (goal >= 1.00x) |")
-    print("|---|---|---|---|---|")
-    numpy_odd = odd["median_ms"].get("numpy")
-    keys = [f"{s}@{b}" for b in budgets for s in strategies] + ["numpy"]
-    for key in keys:
-        a, b = odd["median_ms"].get(key), aligned["median_ms"].get(key)
-        if a is None or b is None:
+    """Each odd shape against its aligned neighbour: throughput of each, and the share kept."""
+    for op in ("dense", "matmul"):
+        odd, aligned = report.get(f"timing_{op}_odd"), report.get(f"timing_{op}_aligned")
+        if not odd or not aligned:
             continue
-        ga, gb = gflops("dense_odd", a), gflops("dense_aligned", b)
-        vs = f"{numpy_odd / a:.2f}x" if numpy_odd and key != "numpy" else "-"
-        print(f"| {key} | {ga:.0f} | {gb:.0f} | {ga / gb:.0%} | {vs} |")
+        print(f"\n## any shape: {op} 333x777x555 against 336x784x560 (GFLOP/s of each one's work)")
+        print("| kernel | odd | aligned | odd keeps (goal >= 90%) | odd vs numpy (goal >= 1.00x) |")
+        print("|---|---|---|---|---|")
+        numpy_odd = odd["median_ms"].get("numpy")
+        keys = [f"{s}@{b}" for b in budgets for s in strategies] + ["numpy"]
+        for key in keys:
+            a, b = odd["median_ms"].get(key), aligned["median_ms"].get(key)
+            if a is None or b is None:
+                continue
+            ga, gb = gflops(f"{op}_odd", a), gflops(f"{op}_aligned", b)
+            vs = f"{numpy_odd / a:.2f}x" if numpy_odd and key != "numpy" else "-"
+            print(f"| {key} | {ga:.0f} | {gb:.0f} | {ga / gb:.0%} | {vs} |")
 
 
 def candidates(result: dict[str, Any]) -> str:

@@ -7,16 +7,28 @@ reduction loop into two by `sample_perfect_tile`, then ordered
 
 The block accumulates into a `local` copy of its output (register/L1 accumulation) written back
 at the end of an S0 or S1 tile (two sketches); the init is split off before R0.
+
+Shapes as they come: where a spatial extent has no good tile (333 rows, 777 columns) and at
+most 1/64 more work buys one, two more sketches first pad the block (`pad_spatial`): rows
+to a tile of up to 8, the vector loop to up to 64 lanes (333 x 777: 336 x 784). The padded
+output is the local accumulator, whose write-back stores the valid part; an input the
+vector loop reads keeps its padded copy (contiguous lanes), the others are read in place
+at a clamped index.
 """
 
 from __future__ import annotations
 
+from tunefleet.ir.expr import BufferLoad
 from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.trace import RV
+from tunefleet.ir.visit import walk
 
-from .block_info import is_reduction, loop_infos
+from .block_info import PAD_WASTE, is_reduction, loop_infos, padding
 from .space import ScheduleRule, SpaceContext, try_fork
 
 WRITE_BACK_LEVELS = (0, 1)
+ROW_TILES = (2, 4, 8)  # padding targets of the outer spatial loops
+LANE_TILES = (8, 16, 32, 64)  # padding targets of the vector (last spatial) loop
 
 
 class MultiLevelTiling(ScheduleRule):
@@ -39,16 +51,22 @@ class MultiLevelTiling(ScheduleRule):
             return []
         if sum(1 for i in spatial if (i.extent or 0) > 1) < 2:
             return []
+        last = max(n for n, i in enumerate(infos) if not i.reduce)
+        pads = [
+            0 if i.reduce else _cheap_padding(i.extent or 1, LANE_TILES if n == last else ROW_TILES)
+            for n, i in enumerate(infos)
+        ]
         out = []
-        for level in WRITE_BACK_LEVELS:
-            made = try_fork(sch, lambda t, level=level: self._build(t, block, level))
-            if made is not None:
-                out.append(made)
+        for counts in ([0] * len(infos), pads) if any(pads) else ([0] * len(infos),):
+            for level in WRITE_BACK_LEVELS:
+                made = try_fork(sch, lambda t, lv=level, c=counts: self._build(t, block, lv, c))
+                if made is not None:
+                    out.append(made)
         return out
 
-    def _build(self, t: Schedule, block: str, level: int) -> None:
+    def _build(self, t: Schedule, block: str, level: int, counts: list[int]) -> None:
         b = t.get_block(block)
-        write_back = t.cache_write(b, 0, "local")
+        write_back = _pad(t, b, counts) if any(counts) else t.cache_write(b, 0, "local")
         infos = loop_infos(t, b)
         s_levels: list[list] = [[], [], [], []]
         r_levels: list[list] = [[], []]
@@ -73,3 +91,26 @@ class MultiLevelTiling(ScheduleRule):
         t.vectorize(s_levels[3][-1])
         for lp in s_levels[3][:-1]:
             t.unroll(lp)
+
+
+def _cheap_padding(extent: int, tiles: tuple[int, ...]) -> int:
+    """`padding` where it costs at most PAD_WASTE of the extent, else 0: the unpadded
+    sketches stay, so a padded one only pays where it is nearly free (a batch of 1 stays)."""
+    pad = padding(extent, tiles)
+    return pad if pad <= extent * PAD_WASTE else 0
+
+
+def _pad(t: Schedule, b: RV, counts: list[int]) -> RV:
+    """Pad block `b` by `counts` (one per loop, in iter var order: the loops bind them in
+    order before any split), keep the padded output as the local accumulator, and read in
+    place every input the vector loop does not index; returns the write-back block."""
+    *copies, write_back = t.pad_spatial(b, counts)
+    blk = t.get(b)
+    lanes = [iv.var for iv in blk.iter_vars if iv.kind == "spatial"][-1]
+    for copy in copies:
+        padded = t.get(copy).writes[0].buffer
+        loads = [n for n in walk(blk.body) if isinstance(n, BufferLoad) and n.buffer == padded]
+        if not any(lanes in walk(ld.indices) for ld in loads):
+            t.compute_inline(copy)
+    t.set_scope(b, 0, "local")
+    return write_back

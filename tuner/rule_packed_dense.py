@@ -38,12 +38,11 @@ from tunefleet.ir.schedule_tree import find_block, read_only_buffers, store_of
 from tunefleet.ir.trace import RV
 from tunefleet.ir.visit import walk
 
-from .block_info import divisors_among, is_reduction, loop_infos, uniform
+from .block_info import divisors_among, is_reduction, loop_infos, padding, uniform
 from .space import ScheduleRule, SpaceContext, try_fork
 
 PANEL_WIDTHS = (8, 16, 32, 64)  # NB: packed columns per k, the vector width of the tile
 TILE_ROWS = (2, 4, 8)  # R: rows of x per register tile
-PAD_WASTE = 1 / 64  # the most padding (a fraction of the extent) taken for a larger tile
 BLOCK_TILES = (1, 2, 4, 8, 16)  # IB, JB: register tiles per cache block along i and j
 
 
@@ -102,16 +101,6 @@ def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
                 pos[vi], pos[vj], pos[vk], idx, m, n, order.index(vi), order.index(vj), buf.name
             )
     return None
-
-
-def padding(extent: int, tiles: tuple[int, ...]) -> int:
-    """How far to pad `extent` for the largest tile that costs at most PAD_WASTE of it
-    (333 rows: 3, for tiles of 8; 777 columns: 7, for panels of 16); where none is that
-    cheap, the least padding any tile needs (ties to the larger tile)."""
-    cheap = [t for t in tiles if -extent % t <= extent * PAD_WASTE]
-    if cheap:
-        return -extent % max(cheap)
-    return min(-extent % t for t in tiles)
 
 
 class PackedDense(ScheduleRule):
