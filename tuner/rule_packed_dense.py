@@ -1,4 +1,5 @@
-"""Packed dense: the CPU GEMM micro-kernel for `out[i, j] = sum_k x[i, k] * w[j, k]`.
+"""Packed dense: the CPU GEMM micro-kernel for `out[i, j] = sum_k x[i, k] * w[j, k]` (and a
+matmul's `a[i, k] * b[k, j]`).
 
 Both operands of a dense layer are k-contiguous, so without a copy a vector can only run
 along k (split-K lanes) or gather along j. This sketch copies w once per call into a packed
@@ -24,8 +25,9 @@ first padded (`pad_spatial`). The padded weight copy is the packed buffer itself
 padding costs no extra pass over w, and x is read in place at a clamped row. The
 accumulator tile is then the padded output itself (in registers) and its write-back stores
 the valid part. The rule applies to blocks with two spatial loops and one reduction loop,
-reading a buffer at exactly `[j, k]`; it leaves the other CPU sketches in place
-(non-exclusive).
+reading a buffer at exactly `[j, k]` or `[k, j]` (a matmul's b: its rows are j-contiguous
+already, but a panel keeps the NB columns of every k in one run of memory, as a BLAS packs
+them); it leaves the other CPU sketches in place (non-exclusive).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class DenseShape:
     i_iter: int = 0  # positions of i and j among the block's iter vars (pad_spatial's order)
     j_iter: int = 1
     weight: str = ""  # the weight buffer's name
+    k_major: bool = False  # the weight is read at [k, j] (matmul's b), not [j, k]
 
 
 def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
@@ -93,13 +96,16 @@ def dense_shape(sch: Schedule, block: str) -> DenseShape | None:
     loads = [n for n in walk(blk.body) if isinstance(n, BufferLoad)]
     for idx, buf in enumerate(reads):
         mine = [ld.indices for ld in loads if ld.buffer == buf]
-        if mine and all(tuple(ix) == (vj, vk) for ix in mine):
+        layouts = {tuple(ix) for ix in mine}
+        if layouts in ({(vj, vk)}, {(vk, vj)}):
             m, n = infos[pos[vi]].extent, infos[pos[vj]].extent
             assert m is not None and n is not None
             order = [iv.var for iv in blk.iter_vars]
+            k_major = layouts == {(vk, vj)}
             return DenseShape(
-                pos[vi], pos[vj], pos[vk], idx, m, n, order.index(vi), order.index(vj), buf.name
-            )
+                pos[vi], pos[vj], pos[vk], idx, m, n, order.index(vi), order.index(vj), buf.name,
+                k_major,
+            )  # fmt: skip
     return None
 
 
@@ -140,8 +146,14 @@ class PackedDense(ScheduleRule):
         if wp is None:
             wp = t.cache_read(b, shape.weight_index, "global")
         nb = t.sample_categorical(widths, uniform(len(widths)))
-        t.transform_layout(wp, 0, 0, nb, [0, 2, 1])
-        t.split(t.get_loops(wp)[0], [None, nb])  # whole NB-row panels per outer iteration
+        if shape.k_major:  # b[k, j] -> b[j // NB, k, j % NB], one whole panel per j0
+            t.transform_layout(wp, 0, 1, nb, [1, 0, 2])
+            k_copy, j_copy = t.get_loops(wp)
+            j0, j1 = t.split(j_copy, [None, nb])
+            t.reorder(j0, k_copy, j1)
+        else:  # w[j, k] -> w[j // NB, k, j % NB], whole NB-row panels per outer iteration
+            t.transform_layout(wp, 0, 0, nb, [0, 2, 1])
+            t.split(t.get_loops(wp)[0], [None, nb])
         if not (pad_m or pad_n):
             acc = t.cache_write(b, 0, "local")
         loops = t.get_loops(b)

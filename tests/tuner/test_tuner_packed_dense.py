@@ -23,16 +23,24 @@ CTX = SpaceContext(Target.cpu(cores=2))
 DIMS = {"m": 32, "n": 128, "k": 48}
 
 
-def _packed_sketch(op: str, dims: dict[str, int]):
+def _packed_sketch(op: str, dims: dict[str, int]):  # type: ignore[no-untyped-def]
     func = ops.get_op(op).build(dims, "float32")
     gen = SpaceGenerator(["auto_inline", "packed_dense"], CPU_GLOBAL_RULES, with_default=False)
     return func, gen.generate(func, CTX, seed=0)
 
 
-@pytest.mark.parametrize("dims", [DIMS, {"m": 33, "n": 111, "k": 20}, {"m": 333, "n": 777, "k": 5}])
-def test_every_sampled_point_matches_numpy(dims, executor, cpu) -> None:
-    func, sketches = _packed_sketch("dense", dims)
-    assert [s.name for s in sketches] == ["packed_dense(dense)"]
+@pytest.mark.parametrize(
+    ("op", "dims"),
+    [
+        ("dense", DIMS),
+        ("dense", {"m": 33, "n": 111, "k": 20}),
+        ("dense", {"m": 333, "n": 777, "k": 5}),
+        ("matmul", {"m": 33, "n": 111, "k": 20}),  # b[k, j] packed into panels
+    ],
+)
+def test_every_sampled_point_matches_numpy(op, dims, executor, cpu) -> None:
+    func, sketches = _packed_sketch(op, dims)
+    assert [s.name for s in sketches] == [f"packed_dense({op})"]
     sampler = SpaceSampler(func, sketches, CTX, default_postprocs("cpu"))
     cands = sampler.sample_unique(random.Random(3), 8, set())
     assert len(cands) >= 2
@@ -42,7 +50,7 @@ def test_every_sampled_point_matches_numpy(dims, executor, cpu) -> None:
     if dims is DIMS:
         assert len(widths) > 1, "the sample should cover several panel widths"
     config = MeasureConfig(guard_noise=False, repeats=2, warmup_ms=0.5, min_repeat_ms=0.2)
-    problem = Problem.create("dense", dims, "float32")
+    problem = Problem.create(op, dims, "float32")
     items = [
         MeasureInput(BuildInput(cpu, workload=func, trace=c.trace_json), problem, config)
         for c in cands
@@ -82,7 +90,7 @@ def test_inner_loop_reads_the_packed_panel_contiguously() -> None:
         ("dense", {"m": 9, "n": 21, "k": 16}, True),  # odd shapes are padded: 10 x 24
         ("dense", {"m": 8, "n": 67, "k": 16}, True),  # no panel width divides n: 72
         ("dense", {"m": 11, "n": 32, "k": 16}, True),  # no tile divides m: 12
-        ("matmul", {"m": 8, "n": 32, "k": 16}, False),  # b[k, j] is already j-contiguous
+        ("matmul", {"m": 8, "n": 32, "k": 16}, True),  # b[k, j] packed the same way
         ("rmsnorm", {"m": 8, "n": 32}, False),
     ],
 )
@@ -91,10 +99,11 @@ def test_applies_only_to_dense_like_blocks(op: str, dims: dict[str, int], applie
     gen = SpaceGenerator(["packed_dense"], [], with_default=False)
     names = {s.name for s in gen.generate(func, CTX, seed=0)}
     assert any(name.startswith("packed_dense(") for name in names) == applies
-    if op == "dense":
-        shape = dense_shape(Schedule(func), "dense")
+    if op in ("dense", "matmul"):
+        shape = dense_shape(Schedule(func), op)
         assert shape is not None
         assert (shape.weight_index, shape.m, shape.n) == (1, dims["m"], dims["n"])
+        assert shape.k_major == (op == "matmul")
 
 
 @pytest.mark.parametrize(
