@@ -23,8 +23,8 @@ Shapes as they come: an m no 16-row fragment divides (333 tokens) is padded firs
 (`pad_rows`: ir's pad_spatial on the accumulator's rows; WMMA and wgmma alike). The padded
 copy of x is the shared-memory operand tile itself, its rows clamped to the last real one
 as they are fetched, so padding adds no pass over global memory; only the output's write
-checks the rows. Where reaching the 128-row tile costs at most 1/16 of m (2000 tokens:
-2048), that padding is offered too, for the wide tiles and wgmma.
+checks the rows. Where m spans a 64- or 128-row tile (333 tokens: 384), that padding is
+offered too, for the 64-row tiles, the wide tiles and wgmma.
 
 A dense whose epilogue pairs columns (rope on q|k|v laid out [t, heads, 2, d/2], silu_mul on
 gate|up laid out [t, 2, I]; `block_info.paired_output`) is claimed at its reduction on sm_90:
@@ -107,13 +107,16 @@ class GpuTensorCore(ScheduleRule):
 
 
 def row_paddings(m: int) -> list[int]:
-    """Rows to add to an m no fragment divides (333 tokens: 3, to 336, for 16-row tiles),
-    and to reach a multiple of the 128-row tile where that costs at most 1/16 of m (2000:
-    48); [0] alone where 16 divides m and 128 is out of reach."""
+    """Rows to add: to an m no fragment divides (333 tokens: 3, to 336, for 16-row tiles),
+    and to the next multiple of 64 and of 128 where m spans such a tile or reaching it costs
+    at most 1/16 of m (333: 51, to 384; 2000: 48), so that a few hundred tokens also get the
+    wide tiles and wgmma: 16-row tiles re-read the weight once per 16 rows (333 tokens on an
+    H100: 165 us against F.linear's 21)."""
     pads = [-m % 16]
-    big = -m % TILE
-    if big and big != pads[0] and big * 16 <= m:
-        pads.append(big)
+    for tile in (64, TILE):
+        pad = -m % tile
+        if pad not in pads and (m >= tile or pad * 16 <= m):
+            pads.append(pad)
     return pads
 
 

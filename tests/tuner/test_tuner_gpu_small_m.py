@@ -69,17 +69,21 @@ def test_m_off_the_16_grid_is_padded_to_the_narrow_tiles(ctx, m, padded) -> None
     """Odd token counts pad their rows to the fragment (pad_spatial) and take the narrow
     tiles of the padded m; x's padded copy is the shared tile, read at clamped rows."""
     sampler = _sampler({"m": m, "n": 4096, "k": 4096}, ctx)
-    assert len(sampler.sketches) == _fitting(padded, 4096, 4096)
-    for sketch in sampler.sketches:
+    narrow = [s for s in sampler.sketches if f"[{padded - m}, 0, 0]" in s.trace.as_python()]
+    assert len(narrow) == _fitting(padded, 4096, 4096)
+    for sketch in sampler.sketches:  # 333 also pads to 384 for the wide tiles
         text = sketch.trace.as_python()
-        assert f"sch.pad_spatial(b0, [{padded - m}, 0, 0])" in text and "wmma_mma" in text
+        assert "sch.pad_spatial(b0, [" in text and "mma" in text
     cand = sampler.sample_unique(random.Random(0), 1, set())[0]
     src = build_source(replay(sampler.func, cand.trace, decisions=cand.trace.decisions), "cuda")
     assert f"< ({m - 1}) ? " in src.source  # the clamped row of the x fetch
     assert f"< {m})" in src.source  # the guarded store of the output
 
 
-@pytest.mark.parametrize(("m", "pads"), [(333, [3]), (24, [8]), (2000, [0, 48]), (64, [0])])
+@pytest.mark.parametrize(
+    ("m", "pads"),
+    [(333, [3, 51]), (336, [0, 48]), (24, [8]), (2000, [0, 48]), (64, [0]), (88, [8, 40])],
+)
 def test_rows_pad_to_the_fragment_and_to_the_wide_tile_when_it_is_cheap(m, pads) -> None:
     assert row_paddings(m) == pads
 
@@ -196,7 +200,7 @@ def test_gemv_rows_of_a_few_tokens_match_numpy_on_the_gpu(gpu, m, dtype) -> None
 @pytest.mark.parametrize("op", ["dense+add", "dense+rope", "dense+silu_mul"])
 @pytest.mark.parametrize(
     ("b", "rule", "least"),
-    [(4, "gpu_gemv", 1), (16, "gpu_tensor_core", 4), (13, "gpu_tensor_core", 4)],
+    [(4, "gpu_gemv", 1), (16, "gpu_tensor_core", 3), (13, "gpu_tensor_core", 3)],
 )
 def test_decode_epilogues_at_small_batches_run(gpu, op, b, rule, least) -> None:
     """The residual add, rope's halves and gate|up's silu_mul of a decode step at b=4 (GEMV
@@ -209,7 +213,7 @@ def test_decode_epilogues_at_small_batches_run(gpu, op, b, rule, least) -> None:
     sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
     ran = _run_every_sketch(gpu, func, task_problem(task, {"b": b, "m": 64}), sampler, rule)
-    assert ran >= least
+    assert ran >= least and ran == len([s for s in sampler.sketches if rule in s.name])
 
 
 def _decode_task(op: str, b: int):  # type: ignore[no-untyped-def]
