@@ -116,9 +116,7 @@ class GpuMultiLevelTiling(ScheduleRule):
         for pad in PAD_BYTES:
             made = try_fork(
                 sch,
-                lambda t, p=pad: _build(
-                    t, block, consumer or None, k_sets, level_sets, p, pairing
-                ),
+                lambda t, p=pad: _build(t, block, consumer or None, k_sets, level_sets, p, pairing),
             )
             if made is not None:
                 out.append(made)
