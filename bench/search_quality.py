@@ -188,22 +188,17 @@ def tvm_func(name: str) -> Any:
     from tvm import te
 
     op, d = OPS[name]
-    if op == "dense":
+    if op in ("dense", "matmul"):
+        dense = op == "dense"
         x = te.placeholder((d["m"], d["k"]), "float32", name="x")
-        w = te.placeholder((d["n"], d["k"]), "float32", name="w")
+        w = te.placeholder((d["n"], d["k"]) if dense else (d["k"], d["n"]), "float32", name="w")
         k = te.reduce_axis((0, d["k"]), name="k")
         out = te.compute(
-            (d["m"], d["n"]), lambda i, j: te.sum(x[i, k] * w[j, k], axis=k), name="dense"
+            (d["m"], d["n"]),
+            lambda i, j: te.sum(x[i, k] * (w[j, k] if dense else w[k, j]), axis=k),
+            name=op,
         )
         return te.create_prim_func([x, w, out])
-    if op == "matmul":
-        a = te.placeholder((d["m"], d["k"]), "float32", name="a")
-        b = te.placeholder((d["k"], d["n"]), "float32", name="b")
-        k = te.reduce_axis((0, d["k"]), name="k")
-        out = te.compute(
-            (d["m"], d["n"]), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul"
-        )
-        return te.create_prim_func([a, b, out])
     m, n = d["m"], d["n"]
     x = te.placeholder((m, n), "float32", name="x")
     k = te.reduce_axis((0, n), name="k")
