@@ -17,12 +17,10 @@ from .lower import cross_thread_reduction
 from .schedule_state import ScheduleState
 from .schedule_tree import (
     blocks,
-    iter_nodes,
     map_stmt,
     reads_of,
     reduce_loop_vars,
     reduction_update,
-    root_body,
     spatial_loop_vars,
     store_of,
     writes_of,
@@ -251,16 +249,15 @@ def check_races(func: PrimFunc) -> None:
     block under it, is reported.
     """
     found = blocks(func)
-    order = {
-        lp.var: n for n, (lp, _) in enumerate(iter_nodes(root_body(func))) if isinstance(lp, For)
-    }
-    races: list[tuple[int, int, str]] = []
-    touching: dict[Buffer, set[str]] | None = None
-    under: dict[Var, set[str]] = {}
+    order: dict[Var, int] = {}  # racing loops in program order (outer before inner)
+    under: dict[Var, set[str]] = {}  # the blocks under each racing loop
     for br, loops in found:
         for lp in loops:
             if lp.kind in RACE_KINDS:
+                order.setdefault(lp.var, len(order))
                 under.setdefault(lp.var, set()).add(br.block.name)
+    races: list[tuple[int, int, str]] = []
+    users: dict[Buffer, set[str]] | None = None
     for at, (br, loops) in enumerate(found):
         racing = [lp for lp in loops if lp.kind in RACE_KINDS]
         if not racing:
@@ -268,41 +265,28 @@ def check_races(func: PrimFunc) -> None:
         reduced, spatial = reduce_loop_vars(br), spatial_loop_vars(br)
         for lp in racing:
             kind = {"thread_binding": "thread-bound"}.get(lp.kind, lp.kind)
+            name = br.block.name
             if lp.var in reduced:
                 if cross_thread_reduction(lp, br):
                     continue  # lowered to a combine across the threads of the axis
                 reason = (
                     simd_reduction(lp, br)
                     if lp.kind == "vectorized"
-                    else ("so iterations would race on the same output")
+                    else "so iterations would race on the same output"
                 )
                 if reason is not None:
-                    races.append(
-                        (
-                            order[lp.var],
-                            at,
-                            (
-                                f"{kind} loop {lp.var.name} would iterate the reduction of block "
-                                f"{br.block.name!r}, {reason}"
-                            ),
-                        )
-                    )
+                    msg = f"{kind} loop {lp.var.name} would iterate the reduction of block "
+                    races.append((order[lp.var], at, f"{msg}{name!r}, {reason}"))
                 continue
             if lp.var in spatial:
                 continue
-            if touching is None:
-                touching = buffer_users(found)
-            if not private_under(func, br.block, under[lp.var], touching):
-                races.append(
-                    (
-                        order[lp.var],
-                        at,
-                        (
-                            f"block {br.block.name!r} does not depend on {kind} loop {lp.var.name} "
-                            "and writes a buffer shared across its iterations, so they would race"
-                        ),
-                    )
+            users = buffer_users(found) if users is None else users
+            if not private_under(func, br.block, under[lp.var], users):
+                msg = (
+                    f"block {name!r} does not depend on {kind} loop {lp.var.name} and writes "
+                    "a buffer shared across its iterations, so they would race"
                 )
+                races.append((order[lp.var], at, msg))
     if races:
         raise ScheduleError(min(races)[2])
 
