@@ -14,7 +14,14 @@ from .instruction_traits import primitive
 from .prim_caches import copy_nest_of
 from .regions import with_regions
 from .schedule_state import ScheduleState
-from .schedule_tree import children, make_seq, root_body, store_of, with_root
+from .schedule_tree import (
+    children,
+    is_identity_write,
+    make_seq,
+    root_body,
+    store_of,
+    with_root,
+)
 from .stmt import TRUE, Block, BlockRealize, BufferStore, For, IterVar, Range, Stmt
 from .tensor_expr import NameSupply
 from .trace import RV
@@ -48,9 +55,7 @@ def pad_spatial(state: ScheduleState, block: RV, padding: Sequence[int]) -> list
     pos, nest = state.root_nest_of(blk.name, "pad_spatial")
     _check_perfect_nest(nest, br)
     store = store_of(blk)
-    if store is None or tuple(store.indices) != tuple(
-        iv.var for iv in blk.iter_vars if iv.kind == "spatial"
-    ):
+    if store is None or not is_identity_write(blk, store.indices):
         raise ScheduleError(
             f"pad_spatial needs block {blk.name!r} to store at exactly its spatial iter vars"
         )
@@ -61,13 +66,14 @@ def pad_spatial(state: ScheduleState, block: RV, padding: Sequence[int]) -> list
     out_scope = "global" if out in state.func.params else out.scope
     out_pad = _padded(out, out_dims, grow, names, out_scope)
     swaps: dict[Buffer, Buffer] = {out: out_pad}
-    copies: list[Stmt] = []
+    copies: list[Stmt] = []  # each named for the padded buffer it fills
     for buf, dims in _reads(blk, out, grow):
         if all(v is None for v in dims):
             continue
         pad = _padded(buf, dims, grow, names, "global")
         swaps[buf] = pad
         copies.append(_edge_copy(names, buf, pad))
+    copy_names = [pad.name for pad in swaps.values() if pad is not out_pad]
 
     def swap(n: Any) -> Any:
         if isinstance(n, BufferLoad) and n.buffer in swaps:
@@ -100,7 +106,7 @@ def pad_spatial(state: ScheduleState, block: RV, padding: Sequence[int]) -> list
     kids[pos:pos] = copies
     allocs = (*state.func.root.alloc_buffers, *swaps.values())
     state.func = with_root(state.func, make_seq(kids), allocs)
-    return [*(state.new("b", _copy_name(c)) for c in copies), state.new("b", write_back)]
+    return [*(state.new("b", name) for name in copy_names), state.new("b", write_back)]
 
 
 def _padding_by_var(blk: Block, padding: Sequence[int]) -> dict[Var, int]:
@@ -216,11 +222,6 @@ def _edge_copy(names: NameSupply, src: Buffer, dst: Buffer) -> Stmt:
         )
 
     return copy_nest_of(names, dst.name, src, dst, dst.shape, clamp)
-
-
-def _copy_name(nest: Stmt) -> str:
-    """The name of the one block in a copy nest."""
-    return next(n.block.name for n in walk(nest) if isinstance(n, BlockRealize))
 
 
 def _regrow(nest: Stmt, extents: dict[Expr, Expr], blk: Block) -> Stmt:
