@@ -91,7 +91,6 @@ class GpuTensorCore(ScheduleRule):
         dtypes = {r.buffer.dtype for r in acc_block.reads if r.buffer in probe.func.inputs}
         if len(dtypes) != 1 or next(iter(dtypes)) not in WMMA_MMA:
             return []
-        mma = WMMA_MMA[next(iter(dtypes))]
         loops = loop_infos(probe, producers[0])
         if len(loops) != 3 or [lp.reduce for lp in loops] != [False, False, True]:
             return []
@@ -101,7 +100,7 @@ class GpuTensorCore(ScheduleRule):
         dtype = next(iter(dtypes))
         forks: list[Schedule] = []
         for pad_m in row_paddings(m):
-            fit = _Fit(block, acc_name, mma, dtype, (m + pad_m, n, k), pad_m)
+            fit = _Fit(block, acc_name, dtype, (m + pad_m, n, k), pad_m)
             forks += _plain_forks(sch, fit, ctx, dense=_is_dense(probe, acc_block))
         return forks
 
@@ -122,19 +121,18 @@ def row_paddings(m: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Fit:
-    """One output's tiling problem: its blocks, the MMA, and the (padded) extents."""
+    """One output's tiling problem: its blocks, operand dtype, and the (padded) extents."""
 
     block: str
     acc: str
-    mma: str
     dtype: str
     mnk: tuple[int, int, int]  # m padded by pad_m
     pad_m: int
 
 
 def _plain_forks(sch: Schedule, fit: _Fit, ctx: SpaceContext, *, dense: bool) -> list[Schedule]:
-    """The tensor-core forks of one padding of a plain (unpaired) output: wgmma on sm_90
-    (unpadded only), narrow WMMA tiles off the 128 grid, else 128 x 128 WMMA tiles."""
+    """The tensor-core forks of one padding of a plain (unpaired) output: wgmma on sm_90,
+    narrow WMMA tiles off the 128 grid, else 128 x 128 WMMA tiles."""
     m, n, k = fit.mnk
     hopper: list[Schedule] = []
     if ctx.arch == "sm_90" and dense and k % WGMMA_TILE_K == 0:
@@ -180,20 +178,24 @@ def _small_m(sch: Schedule, fit: _Fit) -> list[Schedule]:
 
 def _wmma(t: Schedule, fit: _Fit, **tiling: Any) -> None:
     """Pad the accumulator's rows (when the fit asks), then the WMMA tiling."""
-    copies = pad_rows(t, fit.acc, fit.pad_m) if fit.pad_m else (None, None)
-    apply_wmma_tiling(t, fit.block, fit.acc, fit.mma, operand_copies=copies, **tiling)
+    copies = pad_rows(t, fit.acc, fit.pad_m)
+    mma = WMMA_MMA[fit.dtype]
+    apply_wmma_tiling(t, fit.block, fit.acc, mma, operand_copies=copies, **tiling)
 
 
 def _wgmma(t: Schedule, fit: _Fit, **tiling: Any) -> None:
     """Pad the accumulator's rows (when the fit asks), then the wgmma tiling."""
-    copies = pad_rows(t, fit.acc, fit.pad_m) if fit.pad_m else (None, None)
+    copies = pad_rows(t, fit.acc, fit.pad_m)
     apply_wgmma_tiling(t, fit.block, fit.acc, fit.dtype, operand_copies=copies, **tiling)
 
 
 def pad_rows(t: Schedule, acc: str, pad_m: int) -> tuple[str | None, str | None]:
     """Grow `acc`'s first axis by `pad_m` rows (pad_spatial) and let its consumer read the
-    padded accumulator directly; returns, per operand of `acc`, the name of its padded copy (None
-    for an operand the rows do not index), which the tiling moves into shared memory."""
+    padded accumulator directly; returns, per operand of `acc`, the name of its padded copy
+    (None for an operand the rows do not index, and both None when `pad_m` is 0: nothing
+    is padded), which the tiling moves into shared memory."""
+    if not pad_m:
+        return None, None
     acc_rv = t.get_block(acc)
     counts = [pad_m] + [0] * (len(t.get(acc_rv).iter_vars) - 1)
     *copies, back = t.pad_spatial(acc_rv, counts)
@@ -239,7 +241,7 @@ def _paired(sch: Schedule, block: str, *, hopper: bool) -> list[Schedule]:
         rows = m + pad_m
 
         def tiled(t: Schedule, tiling: Any, pm: int = pad_m, **kw: Any) -> None:
-            copies = pad_rows(t, block, pm) if pm else (None, None)
+            copies = pad_rows(t, block, pm)
             tiling(t, out_name, block, operand_copies=copies, pair=pair - 1, **kw)
 
         for tm, tn, warps, tk, stages in SMALL_M_VARIANTS if rows % TILE else ():
