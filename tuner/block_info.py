@@ -146,19 +146,6 @@ def divisors_among(extent: int | None, candidates: tuple[int, ...]) -> list[int]
     return [c for c in candidates if c <= extent and extent % c == 0]
 
 
-PAD_WASTE = 1 / 64  # the most padding (a fraction of the extent) taken for a larger tile
-
-
-def padding(extent: int, tiles: tuple[int, ...]) -> int:
-    """How far to pad `extent` for the largest tile that costs at most PAD_WASTE of it
-    (333 rows: 3, for tiles of 8; 777 columns: 7, for panels of 16); where none is that
-    cheap, the least padding any tile needs (ties to the larger tile)."""
-    cheap = [t for t in tiles if -extent % t <= extent * PAD_WASTE]
-    if cheap:
-        return -extent % max(cheap)
-    return min(-extent % t for t in tiles)
-
-
 def uniform(n: int) -> list[float]:
     """Equal probabilities for n categorical candidates."""
     return [1.0 / n] * n

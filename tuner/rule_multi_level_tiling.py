@@ -18,12 +18,10 @@ at a clamped index.
 
 from __future__ import annotations
 
-from tunefleet.ir.expr import BufferLoad
 from tunefleet.ir.schedule import Schedule
-from tunefleet.ir.trace import RV
-from tunefleet.ir.visit import walk
 
-from .block_info import PAD_WASTE, is_reduction, loop_infos, padding
+from .block_info import is_reduction, loop_infos
+from .padding import PAD_WASTE, pad_accumulator, padding
 from .space import ScheduleRule, SpaceContext, try_fork
 
 WRITE_BACK_LEVELS = (0, 1)
@@ -66,7 +64,10 @@ class MultiLevelTiling(ScheduleRule):
 
     def _build(self, t: Schedule, block: str, level: int, counts: list[int]) -> None:
         b = t.get_block(block)
-        write_back = _pad(t, b, counts) if any(counts) else t.cache_write(b, 0, "local")
+        if any(counts):
+            write_back, _ = pad_accumulator(t, b, counts)
+        else:
+            write_back = t.cache_write(b, 0, "local")
         infos = loop_infos(t, b)
         s_levels: list[list] = [[], [], [], []]
         r_levels: list[list] = [[], []]
@@ -98,19 +99,3 @@ def _cheap_padding(extent: int, tiles: tuple[int, ...]) -> int:
     sketches stay, so a padded one only pays where it is nearly free (a batch of 1 stays)."""
     pad = padding(extent, tiles)
     return pad if pad <= extent * PAD_WASTE else 0
-
-
-def _pad(t: Schedule, b: RV, counts: list[int]) -> RV:
-    """Pad block `b` by `counts` (one per loop, in iter var order: the loops bind them in
-    order before any split), keep the padded output as the local accumulator, and read in
-    place every input the vector loop does not index; returns the write-back block."""
-    *copies, write_back = t.pad_spatial(b, counts)
-    blk = t.get(b)
-    lanes = [iv.var for iv in blk.iter_vars if iv.kind == "spatial"][-1]
-    for copy in copies:
-        padded = t.get(copy).writes[0].buffer
-        loads = [n for n in walk(blk.body) if isinstance(n, BufferLoad) and n.buffer == padded]
-        if not any(lanes in walk(ld.indices) for ld in loads):
-            t.compute_inline(copy)
-    t.set_scope(b, 0, "local")
-    return write_back

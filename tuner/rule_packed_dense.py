@@ -40,7 +40,8 @@ from tunefleet.ir.schedule_tree import find_block, read_only_buffers, store_of
 from tunefleet.ir.trace import RV
 from tunefleet.ir.visit import walk
 
-from .block_info import divisors_among, is_reduction, loop_infos, padding, uniform
+from .block_info import divisors_among, is_reduction, loop_infos, uniform
+from .padding import pad_accumulator, padding
 from .space import ScheduleRule, SpaceContext, try_fork
 
 PANEL_WIDTHS = (8, 16, 32, 64)  # NB: packed columns per k, the vector width of the tile
@@ -136,13 +137,9 @@ class PackedDense(ScheduleRule):
         if pad_m or pad_n:
             counts = [0, 0, 0]
             counts[shape.i_iter], counts[shape.j_iter] = pad_m, pad_n
-            *copies, acc = t.pad_spatial(b, counts)
-            for copy in copies:  # the weight's copy becomes the packed buffer; x is read in place
-                if _source_of(t, copy) == shape.weight:
-                    wp = copy
-                else:
-                    t.compute_inline(copy)
-            t.set_scope(b, 0, "local")  # the padded output is the register tile
+            acc, kept = pad_accumulator(t, b, counts)  # the padded output: the register tile
+            # the weight's padded copy becomes the packed buffer; x is read in place
+            wp = next((c for c in kept if _source_of(t, c) == shape.weight), None)
         if wp is None:
             wp = t.cache_read(b, shape.weight_index, "global")
         nb = t.sample_categorical(widths, uniform(len(widths)))

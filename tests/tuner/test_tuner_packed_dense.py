@@ -10,8 +10,8 @@ import pytest
 from tunefleet.ir import ops
 from tunefleet.ir.codegen import build_source
 from tunefleet.ir.schedule import Schedule
-from tunefleet.tuner.block_info import padding
 from tunefleet.tuner.candidates import SpaceSampler
+from tunefleet.tuner.padding import padding
 from tunefleet.tuner.postproc import default_postprocs
 from tunefleet.tuner.replay import replay
 from tunefleet.tuner.rule_packed_dense import PANEL_WIDTHS, TILE_ROWS, dense_shape
