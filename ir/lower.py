@@ -221,7 +221,8 @@ def _reduces_across(loop: For) -> bool:
 
 def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list[Buffer]) -> Stmt:
     """Each thread of `s` reduces its share into a local accumulator; the threads then
-    combine them (ThreadAllReduce) and thread 0 stores the result."""
+    combine them (ThreadAllReduce) and thread 0 stores the result (every thread, into a
+    result in local scope)."""
     realizes = [n for n in walk(s.body) if isinstance(n, BlockRealize) and _reduced_by(n, s.var)]
     where = f"the reduction over {s.thread} (loop {s.var.name})"
     if len(realizes) != 1:  # other blocks (e.g. per-thread copies of operands) lower as usual
@@ -296,13 +297,16 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
         for c in conjuncts(simplify(substitute(br.predicate, mapping), ranges))
         if not uses_inner(c) and c != TRUE
     ]
-    guard = simplify(_and_all([eq(s.var, 0), *outer_guards]), ranges)
+    # the all-reduce leaves the total on every thread: each stores it to its own (local)
+    # copy, so later code of any thread reads it without a barrier; else thread 0 stores it
+    firsts = [] if out.scope == "local" else [eq(s.var, 0)]
+    guard = simplify(_and_all([*firsts, *outer_guards]), ranges)
     body = make_seq(
         [
             BufferStore(acc, zero, const(ident, acc.dtype)),
             partial,
             ThreadAllReduce(acc, op, s.thread or "", n_threads),
-            IfThenElse(guard, final),
+            final if guard == TRUE else IfThenElse(guard, final),
         ]
     )
     return dataclasses.replace(s, extent=ext, body=Allocate(acc, body))
