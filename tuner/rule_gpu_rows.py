@@ -1,29 +1,46 @@
-"""GPU row-wise kernels (rmsnorm, layernorm, softmax): a row per block, cross-thread reductions.
+"""GPU row-wise kernels (rmsnorm, layernorm, softmax): rows at any size, cross-thread reductions.
 
 An elementwise output over rows whose producers reduce each row (sum of squares, max, sum of
-exponentials) becomes one thread block per row: `threads` threads (threadIdx.x) stride the row
-`vec` elements at a time (vectorized 8-16 byte accesses), every reduction is computed under
-the row's block by all its threads (a cross-thread reduction) into shared memory, then the
-threads write their share of the output. One sketch per vector width `vec` in {2, 4, 8}
-(fixed in the sketch, so a short row still gets 16-byte accesses with fewer threads), each
-sampling the threads in {64, ..., 1024} for which threads * vec divides the row.
+exponentials) gets two forms, one sketch per vector width `vec` (8, 4 or 2 elements, 16 to 4
+bytes of halves; 1 where n is odd) that divides the row:
+
+- a row per block: `threads` threads (threadIdx.x, sampled in {64, ..., 1024}) stride the
+  row `vec` elements at a time, every statistic is a block-wide reduction into shared
+  memory, then the threads write their share of the output;
+- a row per warp, for short and middling rows: `rows` rows per block (threadIdx.y, sampled
+  among {1, 2, 4, 8} that divide m), 32 lanes each, the statistics warp reductions.
+
+Rows of any length: the threads' stride need not divide the row. The row is split into
+`vec`-wide vectors first, then the vectors over the threads; the last pass is guarded by the
+vector index, which is the same for all lanes of a vector, so the accesses stay wide
+(softmax over 1000 columns: 125 vectors of 8 halves, 128 threads, one guarded pass):
+
+    for j in 1000: out[i, j] = ...
+    -> for t in threadIdx.x(128): if t < 125: for v in vectorized(8): out[i, t * 8 + v] = ...
 """
 
 from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
+from tunefleet.ir.trace import RV
 
-from .block_info import loop_infos, reduced_output, uniform
+from .block_info import divisors_among, loop_infos, reduced_output, uniform
 from .space import ScheduleRule, SpaceContext, try_fork
 
 THREADS = (64, 128, 256, 512, 1024)
-VECS = (2, 4, 8)
+VECS = (8, 4, 2)
+WARP_ROWS = (1, 2, 4, 8)
+LANES = 32
+# passes of the threads over a row, each unrolled: more would bloat the kernel for no gain
+MAX_PASSES = 32
 
 
 class GpuRows(ScheduleRule):
-    """A row per block with shared-memory row statistics."""
+    """A row per block or per warp, row statistics as cross-thread reductions in shared memory."""
 
     name = "gpu_rows"
+    # 2: rows no thread stride divides (guarded last pass), a row per warp, odd rows scalar
+    version = 2
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         found = reduced_output(sch, block) if ctx.is_gpu else None
@@ -39,16 +56,24 @@ class GpuRows(ScheduleRule):
         n = loops[-1].extent
         if len(loops) != 2 or n is None:
             return []
+        m = loops[0].extent
         order = [name for name in _program_order(probe) if name in producers]
         sketches = []
-        for vec in VECS:
-            threads = [t for t in THREADS if n % (t * vec) == 0]
+        for vec in [v for v in VECS if n % v == 0] or [1]:
+            threads = [t for t in THREADS if t * vec <= n and _passes(n, t, vec) <= MAX_PASSES]
             if threads:
                 made = try_fork(
                     sch, lambda t, ts=threads, v=vec: _row_per_block(t, block, order, ts, v)
                 )
                 if made is not None:
                     sketches.append(made)
+            if _passes(n, LANES, vec) > MAX_PASSES:
+                continue
+            # a symbolic m keeps one row per block: a guard on the rows would split a block
+            rows = divisors_among(m, WARP_ROWS) if m is not None else [1]
+            made = try_fork(sch, lambda t, rs=rows, v=vec: _row_per_warp(t, block, order, rs, v))
+            if made is not None:
+                sketches.append(made)
         return sketches
 
 
@@ -60,21 +85,56 @@ def _row_per_block(
     o = t.get_block(block)
     i, j = t.get_loops(o)
     tx_n = t.sample_categorical(threads, uniform(len(threads)))
-    j0, j1, j2 = t.split(j, [None, tx_n, vec])
     t.bind(i, "blockIdx.x")
+    _stride_row(t, o, producers, i, tx_n, vec, "shared")
+
+
+def _row_per_warp(t: Schedule, block: str, producers: list[str], rows: list[int], vec: int) -> None:
+    """`rows` rows per block (threadIdx.y), each strided by a warp's 32 lanes `vec` elements
+    at a time, its statistics computed under the row by the warp into every lane's registers
+    (a warp all-reduce leaves each lane the total: no shared memory, no barrier)."""
+    o = t.get_block(block)
+    i, j = t.get_loops(o)
+    r = t.sample_categorical(rows, uniform(len(rows)))
+    i0, i1 = t.split(i, [None, r])
+    t.bind(i0, "blockIdx.x")
+    t.bind(i1, "threadIdx.y")
+    _stride_row(t, o, producers, i1, LANES, vec, "local")
+
+
+def _stride_row(
+    t: Schedule, o: RV, producers: list[str], row: RV, threads: int | RV, vec: int, scope: str
+) -> None:
+    """The output's columns and each producer's reduction (moved under `row`, its result in
+    `scope`) split into `vec`-wide steps over `threads` threadIdx.x threads; a last pass the
+    threads do not fill is guarded per vector, so the accesses stay `vec` wide."""
+    j = t.get_loops(o)[-1]
+    j0, j1, j2 = _vector_stride(t, j, threads, vec)
     t.bind(j1, "threadIdx.x")
     t.unroll(j0)
     t.vectorize(j2)
     for name in reversed(producers):
         p = t.get_block(name)
-        t.compute_at(p, i)
-        t.set_scope(p, 0, "shared")
-        k = t.get_loops(p)[-1]
-        k0, k1, k2 = t.split(k, [None, tx_n, vec])
+        t.compute_at(p, row)
+        t.set_scope(p, 0, scope)
+        k0, k1, k2 = _vector_stride(t, t.get_loops(p)[-1], threads, vec)
         t.reorder(k1, k0, k2)
         t.bind(k1, "threadIdx.x")
         t.unroll(k0)
         t.unroll(k2)
+
+
+def _vector_stride(t: Schedule, loop: RV, threads: int | RV, vec: int) -> tuple[RV, RV, RV]:
+    """`loop` as (passes, threads, vec): whole vectors first, then the vectors over the
+    threads, so a guard for an unfilled last pass indexes vectors, not their elements."""
+    vectors, v = t.split(loop, [None, vec])
+    passes, tx = t.split(vectors, [None, threads])
+    return passes, tx, v
+
+
+def _passes(n: int, threads: int, vec: int) -> int:
+    """How many strides of `threads` threads, `vec` elements each, cover a row of `n`."""
+    return -(-n // (threads * vec))
 
 
 def _program_order(sch: Schedule) -> list[str]:
