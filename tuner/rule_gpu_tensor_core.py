@@ -59,13 +59,21 @@ PADS = (8, 0)
 WGMMA_VARIANTS = ((2, 128, 3), (2, 128, 2), (1, 128, 3), (1, 128, 4), (1, 256, 2), (2, 64, 4))
 # (tile_m, tile_n, warps, tile_k, stages) for m % TILE != 0: each warp one or two 16 x 16
 # fragments per row of tiles, enough stages to keep a multiprocessor's share of the weight
-# in flight with one or two blocks on it
+# in flight with one or two blocks on it. A 4096-wide output in 32-column tiles is 128
+# blocks, about one per multiprocessor of an H100, so those tiles also come with 48 KiB of
+# k steps in flight (what one multiprocessor must have outstanding to draw its share of
+# 3 TB/s); at 32 and 64 rows a warp per 16 rows keeps the weight read once per block.
+# Four 16-row tiles at most: with the twelve 128-row ones of a padded m (333 -> 384, 2000
+# -> 2048) they fill the space's 16 sketches.
 SMALL_M_VARIANTS = (
     (16, 32, (1, 2), 64, 4),
+    (16, 32, (1, 2), 128, 4),
     (16, 64, (1, 2), 64, 4),
     (16, 64, (1, 4), 128, 3),
-    (16, 128, (1, 4), 64, 4),
+    (32, 32, (2, 1), 128, 4),
     (32, 64, (2, 2), 64, 4),
+    (64, 32, (4, 1), 64, 4),
+    (64, 32, (4, 1), 128, 3),
     (64, 64, (2, 2), 64, 3),
 )
 SMALL_M_PAD = 8
@@ -76,8 +84,9 @@ class GpuTensorCore(ScheduleRule):
 
     name = "gpu_tensor_core"
     # 2: wgmma for the paired epilogues (rope, gate|up); 3: small-m tiles, paired too;
-    # 4: rows no fragment divides (333 tokens) padded to the tile (pad_spatial)
-    version = 4
+    # 4: rows no fragment divides (333 tokens) padded to the tile (pad_spatial);
+    # 5: deeper k pipelines and a warp per 16 rows at small m
+    version = 5
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         if ctx.is_gpu and is_reduction(sch.func, block):
