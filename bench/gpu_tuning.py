@@ -3,8 +3,9 @@
     python bench/gpu_tuning.py [--trials 32] [--out DIR]   # needs a CUDA GPU, torch, cupy, nvcc
 
 For fp16 decode GEMV (dense m=1, n=k=4096), dense m=2048 n=k=4096 (tensor cores), rmsnorm
-2048x4096, softmax 65536x2048 and batched decode (dense m in {4, 16, 64}, n=4096, k in
-{4096, 14336}): `tunefleet.tuner.tune(target="cuda")` with the workers'
+2048x4096, softmax 65536x2048, batched decode (dense m in {4, 16, 64}, n=4096, k in
+{4096, 14336}), 333 tokens beside 336, and rows of the sizes models have (softmax 4096x1000
+and 256x151936, rmsnorm 1000x3584 and 7x5120): `tunefleet.tuner.tune(target="cuda")` with the workers'
 CUDA runner (every trial checked against numpy), then the best kernel and the PyTorch
 equivalent are timed in this process, alternating, as replays of captured CUDA graphs with
 input copies rotated past L2 (bench/gpu_kernels.py's harness; `--no-graphs` times plain
@@ -41,6 +42,11 @@ CASES = {
     # a real prompt's token count beside its nearest multiple of the 16-row fragment
     "dense_m333": ("dense", {"m": 333, "n": 4096, "k": 4096}),
     "dense_m336": ("dense", {"m": 336, "n": 4096, "k": 4096}),
+    # rows at the sizes models have: no thread stride divides 1000, 3584 or 151936 columns
+    "softmax_m4096_n1000": ("softmax", {"m": 4096, "n": 1000}),
+    "rmsnorm_m1000_n3584": ("rmsnorm", {"m": 1000, "n": 3584}),
+    "rmsnorm_m7_n5120": ("rmsnorm", {"m": 7, "n": 5120}),
+    "softmax_m256_n151936": ("softmax", {"m": 256, "n": 151936}),
 }
 # the issue's goal for each case, printed beside it (tuned time over torch's, or % of copy)
 GOALS = {
@@ -49,6 +55,7 @@ GOALS = {
     "dense_m333": ">= 90% of dense_m336's TFLOP/s",
     "rmsnorm": ">= 80% copy",
     "softmax": ">= 80% copy",
+    **{c: ">= 80% copy and >= 1.0x torch" for c in CASES if "_m" in c and "_n" in c},
 }
 
 
