@@ -5,9 +5,9 @@
 For fp16 decode GEMV (dense m=1, n=k=4096), dense m=2048 n=k=4096 (tensor cores), rmsnorm
 2048x4096, softmax 65536x2048, batched decode (dense m in {4, 16, 64}, n=4096, k in
 {4096, 14336}), 333 tokens beside 336, and rows of the sizes models have (softmax 4096x1000
-and 256x151936, rmsnorm 1000x3584 and 7x5120): `tunefleet.tuner.tune(target="cuda")` with the workers'
-CUDA runner (every trial checked against numpy), then the best kernel and the PyTorch
-equivalent are timed in this process, alternating, as replays of captured CUDA graphs with
+and 256x151936, rmsnorm 1000x3584 and 7x5120): `tunefleet.tuner.tune(target="cuda")` with
+the workers' CUDA runner (every trial checked against numpy), then the best kernel and the
+PyTorch equivalent are timed in this process, alternating, as replays of captured CUDA graphs with
 input copies rotated past L2 (bench/gpu_kernels.py's harness; `--no-graphs` times plain
 launches). The card's device-to-device copy bandwidth is
 measured first; every case reports % of it for its bytes, the dense its TFLOP/s against

@@ -83,7 +83,7 @@ def _row_per_block(
     """Bind a row per block and `threads` threads striding it `vec` elements at a time; the
     row statistics (producers, in program order) are computed under the row by all threads."""
     o = t.get_block(block)
-    i, j = t.get_loops(o)
+    i = t.get_loops(o)[0]
     tx_n = t.sample_categorical(threads, uniform(len(threads)))
     t.bind(i, "blockIdx.x")
     _stride_row(t, o, producers, i, tx_n, vec, "shared")
@@ -94,7 +94,7 @@ def _row_per_warp(t: Schedule, block: str, producers: list[str], rows: list[int]
     at a time, its statistics computed under the row by the warp into every lane's registers
     (a warp all-reduce leaves each lane the total: no shared memory, no barrier)."""
     o = t.get_block(block)
-    i, j = t.get_loops(o)
+    i = t.get_loops(o)[0]
     r = t.sample_categorical(rows, uniform(len(rows)))
     i0, i1 = t.split(i, [None, r])
     t.bind(i0, "blockIdx.x")
