@@ -47,6 +47,10 @@ CASES = {
     "rmsnorm_m1000_n3584": ("rmsnorm", {"m": 1000, "n": 3584}),
     "rmsnorm_m7_n5120": ("rmsnorm", {"m": 7, "n": 5120}),
     "softmax_m256_n151936": ("softmax", {"m": 256, "n": 151936}),
+    # 4-bit weights (groups of 32): torch runs the fp16 dense of the same shape
+    "q4_m1": ("q4_dense", {"m": 1, "n": 4096, "k": 4096}),
+    "q4_m1_k14336": ("q4_dense", {"m": 1, "n": 4096, "k": 14336}),
+    "q4_m16": ("q4_dense", {"m": 16, "n": 4096, "k": 4096}),
 }
 # the issue's goal for each case, printed beside it (tuned time over torch's, or % of copy)
 GOALS = {
@@ -56,6 +60,9 @@ GOALS = {
     "rmsnorm": ">= 80% copy",
     "softmax": ">= 80% copy",
     **{c: ">= 80% copy and >= 1.0x torch" for c in CASES if "_m" in c and "_n" in c},
+    "q4_m1": ">= 85% copy",
+    "q4_m1_k14336": ">= 85% copy",
+    "q4_m16": ">= 2.0x torch (fp16 dense)",
 }
 
 
@@ -74,6 +81,8 @@ def torch_case(name: str, copies: int) -> tuple[list[list[Any]], list[Any], Any,
         ]
         fns = [lambda s=s: F.linear(s[0], s[1]) for s in sets]
         return sets, fns, (m, n), 2 * (m * k + n * k + m * n), 2 * m * n * k
+    if op == "q4_dense":
+        return _q4_case(d["m"], d["n"], d["k"], copies)
     m, n = d["m"], d["n"]
     if op == "rmsnorm":
         sets = [
@@ -85,6 +94,30 @@ def torch_case(name: str, copies: int) -> tuple[list[list[Any]], list[Any], Any,
     sets = [[torch.randn(m, n, device="cuda", dtype=h)] for _ in range(copies)]
     fns = [lambda s=s: torch.softmax(s[0], dim=-1) for s in sets]
     return sets, fns, (m, n), 2 * 2 * m * n, 0
+
+
+def _q4_case(
+    m: int, n: int, k: int, copies: int
+) -> tuple[list[list[Any]], list[Any], Any, int, int]:
+    """q4_dense inputs (x, 4-bit words, group scales) and torch's fp16 dense over the same
+    weight dequantised, which is also the reference for the error."""
+    import torch
+    import torch.nn.functional as F
+
+    h, group = torch.float16, 32
+    sets, fns = [], []
+    for _ in range(copies):
+        x = torch.randn(m, k, device="cuda", dtype=h)
+        words = torch.randint(-(2**31), 2**31, (n, k // 8), device="cuda", dtype=torch.int64)
+        qweight = words.to(torch.int32)
+        scales = (torch.rand(n, k // group, device="cuda") * 0.02 + 0.005).to(h)
+        shifts = torch.arange(8, device="cuda", dtype=torch.int64) * 4
+        nib = ((words.unsqueeze(-1) & 0xFFFFFFFF) >> shifts) & 15  # element 8w+t is nibble t
+        w = ((nib.reshape(n, k) - 8).float() * scales.float().repeat_interleave(group, 1)).to(h)
+        sets.append([x, qweight, scales])
+        fns.append(lambda x=x, w=w: F.linear(x, w))
+    nbytes = 2 * m * k + n * k // 2 + 2 * n * (k // group) + 2 * m * n
+    return sets, fns, (m, n), nbytes, 2 * m * n * k
 
 
 def main() -> None:
