@@ -119,6 +119,7 @@ _RULES: dict[str, str] = {
     "gpu_tensor_core": "tunefleet.tuner.rule_gpu_tensor_core:GpuTensorCore",
     "gpu_multi_level_tiling": "tunefleet.tuner.rule_gpu_multi_level_tiling:GpuMultiLevelTiling",
     "gpu_rows": "tunefleet.tuner.rule_gpu_rows:GpuRows",
+    "gpu_elementwise": "tunefleet.tuner.rule_gpu_elementwise:GpuElementwise",
     "gpu_auto_bind": "tunefleet.tuner.rule_gpu_auto_bind:GpuAutoBind",
 }
 
@@ -136,6 +137,7 @@ GPU_BLOCK_RULES = (
     "gpu_tensor_core",
     "gpu_multi_level_tiling",
     "gpu_rows",
+    "gpu_elementwise",
 )
 GPU_GLOBAL_RULES = ("gpu_auto_bind",)
 

@@ -20,7 +20,7 @@ CASES = [
     ("dense", {"m": 256, "n": 128, "k": 128}, "gpu_tensor_core"),
     ("rmsnorm", {"m": 8, "n": 1024}, "gpu_rows"),
     ("softmax", {"m": 8, "n": 512}, "gpu_rows"),
-    ("add", {"m": 8, "n": 64}, "identity"),
+    ("add", {"m": 8, "n": 64}, "gpu_elementwise"),
 ]
 
 
