@@ -5,7 +5,8 @@
 For fp16 decode GEMV (dense m=1, n=k=4096), dense m=2048 n=k=4096 (tensor cores), rmsnorm
 2048x4096, softmax 65536x2048, batched decode (dense m in {4, 16, 64}, n=4096, k in
 {4096, 14336}), 333 tokens beside 336, and rows of the sizes models have (softmax 4096x1000
-and 256x151936, rmsnorm 1000x3584 and 7x5120): `tunefleet.tuner.tune(target="cuda")` with
+and 256x151936, rmsnorm 1000x3584 and 7x5120, silu_mul 7x14336 and 1000x14336), the 4-bit
+dense at m=1 and 16: `tunefleet.tuner.tune(target="cuda")` with
 the workers' CUDA runner (every trial checked against numpy), then the best kernel and the
 PyTorch equivalent are timed in this process, alternating, as replays of captured CUDA graphs with
 input copies rotated past L2 (bench/gpu_kernels.py's harness; `--no-graphs` times plain
@@ -47,6 +48,8 @@ CASES = {
     "rmsnorm_m1000_n3584": ("rmsnorm", {"m": 1000, "n": 3584}),
     "rmsnorm_m7_n5120": ("rmsnorm", {"m": 7, "n": 5120}),
     "softmax_m256_n151936": ("softmax", {"m": 256, "n": 151936}),
+    "silu_mul_m7_n14336": ("silu_mul", {"m": 7, "n": 14336}),
+    "silu_mul_m1000_n14336": ("silu_mul", {"m": 1000, "n": 14336}),
     # 4-bit weights (groups of 32): torch runs the fp16 dense of the same shape
     "q4_m1": ("q4_dense", {"m": 1, "n": 4096, "k": 4096}),
     "q4_m1_k14336": ("q4_dense", {"m": 1, "n": 4096, "k": 14336}),
@@ -91,6 +94,10 @@ def torch_case(name: str, copies: int) -> tuple[list[list[Any]], list[Any], Any,
         ]
         fns = [lambda s=s: F.rms_norm(s[0], (n,), s[1], 1e-5) for s in sets]
         return sets, fns, (m, n), 2 * (2 * m * n + n), 0
+    if op == "silu_mul":
+        sets = [[torch.randn(m, n, device="cuda", dtype=h) for _ in "gu"] for _ in range(copies)]
+        fns = [lambda s=s: F.silu(s[0]) * s[1] for s in sets]
+        return sets, fns, (m, n), 2 * 3 * m * n, 0
     sets = [[torch.randn(m, n, device="cuda", dtype=h)] for _ in range(copies)]
     fns = [lambda s=s: torch.softmax(s[0], dim=-1) for s in sets]
     return sets, fns, (m, n), 2 * 2 * m * n, 0
@@ -211,10 +218,10 @@ def main() -> None:
                 "tuned_pct_copy": 100 * nbytes / (times["tuned"] * 1e-6) / 1e9 / bw,
                 "torch_pct_copy": 100 * nbytes / (times["torch"] * 1e-6) / 1e9 / bw,
             }  # fmt: skip
+            row["tuned_vs_torch"] = times["torch"] / times["tuned"]
             if flops:
                 row["tuned_tflops"] = flops / (times["tuned"] * 1e-6) / 1e12
                 row["torch_tflops"] = flops / (times["torch"] * 1e-6) / 1e12
-                row["tuned_vs_torch"] = times["torch"] / times["tuned"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     payload = {
