@@ -8,7 +8,11 @@ bytes of halves; 1 where n is odd) that divides the row:
   row `vec` elements at a time, every statistic is a block-wide reduction into shared
   memory, then the threads write their share of the output;
 - a row per warp, for short and middling rows: `rows` rows per block (threadIdx.y, sampled
-  among {1, 2, 4, 8} that divide m), 32 lanes each, the statistics warp reductions.
+  among {1, 2, 4, 8} that divide m; 1 where m is symbolic), 32 lanes each, the statistics
+  warp all-reduces kept in every lane's registers.
+
+A form that would take the threads over a row more than MAX_PASSES times (each pass
+unrolled) is left out: a 151936-wide row gets 1024 threads of 8 halves, 19 passes.
 
 Rows of any length: the threads' stride need not divide the row. The row is split into
 `vec`-wide vectors first, then the vectors over the threads; the last pass is guarded by the
@@ -36,7 +40,7 @@ MAX_PASSES = 32
 
 
 class GpuRows(ScheduleRule):
-    """A row per block or per warp, row statistics as cross-thread reductions in shared memory."""
+    """A row per block or per warp, row statistics as cross-thread reductions."""
 
     name = "gpu_rows"
     # 2: rows no thread stride divides (guarded last pass), a row per warp, odd rows scalar
