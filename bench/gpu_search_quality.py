@@ -81,12 +81,12 @@ def summarize(runs: list[dict]) -> list[dict]:
         if not mine:
             continue
         reference = min(r["best_ms"] for r in mine)
+        # a run that never came near counts as needing more than its budget
+        budget = max(r["trials"] for r in mine) + 1
         for strategy in STRATEGIES:
             got = [reach(r, reference) for r in mine if r["strategy"] == strategy]
             if not got:
                 continue
-            # a run that never came near counts as needing more than its budget
-            budget = max(r["trials"] for r in mine) + 1
             trials = [t if t is not None else budget for t, _ in got]
             seconds = [s for _, s in got if s is not None]
             rows.append({

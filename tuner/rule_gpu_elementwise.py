@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tunefleet.ir.schedule import Schedule
 
-from .block_info import is_reduction, loop_infos, uniform, writes_output
+from .block_info import divisors_among, is_reduction, loop_infos, uniform, writes_output
 from .space import ScheduleRule, SpaceContext, try_fork
 
 VECS = (8, 4, 2)
@@ -42,7 +42,7 @@ class GpuElementwise(ScheduleRule):
         if n is None or any(lp.reduce for lp in loops):
             return []
         sketches = []
-        for vec in [v for v in VECS if n % v == 0] or [1]:
+        for vec in divisors_among(n, VECS) or [1]:
             made = try_fork(sch, lambda t, v=vec: _vectors_over_threads(t, block, v))
             if made is not None:
                 sketches.append(made)

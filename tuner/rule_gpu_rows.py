@@ -63,7 +63,7 @@ class GpuRows(ScheduleRule):
         m = loops[0].extent
         order = [name for name in _program_order(probe) if name in producers]
         sketches = []
-        for vec in [v for v in VECS if n % v == 0] or [1]:
+        for vec in divisors_among(n, VECS) or [1]:
             threads = [t for t in THREADS if t * vec <= n and _passes(n, t, vec) <= MAX_PASSES]
             if threads:
                 made = try_fork(
