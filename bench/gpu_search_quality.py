@@ -126,6 +126,12 @@ def main() -> None:
         parser.error(
             f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}"
         )
+    from tunefleet.workers.targets import TargetError, resolve_target
+
+    try:  # a missing GPU is one line here, not a traceback from inside the first tuning run
+        resolve_target(args.target)
+    except TargetError as err:
+        parser.exit(2, f"gpu_search_quality.py: {err}\n")
     seeds = [int(s) for s in args.seeds.split(",")]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
