@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,37 @@ def every_sketch_runs_on_gpu(
                 assert result.status is Status.OK, f"{result.message}\n{cand.trace.as_python()}"
 
         yield check
+
+
+@pytest.fixture
+def every_sketch_interprets() -> Callable[..., None]:
+    """Run one candidate of every sketch of a CUDA space in ir's GPU interpreter (each
+    thread a numpy lane, no GPU needed) on the problem's inputs and compare the outputs with
+    its numpy reference at the runner's tolerance (or fail). Sketches on tensor cores, which
+    the interpreter refuses, are left to the GPU tests; returns how many sketches ran."""
+    import numpy as np
+
+    from tunefleet.ir.gpu_interpreter import interpret
+    from tunefleet.workers.checking import compare_outputs, default_tolerance
+    from tunefleet.workers.inputs import resolve_op
+
+    def check(sampler: SpaceSampler, problem: Any, seed: int = 3) -> int:
+        op = resolve_op(problem.op)
+        dims, attrs = problem.dim_values, problem.attr_values
+        inputs = list(op.make_inputs(dims, problem.dtype, np.random.default_rng(0), **attrs))
+        ref = op.reference(*inputs, **attrs)
+        refs = list(ref) if isinstance(ref, list | tuple) else [ref]
+        out_dtypes = [b.dtype for b in sampler.func.params[sampler.func.num_inputs :]]
+        ran = 0
+        for cand in _one_per_sketch(sampler, seed):
+            sch = replay(sampler.func, cand.trace, decisions=cand.trace.decisions)
+            if "tensorize" in cand.trace.as_python():
+                continue
+            outs = interpret(sch.mod, inputs, dims)
+            err, bad = compare_outputs(outs, out_dtypes, refs, default_tolerance(problem.dtype))
+            assert bad == 0, f"{bad} wrong, error {err:.3g}\n{cand.trace.as_python()}"
+            ran += 1
+        assert ran, "every sketch of the space is on tensor cores"
+        return ran
+
+    return check

@@ -149,3 +149,16 @@ def test_sampled_schedules_match_numpy_on_the_gpu(gpu, op, dims, dtype, attrs) -
         assert built.status is Status.OK, built.message
         result = runner.run(RunInput(built.artifact, problem, fast))
         assert result.status is Status.OK, f"{result.message}\n{cand.trace.as_python()}"
+
+
+INTERPRETED = [c for c in CLAIMED + ODD if c[1] != {"m": 9, "n": 512, "k": 256}]  # all WMMA
+
+
+@pytest.mark.parametrize(("op", "dims", "dtype", "attrs"), INTERPRETED, ids=_ids(INTERPRETED))
+def test_every_sketch_matches_numpy_in_the_interpreter(
+    every_sketch_interprets, op, dims, dtype, attrs
+) -> None:
+    from tunefleet.workers.results import Problem
+
+    sampler = _sampler(op, dims, dtype, attrs)
+    every_sketch_interprets(sampler, Problem.create(op, dims, dtype, **attrs))

@@ -116,3 +116,13 @@ def test_every_rows_sketch_matches_numpy_on_the_gpu(every_sketch_runs_on_gpu, op
     from tunefleet.workers.results import Problem
 
     every_sketch_runs_on_gpu(_sampler(op, dims, dtype), Problem.create(op, dims, dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(("op", "dims"), ROWS_ON_GPU)
+def test_every_rows_sketch_matches_numpy_in_the_interpreter(
+    every_sketch_interprets, op, dims, dtype
+):
+    from tunefleet.workers.results import Problem
+
+    every_sketch_interprets(_sampler(op, dims, dtype), Problem.create(op, dims, dtype))

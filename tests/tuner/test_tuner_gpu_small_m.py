@@ -263,3 +263,36 @@ def test_paired_tiling_refuses_an_odd_warp_count() -> None:
             sch, "silu_mul", "dense_acc", "wmma_mma_f16_f32",
             pair=0, warps=(1, 3), tile=(16, 96), tile_k=64, pad=8, stages=3,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("op", "dims"),
+    [
+        ("dense", {"m": 1, "n": 320, "k": 1024}),
+        ("dense", {"m": 5, "n": 320, "k": 1024}),  # GEMV rows of a few tokens
+        ("q4_dense", {"m": 1, "n": 256, "k": 512}),  # 4-bit weights dequantised in the lanes
+    ],
+)
+def test_every_gemv_sketch_matches_numpy_in_the_interpreter(
+    every_sketch_interprets, op, dims, dtype
+) -> None:
+    from tunefleet.workers.results import Problem
+
+    func = ops.get_op(op).build(dims, dtype)
+    sketches = SpaceGenerator(*rules_for("cuda"), with_default=False).generate(func, HOPPER)
+    sampler = SpaceSampler(func, sketches, HOPPER, default_postprocs("cuda"))
+    assert every_sketch_interprets(sampler, Problem.create(op, dims, dtype)) >= 1
+
+
+@pytest.mark.parametrize("op", ["dense+add", "dense+rope", "dense+silu_mul"])
+def test_decode_epilogues_of_gemv_rows_match_the_reference_in_the_interpreter(
+    every_sketch_interprets, op
+) -> None:
+    """The b=4 decode epilogues (GEMV rows of 4 tokens), every sketch but tensor cores."""
+    from tunefleet.coordinator.task_problems import task_problem
+
+    func, task = _decode_task(op, 4)
+    sketches = SpaceGenerator(*rules_for("cuda")).generate(func, HOPPER)
+    sampler = SpaceSampler(func, sketches, HOPPER, default_postprocs("cuda"))
+    assert every_sketch_interprets(sampler, task_problem(task, {"b": 4, "m": 64})) >= 2
