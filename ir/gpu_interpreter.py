@@ -34,7 +34,6 @@ from .annotation_keys import TENSORIZE
 from .dtypes import bf16_to_f32, f32_to_bf16, from_float32, to_float32
 from .errors import IRError
 from .expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
-from .lower import lower
 from .stmt import (
     Allocate,
     BufferStore,
@@ -48,6 +47,7 @@ from .stmt import (
     SyncThreads,
     ThreadAllReduce,
 )
+from .target_passes import lower_for_target
 from .visit import free_vars, walk
 
 # one numpy axis per thread tag, outermost first
@@ -88,13 +88,14 @@ def interpret(
     """Run scheduled `func` on `inputs` (its input buffers in order; symbolic dims from
     `dims` by name) and return its outputs; bfloat16 arrays are uint16 bit patterns, as
     `ops.make_inputs` makes them."""
-    return interpret_lowered(lower(func), inputs, dims)
+    return interpret_lowered(lower_for_target(func, "cuda"), inputs, dims)
 
 
 def interpret_lowered(
     low: PrimFunc, inputs: Sequence[np.ndarray], dims: Mapping[str, int] | None = None
 ) -> list[np.ndarray]:
-    """`interpret` of a PrimFunc already lowered (`ir.lower`)."""
+    """`interpret` of a PrimFunc already lowered (`lower`, or `lower_for_target` for cuda,
+    whose single-thread stores run on thread 0 alone)."""
     run = _Run({k: int(v) for k, v in (dims or {}).items()})
     ins, outs = low.params[: low.num_inputs], low.params[low.num_inputs :]
     if len(inputs) != len(ins):
@@ -270,7 +271,8 @@ class _Run:
         elif isinstance(s, SingleThread):
             first = np.ones_like(mask)
             for tag in s.threads:
-                first = first & (_axis_arange(AXES.index(tag), 1) == 0)
+                axis = AXES.index(tag)
+                first = first & (_axis_arange(axis, self.launch.get(axis, 1)) == 0)
             self.stmt(s.body, mask & first)
         elif isinstance(s, SyncThreads | PipelineSync):
             return  # every thread is at every statement together
