@@ -148,7 +148,8 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-DEFAULT_SKETCH = "default_schedule@3"  # untuned default; 2: keyed attention; 3: warp GEMV
+DEFAULT_SKETCH = "default_schedule@4"  # untuned default; 2: keyed attention; 3: warp GEMV;
+# 4: attention keys over 16-lane groups, each row of lanes its share of the max and sum
 
 
 def rules_for(kind: TargetKind | str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -182,7 +182,7 @@ def test_a_wide_load_under_a_select_runs_only_where_its_condition_holds() -> Non
     assert _annotated(lower_for_target(_masked_rows(True).func, "cuda"), VECTOR_ACCESS) == []
 
 
-def test_decode_attention_reads_values_in_8_byte_runs() -> None:
+def test_decode_attention_reads_values_in_16_byte_runs() -> None:
     from tunefleet.coordinator.graph import Phase
     from tunefleet.coordinator.presets import resolve_model
     from tunefleet.coordinator.tasks import model_tasks
@@ -194,6 +194,6 @@ def test_decode_attention_reads_values_in_8_byte_runs() -> None:
         if t.name.startswith("attn_scores")
     ]
     src = build_source(default_cuda_schedule(task.func, arch="sm_90"), target="cuda").source
-    # the context's value reads: one 8-byte load per key under the key's bounds check
-    assert "? *(const uint2*)(v_cache + " in src
+    # the context's value reads: one 16-byte load per lane and key under the key's bounds check
+    assert "? *(const uint4*)(v_cache + " in src
     assert "v_cache[" not in src
