@@ -17,8 +17,10 @@ fault).
         red[0] = max(red[0], x[..])        one numpy step for 1280 threads
         red[0] = allreduce_max(red[0])     np.max over the threadIdx.x axis
 
-Not covered: tensor-core intrinsics (a tensorized loop is refused), the CUDA renderer's own
-work (wide loads, cp.async, address swizzles), timing. The GPU tests (`pytest -m gpu`)
+Tensor-core steps run as the loops they replace (what `tensorize` checked they compute),
+their fragments one per warp (every lane but threadIdx.x's), their rows and columns along
+numpy axes. Not covered: the CUDA renderer's own work (the intrinsics' text, wide loads,
+cp.async, address swizzles), timing. The GPU tests (`pytest -m gpu`)
 remain the check of the generated code; this one runs in CI.
 """
 
@@ -60,8 +62,10 @@ AXES = (
     "threadIdx.y",
     "threadIdx.x",
 )
-_RANK = len(AXES)
+_THREADS = len(AXES)
+_RANK = _THREADS + 3  # and three axes for loops whose iterations are independent
 _RANK_AXIS = AXES.index("clusterIdx.x")
+_FRAGMENT_SCOPES = ("wmma.", "mma.", "wgmma.")
 _NP = {
     "float16": np.float16,
     "float32": np.float32,
@@ -113,15 +117,32 @@ def interpret_lowered(
     return [run.result(buf) for buf in outs]
 
 
-def _instance_axes(scope: str) -> range:
+def _instance_axes(scope: str) -> tuple[int, ...]:
     """The thread axes along which threads have their own instance of a buffer of `scope`."""
     if scope == "global":
-        return range(0)
+        return ()
+    if scope.startswith(_FRAGMENT_SCOPES):  # a warp's (warpgroup's) lanes hold it together
+        return tuple(a for a in range(_THREADS) if a != AXES.index("threadIdx.x"))
     if scope.startswith("shared.cluster"):
-        return range(AXES.index("blockIdx.x") + 1)
+        return tuple(range(AXES.index("blockIdx.x") + 1))
     if scope.startswith("shared"):
-        return range(_RANK_AXIS + 1)
-    return range(_RANK)
+        return tuple(range(_RANK_AXIS + 1))
+    return tuple(range(_THREADS))
+
+
+def _written_apart(s: For) -> set[Var]:
+    """The loops of the perfect nest at `s` whose variables index the nest's one store:
+    their iterations write different elements (a tensor-core step's rows and columns)."""
+    loops, body = [], s
+    while isinstance(body, For):
+        loops.append(body.var)
+        body = body.body
+    while isinstance(body, IfThenElse) and body.else_case is None:
+        body = body.then_case
+    if not isinstance(body, BufferStore):
+        return set()
+    used = {v for i in body.indices for v in free_vars(i)}
+    return {v for v in loops if v in used}
 
 
 def _axis_arange(axis: int, n: int) -> np.ndarray:
@@ -171,6 +192,8 @@ class _Run:
         self.env: dict[Var, Any] = {}
         self.mem: dict[Buffer, _Storage] = {}
         self.launch: dict[int, int] = {}  # thread axis -> launch extent
+        self.free = list(range(_THREADS, _RANK))  # axes for independent iterations
+        self.vector: set[Var] = set()  # loops to run along them
 
     # ---------------------------------------------------------------- buffers
 
@@ -287,10 +310,6 @@ class _Run:
                 self.launch[axis] = max(self.launch.get(axis, 1), self._int(n.extent))
 
     def _for(self, s: For, mask: np.ndarray) -> None:
-        if TENSORIZE in dict(s.annotations):
-            raise InterpretError(
-                f"loop {s.var.name} is tensorized; tensor cores are not interpreted"
-            )
         if s.kind == "thread_binding" and s.thread in AXES:
             axis = AXES.index(s.thread)
             if s.var in self.env:
@@ -302,6 +321,12 @@ class _Run:
             finally:
                 del self.env[s.var]
             return
+        if isinstance(s.extent, Const) and self.free:
+            if TENSORIZE in dict(s.annotations):  # one tensor-core step: its spatial loops
+                self.vector |= _written_apart(s)  # run as numpy axes, its k loop serially
+            if s.var in self.vector or (s.kind == "vectorized" and s.var in _written_apart(s)):
+                self._vector_loop(s, mask)
+                return
         extent = np.asarray(self.expr(s.extent, mask), dtype=np.int64)
         full = np.broadcast_shapes(mask.shape, extent.shape)
         top = int(np.broadcast_to(extent, full)[np.broadcast_to(mask, full)].max(initial=0))
@@ -309,6 +334,17 @@ class _Run:
             self.env[s.var] = i
             self.stmt(s.body, mask & (i < extent))
         self.env.pop(s.var, None)
+
+    def _vector_loop(self, s: For, mask: np.ndarray) -> None:
+        """All iterations of `s` at once along a free numpy axis (they write apart)."""
+        axis = self.free.pop()
+        self.env[s.var] = _axis_arange(axis, int(s.extent.value))  # type: ignore[attr-defined]
+        try:
+            self.stmt(s.body, mask)
+        finally:
+            del self.env[s.var]
+            self.vector.discard(s.var)
+            self.free.append(axis)
 
     def _allocate(self, s: Allocate, mask: np.ndarray) -> None:
         buf = s.buffer

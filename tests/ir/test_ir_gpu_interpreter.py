@@ -1,6 +1,6 @@
 """ir.gpu_interpreter: CUDA schedules run on the CPU, each thread a numpy lane. Defaults and
-attention's keyed and cluster forms match numpy; a missing cross-thread reduction, a missing
-guard and an unwritten shared buffer are caught; tensor cores are refused."""
+attention's keyed and cluster forms match numpy, tensor-core tilings too; a missing
+cross-thread reduction, a missing guard and an unwritten shared buffer are caught."""
 
 from __future__ import annotations
 
@@ -138,14 +138,17 @@ def test_a_shared_buffer_no_thread_wrote_reads_as_nan() -> None:
     assert np.isnan(out).all()
 
 
-def test_tensor_cores_are_refused() -> None:
-    func = ops.get_op("dense").build({"m": 128, "n": 128, "k": 64}, "float16")
-    sch = Schedule(func)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tensor_core_steps_run_as_the_loops_they_replace(dtype) -> None:
+    """A WMMA tiling: fragments per warp, the MMA's rows and columns as numpy axes."""
+    dims = {"m": 64, "n": 64, "k": 64}
+    opdef = ops.get_op("dense")
+    sch = Schedule(opdef.build(dims, dtype))
     apply_wmma_tiling(
-        sch, "dense", "dense_acc", WMMA_MMA["float16"], warps=(2, 2), tile=(128, 128),
-        tile_k=32, pad=8,
+        sch, "dense", "dense_acc", WMMA_MMA[dtype], warps=(2, 2), tile=(64, 64), tile_k=32,
+        pad=8, stages=2,
     )  # fmt: skip
-    inputs = ops.get_op("dense").make_inputs({"m": 128, "n": 128, "k": 64}, "float16",
-                                             np.random.default_rng(0))  # fmt: skip
-    with pytest.raises(InterpretError, match="tensor cores are not interpreted"):
-        interpret(sch.mod, inputs)
+    inputs = opdef.make_inputs(dims, dtype, np.random.default_rng(0))
+    (out,) = interpret(sch.mod, inputs)
+    err, bad = compare_outputs([out], [dtype], [opdef.reference(*inputs)], default_tolerance(dtype))
+    assert bad == 0, err

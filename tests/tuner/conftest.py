@@ -108,8 +108,7 @@ def every_sketch_runs_on_gpu(
 def every_sketch_interprets() -> Callable[..., None]:
     """Run one candidate of every sketch of a CUDA space in ir's GPU interpreter (each
     thread a numpy lane, no GPU needed) on the problem's inputs and compare the outputs with
-    its numpy reference at the runner's tolerance (or fail). Sketches on tensor cores, which
-    the interpreter refuses, are left to the GPU tests; returns how many sketches ran."""
+    its numpy reference at the runner's tolerance (or fail); returns how many sketches ran."""
     import numpy as np
 
     from tunefleet.ir.gpu_interpreter import interpret
@@ -126,13 +125,10 @@ def every_sketch_interprets() -> Callable[..., None]:
         ran = 0
         for cand in _one_per_sketch(sampler, seed):
             sch = replay(sampler.func, cand.trace, decisions=cand.trace.decisions)
-            if "tensorize" in cand.trace.as_python():
-                continue
             outs = interpret(sch.mod, inputs, dims)
             err, bad = compare_outputs(outs, out_dtypes, refs, default_tolerance(problem.dtype))
             assert bad == 0, f"{bad} wrong, error {err:.3g}\n{cand.trace.as_python()}"
             ran += 1
-        assert ran, "every sketch of the space is on tensor cores"
         return ran
 
     return check
