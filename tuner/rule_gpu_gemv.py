@@ -1,4 +1,5 @@
-"""GPU low-batch GEMV / dense (m = 1 .. 8): warps split k, wide weight loads, a warp reduction.
+"""GPU low-batch GEMV / dense (m = 1 .. 8; 16 for 4-bit weights): warps split k, wide weight
+loads, a warp reduction.
 
 For an output that casts a float32 accumulator of `x[1, k] . w[n, k]` (the library's fp16 and
 bf16 dense), each output row gets `lanes` threads (threadIdx.x) that split k; every thread
@@ -32,16 +33,28 @@ ROWS = (1, 2, 4, 8)
 # up to this many tokens share a row's lanes (one accumulator and reduction each); more
 # would re-read x too often from L1, and from m = 16 the tensor-core tiles take over
 MAX_TOKENS = 8
+# 4-bit weights have no tensor-core tiling: their rows take up to 16 tokens (batched decode
+# of 9-16 sequences), each word of the weight read once and dequantised once for all of them
+MAX_TOKENS_PACKED = 16
 LANES = (32, 64, 128)
 VECS = (2, 4, 8)
+
+
+def _max_tokens(probe: Schedule, acc: str) -> int:
+    """The most tokens a row takes: MAX_TOKENS_PACKED where the accumulator reads a packed
+    integer weight (q4_dense's uint32 words), else MAX_TOKENS."""
+    block = probe.get(probe.get_block(acc))
+    packed = any(r.buffer.dtype in ("uint32", "int32", "uint8") for r in block.reads)
+    return MAX_TOKENS_PACKED if packed else MAX_TOKENS
 
 
 class GpuGemv(ScheduleRule):
     """Split-K across the threads of a row for decode-shaped dense outputs."""
 
     name = "gpu_gemv"
-    # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers; 3: m <= 8
-    version = 3
+    # 2: epilogues that pair columns (rope, gate|up) keep the pair in registers; 3: m <= 8;
+    # 4: m <= 16 for 4-bit weights
+    version = 4
 
     def apply(self, sch: Schedule, block: str, ctx: SpaceContext) -> list[Schedule]:
         paired = paired_output(sch, block) if ctx.is_gpu else None
@@ -57,7 +70,7 @@ class GpuGemv(ScheduleRule):
         if len(out_loops) != 2 or not acc_loops[-1].reduce:
             return []
         m, n, k = out_loops[0].extent, out_loops[1].extent, acc_loops[-1].extent
-        if m is None or n is None or k is None or not 1 <= m <= MAX_TOKENS:
+        if m is None or n is None or k is None or not 1 <= m <= _max_tokens(probe, acc_name):
             return []
         if m > 1 and len(acc_loops) != 3:
             return []  # a few tokens: dense-shaped (tokens, columns, k) only, not a row norm
@@ -135,7 +148,7 @@ def _paired(sch: Schedule, block: str) -> list[Schedule]:
     if any(i.extent is None for i in (*acc_loops, *out_loops)):
         return []  # static extents only
     m = acc_loops[0].extent or 0
-    if not 1 <= m <= MAX_TOKENS:
+    if not 1 <= m <= _max_tokens(probe, probe.get(found.acc).name):
         return []
     pair_loops = set(found.pair_loops)
     inner = ([0] if m > 1 else []) + sorted(pair_loops)  # tokens, then the pick, in a row
