@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunefleet.ir.default_schedule import default_schedule
+from tunefleet.ir.default_schedule_cuda import default_cuda_schedule
 from tunefleet.ir.errors import IRError, ScheduleError
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks
@@ -148,8 +149,9 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-DEFAULT_SKETCH = "default_schedule@4"  # untuned default; 2: keyed attention; 3: warp GEMV;
-# 4: attention keys over 16-lane groups, each row of lanes its share of the max and sum
+DEFAULT_SKETCH = "default_schedule@5"  # untuned default; 2: keyed attention; 3: warp GEMV;
+# 4: attention keys over 16-lane groups, each row of lanes its share of the max and sum;
+# 5: decode attention's rows also without the cluster split (a second one-point sketch)
 
 
 def rules_for(kind: TargetKind | str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -239,8 +241,7 @@ class SpaceGenerator:
             for rule in self.global_rules:
                 sch = rule.apply(sch, ctx)
             sketches.append(Sketch(label or "identity", sch.trace))
-        default = default_sketch(func, ctx) if self.with_default else None
-        if default is not None:
+        for default in default_sketches(func, ctx) if self.with_default else []:
             text = default.trace.as_python()
             if all(s.trace.as_python() != text for s in sketches):
                 sketches.append(default)
@@ -249,14 +250,23 @@ class SpaceGenerator:
         return sketches
 
 
-def default_sketch(func: PrimFunc, ctx: SpaceContext) -> Sketch | None:
+def default_sketches(func: PrimFunc, ctx: SpaceContext) -> list[Sketch]:
     """The untuned default schedule of `func` on the context's target as a sketch named
-    "default" (no sampling: one point); None where ir has no default for it."""
+    "default" (no sampling: one point); [] where ir has no default for it. Where the default
+    splits decode attention's rows over a cluster (sm_90), the same rows unsplit follow as
+    "default_unclustered": the split pays with few rows (b=1: 0.45x SDPA against 0.15x
+    unsplit at kv 4096 on an H200) and costs with many (b=16: 292.6 against 198.2 us), and
+    the batch is symbolic, so a bucket's tuning picks."""
     try:
         sch = default_schedule(func, target="cuda" if ctx.is_gpu else "cpu", arch=ctx.target.arch)
     except IRError:
-        return None
-    return Sketch("default", sch.trace)
+        return []
+    out = [Sketch("default", sch.trace)]
+    if ctx.is_gpu:
+        unsplit = default_cuda_schedule(func, arch=ctx.target.arch, cluster=1)
+        if unsplit.trace.as_python() != sch.trace.as_python():
+            out.append(Sketch("default_unclustered", unsplit.trace))
+    return out
 
 
 def try_fork(sch: Schedule, build: Callable[[Schedule], object]) -> Schedule | None:

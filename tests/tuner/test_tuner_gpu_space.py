@@ -134,18 +134,22 @@ def test_rope_write_back_keeps_each_pair_in_one_thread() -> None:
 @pytest.mark.parametrize(("arch", "clustered"), [("sm_90", True), ("sm_86", False)])
 def test_the_attention_default_sketch_follows_the_architecture(arch: str, clustered: bool) -> None:
     """The untuned default every space keeps is the one the target's GPU can run: decode
-    attention split over a thread-block cluster from sm_90, a block per row before."""
+    attention split over a thread-block cluster from sm_90, a block per row before; on sm_90
+    the unsplit rows follow as a second one-point sketch, for the buckets whose batch fills
+    the GPU without the split."""
     from tunefleet.coordinator.graph import Phase
     from tunefleet.coordinator.presets import PRESETS
     from tunefleet.coordinator.tasks import model_tasks
-    from tunefleet.tuner.space import default_sketch
+    from tunefleet.tuner.space import default_sketches
 
     (task,) = [
         t
         for t in model_tasks(PRESETS["llama-3-8b"], Phase.DECODE)
         if t.name.startswith("attn_scores")
     ]
-    sketch = default_sketch(task.func, SpaceContext(Target.cuda(arch)))
-    assert sketch is not None
-    source = build_source(replay(task.func, sketch.trace), target="cuda").source
-    assert ("__cluster_dims__" in source) is clustered
+    sketches = default_sketches(task.func, SpaceContext(Target.cuda(arch)))
+    assert [s.name for s in sketches] == ["default", "default_unclustered"][: 1 + clustered]
+    sources = [build_source(replay(task.func, s.trace), target="cuda").source for s in sketches]
+    assert ["__cluster_dims__" in src for src in sources] == [clustered, False][: len(sources)]
+    space = SpaceGenerator(*rules_for("cuda")).generate(task.func, SpaceContext(Target.cuda(arch)))
+    assert ("default_unclustered" in [s.name for s in space]) is clustered

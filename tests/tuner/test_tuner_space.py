@@ -213,8 +213,8 @@ def test_every_space_holds_the_untuned_default_as_one_point(kind: str) -> None:
 
 def test_a_gpu_space_whose_rule_sketches_all_fail_is_left_with_the_default() -> None:
     """The fused decode attention on CUDA: every tiling leaves the scores in global memory,
-    which no kernel can allocate; the default keeps them in shared memory and is the point
-    the task is measured at."""
+    which no kernel can allocate; the default keeps them in shared memory and, with the same
+    rows not split over a cluster, is what the task is measured at."""
     from tunefleet.coordinator.graph import Phase
     from tunefleet.coordinator.job_plan import specialize
     from tunefleet.coordinator.models import ModelConfig
@@ -230,5 +230,5 @@ def test_a_gpu_space_whose_rule_sketches_all_fail_is_left_with_the_default() -> 
     sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
     cands = sampler.sample_unique(random.Random(0), 4, set(), max_tries=24)
-    assert [sketches[c.sketch].name for c in cands] == ["default"]
+    assert sorted(sketches[c.sketch].name for c in cands) == ["default", "default_unclustered"]
     assert sampler.rejected > 0  # the rules' tilings were drawn and refused
