@@ -10,8 +10,10 @@ bucket; a trace that pins a symbolic extent (a tiling sampled on the constant) c
 and is built on the specialised PrimFunc instead: an `exact` kernel. It serves the sizes of
 its bucket up to the point along the row dims (`pad`: the token rows of every kernel but
 attention, and attention's batch), the runtime running the point's rows; other sizes of the
-bucket run the task's default kernel. Buckets without
-a record use the default schedule, built once per task on the symbolic PrimFunc.
+bucket run the task's default kernel. A CUDA bucket without a record whose task has a fixed
+tensor-core tiling at the point (the GEMM family from 16 rows: prefill, batched decode;
+tuner/untuned.py) runs that tiling as an exact kernel; other buckets without a record use
+the default schedule, built once per task on the symbolic PrimFunc.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from tunefleet.runtime.manifest import (
     Manifest,
     TaskEntry,
 )
+from tunefleet.tuner.space import SpaceContext
+from tunefleet.tuner.untuned import fixed_tensor_core_candidate
 from tunefleet.workers.builder import BuildConfig, BuildInput, LoweringError, compile_kernel, lower
 from tunefleet.workers.cpu_harness import harness_source
 from tunefleet.workers.targets import Target
@@ -118,6 +122,12 @@ def compile_model(options: CompileOptions, on_kernel: Callable[[], None] | None 
             for i, p in enumerate(ps)
             if p.record is not None
         }
+        fixed = {
+            (id(t), i): pool.submit(builder.fixed, p)
+            for _, t, ps in plans
+            for i, p in enumerate(ps)
+            if p.record is None and not options.target.is_cpu
+        }
         entries = []
         for phase, task, planned in plans:
             fallback = fallbacks[id(task)].result()
@@ -126,7 +136,11 @@ def compile_model(options: CompileOptions, on_kernel: Callable[[], None] | None 
                 ranges = _ranges(task, p.point)
                 made = tuned.get((id(task), i))
                 result = made.result() if made is not None else None
-                if result is None:
+                untuned = fixed.get((id(task), i))
+                point = untuned.result() if untuned is not None else None
+                if result is None and point is not None:  # no record: a fixed tiling, exact
+                    kernels.append(_entry(point, p, ranges, None, fp, exact=True))
+                elif result is None:
                     kernels.append(_entry(fallback, p, ranges, None, fp))
                 else:
                     built, exact = result
@@ -187,6 +201,19 @@ class _KernelBuilder:
                 return None
             exact = True
         return self._compile(p.task, kernel), exact
+
+    def fixed(self, p: _Planned) -> _Built | None:
+        """For a CUDA bucket with no record: the first fixed tensor-core tiling of the task
+        at the bucket's point (tuner.untuned), built exact; None where the task has none."""
+        func = specialize(p.task.func, {**PINNED[p.task.phase], **p.dims})
+        found = fixed_tensor_core_candidate(func, SpaceContext(self.options.target))
+        if found is None:
+            return None
+        try:
+            kernel = lower(self._input(func, found.trace_json))
+        except LoweringError:
+            return None
+        return self._compile(p.task, kernel)
 
     def _input(self, func: Any, trace: str | None = None) -> BuildInput:
         """A build of `func` (by `trace`, else its default schedule); CUDA kernels read the
@@ -319,4 +346,3 @@ def _with_estimates(
             ms = roof.seconds(task.flops(dims), task.nbytes(dims), task.dtype) * 1e3
         totals[phase.value] = totals.get(phase.value, 0.0) + task.weight * ms
     return replace(manifest, estimated_ms=totals)
-
