@@ -439,7 +439,8 @@ class _Run:
         if not is_int:
             a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
         with np.errstate(all="ignore"):
-            out = _BINOPS[op](a, b, is_int)
+            division = _DIVISIONS.get(op)
+            out = division(a, b, is_int) if division else _UFUNCS[op](a, b)
         if op in ("lt", "le", "gt", "ge", "eq", "ne"):
             return out
         return _as(e.dtype, out)
@@ -461,23 +462,21 @@ def _floormod(a: Any, b: Any, is_int: bool) -> Any:
     return np.mod(a, np.where(np.asarray(b) == 0, 1, b)) if is_int else np.mod(a, b)
 
 
-_BINOPS = {
-    "add": lambda a, b, i: np.add(a, b),
-    "sub": lambda a, b, i: np.subtract(a, b),
-    "mul": lambda a, b, i: np.multiply(a, b),
-    "div": _div,
-    "floordiv": _floordiv,
-    "floormod": _floormod,
-    "min": lambda a, b, i: np.minimum(a, b),
-    "max": lambda a, b, i: np.maximum(a, b),
-    "shr": lambda a, b, i: np.right_shift(a, b),
-    "shl": lambda a, b, i: np.left_shift(a, b),
-    "bitand": lambda a, b, i: np.bitwise_and(a, b),
-    "bitor": lambda a, b, i: np.bitwise_or(a, b),
-    "lt": lambda a, b, i: np.less(a, b),
-    "le": lambda a, b, i: np.less_equal(a, b),
-    "gt": lambda a, b, i: np.greater(a, b),
-    "ge": lambda a, b, i: np.greater_equal(a, b),
-    "eq": lambda a, b, i: np.equal(a, b),
-    "ne": lambda a, b, i: np.not_equal(a, b),
+_UFUNCS = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "min": np.minimum,
+    "max": np.maximum,
+    "shr": np.right_shift,
+    "shl": np.left_shift,
+    "bitand": np.bitwise_and,
+    "bitor": np.bitwise_or,
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "eq": np.equal,
+    "ne": np.not_equal,
 }
+_DIVISIONS = {"div": _div, "floordiv": _floordiv, "floormod": _floormod}  # int or float
