@@ -80,6 +80,11 @@ def test_decode_attention_rows_split_over_a_cluster_from_sm_90(phase, tmp_path):
     assert f"row_sum_red[0] = tf_block_add(row_sum_red[0], {KEYED_CLUSTER}, nullptr)" in body
     # one cluster barrier after each kind of share (max, sum, context) and one at the end
     assert body.count("tf_cluster_sync();") == 4, body
+    # each block holds the scores and probabilities of its share of the keys only, so a long
+    # context still leaves several blocks per multiprocessor
+    ks = build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda")
+    share = f"(m + {KEYED_CLUSTER - 1}) // {KEYED_CLUSTER}"
+    assert share in str(ks.shared_bytes) and "(m * 2)" not in str(ks.shared_bytes)
     if NVCC is None:
         return
     src = tmp_path / "k.cu"
