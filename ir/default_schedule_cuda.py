@@ -18,22 +18,18 @@
   where only reductions remain (a row's max or sum), over the reduction as a cross-thread
   reduction. Each thread then writes a strided share of the row.
 * Keyed rows (attention: the output, or its same-shape accumulator, sums over the row's key
-  positions): one row per thread block of KEYED_WARPS warps, every intermediate in shared
-  memory. A key belongs to a group of KEY_LANES lanes (threadIdx.x), two groups to a warp
-  (threadIdx.y: the block's rows of lanes); a key's score is a reduction over the group's
-  lanes (each reads KEYED_VEC contiguous elements of the key's head dim, 16 bytes,
-  KEYS_IN_FLIGHT keys unrolled); the row's max and sum are rfactored over the rows of lanes
-  (each row of lanes reduces its share of the keys, then one row of lanes combines the
-  rows' results); the probabilities spread over every thread. The context is rfactored over
-  the rows of lanes: each thread sums its row's keys for KEYED_VEC head-dim columns in
-  registers (16 keys unrolled, 16-byte value loads), the partial sums meet in shared memory,
-  and a thread per column adds them up. A mask that calls no math function (prefill's
-  causal mask) is inlined into its readers.
+  positions): one row per thread block of 32 lanes (threadIdx.x) by KEYED_WARPS warps
+  (threadIdx.y), every intermediate in shared memory. Warps take the keys; a key's score is
+  a warp reduction over the head dim (lanes read the key's row together, KEYED_VEC elements
+  each, KEYS_IN_FLIGHT keys unrolled); the row's max and sum are warp reductions over the
+  keys; the probabilities spread over every thread. The context is rfactored over the warps:
+  each thread sums its warp's keys for KEYED_VEC head-dim columns in registers (16 keys
+  unrolled), the partial sums meet in shared memory, and a thread per column adds them up.
+  A mask that calls no math function (prefill's causal mask) is inlined into its readers.
 
-      blockIdx.x: row (b, h, n);  threadIdx.y: w;  threadIdx.x: lane (KEY_LANES of them)
-        scores[j] = sum over the lanes of q[d] * k[j, d]   for j = w, w + W, ...
-        mx_part[w] = max over the lanes of max over j = lane + L*w, ... of scores[j]
-        mx = max over w of mx_part[w]  (the sum alike);  p = exp(scores - mx) / den
+      blockIdx.x: row (b, h, n);  threadIdx.y: w;  threadIdx.x: lane
+        scores[j] = warp_sum over lanes of q[d] * k[j, d]   for j = w, w + W, ...
+        mx = warp_max(scores); den = warp_sum(exp(scores - mx)); p = exp(scores - mx) / den
         part[w, d] = sum over j = w, w + W, ... of p[j] * v[j, d]   (registers, then shared)
         out[d] = sum over w of part[w, d]
 
@@ -70,8 +66,7 @@ WARP = 32
 KEYED_WARPS = 32  # warps of a row whose output sums over the row's keys (attention)
 KEYED_CLUSTER_WARPS = 16  # warps of each block when the row is split over a cluster
 KEYED_CLUSTER = 8  # blocks a decode row (one query token) is split over, from sm_90
-KEYED_VEC = 8  # head-dim elements per lane: 16 bytes of bf16 or fp16
-KEY_LANES = 16  # lanes per key (threadIdx.x): a warp holds two keys (threadIdx.y)
+KEYED_VEC = 4
 KEYS_IN_FLIGHT = 4  # keys a warp scores at once (unrolled), each with its own warp reduction
 REDUCE_UNROLL = 16  # steps of a thread's own reduction loop unrolled in the row path
 
@@ -158,17 +153,15 @@ def _reduces(sch: Schedule, name: str) -> bool:
     return bool(_red_vars(sch, name))
 
 
-def _split_lanes(
-    sch: Schedule, loop: RV, widest: int = KEYED_VEC, lanes: int = WARP
-) -> tuple[RV, RV]:
-    """Split `loop` into (outer, lane, vec): `lanes` lanes, each `vec` contiguous elements
-    (the largest power of two up to `widest` dividing the extent / lanes); returns (lane,
+def _split_lanes(sch: Schedule, loop: RV, widest: int = KEYED_VEC) -> tuple[RV, RV]:
+    """Split `loop` into (outer, lane, vec): WARP lanes, each `vec` contiguous elements
+    (the largest power of two up to `widest` dividing the extent / WARP); returns (lane,
     vec) after moving the outer steps inside the lane loop."""
     ext = sch.get(loop).extent
     n = int(ext.value) if isinstance(ext, Const) else 0
     widths = [w for w in (16, 8, 4, 2) if w <= widest] + [1]
-    vec = next((v for v in widths if n and n % (lanes * v) == 0), 1)
-    outer, lane, v = sch.split(loop, [None, lanes, vec])
+    vec = next((v for v in widths if n and n % (WARP * v) == 0), 1)
+    outer, lane, v = sch.split(loop, [None, WARP, vec])
     sch.reorder(lane, outer, v)
     sch.unroll(outer)
     sch.unroll(v)
@@ -190,50 +183,40 @@ def _keyed_rows(
     acc = (last.block.name if last is not None
            and len(last.block.writes[0].buffer.shape) == rank and _reduces(sch, last.block.name)
            else None)  # fmt: skip
-    rows = warps * WARP // KEY_LANES  # threadIdx.y: KEY_LANES lanes (threadIdx.x) per key
-    # a row's max and sum: each row of lanes takes its share of the keys and one row of
-    # lanes combines the rows' results; with a cluster, first each block's share, the
-    # blocks' results meeting in cluster memory
+    # with a cluster, a row's max and sum are each block's share meeting in cluster memory
     shares: dict[str, str] = {}  # share block -> the block that combines the shares
-    partials: set[str] = set()  # blocks of each row of lanes' share
-    for br in producers:
-        name = br.block.name
-        if name == acc or not _reduces(sch, name) or len(br.block.writes[0].buffer.shape) >= rank:
-            continue
-        if cluster > 1:
-            s, _ = sch.split(sch.get_loops(sch.get_block(name))[-1], [cluster, None])
-            share = sch.get(sch.rfactor(s, 0)).name
-            shares[share] = name
-            name = share
-        block = sch.get_block(name)
-        _, ky, _ = sch.split(sch.get_loops(block)[-1], [None, rows, KEY_LANES])
-        partials.add(sch.get(sch.rfactor(ky, len(sch.get(block).writes[0].buffer.shape))).name)
+    if cluster > 1:
+        for br in producers:
+            name = br.block.name
+            if name != acc and _reduces(sch, name) and len(br.block.writes[0].buffer.shape) < rank:
+                s, _ = sch.split(sch.get_loops(sch.get_block(name))[-1], [cluster, None])
+                shares[sch.get(sch.rfactor(s, 0)).name] = name
     keys = sch.get_loops(sch.get_block(acc or out_name))[-1]
     part = None  # the context's share of one block of the cluster
     if cluster > 1:
         s, _ = sch.split(keys, [cluster, None])
         part = sch.rfactor(s, 0)  # [cluster, .., d]
         keys = sch.get_loops(part)[-1]
-    _, jy = sch.split(keys, [None, rows])
-    rf = sch.rfactor(jy, rank if part is not None else rank - 1)  # partial sums [.., row, d]
+    _, jy = sch.split(keys, [None, warps])
+    rf = sch.rfactor(jy, rank if part is not None else rank - 1)  # partial sums [.., warp, d]
     o = sch.get_block(out_name)
     spatial = [lp for lp in sch.get_loops(o) if sch.get(lp).var not in _red_vars(sch, out_name)]
     row = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
     sch.bind(row, "blockIdx.x")
-    _, ty, tx = sch.split(spatial[-1], [None, rows, KEY_LANES])
+    _, ty, tx = sch.split(spatial[-1], [None, warps, WARP])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     if acc is not None:
         a = sch.get_block(acc)
         sch.compute_at(a, tx)
         sch.set_scope(a, 0, "local")
-    _context_partials(sch, row, rf, part, rows)
+    _context_partials(sch, row, rf, part, warps)
     names = [br.block.name for br, _ in blocks(sch.mod)]
     for name in reversed(names[: names.index(sch.get(rf).name)]):
-        _keyed_producer(sch, name, row, shares, rows, cluster, partials)
+        _keyed_producer(sch, name, row, shares, warps, cluster)
 
 
-def _context_partials(sch: Schedule, row: RV, rf: RV, part: RV | None, rows: int) -> None:
+def _context_partials(sch: Schedule, row: RV, rf: RV, part: RV | None, warps: int) -> None:
     """The context's partial sums `rf[.., warp, d]`: each thread's in registers over its
     warp's keys, copied to shared memory; with a cluster (`part`), the warps' sums added up
     in a register per column and stored once into this block's slot of cluster memory."""
@@ -244,7 +227,7 @@ def _context_partials(sch: Schedule, row: RV, rf: RV, part: RV | None, rows: int
         sch.set_scope(slot, 0, "shared.cluster")
         rank_loop, d = _loops_below(sch, slot, row)[:2]
         sch.bind(rank_loop, "clusterIdx.x")
-        _, py, px = sch.split(d, [None, rows, KEY_LANES])
+        _, py, px = sch.split(d, [None, warps, WARP])
         sch.bind(py, "threadIdx.y")
         sch.bind(px, "threadIdx.x")
         sch.compute_at(part, px)
@@ -256,7 +239,7 @@ def _context_partials(sch: Schedule, row: RV, rf: RV, part: RV | None, rows: int
     for r in ranks:
         sch.bind(r, "clusterIdx.x")
     sch.bind(w, "threadIdx.y")
-    lane, _ = _split_lanes(sch, d, lanes=KEY_LANES)
+    lane, _ = _split_lanes(sch, d)
     sch.bind(lane, "threadIdx.x")
     sch.compute_at(rf, lane)
     sch.set_scope(rf, 0, "local")
@@ -272,16 +255,10 @@ def _context_partials(sch: Schedule, row: RV, rf: RV, part: RV | None, rows: int
 
 
 def _keyed_producer(
-    sch: Schedule,
-    name: str,
-    row: RV,
-    shares: dict[str, str],
-    rows: int,
-    cluster: int,
-    partials: set[str],
+    sch: Schedule, name: str, row: RV, shares: dict[str, str], warps: int, cluster: int
 ) -> None:
     """A producer of a keyed row computed under `row` (scores, mask, max, sum, probs), its
-    loops spread over the block's rows of lanes and lanes (and the cluster's blocks)."""
+    loops spread over the block's warps and lanes (and the cluster's blocks)."""
     p = sch.get_block(name)
     sch.compute_at(p, row)
     sch.set_scope(p, 0, "shared.cluster" if name in shares else "shared")
@@ -289,21 +266,14 @@ def _keyed_producer(
         sch.bind(_loops_below(sch, p, row)[-1], "threadIdx.x")
         return
     rest = _loops_below(sch, p, row)
-    if name in shares or (name in partials and cluster > 1):
+    if name in shares:
         sch.bind(rest[0], "clusterIdx.x")
         rest = rest[1:]
     red = _red_vars(sch, name)
     key_loops = [lp for lp in rest if sch.get(lp).var not in red]
     steps = [lp for lp in rest if sch.get(lp).var in red]
-    if name in partials:  # a row of lanes' share of the keys' max or sum
-        ko, kx = steps
-        sch.bind(key_loops[-1], "threadIdx.y")
-        sch.reorder(kx, ko)
-        sch.bind(kx, "threadIdx.x")
-        _unroll_steps(sch, ko, KEYS_IN_FLIGHT)  # a few keys per thread: 512 in a block of 512
-        return
-    if not key_loops:  # combines the rows' max or sum: one row's lanes, every row alike
-        ko, kx = sch.split(steps[-1], [None, KEY_LANES])
+    if not key_loops:  # a reduction over the keys (max, sum): one warp's lanes, every warp alike
+        ko, kx = sch.split(steps[-1], [None, WARP])
         sch.reorder(kx, ko)
         sch.bind(kx, "threadIdx.x")
         _unroll_steps(sch, ko)
@@ -311,14 +281,14 @@ def _keyed_producer(
     k = sch.fuse(*key_loops) if len(key_loops) > 1 else key_loops[0]
     k = _over_cluster(sch, k, cluster)
     if steps:  # scores: warps over the keys, lanes over the head dim
-        ko, ky = sch.split(k, [None, rows])
+        ko, ky = sch.split(k, [None, warps])
         sch.reorder(ky, ko)
         sch.bind(ky, "threadIdx.y")
-        lane, _ = _split_lanes(sch, steps[-1], lanes=KEY_LANES)
+        lane, _ = _split_lanes(sch, steps[-1])
         sch.bind(lane, "threadIdx.x")
         _unroll_steps(sch, ko, KEYS_IN_FLIGHT)
     else:  # elementwise over the keys: every thread of the block
-        ko, ky, kx = sch.split(k, [None, rows, KEY_LANES])
+        ko, ky, kx = sch.split(k, [None, warps, WARP])
         sch.reorder(ky, kx, ko)
         sch.bind(ky, "threadIdx.y")
         sch.bind(kx, "threadIdx.x")

@@ -393,16 +393,13 @@ class CUDARenderer(CStyleRenderer):
             depth += 1
         v = c_name(s.var.name)
         saved = dict(self._vec)
-        guarded = dict(access.guarded)
         for x, base in access.loads:
             vt = _VEC_TYPES[itemsize(x.buffer.dtype) * n]
             name = self._fresh("v")
             ct = self.ctype(x.buffer.dtype)
             off = self._swizzle(x.buffer, self.expr(base))
-            src = self._hoisted.get(x, f"*(const {vt}*)({c_name(x.buffer.name)} + {off})")
-            if x in guarded:  # read only where the scalar loads would be
-                src = f"({self.expr(guarded[x])}) ? {src} : {vt}{{}}"
-            self.emit(f"const {vt} {name} = {src};", depth)
+            src = f"*(const {vt}*)({c_name(x.buffer.name)} + {off})"
+            self.emit(f"const {vt} {name} = {self._hoisted.get(x, src)};", depth)
             self._vec[x] = f"((const {ct}*)&{name})[{v}]"
         if access.store is not None and access.store_base is not None:
             st, base = access.store, access.store_base

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 from .errors import CodegenError
 from .lower import lower
-from .pass_guard_updates import guard_updates
 from .pass_hoist import hoist_invariant_calls, hoist_loads
 from .pass_predicate import predicate_stores
 from .pass_thread_sync import insert_thread_syncs
@@ -22,7 +21,7 @@ Pass = Callable[[PrimFunc], PrimFunc]
 
 TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
     "c": (hoist_invariant_calls,),
-    "cuda": (guard_updates, mark_vector_loops, hoist_loads, predicate_stores, insert_thread_syncs),
+    "cuda": (mark_vector_loops, hoist_loads, predicate_stores, insert_thread_syncs),
 }
 
 

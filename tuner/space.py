@@ -149,9 +149,8 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-DEFAULT_SKETCH = "default_schedule@5"  # untuned default; 2: keyed attention; 3: warp GEMV;
-# 4: attention keys over 16-lane groups, each row of lanes its share of the max and sum;
-# 5: decode attention's rows also without the cluster split (a second one-point sketch)
+DEFAULT_SKETCH = "default_schedule@6"  # untuned default; 2: keyed attention; 3: warp GEMV;
+# 6: decode attention's rows also without the cluster split (a second one-point sketch)
 
 
 def rules_for(kind: TargetKind | str) -> tuple[tuple[str, ...], tuple[str, ...]]:

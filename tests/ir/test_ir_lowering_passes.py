@@ -6,24 +6,11 @@ from __future__ import annotations
 import sys
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tunefleet.ir import (
-    CodegenError,
-    Schedule,
-    build_source,
-    const,
-    create_prim_func,
-    default_schedule,
-    ops,
-    placeholder,
-    select,
-)
-from tunefleet.ir import compute as te_compute
+from tunefleet.ir import CodegenError, Schedule, default_schedule, ops
 from tunefleet.ir.annotation_keys import HOISTED_CALLS, HOISTED_LOADS, VECTOR_ACCESS
-from tunefleet.ir.default_schedule_cuda import default_cuda_schedule
 from tunefleet.ir.intrinsics import INTRINSICS
 from tunefleet.ir.lower import lower
 from tunefleet.ir.pass_hoist import HoistedLoads
@@ -54,13 +41,7 @@ def _softmax() -> PrimFunc:
 
 def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
-    assert names == [
-        "guard_updates",
-        "mark_vector_loops",
-        "hoist_loads",
-        "predicate_stores",
-        "insert_thread_syncs",
-    ]
+    assert names == ["mark_vector_loops", "hoist_loads", "predicate_stores", "insert_thread_syncs"]
     assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
     with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
         lower_for_target(_softmax(), "metal")
@@ -157,83 +138,3 @@ def test_no_barrier_after_a_loop_whose_iterations_end_with_one() -> None:
     barriers = [i for i, ln in enumerate(lines) if ln == "__syncthreads();"]
     assert barriers, "the k loop's iterations end with a barrier"
     assert all(b - a > 1 for a, b in pairwise(barriers)), "\n".join(lines)
-
-
-def _masked_rows(cond_on_lane: bool) -> Schedule:
-    """y[i, j] = x[i, j] where row i is kept (or, per lane, where j < 60), else 0; j's
-    4-wide inner loop unrolled, the shape of attention's masked value reads."""
-    x = placeholder((8, 64), "float16", "x")
-    keep = placeholder((8,), "int32", "keep")
-
-    def body(i: Any, j: Any) -> Any:
-        kept = j < 60 if cond_on_lane else keep[i] > 0
-        return select(kept, x[i, j], const(0.0, "float16"))
-
-    y = te_compute((8, 64), body, "y")
-    sch = Schedule(create_prim_func([x, keep, y]))
-    i, j = sch.get_loops(sch.get_block("y"))
-    sch.bind(i, "blockIdx.x")
-    j0, j1 = sch.split(j, [None, 4])
-    sch.bind(j0, "threadIdx.x")
-    sch.unroll(j1)
-    return sch
-
-
-def test_a_wide_load_under_a_select_runs_only_where_its_condition_holds() -> None:
-    (access,) = _annotated(lower_for_target(_masked_rows(False).func, "cuda"), VECTOR_ACCESS)
-    ((load, cond),) = access.guarded
-    assert load.buffer.name == "x" and "keep" in repr(cond)
-    src = build_source(_masked_rows(False), target="cuda").source
-    assert "? *(const uint2*)(x + " in src and ": uint2{}" in src
-    # a condition that changes from lane to lane keeps the loads scalar
-    assert _annotated(lower_for_target(_masked_rows(True).func, "cuda"), VECTOR_ACCESS) == []
-
-
-def _decode_attention():  # type: ignore[no-untyped-def]
-    """Llama-3-8B's fused decode attention task."""
-    from tunefleet.coordinator.graph import Phase
-    from tunefleet.coordinator.presets import resolve_model
-    from tunefleet.coordinator.tasks import model_tasks
-
-    (task,) = [
-        t
-        for t in model_tasks(resolve_model("llama-3-8b"), Phase.DECODE)
-        if t.name.startswith("attn_scores")
-    ]
-    return task
-
-
-def test_decode_attention_reads_values_in_16_byte_runs() -> None:
-    task = _decode_attention()
-    src = build_source(default_cuda_schedule(task.func, arch="sm_90"), target="cuda").source
-    # the context's value reads: one 16-byte load per lane and key under the key's bounds check
-    assert "? *(const uint4*)(v_cache + " in src
-    assert "v_cache[" not in src
-
-
-def test_a_masked_term_of_a_sum_becomes_a_guard_on_cuda_only() -> None:
-    """rfactor leaves `acc += cond ? e : 0`; CUDA skips the term (one fused multiply-add
-    where it runs), C keeps the select its compiler vectorizes; a max keeps its select."""
-    from tunefleet.ir.pass_guard_updates import guarded_update
-    from tunefleet.ir.stmt import BufferStore, IfThenElse
-
-    task = _decode_attention()
-    sch = default_cuda_schedule(task.func, arch="sm_90")
-    plain = lower_for_target(sch.mod, "c")
-    cuda = lower_for_target(sch.mod, "cuda")
-
-    def acc_updates(func: PrimFunc) -> list:
-        return [n for n in _nodes(func, BufferStore) if n.buffer.name.startswith("context_acc")]
-
-    lifted = [u for u in acc_updates(plain) if guarded_update(u) is not None]
-    assert lifted, "the context's partial sums hold no masked term"
-    guarded = [
-        n
-        for n in _nodes(cuda, IfThenElse)
-        if n.then_case in [guarded_update(u).then_case for u in lifted]
-    ]
-    assert guarded and all(guarded_update(u) is None for u in acc_updates(cuda))
-    maxes = [
-        n for n in _nodes(cuda, BufferStore) if "max" in n.buffer.name and "Select" in repr(n.value)
-    ]
-    assert maxes, "a max keeps its select against -inf"
