@@ -364,8 +364,9 @@ class _Run:
                 self.mem[buf] = saved
 
     def _allreduce(self, s: ThreadAllReduce, mask: np.ndarray) -> None:
-        """Every thread's acc[0] becomes the reduction over its group of `extent` threads
-        along the axis of `s.thread` (threads that do not run it add the identity)."""
+        """Every element of each thread's acc becomes the reduction over its group of
+        `extent` threads along the axis of `s.thread` (threads that do not run it add the
+        identity)."""
         if s.thread not in AXES:
             raise InterpretError(f"all-reduce over {s.thread!r}")
         axis = AXES.index(s.thread)
@@ -373,16 +374,17 @@ class _Run:
         n = self.launch.get(axis, 1)
         if n % s.extent:
             raise InterpretError(f"all-reduce over {s.extent} of {n} threads of {s.thread}")
-        vals = st.data[..., 0].astype(np.float64)
-        full = np.broadcast_shapes(vals.shape, mask.shape)
+        size = st.data.shape[-1]
+        full = np.broadcast_shapes(st.data.shape[:-1], mask.shape)
         m = np.broadcast_to(mask, full)
-        vals = np.where(m, np.broadcast_to(vals, full), _IDENTITY[s.op])
-        grouped = vals.reshape(*full[:axis], n // s.extent, s.extent, *full[axis + 1 :])
-        red = _REDUCE[s.op](grouped, axis=axis + 1, keepdims=True)
-        total = np.broadcast_to(red, grouped.shape).reshape(full)
-        data = np.broadcast_to(st.data[..., 0], full).copy()
-        data[m] = total[m]
-        st.data = _as(s.buffer.dtype, data)[..., None]
+        data = np.broadcast_to(st.data, (*full, size)).copy()
+        for e in range(size):
+            vals = np.where(m, data[..., e].astype(np.float64), _IDENTITY[s.op])
+            grouped = vals.reshape(*full[:axis], n // s.extent, s.extent, *full[axis + 1 :])
+            red = _REDUCE[s.op](grouped, axis=axis + 1, keepdims=True)
+            total = np.broadcast_to(red, grouped.shape).reshape(full)
+            data[..., e][m] = total[m]
+        st.data = _as(s.buffer.dtype, data)
 
     # ---------------------------------------------------------------- expressions
 

@@ -240,15 +240,10 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
         raise LoweringError(f"{where} needs a constant number of threads, got {ext}")
     inner = {s.var} | {n.var for n in walk(s.body) if isinstance(n, For)}
 
-    def uses_inner(e: Expr) -> bool:
-        return any(isinstance(x, Var) and x in inner for x in walk(e))
-
-    for iv, val in zip(blk.iter_vars, br.iter_values, strict=True):
-        if iv.kind == "spatial" and uses_inner(val):
-            raise LoweringError(
-                f"{where}: a loop inside it drives spatial iter var {iv.var.name} of "
-                f"{blk.name!r}; move spatial loops outside the thread axis"
-            )
+    # spatial loops inside the thread axis (a few rows reduced at once): their threads
+    # keep a partial result per row, all reduced together
+    rows = _rows_inside(s, br, where)
+    row_vars = {lp.var for lp in rows}
     assert isinstance(blk.init, BufferStore)
     init = blk.init.value
     ident = _IDENTITY[op]
@@ -256,8 +251,12 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
         raise LoweringError(
             f"{where}: block {blk.name!r} starts from {init}, not the identity of {op}"
         )
-    acc = Buffer(f"{blk.name}_red", (const(1),), store.buffer.dtype, "local")
-    zero = (const(0),)
+    size, slot = 1, const(0)
+    for lp in reversed(rows):  # the rows' slot in the accumulator, the last loop fastest
+        slot = simplify(binop("add", slot, binop("mul", lp.var, const(size))))
+        size *= int(simplify(lp.extent).value)
+    acc = Buffer(f"{blk.name}_red", (const(size),), store.buffer.dtype, "local")
+    zero = (slot,)
     acc0 = BufferLoad(acc, zero)
     new_blk = dataclasses.replace(
         blk, body=BufferStore(acc, zero, binop(op, acc0, operand)), init=None
@@ -277,7 +276,8 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
         iv.var: simplify(val, ranges) for iv, val in zip(blk.iter_vars, br.iter_values, strict=True)
     }
     idx = tuple(simplify(substitute(i, mapping), ranges) for i in store.indices)
-    at_zero = {v: const(0) for v in inner}
+    reduce_inner = inner - row_vars
+    at_zero = {v: const(0) for v in reduce_inner}
     first = [
         eq(substitute(mapping[iv.var], at_zero), iv.dom.min)
         for iv in blk.iter_vars
@@ -295,21 +295,68 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
     outer_guards = [
         c
         for c in conjuncts(simplify(substitute(br.predicate, mapping), ranges))
-        if not uses_inner(c) and c != TRUE
+        if c != TRUE and not any(isinstance(x, Var) and x in reduce_inner for x in walk(c))
     ]
     # the all-reduce leaves the total on every thread: each stores it to its own (local)
     # copy, so later code of any thread reads it without a barrier; else thread 0 stores it
     firsts = [] if out.scope == "local" else [eq(s.var, 0)]
     guard = simplify(_and_all([*firsts, *outer_guards]), ranges)
-    body = make_seq(
-        [
-            BufferStore(acc, zero, const(ident, acc.dtype)),
-            partial,
-            ThreadAllReduce(acc, op, s.thread or "", n_threads),
-            final if guard == TRUE else IfThenElse(guard, final),
-        ]
-    )
+    store_out = final if guard == TRUE else IfThenElse(guard, final)
+    fill: Stmt = BufferStore(acc, zero, const(ident, acc.dtype))
+    for lp in reversed(rows):  # the rows' loops again, around the fill and the stores
+        ext_lp = simplify(lp.extent)
+        fill = For(lp.var, ext_lp, fill, "unrolled")
+        store_out = For(lp.var, ext_lp, store_out, "unrolled")
+    body = make_seq([fill, partial, ThreadAllReduce(acc, op, s.thread or "", n_threads), store_out])
     return dataclasses.replace(s, extent=ext, body=Allocate(acc, body))
+
+
+def _rows_inside(s: For, br: BlockRealize, where: str) -> list[For]:
+    """The loops between the thread axis `s` and the reduction `br` that drive its spatial
+    iter vars (outermost first): each must be a serial or unrolled loop of constant extent
+    that drives nothing else."""
+    blk = br.block
+    path: list[For] = []
+
+    def find(n: Any) -> bool:
+        if n is br:
+            return True
+        if isinstance(n, For):
+            path.append(n)
+            if find(n.body):
+                return True
+            path.pop()
+            return False
+        if isinstance(n, SeqStmt):
+            return any(find(c) for c in n.stmts)
+        if isinstance(n, IfThenElse):
+            return find(n.then_case) or (n.else_case is not None and find(n.else_case))
+        if isinstance(n, Allocate):
+            return find(n.body)
+        return False
+
+    find(s.body)
+    rows: list[For] = []
+    for lp in path:
+        drives = {
+            iv.kind
+            for iv, val in zip(blk.iter_vars, br.iter_values, strict=True)
+            if any(x == lp.var for x in walk(val))
+        }
+        if "spatial" not in drives:
+            continue
+        if "reduce" in drives or lp.kind not in ("serial", "unrolled"):
+            raise LoweringError(
+                f"{where}: loop {lp.var.name} inside it drives a spatial iter var of "
+                f"{blk.name!r} and must be a plain loop over it alone"
+            )
+        if not isinstance(simplify(lp.extent), Const):
+            raise LoweringError(
+                f"{where}: loop {lp.var.name} inside it drives a spatial iter var of "
+                f"{blk.name!r} and needs a constant extent, got {lp.extent}"
+            )
+        rows.append(lp)
+    return rows
 
 
 # ---------------------------------------------------------------- allocation placement

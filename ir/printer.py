@@ -119,7 +119,9 @@ def stmt_lines(s: Stmt, indent: int = 0) -> list[str]:
         arg = f"(pending={s.pending})" if s.op == "wait" else "()"
         return [f"{pad}pipeline_{s.op}{arg}"]
     if isinstance(s, ThreadAllReduce):
-        return [f"{pad}{s.buffer.name}[0] = allreduce_{s.op}({s.buffer.name}[0], {s.thread})"]
+        name, size = s.buffer.name, s.buffer.shape[0]
+        elems = "[0]" if isinstance(size, Const) and size.value == 1 else f"[:{size}]"
+        return [f"{pad}{name}{elems} = allreduce_{s.op}({name}{elems}, {s.thread})"]
     if isinstance(s, SingleThread):
         cond = " and ".join(f"{t} == 0" for t in s.threads)
         return [f"{pad}if {cond}:  # one thread", *stmt_lines(s.body, indent + 1)]

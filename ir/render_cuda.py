@@ -371,7 +371,15 @@ class CUDARenderer(CStyleRenderer):
         self._needs_scratch = self._needs_scratch or n > 32
         name = c_name(s.buffer.name)
         scratch = "tf_red_scratch" if n > 32 else "nullptr"
-        self.emit(f"{name}[0] = tf_block_{s.op}({name}[0], {n}, {scratch});", depth)
+        size = s.buffer.shape[0]
+        if isinstance(size, Const) and size.value == 1:
+            self.emit(f"{name}[0] = tf_block_{s.op}({name}[0], {n}, {scratch});", depth)
+            return
+        i = self._fresh("r")  # a few rows reduced at once: one all-reduce each
+        self.emit("#pragma unroll", depth)
+        self.emit(f"for (int {i} = 0; {i} < {size}; ++{i}) {{", depth)
+        self.emit(f"{name}[{i}] = tf_block_{s.op}({name}[{i}], {n}, {scratch});", depth + 1)
+        self.emit("}", depth)
 
     # ------------------------------------------------------------ vector access
 

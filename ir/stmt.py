@@ -155,7 +155,8 @@ class SyncThreads(Stmt):
 @node
 @dataclass(frozen=True)
 class ThreadAllReduce(Stmt):
-    """Combine `buffer[0]` across the threads of `thread` (made by lowering for GPU targets).
+    """Combine each element of `buffer` across the threads of `thread` (made by lowering
+    for GPU targets; more than one element where a thread reduces a few rows at once).
 
     Every thread of the axis must execute it; afterwards each holds `op` over all of them.
     `extent` is the number of threads taking part (the bound loop's extent).

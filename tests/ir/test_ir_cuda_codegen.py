@@ -9,6 +9,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tunefleet.ir import (
@@ -21,8 +22,11 @@ from tunefleet.ir import (
     default_schedule,
     ops,
 )
+from tunefleet.ir.errors import LoweringError
+from tunefleet.ir.gpu_interpreter import interpret
 from tunefleet.ir.gpu_launch import launch_text
 from tunefleet.ir.simplify import simplify
+from tunefleet.workers.checking import compare_outputs, default_tolerance
 
 NVCC = shutil.which("nvcc")
 ARCHS = ("sm_80", "sm_90")
@@ -131,6 +135,44 @@ def test_row_reduction_is_cross_thread_with_a_barrier_before_its_readers() -> No
     assert "__shared__" in body and body.count("__syncthreads();") >= 2
     # the shared results are written by thread 0 only, after the combine
     assert "if ((v_k_r_1 == 0))" in body or "== 0)" in body
+
+
+def _rows_per_thread(k: int = 256, rows: object = 3) -> tuple[Schedule, ops.OpDef, dict]:
+    """A dense whose block reads each weight once for all its rows: lanes split k, and
+    every lane keeps a partial sum per row (the rows' loop inside the thread axis)."""
+    opdef = ops.get_op("dense")
+    dims = {"m": rows, "n": 40, "k": k}
+    sch = Schedule(opdef.build(dims, "float16"))
+    acc = sch.get_block("dense_acc")
+    i, j, kk = sch.get_loops(acc)
+    k0, lane = sch.split(kk, [None, 32])
+    sch.reorder(j, lane, i, k0)
+    sch.bind(j, "blockIdx.x")
+    sch.bind(lane, "threadIdx.x")
+    sch.reverse_compute_at(sch.get_block("dense"), j)
+    sch.set_scope(acc, 0, "local")
+    return sch, opdef, dims
+
+
+def test_a_thread_reduces_several_rows_at_once() -> None:
+    sch, opdef, dims = _rows_per_thread()
+    body = build_source(sch, target="cuda").source.split("dense_kernel(", 1)[1]
+    # one accumulator per row, each combined over the lanes; the rows share the loop
+    assert "dense_acc_red[3]" in body
+    assert "dense_acc_red[tf_r1] = tf_block_add(dense_acc_red[tf_r1], 32, nullptr);" in body
+    inputs = opdef.make_inputs(dims, "float16", np.random.default_rng(0))
+    (out,) = interpret(sch.mod, inputs)
+    ref = opdef.reference(*inputs)
+    assert compare_outputs([out], ["float16"], [ref], default_tolerance("float16"))[1] == 0
+    if NVCC is not None:
+        rc, err = _compile(build_source(sch, target="cuda").source, "sm_90")
+        assert rc == 0, err
+
+
+def test_rows_of_symbolic_count_inside_the_thread_axis_are_refused() -> None:
+    sch, _, _ = _rows_per_thread(rows=Var("m"))
+    with pytest.raises(LoweringError, match="needs a constant extent"):
+        build_source(sch, target="cuda")
 
 
 def _gemv_schedule(n: int = 512, k: int = 1024) -> Schedule:
