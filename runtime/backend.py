@@ -39,6 +39,7 @@ class Backend(ABC):
     kind: str
     xp: Any = np
     has_graphs = False  # whether `capture` records graphs
+    shared_limit: int | None = None  # shared bytes a kernel's block may use (None: no limit)
 
     def __init__(self, threads: int | None = None) -> None:
         """`threads`: host threads a kernel may use (backends without host threads ignore it)."""

@@ -59,6 +59,11 @@ class CudaBackend(Backend):
                 "no CUDA device found: this compiled model runs on an NVIDIA GPU with its driver"
             )
         self.xp = cupy
+        try:  # what a block may opt in to (227 KB on sm_90); unknown: no check
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+            self.shared_limit = int(props["sharedMemPerBlockOptin"])
+        except (KeyError, TypeError, ValueError, cupy.cuda.runtime.CUDARuntimeError):
+            self.shared_limit = None
         self._modules: dict[str, Any] = {}
         # every launch and copy goes to one stream of ours: graphs cannot capture the
         # legacy default stream

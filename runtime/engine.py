@@ -38,6 +38,7 @@ from tunefleet.runtime.errors import RuntimeModelError
 from tunefleet.runtime.manifest import KernelEntry, Manifest, TaskEntry, read_manifest
 from tunefleet.runtime.memory import MemoryPlan
 from tunefleet.runtime.quant import dequantized, quantize_q4
+from tunefleet.runtime.shared_memory import shared_memory_overflow
 from tunefleet.runtime.weights import Weights, random_weights
 from tunefleet.workers.targets import Target, TargetError, detect_cpu, resolve_target
 
@@ -246,6 +247,15 @@ class CompiledModel:
             "batch": self.padded(Phase.DECODE, "b", batch),
             "prompt": self.padded(Phase.PREFILL, "n", max_prompt) if max_prompt >= 1 else 1,
         }
+        limit = self.backend.shared_limit
+        if limit is not None:  # a kernel outgrowing the multiprocessor fails at its launch
+            tops = {
+                Phase.DECODE.value: {"b": rows["batch"], "n": 1, "m": max_len},
+                Phase.PREFILL.value: {"b": 1, "n": rows["prompt"], "m": max_prompt},
+            }
+            overflow = shared_memory_overflow(self.manifest, limit, tops)
+            if overflow is not None:
+                raise RuntimeModelError(overflow)
         plan = MemoryPlan.create(self.config, batch, max_len, max_prompt, rows, self.backend.xp)
         return Session(self, plan, graphs)
 
