@@ -39,10 +39,12 @@ def test_sizes_that_fit_pass_and_a_long_context_is_refused(manifest) -> None:
     msg = shared_memory_overflow(manifest, SM90_OPTIN, _tops(1, 4096, 40_000))
     assert msg is not None and "\n" not in msg
     assert msg.startswith("prefill/attn_scores") and "m=40000" in msg and "max_len" in msg
-    # decode splits a row over a cluster of 8 blocks: the limit is far longer
+    # a decode session is checked at its max_len
     decode = manifest.task_for("decode", "attn_scores+attn_softmax+attn_context")
-    need = evaluate(decode.fallback.launch.shared_bytes, {"b": 1, "n": 1, "m": 40_000})
-    assert need < SM90_OPTIN
-    assert shared_memory_overflow(manifest, SM90_OPTIN, _tops(1, 40_000, 4096)) is None
-    msg = shared_memory_overflow(manifest, need - 1, _tops(1, 40_000, 4096))
-    assert msg is not None and msg.startswith("decode/attn_scores")
+    need = evaluate(decode.fallback.launch.shared_bytes, {"b": 1, "n": 1, "m": 20_000})
+    prefill = manifest.task_for("prefill", "attn_scores+attn_softmax+attn_context")
+    short = evaluate(prefill.fallback.launch.shared_bytes, {"b": 1, "n": 512, "m": 512})
+    assert short < need < SM90_OPTIN
+    assert shared_memory_overflow(manifest, SM90_OPTIN, _tops(1, 20_000, 512)) is None
+    msg = shared_memory_overflow(manifest, need - 1, _tops(1, 20_000, 512))
+    assert msg is not None and msg.startswith("decode/attn_scores") and "m=20000" in msg
