@@ -17,7 +17,7 @@ from .errors import LoweringError
 from .expr import Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
 from .intrinsics_wgmma import SWIZZLE_ATTR, swizzled_buffers
 from .pipeline import pipeline_loops
-from .schedule_tree import make_seq, reduction_update
+from .schedule_tree import iter_nodes, make_seq, reduction_update
 from .simplify import bounds, conjuncts, from_linear, linear, simplify
 from .stmt import (
     TRUE,
@@ -316,26 +316,9 @@ def _rows_inside(s: For, br: BlockRealize, where: str) -> list[For]:
     iter vars (outermost first): each must be a serial or unrolled loop of constant extent
     that drives nothing else."""
     blk = br.block
-    path: list[For] = []
-
-    def find(n: Any) -> bool:
-        if n is br:
-            return True
-        if isinstance(n, For):
-            path.append(n)
-            if find(n.body):
-                return True
-            path.pop()
-            return False
-        if isinstance(n, SeqStmt):
-            return any(find(c) for c in n.stmts)
-        if isinstance(n, IfThenElse):
-            return find(n.then_case) or (n.else_case is not None and find(n.else_case))
-        if isinstance(n, Allocate):
-            return find(n.body)
-        return False
-
-    find(s.body)
+    path = next((loops for n, loops in iter_nodes(s.body) if n is br), None)
+    if path is None:
+        raise LoweringError(f"{where}: block {blk.name!r} is not in a loop nest under it")
     rows: list[For] = []
     for lp in path:
         drives = {
