@@ -14,7 +14,19 @@ from typing import Any
 from .annotation_keys import STORAGE_ALIGN
 from .auto_unroll import apply_auto_unroll
 from .errors import LoweringError
-from .expr import Buffer, BufferLoad, Const, Expr, Var, binop, const, eq, logical_and
+from .expr import (
+    BinOp,
+    Buffer,
+    BufferLoad,
+    Const,
+    Expr,
+    Select,
+    Var,
+    binop,
+    const,
+    eq,
+    logical_and,
+)
 from .intrinsics_wgmma import SWIZZLE_ATTR, swizzled_buffers
 from .pipeline import pipeline_loops
 from .schedule_tree import iter_nodes, make_seq, reduction_update
@@ -32,7 +44,7 @@ from .stmt import (
     Stmt,
     ThreadAllReduce,
 )
-from .visit import rewrite, substitute, walk
+from .visit import child_fields, rewrite, substitute, walk
 
 
 def _and_all(conds: list[Expr]) -> Expr:
@@ -413,9 +425,14 @@ def _compact(s: Stmt, buf: Buffer) -> Stmt:
     ]
     offsets: list[Expr] = []
     shape: list[Expr] = []
+    guarded = _guarded_accesses(s, buf) if buf.scope == "shared" else []
     for d, full in enumerate(buf.shape):
         off, ext = dim_window([idx[d] for idx in index_lists], inner)
-        if off is None or (isinstance(full, Const) and ext >= int(full.value)):
+        window = None if off is not None else _guarded_window(guarded, d, inner)
+        if window is not None:  # a share of a symbolic length: sized by its guards
+            offsets.append(window[0])
+            shape.append(window[1])
+        elif off is None or (isinstance(full, Const) and ext >= int(full.value)):
             offsets.append(const(0))
             shape.append(full)
         else:
@@ -436,6 +453,91 @@ def _compact(s: Stmt, buf: Buffer) -> Stmt:
         return None
 
     return Allocate(new_buf, rewrite(s, post))
+
+
+def _guarded_accesses(s: Stmt, buf: Buffer) -> list[tuple[tuple[Expr, ...], list[Expr]]]:
+    """Every access of `buf` in `s` with the conditions it runs under (the enclosing guards'
+    and, for a load, the Selects' on its way)."""
+    out: list[tuple[tuple[Expr, ...], list[Expr]]] = []
+
+    def expr(e: Any, conds: list[Expr]) -> None:
+        if isinstance(e, Select):
+            expr(e.cond, conds)
+            expr(e.true_value, [*conds, *conjuncts(e.cond)])
+            expr(e.false_value, conds)
+            return
+        if isinstance(e, BufferLoad) and e.buffer == buf:
+            out.append((e.indices, conds))
+        for child in _children(e):
+            expr(child, conds)
+
+    def stmt(n: Any, conds: list[Expr]) -> None:
+        if isinstance(n, IfThenElse):
+            expr(n.cond, conds)
+            stmt(n.then_case, [*conds, *conjuncts(n.cond)])
+            if n.else_case is not None:
+                stmt(n.else_case, conds)
+        elif isinstance(n, BufferStore):
+            if n.buffer == buf:
+                out.append((n.indices, conds))
+            expr(n.value, conds)
+            for i in n.indices:
+                expr(i, conds)
+        elif isinstance(n, SeqStmt):
+            for c in n.stmts:
+                stmt(c, conds)
+        elif isinstance(n, For | Allocate):
+            stmt(n.body, conds)
+        elif n is not None:
+            for child in _children(n):
+                stmt(child, conds) if isinstance(child, Stmt) else expr(child, conds)
+
+    stmt(s, [])
+    return out
+
+
+def _children(n: Any) -> list[Any]:
+    """The nodes directly under `n` (not buffers)."""
+    out = []
+    for f in child_fields(type(n)):
+        value = getattr(n, f)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, Expr | Stmt):
+                out.append(v)
+    return out
+
+
+def _guarded_window(
+    accesses: list[tuple[tuple[Expr, ...], list[Expr]]], dim: int, inner: dict[Var, tuple[int, int]]
+) -> tuple[Expr, Expr] | None:
+    """(offset, extent) of dimension `dim` where every access's index there is outer + i, with
+    outer the same for all and free of the scope's inner variables, i >= 0 (non-negative
+    coefficients and constant), and a guard `i < E` on the access's way, E the same for all
+    and free of inner variables: a cluster block's share of a symbolic-length row."""
+    outer_all, extent_all = None, None
+    for indices, conds in accesses:
+        terms, c = linear(indices[dim])
+        outer = {t: k for t, k in terms.items() if not _uses_any(t, inner)}
+        mine = {t: k for t, k in terms.items() if t not in outer}
+        if c < 0 or any(k < 0 for k in mine.values()) or (outer_all not in (None, outer)):
+            return None
+        extent = next(
+            (
+                cond.b
+                for cond in conds
+                if isinstance(cond, BinOp)
+                and cond.op == "lt"
+                and linear(cond.a) == (mine, c)
+                and not _uses_any(cond.b, inner)
+            ),
+            None,
+        )
+        if extent is None or (extent_all is not None and extent != extent_all):
+            return None
+        outer_all, extent_all = outer, extent
+    if outer_all is None or extent_all is None:
+        return None
+    return simplify(from_linear(outer_all, 0)), extent_all
 
 
 def dim_window(indices: list[Expr], inner: dict[Var, tuple[int, int]]) -> tuple[Expr | None, int]:

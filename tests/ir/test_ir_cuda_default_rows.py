@@ -67,13 +67,25 @@ def test_decode_attention_rows_split_over_a_cluster_from_sm_90(phase, tmp_path):
         assert ("tf_dsmem(" in ks.source) is clustered, arch
     if phase is Phase.PREFILL:
         return
-    body = build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda").source
+    ks = build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda")
+    body = ks.source[ks.source.index("extern") :]
     # the cluster's shares of the max and the sum are read by one lane each and combined by a
     # warp reduction; the context's shares are summed in a register before one store
     assert f"row_max_red[0] = tf_block_max(row_max_red[0], {KEYED_CLUSTER}, nullptr)" in body
     assert f"row_sum_red[0] = tf_block_add(row_sum_red[0], {KEYED_CLUSTER}, nullptr)" in body
     # one cluster barrier after each kind of share (max, sum, context) and one at the end
     assert body.count("tf_cluster_sync();") == 4, body
+    # a cluster takes the query heads of one kv head (2 here): a block per cluster rank
+    # and kv head, and each key and value is read once, into registers, for all of them
+    assert ks.grid[0] == f"((b * 2) * {KEYED_CLUSTER})", ks.grid
+    for cache in ("k_cache", "v_cache"):
+        (load,) = [line for line in body.splitlines() if f"{cache}[" in line]
+        assert load.strip().startswith(f"{cache}_local["), load
+    # each block holds the scores and probabilities of its share of the keys only, so a long
+    # context still leaves several blocks per multiprocessor
+    ks = build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda")
+    share = f"(m + {KEYED_CLUSTER - 1}) // {KEYED_CLUSTER}"
+    assert share in str(ks.shared_bytes) and "(m * 2)" not in str(ks.shared_bytes)
     if NVCC is None:
         return
     src = tmp_path / "k.cu"
