@@ -1,7 +1,7 @@
 """GPU bench: the hand-written schedules in examples/ and the default attention forms against
 PyTorch, side by side in one run.
 
-    python bench/gpu_kernels.py [--out DIR] [--only dense,attention]  # CUDA GPU, torch, cupy, nvcc
+    python bench/gpu_kernels.py [--out DIR] [--only dense,attention,prefill_attention]
 
 Measures the card's device-to-device copy bandwidth first (bytes read + written), then for
 each kernel: builds every variant from the IR (nvcc -cubin for the card's arch), checks it
@@ -310,10 +310,11 @@ def bench_attention(arch: str, work: Path) -> list[Row]:
         for t in model_tasks(resolve_model("llama-3-8b"), Phase.DECODE)
         if t.name.startswith("attn_scores")
     ]
-    forms = {  # the default's forms: a thread per key; keyed rows; keyed rows over a cluster
-        "thread per key": default_cuda_schedule(task.func, arch="sm_80", keyed_warps=0),
+    forms = {  # the default's forms: keyed rows (before sm_90); over a cluster, a query head
+        # per cluster (the default from sm_90) or a kv head's four (default_grouped)
         "keyed rows": default_cuda_schedule(task.func, arch="sm_80"),
-        "keyed rows over a cluster": default_cuda_schedule(task.func, arch=arch),
+        "cluster, a head each": default_cuda_schedule(task.func, arch=arch),
+        "cluster, a kv head's group": default_cuda_schedule(task.func, arch=arch, group=4),
     }
     sources = {name: build_source(sch, target="cuda") for name, sch in forms.items()}
     cubins = {
@@ -366,6 +367,72 @@ def _attention_case(b: int, m: int, sources: dict[str, Any], cubins: dict[str, P
     return [
         Row(f"attention decode b={b} kv={m}", name, us, kv_bytes / (us * 1e-6) / 1e9, 0.0,
             errs[name], "" if name == "torch SDPA" else f"{sdpa_us / us:.2f}x SDPA")
+        for name, us in times.items()
+    ]  # fmt: skip
+
+
+def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
+    """Llama-3-8B's causal prefill attention (32 query heads, 8 kv heads, d=128, bf16,
+    n = m = 2048) as the runtime builds it, the default schedule's forms against
+    F.scaled_dot_product_attention (its flash backend, kv heads expanded); goal (issue 18):
+    0.8x SDPA."""
+    import torch
+    import torch.nn.functional as F
+
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.presets import resolve_model
+    from tunefleet.coordinator.tasks import model_tasks
+    from tunefleet.ir import build_source
+    from tunefleet.ir.default_schedule_cuda import default_cuda_schedule
+
+    (task,) = [
+        t
+        for t in model_tasks(resolve_model("llama-3-8b"), Phase.PREFILL)
+        if t.name.startswith("attn_scores")
+    ]
+    forms = {  # rows of a query head, or of a kv head's four; unsplit or over a cluster of 8
+        "keyed rows": {"cluster": 1, "group": 1},
+        "keyed rows, a kv head's group": {"cluster": 1, "group": 4},
+        "cluster, a head each": {"cluster": 8, "group": 1},
+        "cluster, a kv head's group": {"cluster": 8, "group": 4},
+    }
+    n = 2048
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def bf16(*shape: int) -> Any:
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    q, k, v = bf16(1, 32, n, 128) * 0.1, bf16(1, 8, n, 128), bf16(1, 8, n, 128)
+    out = torch.empty_like(q)
+    ke, ve = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
+    fns: dict[str, list[Callable[[], None]]] = {
+        "torch SDPA (flash)": [lambda: F.scaled_dot_product_attention(
+            q, ke, ve, is_causal=True, scale=1.0)]
+    }  # fmt: skip
+    ref = F.scaled_dot_product_attention(q.float(), ke.float(), ve.float(), is_causal=True,
+                                         scale=1.0).double()  # fmt: skip
+    errs = {"torch SDPA (flash)": rel_err(fns["torch SDPA (flash)"][0](), ref)}
+    for i, (name, kwargs) in enumerate(forms.items()):
+        try:
+            ks = build_source(default_cuda_schedule(task.func, arch=arch, **kwargs), "cuda")
+            launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"prefill_{i}"),
+                                {"n": n, "m": n})  # fmt: skip
+        except Exception as err:  # a form this card cannot hold: say so, time the others
+            errs[name] = float("nan")
+            print(f"{name}: {type(err).__name__}: {err}")
+            continue
+        launch = launcher.bind(q, k, v, out)
+        out.fill_(float("nan"))
+        launch()
+        torch.cuda.synchronize()
+        errs[name] = rel_err(out, ref)
+        fns[name] = [launch]
+    times = time_pair(fns, reps=7)
+    flops = 4 * 32 * n * n * 128 / 2  # causal: half the scores
+    base = times["torch SDPA (flash)"]
+    return [
+        Row(f"attention prefill n={n} causal", name, us, 0.0, flops / (us * 1e-6) / 1e12,
+            errs[name], "" if name.startswith("torch") else f"{base / us:.2f}x SDPA")
         for name, us in times.items()
     ]  # fmt: skip
 
@@ -473,7 +540,7 @@ def main() -> None:
     args = parser.parse_args()
     global GRAPHS
     GRAPHS = not args.no_graphs
-    known = ("gemv", "rmsnorm", "dense", "attention")
+    known = ("gemv", "rmsnorm", "dense", "attention", "prefill_attention")
     only = [k for k in args.only.split(",") if k]
     if any(k not in known for k in only):
         parser.error(f"--only takes a comma list of {', '.join(known)}; got {args.only!r}")
@@ -492,6 +559,7 @@ def main() -> None:
             "rmsnorm": bench_rmsnorm,
             "dense": bench_dense_tc,
             "attention": bench_attention,
+            "prefill_attention": bench_prefill_attention,
         }
         for bench in (benches[k] for k in only):
             try:

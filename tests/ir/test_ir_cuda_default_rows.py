@@ -16,7 +16,12 @@ import pytest
 from tunefleet.coordinator.graph import Phase
 from tunefleet.coordinator.tasks import model_tasks
 from tunefleet.ir import build_source, default_schedule
-from tunefleet.ir.default_schedule_cuda import KEYED_CLUSTER, KEYED_WARPS, KEYS_IN_FLIGHT
+from tunefleet.ir.default_schedule_cuda import (
+    KEYED_CLUSTER,
+    KEYED_WARPS,
+    KEYS_IN_FLIGHT,
+    default_cuda_schedule,
+)
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
 from runtime_models import tiny
@@ -75,11 +80,12 @@ def test_decode_attention_rows_split_over_a_cluster_from_sm_90(phase, tmp_path):
     assert f"row_sum_red[0] = tf_block_add(row_sum_red[0], {KEYED_CLUSTER}, nullptr)" in body
     # one cluster barrier after each kind of share (max, sum, context) and one at the end
     assert body.count("tf_cluster_sync();") == 4, body
-    # a cluster takes the query heads of one kv head (2 here): a block per cluster rank
-    # and kv head, and each key and value is read once, into registers, for all of them
-    assert ks.grid[0] == f"((b * 2) * {KEYED_CLUSTER})", ks.grid
+    # grouped, a cluster takes the query heads of one kv head (2 here): a block per cluster
+    # rank and kv head, and each key and value is read once, into registers, for all of them
+    grouped = build_source(default_cuda_schedule(task.func, "sm_90", group=2), "cuda")
+    assert grouped.grid[0] == f"((b * 2) * {KEYED_CLUSTER})", grouped.grid
     for cache in ("k_cache", "v_cache"):
-        (load,) = [line for line in body.splitlines() if f"{cache}[" in line]
+        (load,) = [line for line in grouped.source.splitlines() if f"{cache}[" in line]
         assert load.strip().startswith(f"{cache}_local["), load
     # each block holds the scores and probabilities of its share of the keys only, so a long
     # context still leaves several blocks per multiprocessor

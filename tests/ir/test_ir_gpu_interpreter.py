@@ -84,11 +84,13 @@ def _attention_problem(dtype: str, phase: Phase):
 @pytest.mark.parametrize(
     "form",
     [
-        {"arch": "sm_90"},  # decode: keyed rows split over a cluster of 8 blocks
+        {"arch": "sm_90"},  # decode: a query head's row split over a cluster of 8 blocks
+        {"arch": "sm_90", "group": 2},  # decode: a kv head's 2 query heads per cluster
         {"arch": "sm_80"},  # keyed rows: warps over the keys, lanes over the head dim
+        {"arch": "sm_80", "group": 2},  # keyed rows of a kv head's 2 query heads per block
         {"arch": "sm_80", "keyed_warps": 0},  # a thread per key
     ],
-    ids=["cluster", "keyed", "thread_per_key"],
+    ids=["cluster", "cluster_grouped", "keyed", "keyed_grouped", "thread_per_key"],
 )
 def test_attention_default_forms_match_numpy(form, phase, dtype) -> None:
     task, inputs, dims, ref = _attention_problem(dtype, phase)

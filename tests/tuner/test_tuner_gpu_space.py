@@ -136,7 +136,7 @@ def test_the_attention_default_sketch_follows_the_architecture(arch: str, cluste
     """The untuned default every space keeps is the one the target's GPU can run: decode
     attention split over a thread-block cluster from sm_90, a block per row before; on sm_90
     the unsplit rows follow as a second one-point sketch, for the buckets whose batch fills
-    the GPU without the split."""
+    the GPU without the split, and a cluster per kv head's four query heads as a third."""
     from tunefleet.coordinator.graph import Phase
     from tunefleet.coordinator.presets import PRESETS
     from tunefleet.coordinator.tasks import model_tasks
@@ -148,8 +148,13 @@ def test_the_attention_default_sketch_follows_the_architecture(arch: str, cluste
         if t.name.startswith("attn_scores")
     ]
     sketches = default_sketches(task.func, SpaceContext(Target.cuda(arch)))
-    assert [s.name for s in sketches] == ["default", "default_unclustered"][: 1 + clustered]
-    sources = [build_source(replay(task.func, s.trace), target="cuda").source for s in sketches]
-    assert ["__cluster_dims__" in src for src in sources] == [clustered, False][: len(sources)]
+    names = ["default", "default_unclustered", "default_grouped"]
+    assert [s.name for s in sketches] == names[: 1 + 2 * clustered]
+    kernels = [build_source(replay(task.func, s.trace), target="cuda") for s in sketches]
+    sources = [ks.source for ks in kernels]
+    clusters = ["__cluster_dims__" in src for src in sources]
+    assert clusters == [clustered, False, True][: len(sources)]
+    if clustered:  # clusters of 8 blocks per query head, or per kv head (8 of them) grouped
+        assert [ks.grid[0] for ks in kernels] == ["((b * 32) * 8)", "(b * 32)", "((b * 8) * 8)"]
     space = SpaceGenerator(*rules_for("cuda")).generate(task.func, SpaceContext(Target.cuda(arch)))
     assert ("default_unclustered" in [s.name for s in space]) is clustered

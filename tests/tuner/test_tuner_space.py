@@ -230,5 +230,9 @@ def test_a_gpu_space_whose_rule_sketches_all_fail_is_left_with_the_default() -> 
     sketches = SpaceGenerator(*rules_for("cuda")).generate(func, ctx)
     sampler = SpaceSampler(func, sketches, ctx, default_postprocs("cuda"))
     cands = sampler.sample_unique(random.Random(0), 4, set(), max_tries=24)
-    assert sorted(sketches[c.sketch].name for c in cands) == ["default", "default_unclustered"]
+    assert sorted(sketches[c.sketch].name for c in cands) == [
+        "default",
+        "default_grouped",
+        "default_unclustered",
+    ]
     assert sampler.rejected > 0  # the rules' tilings were drawn and refused
