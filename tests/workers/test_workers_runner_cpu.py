@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import statistics
 
 import numpy as np
 import pytest
@@ -98,6 +97,9 @@ def test_each_repeat_lasts_at_least_the_minimum():
 
 
 def test_the_compiled_timing_loop_matches_the_python_one(cpu_target, build_config, cache_dir):
+    """The loop compiled into the library runs `count` calls from set `first`, rotating the
+    input sets as the Python loop does, on the same buffers; how fast each is belongs to
+    bench/measure_overhead.py, not here."""
     art = _artifact(pk.c_vector_add("correct"), cpu_target, build_config)
     measurer = CpuMeasurer(cache_dir)
     inp = RunInput(art, pk.vector_add_problem(1 << 16), FAST)
@@ -109,19 +111,22 @@ def test_the_compiled_timing_loop_matches_the_python_one(cpu_target, build_confi
     fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]
     arg_sets = [(*(b.ctypes.data for b in bufs), *data.scalars) for bufs in data.sets]
     slow = python_loop(fn, arg_sets)
-    data.poison_outputs(3)
-    native(3, 1)  # the native loop computes with the same buffers: set 3 gets written
-    assert np.array_equal(data.outputs(3)[0], data.sets[3][0] + data.sets[3][1])
-    fast_ms = statistics.median(time_calls(native, FAST)[0])
-    slow_ms = statistics.median(time_calls(slow, FAST)[0])
-    assert fast_ms == pytest.approx(slow_ms, rel=0.5)  # same kernel, same work
-    # on a one-element kernel the native loop's cost per call stays well under the Python
-    # loop's, which pays a ctypes call each time (compared in one run, not to a fixed time)
-    tiny = measurer.data(RunInput(art, pk.vector_add_problem(1), FAST))
-    floor_native = statistics.median(time_calls(native_loop(lib, tiny), FAST)[0])
-    tiny_sets = [(*(b.ctypes.data for b in bufs), *tiny.scalars) for bufs in tiny.sets]
-    floor_python = statistics.median(time_calls(python_loop(fn, tiny_sets), FAST)[0])
-    assert floor_native < 0.5 * floor_python, (floor_native, floor_python)
+    n = len(data.sets)
+    assert n >= 4
+    first, count = n - 1, 2  # wraps around: the last set, then the first
+
+    def written_by(run) -> list[bool]:
+        for k in range(n):
+            data.poison_outputs(k)
+        assert run(first, count) > 0  # an elapsed time
+        return [
+            np.array_equal(data.outputs(k)[0], data.sets[k][0] + data.sets[k][1])
+            for k in range(n)
+        ]
+
+    want = [k in (n - 1, 0) for k in range(n)]
+    assert written_by(native) == want
+    assert written_by(slow) == want
 
 
 def test_inputs_are_random_and_never_zero():
