@@ -460,39 +460,24 @@ def _guarded_accesses(s: Stmt, buf: Buffer) -> list[tuple[tuple[Expr, ...], list
     and, for a load, the Selects' on its way)."""
     out: list[tuple[tuple[Expr, ...], list[Expr]]] = []
 
-    def expr(e: Any, conds: list[Expr]) -> None:
-        if isinstance(e, Select):
-            expr(e.cond, conds)
-            expr(e.true_value, [*conds, *conjuncts(e.cond)])
-            expr(e.false_value, conds)
+    def visit(n: Any, conds: list[Expr]) -> None:
+        if n is None:
             return
-        if isinstance(e, BufferLoad) and e.buffer == buf:
-            out.append((e.indices, conds))
-        for child in _children(e):
-            expr(child, conds)
+        if isinstance(n, IfThenElse | Select):  # the taken branch runs under the condition
+            taken, other = (
+                (n.then_case, n.else_case) if isinstance(n, IfThenElse)
+                else (n.true_value, n.false_value)
+            )  # fmt: skip
+            visit(n.cond, conds)
+            visit(taken, [*conds, *conjuncts(n.cond)])
+            visit(other, conds)
+            return
+        if isinstance(n, BufferLoad | BufferStore) and n.buffer == buf:
+            out.append((n.indices, conds))
+        for child in _children(n):
+            visit(child, conds)
 
-    def stmt(n: Any, conds: list[Expr]) -> None:
-        if isinstance(n, IfThenElse):
-            expr(n.cond, conds)
-            stmt(n.then_case, [*conds, *conjuncts(n.cond)])
-            if n.else_case is not None:
-                stmt(n.else_case, conds)
-        elif isinstance(n, BufferStore):
-            if n.buffer == buf:
-                out.append((n.indices, conds))
-            expr(n.value, conds)
-            for i in n.indices:
-                expr(i, conds)
-        elif isinstance(n, SeqStmt):
-            for c in n.stmts:
-                stmt(c, conds)
-        elif isinstance(n, For | Allocate):
-            stmt(n.body, conds)
-        elif n is not None:
-            for child in _children(n):
-                stmt(child, conds) if isinstance(child, Stmt) else expr(child, conds)
-
-    stmt(s, [])
+    visit(s, [])
     return out
 
 
