@@ -117,8 +117,8 @@ def _widest(sch: Schedule, loops: list[RV]) -> RV:
     """The loop of largest extent, a symbolic one first, the innermost on ties."""
 
     def size(lp: RV) -> int:
-        ext = sch.get(lp).extent
-        return int(ext.value) if isinstance(ext, Const) else 1 << 62
+        known = _const_extent(sch, lp)
+        return 1 << 62 if known is None else known
 
     best = loops[-1]
     for lp in reversed(loops):
@@ -136,8 +136,8 @@ def _unroll_steps(sch: Schedule, loop: RV, steps: int = REDUCE_UNROLL) -> None:
         for k_0 in range((m + 15) // 16): for k_1 in range(16) (unrolled):
             if k_0*16 + k_1 < m: acc += p[k_0*16 + k_1] * v[k_0*16 + k_1, j]
     """
-    ext = sch.get(loop).extent
-    if isinstance(ext, Const) and int(ext.value) <= steps:
+    known = _const_extent(sch, loop)
+    if known is not None and known <= steps:
         return
     _, inner = sch.split(loop, [None, steps])
     sch.unroll(inner)
@@ -180,8 +180,7 @@ def _split_lanes(sch: Schedule, loop: RV, widest: int = KEYED_VEC) -> tuple[RV, 
     """Split `loop` into (outer, lane, vec): WARP lanes, each `vec` contiguous elements
     (the largest power of two up to `widest` dividing the extent / WARP); returns (lane,
     vec) after moving the outer steps inside the lane loop."""
-    ext = sch.get(loop).extent
-    n = int(ext.value) if isinstance(ext, Const) else 0
+    n = _const_extent(sch, loop) or 0
     widths = [w for w in (16, 8, 4, 2) if w <= widest] + [1]
     vec = next((v for v in widths if n and n % (WARP * v) == 0), 1)
     outer, lane, v = sch.split(loop, [None, WARP, vec])
@@ -279,6 +278,7 @@ def _threads_over(sch: Schedule, loops: list[RV], warps: int) -> RV:
 
 
 def _const_extent(sch: Schedule, loop: RV) -> int | None:
+    """A loop's extent where it is a constant; None where it is symbolic."""
     ext = sch.get(loop).extent
     return int(ext.value) if isinstance(ext, Const) else None
 
@@ -567,7 +567,7 @@ def default_cuda_schedule(
     keyed = red or (acc_rank == out_rank and _reduces(sch, producers[-1].block.name))
     if keyed and keyed_warps != 0:
         if cluster is None:  # one query token per (batch, head): too few rows to fill the GPU
-            one_query = len(spatial) > 1 and sch.get(spatial[-2]).extent == Const(1, "int64")
+            one_query = len(spatial) > 1 and _const_extent(sch, spatial[-2]) == 1
             cluster = KEYED_CLUSTER if one_query and _sm(arch) >= 90 else 1
         if keyed_warps is None:
             keyed_warps = KEYED_CLUSTER_WARPS if cluster > 1 else KEYED_WARPS
