@@ -21,6 +21,7 @@ from tunefleet.coordinator.graph import Graph, OpCall, Phase
 from tunefleet.coordinator.lowering import Kernel
 from tunefleet.coordinator.symbolic import Dim
 from tunefleet.ir import (
+    Const,
     Expr,
     PrimFunc,
     Var,
@@ -38,6 +39,7 @@ from tunefleet.ir import (
     structural_hash,
 )
 from tunefleet.ir import ops as irops
+from tunefleet.ir.default_key_tiles import key_tiled, rescored_block
 from tunefleet.ir.tensor_expr import Tensor as TeTensor
 
 
@@ -194,13 +196,16 @@ def _dense_rope(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
 
 
 def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
-    """softmax(q . k^T (causal in prefill)) . v with grouped-query heads, one kernel."""
+    """softmax(q . k^T (causal in prefill)) . v with grouped-query heads, one kernel; a
+    prompt's in key tiles (`_attention_key_tiles`), a decode step's with its scores whole."""
     s, dt = _shape(calls[0]), calls[0].dtype
     b, h, kv, n, m, d = (s[k] for k in ("b", "h", "kv", "n", "m", "d"))
     group = calls[0].attr.get("group", 1)
     q = placeholder((b, h, n, d), dt, "q")
     k = placeholder((b, kv, m, d), dt, "k_cache")
     v = placeholder((b, kv, m, d), dt, "v_cache")
+    if phase is Phase.PREFILL:
+        return _attention_key_tiles(q, k, v, group)
     scores = irops.batch_matmul_compute(q, k, True, group, "float32", "scores")
     if phase is Phase.PREFILL:  # new token i sits at position m - n + i
         neg = float("-inf")
@@ -216,6 +221,47 @@ def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
                     lambda z, hh, i, j: cast(dt, exp(scores[z, hh, i, j] - mx[z, hh, i])
                                              / den[z, hh, i]), "probs")  # fmt: skip
     out = irops.batch_matmul_compute(probs, v, False, group, dt, "context")
+    return create_prim_func([q, k, v, out], name="attention")
+
+
+def _attention_key_tiles(q: TeTensor, k: TeTensor, v: TeTensor, group: int) -> PrimFunc:
+    """Causal attention as two plain reductions over the keys, each scoring them afresh, so
+    a schedule can walk the keys in tiles and never hold a row's scores
+    (`ir.default_key_tiles`): the row's max, then the context with one more column, of
+    ones, which sums the weights the output divides by.
+
+        mx[i] = max_j s(i, j);  acc[i, c] = sum_j exp(s(i, j) - mx[i]) * (v[j, c] or 1 at c = d)
+        out[i, c] = acc[i, c] / acc[i, d]
+    """
+    b, h, n, d = q.shape
+    m = k.shape[2]
+    dt = q.dtype
+    dim = int(d.value) if isinstance(d, Const) else d
+
+    def visible(i: Expr, j: Expr) -> Expr:  # new token i sits at position m - n + i
+        return j <= i + (m - n)
+
+    first = irops.batch_matmul_compute(q, k, True, group, "float32", "scores")
+    r1 = reduce_axis(m, "k")
+    mx = compute((b, h, n),
+                 lambda z, hh, i: reduce_max(select(visible(i, r1), first[z, hh, i, r1],
+                                                    float("-inf")), r1), "row_max")  # fmt: skip
+    again = irops.batch_matmul_compute(q, k, True, group, "float32", "scores_again")
+    probs = compute(again.shape,
+                    lambda z, hh, i, j: cast(dt, exp(select(visible(i, j), again[z, hh, i, j],
+                                                            float("-inf")) - mx[z, hh, i])),
+                    "probs")  # fmt: skip
+    r2 = reduce_axis(m, "k")
+
+    def weighted(z: Expr, hh: Expr, i: Expr, c: Expr) -> Expr:
+        col = select(c < dim - 1, c, dim - 1)  # the ones column reads a real one, unused
+        head = hh // group if group != 1 else hh
+        value = select(c < dim, _f32(v[z, head, r2, col]), 1.0)
+        return reduce_sum(_f32(probs[z, hh, i, r2]) * value, r2)
+
+    acc = compute((b, h, n, dim + 1), weighted, "context_acc")
+    out = compute((b, h, n, d), lambda z, hh, i, c: cast(dt, acc[z, hh, i, c] / acc[z, hh, i, dim]),
+                  "context")  # fmt: skip
     return create_prim_func([q, k, v, out], name="attention")
 
 
@@ -312,7 +358,8 @@ def ir_kernel(group: FusedCall, graph: Graph) -> Kernel:
     kernel, while `ir.flops` counts the dequantisation at every multiply-add of the loop nest
     as written (2.5x the work), so q4 FLOPs are the multiply-adds (and epilogues), like those
     of the dense layer they replace. A rope epilogue writes the v heads through a select whose
-    rotation branch `ir.flops` counts as well, so its FLOPs are the graph's too.
+    rotation branch `ir.flops` counts as well, so its FLOPs are the graph's too. Attention in
+    key tiles scores every key twice; its FLOPs leave the second scoring out (useful work).
     """
     func = build_func(group, graph.phase)
     fixed = dict(graph.fixed)
@@ -320,9 +367,10 @@ def ir_kernel(group: FusedCall, graph: Graph) -> Kernel:
     if group.anchor.op == "q4_dense" or group.calls[-1].op == "rope":
         count_flops = group.flops
     else:
+        again = (rescored_block(func),) if key_tiled(func) else ()
 
         def count_flops(dims: Mapping[str, int]) -> int:
-            return flops(func, {**dims, **fixed})
+            return flops(func, {**dims, **fixed}, again)
 
     if group.op == "embedding":
         count_bytes = group.nbytes

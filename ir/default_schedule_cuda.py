@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import re
 
+from .default_key_tiles import key_tiled, key_tiles_schedule
 from .dtypes import itemsize
 from .expr import Call, Const
 from .schedule import RV, Schedule
@@ -536,6 +537,8 @@ def default_cuda_schedule(
     cluster); `keyed_warps` 0 schedules keyed rows like other rows (a thread per key).
     `group` the query heads a keyed row's block (or cluster) takes: 1, or `kv_group(func)`
     for a kv head's (the tuner's `default_grouped` sketch)."""
+    if key_tiled(func):  # a prompt's attention: its rows fill the GPU, so a kv head's group
+        return key_tiles_schedule(func, group=kv_group(func) if group == 1 else group)
     sch = Schedule(func)
     realizes: list[BlockRealize] = [br for br, _ in blocks(func)]
     out = realizes[-1]

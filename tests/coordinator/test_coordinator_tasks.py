@@ -142,7 +142,9 @@ def test_no_fusion_keeps_flops_and_adds_traffic() -> None:
     unfused = model_tasks(cfg, Phase.PREFILL, fusion=False)
     assert len(unfused) > len(fused)
     total = [sum(t.weight * t.flops(dims) for t in ts) for ts in (fused, unfused)]
-    assert total[0] == total[1]
+    # the same up to the prompt attention's bookkeeping: in key tiles it sums one column
+    # more (the weights' sum) and divides once per output instead of once per weight
+    assert abs(total[0] - total[1]) <= 1e-4 * total[1]
     traffic = [sum(t.weight * t.nbytes(dims) for t in ts) for ts in (fused, unfused)]
     assert traffic[1] > traffic[0]
     ops = {t.op for t in unfused}

@@ -80,7 +80,7 @@ def _attention_problem(dtype: str, phase: Phase):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("phase", [Phase.DECODE])  # a prompt's forms: test_ir_key_tiles.py
 @pytest.mark.parametrize(
     "form",
     [

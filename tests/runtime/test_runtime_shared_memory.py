@@ -1,5 +1,5 @@
 """A session refuses, in one line, sizes at which one of its CUDA kernels would need more
-shared memory than a block may use (the attention rows grow with the kv length); the
+shared memory than a block may use (a decode step's attention row grows with the kv length); the
 check reads the compiled model's launch expressions (nvcc needed, no GPU)."""
 
 from __future__ import annotations
@@ -35,16 +35,17 @@ def _tops(batch: int, max_len: int, max_prompt: int) -> dict:
 
 def test_sizes_that_fit_pass_and_a_long_context_is_refused(manifest) -> None:
     assert shared_memory_overflow(manifest, SM90_OPTIN, _tops(4, 4096, 4096)) is None
-    # the prefill attention keeps a whole row of scores (6 bytes a key): 40 000 keys do not fit
-    msg = shared_memory_overflow(manifest, SM90_OPTIN, _tops(1, 4096, 40_000))
-    assert msg is not None and "\n" not in msg
-    assert msg.startswith("prefill/attn_scores") and "m=40000" in msg and "max_len" in msg
-    # a decode session is checked at its max_len
+    # a prompt's attention walks the keys in tiles: its shared memory does not grow with them
+    prefill = manifest.task_for("prefill", "attn_scores+attn_softmax+attn_context")
+    long = evaluate(prefill.fallback.launch.shared_bytes, {"b": 1, "n": 40_000, "m": 40_000})
+    assert long == evaluate(prefill.fallback.launch.shared_bytes, {"b": 1, "n": 9, "m": 9})
+    assert shared_memory_overflow(manifest, SM90_OPTIN, _tops(1, 4096, 40_000)) is None
+    # a decode step keeps a row of scores: a session is checked at its max_len
     decode = manifest.task_for("decode", "attn_scores+attn_softmax+attn_context")
     need = evaluate(decode.fallback.launch.shared_bytes, {"b": 1, "n": 1, "m": 20_000})
-    prefill = manifest.task_for("prefill", "attn_scores+attn_softmax+attn_context")
-    short = evaluate(prefill.fallback.launch.shared_bytes, {"b": 1, "n": 512, "m": 512})
+    short = evaluate(decode.fallback.launch.shared_bytes, {"b": 1, "n": 1, "m": 512})
     assert short < need < SM90_OPTIN
     assert shared_memory_overflow(manifest, SM90_OPTIN, _tops(1, 20_000, 512)) is None
     msg = shared_memory_overflow(manifest, need - 1, _tops(1, 20_000, 512))
-    assert msg is not None and msg.startswith("decode/attn_scores") and "m=20000" in msg
+    assert msg is not None and "\n" not in msg
+    assert msg.startswith("decode/attn_scores") and "m=20000" in msg and "max_len" in msg
