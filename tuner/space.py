@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tunefleet.ir.default_key_tiles import key_tiled, key_tiles_schedule
 from tunefleet.ir.default_schedule import default_schedule
 from tunefleet.ir.default_schedule_cuda import default_cuda_schedule, kv_group
 from tunefleet.ir.errors import IRError, ScheduleError
@@ -149,9 +150,11 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-DEFAULT_SKETCH = "default_schedule@7"  # untuned default; 2: keyed attention; 3: warp GEMV;
+DEFAULT_SKETCH = "default_schedule@8"  # untuned default; 2: keyed attention; 3: warp GEMV;
 # 6: decode attention's rows also without the cluster split (a second one-point sketch);
-# 7: and with a cluster per kv head's query heads (a third)
+# 7: and with a cluster per kv head's query heads (a third); 8: a prompt's attention in key
+# tiles, with 4 and 16 tokens a block as one-point sketches beside the default's 8
+KEY_TILE_ROWS = (4, 16)
 
 
 def rules_for(kind: TargetKind | str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -259,13 +262,19 @@ def default_sketches(func: PrimFunc, ctx: SpaceContext) -> list[Sketch]:
     the batch is symbolic, so a bucket's tuning picks. "default_grouped" gives a cluster
     the query heads of one kv head, which read the same keys and values: it pays with many
     rows (b=16: 362.7 against 484.6 us on an H100) and costs with few (b=1: 63.9 against
-    43.8 us at kv 4096)."""
+    43.8 us at kv 4096). A prompt's attention in key tiles (ir's `default_key_tiles`) gets
+    blocks of 4 and 16 tokens beside the default's 8 ("key_tiles_4", "key_tiles_16")."""
     try:
         sch = default_schedule(func, target="cuda" if ctx.is_gpu else "cpu", arch=ctx.target.arch)
     except IRError:
         return []
     out = [Sketch("default", sch.trace)]
     arch = ctx.target.arch
+    if ctx.is_gpu and key_tiled(func):  # a prompt's attention: other token counts per block
+        for rows in KEY_TILE_ROWS:
+            other = key_tiles_schedule(func, group=kv_group(func), rows=rows)
+            out.append(Sketch(f"key_tiles_{rows}", other.trace))
+        return out
     unsplit = default_cuda_schedule(func, arch=arch, cluster=1) if ctx.is_gpu else sch
     if unsplit.trace.as_python() != sch.trace.as_python():  # decode attention's cluster
         out.append(Sketch("default_unclustered", unsplit.trace))

@@ -132,3 +132,19 @@ def test_key_tiles_match_the_reference_on_a_gpu(n, m, dtype, tmp_path) -> None:
         result = runner.run(RunInput(built.artifact, task_problem(task, {"n": n, "m": m}), fast))
     assert result.status is Status.OK, result.message
 
+
+def test_the_prompt_attention_space_holds_three_token_counts() -> None:
+    """The tuner's space for a prompt's attention on CUDA: the default (8 tokens a block)
+    and the same form with 4 and 16, each one point, each replaying to its own schedule."""
+    from tunefleet.tuner.replay import resample
+    from tunefleet.tuner.space import KEY_TILE_ROWS, SpaceContext, default_sketches
+    from tunefleet.workers.targets import Target
+
+    task = _attention(replace(tiny("llama"), dtype="bfloat16"))
+    sketches = default_sketches(task.func, SpaceContext(Target.cuda("sm_90")))
+    assert [s.name for s in sketches] == ["default", *(f"key_tiles_{r}" for r in KEY_TILE_ROWS)]
+    assert all(not s.trace.decisions for s in sketches)
+    assert len({s.trace.as_python() for s in sketches}) == 3
+    for s in sketches[1:]:
+        err, bad = _check(task, {"n": 7, "m": 40}, resample(task.func, s.trace, 0))
+        assert bad == 0, (s.name, err)
