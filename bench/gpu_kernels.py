@@ -373,9 +373,9 @@ def _attention_case(b: int, m: int, sources: dict[str, Any], cubins: dict[str, P
 
 def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
     """Llama-3-8B's causal prefill attention (32 query heads, 8 kv heads, d=128, bf16,
-    n = m = 2048) as the runtime builds it, the default schedule's forms against
-    F.scaled_dot_product_attention (its flash backend, kv heads expanded); goal (issue 18):
-    0.8x SDPA."""
+    n = m = 2048 and 8192) as the runtime builds it (key tiles), the default schedule and
+    other row tilings against F.scaled_dot_product_attention (its flash backend, kv heads
+    expanded); goal (issue 18): 0.8x SDPA."""
     import torch
     import torch.nn.functional as F
 
@@ -383,58 +383,60 @@ def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
     from tunefleet.coordinator.presets import resolve_model
     from tunefleet.coordinator.tasks import model_tasks
     from tunefleet.ir import build_source
-    from tunefleet.ir.default_schedule_cuda import default_cuda_schedule
+    from tunefleet.ir.default_key_tiles import key_tiles_schedule
 
     (task,) = [
         t
         for t in model_tasks(resolve_model("llama-3-8b"), Phase.PREFILL)
         if t.name.startswith("attn_scores")
     ]
-    forms = {  # rows of a query head, or of a kv head's four; unsplit or over a cluster of 8
-        "keyed rows": {"cluster": 1, "group": 1},
-        "keyed rows, a kv head's group": {"cluster": 1, "group": 4},
-        "cluster, a head each": {"cluster": 8, "group": 1},
-        "cluster, a kv head's group": {"cluster": 8, "group": 4},
+    forms = {  # query tokens per block, of a kv head's four query heads or of one
+        "key tiles, 8 tokens x 4 heads (default)": {"group": 4, "rows": 8},
+        "key tiles, 8 x 4, sums in shared memory": {"group": 4, "rows": 8, "partials": False},
+        "key tiles, 4 tokens x 4 heads": {"group": 4, "rows": 4},
+        "key tiles, 16 tokens x 4 heads": {"group": 4, "rows": 16},
     }
-    n = 2048
     g = torch.Generator(device="cuda").manual_seed(0)
 
     def bf16(*shape: int) -> Any:
         return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
 
-    q, k, v = bf16(1, 32, n, 128) * 0.1, bf16(1, 8, n, 128), bf16(1, 8, n, 128)
-    out = torch.empty_like(q)
-    ke, ve = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
-    fns: dict[str, list[Callable[[], None]]] = {
-        "torch SDPA (flash)": [lambda: F.scaled_dot_product_attention(
-            q, ke, ve, is_causal=True, scale=1.0)]
-    }  # fmt: skip
-    ref = F.scaled_dot_product_attention(q.float(), ke.float(), ve.float(), is_causal=True,
-                                         scale=1.0).double()  # fmt: skip
-    errs = {"torch SDPA (flash)": rel_err(fns["torch SDPA (flash)"][0](), ref)}
+    built: dict[str, tuple[Any, Path]] = {}  # form -> (kernel source, cubin): one build each
     for i, (name, kwargs) in enumerate(forms.items()):
         try:
-            ks = build_source(default_cuda_schedule(task.func, arch=arch, **kwargs), "cuda")
-            launcher = Launcher(ks, compile_cubin(ks.source, arch, work, f"prefill_{i}"),
-                                {"n": n, "m": n})  # fmt: skip
+            ks = build_source(key_tiles_schedule(task.func, **kwargs), "cuda")
+            built[name] = (ks, compile_cubin(ks.source, arch, work, f"prefill_{i}"))
         except Exception as err:  # a form this card cannot hold: say so, time the others
-            errs[name] = float("nan")
             print(f"{name}: {type(err).__name__}: {err}")
-            continue
-        launch = launcher.bind(q, k, v, out)
-        out.fill_(float("nan"))
-        launch()
-        torch.cuda.synchronize()
-        errs[name] = rel_err(out, ref)
-        fns[name] = [launch]
-    times = time_pair(fns, reps=7)
-    flops = 4 * 32 * n * n * 128 / 2  # causal: half the scores
-    base = times["torch SDPA (flash)"]
-    return [
-        Row(f"attention prefill n={n} causal", name, us, 0.0, flops / (us * 1e-6) / 1e12,
-            errs[name], "" if name.startswith("torch") else f"{base / us:.2f}x SDPA")
-        for name, us in times.items()
-    ]  # fmt: skip
+    rows: list[Row] = []
+    for n in (2048, 8192):
+        q, k, v = bf16(1, 32, n, 128) * 0.1, bf16(1, 8, n, 128), bf16(1, 8, n, 128)
+        out = torch.empty_like(q)
+        ke, ve = k.repeat_interleave(4, 1), v.repeat_interleave(4, 1)
+        sdpa = "torch SDPA (flash)"
+        fns: dict[str, list[Callable[[], None]]] = {
+            sdpa: [lambda q=q, ke=ke, ve=ve: F.scaled_dot_product_attention(
+                q, ke, ve, is_causal=True, scale=1.0)]
+        }
+        ref = F.scaled_dot_product_attention(q.float(), ke.float(), ve.float(), is_causal=True,
+                                             scale=1.0).double()  # fmt: skip
+        errs = {sdpa: rel_err(fns[sdpa][0](), ref)}
+        for name, (ks, cubin) in built.items():
+            launch = Launcher(ks, cubin, {"n": n, "m": n}).bind(q, k, v, out)
+            out.fill_(float("nan"))
+            launch()
+            torch.cuda.synchronize()
+            errs[name] = rel_err(out, ref)
+            fns[name] = [launch]
+        times = time_pair(fns, reps=5)
+        flops = 4 * 32 * n * n * 128 / 2  # causal: half the scores
+        base = times[sdpa]
+        rows += [
+            Row(f"attention prefill n={n} causal", name, us, 0.0, flops / (us * 1e-6) / 1e12,
+                errs[name], "" if name.startswith("torch") else f"{base / us:.3f}x SDPA")
+            for name, us in times.items()
+        ]  # fmt: skip
+    return rows
 
 
 def bench_dense_tc(arch: str, work: Path, m: int = 2048, n: int = 4096, k: int = 4096) -> list[Row]:
