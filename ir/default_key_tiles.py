@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from .expr import Const
 from .schedule import RV, Schedule
-from .schedule_tree import blocks, find_block, read_only_buffers, reduce_loop_vars
+from .schedule_nest import loops_below, operand_copy, reduction_vars
+from .schedule_tree import blocks, reduce_loop_vars
 from .stmt import BlockRealize, PrimFunc
 
 THREADS = 128  # threads of a block; a tile of keys has a thread per key
@@ -91,10 +92,10 @@ def _rows_in_thread(sch: Schedule, name: str, at: RV) -> None:
     s = sch.get_block(name)
     func = sch.mod
     q_name, k_name = func.params[0].name, func.params[1].name
-    copies = {b: _operand_copy(sch, s, b) for b in (k_name, q_name)}
+    copies = {b: operand_copy(sch, s, b) for b in (k_name, q_name)}
     sch.compute_at(s, at)
     sch.set_scope(s, 0, "local")
-    *rows, k = _loops_below(sch, s, at)
+    *rows, k = loops_below(sch, s, at)
     ko, ki = sch.split(k, [None, VEC])
     sch.reorder(ko, *rows, ki)
     for lp in (*rows, ki):
@@ -104,23 +105,10 @@ def _rows_in_thread(sch: Schedule, name: str, at: RV) -> None:
         if copy is None:
             continue
         sch.compute_at(copy, at_loop)
-        *outer, inner = _loops_below(sch, copy, at_loop)
+        *outer, inner = loops_below(sch, copy, at_loop)
         for lp in outer:
             sch.unroll(lp)
         sch.vectorize(inner)
-
-
-def _loops_below(sch: Schedule, block: RV, loop: RV) -> list[RV]:
-    loops = sch.get_loops(block)
-    at = [sch.get(lp).var for lp in loops].index(sch.get(loop).var)
-    return loops[at + 1 :]
-
-
-def _operand_copy(sch: Schedule, block: RV, buffer: str) -> RV | None:
-    found = find_block(sch.mod, sch.get(block).name)
-    reads = read_only_buffers(found[0].block) if found else []
-    index = next((i for i, b in enumerate(reads) if b.name == buffer), None)
-    return None if index is None else sch.cache_read(block, index, "local")
 
 
 def _fused(sch: Schedule, loops: list[RV]) -> RV:
@@ -156,9 +144,8 @@ def _tile_partials(sch: Schedule, acc: RV, rf: RV) -> RV:
     sch.bind(tx, "threadIdx.x")
     sch.compute_at(rf, tx)
     sch.set_scope(rf, 0, "local")
-    below = _loops_below(sch, rf, tx)
-    found = find_block(sch.mod, sch.get(rf).name)
-    red = reduce_loop_vars(found[0]) if found else set()
+    below = loops_below(sch, rf, tx)
+    red = reduction_vars(sch, sch.get(rf).name)
     keys = [lp for lp in below if sch.get(lp).var in red]
     box = [lp for lp in below if sch.get(lp).var not in red]
     sch.reorder(*keys, *box)

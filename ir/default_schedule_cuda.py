@@ -71,10 +71,10 @@ from .default_key_tiles import key_tiled, key_tiles_schedule
 from .dtypes import itemsize
 from .expr import Call, Const
 from .schedule import RV, Schedule
+from .schedule_nest import loops_below, operand_copy, reduction_vars
 from .schedule_tree import (
     blocks,
     find_block,
-    read_only_buffers,
     reduce_loop_vars,
     spatial_loop_vars,
 )
@@ -148,12 +148,12 @@ def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
     """Spread a producer computed under `row` over the row's threads (see module docstring)."""
     block = sch.get_block(name)
     loops = sch.get_loops(block)
-    rest = _loops_below(sch, block, row)
+    rest = loops_below(sch, block, row)
     found = find_block(sch.mod, name)
     spatial_vars = spatial_loop_vars(found[0]) if found else set()
     spatial = [lp for lp in rest if sch.get(lp).var in spatial_vars]
     if spatial:
-        reduce_vars = _red_vars(sch, name)
+        reduce_vars = reduction_vars(sch, name)
         steps = [lp for lp in rest if sch.get(lp).var in reduce_vars]
         outer, inner = sch.split(_widest(sch, spatial), [None, threads])
         sch.reorder(inner, outer)
@@ -174,7 +174,7 @@ def _sm(arch: str) -> int:
 
 def _reduces(sch: Schedule, name: str) -> bool:
     """Whether block `name` has a reduction."""
-    return bool(_red_vars(sch, name))
+    return bool(reduction_vars(sch, name))
 
 
 def _split_lanes(sch: Schedule, loop: RV, widest: int = KEYED_VEC) -> tuple[RV, RV]:
@@ -223,7 +223,7 @@ def _keyed_rows(
     # a copy of the values for the context's group rows to share (placed in _context_partials)
     values = None
     if group > 1:
-        values = _operand_copy(sch, sch.get_block(acc or out_name), sch.mod.params[2].name)
+        values = operand_copy(sch, sch.get_block(acc or out_name), sch.mod.params[2].name)
     keys = sch.get_loops(sch.get_block(acc or out_name))[-1]
     part = None  # the context's share of one block of the cluster
     if cluster > 1:
@@ -233,7 +233,8 @@ def _keyed_rows(
     _, jy = sch.split(keys, [None, warps])
     rf = sch.rfactor(jy, rank if part is not None else rank - 1)  # partial sums [.., warp, d]
     o = sch.get_block(out_name)
-    spatial = [lp for lp in sch.get_loops(o) if sch.get(lp).var not in _red_vars(sch, out_name)]
+    red = reduction_vars(sch, out_name)
+    spatial = [lp for lp in sch.get_loops(o) if sch.get(lp).var not in red]
     cols = spatial[-1]
     if group > 1:  # [b, h, n, d] -> row (b, h / group, n), then (h % group, d) in the block
         heads, g = sch.split(spatial[1], [None, group])
@@ -297,7 +298,7 @@ def _context_partials(
         slot = sch.cache_write(part, 0, "local")
         sch.compute_at(slot, row)
         sch.set_scope(slot, 0, "shared.cluster")
-        rank_loop, *cols = _loops_below(sch, slot, row)
+        rank_loop, *cols = loops_below(sch, slot, row)
         sch.bind(rank_loop, "clusterIdx.x")
         _, py, px = sch.split(_threads_over(sch, cols, warps), [None, warps, WARP])
         sch.bind(py, "threadIdx.y")
@@ -307,7 +308,7 @@ def _context_partials(
     # the copy of the partial sums: warps over the keys' split, lanes over the head dim
     sch.compute_at(copy, row)
     sch.set_scope(copy, 0, "shared")
-    *ranks, w, d = _loops_below(sch, copy, row)
+    *ranks, w, d = loops_below(sch, copy, row)
     g = ranks.pop() if values is not None else None
     for r in ranks:
         sch.bind(r, "clusterIdx.x")
@@ -318,8 +319,8 @@ def _context_partials(
         sch.reorder(w, lane, g)
     sch.compute_at(rf, lane)
     sch.set_scope(rf, 0, "local")
-    rest = _loops_below(sch, rf, lane)
-    red = _red_vars(sch, sch.get(rf).name)
+    rest = loops_below(sch, rf, lane)
+    red = reduction_vars(sch, sch.get(rf).name)
     j = [lp for lp in rest if sch.get(lp).var in red][-1]
     vs = [lp for lp in rest if sch.get(lp).var not in red]
     if vs:
@@ -329,18 +330,9 @@ def _context_partials(
     _unroll_steps(sch, j)
     if values is not None:  # a key's values, read once into registers, serve the group's rows
         gv = sch.get(vs[0]).var
-        loops = _loops_below(sch, rf, lane)
+        loops = loops_below(sch, rf, lane)
         at = next(i for i, lp in enumerate(loops) if sch.get(lp).var is gv)
         _read_once(sch, values, loops[at - 1])
-
-
-def _operand_copy(sch: Schedule, block: RV, buffer: str) -> RV | None:
-    """A register copy of input `buffer` that `block` reads (cache_read before the block is
-    moved: `_read_once` then places it); None where the block does not read it."""
-    found = find_block(sch.mod, sch.get(block).name)
-    reads = read_only_buffers(found[0].block) if found else []
-    index = next((i for i, b in enumerate(reads) if b.name == buffer), None)
-    return None if index is None else sch.cache_read(block, index, "local")
 
 
 def _read_once(sch: Schedule, copy: RV, at: RV) -> None:
@@ -351,7 +343,7 @@ def _read_once(sch: Schedule, copy: RV, at: RV) -> None:
         k_local[d'] = k[j, d'];  for g: s[g] += q[g, d] * k_local[d]
     """
     sch.compute_at(copy, at)
-    for lp in _loops_below(sch, copy, at):
+    for lp in loops_below(sch, copy, at):
         sch.unroll(lp)
 
 
@@ -369,19 +361,19 @@ def _keyed_producer(
     group run in a loop of each thread: inside the lane for the scores (a key's row, read
     once, is scored against every query of the group), outside the threads elsewhere."""
     p = sch.get_block(name)
-    keys = _operand_copy(sch, p, sch.mod.params[1].name) if group > 1 else None
+    keys = operand_copy(sch, p, sch.mod.params[1].name) if group > 1 else None
     sch.compute_at(p, row)
     sch.set_scope(p, 0, "shared.cluster" if name in shares else "shared")
     if name in shares.values():  # adds up the cluster's shares: a lane reads each
-        sch.bind(_loops_below(sch, p, row)[-1], "threadIdx.x")
+        sch.bind(loops_below(sch, p, row)[-1], "threadIdx.x")
         return
-    rest = _loops_below(sch, p, row)
+    rest = loops_below(sch, p, row)
     if name in shares:
         sch.bind(rest[0], "clusterIdx.x")
         rest = rest[1:]
     g = _group_loop(sch, rest, group)
     rest = [lp for lp in rest if lp != g]
-    red = _red_vars(sch, name)
+    red = reduction_vars(sch, name)
     key_loops = [lp for lp in rest if sch.get(lp).var not in red]
     steps = [lp for lp in rest if sch.get(lp).var in red]
     if not key_loops:  # a reduction over the keys (max, sum): one warp's lanes, every warp alike
@@ -401,7 +393,7 @@ def _keyed_producer(
         _unroll_steps(sch, ko, KEYS_IN_FLIGHT)
         if g is not None:  # the group's rows inside the lane, each all-reduced
             gv, lv = sch.get(g).var, sch.get(lane).var
-            loops = [lp for lp in _loops_below(sch, p, row) if sch.get(lp).var is not gv]
+            loops = [lp for lp in loops_below(sch, p, row) if sch.get(lp).var is not gv]
             at = 1 + next(i for i, lp in enumerate(loops) if sch.get(lp).var is lv)
             sch.reorder(*loops[:at], g, *loops[at:])
             sch.unroll(g)
@@ -474,7 +466,7 @@ def _warp_per_output(
         sch.compute_at(p, ty)
         sch.set_scope(p, 0, "local")
     acc = sch.get_block(reducer.block.name)
-    red = _red_vars(sch, reducer.block.name)
+    red = reduction_vars(sch, reducer.block.name)
     k = [lp for lp in sch.get_loops(acc) if sch.get(lp).var in red][-1]
     lane, _ = _split_lanes(sch, k, 16 // _input_itemsize(reducer))
     sch.bind(lane, "threadIdx.x")
@@ -497,19 +489,6 @@ def _cheap_elementwise(br: BlockRealize) -> bool:
         and all(iv.kind == "spatial" for iv in blk.iter_vars)
         and not any(isinstance(n, Call) for n in walk(store.value))
     )
-
-
-def _loops_below(sch: Schedule, block: RV, loop: RV) -> list[RV]:
-    """The loops of `block` inside `loop`."""
-    loops = sch.get_loops(block)
-    at = [i for i, lp in enumerate(loops) if sch.get(lp).var is sch.get(loop).var]
-    return loops[at[0] + 1 :]
-
-
-def _red_vars(sch: Schedule, name: str) -> set:
-    """The loop variables driving block `name`'s reductions."""
-    found = find_block(sch.mod, name)
-    return reduce_loop_vars(found[0]) if found else set()
 
 
 def kv_group(func: PrimFunc) -> int:

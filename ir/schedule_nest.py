@@ -1,0 +1,30 @@
+"""Reading a schedule's loop nest, and a register copy of an operand: the steps the default
+GPU schedules (`default_schedule_cuda`, `default_key_tiles`) share."""
+
+from __future__ import annotations
+
+from .schedule import RV, Schedule
+from .schedule_tree import find_block, read_only_buffers, reduce_loop_vars
+
+
+def loops_below(sch: Schedule, block: RV, loop: RV) -> list[RV]:
+    """The loops of `block` inside `loop`."""
+    loops = sch.get_loops(block)
+    at = [i for i, lp in enumerate(loops) if sch.get(lp).var is sch.get(loop).var]
+    return loops[at[0] + 1 :]
+
+
+def reduction_vars(sch: Schedule, name: str) -> set:
+    """The loop variables driving block `name`'s reductions."""
+    found = find_block(sch.mod, name)
+    return reduce_loop_vars(found[0]) if found else set()
+
+
+def operand_copy(sch: Schedule, block: RV, buffer: str) -> RV | None:
+    """A register copy of input `buffer` that `block` reads (cache_read to `local` before
+    the block is moved; the caller places it with compute_at); None where the block does not
+    read it."""
+    found = find_block(sch.mod, sch.get(block).name)
+    reads = read_only_buffers(found[0].block) if found else []
+    index = next((i for i, b in enumerate(reads) if b.name == buffer), None)
+    return None if index is None else sch.cache_read(block, index, "local")
