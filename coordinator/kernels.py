@@ -207,11 +207,6 @@ def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
     if phase is Phase.PREFILL:
         return _attention_key_tiles(q, k, v, group)
     scores = irops.batch_matmul_compute(q, k, True, group, "float32", "scores")
-    if phase is Phase.PREFILL:  # new token i sits at position m - n + i
-        neg = float("-inf")
-        scores = compute(scores.shape,
-                         lambda z, hh, i, j: select(j <= i + (m - n), scores[z, hh, i, j], neg),
-                         "masked")  # fmt: skip
     r1, r2 = reduce_axis(m, "k"), reduce_axis(m, "k")
     mx = compute((b, h, n), lambda z, hh, i: reduce_max(scores[z, hh, i, r1], r1), "row_max")
     den = compute((b, h, n),

@@ -63,7 +63,9 @@ def test_key_tiles_match_numpy(n, m, dtype) -> None:
     assert bad == 0, err
 
 
-@pytest.mark.parametrize("form", [{"group": 1, "rows": 3}, {"group": 2, "rows": 1}])
+@pytest.mark.parametrize(
+    "form", [{"group": 1, "rows": 3}, {"group": 2, "rows": 1}, {"group": 2, "partials": False}]
+)
 def test_other_row_tilings_match_numpy(form) -> None:
     task = _attention(replace(tiny("qwen2"), dtype="bfloat16"))
     err, bad = _check(task, {"n": 7, "m": 150}, key_tiles_schedule(task.func, **form))
