@@ -29,6 +29,7 @@ heads, whatever the prompt's length).
 
 from __future__ import annotations
 
+from .errors import ScheduleError
 from .expr import Const
 from .schedule import RV, Schedule
 from .schedule_nest import loops_below, operand_copy, reduction_vars
@@ -161,6 +162,11 @@ def key_tiles_schedule(
     (`default_schedule_cuda.kv_group`), `rows` query tokens of each. With `partials` a tile's
     sums are rfactored into registers (`_tile_partials`); without, each step adds into the
     shared sums."""
+    if not key_tiled(func):
+        raise ScheduleError(
+            f"{func.name} is not attention in key tiles (an output dividing by its "
+            "accumulator's extra column); use default_cuda_schedule for other kernels"
+        )
     sch = Schedule(func)
     roles = {k: br.block.name for k, br in _blocks(func).items()}
     rf = None

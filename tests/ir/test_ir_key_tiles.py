@@ -21,6 +21,7 @@ from tunefleet.coordinator.tasks import model_tasks
 from tunefleet.ir import build_source
 from tunefleet.ir.default_key_tiles import TILE, key_tiled, key_tiles_schedule
 from tunefleet.ir.default_schedule_cuda import default_cuda_schedule
+from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.gpu_interpreter import interpret
 from tunefleet.workers.checking import compare_outputs, default_tolerance
 from tunefleet.workers.inputs import resolve_op
@@ -49,7 +50,10 @@ def _check(task, dims: dict[str, int], func=None) -> tuple[float, int]:
 def test_only_the_prompt_phase_is_written_in_key_tiles() -> None:
     cfg = tiny("llama")
     assert key_tiled(_attention(cfg).func)
-    assert not key_tiled(_attention(cfg, Phase.DECODE).func)
+    decode = _attention(cfg, Phase.DECODE).func
+    assert not key_tiled(decode)
+    with pytest.raises(ScheduleError, match="not attention in key tiles"):
+        key_tiles_schedule(decode)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
