@@ -8,6 +8,7 @@ import dataclasses
 from .errors import ScheduleError
 from .expr import Buffer, BufferLoad, Expr, Select, Var, binop, const, logical_and
 from .instruction_traits import primitive
+from .prim_mask import masked_write_back
 from .regions import with_regions
 from .schedule_state import ScheduleState
 from .schedule_tree import (
@@ -205,11 +206,23 @@ def rfactor(state: ScheduleState, loop: RV, factor_axis: int) -> RV:
     wb_idx = tuple(substitute(i, sp_map) for i in store.indices)
     wb_rf_idx = list(wb_idx)
     wb_rf_idx.insert(factor_axis, wb_r.var)
-    wb_store = BufferStore(
-        acc,
-        wb_idx,
-        binop(red_op, BufferLoad(acc, wb_idx), BufferLoad(rf_buf, tuple(wb_rf_idx))),
+    partial: Expr = BufferLoad(rf_buf, tuple(wb_rf_idx))
+    # a masked update keeps its mask, over the factored-out steps, so that a loop the
+    # mask leaves empty can be trimmed (prim_mask.trim_masked) at the write-back too
+    red_bind = {
+        iv.var: val
+        for iv, val in zip(blk.iter_vars, br.iter_values, strict=True)
+        if iv.kind == "reduce"
+    }
+    keep = masked_write_back(
+        substitute(red_rhs, red_bind),
+        red_op,
+        {**sp_map, lp.var: wb_r.var},
+        {x.var: x.extent for x in red_loops},
     )
+    if keep is not None:
+        partial = Select(keep, partial, blk.init.value)
+    wb_store = BufferStore(acc, wb_idx, binop(red_op, BufferLoad(acc, wb_idx), partial))
     wb_init = BufferStore(acc, wb_idx, blk.init.value)
     wb_blk = with_regions(
         Block(

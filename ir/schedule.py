@@ -17,6 +17,7 @@ The primitives live in modules by family, each declaring its trace traits
     prim_compute_at   compute_at, reverse_compute_at
     prim_inline       compute_inline, reverse_compute_inline
     prim_reduction    decompose_reduction, rfactor
+    prim_mask         trim_masked
     prim_sampling     sample_perfect_tile, sample_categorical, sample_compute_location
 
 Example (a 64x64x64 matmul block "C" with loops i, j, k):
@@ -41,6 +42,7 @@ from . import (
     prim_compute_at,
     prim_inline,
     prim_loops,
+    prim_mask,
     prim_pad,
     prim_queries,
     prim_reduction,
@@ -285,6 +287,10 @@ class Schedule:
     @_documented_by(prim_reduction.rfactor)
     def rfactor(self, loop: RV, factor_axis: int) -> RV:
         return self._apply(prim_reduction.rfactor, [loop, factor_axis])
+
+    @_documented_by(prim_mask.trim_masked)
+    def trim_masked(self, loop: RV) -> None:
+        self._apply(prim_mask.trim_masked, [loop])
 
     # ------------------------------------------------------------ sampling
 

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tunefleet.ir import build_source, compute, create_prim_func, ops, placeholder
+from tunefleet.ir import (
+    build_source,
+    compute,
+    create_prim_func,
+    ops,
+    placeholder,
+    reduce_axis,
+    reduce_max,
+    select,
+)
 from tunefleet.ir.annotation_keys import AUTO_UNROLL
 from tunefleet.ir.errors import ScheduleError
 from tunefleet.ir.instruction_traits import declared, sampling_kinds, traits_of
@@ -121,7 +130,20 @@ def _padded_dense() -> Schedule:
     return sch
 
 
+def _causal_max() -> Schedule:
+    """A causal row max over 37 keys in tiles of 8, each row stopping at its diagonal."""
+    x = placeholder((37, 37), "float32", "x")
+    r = reduce_axis(37, "j")
+    y = compute((37,), lambda i: reduce_max(select(r <= i, x[i, r], float("-inf")), r), "y")
+    sch = Schedule(create_prim_func([x, y]))
+    _, j = sch.get_loops(sch.get_block("y"))
+    jo, _ = sch.split(j, [None, 8])
+    sch.trim_masked(jo)
+    return sch
+
+
 CASES = {
+    "causal_max": (_causal_max, "cpu"),
     "elementwise": (_elementwise_chain, "cpu"),
     "softmax": (lambda: _softmax(3), "cpu"),
     "matmul": (lambda: _matmul(1), "cpu"),
