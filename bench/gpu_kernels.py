@@ -373,7 +373,8 @@ def _attention_case(b: int, m: int, sources: dict[str, Any], cubins: dict[str, P
 
 def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
     """Llama-3-8B's causal prefill attention (32 query heads, 8 kv heads, d=128, bf16,
-    n = m = 2048 and 8192) as the runtime builds it (key tiles), the default schedule and
+    n = m = 2048 and 8192) as the runtime builds it (key tiles), the default schedule, the
+    same without stopping at the diagonal (`trim=False`: every block scores every key), and
     other row tilings against F.scaled_dot_product_attention (its flash backend, kv heads
     expanded); goal (issue 18): 0.8x SDPA."""
     import torch
@@ -392,6 +393,7 @@ def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
     ]
     forms = {  # query tokens per block, of a kv head's four query heads or of one
         "key tiles, 8 tokens x 4 heads (default)": {"group": 4, "rows": 8},
+        "key tiles, 8 x 4, every key (no trim)": {"group": 4, "rows": 8, "trim": False},
         "key tiles, 8 x 4, sums in shared memory": {"group": 4, "rows": 8, "partials": False},
         "key tiles, 4 tokens x 4 heads": {"group": 4, "rows": 4},
         "key tiles, 16 tokens x 4 heads": {"group": 4, "rows": 16},

@@ -31,6 +31,7 @@ from tunefleet.ir import (
     create_prim_func,
     exp,
     flops,
+    min_,
     placeholder,
     reduce_axis,
     reduce_max,
@@ -227,6 +228,11 @@ def _attention_key_tiles(q: TeTensor, k: TeTensor, v: TeTensor, group: int) -> P
 
         mx[i] = max_j s(i, j);  acc[i, c] = sum_j exp(s(i, j) - mx[i]) * (v[j, c] or 1 at c = d)
         out[i, c] = acc[i, c] / acc[i, d]
+
+    Both reductions are masked (the max over `select(j <= i + m - n, s, -inf)`, the sums over
+    `select(j <= i + m - n, p, 0) * v`), so a schedule may stop a row tile's key loops at its
+    last visible key (`ir.prim_mask.trim_masked`). The sums' select is on the weight, once
+    per row and key, not on each of the d + 1 products.
     """
     b, h, n, d = q.shape
     m = k.shape[2]
@@ -242,9 +248,11 @@ def _attention_key_tiles(q: TeTensor, k: TeTensor, v: TeTensor, group: int) -> P
                  lambda z, hh, i: reduce_max(select(visible(i, r1), first[z, hh, i, r1],
                                                     float("-inf")), r1), "row_max")  # fmt: skip
     again = irops.batch_matmul_compute(q, k, True, group, "float32", "scores_again")
+    # unmasked: the sums mask the weight; a key past the mask may score above the max, so
+    # the exponent is capped at 0 to keep every weight finite
     probs = compute(again.shape,
-                    lambda z, hh, i, j: cast(dt, exp(select(visible(i, j), again[z, hh, i, j],
-                                                            float("-inf")) - mx[z, hh, i])),
+                    lambda z, hh, i, j: cast(dt, exp(min_(again[z, hh, i, j] - mx[z, hh, i],
+                                                          0.0))),
                     "probs")  # fmt: skip
     r2 = reduce_axis(m, "k")
 
@@ -252,7 +260,7 @@ def _attention_key_tiles(q: TeTensor, k: TeTensor, v: TeTensor, group: int) -> P
         col = select(c < dim - 1, c, dim - 1)  # the ones column reads a real one, unused
         head = hh // group if group != 1 else hh
         value = select(c < dim, _f32(v[z, head, r2, col]), 1.0)
-        return reduce_sum(_f32(probs[z, hh, i, r2]) * value, r2)
+        return reduce_sum(select(visible(i, r2), _f32(probs[z, hh, i, r2]), 0.0) * value, r2)
 
     acc = compute((b, h, n, dim + 1), weighted, "context_acc")
     out = compute((b, h, n, d), lambda z, hh, i, c: cast(dt, acc[z, hh, i, c] / acc[z, hh, i, dim]),

@@ -21,8 +21,10 @@ keys and values), THREADS threads:
 
 A tile's sums are rfactored over the tiles: each thread adds up its box of rows and
 columns over the tile's keys in registers and adds the box into the shared sums once per
-tile. A causal mask is a select inside the max and the weights (exp(-inf) weighs 0); a row
-always sees its own key. Scores stay in registers, the tile's weights and the rows' sums in
+tile. A causal mask is a select inside the max and the sums (adding the identity); a row
+always sees its own key. Both key loops end at the block's last visible key
+(`prim_mask.trim_masked`), so a prompt's blocks do about half the work of scoring every
+key. Scores stay in registers, the tile's weights and the rows' sums in
 shared memory (group x rows x (TILE x 2 + (d + 1) x 4) bytes: 24.4 KB for Llama-3-8B's
 heads, whatever the prompt's length).
 """
@@ -156,12 +158,13 @@ def _tile_partials(sch: Schedule, acc: RV, rf: RV) -> RV:
 
 
 def key_tiles_schedule(
-    func: PrimFunc, group: int = 1, rows: int = ROWS, partials: bool = True
+    func: PrimFunc, group: int = 1, rows: int = ROWS, partials: bool = True, trim: bool = True
 ) -> Schedule:
     """The schedule the module docstring draws; `group` query heads share a block's keys
     (`default_schedule_cuda.kv_group`), `rows` query tokens of each. With `partials` a tile's
     sums are rfactored into registers (`_tile_partials`); without, each step adds into the
-    shared sums."""
+    shared sums. With `trim` both key loops stop at the block's last visible key
+    (`trim_masked`): a causal prompt's blocks skip the keys above the diagonal."""
     if not key_tiled(func):
         raise ScheduleError(
             f"{func.name} is not attention in key tiles (an output dividing by its "
@@ -211,4 +214,7 @@ def key_tiles_schedule(
     for lp in mrows:
         sch.unroll(lp)
     _rows_in_thread(sch, roles["first"], mo)
+    if trim:
+        sch.trim_masked(mo)
+        sch.trim_masked(jo)
     return sch

@@ -22,7 +22,12 @@ from tunefleet.ir import build_source
 from tunefleet.ir.default_key_tiles import TILE, key_tiled, key_tiles_schedule
 from tunefleet.ir.default_schedule_cuda import default_cuda_schedule
 from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.expr import BinOp, Var, const
 from tunefleet.ir.gpu_interpreter import interpret
+from tunefleet.ir.simplify import simplify
+from tunefleet.ir.stmt import For
+from tunefleet.ir.target_passes import lower_for_target
+from tunefleet.ir.visit import substitute, walk
 from tunefleet.workers.checking import compare_outputs, default_tolerance
 from tunefleet.workers.inputs import resolve_op
 
@@ -68,8 +73,10 @@ def test_key_tiles_match_numpy(n, m, dtype) -> None:
 
 
 @pytest.mark.parametrize(
-    "form", [{"group": 1, "rows": 3}, {"group": 2, "rows": 1}, {"group": 2, "partials": False}]
-)
+    "form",
+    [{"group": 1, "rows": 3}, {"group": 2, "rows": 1}, {"group": 2, "partials": False},
+     {"group": 2, "trim": False}],
+)  # fmt: skip
 def test_other_row_tilings_match_numpy(form) -> None:
     task = _attention(replace(tiny("qwen2"), dtype="bfloat16"))
     err, bad = _check(task, {"n": 7, "m": 150}, key_tiles_schedule(task.func, **form))
@@ -93,6 +100,26 @@ def test_the_output_depends_on_the_causal_mask() -> None:
     assert compare_outputs([out], ["float32"], [op.reference(q, k, v, **problem.attr_values)],
                            default_tolerance("float32"))[1] == 0  # fmt: skip
     assert compare_outputs([out], ["float32"], [unmasked], default_tolerance("float32"))[1] > 0
+
+
+def test_a_blocks_key_loops_stop_at_its_last_visible_key() -> None:
+    """Llama-3-8B, a 300-token prompt: both key loops (the max's and the tiles') of the
+    first 8 tokens run one step of 128 keys, those of the last tokens all three; a prompt
+    after 1000 cached tokens reads every cached key from its first block on."""
+    func = lower_for_target(default_cuda_schedule(_attention(resolve_model("llama-3-8b")).func).mod,
+                            "cuda")  # fmt: skip
+    trimmed = [f.extent for f in walk(func.body) if isinstance(f, For)
+               and any(isinstance(e, BinOp) and e.op == "min" for e in walk(f.extent))]  # fmt: skip
+    assert len(trimmed) == 2
+
+    def steps(extent, n: int, m: int, block: int) -> int:
+        env = {Var("n"): const(n), Var("m"): const(m), Var("blockIdx_x"): const(block)}
+        return int(simplify(substitute(extent, env)).value)
+
+    tiles = (300 + 7) // 8  # token tiles of one kv head
+    for extent in trimmed:
+        assert [steps(extent, 300, 300, b) for b in (0, 15, 16, tiles - 1)] == [1, 1, 2, 3]
+        assert steps(extent, 300, 1300, 0) == 8  # keys 0..1007 visible: ceil(1008 / 128)
 
 
 def test_shared_memory_does_not_grow_with_the_prompt() -> None:
