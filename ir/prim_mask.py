@@ -46,6 +46,17 @@ def masked_update(block: Block) -> tuple[str, Expr] | None:
     return None if cond is None else (op, cond)
 
 
+def peel_mask(source: Expr, op: str) -> tuple[list[Expr], Expr]:
+    """The conditions of the selects around `source` that give the identity of `op` when
+    false (outermost first) and what they select when true: `select(a, select(b, x, 0), 0)`
+    -> ([a, b], x)."""
+    conds: list[Expr] = []
+    while isinstance(source, Select) and _is_identity(source.false_value, op):
+        conds.extend(conjuncts(source.cond))
+        source = source.true_value
+    return conds, source
+
+
 def _mask_of(source: Expr, op: str) -> Expr | None:
     """A condition without which `source` is the identity of `op`, or None when it has none
     (see `_needs`)."""
@@ -256,4 +267,4 @@ def masked_write_back(
     return None if kept == TRUE else kept
 
 
-__all__ = ["exists_over", "masked_update", "masked_write_back", "trim_masked"]
+__all__ = ["exists_over", "masked_update", "masked_write_back", "peel_mask", "trim_masked"]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from .errors import CodegenError
 from .lower import lower
 from .pass_hoist import hoist_invariant_calls, hoist_loads
+from .pass_masked_update import guard_masked_updates
 from .pass_predicate import predicate_stores
 from .pass_thread_sync import insert_thread_syncs
 from .pass_vectorize import mark_vector_loops
@@ -21,7 +22,13 @@ Pass = Callable[[PrimFunc], PrimFunc]
 
 TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
     "c": (hoist_invariant_calls,),
-    "cuda": (mark_vector_loops, hoist_loads, predicate_stores, insert_thread_syncs),
+    "cuda": (
+        mark_vector_loops,
+        hoist_loads,
+        predicate_stores,
+        insert_thread_syncs,
+        guard_masked_updates,
+    ),
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tunefleet.ir import CodegenError, Schedule, default_schedule, ops
 from tunefleet.ir.annotation_keys import HOISTED_CALLS, HOISTED_LOADS, VECTOR_ACCESS
+from tunefleet.ir.expr import BinOp
 from tunefleet.ir.intrinsics import INTRINSICS
 from tunefleet.ir.lower import lower
 from tunefleet.ir.pass_hoist import HoistedLoads
@@ -41,7 +42,8 @@ def _softmax() -> PrimFunc:
 
 def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
-    assert names == ["mark_vector_loops", "hoist_loads", "predicate_stores", "insert_thread_syncs"]
+    assert names == ["mark_vector_loops", "hoist_loads", "predicate_stores", "insert_thread_syncs",
+                     "guard_masked_updates"]  # fmt: skip
     assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
     with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
         lower_for_target(_softmax(), "metal")
@@ -138,3 +140,31 @@ def test_no_barrier_after_a_loop_whose_iterations_end_with_one() -> None:
     barriers = [i for i, ln in enumerate(lines) if ln == "__syncthreads();"]
     assert barriers, "the k loop's iterations end with a barrier"
     assert all(b - a > 1 for a, b in pairwise(barriers)), "\n".join(lines)
+
+
+def test_a_guarded_partial_sum_becomes_a_guarded_update_with_the_same_result() -> None:
+    """rfactor over a symbolic row length moves `k < n` into the partial sums' value; the
+    CUDA lowering turns `acc + (k < n ? x*x : 0)` into `if (k < n) acc = acc + x*x`, and the
+    interpreted kernel still matches numpy at a length that is no multiple of the split."""
+    import numpy as np
+
+    from tunefleet.ir import Var
+    from tunefleet.ir.expr import Select
+    from tunefleet.ir.gpu_interpreter import interpret
+    from tunefleet.ir.stmt import BufferStore, IfThenElse
+
+    rms = ops.get_op("rmsnorm")
+    sch = Schedule(rms.build({"m": 3, "n": Var("n")}, "float32"))
+    _, k = sch.get_loops(sch.get_block("rmsnorm_sumsq"))
+    _, k1 = sch.split(k, [None, 16])
+    sch.rfactor(k1, 0)
+    plain = [s for s in _nodes(lower(sch.func), BufferStore) if "_rf" in s.buffer.name]
+    assert any(isinstance(s.value, BinOp) and isinstance(s.value.b, Select) for s in plain)
+    guarded = [g for g in _nodes(lower_for_target(sch.func, "cuda"), IfThenElse)
+               if isinstance(g.then_case, BufferStore) and "_rf" in g.then_case.buffer.name
+               and isinstance(g.then_case.value, BinOp)]  # fmt: skip
+    assert guarded and not any(isinstance(n, Select) for g in guarded for n in walk(g.then_case))
+    dims = {"m": 3, "n": 37}
+    inputs = rms.make_inputs(dims, "float32", np.random.default_rng(0))
+    (out,) = interpret(sch.func, inputs, dims)
+    np.testing.assert_allclose(out, rms.reference(*inputs), rtol=1e-5, atol=1e-5)
