@@ -6,6 +6,7 @@ cubins and keeps buffers on the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 from abc import ABC, abstractmethod
@@ -64,6 +65,12 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait for every kernel launched so far (a no-op where calls are synchronous)."""
         return None
+
+    def active(self) -> contextlib.AbstractContextManager[Any]:
+        """The context a session's calls run in: on the GPU, this backend's stream made
+        current, so the array module's own kernels (copies, argmax) join its launches even
+        when another model's backend was made later in the process."""
+        return contextlib.nullcontext()
 
     def set_dims(self, dims: Mapping[str, int]) -> None:
         """The sizes of the next forward pass, for kernels that read them from memory (a

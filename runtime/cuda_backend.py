@@ -65,8 +65,9 @@ class CudaBackend(Backend):
         except (KeyError, TypeError, ValueError, cupy.cuda.runtime.CUDARuntimeError):
             self.shared_limit = None
         self._modules: dict[str, Any] = {}
-        # every launch and copy goes to one stream of ours: graphs cannot capture the
-        # legacy default stream
+        # every launch and copy names this stream of ours, and sessions run with it current
+        # (`active`): graphs cannot capture the legacy default stream, and a backend made
+        # later in the process (another model) must not draw a capture's launches away
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.stream.use()
         self.dims = cupy.zeros(len(DIM_SLOTS), dtype=cupy.int64)
@@ -77,10 +78,15 @@ class CudaBackend(Backend):
         return self.xp.asarray(array)
 
     def to_host(self, array: Any) -> np.ndarray:
-        return self.xp.asnumpy(array) if isinstance(array, self.xp.ndarray) else np.asarray(array)
+        if isinstance(array, self.xp.ndarray):  # after this backend's launches, not another's
+            return self.xp.asnumpy(array, stream=self.stream)
+        return np.asarray(array)
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+    def active(self) -> Any:
+        return self.stream  # a cupy stream is a context manager making itself current
 
     def upload(self, dst: Any, values: np.ndarray) -> None:
         # one copy from pageable memory: staged before it returns, so `values` may change
@@ -100,7 +106,8 @@ class CudaBackend(Backend):
         self.stream.begin_capture()
         self._capturing = True
         try:
-            forward()
+            with self.stream:  # what cupy launches itself (copies) is captured too
+                forward()
         finally:
             self._capturing = False
             graph = self.stream.end_capture()
@@ -179,7 +186,7 @@ class CudaBackend(Backend):
                     fn.max_dynamic_shared_size_bytes = shared
                     raised[0] = shared
             args = (self.dims,) if in_memory else tuple(np.int64(v) for v in values)
-            fn(grid, block, (*arrays, *args), shared_mem=shared)
+            fn(grid, block, (*arrays, *args), shared_mem=shared, stream=self.stream)
 
         return call
 
@@ -249,19 +256,21 @@ class CudaDecodeMoves(DecodeMoves):
     def rope_rows(self, t: int, pos: int) -> None:
         pl, half = self.plan, self.d // 2
         blocks = (t * half + _THREADS - 1) // _THREADS
-        self._rope((blocks,), (_THREADS,), (pl.cos_table, pl.sin_table, pl.cos, pl.sin,
-                   self.backend.dims, np.int32(t), np.int32(half)))  # fmt: skip
+        args = (pl.cos_table, pl.sin_table, pl.cos, pl.sin, self.backend.dims, np.int32(t),
+                np.int32(half))  # fmt: skip
+        self._rope((blocks,), (_THREADS,), args, stream=self.backend.stream)
 
     def append_kv(self, layer: int, qkv: Any, t: int, pos: int) -> None:
         pl = self.plan
         grid = ((self.row + 31) // 32, t * self.kv, 2)
         sizes = (self.h, self.kv, self.big, pl.max_len, self.row)
         args = (qkv, pl.k_cache[layer], pl.v_cache[layer], self.backend.dims)
-        self._append(grid, (32,), (*args, *(np.int32(v) for v in sizes)))
+        args += tuple(np.int32(v) for v in sizes)
+        self._append(grid, (32,), args, stream=self.backend.stream)
 
     def stage_kv(self, layer: int, t: int, m: int) -> None:
         pl = self.plan
         grid = ((pl.max_len * self.row + _THREADS - 1) // _THREADS, t * self.kv, 2)
         args = (pl.k_cache[layer], pl.v_cache[layer], pl.k_stage, pl.v_stage,
                 self.backend.dims, np.int32(pl.max_len), np.int32(self.row))  # fmt: skip
-        self._stage(grid, (_THREADS,), args)
+        self._stage(grid, (_THREADS,), args, stream=self.backend.stream)

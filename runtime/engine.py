@@ -364,10 +364,12 @@ class Session:
                 "session; start one with a larger max_len"
             )
         self._check_ids(ids)
-        self.model.backend.set_dims({"n": n, "m": n})
-        for s in range(pl.batch):
-            self.model.backend.upload(pl.ids, ids[s].astype(np.int32))
-            self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s])
+        backend = self.model.backend
+        with backend.active():
+            backend.set_dims({"n": n, "m": n})
+            for s in range(pl.batch):
+                backend.upload(pl.ids, ids[s].astype(np.int32))
+                self._forward(Phase.PREFILL, n, s, pl.prefill_logits[s])
         self.length = n
         return pl.prefill_logits[:, :n]
 
@@ -383,27 +385,28 @@ class Session:
             raise RuntimeModelError(f"the sequences reached the maximum length {pl.max_len}")
         self._check_ids(ids)
         backend = self.model.backend
-        backend.upload(pl.ids, ids.astype(np.int32))
-        backend.set_dims({"b": pl.batch, "m": self.length + 1})
 
         def forward(launch_m: int | None = None) -> None:
             self._forward(Phase.DECODE, pl.batch, None, pl.decode_logits, launch_m)
 
-        span = self._graph_span() if self.use_graphs else None
-        graph = None
-        if span is not None:
-            key, top = span
-            graph = self.graphs.get(key)
-            if graph is None and key in self._seen and key not in self._unsafe:
-                try:
-                    graph = self.graphs[key] = backend.capture(lambda: forward(top))
-                except GraphUnsafe:
-                    self._unsafe.add(key)
-            self._seen.add(key)
-        if graph is not None:
-            backend.replay(graph)
-        else:
-            forward()
+        with backend.active():
+            backend.upload(pl.ids, ids.astype(np.int32))
+            backend.set_dims({"b": pl.batch, "m": self.length + 1})
+            span = self._graph_span() if self.use_graphs else None
+            graph = None
+            if span is not None:
+                key, top = span
+                graph = self.graphs.get(key)
+                if graph is None and key in self._seen and key not in self._unsafe:
+                    try:
+                        graph = self.graphs[key] = backend.capture(lambda: forward(top))
+                    except GraphUnsafe:
+                        self._unsafe.add(key)
+                self._seen.add(key)
+            if graph is not None:
+                backend.replay(graph)
+            else:
+                forward()
         self.length += 1
         return pl.decode_logits[: pl.batch]
 
@@ -438,12 +441,14 @@ class Session:
     def greedy(self, logits: Any) -> np.ndarray:
         """argmax over the vocabulary into the session's token buffer (no allocation for
         float32 and float16 logits); the picks on the host (a view of the buffer on the CPU)."""
-        xp = self.model.backend.xp
+        backend = self.model.backend
+        xp = backend.xp
         out = self.plan.tokens[: logits.shape[0]]
-        if self.cfg.dtype == "bfloat16":  # bit patterns: the high half of a float32
-            logits = (logits.astype(xp.uint32) << 16).view(xp.float32)
-        xp.argmax(logits, axis=-1, out=out)
-        return self.model.backend.to_host(out)
+        with backend.active():
+            if self.cfg.dtype == "bfloat16":  # bit patterns: the high half of a float32
+                logits = (logits.astype(xp.uint32) << 16).view(xp.float32)
+            xp.argmax(logits, axis=-1, out=out)
+        return backend.to_host(out)
 
     def host(self, array: Any) -> np.ndarray:
         """A buffer's values (logits, say) as a numpy array; waits for the kernels."""

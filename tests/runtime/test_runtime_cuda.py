@@ -125,6 +125,29 @@ def test_cuda_decode_steps_replay_as_graphs_like_eager_steps(tmp_path, build_con
     assert len(graphed.graphs) == 2 and not eager.graphs
 
 
+def test_a_model_replays_its_graphs_after_another_model_is_loaded(tmp_path, build_config):
+    """Loading a second model makes its backend's stream current; the first model's decode
+    steps must still launch on, and be captured from, their own stream (else a graph
+    holds nothing and its second replay returns the step before's logits)."""
+    pytest.importorskip("cupy")
+    cfg = tiny("llama")
+    compile_model(CompileOptions(cfg, resolve_target("cuda"), str(tmp_path), build_config,
+                                 buckets=BUCKETS, jobs=8))  # fmt: skip
+    weights = random_weights(cfg, seed=5)
+    first = load_model(tmp_path, weights)
+    load_model(tmp_path, weights)  # the later backend
+    eager, graphed = first.session(1, 20, 6, graphs=False), first.session(1, 20, 6)
+    ids = np.random.default_rng(5).integers(0, cfg.vocab_size, (1, 6))
+    tokens = eager.greedy(eager.prefill(ids)[:, -1]).copy()
+    graphed.prefill(ids)
+    for _ in range(6):
+        want = eager.host(eager.decode(tokens))
+        got = graphed.host(graphed.decode(tokens))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+        tokens = want.argmax(-1)
+    assert graphed.graphs
+
+
 def test_cuda_dense_tasks_with_a_warp_per_output_run_like_the_reference(tmp_path, build_config):
     """Hidden size 256 and intermediate 512: every dense task's default reduces over at
     least 256 elements, so each output gets a warp (the GEMV form) with its epilogue."""
