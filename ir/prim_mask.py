@@ -229,6 +229,12 @@ def trim_masked(state: ScheduleState, loop: RV) -> None:
                 f"trim_masked({name}): the loop indexes the output of {blk.name!r}; it must "
                 "only iterate its reduction"
             )
+        reduced = [binding[iv.var] for iv in blk.iter_vars if iv.kind == "reduce"]
+        if any(_falls(v, lp.var) for v in reduced):
+            raise ScheduleError(
+                f"trim_masked({name}): {blk.name!r} does not step its reduction forward with "
+                "the loop (its init must stay at the loop's first step)"
+            )
         free = {**threads, **{x.var: x.extent for x in path[1:]}}
         top = _upper_bound(substitute(masked[1], binding), lp.var, free)
         if top is None:
@@ -245,6 +251,15 @@ def trim_masked(state: ScheduleState, loop: RV) -> None:
     steps = binop("max", const(1), binop("add", top, const(1)))  # step 0 runs the inits
     extent = simplify(binop("min", lp.extent, steps))
     state.replace_loop(lp, dataclasses.replace(lp, extent=extent))
+
+
+def _falls(binding: Expr, var: Var) -> bool:
+    """Whether a reduce var's binding may not grow with `var` (a negative or non-linear use):
+    the reduction's first step, where its init runs, would then not be the loop's first."""
+    terms, _ = linear(binding)
+    return any(
+        (t == var and c < 0) or (t != var and _uses(t, {var: None})) for t, c in terms.items()
+    )
 
 
 def _threaded(loop: For) -> bool:

@@ -153,3 +153,15 @@ def test_loops_the_mask_does_not_prove_empty_are_refused() -> None:
     sch = Schedule(create_prim_func([x, later], "tail_max"))
     _, j = sch.get_loops(sch.get_block("tail"))
     _refused(sch, j, "does not bound")
+
+
+def test_a_reduction_stepping_backwards_with_the_loop_keeps_its_loop() -> None:
+    """Trimming drops a loop's last steps, so the reduction's first step (its init) must be
+    the loop's first: a binding that falls with the loop, or uses it non-linearly, is not
+    trimmed."""
+    from tunefleet.ir.prim_mask import _falls
+
+    jo, ji = Var("jo"), Var("ji")
+    assert not _falls(jo * 128 + ji, jo)
+    assert _falls((const(4) - jo) * 128 + ji, jo)
+    assert _falls((jo * 128 + ji) // 3, jo)
