@@ -198,16 +198,21 @@ def _dense_rope(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
 
 def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
     """softmax(q . k^T (causal in prefill)) . v with grouped-query heads, one kernel; a
-    prompt's in key tiles (`_attention_key_tiles`), a decode step's with its scores whole."""
+    prompt's in key tiles (`_attention_key_tiles`) over its keys `[b, kv, m, d]`, a decode
+    step's with its scores whole over the kv cache as it stands: position-major,
+    `[m, b, kv, d]`, the first m rows of the session's `[max_len, b, kv, d]` cache (nothing
+    is copied per step)."""
     s, dt = _shape(calls[0]), calls[0].dtype
     b, h, kv, n, m, d = (s[k] for k in ("b", "h", "kv", "n", "m", "d"))
     group = calls[0].attr.get("group", 1)
     q = placeholder((b, h, n, d), dt, "q")
-    k = placeholder((b, kv, m, d), dt, "k_cache")
-    v = placeholder((b, kv, m, d), dt, "v_cache")
     if phase is Phase.PREFILL:
+        k = placeholder((b, kv, m, d), dt, "k_cache")
+        v = placeholder((b, kv, m, d), dt, "v_cache")
         return _attention_key_tiles(q, k, v, group)
-    scores = irops.batch_matmul_compute(q, k, True, group, "float32", "scores")
+    k = placeholder((m, b, kv, d), dt, "k_cache")
+    v = placeholder((m, b, kv, d), dt, "v_cache")
+    scores = irops.batch_matmul_compute(q, k, True, group, "float32", "scores", True)
     r1, r2 = reduce_axis(m, "k"), reduce_axis(m, "k")
     mx = compute((b, h, n), lambda z, hh, i: reduce_max(scores[z, hh, i, r1], r1), "row_max")
     den = compute((b, h, n),
@@ -216,7 +221,7 @@ def _attention(calls: tuple[OpCall, ...], phase: Phase) -> PrimFunc:
     probs = compute(scores.shape,
                     lambda z, hh, i, j: cast(dt, exp(scores[z, hh, i, j] - mx[z, hh, i])
                                              / den[z, hh, i]), "probs")  # fmt: skip
-    out = irops.batch_matmul_compute(probs, v, False, group, dt, "context")
+    out = irops.batch_matmul_compute(probs, v, False, group, dt, "context", True)
     return create_prim_func([q, k, v, out], name="attention")
 
 

@@ -249,7 +249,8 @@ def _dense_chain_reference(chain: Chain, *inputs: np.ndarray) -> tuple[np.ndarra
 def _attention_inputs(
     chain: Chain, dims: Mapping[str, int], rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """q[b,h,n,d] and k_cache[b,kv,m,d] from the scores op, v_cache from the context op."""
+    """q[b,h,n,d] and k_cache[b,kv,m,d] from the scores op, v_cache from the context op;
+    a decode step's caches position-major, [m,b,kv,d] (`coordinator.kernels._attention`)."""
     scores, _, context = chain.calls
     dt = chain.dtype
     bmm = get_op("batch_matmul")
@@ -259,6 +260,8 @@ def _attention_inputs(
     q, k = bmm.make_inputs(q_shape, dt, rng, **q_attrs)
     v_shape = library_shape(context.op, context.shape(dims), v_attrs)
     v = bmm.make_inputs(v_shape, dt, rng, **v_attrs)[1]
+    if chain.phase is Phase.DECODE:
+        k, v = (np.ascontiguousarray(a.transpose(2, 0, 1, 3)) for a in (k, v))
     return [q, k, v]
 
 
@@ -267,6 +270,8 @@ def _attention_reference(chain: Chain, q: np.ndarray, k: np.ndarray, v: np.ndarr
     stored in the task's dtype, and the weighted sum of the values."""
     scores_call, _, context_call = chain.calls
     bmm, dt = get_op("batch_matmul"), chain.dtype
+    if chain.phase is Phase.DECODE:  # position-major caches back to [b, kv, m, d]
+        k, v = (a.transpose(1, 2, 0, 3) for a in (k, v))
     scores = bmm.reference(q, k, transpose_b=True, group=scores_call.attr.get("group", 1))
     b, h, n, m = scores.shape
     if chain.phase is Phase.PREFILL:  # new token i sits at position m - n + i

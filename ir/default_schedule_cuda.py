@@ -69,7 +69,7 @@ import re
 
 from .default_key_tiles import key_tiled, key_tiles_schedule
 from .dtypes import itemsize
-from .expr import Call, Const
+from .expr import BinOp, BufferLoad, Call, Const
 from .schedule import RV, Schedule
 from .schedule_nest import loops_below, operand_copy, reduction_vars
 from .schedule_tree import (
@@ -492,15 +492,18 @@ def _cheap_elementwise(br: BlockRealize) -> bool:
 
 
 def kv_group(func: PrimFunc) -> int:
-    """Query heads per kv head of an attention PrimFunc (its first two inputs q [b, h, n, d]
-    and k [b, kv, m, d], constant head counts); 1 where the inputs are not of that form."""
-    if len(func.params) < 3:
+    """Query heads per kv head of an attention PrimFunc: the constant its keys (the second
+    input, [b, kv, m, d] or a position-major cache [m, b, kv, d]) are read at, `k[.., h //
+    group, ..]`; 1 where they are read at no such index."""
+    if len(func.params) < 3 or {len(func.params[0].shape), len(func.params[1].shape)} != {4}:
         return 1
-    q, k = func.params[0].shape, func.params[1].shape
-    if len(q) != 4 or len(k) != 4 or not all(isinstance(e, Const) for e in (q[1], k[1])):
-        return 1
-    h, kv = int(q[1].value), int(k[1].value)
-    return h // kv if kv and h % kv == 0 else 1
+    keys = func.params[1]
+    for n in walk(func.body):
+        if isinstance(n, BufferLoad) and n.buffer == keys:
+            for e in n.indices:
+                if isinstance(e, BinOp) and e.op == "floordiv" and isinstance(e.b, Const):
+                    return int(e.b.value)
+    return 1
 
 
 def default_cuda_schedule(

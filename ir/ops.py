@@ -89,19 +89,27 @@ def batch_matmul_compute(
     group: int = 1,
     out_dtype: str | None = None,
     name: str = "batch_matmul",
+    positions_first: bool = False,
 ) -> te.Tensor:
     """c[z, h, i, j] = sum_k a[z, h, i, k] * b[z, h // group, j, k] (or b[z, h // group, k, j]).
 
     With transpose_b this is attention scores q.k^T, without it p.v; `group` query heads share
-    one key/value head (grouped-query attention).
+    one key/value head (grouped-query attention). `positions_first`: b is a kv cache laid out
+    position-major, b[j, z, h // group, k] (or b[k, z, h // group, j]), so its first m rows
+    are the cache of length m as it stands.
     """
     bz, h, m, k = a.shape
-    n = b.shape[2] if transpose_b else b.shape[3]
+    if positions_first:
+        n = b.shape[0] if transpose_b else b.shape[3]
+    else:
+        n = b.shape[2] if transpose_b else b.shape[3]
     dtype = out_dtype or a.dtype
     r = te.reduce_axis(k, "k")
 
     def rhs(z: Expr, hh: Expr, j: Expr) -> Expr:
         head = hh // group if group != 1 else hh
+        if positions_first:
+            return _f32(b[j, z, head, r] if transpose_b else b[r, z, head, j])
         return _f32(b[z, head, j, r] if transpose_b else b[z, head, r, j])
 
     body = lambda z, hh, i, j: te.sum(_f32(a[z, hh, i, r]) * rhs(z, hh, j), r)  # noqa: E731

@@ -93,10 +93,10 @@ class Backend(ABC):
 
 class DecodeMoves:
     """The copies of a decode step that depend on the position: the rope rows of position
-    `pos`, each token's key and value into the cache at `pos`, and the cache's first `m`
-    positions staged as the attention kernels' dense `[b, kv, m, d]` inputs. Done here by
-    slicing the backend's arrays at the host's `pos` and `m`; the CUDA backend reads them
-    from the dims array instead, so a captured graph serves every step."""
+    `pos` and each token's key and value into the cache at `pos` (the attention reads the
+    cache's first rows as they stand). Done here by slicing the backend's arrays at the
+    host's `pos`; the CUDA backend reads it from the dims array instead, so a captured graph
+    serves every step."""
 
     def __init__(self, plan: Any, cfg: Any) -> None:
         self.plan = plan
@@ -111,14 +111,8 @@ class DecodeMoves:
     def append_kv(self, layer: int, qkv: Any, t: int, pos: int) -> None:
         """The keys and values of `qkv[t, H, d]` into layer `layer`'s cache at `pos`."""
         pl, h, kv = self.plan, self.h, self.kv
-        pl.k_cache[layer][:t, :, pos] = qkv[:, h : h + kv]
-        pl.v_cache[layer][:t, :, pos] = qkv[:, h + kv :]
-
-    def stage_kv(self, layer: int, t: int, m: int) -> None:
-        """The first `m` cache positions of layer `layer` into the staging buffers."""
-        pl, kv, d = self.plan, self.kv, self.d
-        pl.k_stage[: t * kv * m * d].reshape(t, kv, m, d)[:] = pl.k_cache[layer][:t, :, :m]
-        pl.v_stage[: t * kv * m * d].reshape(t, kv, m, d)[:] = pl.v_cache[layer][:t, :, :m]
+        pl.k_cache[layer][pos, :t] = qkv[:, h : h + kv]
+        pl.v_cache[layer][pos, :t] = qkv[:, h + kv :]
 
 
 class CpuBackend(Backend):

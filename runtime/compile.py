@@ -256,10 +256,11 @@ class _KernelBuilder:
 
 def paddable(task: Task) -> tuple[str, ...]:
     """Symbolic dims along which the task's rows are computed independently: every dim of a
-    row-wise kernel (tokens), only the batch of attention (its kv length and its queries'
-    causal positions change the result)."""
+    row-wise kernel (tokens), none of attention (its kv length and its queries' causal
+    positions change the result, and a decode step reads the cache `[max_len, b, kv, d]`
+    in place, whose row stride is the session's batch)."""
     if task.kind == "attention":
-        return tuple(s for s in task.symbolic if s == "b")
+        return ()
     return task.symbolic
 
 

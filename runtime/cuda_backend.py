@@ -191,8 +191,8 @@ class CudaBackend(Backend):
         return call
 
 
-# the decode step's position-dependent copies, reading the position and the kv length from
-# the dims array ({m}: its slot of m); U is the copy unit, the widest dividing a row's bytes
+# the decode step's position-dependent copies, reading the position from the dims array
+# ({m}: its slot of m); U is the copy unit, the widest dividing a row's bytes
 _MOVES = r"""
 typedef {unit} U;
 extern "C" __global__ void tf_rope_rows(const float* __restrict__ cos_table,
@@ -205,30 +205,18 @@ extern "C" __global__ void tf_rope_rows(const float* __restrict__ cos_table,
     sin[i] = sin_table[pos * half + i % half];
   }}
 }}
-// qkv [t, H, row] -> k_cache, v_cache [batch, kv, max_len, row] at pos; blockIdx.y: token and
-// kv head, blockIdx.z: key or value
+// qkv [t, H, row] -> k_cache, v_cache [max_len, batch, kv, row] at pos; blockIdx.y: token
+// and kv head, blockIdx.z: key or value
 extern "C" __global__ void tf_append_kv(const U* __restrict__ qkv, U* __restrict__ k_cache,
     U* __restrict__ v_cache, const long long* __restrict__ dims, int heads, int kv, int big,
-    int max_len, int row) {{
+    int batch, int row) {{
   const long long pos = dims[{m}] - 1;
   const int u = blockIdx.x * blockDim.x + threadIdx.x;
   const int tok = blockIdx.y / kv, head = blockIdx.y % kv;
   if (u >= row) return;
   const U* src = qkv + ((long long)tok * big + heads + blockIdx.z * kv + head) * row;
-  U* dst = (blockIdx.z ? v_cache : k_cache) + (((long long)tok * kv + head) * max_len + pos) * row;
+  U* dst = (blockIdx.z ? v_cache : k_cache) + ((pos * batch + tok) * kv + head) * row;
   dst[u] = src[u];
-}}
-// the first m positions of k_cache, v_cache [batch, kv, max_len, row] -> dense [t, kv, m, row]
-extern "C" __global__ void tf_stage_kv(const U* __restrict__ k_cache,
-    const U* __restrict__ v_cache, U* __restrict__ k_stage, U* __restrict__ v_stage,
-    const long long* __restrict__ dims, int max_len, int row) {{
-  const long long m = dims[{m}];
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // position * row + u
-  if (i >= m * row) return;
-  const long long lane = blockIdx.y;  // token * kv + head
-  const U* src = blockIdx.z ? v_cache : k_cache;
-  U* dst = blockIdx.z ? v_stage : k_stage;
-  dst[lane * m * row + i] = src[lane * max_len * row + i];
 }}
 """
 
@@ -237,9 +225,8 @@ _THREADS = 256
 
 
 class CudaDecodeMoves(DecodeMoves):
-    """DecodeMoves as kernels that read the position and the kv length from the backend's
-    dims array: launched with fixed sizes (the stage over every cache position, positions
-    at or past m returning at once), so a captured decode step replays at any position."""
+    """DecodeMoves as kernels that read the position from the backend's dims array,
+    launched with fixed sizes, so a captured decode step replays at any position."""
 
     def __init__(self, plan: Any, cfg: Any, backend: CudaBackend) -> None:
         super().__init__(plan, cfg)
@@ -250,7 +237,6 @@ class CudaDecodeMoves(DecodeMoves):
         module = backend.xp.RawModule(code=_MOVES.format(unit=unit, m=DIM_SLOTS.index("m")))
         self._rope = module.get_function("tf_rope_rows")
         self._append = module.get_function("tf_append_kv")
-        self._stage = module.get_function("tf_stage_kv")
         self.big = self.h + 2 * self.kv
 
     def rope_rows(self, t: int, pos: int) -> None:
@@ -263,14 +249,7 @@ class CudaDecodeMoves(DecodeMoves):
     def append_kv(self, layer: int, qkv: Any, t: int, pos: int) -> None:
         pl = self.plan
         grid = ((self.row + 31) // 32, t * self.kv, 2)
-        sizes = (self.h, self.kv, self.big, pl.max_len, self.row)
+        sizes = (self.h, self.kv, self.big, pl.batch, self.row)
         args = (qkv, pl.k_cache[layer], pl.v_cache[layer], self.backend.dims)
         args += tuple(np.int32(v) for v in sizes)
         self._append(grid, (32,), args, stream=self.backend.stream)
-
-    def stage_kv(self, layer: int, t: int, m: int) -> None:
-        pl = self.plan
-        grid = ((pl.max_len * self.row + _THREADS - 1) // _THREADS, t * self.kv, 2)
-        args = (pl.k_cache[layer], pl.v_cache[layer], pl.k_stage, pl.v_stage,
-                self.backend.dims, np.int32(pl.max_len), np.int32(self.row))  # fmt: skip
-        self._stage(grid, (_THREADS,), args, stream=self.backend.stream)

@@ -507,17 +507,19 @@ class Session:
             run(tasks["qkv"], tok_dims, pl.hn, *lw.qkv, lw.qkv_bias, pl.cos, pl.sin, pl.qkv)
             kc, vc = pl.k_cache[li], pl.v_cache[li]
             q = pl.q[: b * h * n * d].reshape(b, h, n, d)
-            if phase is Phase.PREFILL:
-                kc[seq, :, :t] = qkv[:, h : h + kv].transpose(1, 0, 2)
-                vc[seq, :, :t] = qkv[:, h + kv :].transpose(1, 0, 2)
+            if phase is Phase.PREFILL:  # the prompt's keys into the cache, and key-major
+                kc[:t, seq] = qkv[:, h : h + kv]
+                vc[:t, seq] = qkv[:, h + kv :]
                 q[0] = qkv[:, :h].transpose(1, 0, 2)
-                pl.k_stage[: kv * m * d].reshape(1, kv, m, d)[0] = kc[seq, :, :m]
-                pl.v_stage[: kv * m * d].reshape(1, kv, m, d)[0] = vc[seq, :, :m]
-            else:
+                for stage, lo in ((pl.k_stage, h), (pl.v_stage, h + kv)):
+                    rows = qkv[:, lo : lo + kv]  # [n, kv, d] -> [kv, n, d]
+                    stage[: kv * m * d].reshape(kv, m, d)[:] = rows.transpose(1, 0, 2)
+                keys, values = pl.k_stage, pl.v_stage
+            else:  # the cache's first m rows are the attention's [m, b, kv, d] as they stand
                 self.moves.append_kv(li, qkv, t, pos)
                 q[:, :, 0] = qkv[:, :h]
-                self.moves.stage_kv(li, t, m)
-            run(tasks["attention"], att, pl.q, pl.k_stage, pl.v_stage, pl.ctx)
+                keys, values = kc, vc
+            run(tasks["attention"], att, pl.q, keys, values, pl.ctx)
             ctx = pl.ctx
             if phase is Phase.PREFILL:  # [1, h, n, d] -> [n, h, d]
                 pl.ctx_t[: n * h * d].reshape(n, h, d)[:] = (

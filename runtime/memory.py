@@ -1,8 +1,10 @@
 """The memory plan of a session: every buffer allocated once, at the maximum sizes.
 
 Activations are reused by every layer and both phases (the residual stream ping-pongs
-between two buffers); the kv cache holds `batch x max_len` positions of every layer; the
-attention staging buffers hold the largest cache prefix. Buffers hold the rows kernels run,
+between two buffers); the kv cache holds `max_len x batch` positions of every layer,
+position-major (`[max_len, batch, kv, d]`: its first m rows are a decode step's attention
+input as they stand); the staging buffers hold one prompt's keys and values key-major, the
+prompt attention's input. Buffers hold the rows kernels run,
 more than the actual tokens where an exact kernel pads up to its bucket point. A step
 allocates nothing. Buffers are arrays of the backend's array module: numpy on the CPU,
 cupy on the GPU.
@@ -44,9 +46,9 @@ class MemoryPlan:
     sin: Any
     cos_table: Any  # float32 [max_len, d/2]
     sin_table: Any
-    k_cache: Any  # [layers, batch, kv, max_len, d]
+    k_cache: Any  # [layers, max_len, batch, kv, d]
     v_cache: Any
-    k_stage: Any
+    k_stage: Any  # [kv * max_prompt * d]: one prompt's keys, [1, kv, n, d]
     v_stage: Any
     prefill_logits: Any  # [batch, prompt rows, vocab]
     decode_logits: Any  # [batch rows, vocab]
@@ -88,8 +90,8 @@ class MemoryPlan:
 
         inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
         angles = np.arange(max_len, dtype=np.float64)[:, None] * inv[None, :]
-        cache = (cfg.num_layers, batch, kv, max_len, d)
-        stage = batch_rows * kv * max_len * d
+        cache = (cfg.num_layers, max_len, batch, kv, d)
+        stage = kv * max_prompt * d
         return MemoryPlan(
             batch=batch,
             max_len=max_len,

@@ -174,7 +174,10 @@ def test_fused_attention_runs_like_numpy(cfg: ModelConfig, phase: Phase) -> None
     b, n, m = dims.get("b", 1), dims.get("n", 1), dims["m"]
     group = _groups(cfg, phase)["attn_scores+attn_softmax+attn_context"]
     q, k, v = _randn(b, h, n, d), _randn(b, kv, m, d), _randn(b, kv, m, d)
-    (out,) = _run(build_func(group, phase), [q, k, v], dims)
+    caches = [k, v]
+    if phase is Phase.DECODE:  # a decode step reads the cache position-major, [m, b, kv, d]
+        caches = [np.ascontiguousarray(a.transpose(2, 0, 1, 3)) for a in caches]
+    (out,) = _run(build_func(group, phase), [q, *caches], dims)
     kk, vv = (np.repeat(a, h // kv, axis=1).astype(np.float64) for a in (k, v))
     s = q @ kk.swapaxes(-1, -2)
     if phase is Phase.PREFILL:  # token i of the prompt sits at position m - n + i

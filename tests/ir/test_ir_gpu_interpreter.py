@@ -76,6 +76,8 @@ def _attention_problem(dtype: str, phase: Phase):
     if phase is Phase.PREFILL:  # query i sits at position m - n + i
         s = np.where(np.arange(m)[None, :] <= np.arange(n)[:, None] + (m - n), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
+    if phase is Phase.DECODE:  # a decode step reads the cache position-major, [m, b, kv, d]
+        inputs[1:] = [np.ascontiguousarray(a.transpose(2, 0, 1, 3)) for a in inputs[1:]]
     return task, inputs, dims, (p / p.sum(-1, keepdims=True)) @ v
 
 

@@ -88,8 +88,9 @@ def test_a_decode_step_allocates_no_buffer(compiled, family_weights) -> None:
     logits = session.prefill(np.zeros((3, 400), dtype=np.int64))  # steps see m > 400
     tok = session.greedy(logits[:, -1]).copy()
     session.decode(tok)  # first call per shape loads kernels and runs the guard
-    stage_bytes = session.plan.k_stage.nbytes  # 3 x 2 x 512 x 16 floats: 196 kB; a step's
-    # cache prefix (m > 400) is 154 kB, so a copy of it would show
+    # a step's cache prefix (m > 400 of 512 positions) of one layer is 3 x 2 x 400 x 16
+    # floats, 154 kB, so a copy of it would show
+    prefix_bytes = session.plan.k_cache[0].nbytes * 400 // 512
     numpy_domain = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
     tracemalloc.start()
     try:
@@ -104,9 +105,10 @@ def test_a_decode_step_allocates_no_buffer(compiled, family_weights) -> None:
         tracemalloc.stop()
     kept = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert kept <= 0, f"decode steps kept {kept} bytes of numpy buffers"
-    prefix_bytes = stage_bytes * 400 // 512
     assert peak - start < prefix_bytes // 2, f"a step took {peak - start} bytes at its peak"
-    assert session.plan.k_cache.shape == (2, 3, 2, 512, 16)  # layers, batch, kv, max_len, d
+    # position-major: layers, max_len, batch, kv, d; the staging holds one prompt, key-major
+    assert session.plan.k_cache.shape == (2, 512, 3, 2, 16)
+    assert session.plan.k_stage.size == 2 * 400 * 16
 
 
 def test_q4_weights_are_quantised_at_load_and_run_like_the_reference(
