@@ -12,6 +12,7 @@ from collections.abc import Callable
 from .errors import CodegenError
 from .lower import lower
 from .pass_hoist import hoist_invariant_calls, hoist_loads
+from .pass_hoist_divisions import hoist_block_divisions
 from .pass_masked_update import guard_masked_updates
 from .pass_predicate import predicate_stores
 from .pass_thread_sync import insert_thread_syncs
@@ -28,6 +29,7 @@ TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
         predicate_stores,
         insert_thread_syncs,
         guard_masked_updates,
+        hoist_block_divisions,
     ),
 }
 

@@ -43,7 +43,7 @@ def _softmax() -> PrimFunc:
 def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
     assert names == ["mark_vector_loops", "hoist_loads", "predicate_stores", "insert_thread_syncs",
-                     "guard_masked_updates"]  # fmt: skip
+                     "guard_masked_updates", "hoist_block_divisions"]  # fmt: skip
     assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
     with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
         lower_for_target(_softmax(), "metal")
@@ -168,3 +168,29 @@ def test_a_guarded_partial_sum_becomes_a_guarded_update_with_the_same_result() -
     inputs = rms.make_inputs(dims, "float32", np.random.default_rng(0))
     (out,) = interpret(sch.func, inputs, dims)
     np.testing.assert_allclose(out, rms.reference(*inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_block_invariant_divisions_are_computed_once_at_the_top_of_the_block() -> None:
+    """A prompt's attention divides the block index by the token tiles, `(n + 7) / 8`, in
+    every guard and index of its unrolled key loops; after the CUDA passes no division by a
+    runtime size is left inside a loop below the block: the two are computed once."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.presets import resolve_model
+    from tunefleet.coordinator.tasks import model_tasks
+    from tunefleet.ir.expr import BufferLoad, Const
+
+    (task,) = [t for t in model_tasks(resolve_model("llama-3-8b"), Phase.PREFILL)
+               if t.name.startswith("attn_scores")]  # fmt: skip
+    func = default_schedule(task.func, "cuda", "sm_90").func
+
+    def divisions_in_loops(low: PrimFunc) -> int:
+        inner = [f for f in _nodes(low, For) if f.kind != "thread_binding"]
+        return sum(1 for f in inner for n in walk(f.body) if isinstance(n, BinOp)
+                   and n.op in ("floordiv", "floormod") and not isinstance(n.b, Const))  # fmt: skip
+
+    assert divisions_in_loops(lower(func)) > 20
+    cuda = lower_for_target(func, "cuda")
+    assert divisions_in_loops(cuda) == 0
+    held = {n.buffer.name for n in walk(cuda.body) if isinstance(n, BufferLoad)
+            and n.buffer.name.startswith("tf_div_")}  # fmt: skip
+    assert len(held) == 2
