@@ -25,12 +25,11 @@ from .expr import (
     binop,
     const,
     eq,
-    logical_and,
 )
 from .intrinsics_wgmma import SWIZZLE_ATTR, swizzled_buffers
 from .pipeline import pipeline_loops
 from .schedule_tree import iter_nodes, make_seq, reduction_update
-from .simplify import bounds, conjuncts, from_linear, linear, simplify
+from .simplify import bounds, conjunction, conjuncts, from_linear, linear, simplify
 from .stmt import (
     TRUE,
     Allocate,
@@ -45,13 +44,6 @@ from .stmt import (
     ThreadAllReduce,
 )
 from .visit import child_fields, rewrite, substitute, walk
-
-
-def _and_all(conds: list[Expr]) -> Expr:
-    out: Expr = TRUE
-    for c in conds:
-        out = c if out == TRUE else logical_and(out, c)
-    return out
 
 
 def lower(func: PrimFunc) -> PrimFunc:
@@ -164,7 +156,7 @@ def _lower_realize(
     body = _lower_stmt(substitute(blk.body, mapping), ranges, allocs)
     if blk.init is not None:
         first = [eq(mapping[iv.var], iv.dom.min) for iv in blk.iter_vars if iv.kind == "reduce"]
-        cond = simplify(_and_all(first), ranges)
+        cond = simplify(conjunction(first), ranges)
         init = substitute(blk.init, mapping)
         if isinstance(cond, Const):
             body = make_seq([init, body]) if cond.value else body
@@ -295,7 +287,7 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
         for iv in blk.iter_vars
         if iv.kind == "reduce"
     ]
-    cond_first = simplify(_and_all(first), ranges)
+    cond_first = simplify(conjunction(first), ranges)
     out = store.buffer
     set_out = BufferStore(out, idx, acc0)
     fold_out = BufferStore(out, idx, binop(op, BufferLoad(out, idx), acc0))
@@ -312,7 +304,7 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
     # the all-reduce leaves the total on every thread: each stores it to its own (local)
     # copy, so later code of any thread reads it without a barrier; else thread 0 stores it
     firsts = [] if out.scope == "local" else [eq(s.var, 0)]
-    guard = simplify(_and_all([*firsts, *outer_guards]), ranges)
+    guard = simplify(conjunction([*firsts, *outer_guards]), ranges)
     store_out = final if guard == TRUE else IfThenElse(guard, final)
     fill: Stmt = BufferStore(acc, zero, const(ident, acc.dtype))
     for lp in reversed(rows):  # the rows' loops again, around the fill and the stores

@@ -21,6 +21,7 @@ from typing import Any
 from .expr import BinOp, BufferLoad, binop
 from .prim_mask import peel_mask
 from .schedule_tree import reduction_update
+from .simplify import conjunction
 from .stmt import BufferStore, IfThenElse, PrimFunc
 from .visit import rewrite
 
@@ -41,9 +42,6 @@ def guard_masked_updates(func: PrimFunc) -> PrimFunc:
         acc = BufferLoad(n.buffer, n.indices)
         first = isinstance(n.value, BinOp) and n.value.a == acc
         value = binop(op, acc, inner) if first else binop(op, inner, acc)
-        cond = conds[0]
-        for c in conds[1:]:
-            cond = binop("and", cond, c)
-        return IfThenElse(cond, BufferStore(n.buffer, n.indices, value))
+        return IfThenElse(conjunction(conds), BufferStore(n.buffer, n.indices, value))
 
     return dataclasses.replace(func, body=rewrite(func.body, post))

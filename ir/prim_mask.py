@@ -23,10 +23,10 @@ from .expr import BinOp, Buffer, Cast, Const, Expr, Select, Var, binop, const
 from .instruction_traits import primitive
 from .schedule_state import ScheduleState
 from .schedule_tree import blocks, iter_nodes, reads_of, reduction_update, writes_of
-from .simplify import bounds, conjuncts, from_linear, linear, simplify
+from .simplify import bounds, conjunction, conjuncts, from_linear, linear, simplify
 from .stmt import TRUE, Block, BlockRealize, BufferStore, For
 from .trace import RV
-from .visit import substitute, walk
+from .visit import substitute, uses_var, walk
 
 _IDENTITY = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
 _FLIP = {"ge": "le", "gt": "lt"}
@@ -61,7 +61,7 @@ def _mask_of(source: Expr, op: str) -> Expr | None:
     """A condition without which `source` is the identity of `op`, or None when it has none
     (see `_needs`)."""
     conds = _needs(source, op)
-    return _all(conds) if conds else None
+    return conjunction(conds) if conds else None
 
 
 def _needs(e: Expr, op: str) -> list[Expr]:
@@ -77,13 +77,6 @@ def _needs(e: Expr, op: str) -> list[Expr]:
     if isinstance(e, Cast) and not e.dtype.startswith(("int", "uint", "bool")):
         return _needs(e.value, op)
     return []
-
-
-def _all(conds: list[Expr]) -> Expr:
-    out: Expr = TRUE
-    for c in conds:
-        out = c if out == TRUE else binop("and", out, c)
-    return out
 
 
 def _is_identity(e: Expr, op: str) -> bool:
@@ -155,7 +148,7 @@ def exists_over(cond: Expr, free: Mapping[Var, Expr]) -> Expr:
         fixed, least = split
         lhs = simplify(binop("add", from_linear(fixed, form[1]), least))
         kept.append(binop("le", lhs, const(0)))
-    return _all(kept)
+    return conjunction(kept)
 
 
 def _upper_bound(cond: Expr, var: Var, free: Mapping[Var, Expr]) -> Expr | None:
@@ -171,7 +164,7 @@ def _upper_bound(cond: Expr, var: Var, free: Mapping[Var, Expr]) -> Expr | None:
         if a <= 0:
             continue
         rest = {t: coef for t, coef in terms.items() if t != var}
-        if any(_uses(t, {var: None}) for t in rest):
+        if any(uses_var(t, var) for t in rest):
             continue
         split = _least(rest, free)
         if split is None:
@@ -224,7 +217,7 @@ def trim_masked(state: ScheduleState, loop: RV) -> None:
             )
         binding = dict(zip((iv.var for iv in blk.iter_vars), br.iter_values, strict=True))
         spatial = [binding[iv.var] for iv in blk.iter_vars if iv.kind == "spatial"]
-        if any(_uses(v, {lp.var: None}) for v in spatial):
+        if any(uses_var(v, lp.var) for v in spatial):
             raise ScheduleError(
                 f"trim_masked({name}): the loop indexes the output of {blk.name!r}; it must "
                 "only iterate its reduction"
@@ -258,7 +251,7 @@ def _falls(binding: Expr, var: Var) -> bool:
     the reduction's first step, where its init runs, would then not be the loop's first."""
     terms, _ = linear(binding)
     return any(
-        (t == var and c < 0) or (t != var and _uses(t, {var: None})) for t, c in terms.items()
+        (t == var and c < 0) or (t != var and uses_var(t, var)) for t, c in terms.items()
     )
 
 

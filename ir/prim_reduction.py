@@ -26,7 +26,7 @@ from .schedule_tree import (
     store_of,
     with_root,
 )
-from .simplify import conjuncts, simplify
+from .simplify import conjunction, conjuncts, simplify
 from .stmt import TRUE, Block, BlockRealize, BufferStore, For, IterVar, Range, Stmt
 from .trace import RV
 from .visit import substitute, walk
@@ -193,10 +193,7 @@ def rfactor(state: ScheduleState, loop: RV, factor_axis: int) -> RV:
         val for iv, val in zip(blk.iter_vars, br.iter_values, strict=True) if iv.kind == "spatial"
     ]
     rf_values += [lp.var] + [x.var for x in red_loops]
-    rf_pred: Expr = TRUE
-    for cond in spatial_guards:
-        rf_pred = cond if rf_pred == TRUE else logical_and(rf_pred, cond)
-    rf_br = BlockRealize(tuple(rf_values), rf_pred, rf_blk)
+    rf_br = BlockRealize(tuple(rf_values), conjunction(spatial_guards), rf_blk)
     # write-back: C[i] = C[i] op C_rf[.., r, ..]
     wb_sp = [IterVar(Var(names.fresh(iv.var.name)), iv.dom, "spatial") for iv in spatial]
     wb_r = IterVar(

@@ -9,7 +9,7 @@ folding, never reassociation, so numerics do not change.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .dtypes import is_float, is_int
 from .expr import BinOp, Call, Cast, Const, Expr, Select, Var, const
@@ -408,6 +408,14 @@ def conjuncts(e: Expr) -> list[Expr]:
     if isinstance(e, Const) and e.value is True:
         return []
     return [e]
+
+
+def conjunction(conds: Sequence[Expr]) -> Expr:
+    """`conds` joined by logical and (`True` for none): the inverse of `conjuncts`."""
+    out: Expr = Const(True, "bool")
+    for c in conds:
+        out = c if isinstance(out, Const) and out.value is True else BinOp("and", out, c)
+    return out
 
 
 def simplify_linear(e: Expr, add: int, dtype: str) -> Expr:
