@@ -31,6 +31,11 @@ def bounds(e: Expr, ranges: Ranges | None = None) -> Bounds:
         return bounds(e.value, ranges)
     if isinstance(e, Select):
         (a, b), (c, d) = bounds(e.true_value, ranges), bounds(e.false_value, ranges)
+        picks = _min_max(e)
+        if picks == "min":  # select(x < y, x, y): at most the lesser upper bound
+            return (_min(a, c), _min2(b, d))
+        if picks == "max":
+            return (_max2(a, c), _max(b, d))
         return (_min(a, c), _max(b, d))
     if not isinstance(e, BinOp) or not is_int(e.dtype):
         return (None, None)
@@ -54,7 +59,7 @@ def bounds(e: Expr, ranges: Ranges | None = None) -> Bounds:
         if alo is not None and ahi is not None and alo // c == ahi // c:
             return (alo % c, ahi % c)
         return (0, c - 1)
-    if op == "floormod" and blo is not None and blo > 0:
+    if op == "floormod" and blo is not None and blo >= 0:  # a divisor of 0 has no result
         return (0, None if bhi is None else bhi - 1)
     if op == "floordiv" and blo is not None and blo > 0 and alo is not None and alo >= 0:
         return (0, ahi)
@@ -65,6 +70,19 @@ def bounds(e: Expr, ranges: Ranges | None = None) -> Bounds:
     if op == "bitand" and alo is not None and alo >= 0 and blo is not None and blo >= 0:
         return (0, _min2(ahi, bhi))
     return (None, None)
+
+
+def _min_max(e: Select) -> str | None:
+    """"min" for `select(x < y, x, y)` (or `<=`, or `y > x`), "max" for the arms swapped."""
+    cond = e.cond
+    if not isinstance(cond, BinOp) or cond.op not in ("lt", "le", "gt", "ge"):
+        return None
+    small, big = (cond.a, cond.b) if cond.op in ("lt", "le") else (cond.b, cond.a)
+    if (e.true_value, e.false_value) == (small, big):
+        return "min"
+    if (e.true_value, e.false_value) == (big, small):
+        return "max"
+    return None
 
 
 def _add(a: int | None, b: int | None) -> int | None:
