@@ -47,36 +47,30 @@ def masked_update(block: Block) -> tuple[str, Expr] | None:
 
 
 def peel_mask(source: Expr, op: str) -> tuple[list[Expr], Expr]:
-    """The conditions of the selects around `source` that give the identity of `op` when
-    false (outermost first) and what they select when true: `select(a, select(b, x, 0), 0)`
-    -> ([a, b], x)."""
-    conds: list[Expr] = []
-    while isinstance(source, Select) and _is_identity(source.false_value, op):
-        conds.extend(conjuncts(source.cond))
-        source = source.true_value
-    return conds, source
+    """The conditions that must all hold for `source` to differ from the identity of `op`,
+    and `source` with the selects that carry them taken out: selects giving the identity
+    when false and, in a sum, selects on either factor of a product (a weight selected to 0
+    zeroes its product, the other factor taken as finite).
+    `select(a, select(b, x, 0), 0)` -> ([a, b], x); `select(a, w, 0) * v` -> ([a], w * v)."""
+    if isinstance(source, Select) and _is_identity(source.false_value, op):
+        conds, inner = peel_mask(source.true_value, op)
+        return [*conjuncts(source.cond), *conds], inner
+    if op != "add":
+        return [], source
+    if isinstance(source, BinOp) and source.op == "mul":
+        (ca, a), (cb, b) = peel_mask(source.a, op), peel_mask(source.b, op)
+        return ([*ca, *cb], binop("mul", a, b)) if ca or cb else ([], source)
+    if isinstance(source, Cast) and not source.dtype.startswith(("int", "uint", "bool")):
+        conds, inner = peel_mask(source.value, op)
+        return (conds, dataclasses.replace(source, value=inner)) if conds else ([], source)
+    return [], source
 
 
 def _mask_of(source: Expr, op: str) -> Expr | None:
     """A condition without which `source` is the identity of `op`, or None when it has none
-    (see `_needs`)."""
-    conds = _needs(source, op)
+    (see `peel_mask`)."""
+    conds, _ = peel_mask(source, op)
     return conjunction(conds) if conds else None
-
-
-def _needs(e: Expr, op: str) -> list[Expr]:
-    """Conditions that must all hold for `e` to differ from the identity of `op`: those of
-    selects giving the identity when false and, in a sum, those of either factor of a product
-    (a weight selected to 0 zeroes its product, the other factor taken as finite)."""
-    if isinstance(e, Select) and _is_identity(e.false_value, op):
-        return [*conjuncts(e.cond), *_needs(e.true_value, op)]
-    if op != "add":
-        return []
-    if isinstance(e, BinOp) and e.op == "mul":
-        return [*_needs(e.a, op), *_needs(e.b, op)]
-    if isinstance(e, Cast) and not e.dtype.startswith(("int", "uint", "bool")):
-        return _needs(e.value, op)
-    return []
 
 
 def _is_identity(e: Expr, op: str) -> bool:
