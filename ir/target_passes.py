@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .errors import CodegenError
 from .lower import lower
+from .pass_clamp_copies import clamp_register_copies
 from .pass_hoist import hoist_invariant_calls, hoist_loads
 from .pass_hoist_divisions import hoist_block_divisions
 from .pass_masked_update import guard_masked_updates
@@ -24,6 +25,7 @@ Pass = Callable[[PrimFunc], PrimFunc]
 TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
     "c": (hoist_invariant_calls,),
     "cuda": (
+        clamp_register_copies,
         mark_vector_loops,
         hoist_loads,
         predicate_stores,

@@ -42,8 +42,9 @@ def _softmax() -> PrimFunc:
 
 def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
-    assert names == ["mark_vector_loops", "hoist_loads", "predicate_stores", "insert_thread_syncs",
-                     "guard_masked_updates", "hoist_block_divisions"]  # fmt: skip
+    assert names == ["clamp_register_copies", "mark_vector_loops", "hoist_loads",
+                     "predicate_stores", "insert_thread_syncs", "guard_masked_updates",
+                     "hoist_block_divisions"]  # fmt: skip
     assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
     with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
         lower_for_target(_softmax(), "metal")
@@ -194,3 +195,46 @@ def test_block_invariant_divisions_are_computed_once_at_the_top_of_the_block() -
     held = {n.buffer.name for n in walk(cuda.body) if isinstance(n, BufferLoad)
             and n.buffer.name.startswith("tf_div_")}  # fmt: skip
     assert len(held) == 2
+
+
+def test_register_copies_of_a_ragged_tile_read_clamped_rows_unguarded() -> None:
+    """A GEMV row tile of 4 over a symbolic m copies each row of x into registers under
+    `row < m`; the CUDA lowering drops that guard and reads row min(row, m - 1) instead,
+    keeps the guard on the sums, and the interpreted kernel matches numpy at m = 7 (a last
+    tile of 3 rows)."""
+    import numpy as np
+
+    from tunefleet.ir import Var
+    from tunefleet.ir.expr import BufferLoad
+    from tunefleet.ir.gpu_interpreter import interpret
+    from tunefleet.ir.stmt import BufferStore, IfThenElse
+
+    dense = ops.get_op("dense")
+    sch = Schedule(dense.build({"m": Var("m"), "n": 64, "k": 32}, "float32"))
+    acc = sch.get_block("dense")
+    i, j, k = sch.get_loops(acc)
+    io, ii = sch.split(i, [None, 4])
+    sch.reorder(io, j, ii, k)
+    sch.bind(io, "blockIdx.x")
+    sch.bind(j, "threadIdx.x")
+    copy = sch.cache_read(acc, 0, "local")
+    sch.compute_at(copy, ii)
+
+    def copies(low: PrimFunc) -> tuple[list, list]:
+        stores = [s for s in _nodes(low, BufferStore) if s.buffer.scope == "local"
+                  and isinstance(s.value, BufferLoad) and s.value.buffer.name == "x"]  # fmt: skip
+        guarded = [g for g in _nodes(low, IfThenElse) if g.then_case in stores]
+        return stores, guarded
+
+    stores, guarded = copies(lower(sch.func))
+    assert stores and len(guarded) == len(stores)
+    stores, guarded = copies(lower_for_target(sch.func, "cuda"))
+    assert stores and not guarded
+    row = stores[0].value.indices[0]
+    assert isinstance(row, BinOp) and row.op == "min"
+    sums = [g.then_case for g in _nodes(lower_for_target(sch.func, "cuda"), IfThenElse)]
+    assert any(isinstance(s, BufferStore) and s.buffer.name.startswith("dense") for s in sums)
+    dims = {"m": 7}
+    inputs = dense.make_inputs({"m": 7, "n": 64, "k": 32}, "float32", np.random.default_rng(0))
+    (out,) = interpret(sch.func, inputs, dims)
+    np.testing.assert_allclose(out, dense.reference(*inputs), rtol=1e-5, atol=1e-5)
