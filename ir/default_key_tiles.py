@@ -81,20 +81,26 @@ def _blocks(func: PrimFunc) -> dict[str, BlockRealize]:
     return {"out": out, "acc": acc, "probs": probs, "max": mx, **scores}
 
 
-def _rows_in_thread(sch: Schedule, name: str, at: RV) -> None:
+def _rows_in_thread(sch: Schedule, name: str, at: RV, stage: RV | None = None) -> None:
     """Compute scores block `name` at `at` (a thread's key), for every row of the block:
     the head dim in steps of VEC outermost, each step's slice of the key and of a row's
     query read with one vector load into registers, so a key's element is read once for all
-    the rows (whose scores sit in registers) and a query's once per VEC products.
+    the rows (whose scores sit in registers) and a query's once per VEC products. With
+    `stage` (the block's loop) the block's queries are first copied into shared memory by
+    all its threads, where every key tile reads them again.
 
         for g, r: for k: s[g, r] += q[g, r, k] * key[k]   ->
+        q_s[g, r, :] = q[g, r, :]                          (with `stage`, once per block)
         for ko: key_l[:] = key[ko*VEC:][:VEC]
-                for g, r (unrolled): q_l[:] = q[g, r, ko*VEC:][:VEC]
+                for g, r (unrolled): q_l[:] = q_s[g, r, ko*VEC:][:VEC]
                                      for ki (unrolled): s[g, r] += q_l[ki] * key_l[ki]
     """
     s = sch.get_block(name)
     func = sch.mod
     q_name, k_name = func.params[0].name, func.params[1].name
+    shared = None if stage is None else operand_copy(sch, s, q_name, "shared")
+    if shared is not None:
+        q_name = sch.get(shared).writes[0].buffer.name
     copies = {b: operand_copy(sch, s, b) for b in (k_name, q_name)}
     sch.compute_at(s, at)
     sch.set_scope(s, 0, "local")
@@ -112,6 +118,13 @@ def _rows_in_thread(sch: Schedule, name: str, at: RV) -> None:
         for lp in outer:
             sch.unroll(lp)
         sch.vectorize(inner)
+    if shared is not None and stage is not None:
+        sch.compute_at(shared, stage)
+        *rows, cols = loops_below(sch, shared, stage)
+        c, vec = sch.split(cols, [None, VEC])
+        _, tx = sch.split(_fused(sch, [*rows, c]), [None, THREADS])
+        sch.bind(tx, "threadIdx.x")
+        sch.vectorize(vec)
 
 
 def _fused(sch: Schedule, loops: list[RV]) -> RV:
@@ -151,9 +164,17 @@ def _tile_partials(sch: Schedule, acc: RV, rf: RV) -> RV:
     red = reduction_vars(sch, sch.get(rf).name)
     keys = [lp for lp in below if sch.get(lp).var in red]
     box = [lp for lp in below if sch.get(lp).var not in red]
-    sch.reorder(*keys, *box)
+    if box:  # a column's value is read once for every row of the box
+        sch.reorder(*keys, box[-1], *box[:-1])
     for lp in box:
         sch.unroll(lp)
+    weights, values = operand_copy(sch, rf, "probs"), operand_copy(sch, rf, sch.mod.params[2].name)
+    for copy, at in ((weights, keys[-1]), (values, box[-1] if box else keys[-1])):
+        if copy is None:
+            continue
+        sch.compute_at(copy, at)
+        for lp in loops_below(sch, copy, at):
+            sch.unroll(lp)
     return jo
 
 
@@ -201,7 +222,7 @@ def key_tiles_schedule(
     sch.bind(pj, "threadIdx.x")
     for lp in prows:
         sch.unroll(lp)
-    _rows_in_thread(sch, roles["again"], pj)
+    _rows_in_thread(sch, roles["again"], pj, bx)
 
     # the rows' max over every key: a thread per key, a block reduction per row
     mx = sch.get_block(roles["max"])
@@ -213,7 +234,7 @@ def key_tiles_schedule(
     sch.bind(mtx, "threadIdx.x")
     for lp in mrows:
         sch.unroll(lp)
-    _rows_in_thread(sch, roles["first"], mo)
+    _rows_in_thread(sch, roles["first"], mo, bx)
     if trim:
         sch.trim_masked(mo)
         sch.trim_masked(jo)

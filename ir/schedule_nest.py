@@ -20,11 +20,11 @@ def reduction_vars(sch: Schedule, name: str) -> set:
     return reduce_loop_vars(found[0]) if found else set()
 
 
-def operand_copy(sch: Schedule, block: RV, buffer: str) -> RV | None:
-    """A register copy of input `buffer` that `block` reads (cache_read to `local` before
-    the block is moved; the caller places it with compute_at); None where the block does not
-    read it."""
+def operand_copy(sch: Schedule, block: RV, buffer: str, scope: str = "local") -> RV | None:
+    """A copy of input `buffer` that `block` reads, in registers (or `scope`): cache_read
+    before the block is moved, the caller places it with compute_at; None where the block
+    does not read it."""
     found = find_block(sch.mod, sch.get(block).name)
     reads = read_only_buffers(found[0].block) if found else []
     index = next((i for i, b in enumerate(reads) if b.name == buffer), None)
-    return None if index is None else sch.cache_read(block, index, "local")
+    return None if index is None else sch.cache_read(block, index, scope)
