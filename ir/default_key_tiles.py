@@ -20,12 +20,13 @@ keys and values), THREADS threads:
       out[g, r, c] = acc[g, r, c] / acc[g, r, d]
 
 A tile's sums are rfactored over the tiles: each thread adds up its box of rows and
-columns over the tile's keys in registers and adds the box into the shared sums once per
-tile. A causal mask is a select inside the max and the sums (adding the identity); a row
-always sees its own key. Both key loops end at the block's last visible key
-(`prim_mask.trim_masked`), so a prompt's blocks do about half the work of scoring every
-key. Scores stay in registers, the tile's weights and the rows' sums in
-shared memory (group x rows x (TILE x 2 + (d + 1) x 4) bytes: 24.4 KB for Llama-3-8B's
+columns over the tile's keys in registers (reading a key's weights and a column's value
+once for the box) and adds the box into the shared sums once per tile. A causal mask is a
+select inside the max and the sums (adding the identity); a row always sees its own key.
+Both key loops end at the block's last visible key (`prim_mask.trim_masked`), so a
+prompt's blocks do about half the work of scoring every key. Scores stay in registers; the
+block's queries (one copy per pass), the tile's weights and the rows' sums sit in shared
+memory (group x rows x (d x 4 + TILE x 2 + (d + 1) x 4) bytes: 40.4 KB for Llama-3-8B's
 heads, whatever the prompt's length).
 """
 
