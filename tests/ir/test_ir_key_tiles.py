@@ -5,6 +5,7 @@ compiles it, and on a GPU it matches the task's reference at Llama-3-8B's heads.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -123,15 +124,47 @@ def test_a_blocks_key_loops_stop_at_its_last_visible_key() -> None:
 
 
 def test_shared_memory_does_not_grow_with_the_prompt() -> None:
-    """Llama-3-8B's heads: the block's shared arrays are constant (no symbolic size), 24 KB
-    and a little: a tile's weights (bf16) and the rows' sums of d + 1 columns (fp32)."""
+    """Llama-3-8B's heads: the block's shared arrays are constant (no symbolic size), 40 KB
+    and a little: the block's queries for each pass and a tile's weights (bf16), the rows'
+    sums of d + 1 columns (fp32)."""
     ks = build_source(default_cuda_schedule(_attention(resolve_model("llama-3-8b")).func), "cuda")
     shared = [line for line in ks.source.splitlines() if "__shared__" in line]
     assert ks.shared_bytes == 0 and ks.block == (128, 1, 1)
     sizes = {name: int(size) for line in shared
              for name, size in [line.split()[-1].rstrip(";").rstrip("]").split("[")]}  # fmt: skip
     assert sizes["probs"] == 4 * 8 * TILE and sizes["context_acc"] == 4 * 8 * 129
+    assert sizes["q_shared"] == sizes["q_shared_1"] == 4 * 8 * 128
     assert ks.grid == ("(((n + 7) // 8) * 8)", 1, 1)  # 8 kv heads x ceil(n / 8) token tiles
+
+
+def test_each_key_and_value_is_read_once_for_a_threads_rows() -> None:
+    """In the lowered Llama-3-8B kernel the values are read in one place, under the key and
+    a column loop but no row loop (one load serves the thread's 8 rows), the weights under
+    the key loop alone, and the queries from global memory only by the two shared copies."""
+    from tunefleet.ir.expr import BufferLoad, Const
+
+    func = default_cuda_schedule(_attention(resolve_model("llama-3-8b")).func).mod
+    reads: dict[str, list[tuple[int, ...]]] = {}
+
+    def visit(node, loops: tuple[int, ...]) -> None:
+        if isinstance(node, For):
+            inner = node.kind != "thread_binding" and isinstance(node.extent, Const)
+            visit(node.body, (*loops, node.extent.value) if inner else loops)
+            return
+        if isinstance(node, BufferLoad):
+            reads.setdefault(node.buffer.name, []).append(loops)
+        if dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                child = getattr(node, f.name)
+                for c in child if isinstance(child, tuple) else (child,):
+                    visit(c, loops)
+
+    visit(lower(func).body, ())
+    (values,) = reads["v_cache"]
+    assert values[-2:] == (128, 5)  # keys of the tile, the thread's columns
+    weights = [r for r in reads["probs"] if 128 in r]
+    assert weights and all(r[-1] in (4, 2) and 5 not in r for r in weights)
+    assert len(reads["q"]) == 2
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
