@@ -11,9 +11,12 @@ not reading.
 
     if (r < n) q_l[r, k] = q[r, k]      ->      q_l[r, k] = q[min(r, n - 1), k]
 
-Only inputs of the kernel (global parameters, whose shape is their allocation) are read
-that way; dims whose index is provably in bounds under the loops' ranges stay as they are,
-so vector loads over the innermost dim keep their form.
+Inputs of the kernel (global parameters, whose shape is their allocation) are read that
+way; dims whose index is provably in bounds under the loops' ranges stay as they are, so
+vector loads over the innermost dim keep their form. A copy from a block's shared array (or
+another register array) loses its guard unclamped where the loops' ranges prove the index
+inside the array as lowering sized it (a tile's 8 query rows, of which the last tile may
+hold fewer real ones).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .visit import rewrite, walk
 def clamp_register_copies(func: PrimFunc) -> PrimFunc:
     """Every `if (c) local[...] = input[idx]` as `local[...] = input[clamped idx]` (module)."""
     inputs = {b for b in func.params if b.scope == "global"}
-    ranges = _loop_ranges(func)
+    ranges = loop_ranges(func)
 
     def post(n: Any) -> Any:
         if not isinstance(n, IfThenElse) or n.else_case is not None:
@@ -39,9 +42,17 @@ def clamp_register_copies(func: PrimFunc) -> PrimFunc:
         if not isinstance(store, BufferStore) or store.buffer.scope != "local":
             return None
         load = store.value
-        if not isinstance(load, BufferLoad) or load.buffer not in inputs:
+        if not isinstance(load, BufferLoad):
             return None
         shape = load.buffer.shape
+        if load.buffer.scope in ("shared", "local"):  # a block's or thread's own array
+            inside = all(
+                prove(e >= 0, ranges) and prove(e < d, ranges)
+                for e, d in zip(load.indices, shape, strict=True)
+            )
+            return store if inside else None
+        if load.buffer not in inputs:
+            return None
         indices = tuple(_clamped(e, d, ranges) for e, d in zip(load.indices, shape, strict=True))
         return dataclasses.replace(store, value=dataclasses.replace(load, indices=indices))
 
@@ -58,7 +69,7 @@ def _clamped(index: Expr, dim: Expr, ranges: Ranges) -> Expr:
     return index
 
 
-def _loop_ranges(func: PrimFunc) -> dict[Var, tuple[int, int]]:
+def loop_ranges(func: PrimFunc) -> dict[Var, tuple[int, int]]:
     """Each loop variable with a constant extent and its inclusive range."""
     return {
         s.var: (0, int(s.extent.value) - 1)
@@ -67,4 +78,4 @@ def _loop_ranges(func: PrimFunc) -> dict[Var, tuple[int, int]]:
     }
 
 
-__all__ = ["clamp_register_copies"]
+__all__ = ["clamp_register_copies", "loop_ranges"]
