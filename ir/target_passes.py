@@ -16,6 +16,7 @@ from .pass_hoist import hoist_invariant_calls, hoist_loads
 from .pass_hoist_divisions import hoist_block_divisions
 from .pass_masked_update import guard_masked_updates
 from .pass_predicate import predicate_stores
+from .pass_register_guards import unguard_register_updates
 from .pass_thread_sync import insert_thread_syncs
 from .pass_vectorize import mark_vector_loops
 from .stmt import PrimFunc
@@ -31,6 +32,7 @@ TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
         predicate_stores,
         insert_thread_syncs,
         guard_masked_updates,
+        unguard_register_updates,
         hoist_block_divisions,
     ),
 }

@@ -44,7 +44,7 @@ def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
     assert names == ["clamp_register_copies", "mark_vector_loops", "hoist_loads",
                      "predicate_stores", "insert_thread_syncs", "guard_masked_updates",
-                     "hoist_block_divisions"]  # fmt: skip
+                     "unguard_register_updates", "hoist_block_divisions"]  # fmt: skip
     assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
     with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
         lower_for_target(_softmax(), "metal")
@@ -238,3 +238,32 @@ def test_register_copies_of_a_ragged_tile_read_clamped_rows_unguarded() -> None:
     inputs = dense.make_inputs({"m": 7, "n": 64, "k": 32}, "float32", np.random.default_rng(0))
     (out,) = interpret(sch.func, inputs, dims)
     np.testing.assert_allclose(out, dense.reference(*inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_register_updates_lose_the_guards_that_bound_their_own_slots() -> None:
+    """In Llama-3-8B's prompt attention the scores' products lose `row < n && key < m` (a
+    slot of a row or key past the tile is its own and never read), the context's partial
+    sums keep `key < m` (they sum over keys: dropping it would add to a slot that is read),
+    and a softmax row's partial sums, which the threads combine, keep their thread bounds."""
+    from tunefleet.coordinator.graph import Phase
+    from tunefleet.coordinator.presets import resolve_model
+    from tunefleet.coordinator.tasks import model_tasks
+    from tunefleet.ir.pass_register_guards import unguard_register_updates
+    from tunefleet.ir.stmt import BufferStore, IfThenElse, ThreadAllReduce
+
+    def guards_of(func: PrimFunc, name: str) -> list[str]:
+        return [repr(g.cond) for g in _nodes(func, IfThenElse)
+                if any(isinstance(s, BufferStore) and s.buffer.name.startswith(name)
+                       for s in walk(g.then_case))]  # fmt: skip
+
+    (task,) = [t for t in model_tasks(resolve_model("llama-3-8b"), Phase.PREFILL)
+               if t.name.startswith("attn_scores")]  # fmt: skip
+    cuda = lower_for_target(default_schedule(task.func, "cuda", "sm_90").func, "cuda")
+    assert not [g for g in guards_of(cuda, "scores") if "Var('m'" in g or "Var('n'" in g]
+    assert any("Var('m'" in g for g in guards_of(cuda, "context_acc_rf"))
+    before = lower(_softmax())
+    combined = {n.buffer.name for n in _nodes(before, ThreadAllReduce)}
+    assert combined
+    after = unguard_register_updates(before)
+    for name in combined:
+        assert guards_of(after, name) == guards_of(before, name)
