@@ -16,7 +16,8 @@ way; dims whose index is provably in bounds under the loops' ranges stay as they
 vector loads over the innermost dim keep their form. A copy from a block's shared array (or
 another register array) loses its guard unclamped where the loops' ranges prove the index
 inside the array as lowering sized it (a tile's 8 query rows, of which the last tile may
-hold fewer real ones).
+hold fewer real ones). A register array the threads combine (`ThreadAllReduce`) keeps its
+guards: there a thread past the bound must keep the identity it holds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from .expr import BufferLoad, Const, Expr, Var, max_, min_
 from .simplify import Ranges, prove, simplify
-from .stmt import BufferStore, For, IfThenElse, PrimFunc
+from .stmt import BufferStore, For, IfThenElse, PrimFunc, ThreadAllReduce
 from .visit import rewrite, walk
 
 
@@ -34,12 +35,15 @@ def clamp_register_copies(func: PrimFunc) -> PrimFunc:
     """Every `if (c) local[...] = input[idx]` as `local[...] = input[clamped idx]` (module)."""
     inputs = {b for b in func.params if b.scope == "global"}
     ranges = loop_ranges(func)
+    combined = {n.buffer for n in walk(func.body) if isinstance(n, ThreadAllReduce)}
 
     def post(n: Any) -> Any:
         if not isinstance(n, IfThenElse) or n.else_case is not None:
             return None
         store = n.then_case
         if not isinstance(store, BufferStore) or store.buffer.scope != "local":
+            return None
+        if store.buffer in combined:  # threads past the bound must keep what they hold
             return None
         load = store.value
         if not isinstance(load, BufferLoad):
