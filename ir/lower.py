@@ -110,6 +110,10 @@ def _apply_storage_align(s: Stmt, aligns: dict[str, tuple[int, int]]) -> Stmt:
     return rewrite(s, post)
 
 
+# the names `thread_var` gives: a thread's, block's and cluster rank's own indices
+AXIS_VAR_PREFIXES = ("threadIdx_", "blockIdx_", "clusterIdx_")
+
+
 def thread_var(tag: str) -> Var:
     """The one variable every loop bound to `tag` uses after lowering (threadIdx.y ->
     threadIdx_y), so per-thread buffers used by several nests share their indices."""
@@ -408,8 +412,7 @@ def _compact(s: Stmt, buf: Buffer) -> Stmt:
     inner = _inner_ranges(s) or {}
     if buf.scope not in ("global", "shared", "shared.cluster"):
         # per-thread storage: a thread index is fixed for the thread, so it is an offset
-        thread_vars = ("threadIdx_", "blockIdx_", "clusterIdx_")
-        inner = {v: r for v, r in inner.items() if not v.name.startswith(thread_vars)}
+        inner = {v: r for v, r in inner.items() if not v.name.startswith(AXIS_VAR_PREFIXES)}
     elif buf.scope == "shared":  # a block's own memory: its rank in the cluster is fixed
         inner = {v: r for v, r in inner.items() if not v.name.startswith("clusterIdx_")}
     index_lists = [

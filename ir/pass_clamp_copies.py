@@ -26,7 +26,7 @@ import dataclasses
 from typing import Any
 
 from .expr import BufferLoad, Const, Expr, Var, max_, min_
-from .simplify import Ranges, prove, simplify
+from .simplify import Ranges, in_bounds, prove, simplify
 from .stmt import BufferStore, For, IfThenElse, PrimFunc, ThreadAllReduce
 from .visit import rewrite, walk
 
@@ -50,11 +50,7 @@ def clamp_register_copies(func: PrimFunc) -> PrimFunc:
             return None
         shape = load.buffer.shape
         if load.buffer.scope in ("shared", "local"):  # a block's or thread's own array
-            inside = all(
-                prove(e >= 0, ranges) and prove(e < d, ranges)
-                for e, d in zip(load.indices, shape, strict=True)
-            )
-            return store if inside else None
+            return store if in_bounds(load.indices, shape, ranges) else None
         if load.buffer not in inputs:
             return None
         indices = tuple(_clamped(e, d, ranges) for e, d in zip(load.indices, shape, strict=True))

@@ -21,48 +21,67 @@ loops' ranges prove every register access of the statements inside its array.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from .expr import Buffer, BufferLoad, Expr, Var
+from .lower import AXIS_VAR_PREFIXES
 from .pass_clamp_copies import loop_ranges
-from .simplify import Ranges, conjunction, conjuncts, prove
-from .stmt import (
-    Allocate,
-    BufferStore,
-    For,
-    IfThenElse,
-    PrimFunc,
-    SeqStmt,
-    Stmt,
-    ThreadAllReduce,
-)
-from .visit import rewrite, walk
+from .simplify import Ranges, conjunction, conjuncts, in_bounds
+from .stmt import Allocate, BufferStore, For, IfThenElse, PrimFunc, SeqStmt, Stmt, ThreadAllReduce
+from .visit import descend, free_vars, walk
 
-_THREAD = ("threadIdx_", "blockIdx_", "clusterIdx_")  # a thread's own indices, fixed for it
+# (the loops a statement sits in, each register array in scope with the variables fixed for
+# its slots)
+_Scope = tuple[frozenset[Var], Mapping[Buffer, frozenset[Var]]]
 
 
 def unguard_register_updates(func: PrimFunc) -> PrimFunc:
     """Every guard over register-only statements without the terms that bound the slots
-    they write (see module)."""
+    they write (see module). The variables fixed for an array's slots: the loops its
+    allocation sits in (each of their iterations has an array of its own), the block and
+    cluster indices, and the thread indices unless threads combine the array
+    (`ThreadAllReduce`: there a thread outside the tile must hold the identity it was
+    given)."""
     shape_vars = set(func.shape_vars)
     ranges = loop_ranges(func)
-    fixed = _fixed_vars(func.body)
+    combined = {n.buffer for n in walk(func.body) if isinstance(n, ThreadAllReduce)}
+    axes = {x for x in free_vars(func.body) if x.name.startswith(AXIS_VAR_PREFIXES)}
+    lanes = {x for x in axes if x.name.startswith(AXIS_VAR_PREFIXES[0])}
 
-    def post(n: Any) -> Any:
-        if not isinstance(n, IfThenElse) or n.else_case is not None:
-            return None
-        stores = _register_stores(n.then_case)
-        if not stores or not _inside_arrays(n.then_case, ranges):
-            return None
-        slot_vars = [_vars(tuple(st.indices)) | fixed.get(st.buffer, set()) for st in stores]
-        terms = conjuncts(n.cond)
-        kept = [t for t in terms if not all(_vars(t) - shape_vars <= s for s in slot_vars)]
-        if len(kept) == len(terms):
-            return None
-        return dataclasses.replace(n, cond=conjunction(kept)) if kept else n.then_case
+    def visit(s: Any, scope: _Scope) -> Any:
+        loops, fixed = scope
+        if isinstance(s, For):
+            return dataclasses.replace(s, body=visit(s.body, (loops | {s.var}, fixed)))
+        if isinstance(s, Allocate) and s.buffer.scope == "local":
+            own = axes - lanes if s.buffer in combined else axes
+            scope = (loops, {**fixed, s.buffer: (loops - lanes) | own})
+        if isinstance(s, IfThenElse):
+            narrowed = _narrowed(s, fixed, shape_vars, ranges)
+            if narrowed is not s:
+                return visit(narrowed, scope)
+        rebuilt = descend(s, scope, visit)
+        return s if rebuilt is None else rebuilt
 
-    body = rewrite(func.body, post)
-    return func if body is func.body else dataclasses.replace(func, body=body)
+    return dataclasses.replace(func, body=visit(func.body, (frozenset(), {})))
+
+
+def _narrowed(
+    s: IfThenElse, fixed: Mapping[Buffer, frozenset[Var]], shape_vars: set[Var], ranges: Ranges
+) -> Stmt:
+    """`s` without the guard terms that only bound the register slots it writes (its body
+    alone where none is left); `s` itself where none goes."""
+    if s.else_case is not None:
+        return s
+    stores = _register_stores(s.then_case)
+    if not stores or not _inside_arrays(s.then_case, ranges):
+        return s
+    slot_vars = [_vars(tuple(st.indices)) | fixed.get(st.buffer, frozenset()) for st in stores]
+    terms = conjuncts(s.cond)
+    kept = [t for t in terms if not all(_vars(t) - shape_vars <= v for v in slot_vars)]
+    if len(kept) == len(terms):
+        return s
+    return dataclasses.replace(s, cond=conjunction(kept)) if kept else s.then_case
 
 
 def _register_stores(s: Stmt) -> list[BufferStore] | None:
@@ -87,48 +106,14 @@ def _register_stores(s: Stmt) -> list[BufferStore] | None:
     return None
 
 
-def _fixed_vars(body: Stmt) -> dict[Buffer, set[Var]]:
-    """For each register array, the variables its slots do not range over: the loops its
-    allocation sits in (each of their iterations has an array of its own), the block
-    indices, and the thread indices unless threads combine the array (`ThreadAllReduce`:
-    there a thread outside the tile must hold the identity it was given)."""
-    out: dict[Buffer, set[Var]] = {}
-    combined = {n.buffer for n in walk(body) if isinstance(n, ThreadAllReduce)}
-    threads = {x for x in walk(body) if isinstance(x, Var) and x.name.startswith(_THREAD)}
-    lanes = {x for x in threads if x.name.startswith("threadIdx_")}
-
-    def visit(s: Any, outer: frozenset[Var]) -> None:
-        if isinstance(s, Allocate) and s.buffer.scope == "local":
-            own = threads - lanes if s.buffer in combined else threads
-            out[s.buffer] = set(outer - lanes) | own
-        if isinstance(s, For):
-            outer = outer | {s.var}
-        elif not isinstance(s, Stmt):
-            return
-        for x in _children(s):
-            visit(x, outer)
-
-    visit(body, frozenset())
-    return out
-
-
-def _children(s: Stmt) -> list[Any]:
-    if isinstance(s, SeqStmt):
-        return list(s.stmts)
-    if isinstance(s, IfThenElse):
-        return [s.then_case, s.else_case]
-    return [getattr(s, "body", None)]
-
-
 def _inside_arrays(s: Stmt, ranges: Ranges) -> bool:
     """Whether every register load and store of `s` indexes inside its array for every
     value the loops' ranges allow."""
-    for x in walk(s):
-        if isinstance(x, BufferLoad | BufferStore) and x.buffer.scope == "local":
-            for i, dim in zip(x.indices, x.buffer.shape, strict=True):
-                if not (prove(i >= 0, ranges) and prove(i < dim, ranges)):
-                    return False
-    return True
+    return all(
+        in_bounds(x.indices, x.buffer.shape, ranges)
+        for x in walk(s)
+        if isinstance(x, BufferLoad | BufferStore) and x.buffer.scope == "local"
+    )
 
 
 def _vars(e: Expr | tuple[Expr, ...]) -> set[Var]:

@@ -446,3 +446,10 @@ def prove(cond: Expr, ranges: Ranges | None = None) -> bool:
     """True when `cond` simplifies to the constant true under `ranges`."""
     s = simplify(cond, ranges)
     return isinstance(s, Const) and bool(s.value)
+
+
+def in_bounds(indices: Sequence[Expr], shape: Sequence[Expr], ranges: Ranges) -> bool:
+    """Whether every index lies in [0, its dim) for every value `ranges` allow."""
+    return all(
+        prove(i >= 0, ranges) and prove(i < d, ranges) for i, d in zip(indices, shape, strict=True)
+    )
