@@ -21,7 +21,7 @@ from .dtypes import is_int
 from .expr import BinOp, Buffer, BufferLoad, Const, Expr, Var, const
 from .gpu_launch import CLUSTER_TAG, GRID_TAGS
 from .stmt import Allocate, BufferStore, For, PrimFunc, SeqStmt, Stmt
-from .visit import rewrite, walk
+from .visit import descend, rewrite, walk
 
 _DIVIDES = ("floordiv", "floormod", "div")
 
@@ -37,17 +37,11 @@ def hoist_block_divisions(func: PrimFunc) -> PrimFunc:
             body = visit(s.body, inside)
             if not any(isinstance(n, For) and _block_level(n) for n in walk(body)):
                 body = _hoist(body, dims | inside, s.var.name)
-            return dataclasses.replace(s, body=body) if body is not s.body else s
-        if isinstance(s, SeqStmt):
-            stmts = tuple(visit(c, outer) for c in s.stmts)
-            return s if all(a is b for a, b in zip(stmts, s.stmts, strict=True)) else SeqStmt(stmts)
-        if isinstance(s, Allocate):
-            body = visit(s.body, outer)
-            return s if body is s.body else dataclasses.replace(s, body=body)
-        return s
+            return dataclasses.replace(s, body=body)
+        rebuilt = descend(s, outer, visit)
+        return s if rebuilt is None else rebuilt
 
-    body = visit(func.body, frozenset())
-    return func if body is func.body else dataclasses.replace(func, body=body)
+    return dataclasses.replace(func, body=visit(func.body, frozenset()))
 
 
 def _block_level(loop: For) -> bool:
