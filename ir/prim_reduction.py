@@ -71,18 +71,17 @@ def decompose_reduction(state: ScheduleState, block: RV, loop: RV) -> RV:
         (lp_, Var(names.fresh(f"{lp_.var.name}_init"))) for lp_ in below if lp_.var not in red
     ]
     ren = {old.var: new for old, new in copies}
-    kept_vars = {a.var for a in lp_anc} | set(ren)
-    conds = conjuncts(br.predicate)
+    # a guard over the reduce loops alone bounds the updates, not the init; one that also
+    # reads spatial loops (a symbolic split's tail) holds for the init where it holds at the
+    # reduction's first step, so the init keeps it with the reduce loops at 0
+    loop_vars = {x.var for x in loops}
+    first = {v: const(0) for v in red}
     init_conds = []
-    for c in conds:
-        vs = loop_vars_in(c)
-        if vs & red and vs - red:
-            raise ScheduleError(
-                f"block {blk.name!r} has a guard mixing spatial and reduce loops: {c}"
-            )
-        if not vs & red:
-            init_conds.append(substitute(c, ren))
-    del kept_vars
+    for c in conjuncts(br.predicate):
+        vs = loop_vars_in(c) & loop_vars
+        if vs & red and not vs - red:
+            continue
+        init_conds.append(substitute(substitute(c, first) if vs & red else c, ren))
     spatial_ivs = [iv for iv in blk.iter_vars if iv.kind == "spatial"]
     values = [
         substitute(v, ren)

@@ -259,6 +259,26 @@ def test_rfactor_over_a_symbolic_extent() -> None:
     check_against_reference(sch, RMSNORM, {"m": 7, "n": 129})
 
 
+def test_decompose_reduction_under_a_symbolic_split_of_its_reduce_loop() -> None:
+    """Splitting a partial sum's reduce loop of symbolic extent guards the steps with
+    `k0*4 + k1 < (n + 15) // 16` (reduce loops and a symbolic dim): the init placed before
+    k0 drops that guard and the sums still match numpy, including where n leaves a step of
+    the split empty. (A guard that also reads spatial loops keeps its first step's value:
+    decode attention's partial sums, tests/ir/test_ir_gpu_interpreter.py.)"""
+    sch = Schedule(RMSNORM.build({"m": 7, "n": Var("n")}))
+    _, k = sch.get_loops(sch.get_block("rmsnorm_sumsq"))
+    _, k1 = sch.split(k, [None, 16])
+    rf = sch.rfactor(k1, 0)
+    i, steps, lane = sch.get_loops(rf)
+    sch.reorder(i, lane, steps)
+    k0, _ = sch.split(steps, [None, 4])
+    assert "(n + 15) // 16" in sch.func.script().split('block("rmsnorm_sumsq_rf")')[1][:900]
+    init = sch.decompose_reduction(rf, k0)
+    assert sch.get(init).name == "rmsnorm_sumsq_rf_init"
+    for n in (129, 5, 16):
+        check_against_reference(sch, RMSNORM, {"m": 7, "n": n})
+
+
 def test_sampling_instructions_and_decisions() -> None:
     sch, _dims = _matmul({"m": 16, "n": 64, "k": 24})
     blk = sch.get_block("matmul")
