@@ -35,7 +35,7 @@ from __future__ import annotations
 from .errors import ScheduleError
 from .expr import Const
 from .schedule import RV, Schedule
-from .schedule_nest import loops_below, operand_copy, reduction_vars
+from .schedule_nest import init_before, loops_below, operand_copy, reduction_vars
 from .schedule_tree import blocks, reduce_loop_vars
 from .stmt import BlockRealize, PrimFunc
 
@@ -110,7 +110,7 @@ def _rows_in_thread(sch: Schedule, name: str, at: RV, stage: RV | None = None) -
     sch.reorder(ko, *rows, ki)
     for lp in (*rows, ki):
         sch.unroll(lp)
-    _init_before(sch, s, ko)
+    init_before(sch, s, ko)
     for b, at_loop in ((k_name, ko), (q_name, rows[-1] if rows else ko)):
         copy = copies[b]
         if copy is None:
@@ -127,15 +127,6 @@ def _rows_in_thread(sch: Schedule, name: str, at: RV, stage: RV | None = None) -
         _, tx = sch.split(_fused(sch, [*rows, c]), [None, THREADS])
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
-
-
-def _init_before(sch: Schedule, block: RV, loop: RV) -> None:
-    """Zero a register reduction's slots once before its `loop` (its loops unrolled, so the
-    slots stay registers), where the update tested for its first step at every step."""
-    outer = [sch.get(lp).var for lp in sch.get_loops(block)].index(sch.get(loop).var)
-    init = sch.decompose_reduction(block, loop)
-    for lp in sch.get_loops(init)[outer:]:
-        sch.unroll(lp)
 
 
 def _fused(sch: Schedule, loops: list[RV]) -> RV:
@@ -179,7 +170,7 @@ def _tile_partials(sch: Schedule, acc: RV, rf: RV) -> RV:
         sch.reorder(*keys, box[-1], *box[:-1])
     for lp in box:
         sch.unroll(lp)
-    _init_before(sch, rf, keys[0])
+    init_before(sch, rf, keys[0])
     weights, values = operand_copy(sch, rf, "probs"), operand_copy(sch, rf, sch.mod.params[2].name)
     for copy, at in ((weights, keys[-1]), (values, box[-1] if box else keys[-1])):
         if copy is None:

@@ -1,5 +1,5 @@
-"""Reading a schedule's loop nest, and a register copy of an operand: the steps the default
-GPU schedules (`default_schedule_cuda`, `default_key_tiles`) share."""
+"""Reading a schedule's loop nest, a register copy of an operand and a register sum's init:
+the steps the default GPU schedules (`default_schedule_cuda`, `default_key_tiles`) share."""
 
 from __future__ import annotations
 
@@ -28,3 +28,18 @@ def operand_copy(sch: Schedule, block: RV, buffer: str, scope: str = "local") ->
     reads = read_only_buffers(found[0].block) if found else []
     index = next((i for i, b in enumerate(reads) if b.name == buffer), None)
     return None if index is None else sch.cache_read(block, index, scope)
+
+
+def init_before(sch: Schedule, block: RV, loop: RV) -> RV:
+    """Zero a register reduction's slots once before its `loop` (the init's loops unrolled,
+    so the slots stay registers), where the update tested for its first step at every step;
+    returns the init block.
+
+        for k: if k == 0: acc[c] = 0;  acc[c] += x[k, c]   ->
+        acc[c] = 0 (c unrolled);  for k: acc[c] += x[k, c]
+    """
+    outer = [sch.get(lp).var for lp in sch.get_loops(block)].index(sch.get(loop).var)
+    init = sch.decompose_reduction(block, loop)
+    for lp in sch.get_loops(init)[outer:]:
+        sch.unroll(lp)
+    return init
