@@ -18,18 +18,23 @@
   where only reductions remain (a row's max or sum), over the reduction as a cross-thread
   reduction. Each thread then writes a strided share of the row.
 * Keyed rows (attention: the output, or its same-shape accumulator, sums over the row's key
-  positions): one row per thread block of 32 lanes (threadIdx.x) by KEYED_WARPS warps
-  (threadIdx.y), every intermediate in shared memory. Warps take the keys; a key's score is
-  a warp reduction over the head dim (lanes read the key's row together, KEYED_VEC elements
-  each, KEYS_IN_FLIGHT keys unrolled); the row's max and sum are warp reductions over the
-  keys; the probabilities spread over every thread. The context is rfactored over the warps:
-  each thread sums its warp's keys for KEYED_VEC head-dim columns in registers (16 keys
-  unrolled), the partial sums meet in shared memory, and a thread per column adds them up.
-  A mask that calls no math function (prefill's causal mask) is inlined into its readers.
+  positions): one row per thread block of KEYED_WARPS warps, every intermediate in shared
+  memory. A key belongs to a row of KEY_LANES lanes (threadIdx.x), two rows to a warp
+  (threadIdx.y: the block's rows of lanes); a key's score is a reduction over the row's
+  lanes (each reads KEYED_VEC contiguous elements of the key's head dim, 16 bytes,
+  KEYS_IN_FLIGHT keys unrolled); the row's max and sum are rfactored over the rows of lanes
+  (each row of lanes reduces its share of the keys, then one row of lanes combines the
+  rows' results); the probabilities spread over every thread. The context is rfactored
+  over the rows of lanes: each thread sums its row's keys for KEYED_VEC head-dim columns in
+  registers (zeroed once before the keys, 16 keys unrolled, a key's values read into
+  registers with one 16-byte load), the partial sums meet in shared memory, and a thread
+  per column adds them up. A mask that calls no math function (prefill's causal mask) is
+  inlined into its readers.
 
-      blockIdx.x: row (b, h, n);  threadIdx.y: w;  threadIdx.x: lane
-        scores[j] = warp_sum over lanes of q[d] * k[j, d]   for j = w, w + W, ...
-        mx = warp_max(scores); den = warp_sum(exp(scores - mx)); p = exp(scores - mx) / den
+      blockIdx.x: row (b, h, n);  threadIdx.y: w;  threadIdx.x: lane (KEY_LANES of them)
+        scores[j] = sum over the lanes of q[d] * k[j, d]   for j = w, w + W, ...
+        mx_part[w] = max over the lanes of max over j = lane + L*w, ... of scores[j]
+        mx = max over w of mx_part[w]  (the sum alike);  p = exp(scores - mx) / den
         part[w, d] = sum over j = w, w + W, ... of p[j] * v[j, d]   (registers, then shared)
         out[d] = sum over w of part[w, d]
 
@@ -59,8 +64,8 @@
   blocks; 63.9 against 43.8 us at kv 4096), so it is a sketch for tuning to pick per
   bucket.
 
-      blockIdx.x / C: (batch, kv head);  for each of the block's keys j (warps, unrolled by 4):
-        k_reg = k[j, lane's d];  s[g] = warp_sum(q[g, lane's d] . k_reg)  for g in the group
+      blockIdx.x / C: (batch, kv head);  for each of the block's keys j (rows of lanes, by 4):
+        k_reg = k[j, lane's d];  s[g] = lanes_sum(q[g, lane's d] . k_reg)  for g in the group
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ from .default_key_tiles import key_tiled, key_tiles_schedule
 from .dtypes import itemsize
 from .expr import BinOp, BufferLoad, Call, Const
 from .schedule import RV, Schedule
-from .schedule_nest import loops_below, operand_copy, reduction_vars
+from .schedule_nest import init_before, loops_below, operand_copy, reduction_vars
 from .schedule_tree import (
     blocks,
     find_block,
@@ -90,8 +95,9 @@ WARP = 32
 KEYED_WARPS = 32  # warps of a row whose output sums over the row's keys (attention)
 KEYED_CLUSTER_WARPS = 16  # warps of each block when the row is split over a cluster
 KEYED_CLUSTER = 8  # blocks a decode row (one query token) is split over, from sm_90
-KEYED_VEC = 4
-KEYS_IN_FLIGHT = 4  # keys a warp scores at once (unrolled), each with its own warp reduction
+KEYED_VEC = 8  # head-dim elements per lane: 16 bytes of bf16 or fp16
+KEY_LANES = 16  # lanes per key (threadIdx.x): a warp holds two keys (threadIdx.y)
+KEYS_IN_FLIGHT = 4  # keys a row of lanes scores at once (unrolled), each with its own reduction
 REDUCE_UNROLL = 16  # steps of a thread's own reduction loop unrolled in the row path
 
 
@@ -177,14 +183,16 @@ def _reduces(sch: Schedule, name: str) -> bool:
     return bool(reduction_vars(sch, name))
 
 
-def _split_lanes(sch: Schedule, loop: RV, widest: int = KEYED_VEC) -> tuple[RV, RV]:
-    """Split `loop` into (outer, lane, vec): WARP lanes, each `vec` contiguous elements
-    (the largest power of two up to `widest` dividing the extent / WARP); returns (lane,
+def _split_lanes(
+    sch: Schedule, loop: RV, widest: int = KEYED_VEC, lanes: int = KEY_LANES
+) -> tuple[RV, RV]:
+    """Split `loop` into (outer, lane, vec): `lanes` lanes, each `vec` contiguous elements
+    (the largest power of two up to `widest` dividing the extent / lanes); returns (lane,
     vec) after moving the outer steps inside the lane loop."""
     n = _const_extent(sch, loop) or 0
     widths = [w for w in (16, 8, 4, 2) if w <= widest] + [1]
-    vec = next((v for v in widths if n and n % (WARP * v) == 0), 1)
-    outer, lane, v = sch.split(loop, [None, WARP, vec])
+    vec = next((v for v in widths if n and n % (lanes * v) == 0), 1)
+    outer, lane, v = sch.split(loop, [None, lanes, vec])
     sch.reorder(lane, outer, v)
     sch.unroll(outer)
     sch.unroll(v)
@@ -212,26 +220,35 @@ def _keyed_rows(
     acc = (last.block.name if last is not None
            and len(last.block.writes[0].buffer.shape) == rank and _reduces(sch, last.block.name)
            else None)  # fmt: skip
-    # with a cluster, a row's max and sum are each block's share meeting in cluster memory
+    rows = warps * WARP // KEY_LANES  # threadIdx.y: KEY_LANES lanes (threadIdx.x) per key
+    # a row's max and sum: each row of lanes takes its share of the keys and one row of
+    # lanes combines the rows' results; with a cluster, first each block's share, the
+    # blocks' results meeting in cluster memory
     shares: dict[str, str] = {}  # share block -> the block that combines the shares
-    if cluster > 1:
-        for br in producers:
-            name = br.block.name
-            if name != acc and _reduces(sch, name) and len(br.block.writes[0].buffer.shape) < rank:
-                s, _ = sch.split(sch.get_loops(sch.get_block(name))[-1], [cluster, None])
-                shares[sch.get(sch.rfactor(s, 0)).name] = name
-    # a copy of the values for the context's group rows to share (placed in _context_partials)
-    values = None
-    if group > 1:
-        values = operand_copy(sch, sch.get_block(acc or out_name), sch.mod.params[2].name)
+    partials: set[str] = set()  # blocks of each row of lanes' share
+    for br in producers:
+        name = br.block.name
+        if name == acc or not _reduces(sch, name) or len(br.block.writes[0].buffer.shape) >= rank:
+            continue
+        if cluster > 1:
+            s, _ = sch.split(sch.get_loops(sch.get_block(name))[-1], [cluster, None])
+            share = sch.get(sch.rfactor(s, 0)).name
+            shares[share] = name
+            name = share
+        block = sch.get_block(name)
+        _, ky, _ = sch.split(sch.get_loops(block)[-1], [None, rows, KEY_LANES])
+        partials.add(sch.get(sch.rfactor(ky, len(sch.get(block).writes[0].buffer.shape))).name)
+    # a register copy of a key's values (placed in _context_partials): one 16-byte load per
+    # lane, shared by the group's rows
+    values = operand_copy(sch, sch.get_block(acc or out_name), sch.mod.params[2].name)
     keys = sch.get_loops(sch.get_block(acc or out_name))[-1]
     part = None  # the context's share of one block of the cluster
     if cluster > 1:
         s, _ = sch.split(keys, [cluster, None])
         part = sch.rfactor(s, 0)  # [cluster, .., d]
         keys = sch.get_loops(part)[-1]
-    _, jy = sch.split(keys, [None, warps])
-    rf = sch.rfactor(jy, rank if part is not None else rank - 1)  # partial sums [.., warp, d]
+    _, jy = sch.split(keys, [None, rows])
+    rf = sch.rfactor(jy, rank if part is not None else rank - 1)  # partial sums [.., row, d]
     o = sch.get_block(out_name)
     red = reduction_vars(sch, out_name)
     spatial = [lp for lp in sch.get_loops(o) if sch.get(lp).var not in red]
@@ -240,23 +257,22 @@ def _keyed_rows(
         heads, g = sch.split(spatial[1], [None, group])
         sch.reorder(*spatial[2:-1], g)
         spatial = [spatial[0], heads, *spatial[2:-1]]
-        cols = _threads_over(sch, [g, cols], warps)
+        cols = _threads_over(sch, [g, cols], warps * WARP)
     else:
         spatial = spatial[:-1]
     row = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     sch.bind(row, "blockIdx.x")
-    _, ty, tx = sch.split(cols, [None, warps, WARP])
+    _, ty, tx = sch.split(cols, [None, rows, KEY_LANES])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     if acc is not None:
         a = sch.get_block(acc)
         sch.compute_at(a, tx)
         sch.set_scope(a, 0, "local")
-    _context_partials(sch, row, rf, part, warps, values)
+    placed = _context_partials(sch, row, rf, part, rows, values, group > 1)
     names = [br.block.name for br, _ in blocks(sch.mod)]
-    placed = {sch.get(values).name} if values is not None else set()
     for name in reversed([n for n in names[: names.index(sch.get(rf).name)] if n not in placed]):
-        _keyed_producer(sch, name, row, shares, warps, cluster, group)
+        _keyed_producer(sch, name, row, shares, rows, cluster, group, partials)
 
 
 def _group_loop(sch: Schedule, loops: list[RV], group: int) -> RV | None:
@@ -267,14 +283,14 @@ def _group_loop(sch: Schedule, loops: list[RV], group: int) -> RV | None:
     return loops[0]
 
 
-def _threads_over(sch: Schedule, loops: list[RV], warps: int) -> RV:
-    """The loop a block's threads take of (the group's rows, the columns): both fused where
-    the threads divide them evenly (so each thread's row is exact), else the columns alone,
-    the rows a loop around them."""
+def _threads_over(sch: Schedule, loops: list[RV], threads: int) -> RV:
+    """The loop a block's `threads` take of (the group's rows, the columns): both fused
+    where the threads divide them evenly (so each thread's row is exact), else the columns
+    alone, the rows a loop around them."""
     if len(loops) == 1:
         return loops[0]
     sizes = [_const_extent(sch, lp) for lp in loops]
-    if all(sizes) and (sizes[0] * sizes[1]) % (warps * WARP) == 0:
+    if all(sizes) and (sizes[0] * sizes[1]) % threads == 0:
         return sch.fuse(*loops)
     return loops[-1]
 
@@ -286,13 +302,21 @@ def _const_extent(sch: Schedule, loop: RV) -> int | None:
 
 
 def _context_partials(
-    sch: Schedule, row: RV, rf: RV, part: RV | None, warps: int, values: RV | None
-) -> None:
-    """The context's partial sums `rf[.., warp, d]`: each thread's in registers over its
-    warp's keys, copied to shared memory; with a cluster (`part`), the warps' sums added up
-    in a register per column and stored once into this block's slot of cluster memory. With
-    a group each thread keeps its columns of every row of the group, so a value it reads
-    serves them all."""
+    sch: Schedule,
+    row: RV,
+    rf: RV,
+    part: RV | None,
+    rows: int,
+    values: RV | None,
+    grouped: bool,
+) -> set[str]:
+    """The context's partial sums `rf[.., row, d]`: each thread's in registers over its row
+    of lanes' keys (zeroed once before them), copied to shared memory; with a cluster
+    (`part`), the rows' sums added up in a register per column and stored once into this
+    block's slot of cluster memory. A key's `values` for the thread's columns are copied
+    into registers with one load; `grouped`, each thread keeps its columns of every row of
+    the group, so the values it reads serve them all. Returns the names of the blocks
+    placed besides `rf`'s own (its init, the values' copy)."""
     copy = sch.cache_write(rf, 0, "local")
     if part is not None:
         slot = sch.cache_write(part, 0, "local")
@@ -300,16 +324,17 @@ def _context_partials(
         sch.set_scope(slot, 0, "shared.cluster")
         rank_loop, *cols = loops_below(sch, slot, row)
         sch.bind(rank_loop, "clusterIdx.x")
-        _, py, px = sch.split(_threads_over(sch, cols, warps), [None, warps, WARP])
+        threads = _threads_over(sch, cols, rows * KEY_LANES)
+        _, py, px = sch.split(threads, [None, rows, KEY_LANES])
         sch.bind(py, "threadIdx.y")
         sch.bind(px, "threadIdx.x")
         sch.compute_at(part, px)
         sch.set_scope(part, 0, "local")
-    # the copy of the partial sums: warps over the keys' split, lanes over the head dim
+    # the copy of the partial sums: rows of lanes over the keys' split, lanes over the head dim
     sch.compute_at(copy, row)
     sch.set_scope(copy, 0, "shared")
     *ranks, w, d = loops_below(sch, copy, row)
-    g = ranks.pop() if values is not None else None
+    g = ranks.pop() if grouped else None
     for r in ranks:
         sch.bind(r, "clusterIdx.x")
     sch.bind(w, "threadIdx.y")
@@ -328,11 +353,16 @@ def _context_partials(
     for v in vs:
         sch.unroll(v)
     _unroll_steps(sch, j)
-    if values is not None:  # a key's values, read once into registers, serve the group's rows
-        gv = sch.get(vs[0]).var
-        loops = loops_below(sch, rf, lane)
-        at = next(i for i, lp in enumerate(loops) if sch.get(lp).var is gv)
+    red = reduction_vars(sch, sch.get(rf).name)
+    steps = next(lp for lp in loops_below(sch, rf, lane) if sch.get(lp).var in red)
+    placed = {sch.get(init_before(sch, rf, steps)).name}
+    if values is not None:  # a key's values, read once into registers for every column
+        loops = loops_below(sch, rf, lane)  # the key steps, then the columns (if any)
+        cols = {sch.get(v).var for v in vs}
+        at = next((i for i, lp in enumerate(loops) if sch.get(lp).var in cols), len(loops))
         _read_once(sch, values, loops[at - 1])
+        placed.add(sch.get(values).name)
+    return placed
 
 
 def _read_once(sch: Schedule, copy: RV, at: RV) -> None:
@@ -352,14 +382,16 @@ def _keyed_producer(
     name: str,
     row: RV,
     shares: dict[str, str],
-    warps: int,
+    rows: int,
     cluster: int,
     group: int,
+    partials: set[str],
 ) -> None:
     """A producer of a keyed row computed under `row` (scores, mask, max, sum, probs), its
-    loops spread over the block's warps and lanes (and the cluster's blocks). The rows of a
-    group run in a loop of each thread: inside the lane for the scores (a key's row, read
-    once, is scored against every query of the group), outside the threads elsewhere."""
+    loops spread over the block's rows of lanes and lanes (and the cluster's blocks). The
+    rows of a group run in a loop of each thread: inside the lane for the scores (a key's
+    row, read once, is scored against every query of the group), outside the threads
+    elsewhere."""
     p = sch.get_block(name)
     keys = operand_copy(sch, p, sch.mod.params[1].name) if group > 1 else None
     sch.compute_at(p, row)
@@ -368,7 +400,7 @@ def _keyed_producer(
         sch.bind(loops_below(sch, p, row)[-1], "threadIdx.x")
         return
     rest = loops_below(sch, p, row)
-    if name in shares:
+    if name in shares or (name in partials and cluster > 1):
         sch.bind(rest[0], "clusterIdx.x")
         rest = rest[1:]
     g = _group_loop(sch, rest, group)
@@ -376,16 +408,23 @@ def _keyed_producer(
     red = reduction_vars(sch, name)
     key_loops = [lp for lp in rest if sch.get(lp).var not in red]
     steps = [lp for lp in rest if sch.get(lp).var in red]
-    if not key_loops:  # a reduction over the keys (max, sum): one warp's lanes, every warp alike
-        ko, kx = sch.split(steps[-1], [None, WARP])
+    if name in partials:  # a row of lanes' share of the keys' max or sum
+        ko, kx = steps
+        sch.bind(key_loops[-1], "threadIdx.y")
+        sch.reorder(kx, ko)
+        sch.bind(kx, "threadIdx.x")
+        _unroll_steps(sch, ko, KEYS_IN_FLIGHT)  # a few keys per thread: 512 in a block of 512
+        return
+    if not key_loops:  # combines the rows' max or sum: one row's lanes, every row alike
+        ko, kx = sch.split(steps[-1], [None, KEY_LANES])
         sch.reorder(kx, ko)
         sch.bind(kx, "threadIdx.x")
         _unroll_steps(sch, ko)
         return
     k = sch.fuse(*key_loops) if len(key_loops) > 1 else key_loops[0]
     k = _over_cluster(sch, k, cluster)
-    if steps:  # scores: warps over the keys, lanes over the head dim
-        ko, ky = sch.split(k, [None, warps])
+    if steps:  # scores: rows of lanes over the keys, lanes over the head dim
+        ko, ky = sch.split(k, [None, rows])
         sch.reorder(ky, ko)
         sch.bind(ky, "threadIdx.y")
         lane, _ = _split_lanes(sch, steps[-1])
@@ -400,7 +439,7 @@ def _keyed_producer(
             if keys is not None:
                 _read_once(sch, keys, lane)
     else:  # elementwise over the keys: every thread of the block
-        ko, ky, kx = sch.split(k, [None, warps, WARP])
+        ko, ky, kx = sch.split(k, [None, rows, KEY_LANES])
         sch.reorder(ky, kx, ko)
         sch.bind(ky, "threadIdx.y")
         sch.bind(kx, "threadIdx.x")
@@ -468,7 +507,7 @@ def _warp_per_output(
     acc = sch.get_block(reducer.block.name)
     red = reduction_vars(sch, reducer.block.name)
     k = [lp for lp in sch.get_loops(acc) if sch.get(lp).var in red][-1]
-    lane, _ = _split_lanes(sch, k, 16 // _input_itemsize(reducer))
+    lane, _ = _split_lanes(sch, k, 16 // _input_itemsize(reducer), WARP)
     sch.bind(lane, "threadIdx.x")
 
 

@@ -150,12 +150,14 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-DEFAULT_SKETCH = "default_schedule@10"  # untuned default; 2: keyed attention; 3: warp GEMV;
+DEFAULT_SKETCH = "default_schedule@11"  # untuned default; 2: keyed attention; 3: warp GEMV;
 # 6: decode attention's rows also without the cluster split (a second one-point sketch);
 # 7: and with a cluster per kv head's query heads (a third); 8: a prompt's attention in key
 # tiles, with 4 and 16 tokens a block as one-point sketches beside the default's 8; 9: its
 # key loops stop at the block's last visible key (trim_masked); 10: the block's queries in
-# shared memory, a key's weights and a column's values in registers for a thread's partial sums
+# shared memory, a key's weights and a column's values in registers for a thread's partial sums;
+# 11: decode attention's keys over 16 lanes each (two to a warp, 16-byte loads), each row of
+# lanes its share of the max and sum, a key's values read into registers with one load
 KEY_TILE_ROWS = (4, 16)
 
 

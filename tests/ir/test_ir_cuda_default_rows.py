@@ -17,6 +17,7 @@ from tunefleet.coordinator.graph import Phase
 from tunefleet.coordinator.tasks import model_tasks
 from tunefleet.ir import build_source, default_schedule
 from tunefleet.ir.default_schedule_cuda import (
+    KEY_LANES,
     KEYED_CLUSTER,
     KEYED_WARPS,
     KEYS_IN_FLIGHT,
@@ -40,17 +41,27 @@ def _attention(dtype: str, phase: Phase):
 def test_attention_default_spreads_keys_over_warps_and_head_dim_over_lanes(dtype, phase, tmp_path):
     task = _attention(dtype, phase)
     ks = build_source(default_schedule(task.func, target="cuda"), target="cuda")
-    # one thread block per query row: 32 lanes (threadIdx.x) by KEYED_WARPS warps
-    assert ks.block == (32, KEYED_WARPS, 1)
+    # one thread block per query row of KEYED_WARPS warps: KEY_LANES lanes (threadIdx.x) per
+    # key, two keys to a warp (threadIdx.y: the block's rows of lanes)
+    assert ks.block == (KEY_LANES, KEYED_WARPS * 32 // KEY_LANES, 1)
     assert "m" in str(ks.shared_bytes)  # the scores row lives in dynamic shared memory
     body = ks.source[ks.source.index("extern") :]
-    # a key's score is a warp reduction over the head dim (lanes read the key's row together),
-    # several keys in flight per warp
-    assert "scores_red[0] = tf_block_add(scores_red[0], 32, nullptr)" in body
+    # a key's score is a reduction over its row of lanes (they read the key's row together),
+    # several keys in flight per row
+    assert f"scores_red[0] = tf_block_add(scores_red[0], {KEY_LANES}, nullptr)" in body
     assert f"#pragma unroll {KEYS_IN_FLIGHT}" in body
-    # the context is split over the warps: each thread keeps its partial sums over its keys in
-    # registers, 16 keys unrolled, and the warps' partials meet in shared memory
-    assert re.search(r"float \w+_rf_\d+_local\[\d+\]", body), body
+    # the row's max is each row of lanes' share of the keys (a reduction over its lanes),
+    # then the rows' shares combined by one row of lanes
+    assert f"row_max_rf_red[0] = tf_block_max(row_max_rf_red[0], {KEY_LANES}, nullptr)" in body
+    assert f"row_max_red[0] = tf_block_max(row_max_red[0], {KEY_LANES}, nullptr)" in body
+    # the context is split over the rows of lanes: each thread keeps its partial sums over its
+    # keys in registers, zeroed once before the keys, 16 keys unrolled, and the rows' partials
+    # meet in shared memory
+    (partials,) = re.findall(r"float (\w+_rf_\d+_local)\[\d+\]", body)
+    at = body.index(f"float {partials}[")
+    before_keys = body[at : body.index("for (int64_t v_k", at)]
+    assert re.search(rf"{partials}\[\w+\] = 0\.0f;", before_keys), before_keys
+    assert body.count(f"{partials}[") - before_keys.count(f"{partials}[") == 3  # +=, store
     assert "#pragma unroll 16" in body
     if NVCC is None:
         pytest.skip("nvcc is not on PATH")

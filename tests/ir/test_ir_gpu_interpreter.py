@@ -60,11 +60,11 @@ def test_symbolic_dims_come_from_the_call() -> None:
         _check("rmsnorm", {"m": 6, "n": 1000}, "float16", func)
 
 
-def _attention_problem(dtype: str, phase: Phase):
+def _attention_problem(dtype: str, phase: Phase, m: int = 37):
     cfg = replace(tiny("llama"), dtype=dtype)
     h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     (task,) = [t for t in model_tasks(cfg, phase) if t.name.startswith("attn_scores")]
-    dims = {"b": 3, "m": 37} if phase is Phase.DECODE else {"n": 5, "m": 37}
+    dims = {"b": 3, "m": m} if phase is Phase.DECODE else {"n": 5, "m": m}
     b, n, m = dims.get("b", 1), dims.get("n", 1), dims["m"]
     rng = np.random.default_rng(1)
     raw = [rng.standard_normal(s).astype(np.float32) for s in ((b, h, n, d), (b, kv, m, d))]
@@ -98,6 +98,21 @@ def test_attention_default_forms_match_numpy(form, phase, dtype) -> None:
     task, inputs, dims, ref = _attention_problem(dtype, phase)
     (out,) = interpret(default_cuda_schedule(task.func, **form).mod, inputs, dims)
     err, bad = compare_outputs([out], [dtype], [ref], default_tolerance(dtype))
+    assert bad == 0, err
+
+
+@pytest.mark.parametrize("m", [1, 9, 600])
+@pytest.mark.parametrize(
+    "form",
+    [{"arch": "sm_90"}, {"arch": "sm_90", "group": 2}, {"arch": "sm_80"}],
+    ids=["cluster", "cluster_grouped", "keyed"],
+)
+def test_decode_attention_at_kv_lengths_around_its_splits(form, m) -> None:
+    """A kv cache of one position, of fewer positions than a cluster has blocks, and of more
+    than one pass of a block's rows of lanes (600 over 8 blocks of 32 rows: 3 steps each)."""
+    task, inputs, dims, ref = _attention_problem("bfloat16", Phase.DECODE, m)
+    (out,) = interpret(default_cuda_schedule(task.func, **form).mod, inputs, dims)
+    err, bad = compare_outputs([out], ["bfloat16"], [ref], default_tolerance("bfloat16"))
     assert bad == 0, err
 
 
