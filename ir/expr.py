@@ -19,6 +19,9 @@ BIT_OPS = ("shr", "shl", "bitand", "bitor")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 LOGIC_OPS = ("and", "or")
 BINARY_OPS = ARITH_OPS + BIT_OPS + CMP_OPS + LOGIC_OPS
+# the value a reduction's combiner starts from, `x op identity == x` (lowering checks inits
+# against it, masks give it where a step adds nothing, the interpreter fills with it)
+REDUCE_IDENTITY: dict[str, float] = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
 INTRINSICS = ("exp", "log", "sqrt", "rsqrt", "erf", "tanh", "abs", "sigmoid", "not")
 
 NODE_TYPES: dict[str, type] = {}

@@ -35,7 +35,18 @@ import numpy as np
 from .annotation_keys import TENSORIZE
 from .dtypes import bf16_to_f32, f32_to_bf16, from_float32, to_float32
 from .errors import IRError
-from .expr import BinOp, Buffer, BufferLoad, Call, Cast, Const, Expr, Select, Var
+from .expr import (
+    REDUCE_IDENTITY,
+    BinOp,
+    Buffer,
+    BufferLoad,
+    Call,
+    Cast,
+    Const,
+    Expr,
+    Select,
+    Var,
+)
 from .stmt import (
     Allocate,
     BufferStore,
@@ -78,7 +89,6 @@ _NP = {
     "int64": np.int64,
     "bool": np.bool_,
 }
-_IDENTITY = {"add": 0.0, "max": -np.inf, "min": np.inf}
 _REDUCE = {"add": np.sum, "max": np.max, "min": np.min}
 
 
@@ -379,7 +389,7 @@ class _Run:
         m = np.broadcast_to(mask, full)
         data = np.broadcast_to(st.data, (*full, size)).copy()
         for e in range(size):
-            vals = np.where(m, data[..., e].astype(np.float64), _IDENTITY[s.op])
+            vals = np.where(m, data[..., e].astype(np.float64), REDUCE_IDENTITY[s.op])
             grouped = vals.reshape(*full[:axis], n // s.extent, s.extent, *full[axis + 1 :])
             red = _REDUCE[s.op](grouped, axis=axis + 1, keepdims=True)
             total = np.broadcast_to(red, grouped.shape).reshape(full)

@@ -15,6 +15,7 @@ from .annotation_keys import STORAGE_ALIGN
 from .auto_unroll import apply_auto_unroll
 from .errors import LoweringError
 from .expr import (
+    REDUCE_IDENTITY,
     BinOp,
     Buffer,
     BufferLoad,
@@ -190,7 +191,6 @@ def _simplify_stmt(s: Stmt, ranges: dict[Var, tuple[int, int]]) -> Stmt:
 
 # ---------------------------------------------------------------- cross-thread reductions
 
-_IDENTITY = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
 
 
 def _block_reduction(blk: Block) -> tuple[BufferStore, str, Expr] | None:
@@ -254,7 +254,7 @@ def _lower_cross_thread(s: For, ranges: dict[Var, tuple[int, int]], allocs: list
     row_vars = {lp.var for lp in rows}
     assert isinstance(blk.init, BufferStore)
     init = blk.init.value
-    ident = _IDENTITY[op]
+    ident = REDUCE_IDENTITY[op]
     if not (isinstance(init, Const) and float(init.value) == ident):
         raise LoweringError(
             f"{where}: block {blk.name!r} starts from {init}, not the identity of {op}"

@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from .errors import ScheduleError
-from .expr import BinOp, Buffer, Cast, Const, Expr, Select, Var, binop, const
+from .expr import REDUCE_IDENTITY, BinOp, Buffer, Cast, Const, Expr, Select, Var, binop, const
 from .instruction_traits import primitive
 from .schedule_state import ScheduleState
 from .schedule_tree import blocks, iter_nodes, reads_of, reduction_update, writes_of
@@ -28,7 +28,6 @@ from .stmt import TRUE, Block, BlockRealize, BufferStore, For
 from .trace import RV
 from .visit import substitute, uses_var, walk
 
-_IDENTITY = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
 _FLIP = {"ge": "le", "gt": "lt"}
 
 
@@ -74,9 +73,9 @@ def _mask_of(source: Expr, op: str) -> Expr | None:
 
 
 def _is_identity(e: Expr, op: str) -> bool:
-    return (
-        isinstance(e, Const) and not isinstance(e.value, bool) and float(e.value) == _IDENTITY[op]
-    )
+    if not isinstance(e, Const) or isinstance(e.value, bool):
+        return False
+    return float(e.value) == REDUCE_IDENTITY[op]
 
 
 def _at_most_zero(cond: Expr) -> tuple[dict[Expr, int], int] | None:
