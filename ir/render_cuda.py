@@ -746,8 +746,7 @@ class CUDARenderer(CStyleRenderer):
             self.stmt(s.body, depth)
             return
         if buf.scope.startswith("mma."):
-            if len(buf.shape) != 2 or n % 256:
-                raise CodegenError(f"{buf.scope} {buf.name} must be a 2-D tile of 16 x 16 tiles")
+            _tile_dims(buf)  # a 2-D tile of 16 x 16 tiles (unit dims aside), or raise
             if buf.scope == "mma.accumulator":
                 self.emit(f"float {name}[{n // 256}][8];", depth)
             else:

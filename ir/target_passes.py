@@ -17,6 +17,7 @@ from .pass_hoist_divisions import hoist_block_divisions
 from .pass_masked_update import guard_masked_updates
 from .pass_predicate import predicate_stores
 from .pass_register_guards import unguard_register_updates
+from .pass_tensor_guards import unguard_tensor_tiles
 from .pass_thread_sync import insert_thread_syncs
 from .pass_vectorize import mark_vector_loops
 from .stmt import PrimFunc
@@ -33,6 +34,7 @@ TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
         insert_thread_syncs,
         guard_masked_updates,
         unguard_register_updates,
+        unguard_tensor_tiles,
         hoist_block_divisions,
     ),
 }

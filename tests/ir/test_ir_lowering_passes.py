@@ -44,10 +44,41 @@ def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
     assert names == ["clamp_register_copies", "mark_vector_loops", "hoist_loads",
                      "predicate_stores", "insert_thread_syncs", "guard_masked_updates",
-                     "unguard_register_updates", "hoist_block_divisions"]  # fmt: skip
+                     "unguard_register_updates", "unguard_tensor_tiles",
+                     "hoist_block_divisions"]  # fmt: skip
     assert [p.__name__ for p in TARGET_PASSES["c"]] == ["hoist_invariant_calls"]
     with pytest.raises(CodegenError, match="no lowering passes for 'metal'"):
         lower_for_target(_softmax(), "metal")
+
+
+def _store_tile(scope: str, rows: int):
+    """`for i, j (tensorized mma_store_f32): if (i0 + i < n) out[i, j] = acc[i, j]`, `out`
+    a `rows` x 16 tile in `scope`."""
+    import dataclasses
+
+    from tunefleet.ir.annotation_keys import TENSORIZE
+    from tunefleet.ir.expr import Buffer, BufferLoad, Var, const
+    from tunefleet.ir.stmt import BufferStore, IfThenElse
+
+    i, j, i0, n = Var("i"), Var("j"), Var("i0"), Var("n")
+    acc = Buffer("acc", (const(16), const(16)), "float32", "mma.accumulator")
+    out = Buffer("out", (const(rows), const(16)), "float32", scope)
+    store = BufferStore(out, (i, j), BufferLoad(acc, (i, j)))
+    nest = For(i, const(16), For(j, const(16), IfThenElse(i0 + i < n, store)),
+               annotations=((TENSORIZE, "mma_store_f32"),))  # fmt: skip
+    return dataclasses.replace(_softmax(), body=nest)
+
+
+def test_a_tensorized_nest_loses_its_guard_only_on_chip_and_in_bounds() -> None:
+    from tunefleet.ir.pass_tensor_guards import unguard_tensor_tiles
+    from tunefleet.ir.stmt import IfThenElse
+
+    def guarded(func: PrimFunc) -> bool:
+        return bool(_nodes(unguard_tensor_tiles(func), IfThenElse))
+
+    assert not guarded(_store_tile("shared", 16))  # the tile's rows past n: computed, unread
+    assert guarded(_store_tile("global", 16))  # a row past n in memory belongs to another
+    assert guarded(_store_tile("shared", 8))  # rows 8..15 would land outside the tile
 
 
 def test_barriers_and_single_thread_stores_are_statements() -> None:
