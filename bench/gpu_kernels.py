@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -377,9 +378,10 @@ def _attention_case(b: int, m: int, sources: dict[str, Any], cubins: dict[str, P
 def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
     """Llama-3-8B's causal prefill attention (32 query heads, 8 kv heads, d=128, bf16,
     n = m = 2048 and 8192) as the runtime builds it (key tiles), the default schedule, the
-    same without stopping at the diagonal (`trim=False`: every block scores every key), and
-    other row tilings against F.scaled_dot_product_attention (its flash backend, kv heads
-    expanded); goal (issue 18): 0.8x SDPA."""
+    same without stopping at the diagonal (`trim=False`: every block scores every key),
+    other row tilings, and the tiles' scores on tensor cores (`key_tiles_mma`) against
+    F.scaled_dot_product_attention (its flash backend, kv heads expanded); goal (issue 18):
+    0.8x SDPA."""
     import torch
     import torch.nn.functional as F
 
@@ -388,18 +390,23 @@ def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
     from tunefleet.coordinator.tasks import model_tasks
     from tunefleet.ir import build_source
     from tunefleet.ir.default_key_tiles import key_tiles_schedule
+    from tunefleet.ir.key_tiles_mma import key_tiles_mma_schedule
 
     (task,) = [
         t
         for t in model_tasks(resolve_model("llama-3-8b"), Phase.PREFILL)
         if t.name.startswith("attn_scores")
     ]
-    forms = {  # query tokens per block, of a kv head's four query heads or of one
-        "key tiles, 8 tokens x 4 heads (default)": {"group": 4, "rows": 8},
-        "key tiles, 8 x 4, every key (no trim)": {"group": 4, "rows": 8, "trim": False},
-        "key tiles, 8 x 4, sums in shared memory": {"group": 4, "rows": 8, "partials": False},
-        "key tiles, 4 tokens x 4 heads": {"group": 4, "rows": 4},
-        "key tiles, 16 tokens x 4 heads": {"group": 4, "rows": 16},
+    simt = partial(key_tiles_schedule, task.func, group=4)
+    forms = {  # query tokens per block, of a kv head's four query heads
+        "key tiles, 8 tokens x 4 heads (default)": partial(simt, rows=8),
+        "key tiles, 8 x 4, every key (no trim)": partial(simt, rows=8, trim=False),
+        "key tiles, 8 x 4, sums in shared memory": partial(simt, rows=8, partials=False),
+        "key tiles, 4 tokens x 4 heads": partial(simt, rows=4),
+        "key tiles, 16 tokens x 4 heads": partial(simt, rows=16),
+        "key tiles, 16 x 4, scores on tensor cores": partial(
+            key_tiles_mma_schedule, task.func, group=4
+        ),
     }
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -407,9 +414,9 @@ def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
         return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
 
     built: dict[str, tuple[Any, Path]] = {}  # form -> (kernel source, cubin): one build each
-    for i, (name, kwargs) in enumerate(forms.items()):
+    for i, (name, schedule) in enumerate(forms.items()):
         try:
-            ks = build_source(key_tiles_schedule(task.func, **kwargs), "cuda")
+            ks = build_source(schedule(), "cuda")
             built[name] = (ks, compile_cubin(ks.source, arch, work, f"prefill_{i}"))
         except Exception as err:  # a form this card cannot hold: say so, time the others
             print(f"{name}: {type(err).__name__}: {err}")

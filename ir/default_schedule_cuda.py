@@ -172,7 +172,7 @@ def _spread_in_row(sch: Schedule, name: str, row: RV, threads: int) -> None:
     sch.bind(k1, "threadIdx.x")
 
 
-def _sm(arch: str) -> int:
+def sm_version(arch: str) -> int:
     """The compute capability in an arch name ("sm_90a" -> 90); 0 when there is none."""
     found = re.match(r"sm_(\d+)", arch)
     return int(found.group(1)) if found else 0
@@ -592,7 +592,7 @@ def default_cuda_schedule(
     if keyed and keyed_warps != 0:
         if cluster is None:  # one query token per (batch, head): too few rows to fill the GPU
             one_query = len(spatial) > 1 and _const_extent(sch, spatial[-2]) == 1
-            cluster = KEYED_CLUSTER if one_query and _sm(arch) >= 90 else 1
+            cluster = KEYED_CLUSTER if one_query and sm_version(arch) >= 90 else 1
         if keyed_warps is None:
             keyed_warps = KEYED_CLUSTER_WARPS if cluster > 1 else KEYED_WARPS
         _keyed_rows(sch, out, producers, keyed_warps, cluster, group)

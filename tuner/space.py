@@ -26,8 +26,9 @@ from typing import Any
 
 from tunefleet.ir.default_key_tiles import key_tiled, key_tiles_schedule
 from tunefleet.ir.default_schedule import default_schedule
-from tunefleet.ir.default_schedule_cuda import default_cuda_schedule, kv_group
+from tunefleet.ir.default_schedule_cuda import default_cuda_schedule, kv_group, sm_version
 from tunefleet.ir.errors import IRError, ScheduleError
+from tunefleet.ir.key_tiles_mma import key_tiles_mma_schedule
 from tunefleet.ir.schedule import Schedule
 from tunefleet.ir.schedule_tree import blocks
 from tunefleet.ir.stmt import PrimFunc
@@ -150,14 +151,15 @@ RULES_BY_KIND: dict[TargetKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-DEFAULT_SKETCH = "default_schedule@11"  # untuned default; 2: keyed attention; 3: warp GEMV;
+DEFAULT_SKETCH = "default_schedule@12"  # untuned default; 2: keyed attention; 3: warp GEMV;
 # 6: decode attention's rows also without the cluster split (a second one-point sketch);
 # 7: and with a cluster per kv head's query heads (a third); 8: a prompt's attention in key
 # tiles, with 4 and 16 tokens a block as one-point sketches beside the default's 8; 9: its
 # key loops stop at the block's last visible key (trim_masked); 10: the block's queries in
 # shared memory, a key's weights and a column's values in registers for a thread's partial sums;
 # 11: decode attention's keys over 16 lanes each (two to a warp, 16-byte loads), each row of
-# lanes its share of the max and sum, a key's values read into registers with one load
+# lanes its share of the max and sum, a key's values read into registers with one load;
+# 12: a prompt's attention also with its tiles' scores on tensor cores (key_tiles_mma)
 KEY_TILE_ROWS = (4, 16)
 
 
@@ -267,7 +269,8 @@ def default_sketches(func: PrimFunc, ctx: SpaceContext) -> list[Sketch]:
     the query heads of one kv head, which read the same keys and values: it pays with many
     rows (b=16: 362.7 against 484.6 us on an H100) and costs with few (b=1: 63.9 against
     43.8 us at kv 4096). A prompt's attention in key tiles (ir's `default_key_tiles`) gets
-    blocks of 4 and 16 tokens beside the default's 8 ("key_tiles_4", "key_tiles_16")."""
+    blocks of 4 and 16 tokens beside the default's 8 ("key_tiles_4", "key_tiles_16"), and
+    from sm_80, in fp16 or bf16, the tiles' scores on tensor cores ("key_tiles_mma")."""
     try:
         sch = default_schedule(func, target="cuda" if ctx.is_gpu else "cpu", arch=ctx.target.arch)
     except IRError:
@@ -278,6 +281,12 @@ def default_sketches(func: PrimFunc, ctx: SpaceContext) -> list[Sketch]:
         for rows in KEY_TILE_ROWS:
             other = key_tiles_schedule(func, group=kv_group(func), rows=rows)
             out.append(Sketch(f"key_tiles_{rows}", other.trace))
+        if sm_version(arch) >= 80:  # mma.sync m16n8k16
+            try:
+                mma = key_tiles_mma_schedule(func, group=kv_group(func))
+            except ScheduleError:  # fp32, or a group no warp layout takes
+                return out
+            out.append(Sketch("key_tiles_mma", mma.trace))
         return out
     unsplit = default_cuda_schedule(func, arch=arch, cluster=1) if ctx.is_gpu else sch
     if unsplit.trace.as_python() != sch.trace.as_python():  # decode attention's cluster

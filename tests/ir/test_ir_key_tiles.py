@@ -201,18 +201,25 @@ def test_key_tiles_match_the_reference_on_a_gpu(n, m, dtype, tmp_path) -> None:
     assert result.status is Status.OK, result.message
 
 
-def test_the_prompt_attention_space_holds_three_token_counts() -> None:
+def test_the_prompt_attention_space_holds_three_token_counts_and_tensor_cores() -> None:
     """The tuner's space for a prompt's attention on CUDA: the default (8 tokens a block)
-    and the same form with 4 and 16, each one point, each replaying to its own schedule."""
+    and the same form with 4 and 16, and from sm_80 in fp16 / bf16 the scores on tensor
+    cores (`key_tiles_mma`), each one point, each replaying to its own schedule."""
     from tunefleet.tuner.replay import resample
     from tunefleet.tuner.space import KEY_TILE_ROWS, SpaceContext, default_sketches
     from tunefleet.workers.targets import Target
 
     task = _attention(replace(tiny("llama"), dtype="bfloat16"))
     sketches = default_sketches(task.func, SpaceContext(Target.cuda("sm_90")))
-    assert [s.name for s in sketches] == ["default", *(f"key_tiles_{r}" for r in KEY_TILE_ROWS)]
+    rows = [f"key_tiles_{r}" for r in KEY_TILE_ROWS]
+    assert [s.name for s in sketches] == ["default", *rows, "key_tiles_mma"]
     assert all(not s.trace.decisions for s in sketches)
-    assert len({s.trace.as_python() for s in sketches}) == 3
+    assert len({s.trace.as_python() for s in sketches}) == 4
+    older = default_sketches(task.func, SpaceContext(Target.cuda("sm_75")))
+    assert [s.name for s in older] == ["default", *rows]
+    fp32 = _attention(tiny("llama"))
+    assert "key_tiles_mma" not in [s.name for s in default_sketches(fp32.func, SpaceContext(
+        Target.cuda("sm_90")))]  # fmt: skip
     for s in sketches[1:]:
         err, bad = _check(task, {"n": 7, "m": 40}, resample(task.func, s.trace, 0))
         assert bad == 0, (s.name, err)

@@ -1,0 +1,227 @@
+"""Prefill attention in key tiles with the scores on tensor cores (mma.sync m16n8k16).
+
+The form and its two passes are `default_key_tiles`'s; what changes is how a tile's scores
+are computed. There a thread scores one key against every row in registers; here the
+block's warps compute the tile's whole score matrix, rows x TILE keys, with `mma.sync`
+from fragments loaded by `ldmatrix` (the block's queries and the tile's keys sit in shared
+memory), and store it into a float32 tile in shared memory, from which the pass reads it:
+
+    blockIdx.x: (batch, kv head, 16 tokens);  threadIdx.y: warp;  threadIdx.x: lane
+      for each tile of TILE keys (j0):                            (max pass)
+        S[g, r, t] = q[g, r, :] . k[j0 + t, :]   warps (g, key quarter) x 16 rows, mma.sync
+        tile_max[g, r] = max over t of S          lanes over t, a warp reduction per row
+        row_max[g, r] = max(row_max[g, r], tile_max[g, r])
+      for each tile of TILE keys (j0):                            (weights pass)
+        S[g, r, t] = q[g, r, :] . k[j0 + t, :]   as above
+        probs[g, r, t] = exp(S - row_max)        a thread per key, every row
+        acc[g, r, c] += sum over t of probs[g, r, t] * (v[j0 + t, c] or 1 where c = d)
+      out[g, r, c] = acc[g, r, c] / acc[g, r, d]
+
+A warp's 16 rows are 16 tokens of one query head, so a block takes ROWS = 16 tokens of a kv
+head's group of query heads and its WARPS warps split the group's heads and the tile's keys
+(4 heads of Llama-3-8B: a warp per head, 128 keys each). The weighted sums stay on the
+SIMT cores (`default_key_tiles._tile_partials` with the warps on threadIdx.y): the extra
+column of ones that carries the weights' sum does not fit a 16-wide fragment.
+"""
+
+from __future__ import annotations
+
+from .default_key_tiles import WARP, _blocks, _fused, key_tiled
+from .errors import ScheduleError
+from .expr import Const
+from .schedule import RV, Schedule
+from .schedule_nest import init_before, loops_below, operand_copy, reduction_vars
+from .stmt import PrimFunc
+
+TILE = 64  # keys of a tile: 2 blocks of 4 warps fit a multiprocessor at Llama-3-8B's heads
+WARPS = 4  # warps of a block (threadIdx.y), 32 lanes each (threadIdx.x)
+ROWS = 16  # query tokens of a block: one 16-row fragment per head
+FRAG = 16  # the side of an mma.sync tile (m16n8k16 twice)
+PAD = 8  # halves added to each shared operand row, so ldmatrix's 8 rows hit distinct banks
+MMA = {"float16": "mma_m16n8k16_f16_f32", "bfloat16": "mma_m16n8k16_bf16_f32"}
+
+
+def d_of(sch: Schedule) -> int:
+    """The head dim: the queries' last extent."""
+    return int(sch.mod.params[0].shape[-1].value)  # type: ignore[attr-defined]
+
+
+def _threads(sch: Schedule, loop: RV) -> tuple[RV, RV]:
+    """Spread `loop` over the block's WARPS x WARP threads (threadIdx.y, threadIdx.x), the
+    rest an outer loop of each thread; returns (warp, lane)."""
+    _, ty, tx = sch.split(loop, [None, WARPS, WARP])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    return ty, tx
+
+
+def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None:
+    """Compute scores block `name` for the tile of keys of loop `at` on tensor cores into a
+    float32 tile in shared memory: the block's queries copied into shared memory at `stage`
+    (the block's loop), the tile's keys at `at`, each 16-wide step of the head dim loaded
+    into fragments and multiplied; a warp holds its 16 rows x TILE / (WARPS / group) keys.
+
+        for g, r, t: for k: s[g, r, t] += q[g, r, k] * key[t, k]   ->
+        q_s = q (at stage); k_s = key tile (at at)
+        warp (g, w): for ko: a = ldmatrix(q_s[g, :, ko]); b[f] = ldmatrix(k_s[w, f, ko])
+                             acc[f] += mma(a, b[f])  (f over the warp's 16-key fragments)
+        s_shared[g, :, w's keys] = acc
+    """
+    s = sch.get_block(name)
+    func = sch.mod
+    q_name, k_name = func.params[0].name, func.params[1].name
+    q_tile = operand_copy(sch, s, q_name, "shared")
+    k_tile = operand_copy(sch, s, k_name, "shared")
+    frag_out = sch.cache_write(s, 0, "mma.accumulator")
+    sch.compute_at(frag_out, at)
+    sch.set_scope(frag_out, 0, "shared")
+    sch.compute_at(s, at)
+    *g, r, t, k = loops_below(sch, s, at)  # no head loop where the group is one head
+    warps_n = WARPS // group
+    wn, fn, tt = sch.split(t, [warps_n, None, FRAG])
+    ko, kx = sch.split(k, [None, FRAG])
+    sch.reorder(*g, wn, ko, fn, r, tt, kx)
+    sch.bind(_fused(sch, [*g, wn]), "threadIdx.y")
+    sch.unroll(fn)
+    for operand, (scope, intrin) in enumerate(
+        (("mma.matrix_a", "ldmatrix_a_x4"), ("mma.matrix_b", "ldmatrix_b_x4"))
+    ):
+        frag = sch.cache_read(s, operand, scope)
+        sch.compute_at(frag, ko)
+        rows, _ = loops_below(sch, frag, ko)[-2:]
+        f, fr = sch.split(rows, [None, FRAG])
+        sch.unroll(f)
+        sch.tensorize(fr, intrin)
+    init = init_before(sch, s, ko)
+    sch.tensorize(sch.get_loops(init)[-2], "mma_fill_f32")
+    sch.tensorize(r, MMA[func.params[0].dtype])
+    # the accumulators into the shared float32 tile: each warp stores its own fragments
+    *fg, fr_, ft = loops_below(sch, frag_out, at)
+    fwn, ffn, ftt = sch.split(ft, [warps_n, None, FRAG])
+    sch.reorder(*fg, fwn, ffn, fr_, ftt)
+    sch.bind(_fused(sch, [*fg, fwn]), "threadIdx.y")
+    sch.unroll(ffn)
+    sch.tensorize(fr_, "mma_store_f32")
+    # the operands: the queries once per block, the keys once per tile, 16 bytes a thread
+    for tile, where in ((q_tile, stage), (k_tile, at)):
+        sch.compute_at(tile, where)
+        rank = len(sch.get(tile).writes[0].buffer.shape)
+        sch.storage_align(tile, 0, rank - 2, int(d_of(sch)), PAD)
+        *lead, cols = loops_below(sch, tile, where)
+        c, vec = sch.split(cols, [None, 8])
+        _threads(sch, _fused(sch, [*lead, c]))
+        sch.vectorize(vec)
+
+
+def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) -> Schedule:
+    """The module docstring's schedule: `group` query heads of a kv head share a block's
+    keys (1, 2 or 4: a warp per head and key quarter), ROWS tokens each."""
+    if not key_tiled(func):
+        raise ScheduleError(
+            f"{func.name} is not attention in key tiles (an output dividing by its "
+            "accumulator's extra column); use default_cuda_schedule for other kernels"
+        )
+    dtype = func.params[0].dtype
+    d = func.params[0].shape[-1]
+    if dtype not in MMA or not isinstance(d, Const) or int(d.value) % FRAG:
+        raise ScheduleError(
+            f"{func.name}: tensor-core key tiles need fp16 or bf16 queries and a head dim "
+            f"that is a multiple of {FRAG} (got {dtype}, {d}); use key_tiles_schedule"
+        )
+    if group not in (1, 2, 4):
+        raise ScheduleError(
+            f"{func.name}: tensor-core key tiles take 1, 2 or 4 query heads a block (a warp "
+            f"per head and key share), got {group}; use key_tiles_schedule"
+        )
+    sch = Schedule(func)
+    roles = {k: br.block.name for k, br in _blocks(func).items()}
+    # the context: acc[.., c] = sum over tiles jo of rf[jo, .., c], itself a sum over a tile
+    *_, aj = sch.get_loops(sch.get_block(roles["acc"]))
+    jo, _ = sch.split(aj, [None, TILE])
+    rf = sch.rfactor(jo, 0)
+    # the rows' max: row_max = max over tiles mo of tile_max[mo], itself a max over a tile
+    *_, mj = sch.get_loops(sch.get_block(roles["max"]))
+    mo, _ = sch.split(mj, [None, TILE])
+    mrf = sch.rfactor(mo, 0)
+
+    o = sch.get_block(roles["out"])
+    z, hh, i, c = sch.get_loops(o)
+    hk, g = sch.split(hh, [None, group])
+    it, ir = sch.split(i, [None, ROWS])
+    sch.reorder(z, hk, it, g, ir, c)
+    bx = sch.fuse(z, hk, it)
+    sch.bind(bx, "blockIdx.x")
+    _threads(sch, sch.fuse(g, ir, c))
+
+    acc = sch.get_block(roles["acc"])
+    sch.compute_at(acc, bx)
+    sch.set_scope(acc, 0, "shared")
+    jo = _partials(sch, acc, rf)
+
+    # a tile's weights: a thread per key, every row
+    probs = sch.get_block(roles["probs"])
+    sch.compute_at(probs, jo)
+    sch.set_scope(probs, 0, "shared")
+    *prows, pr, pj = loops_below(sch, probs, jo)
+    share, pr = sch.split(pr, [WARPS * WARP // TILE, None])  # the threads a key has left
+    sch.reorder(pj, share, *prows, pr)
+    _threads(sch, sch.fuse(pj, share))
+    for lp in (*prows, pr):
+        sch.unroll(lp)
+    _mma_scores(sch, roles["again"], jo, bx, group)
+
+    # the rows' max, tile by tile: a tile's max per row is a warp reduction over its keys
+    mx = sch.get_block(roles["max"])
+    sch.compute_at(mx, bx)
+    sch.set_scope(mx, 0, "shared")
+    *mg, mr, mo = loops_below(sch, mx, bx)
+    sch.reorder(mo, *mg, mr)
+    for lp in mg:
+        sch.bind(lp, "threadIdx.y")  # a warp per head, a lane per token
+    sch.bind(mr, "threadIdx.x")
+    sch.compute_at(mrf, mo)
+    sch.set_scope(mrf, 0, "shared")
+    *tg, tr, tk = loops_below(sch, mrf, mo)[-2 - len(mg) :]
+    tw, tl = sch.split(tk, [None, WARP])
+    sch.reorder(*tg, tl, tw, tr)
+    for lp in tg:  # a warp per head: its lanes over the tile's keys, each with a running
+        sch.bind(lp, "threadIdx.y")  # max per token, then a warp max per token
+    sch.bind(tl, "threadIdx.x")
+    sch.unroll(tr)
+    _mma_scores(sch, roles["first"], mo, bx, group)
+    if trim:
+        sch.trim_masked(mo)
+        sch.trim_masked(jo)
+    return sch
+
+
+def _partials(sch: Schedule, acc: RV, rf: RV) -> RV:
+    """`default_key_tiles._tile_partials` with the warps on threadIdx.y: a warp takes a
+    share of the tokens (every head of the group), a lane a run of contiguous columns, each
+    thread's partial sums a small box in registers; returns the tile loop."""
+    *heads, ai, ac, jo = loops_below(sch, acc, sch.get_loops(acc)[0])
+    w, ro = sch.split(ai, [WARPS, None])
+    lane, co = sch.split(ac, [WARP, None])
+    sch.reorder(jo, w, lane, *heads, ro, co)
+    sch.bind(w, "threadIdx.y")
+    sch.bind(lane, "threadIdx.x")
+    sch.compute_at(rf, lane)
+    sch.set_scope(rf, 0, "local")
+    below = loops_below(sch, rf, lane)
+    red = reduction_vars(sch, sch.get(rf).name)
+    keys = [lp for lp in below if sch.get(lp).var in red]
+    box = [lp for lp in below if sch.get(lp).var not in red]
+    if box:  # a column's value is read once for every row of the box
+        sch.reorder(*keys, box[-1], *box[:-1])
+    for lp in box:
+        sch.unroll(lp)
+    init_before(sch, rf, keys[0])
+    weights = operand_copy(sch, rf, "probs")
+    values = operand_copy(sch, rf, sch.mod.params[2].name)
+    for copy, at in ((weights, keys[-1]), (values, box[-1] if box else keys[-1])):
+        if copy is None:
+            continue
+        sch.compute_at(copy, at)
+        for lp in loops_below(sch, copy, at):
+            sch.unroll(lp)
+    return jo

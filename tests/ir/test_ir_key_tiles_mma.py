@@ -1,0 +1,146 @@
+"""Prefill attention in key tiles with the scores on tensor cores (`ir.key_tiles_mma`): the
+form matches numpy in the GPU interpreter (which runs ldmatrix and mma.sync as the loops
+they replace) for every group of query heads a block takes, at odd sizes; its tensorized
+nests carry no guard; its shared memory is constant and leaves two blocks a
+multiprocessor at Llama-3-8B's heads; nvcc compiles it without spills; and on a GPU it
+matches the task's reference."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunefleet.coordinator.graph import Phase
+from tunefleet.coordinator.presets import resolve_model
+from tunefleet.coordinator.task_problems import task_problem
+from tunefleet.coordinator.tasks import model_tasks
+from tunefleet.ir import build_source
+from tunefleet.ir.annotation_keys import TENSORIZE
+from tunefleet.ir.default_schedule_cuda import kv_group
+from tunefleet.ir.errors import ScheduleError
+from tunefleet.ir.gpu_interpreter import interpret
+from tunefleet.ir.key_tiles_mma import key_tiles_mma_schedule
+from tunefleet.ir.stmt import For, IfThenElse
+from tunefleet.ir.target_passes import lower_for_target
+from tunefleet.ir.visit import walk
+from tunefleet.workers.checking import compare_outputs, default_tolerance
+from tunefleet.workers.inputs import resolve_op
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
+from runtime_models import tiny
+
+NVCC = shutil.which("nvcc")
+
+
+def _attention(cfg):
+    (task,) = [t for t in model_tasks(cfg, Phase.PREFILL) if t.name.startswith("attn_scores")]
+    return task
+
+
+def _llama_mma():
+    return key_tiles_mma_schedule(_attention(resolve_model("llama-3-8b")).func, group=4)
+
+
+def _check(task, dims: dict[str, int], sch) -> tuple[float, int]:
+    problem = task_problem(task, dims)
+    op, attrs = resolve_op(problem.op), problem.attr_values
+    dtype = task.func.params[0].dtype
+    inputs = list(op.make_inputs(dims, dtype, np.random.default_rng(3), **attrs))
+    (out,) = interpret(sch.mod, inputs, dims)
+    ref = op.reference(*inputs, **attrs)
+    return compare_outputs([out], [dtype], [ref], default_tolerance(dtype))
+
+
+@pytest.mark.parametrize(
+    ("family", "dtype"),
+    [("llama", "bfloat16"), ("gemma", "float16"), ("phi3", "bfloat16")],
+    ids=["2_heads_a_block", "4_heads_a_block", "1_head_a_block"],
+)
+@pytest.mark.parametrize(
+    ("n", "m"),
+    [(1, 1), (5, 37), (17, 65), (11, 2 * 64 + 7), (9, 9)],
+    ids=["one_key", "short", "a_token_and_a_key_past_the_tiles", "tiles_and_a_tail", "prompt_only"],
+)
+def test_tensor_core_key_tiles_match_numpy(family, dtype, n, m) -> None:
+    task = _attention(replace(tiny(family), dtype=dtype))
+    sch = key_tiles_mma_schedule(task.func, group=kv_group(task.func))
+    err, bad = _check(task, {"n": n, "m": m}, sch)
+    assert bad == 0, err
+
+
+def test_without_trimming_the_keys_above_the_diagonal() -> None:
+    task = _attention(replace(tiny("llama"), dtype="bfloat16"))
+    sch = key_tiles_mma_schedule(task.func, group=2, trim=False)
+    assert _check(task, {"n": 20, "m": 150}, sch)[1] == 0
+
+
+def test_what_the_tensor_cores_cannot_take_is_refused() -> None:
+    fp32 = _attention(tiny("llama")).func
+    with pytest.raises(ScheduleError, match="fp16 or bf16 queries"):
+        key_tiles_mma_schedule(fp32, group=2)
+    bf16 = _attention(replace(tiny("llama"), dtype="bfloat16")).func
+    with pytest.raises(ScheduleError, match="1, 2 or 4 query heads"):
+        key_tiles_mma_schedule(bf16, group=3)
+
+
+def test_the_tensorized_nests_carry_no_guard() -> None:
+    """The tiles' rows past the prompt and keys past the cache are computed (on chip) and
+    never read: the lowered kernel's tensorized nests hold no branch, and the source runs
+    ldmatrix and mma.sync."""
+    task = _attention(replace(tiny("llama"), dtype="bfloat16"))
+    sch = key_tiles_mma_schedule(task.func, group=2)
+    low = lower_for_target(sch.mod, "cuda")
+    nests = [f for f in walk(low.body) if isinstance(f, For) and TENSORIZE in dict(f.annotations)]
+    kinds = {str(dict(f.annotations)[TENSORIZE]) for f in nests}
+    assert kinds == {"ldmatrix_a_x4", "ldmatrix_b_x4", "mma_fill_f32",
+                     "mma_m16n8k16_bf16_f32", "mma_store_f32"}  # fmt: skip
+    assert not [f for f in nests if any(isinstance(n, IfThenElse) for n in walk(f))]
+    src = build_source(sch, "cuda").source
+    assert src.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 4  # 2 passes
+
+
+def test_shared_memory_is_constant_and_leaves_two_blocks_a_multiprocessor() -> None:
+    ks = build_source(_llama_mma(), "cuda")
+    assert isinstance(ks.shared_bytes, int) and 0 < ks.shared_bytes <= 113 * 1024
+    assert ks.block == (32, 4, 1)
+    assert ks.grid == ("(((n + 15) // 16) * 8)", 1, 1)  # 8 kv heads x ceil(n / 16) tiles
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_tensor_core_key_tiles_compile_for_sm_90_without_spills(tmp_path) -> None:
+    ks = build_source(_llama_mma(), "cuda")
+    src = tmp_path / "k.cu"
+    src.write_text(ks.source)
+    cmd = [NVCC, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+           str(src)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    spilled = [int(x) for x in re.findall(r"(\d+) bytes spill stores", r.stderr)]
+    assert spilled and max(spilled) == 0, r.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(("n", "m"), [(37, 300), (1, 1), (200, 200)])
+def test_tensor_core_key_tiles_match_the_reference_on_a_gpu(n, m, dtype, tmp_path) -> None:
+    from tunefleet.workers.builder import BuildConfig, BuildInput, build
+    from tunefleet.workers.results import MeasureConfig, RunInput, Status
+    from tunefleet.workers.runner import Runner, RunnerConfig
+    from tunefleet.workers.targets import resolve_target
+
+    task = _attention(replace(resolve_model("llama-3-8b"), dtype=dtype))
+    fast = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=3, min_repeat_ms=0.2)
+    ks = build_source(key_tiles_mma_schedule(task.func, group=4), target="cuda")
+    cache = str(tmp_path)
+    built = build(BuildInput(resolve_target("cuda"), kernel=ks), BuildConfig(cache_dir=cache))
+    assert built.status is Status.OK, built.message
+    with Runner(RunnerConfig(device="cuda", device_index=0, cache_dir=cache)) as runner:
+        result = runner.run(RunInput(built.artifact, task_problem(task, {"n": n, "m": m}), fast))
+    assert result.status is Status.OK, result.message
