@@ -37,7 +37,7 @@ TILE = 64  # keys of a tile: 2 blocks of 4 warps fit a multiprocessor at Llama-3
 WARPS = 4  # warps of a block (threadIdx.y), 32 lanes each (threadIdx.x)
 ROWS = 16  # query tokens of a block: one 16-row fragment per head
 FRAG = 16  # the side of an mma.sync tile (m16n8k16 twice)
-PAD = 8  # halves added to each shared operand row, so ldmatrix's 8 rows hit distinct banks
+PAD = 8  # elements added to each shared tile's row, so 8 rows of a fragment hit distinct banks
 MMA = {"float16": "mma_m16n8k16_f16_f32", "bfloat16": "mma_m16n8k16_bf16_f32"}
 
 
@@ -75,6 +75,10 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
     frag_out = sch.cache_write(s, 0, "mma.accumulator")
     sch.compute_at(frag_out, at)
     sch.set_scope(frag_out, 0, "shared")
+    # rows of the float32 tile padded by 8 floats: a fragment store's 8 rows of 8-byte
+    # pairs land in distinct banks instead of one
+    rank = len(sch.get(frag_out).writes[0].buffer.shape)
+    sch.storage_align(frag_out, 0, rank - 2, TILE, PAD)
     sch.compute_at(s, at)
     *g, r, t, k = loops_below(sch, s, at)  # no head loop where the group is one head
     warps_n = WARPS // group
