@@ -59,13 +59,37 @@ def key_tiled(func: PrimFunc) -> bool:
     return all(isinstance(e, Const) for e in last) and last[1].value == last[0].value + 1
 
 
+def role_names(func: PrimFunc) -> dict[str, str]:
+    """The names of the form's blocks by role (`form_blocks`); a one-line ScheduleError
+    where `func` is not in key-tile form."""
+    if not key_tiled(func):
+        raise ScheduleError(
+            f"{func.name} is not attention in key tiles (an output dividing by its "
+            "accumulator's extra column); use default_cuda_schedule for other kernels"
+        )
+    return {k: br.block.name for k, br in form_blocks(func).items()}
+
+
+def row_blocks(sch: Schedule, out: str, group: int, rows: int) -> tuple[RV, RV]:
+    """The output's loops as the schedule's thread blocks: `rows` tokens of a kv head's
+    `group` query heads a block (bound to blockIdx.x); returns (that loop, the block's
+    fused loop over its heads, tokens and columns) for the caller to spread over threads."""
+    z, hh, i, c = sch.get_loops(sch.get_block(out))
+    hk, g = sch.split(hh, [None, group])
+    it, ir = sch.split(i, [None, rows])
+    sch.reorder(z, hk, it, g, ir, c)
+    bx = sch.fuse(z, hk, it)
+    sch.bind(bx, "blockIdx.x")
+    return bx, sch.fuse(g, ir, c)
+
+
 def rescored_block(func: PrimFunc) -> str:
     """The name of the block that scores the keys a second time (the weights' pass): its
     FLOPs repeat the first pass's, so counts of useful work leave it out."""
-    return _blocks(func)["again"].block.name
+    return form_blocks(func)["again"].block.name
 
 
-def _blocks(func: PrimFunc) -> dict[str, BlockRealize]:
+def form_blocks(func: PrimFunc) -> dict[str, BlockRealize]:
     """The form's blocks by role: out, acc, probs, max, and the scores each pass reads."""
     realizes = [br for br, _ in blocks(func)]
     out, acc = realizes[-1], realizes[-2]
@@ -124,12 +148,13 @@ def _rows_in_thread(sch: Schedule, name: str, at: RV, stage: RV | None = None) -
         sch.compute_at(shared, stage)
         *rows, cols = loops_below(sch, shared, stage)
         c, vec = sch.split(cols, [None, VEC])
-        _, tx = sch.split(_fused(sch, [*rows, c]), [None, THREADS])
+        _, tx = sch.split(fused_loop(sch, [*rows, c]), [None, THREADS])
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
 
 
-def _fused(sch: Schedule, loops: list[RV]) -> RV:
+def fused_loop(sch: Schedule, loops: list[RV]) -> RV:
+    """`loops` fused into one (the loop itself when there is one)."""
     return sch.fuse(*loops) if len(loops) > 1 else loops[0]
 
 
@@ -137,7 +162,7 @@ def _shared_sums(sch: Schedule, acc: RV) -> RV:
     """The context and the weights' sum added into shared memory at every key of a tile:
     warps over the rows, lanes over the columns; the tile loop."""
     *arows, ac, aj = sch.get_loops(acc)[1:]
-    ro, w = sch.split(_fused(sch, arows), [None, THREADS // WARP])
+    ro, w = sch.split(fused_loop(sch, arows), [None, THREADS // WARP])
     co, lane = sch.split(ac, [None, WARP])
     jo, ji = sch.split(aj, [None, TILE])
     sch.reorder(jo, w, lane, ro, co, ji)
@@ -145,11 +170,13 @@ def _shared_sums(sch: Schedule, acc: RV) -> RV:
     return jo
 
 
-def _tile_partials(sch: Schedule, acc: RV, rf: RV) -> RV:
+def tile_partials(sch: Schedule, acc: RV, rf: RV, warps_on_y: bool = False) -> RV:
     """A tile's context and weights' sum in registers, added into the shared sums once per
     tile: a warp takes a quarter of the tokens (every head of the group), a lane a run of
     contiguous columns, so a thread's partial sums are one small box (40 floats for
-    Llama-3-8B) and each key's weights and values are read once for all of it.
+    Llama-3-8B) and each key's weights and values are read once for all of it. The
+    threads are threadIdx.x, or with `warps_on_y` the warps threadIdx.y and their lanes
+    threadIdx.x (where tensor-core steps share the block).
 
         for jo: for (w, lane): rf[g, r, c] = sum over t of probs[g, r, t] * v'[t, c]
                                 acc[g, r, c] += rf[g, r, c]
@@ -158,8 +185,13 @@ def _tile_partials(sch: Schedule, acc: RV, rf: RV) -> RV:
     w, ro = sch.split(ai, [THREADS // WARP, None])
     lane, co = sch.split(ac, [WARP, None])
     sch.reorder(jo, w, lane, *heads, ro, co)
-    tx = sch.fuse(w, lane)
-    sch.bind(tx, "threadIdx.x")
+    if warps_on_y:
+        sch.bind(w, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+        tx = lane
+    else:
+        tx = sch.fuse(w, lane)
+        sch.bind(tx, "threadIdx.x")
     sch.compute_at(rf, tx)
     sch.set_scope(rf, 0, "local")
     below = loops_below(sch, rf, tx)
@@ -186,35 +218,24 @@ def key_tiles_schedule(
 ) -> Schedule:
     """The schedule the module docstring draws; `group` query heads share a block's keys
     (`default_schedule_cuda.kv_group`), `rows` query tokens of each. With `partials` a tile's
-    sums are rfactored into registers (`_tile_partials`); without, each step adds into the
+    sums are rfactored into registers (`tile_partials`); without, each step adds into the
     shared sums. With `trim` both key loops stop at the block's last visible key
     (`trim_masked`): a causal prompt's blocks skip the keys above the diagonal."""
-    if not key_tiled(func):
-        raise ScheduleError(
-            f"{func.name} is not attention in key tiles (an output dividing by its "
-            "accumulator's extra column); use default_cuda_schedule for other kernels"
-        )
+    roles = role_names(func)
     sch = Schedule(func)
-    roles = {k: br.block.name for k, br in _blocks(func).items()}
     rf = None
     if partials:  # acc[.., c] = sum over tiles jo of rf[jo, .., c], itself a sum over the tile
         *_, aj = sch.get_loops(sch.get_block(roles["acc"]))
         jo, _ = sch.split(aj, [None, TILE])
         rf = sch.rfactor(jo, 0)
-    o = sch.get_block(roles["out"])
-    z, hh, i, c = sch.get_loops(o)
-    hk, g = sch.split(hh, [None, group])
-    it, ir = sch.split(i, [None, rows])
-    sch.reorder(z, hk, it, g, ir, c)
-    bx = sch.fuse(z, hk, it)
-    sch.bind(bx, "blockIdx.x")
-    _, tx = sch.split(sch.fuse(g, ir, c), [None, THREADS])
+    bx, cells = row_blocks(sch, roles["out"], group, rows)
+    _, tx = sch.split(cells, [None, THREADS])
     sch.bind(tx, "threadIdx.x")
 
     acc = sch.get_block(roles["acc"])
     sch.compute_at(acc, bx)
     sch.set_scope(acc, 0, "shared")
-    jo = _tile_partials(sch, acc, rf) if rf is not None else _shared_sums(sch, acc)
+    jo = tile_partials(sch, acc, rf) if rf is not None else _shared_sums(sch, acc)
 
     # a tile's weights: a thread per key, every row
     probs = sch.get_block(roles["probs"])

@@ -20,17 +20,17 @@ memory), and store it into a float32 tile in shared memory, from which the pass 
 A warp's 16 rows are 16 tokens of one query head, so a block takes ROWS = 16 tokens of a kv
 head's group of query heads and its WARPS warps split the group's heads and the tile's keys
 (4 heads of Llama-3-8B: a warp per head, 128 keys each). The weighted sums stay on the
-SIMT cores (`default_key_tiles._tile_partials` with the warps on threadIdx.y): the extra
+SIMT cores (`default_key_tiles.tile_partials` with the warps on threadIdx.y): the extra
 column of ones that carries the weights' sum does not fit a 16-wide fragment.
 """
 
 from __future__ import annotations
 
-from .default_key_tiles import WARP, _blocks, _fused, key_tiled
+from .default_key_tiles import WARP, fused_loop, role_names, row_blocks, tile_partials
 from .errors import ScheduleError
 from .expr import Const
 from .schedule import RV, Schedule
-from .schedule_nest import init_before, loops_below, operand_copy, reduction_vars
+from .schedule_nest import init_before, loops_below, operand_copy
 from .stmt import PrimFunc
 
 TILE = 64  # keys of a tile: 2 blocks of 4 warps fit a multiprocessor at Llama-3-8B's heads
@@ -85,7 +85,7 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
     wn, fn, tt = sch.split(t, [warps_n, None, FRAG])
     ko, kx = sch.split(k, [None, FRAG])
     sch.reorder(*g, wn, ko, fn, r, tt, kx)
-    sch.bind(_fused(sch, [*g, wn]), "threadIdx.y")
+    sch.bind(fused_loop(sch, [*g, wn]), "threadIdx.y")
     sch.unroll(fn)
     for operand, (scope, intrin) in enumerate(
         (("mma.matrix_a", "ldmatrix_a_x4"), ("mma.matrix_b", "ldmatrix_b_x4"))
@@ -103,7 +103,7 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
     *fg, fr_, ft = loops_below(sch, frag_out, at)
     fwn, ffn, ftt = sch.split(ft, [warps_n, None, FRAG])
     sch.reorder(*fg, fwn, ffn, fr_, ftt)
-    sch.bind(_fused(sch, [*fg, fwn]), "threadIdx.y")
+    sch.bind(fused_loop(sch, [*fg, fwn]), "threadIdx.y")
     sch.unroll(ffn)
     sch.tensorize(fr_, "mma_store_f32")
     # the operands: the queries once per block, the keys once per tile, 16 bytes a thread
@@ -113,18 +113,14 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
         sch.storage_align(tile, 0, rank - 2, int(d_of(sch)), PAD)
         *lead, cols = loops_below(sch, tile, where)
         c, vec = sch.split(cols, [None, 8])
-        _threads(sch, _fused(sch, [*lead, c]))
+        _threads(sch, fused_loop(sch, [*lead, c]))
         sch.vectorize(vec)
 
 
 def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) -> Schedule:
     """The module docstring's schedule: `group` query heads of a kv head share a block's
     keys (1, 2 or 4: a warp per head and key quarter), ROWS tokens each."""
-    if not key_tiled(func):
-        raise ScheduleError(
-            f"{func.name} is not attention in key tiles (an output dividing by its "
-            "accumulator's extra column); use default_cuda_schedule for other kernels"
-        )
+    roles = role_names(func)
     dtype = func.params[0].dtype
     d = func.params[0].shape[-1]
     if dtype not in MMA or not isinstance(d, Const) or int(d.value) % FRAG:
@@ -138,7 +134,6 @@ def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) ->
             f"per head and key share), got {group}; use key_tiles_schedule"
         )
     sch = Schedule(func)
-    roles = {k: br.block.name for k, br in _blocks(func).items()}
     # the context: acc[.., c] = sum over tiles jo of rf[jo, .., c], itself a sum over a tile
     *_, aj = sch.get_loops(sch.get_block(roles["acc"]))
     jo, _ = sch.split(aj, [None, TILE])
@@ -148,19 +143,13 @@ def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) ->
     mo, _ = sch.split(mj, [None, TILE])
     mrf = sch.rfactor(mo, 0)
 
-    o = sch.get_block(roles["out"])
-    z, hh, i, c = sch.get_loops(o)
-    hk, g = sch.split(hh, [None, group])
-    it, ir = sch.split(i, [None, ROWS])
-    sch.reorder(z, hk, it, g, ir, c)
-    bx = sch.fuse(z, hk, it)
-    sch.bind(bx, "blockIdx.x")
-    _threads(sch, sch.fuse(g, ir, c))
+    bx, cells = row_blocks(sch, roles["out"], group, ROWS)
+    _threads(sch, cells)
 
     acc = sch.get_block(roles["acc"])
     sch.compute_at(acc, bx)
     sch.set_scope(acc, 0, "shared")
-    jo = _partials(sch, acc, rf)
+    jo = tile_partials(sch, acc, rf, warps_on_y=True)
 
     # a tile's weights: a thread per key, every row
     probs = sch.get_block(roles["probs"])
@@ -197,35 +186,3 @@ def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) ->
         sch.trim_masked(mo)
         sch.trim_masked(jo)
     return sch
-
-
-def _partials(sch: Schedule, acc: RV, rf: RV) -> RV:
-    """`default_key_tiles._tile_partials` with the warps on threadIdx.y: a warp takes a
-    share of the tokens (every head of the group), a lane a run of contiguous columns, each
-    thread's partial sums a small box in registers; returns the tile loop."""
-    *heads, ai, ac, jo = loops_below(sch, acc, sch.get_loops(acc)[0])
-    w, ro = sch.split(ai, [WARPS, None])
-    lane, co = sch.split(ac, [WARP, None])
-    sch.reorder(jo, w, lane, *heads, ro, co)
-    sch.bind(w, "threadIdx.y")
-    sch.bind(lane, "threadIdx.x")
-    sch.compute_at(rf, lane)
-    sch.set_scope(rf, 0, "local")
-    below = loops_below(sch, rf, lane)
-    red = reduction_vars(sch, sch.get(rf).name)
-    keys = [lp for lp in below if sch.get(lp).var in red]
-    box = [lp for lp in below if sch.get(lp).var not in red]
-    if box:  # a column's value is read once for every row of the box
-        sch.reorder(*keys, box[-1], *box[:-1])
-    for lp in box:
-        sch.unroll(lp)
-    init_before(sch, rf, keys[0])
-    weights = operand_copy(sch, rf, "probs")
-    values = operand_copy(sch, rf, sch.mod.params[2].name)
-    for copy, at in ((weights, keys[-1]), (values, box[-1] if box else keys[-1])):
-        if copy is None:
-            continue
-        sch.compute_at(copy, at)
-        for lp in loops_below(sch, copy, at):
-            sch.unroll(lp)
-    return jo

@@ -168,23 +168,33 @@ def test_each_key_and_value_is_read_once_for_a_threads_rows() -> None:
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
-def test_key_tiles_compile_for_sm_90_without_spills(tmp_path) -> None:
-    ks = build_source(default_cuda_schedule(_attention(resolve_model("llama-3-8b")).func), "cuda")
+@pytest.mark.parametrize(("form", "most"), [("default", 32), ("tensor_cores", 0)])
+def test_key_tiles_compile_for_sm_90_without_spills(form, most, tmp_path) -> None:
+    """Both forms at Llama-3-8B's heads; the default's hoisted divisions
+    (pass_hoist_divisions) may cost a few bytes."""
+    from tunefleet.ir.key_tiles_mma import key_tiles_mma_schedule
+
+    func = _attention(resolve_model("llama-3-8b")).func
+    sch = default_cuda_schedule(func) if form == "default" else key_tiles_mma_schedule(func, 4)
+    ks = build_source(sch, "cuda")
     src = tmp_path / "k.cu"
     src.write_text(ks.source)
     cmd = [NVCC, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
            str(src)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    # the block's hoisted divisions (pass_hoist_divisions) cost at most a few bytes
     spilled = [int(x) for x in re.findall(r"(\d+) bytes spill stores", r.stderr)]
-    assert spilled and max(spilled) <= 32, r.stderr[-2000:]
+    assert spilled and max(spilled) <= most, r.stderr[-2000:]
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("form", ["default", "tensor_cores"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(("n", "m"), [(37, 300), (1, 1), (200, 200)])
-def test_key_tiles_match_the_reference_on_a_gpu(n, m, dtype, tmp_path) -> None:
+def test_key_tiles_match_the_reference_on_a_gpu(n, m, dtype, form, tmp_path) -> None:
+    """The default form and the scores on tensor cores (`ir.key_tiles_mma`) at Llama-3-8B's
+    heads."""
+    from tunefleet.ir.key_tiles_mma import key_tiles_mma_schedule
     from tunefleet.workers.builder import BuildConfig, BuildInput, build
     from tunefleet.workers.results import MeasureConfig, RunInput, Status
     from tunefleet.workers.runner import Runner, RunnerConfig
@@ -192,7 +202,9 @@ def test_key_tiles_match_the_reference_on_a_gpu(n, m, dtype, tmp_path) -> None:
 
     task = _attention(replace(resolve_model("llama-3-8b"), dtype=dtype))
     fast = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=3, min_repeat_ms=0.2)
-    ks = build_source(default_cuda_schedule(task.func), target="cuda")
+    sch = (default_cuda_schedule(task.func) if form == "default"
+           else key_tiles_mma_schedule(task.func, group=4))  # fmt: skip
+    ks = build_source(sch, target="cuda")
     cache = str(tmp_path)
     built = build(BuildInput(resolve_target("cuda"), kernel=ks), BuildConfig(cache_dir=cache))
     assert built.status is Status.OK, built.message

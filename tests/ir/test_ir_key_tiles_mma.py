@@ -2,14 +2,12 @@
 form matches numpy in the GPU interpreter (which runs ldmatrix and mma.sync as the loops
 they replace) for every group of query heads a block takes, at odd sizes; its tensorized
 nests carry no guard; its shared memory is constant and leaves two blocks a
-multiprocessor at Llama-3-8B's heads; nvcc compiles it without spills; and on a GPU it
-matches the task's reference."""
+multiprocessor at Llama-3-8B's heads. tests/ir/test_ir_key_tiles.py compiles it with
+nvcc (no spills) and, on a GPU, runs it against the task's reference."""
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -111,36 +109,3 @@ def test_shared_memory_is_constant_and_leaves_two_blocks_a_multiprocessor() -> N
     assert isinstance(ks.shared_bytes, int) and 0 < ks.shared_bytes <= 113 * 1024
     assert ks.block == (32, 4, 1)
     assert ks.grid == ("(((n + 15) // 16) * 8)", 1, 1)  # 8 kv heads x ceil(n / 16) tiles
-
-
-@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
-def test_tensor_core_key_tiles_compile_for_sm_90_without_spills(tmp_path) -> None:
-    ks = build_source(_llama_mma(), "cuda")
-    src = tmp_path / "k.cu"
-    src.write_text(ks.source)
-    cmd = [NVCC, "-cubin", "-arch=sm_90", "-O3", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-           str(src)]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    assert r.returncode == 0, r.stderr[-2000:]
-    spilled = [int(x) for x in re.findall(r"(\d+) bytes spill stores", r.stderr)]
-    assert spilled and max(spilled) == 0, r.stderr[-2000:]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize(("n", "m"), [(37, 300), (1, 1), (200, 200)])
-def test_tensor_core_key_tiles_match_the_reference_on_a_gpu(n, m, dtype, tmp_path) -> None:
-    from tunefleet.workers.builder import BuildConfig, BuildInput, build
-    from tunefleet.workers.results import MeasureConfig, RunInput, Status
-    from tunefleet.workers.runner import Runner, RunnerConfig
-    from tunefleet.workers.targets import resolve_target
-
-    task = _attention(replace(resolve_model("llama-3-8b"), dtype=dtype))
-    fast = MeasureConfig(guard_noise=False, warmup_ms=1, repeats=3, min_repeat_ms=0.2)
-    ks = build_source(key_tiles_mma_schedule(task.func, group=4), target="cuda")
-    cache = str(tmp_path)
-    built = build(BuildInput(resolve_target("cuda"), kernel=ks), BuildConfig(cache_dir=cache))
-    assert built.status is Status.OK, built.message
-    with Runner(RunnerConfig(device="cuda", device_index=0, cache_dir=cache)) as runner:
-        result = runner.run(RunInput(built.artifact, task_problem(task, {"n": n, "m": m}), fast))
-    assert result.status is Status.OK, result.message
