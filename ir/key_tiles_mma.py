@@ -8,7 +8,7 @@ memory), and store it into a float32 tile in shared memory, from which the pass 
 
     blockIdx.x: (batch, kv head, 16 tokens);  threadIdx.y: warp;  threadIdx.x: lane
       for each tile of TILE keys (j0):                            (max pass)
-        S[g, r, t] = q[g, r, :] . k[j0 + t, :]   warps (g, key quarter) x 16 rows, mma.sync
+        S[g, r, t] = q[g, r, :] . k[j0 + t, :]   warps (head, share of t) x 16 rows, mma.sync
         tile_max[g, r] = max over t of S          lanes over t, a warp reduction per row
         row_max[g, r] = max(row_max[g, r], tile_max[g, r])
       for each tile of TILE keys (j0):                            (weights pass)
@@ -19,7 +19,7 @@ memory), and store it into a float32 tile in shared memory, from which the pass 
 
 A warp's 16 rows are 16 tokens of one query head, so a block takes ROWS = 16 tokens of a kv
 head's group of query heads and its WARPS warps split the group's heads and the tile's keys
-(4 heads of Llama-3-8B: a warp per head, 128 keys each). The weighted sums stay on the
+(4 heads of Llama-3-8B: a warp per head, all 64 keys of the tile). The weighted sums stay on the
 SIMT cores (`default_key_tiles.tile_partials` with the warps on threadIdx.y): the extra
 column of ones that carries the weights' sum does not fit a 16-wide fragment.
 """
@@ -41,7 +41,7 @@ PAD = 8  # elements added to each shared tile's row, so 8 rows of a fragment hit
 MMA = {"float16": "mma_m16n8k16_f16_f32", "bfloat16": "mma_m16n8k16_bf16_f32"}
 
 
-def d_of(sch: Schedule) -> int:
+def _head_dim(sch: Schedule) -> int:
     """The head dim: the queries' last extent."""
     return int(sch.mod.params[0].shape[-1].value)  # type: ignore[attr-defined]
 
@@ -110,7 +110,7 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
     for tile, where in ((q_tile, stage), (k_tile, at)):
         sch.compute_at(tile, where)
         rank = len(sch.get(tile).writes[0].buffer.shape)
-        sch.storage_align(tile, 0, rank - 2, int(d_of(sch)), PAD)
+        sch.storage_align(tile, 0, rank - 2, _head_dim(sch), PAD)
         *lead, cols = loops_below(sch, tile, where)
         c, vec = sch.split(cols, [None, 8])
         _threads(sch, fused_loop(sch, [*lead, c]))
@@ -119,7 +119,7 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
 
 def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) -> Schedule:
     """The module docstring's schedule: `group` query heads of a kv head share a block's
-    keys (1, 2 or 4: a warp per head and key quarter), ROWS tokens each."""
+    keys (1, 2 or 4: a warp per head and share of the tile's keys), ROWS tokens each."""
     roles = role_names(func)
     dtype = func.params[0].dtype
     d = func.params[0].shape[-1]
