@@ -22,14 +22,15 @@
   memory. A key belongs to a row of KEY_LANES lanes (threadIdx.x), two rows to a warp
   (threadIdx.y: the block's rows of lanes); a key's score is a reduction over the row's
   lanes (each reads KEYED_VEC contiguous elements of the key's head dim, 16 bytes,
-  KEYS_IN_FLIGHT keys unrolled); the row's max and sum are rfactored over the rows of lanes
-  (each row of lanes reduces its share of the keys, then one row of lanes combines the
-  rows' results); the probabilities spread over every thread. The context is rfactored
-  over the rows of lanes: each thread sums its row's keys for KEYED_VEC head-dim columns in
-  registers (zeroed once before the keys, 16 keys unrolled, a key's values read into
-  registers with one 16-byte load), the partial sums meet in shared memory, and a thread
-  per column adds them up. A mask that calls no math function (prefill's causal mask) is
-  inlined into its readers.
+  KEYS_IN_FLIGHT keys unrolled, against its slice of the query, read into registers
+  unguarded so the load stays out of the key loop); the row's max and sum are rfactored
+  over the rows of lanes (each row of lanes reduces its share of the keys, then one row of
+  lanes combines the rows' results); the probabilities spread over every thread. The
+  context is rfactored over the rows of lanes: each thread sums its row's keys for
+  KEYED_VEC head-dim columns in registers (zeroed once before the keys, 16 keys unrolled, a
+  key's values read into registers with one 16-byte load), the partial sums meet in shared
+  memory, and a thread per column adds them up. A mask that calls no math function
+  (prefill's causal mask) is inlined into its readers.
 
       blockIdx.x: row (b, h, n);  threadIdx.y: w;  threadIdx.x: lane (KEY_LANES of them)
         scores[j] = sum over the lanes of q[d] * k[j, d]   for j = w, w + W, ...
@@ -394,6 +395,7 @@ def _keyed_producer(
     elsewhere."""
     p = sch.get_block(name)
     keys = operand_copy(sch, p, sch.mod.params[1].name) if group > 1 else None
+    queries = operand_copy(sch, p, sch.mod.params[0].name)  # the scores' block alone reads q
     sch.compute_at(p, row)
     sch.set_scope(p, 0, "shared.cluster" if name in shares else "shared")
     if name in shares.values():  # adds up the cluster's shares: a lane reads each
@@ -438,6 +440,8 @@ def _keyed_producer(
             sch.unroll(g)
             if keys is not None:
                 _read_once(sch, keys, lane)
+        if queries is not None:  # a lane's slice of the query (every row of the group) in
+            _read_once(sch, queries, lane)  # registers, unguarded: the same for every key
     else:  # elementwise over the keys: every thread of the block
         ko, ky, kx = sch.split(k, [None, rows, KEY_LANES])
         sch.reorder(ky, kx, ko)

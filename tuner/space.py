@@ -158,7 +158,8 @@ DEFAULT_SKETCH = "default_schedule@12"  # untuned default; 2: keyed attention; 3
 # key loops stop at the block's last visible key (trim_masked); 10: the block's queries in
 # shared memory, a key's weights and a column's values in registers for a thread's partial sums;
 # 11: decode attention's keys over 16 lanes each (two to a warp, 16-byte loads), each row of
-# lanes its share of the max and sum, a key's values read into registers with one load;
+# lanes its share of the max and sum, a key's values read into registers with one load, a
+# lane's slice of the query once;
 # 12: a prompt's attention also with its tiles' scores on tensor cores (key_tiles_mma)
 KEY_TILE_ROWS = (4, 16)
 

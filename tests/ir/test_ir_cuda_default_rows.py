@@ -98,6 +98,14 @@ def test_decode_attention_rows_split_over_a_cluster_from_sm_90(phase, tmp_path):
     for cache in ("k_cache", "v_cache"):
         (load,) = [line for line in grouped.source.splitlines() if f"{cache}[" in line]
         assert load.strip().startswith(f"{cache}_local["), load
+    # a lane's slice of the query (one element of this head dim of 16) goes into registers
+    # for every row of the group, unguarded (the batch index clamped), so nvcc keeps the
+    # load out of the key loop
+    ungrouped = build_source(default_cuda_schedule(task.func, "sm_90"), "cuda")
+    for source, rows in ((ungrouped.source, 1), (grouped.source, 2)):
+        (load,) = [line for line in source.splitlines() if "(q + " in line or "q[" in line]
+        assert load.strip().startswith("q_local[") and "(b - 1)" in load, load
+        assert f"q_local[{rows}]" in source
     # each block holds the scores and probabilities of its share of the keys only, so a long
     # context still leaves several blocks per multiprocessor
     ks = build_source(default_schedule(task.func, "cuda", "sm_90"), "cuda")
