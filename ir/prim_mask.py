@@ -19,10 +19,33 @@ import dataclasses
 from collections.abc import Mapping
 
 from .errors import ScheduleError
-from .expr import REDUCE_IDENTITY, BinOp, Buffer, Cast, Const, Expr, Select, Var, binop, const
+from .expr import (
+    REDUCE_IDENTITY,
+    BinOp,
+    Buffer,
+    BufferLoad,
+    Cast,
+    Const,
+    Expr,
+    Select,
+    Var,
+    binop,
+    const,
+)
 from .instruction_traits import primitive
+from .regions import with_regions
 from .schedule_state import ScheduleState
-from .schedule_tree import blocks, iter_nodes, reads_of, reduction_update, writes_of
+from .schedule_tree import (
+    block_replacer,
+    blocks,
+    iter_nodes,
+    map_stmt,
+    reads_of,
+    reduction_update,
+    root_body,
+    with_root,
+    writes_of,
+)
 from .simplify import bounds, conjunction, conjuncts, from_linear, linear, simplify
 from .stmt import TRUE, Block, BlockRealize, BufferStore, For
 from .trace import RV
@@ -268,4 +291,91 @@ def masked_write_back(
     return None if kept == TRUE else kept
 
 
-__all__ = ["exists_over", "masked_update", "masked_write_back", "peel_mask", "trim_masked"]
+@primitive()
+def mask_into_producer(state: ScheduleState, block: RV) -> None:
+    """Move the mask of a masked sum's weight into the block that computes the weight: the
+    weight becomes 0 where the mask is false, and the sum adds plain products, the shape a
+    tensor-core tile takes (an MMA has no per-element select). Apply it after `trim_masked`,
+    which reads the mask off the sum.
+
+        p[i, j] = exp(s[i, j] - mx[i])
+        acc[i, c] += select(j <= i + m - n, p[i, j], 0) * v[j, c]     mask_into_producer(acc) ->
+        p[i, j] = select(j <= i + m - n, exp(s[i, j] - mx[i]), 0)
+        acc[i, c] += p[i, j] * v[j, c]
+
+    The weight must be a buffer that one block writes (no reduction) and only this block
+    reads, at an index that names, as whole indices, every iter var the mask reads.
+    """
+    br, _ = state.block(block)
+    blk = br.block
+    store = blk.body
+    found = reduction_update(store) if isinstance(store, BufferStore) else None
+    if blk.init is None or found is None or found[0] != "add":
+        raise ScheduleError(f"mask_into_producer: block {blk.name!r} is not a sum C = C + x")
+    assert isinstance(store, BufferStore)
+    term = found[1]
+    moved: list[tuple[Expr, BufferLoad]] = []
+
+    def unmask(e: Expr) -> Expr:
+        """`e` (the sum's term) with the select on a weight's load replaced by the load."""
+        if isinstance(e, BinOp) and e.op == "mul":
+            return binop("mul", unmask(e.a), unmask(e.b))
+        if isinstance(e, Select) and _is_identity(e.false_value, "add") and not moved:
+            load = e.true_value.value if isinstance(e.true_value, Cast) else e.true_value
+            if isinstance(load, BufferLoad) and load.buffer not in state.func.params:
+                moved.append((e.cond, load))
+                return e.true_value
+        return e
+
+    new_value = binop("add", BufferLoad(store.buffer, store.indices), unmask(term))
+    if not moved:
+        raise ScheduleError(
+            f"mask_into_producer: block {blk.name!r} adds no select(cond, w, 0) on a weight "
+            "an intermediate buffer holds"
+        )
+    cond, load = moved[0]
+    weight = load.buffer
+    writers = [b for b, _ in blocks(state.func) if weight in writes_of(b.block)]
+    readers = [b for b, _ in blocks(state.func) if weight in reads_of(b.block)]
+    if len(writers) != 1 or [r.block.name for r in readers] != [blk.name]:
+        raise ScheduleError(
+            f"mask_into_producer: {weight.name} must be written by one block and read by "
+            f"{blk.name!r} alone (writers {[w.block.name for w in writers]}, readers "
+            f"{[r.block.name for r in readers]})"
+        )
+    producer = writers[0].block
+    put = producer.body
+    if producer.init is not None or not isinstance(put, BufferStore):
+        raise ScheduleError(f"mask_into_producer: {producer.name!r} is not a plain store")
+    own = {iv.var for iv in blk.iter_vars}
+    rename: dict[Var, Expr] = {}
+    for at, idx in zip(load.indices, put.indices, strict=True):
+        if isinstance(at, Var) and at in own:
+            rename[at] = idx
+    unnamed = sorted(
+        v.name for v in walk(cond) if isinstance(v, Var) and v in own and v not in rename
+    )
+    if unnamed:
+        raise ScheduleError(
+            f"mask_into_producer: the mask reads {unnamed[0]}, which does not index "
+            f"{weight.name} in {blk.name!r}"
+        )
+    zero = const(0.0, weight.dtype)
+    new_put = dataclasses.replace(put, value=Select(substitute(cond, rename), put.value, zero))
+    new_producer = with_regions(dataclasses.replace(producer, body=new_put))
+    new_blk = with_regions(
+        dataclasses.replace(blk, body=dataclasses.replace(store, value=new_value))
+    )
+    body = map_stmt(root_body(state.func), block_replacer(producer.name, new_producer))
+    body = map_stmt(body, block_replacer(blk.name, new_blk))
+    state.func = with_root(state.func, body)
+
+
+__all__ = [
+    "exists_over",
+    "mask_into_producer",
+    "masked_update",
+    "masked_write_back",
+    "peel_mask",
+    "trim_masked",
+]

@@ -17,7 +17,7 @@ The primitives live in modules by family, each declaring its trace traits
     prim_compute_at   compute_at, reverse_compute_at
     prim_inline       compute_inline, reverse_compute_inline
     prim_reduction    decompose_reduction, rfactor
-    prim_mask         trim_masked
+    prim_mask         trim_masked, mask_into_producer
     prim_sampling     sample_perfect_tile, sample_categorical, sample_compute_location
 
 Example (a 64x64x64 matmul block "C" with loops i, j, k):
@@ -291,6 +291,10 @@ class Schedule:
     @_documented_by(prim_mask.trim_masked)
     def trim_masked(self, loop: RV) -> None:
         self._apply(prim_mask.trim_masked, [loop])
+
+    @_documented_by(prim_mask.mask_into_producer)
+    def mask_into_producer(self, block: RV) -> None:
+        self._apply(prim_mask.mask_into_producer, [block])
 
     # ------------------------------------------------------------ sampling
 

@@ -13,10 +13,12 @@ from tunefleet.ir import (
     build_source,
     compute,
     create_prim_func,
+    exp,
     ops,
     placeholder,
     reduce_axis,
     reduce_max,
+    reduce_sum,
     select,
 )
 from tunefleet.ir.annotation_keys import AUTO_UNROLL
@@ -142,7 +144,25 @@ def _causal_max() -> Schedule:
     return sch
 
 
+def _causal_weights() -> Schedule:
+    """ctx = sum over j <= i of exp(x[i, j]) * v[j, c] in tiles of 8 keys, trimmed at the
+    diagonal, the mask then moved into the weights' block."""
+    x = placeholder((37, 37), "float32", "x")
+    v = placeholder((37, 4), "float32", "v")
+    p = compute((37, 37), lambda i, j: exp(x[i, j]), "p")
+    r = reduce_axis(37, "j")
+    ctx = compute((37, 4), lambda i, c: reduce_sum(select(r <= i, p[i, r], 0.0) * v[r, c], r),
+                  "ctx")  # fmt: skip
+    sch = Schedule(create_prim_func([x, v, ctx]))
+    _, _, j = sch.get_loops(sch.get_block("ctx"))
+    jo, _ = sch.split(j, [None, 8])
+    sch.trim_masked(jo)
+    sch.mask_into_producer(sch.get_block("ctx"))
+    return sch
+
+
 CASES = {
+    "causal_weights": (_causal_weights, "cpu"),
     "causal_max": (_causal_max, "cpu"),
     "elementwise": (_elementwise_chain, "cpu"),
     "softmax": (lambda: _softmax(3), "cpu"),

@@ -165,3 +165,49 @@ def test_a_reduction_stepping_backwards_with_the_loop_keeps_its_loop() -> None:
     assert not _falls(jo * 128 + ji, jo)
     assert _falls((const(4) - jo) * 128 + ji, jo)
     assert _falls((jo * 128 + ji) // 3, jo)
+
+
+def _causal_weights(width: int = 5):
+    """p[i, j] = exp(x[i, j]); ctx[i, c] = sum over j <= i of p[i, j] * v[j, c] (the mask
+    on the weight an intermediate block computes)."""
+    from tunefleet.ir import exp
+
+    x = placeholder((N, N), "float32", "x")
+    v = placeholder((N, width), "float32", "v")
+    p = compute((N, N), lambda i, j: exp(x[i, j]), "p")
+    r = reduce_axis(N, "j")
+    ctx = compute((N, width), lambda i, c: reduce_sum(select(r <= i, p[i, r], 0.0) * v[r, c], r),
+                  "ctx")  # fmt: skip
+    return create_prim_func([x, v, ctx], "causal_weights")
+
+
+def test_a_sums_mask_moves_into_the_block_computing_its_weight() -> None:
+    """After trim_masked (which reads the mask off the sum) the weight's block zeroes what
+    the mask hides and the sum adds plain products (what a tensor-core tile takes): the
+    result is unchanged, and a replayed trace does the same."""
+    sch = Schedule(_causal_weights())
+    _, _, j = sch.get_loops(sch.get_block("ctx"))
+    jo, _ = sch.split(j, [None, 4])
+    sch.trim_masked(jo)
+    sch.mask_into_producer(sch.get_block("ctx"))
+    assert masked_update(sch.get(sch.get_block("ctx"))) is None  # no select left in the sum
+    assert "select(v_j <= v_i, exp(" in sch.func.script()  # the weight's own block
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((23, 23)).astype(np.float32)
+    v = rng.standard_normal((23, 5)).astype(np.float32)
+    want = np.tril(np.exp(x)) @ v
+    (got,) = run_kernel(build_source(sch), [x, v], {"n": 23})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    again = Trace.from_json(sch.trace.to_json()).apply(_causal_weights())
+    assert again.func == sch.func
+
+
+def test_a_mask_stays_where_its_weight_is_no_intermediate_or_it_is_no_sum() -> None:
+    for func, name, words in ((_causal_sum(), "ctx", "no select"),
+                              (_causal_max(), "row_max", "is not a sum")):  # fmt: skip
+        sch = Schedule(func)
+        block = sch.get_block(name)
+        before = sch.func, sch.trace
+        with pytest.raises(ScheduleError, match=words) as info:
+            sch.mask_into_producer(block)
+        assert (sch.func, sch.trace) == before and "\n" not in str(info.value)
