@@ -261,10 +261,17 @@ def _attention_key_tiles(q: TeTensor, k: TeTensor, v: TeTensor, group: int) -> P
                     "probs")  # fmt: skip
     r2 = reduce_axis(m, "k")
 
-    def weighted(z: Expr, hh: Expr, i: Expr, c: Expr) -> Expr:
+    def with_ones(z: Expr, kh: Expr, j: Expr, c: Expr) -> Expr:
         col = select(c < dim - 1, c, dim - 1)  # the ones column reads a real one, unused
+        return select(c < dim, v[z, kh, j, col], cast(dt, 1.0))
+
+    # the values and their column of ones as a block of their own: the default inlines it,
+    # a tensor-core schedule stages a tile of it in shared memory as an MMA operand
+    values = compute((b, k.shape[1], m, dim + 1), with_ones, "v_ones")
+
+    def weighted(z: Expr, hh: Expr, i: Expr, c: Expr) -> Expr:
         head = hh // group if group != 1 else hh
-        value = select(c < dim, _f32(v[z, head, r2, col]), 1.0)
+        value = _f32(values[z, head, r2, c])
         return reduce_sum(select(visible(i, r2), _f32(probs[z, hh, i, r2]), 0.0) * value, r2)
 
     acc = compute((b, h, n, dim + 1), weighted, "context_acc")

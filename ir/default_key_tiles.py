@@ -90,20 +90,24 @@ def rescored_block(func: PrimFunc) -> str:
 
 
 def form_blocks(func: PrimFunc) -> dict[str, BlockRealize]:
-    """The form's blocks by role: out, acc, probs, max, and the scores each pass reads."""
+    """The form's blocks by role: out, acc, probs, max, the scores each pass reads, and the
+    values with their column of ones ("values")."""
     realizes = [br for br, _ in blocks(func)]
     out, acc = realizes[-1], realizes[-2]
     reads = {br.block.name: {r.buffer.name for r in br.block.reads}
              - {br.block.writes[0].buffer.name} for br in realizes}  # fmt: skip
     writer = {br.block.writes[0].buffer.name: br for br in realizes}
-    probs = next(writer[b] for b in reads[acc.block.name] if b in writer)
+    made = [writer[b] for b in sorted(reads[acc.block.name]) if b in writer]
+    # the weights read the scores (another block's output); the values read the cache alone
+    probs = next(br for br in made if reads[br.block.name] & set(writer))
+    values = next(br for br in made if br is not probs)
     mx = next(br for br in realizes if br.block.name != acc.block.name and reduce_loop_vars(br)
               and len(br.block.writes[0].buffer.shape) == 3)  # fmt: skip
     scores = {
         role: next(writer[b] for b in reads[br.block.name] if b in writer and writer[b] is not mx)
         for role, br in (("first", mx), ("again", probs))
     }
-    return {"out": out, "acc": acc, "probs": probs, "max": mx, **scores}
+    return {"out": out, "acc": acc, "probs": probs, "max": mx, "values": values, **scores}
 
 
 def _rows_in_thread(sch: Schedule, name: str, at: RV, stage: RV | None = None) -> None:
@@ -223,6 +227,7 @@ def key_tiles_schedule(
     (`trim_masked`): a causal prompt's blocks skip the keys above the diagonal."""
     roles = role_names(func)
     sch = Schedule(func)
+    sch.compute_inline(sch.get_block(roles["values"]))  # a value or 1, read where summed
     rf = None
     if partials:  # acc[.., c] = sum over tiles jo of rf[jo, .., c], itself a sum over the tile
         *_, aj = sch.get_loops(sch.get_block(roles["acc"]))

@@ -134,6 +134,7 @@ def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) ->
             f"per head and key share), got {group}; use key_tiles_schedule"
         )
     sch = Schedule(func)
+    sch.compute_inline(sch.get_block(roles["values"]))
     # the context: acc[.., c] = sum over tiles jo of rf[jo, .., c], itself a sum over a tile
     *_, aj = sch.get_loops(sch.get_block(roles["acc"]))
     jo, _ = sch.split(aj, [None, TILE])
