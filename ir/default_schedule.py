@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .default_key_tiles import form_blocks, key_tiled
 from .errors import ScheduleError
 from .expr import BufferLoad, Const, Var
 from .schedule import Schedule
@@ -47,7 +48,9 @@ def default_schedule(op_or_func: Any, target: str = "cpu", arch: str = "") -> Sc
             f"no default schedule for target {target!r} in this build (available: cpu, cuda)"
         )
     sch = Schedule(func)
-    for br, _ in blocks(func):
+    if key_tiled(func):  # a prompt's attention: its values' column of ones read where summed
+        sch.compute_inline(sch.get_block(form_blocks(func)["values"].block.name))
+    for br, _ in blocks(sch.mod):
         block = sch.get_block(br.block.name)
         loops = sch.get_loops(block)
         red = reduce_loop_vars(br)
