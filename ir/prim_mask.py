@@ -334,20 +334,46 @@ def mask_into_producer(state: ScheduleState, block: RV) -> None:
             "an intermediate buffer holds"
         )
     cond, load = moved[0]
+    reader = blk
+    while True:  # through plain copies of the weight (a fragment's) to the block computing it
+        producer, put, cond = _weight_producer(state, reader, load, cond)
+        copied = put.value
+        if not isinstance(copied, BufferLoad) or copied.buffer in state.func.params:
+            break
+        reader, load = producer, copied
+    weight = put.buffer
+    zero = const(0.0, weight.dtype)
+    new_put = dataclasses.replace(put, value=Select(cond, put.value, zero))
+    new_producer = with_regions(dataclasses.replace(producer, body=new_put))
+    new_blk = with_regions(
+        dataclasses.replace(blk, body=dataclasses.replace(store, value=new_value))
+    )
+    body = map_stmt(root_body(state.func), block_replacer(producer.name, new_producer))
+    body = map_stmt(body, block_replacer(blk.name, new_blk))
+    state.func = with_root(state.func, body)
+
+
+def _weight_producer(
+    state: ScheduleState, reader: Block, load: BufferLoad, cond: Expr
+) -> tuple[Block, BufferStore, Expr]:
+    """The block that writes the buffer `reader` reads at `load`, its store, and `cond`
+    (over `reader`'s iter vars) renamed to its iter vars; ScheduleError where the buffer has
+    other writers or readers, the block is no plain store, or `load` leaves a var of `cond`
+    out of its indices."""
     weight = load.buffer
     writers = [b for b, _ in blocks(state.func) if weight in writes_of(b.block)]
     readers = [b for b, _ in blocks(state.func) if weight in reads_of(b.block)]
-    if len(writers) != 1 or [r.block.name for r in readers] != [blk.name]:
+    if len(writers) != 1 or [r.block.name for r in readers] != [reader.name]:
         raise ScheduleError(
             f"mask_into_producer: {weight.name} must be written by one block and read by "
-            f"{blk.name!r} alone (writers {[w.block.name for w in writers]}, readers "
+            f"{reader.name!r} alone (writers {[w.block.name for w in writers]}, readers "
             f"{[r.block.name for r in readers]})"
         )
     producer = writers[0].block
     put = producer.body
     if producer.init is not None or not isinstance(put, BufferStore):
         raise ScheduleError(f"mask_into_producer: {producer.name!r} is not a plain store")
-    own = {iv.var for iv in blk.iter_vars}
+    own = {iv.var for iv in reader.iter_vars}
     rename: dict[Var, Expr] = {}
     for at, idx in zip(load.indices, put.indices, strict=True):
         if isinstance(at, Var) and at in own:
@@ -358,17 +384,9 @@ def mask_into_producer(state: ScheduleState, block: RV) -> None:
     if unnamed:
         raise ScheduleError(
             f"mask_into_producer: the mask reads {unnamed[0]}, which does not index "
-            f"{weight.name} in {blk.name!r}"
+            f"{weight.name} in {reader.name!r}"
         )
-    zero = const(0.0, weight.dtype)
-    new_put = dataclasses.replace(put, value=Select(substitute(cond, rename), put.value, zero))
-    new_producer = with_regions(dataclasses.replace(producer, body=new_put))
-    new_blk = with_regions(
-        dataclasses.replace(blk, body=dataclasses.replace(store, value=new_value))
-    )
-    body = map_stmt(root_body(state.func), block_replacer(producer.name, new_producer))
-    body = map_stmt(body, block_replacer(blk.name, new_blk))
-    state.func = with_root(state.func, body)
+    return producer, put, substitute(cond, rename)
 
 
 __all__ = [

@@ -41,5 +41,6 @@ def init_before(sch: Schedule, block: RV, loop: RV) -> RV:
     outer = [sch.get(lp).var for lp in sch.get_loops(block)].index(sch.get(loop).var)
     init = sch.decompose_reduction(block, loop)
     for lp in sch.get_loops(init)[outer:]:
-        sch.unroll(lp)
+        if sch.get(lp).kind != "thread_binding":  # the threads' loops stay theirs
+            sch.unroll(lp)
     return init
