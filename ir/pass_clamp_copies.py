@@ -53,14 +53,14 @@ def clamp_register_copies(func: PrimFunc) -> PrimFunc:
             return store if in_bounds(load.indices, shape, ranges) else None
         if load.buffer not in inputs:
             return None
-        indices = tuple(_clamped(e, d, ranges) for e, d in zip(load.indices, shape, strict=True))
+        indices = tuple(clamped(e, d, ranges) for e, d in zip(load.indices, shape, strict=True))
         return dataclasses.replace(store, value=dataclasses.replace(load, indices=indices))
 
     body = rewrite(func.body, post)
     return func if body is func.body else dataclasses.replace(func, body=body)
 
 
-def _clamped(index: Expr, dim: Expr, ranges: Ranges) -> Expr:
+def clamped(index: Expr, dim: Expr, ranges: Ranges) -> Expr:
     """`index` held inside [0, dim): unchanged where the loops' ranges prove it is."""
     if not prove(index >= 0, ranges):
         index = max_(index, 0)
@@ -78,4 +78,4 @@ def loop_ranges(func: PrimFunc) -> dict[Var, tuple[int, int]]:
     }
 
 
-__all__ = ["clamp_register_copies", "loop_ranges"]
+__all__ = ["clamp_register_copies", "clamped", "loop_ranges"]

@@ -18,6 +18,7 @@ from .pass_masked_update import guard_masked_updates
 from .pass_predicate import predicate_stores
 from .pass_register_guards import unguard_register_updates
 from .pass_tensor_guards import unguard_tensor_tiles
+from .pass_tensor_operands import fill_tensor_operands
 from .pass_thread_sync import insert_thread_syncs
 from .pass_vectorize import mark_vector_loops
 from .stmt import PrimFunc
@@ -28,6 +29,7 @@ TARGET_PASSES: dict[str, tuple[Pass, ...]] = {
     "c": (hoist_invariant_calls,),
     "cuda": (
         clamp_register_copies,
+        fill_tensor_operands,
         mark_vector_loops,
         hoist_loads,
         predicate_stores,

@@ -42,7 +42,8 @@ def _softmax() -> PrimFunc:
 
 def test_cuda_runs_its_passes_in_order_and_c_none() -> None:
     names = [p.__name__ for p in TARGET_PASSES["cuda"]]
-    assert names == ["clamp_register_copies", "mark_vector_loops", "hoist_loads",
+    assert names == ["clamp_register_copies", "fill_tensor_operands", "mark_vector_loops",
+                     "hoist_loads",
                      "predicate_stores", "insert_thread_syncs", "guard_masked_updates",
                      "unguard_register_updates", "unguard_tensor_tiles",
                      "hoist_block_divisions"]  # fmt: skip
@@ -79,6 +80,45 @@ def test_a_tensorized_nest_loses_its_guard_only_on_chip_and_in_bounds() -> None:
     assert not guarded(_store_tile("shared", 16))  # the tile's rows past n: computed, unread
     assert guarded(_store_tile("global", 16))  # a row past n in memory belongs to another
     assert guarded(_store_tile("shared", 8))  # rows 8..15 would land outside the tile
+
+
+def _operand_tile(guard_on_m: bool):
+    """`if (guard) v_s[k, c] = v[k0 + k, c]` feeding a tensorized ldmatrix of v_s; the guard
+    bounds a symbolic length (`k0 + k < m`) or the copy's threads (`k < 8`)."""
+    import dataclasses
+
+    from tunefleet.ir.annotation_keys import TENSORIZE
+    from tunefleet.ir.expr import Buffer, BufferLoad, Var, const
+    from tunefleet.ir.stmt import BufferStore, IfThenElse, SeqStmt
+
+    k, c, k0, m, i = Var("k"), Var("c"), Var("k0"), Var("m"), Var("i")
+    v = Buffer("v", (m, const(16)), "float16", "global")
+    tile = Buffer("v_s", (const(16), const(16)), "float16", "shared")
+    frag = Buffer("v_f", (const(16), const(16)), "float16", "mma.matrix_b")
+    guard = k0 + k < m if guard_on_m else k < 8
+    copy = For(k, const(16), For(c, const(16), IfThenElse(
+        guard, BufferStore(tile, (k, c), BufferLoad(v, (k0 + k, c))))))  # fmt: skip
+    load = For(i, const(16), For(c, const(16), BufferStore(frag, (i, c), BufferLoad(tile, (i, c)))),
+               annotations=((TENSORIZE, "ldmatrix_b_x4"),))  # fmt: skip
+    func = _softmax()
+    return dataclasses.replace(func, params=(v,), body=SeqStmt((copy, load)))
+
+
+def test_an_operand_tile_past_a_symbolic_end_is_filled_with_clamped_reads() -> None:
+    """A tile a tensor-core step reads whole: a row past the kv length is read at the last
+    row (finite, where unread garbage along an MMA's reduction would reach every result);
+    a bound on the copy's threads stays."""
+    from tunefleet.ir.pass_tensor_operands import fill_tensor_operands
+    from tunefleet.ir.stmt import IfThenElse
+
+    filled = fill_tensor_operands(_operand_tile(True))
+    assert not _nodes(filled, IfThenElse)
+    from tunefleet.ir.expr import BufferLoad
+
+    (read,) = [n for n in walk(filled.body) if isinstance(n, BufferLoad) and n.buffer.name == "v"]
+    assert isinstance(read.indices[0], BinOp) and read.indices[0].op == "min"
+    kept = fill_tensor_operands(_operand_tile(False))
+    assert len(_nodes(kept, IfThenElse)) == 1
 
 
 def test_barriers_and_single_thread_stores_are_statements() -> None:
