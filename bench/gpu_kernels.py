@@ -379,7 +379,8 @@ def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
     """Llama-3-8B's causal prefill attention (32 query heads, 8 kv heads, d=128, bf16,
     n = m = 2048 and 8192) as the runtime builds it (key tiles), the default schedule, the
     same without stopping at the diagonal (`trim=False`: every block scores every key),
-    other row tilings, and the tiles' scores on tensor cores (`key_tiles_mma`) against
+    other row tilings, and the form on tensor cores (`key_tiles_mma`: the scores alone, and
+    the scores and the weighted sums) against
     F.scaled_dot_product_attention (its flash backend, kv heads expanded); goal (issue 18):
     0.8x SDPA."""
     import torch
@@ -405,6 +406,9 @@ def bench_prefill_attention(arch: str, work: Path) -> list[Row]:
         "key tiles, 4 tokens x 4 heads": partial(simt, rows=4),
         "key tiles, 16 tokens x 4 heads": partial(simt, rows=16),
         "key tiles, 16 x 4, scores on tensor cores": partial(
+            key_tiles_mma_schedule, task.func, group=4, sums=False
+        ),
+        "key tiles, 16 x 4, scores and sums on tensor cores": partial(
             key_tiles_mma_schedule, task.func, group=4
         ),
     }

@@ -1,27 +1,36 @@
-"""Prefill attention in key tiles with the scores on tensor cores (mma.sync m16n8k16).
+"""Prefill attention in key tiles on tensor cores (mma.sync m16n8k16): the scores of both
+passes and the weighted sums.
 
-The form and its two passes are `default_key_tiles`'s; what changes is how a tile's scores
-are computed. There a thread scores one key against every row in registers; here the
-block's warps compute the tile's whole score matrix, rows x TILE keys, with `mma.sync`
-from fragments loaded by `ldmatrix` (the block's queries and the tile's keys sit in shared
-memory), and store it into a float32 tile in shared memory, from which the pass reads it:
+The form and its two passes are `default_key_tiles`'s; what changes is how a tile's
+products are computed. The block's warps compute the tile's score matrix, rows x TILE keys,
+with `mma.sync` from fragments loaded by `ldmatrix` (the block's queries and the tile's keys
+sit in shared memory) and store it into a float32 tile in shared memory, from which the
+pass reads it; the weights pass then adds the tile's weights times its values (the form's
+`v_ones`: the values and a column of ones, which carries the weights' sum) into
+accumulator fragments that live across the tiles:
 
     blockIdx.x: (batch, kv head, 16 tokens);  threadIdx.y: warp;  threadIdx.x: lane
       for each tile of TILE keys (j0):                            (max pass)
         S[g, r, t] = q[g, r, :] . k[j0 + t, :]   warps (head, share of t) x 16 rows, mma.sync
         tile_max[g, r] = max over t of S          lanes over t, a warp reduction per row
         row_max[g, r] = max(row_max[g, r], tile_max[g, r])
+      acc = 0 (fragments: a warp's head, 16 rows x its share of the padded columns)
       for each tile of TILE keys (j0):                            (weights pass)
         S[g, r, t] = q[g, r, :] . k[j0 + t, :]   as above
-        probs[g, r, t] = exp(S - row_max)        a thread per key, every row
-        acc[g, r, c] += sum over t of probs[g, r, t] * (v[j0 + t, c] or 1 where c = d)
+        probs[g, r, t] = visible ? exp(S - row_max) : 0        a thread per key
+        v_s[t, c] = v_ones[j0 + t, c]            the tile's values, [key, column] in shared
+        acc[g, r, :] += mma(probs[g, r, :], v_s)  (ldmatrix .trans for the values)
       out[g, r, c] = acc[g, r, c] / acc[g, r, d]
 
 A warp's 16 rows are 16 tokens of one query head, so a block takes ROWS = 16 tokens of a kv
 head's group of query heads and its WARPS warps split the group's heads and the tile's keys
-(4 heads of Llama-3-8B: a warp per head, all 64 keys of the tile). The weighted sums stay on the
-SIMT cores (`default_key_tiles.tile_partials` with the warps on threadIdx.y): the extra
-column of ones that carries the weights' sum does not fit a 16-wide fragment.
+or columns (4 heads of Llama-3-8B: a warp per head, all 64 keys of the tile, all 144
+columns: d + 1 padded to whole fragments by `pad_spatial`). The sums' causal mask moves into
+the weights (`mask_into_producer`, after `trim_masked` has read it), so the sum is a plain
+product; the keys past the cache in the last tile lie along the MMA's reduction, so the
+weights there are written as 0 and the values read at a clamped key
+(`pass_tensor_operands`). With `sums=False` the weighted sums stay on the SIMT cores
+(`default_key_tiles.tile_partials` with the warps on threadIdx.y).
 """
 
 from __future__ import annotations
@@ -117,9 +126,79 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
         sch.vectorize(vec)
 
 
-def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) -> Schedule:
+def _sums_tiles(
+    sch: Schedule, acc_name: str, values: RV, frags: tuple[RV, RV], bx: RV, group: int, cols: int
+) -> tuple:
+    """The weighted sums as tensor-core tiles, their loops laid out: acc[g, r, c] over the
+    tile loop jo (outermost: the fragments hold the sums across the tiles), each warp a
+    head (and share of the `cols` padded columns), 16-wide steps of the tile's keys; the
+    values' tile (`values`, the padded copy) in shared memory per tile. Returns (jo, the
+    key-step loop, the 16-row loop) for the fragments placed after the trim."""
+    warps_n = WARPS // group
+    acc = sch.get_block(acc_name)
+    frag = sch.cache_write(acc, 0, "mma.accumulator")
+    sch.compute_at(frag, bx)
+    sch.set_scope(frag, 0, "shared")
+    rank = len(sch.get(frag).writes[0].buffer.shape)
+    sch.storage_align(frag, 0, rank - 2, cols, PAD)
+    sch.compute_at(acc, bx)
+    *g, r, c, k = loops_below(sch, acc, bx)
+    jo, kt = sch.split(k, [None, TILE])
+    wn, fc, cc = sch.split(c, [warps_n, None, FRAG])
+    kk, kx = sch.split(kt, [None, FRAG])
+    sch.reorder(jo, *g, wn, kk, fc, r, cc, kx)
+    sch.bind(fused_loop(sch, [*g, wn]), "threadIdx.y")
+    sch.unroll(fc)
+    # each 16-wide key step's weights and values into fragments (the values' tile is
+    # [key, column]: ldmatrix .trans)
+    fa, fb = frags
+    sch.compute_at(fa, kk)
+    rows, _ = loops_below(sch, fa, kk)[-2:]
+    f, fr = sch.split(rows, [None, FRAG])
+    sch.unroll(f)
+    sch.compute_at(fb, kk)
+    keys, bcols = loops_below(sch, fb, kk)[-2:]
+    f, fbc = sch.split(bcols, [None, FRAG])
+    sch.reorder(f, fbc, keys)
+    sch.unroll(f)
+    # the sums into the shared float32 tile once, after the last tile
+    *fg, srow, fcol = loops_below(sch, frag, bx)
+    fwn, ffn, fcc = sch.split(fcol, [warps_n, None, FRAG])
+    sch.reorder(*fg, fwn, ffn, srow, fcc)
+    sch.bind(fused_loop(sch, [*fg, fwn]), "threadIdx.y")
+    sch.unroll(ffn)
+    sch.tensorize(srow, "mma_store_f32")
+    # the tile's values (and the column of ones) in shared memory, rows padded
+    sch.compute_at(values, jo)
+    sch.set_scope(values, 0, "shared")
+    rank = len(sch.get(values).writes[0].buffer.shape)
+    sch.storage_align(values, 0, rank - 2, cols, PAD)
+    *lead, vcols = loops_below(sch, values, jo)
+    vc, vec = sch.split(vcols, [None, 8])
+    _threads(sch, fused_loop(sch, [*lead, vc]))
+    sch.unroll(vec)
+    return jo, r, fr, fbc
+
+
+def _sums_fragments(sch: Schedule, acc_name: str, at: tuple) -> None:
+    """The weighted sums' MMAs, after the trim and `mask_into_producer` (the sum is a plain
+    product now): the sums zeroed in their fragments before the tiles."""
+    jo, r, load_a, load_b = at
+    sch.tensorize(load_a, "ldmatrix_a_x4")
+    sch.tensorize(load_b, "ldmatrix_b_x4")
+    acc = sch.get_block(acc_name)
+    init = init_before(sch, acc, jo)
+    sch.tensorize(sch.get_loops(init)[-2], "mma_fill_f32")
+    sch.tensorize(r, MMA[sch.mod.params[0].dtype])
+
+
+def key_tiles_mma_schedule(
+    func: PrimFunc, group: int = 1, trim: bool = True, sums: bool = True
+) -> Schedule:
     """The module docstring's schedule: `group` query heads of a kv head share a block's
-    keys (1, 2 or 4: a warp per head and share of the tile's keys), ROWS tokens each."""
+    keys (1, 2 or 4: a warp per head and share of the tile's keys), ROWS tokens each. With
+    `sums` the weighted sums run on tensor cores too (`_sums_tiles`), else on the SIMT
+    cores (`tile_partials`)."""
     roles = role_names(func)
     dtype = func.params[0].dtype
     d = func.params[0].shape[-1]
@@ -134,11 +213,27 @@ def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) ->
             f"per head and key share), got {group}; use key_tiles_schedule"
         )
     sch = Schedule(func)
-    sch.compute_inline(sch.get_block(roles["values"]))
-    # the context: acc[.., c] = sum over tiles jo of rf[jo, .., c], itself a sum over a tile
-    *_, aj = sch.get_loops(sch.get_block(roles["acc"]))
-    jo, _ = sch.split(aj, [None, TILE])
-    rf = sch.rfactor(jo, 0)
+    cols = int(d.value) + 1  # the context's columns and the weights' sum
+    if sums:  # columns padded to whole fragments per warp; out reads the padded sums
+        step = FRAG * (WARPS // group)
+        padding = [0] * len(sch.get(sch.get_block(roles["acc"])).iter_vars)
+        padding[3] = -cols % step
+        cols += padding[3]
+        values, write_back = sch.pad_spatial(sch.get_block(roles["acc"]), padding)
+        sch.compute_inline(sch.get_block(roles["values"]))
+        sch.compute_inline(write_back)
+        acc = sch.get_block(roles["acc"])  # its operands' fragments, before anything moves
+        frags = tuple(
+            operand_copy(sch, acc, sch.get(b).writes[0].buffer.name, scope)
+            for b, scope in ((sch.get_block(roles["probs"]), "mma.matrix_a"),
+                             (values, "mma.matrix_b"))
+        )  # fmt: skip
+    else:
+        sch.compute_inline(sch.get_block(roles["values"]))
+        # acc[.., c] = sum over tiles jo of rf[jo, .., c], itself a sum over a tile
+        *_, aj = sch.get_loops(sch.get_block(roles["acc"]))
+        jo, _ = sch.split(aj, [None, TILE])
+        rf = sch.rfactor(jo, 0)
     # the rows' max: row_max = max over tiles mo of tile_max[mo], itself a max over a tile
     *_, mj = sch.get_loops(sch.get_block(roles["max"]))
     mo, _ = sch.split(mj, [None, TILE])
@@ -147,10 +242,14 @@ def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) ->
     bx, cells = row_blocks(sch, roles["out"], group, ROWS)
     _threads(sch, cells)
 
-    acc = sch.get_block(roles["acc"])
-    sch.compute_at(acc, bx)
-    sch.set_scope(acc, 0, "shared")
-    jo = tile_partials(sch, acc, rf, warps_on_y=True)
+    if sums:
+        at = _sums_tiles(sch, roles["acc"], values, frags, bx, group, cols)  # type: ignore[arg-type]
+        jo = at[0]
+    else:
+        acc = sch.get_block(roles["acc"])
+        sch.compute_at(acc, bx)
+        sch.set_scope(acc, 0, "shared")
+        jo = tile_partials(sch, acc, rf, warps_on_y=True)
 
     # a tile's weights: a thread per key, every row
     probs = sch.get_block(roles["probs"])
@@ -186,4 +285,7 @@ def key_tiles_mma_schedule(func: PrimFunc, group: int = 1, trim: bool = True) ->
     if trim:
         sch.trim_masked(mo)
         sch.trim_masked(jo)
+    if sums:
+        sch.mask_into_producer(sch.get_block(roles["acc"]))
+        _sums_fragments(sch, roles["acc"], at)
     return sch

@@ -160,7 +160,7 @@ DEFAULT_SKETCH = "default_schedule@12"  # untuned default; 2: keyed attention; 3
 # 11: decode attention's keys over 16 lanes each (two to a warp, 16-byte loads), each row of
 # lanes its share of the max and sum, a key's values read into registers with one load, a
 # lane's slice of the query once;
-# 12: a prompt's attention also with its tiles' scores on tensor cores (key_tiles_mma)
+# 12: a prompt's attention also on tensor cores, scores and weighted sums (key_tiles_mma)
 KEY_TILE_ROWS = (4, 16)
 
 
@@ -271,7 +271,7 @@ def default_sketches(func: PrimFunc, ctx: SpaceContext) -> list[Sketch]:
     rows (b=16: 362.7 against 484.6 us on an H100) and costs with few (b=1: 63.9 against
     43.8 us at kv 4096). A prompt's attention in key tiles (ir's `default_key_tiles`) gets
     blocks of 4 and 16 tokens beside the default's 8 ("key_tiles_4", "key_tiles_16"), and
-    from sm_80, in fp16 or bf16, the tiles' scores on tensor cores ("key_tiles_mma")."""
+    from sm_80, in fp16 or bf16, the form on tensor cores ("key_tiles_mma")."""
     try:
         sch = default_schedule(func, target="cuda" if ctx.is_gpu else "cpu", arch=ctx.target.arch)
     except IRError:

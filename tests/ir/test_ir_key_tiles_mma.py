@@ -1,7 +1,7 @@
-"""Prefill attention in key tiles with the scores on tensor cores (`ir.key_tiles_mma`): the
+"""Prefill attention in key tiles on tensor cores (`ir.key_tiles_mma`): the
 form matches numpy in the GPU interpreter (which runs ldmatrix and mma.sync as the loops
 they replace) for every group of query heads a block takes, at odd sizes; its tensorized
-nests carry no guard; its shared memory is constant and leaves two blocks a
+nests carry no guard; its shared memory is constant and leaves three blocks a
 multiprocessor at Llama-3-8B's heads. tests/ir/test_ir_key_tiles.py compiles it with
 nvcc (no spills) and, on a GPU, runs it against the task's reference."""
 
@@ -73,9 +73,11 @@ def test_tensor_core_key_tiles_match_numpy(family, dtype, n, m) -> None:
     assert bad == 0, err
 
 
-def test_without_trimming_the_keys_above_the_diagonal() -> None:
+@pytest.mark.parametrize("form", [{"trim": False}, {"sums": False}, {"sums": False, "trim": False}],
+                         ids=["every_key", "sums_on_simt", "sums_on_simt_every_key"])  # fmt: skip
+def test_the_other_forms_match_numpy(form) -> None:
     task = _attention(replace(tiny("llama"), dtype="bfloat16"))
-    sch = key_tiles_mma_schedule(task.func, group=2, trim=False)
+    sch = key_tiles_mma_schedule(task.func, group=2, **form)
     assert _check(task, {"n": 20, "m": 150}, sch)[1] == 0
 
 
@@ -101,11 +103,16 @@ def test_the_tensorized_nests_carry_no_guard() -> None:
                      "mma_m16n8k16_bf16_f32", "mma_store_f32"}  # fmt: skip
     assert not [f for f in nests if any(isinstance(n, IfThenElse) for n in walk(f))]
     src = build_source(sch, "cuda").source
-    assert src.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 4  # 2 passes
+    # the scores of both passes and the weighted sums, two m16n8k16 halves each
+    assert src.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 6
+    simt = build_source(key_tiles_mma_schedule(task.func, group=2, sums=False), "cuda").source
+    assert simt.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 4
 
 
-def test_shared_memory_is_constant_and_leaves_two_blocks_a_multiprocessor() -> None:
+def test_shared_memory_is_constant_and_leaves_three_blocks_a_multiprocessor() -> None:
+    """The sums' fragments hold 72 floats a lane across the tiles; shared memory holds a
+    tile's operands and the float32 score and sum tiles (sm_90: 228 KB a multiprocessor)."""
     ks = build_source(_llama_mma(), "cuda")
-    assert isinstance(ks.shared_bytes, int) and 0 < ks.shared_bytes <= 113 * 1024
+    assert isinstance(ks.shared_bytes, int) and 0 < ks.shared_bytes <= 74 * 1024
     assert ks.block == (32, 4, 1)
     assert ks.grid == ("(((n + 15) // 16) * 8)", 1, 1)  # 8 kv heads x ceil(n / 16) tiles
