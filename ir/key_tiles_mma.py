@@ -132,8 +132,9 @@ def _sums_tiles(
     """The weighted sums as tensor-core tiles, their loops laid out: acc[g, r, c] over the
     tile loop jo (outermost: the fragments hold the sums across the tiles), each warp a
     head (and share of the `cols` padded columns), 16-wide steps of the tile's keys; the
-    values' tile (`values`, the padded copy) in shared memory per tile. Returns (jo, the
-    key-step loop, the 16-row loop) for the fragments placed after the trim."""
+    values' tile (`values`, the padded copy) in shared memory per tile, and the operands'
+    fragment copies (`frags`) under each key step. Returns (jo, the 16-row loop, the two
+    fragment loads' loops) for `_sums_fragments` to tensorize after the trim."""
     warps_n = WARPS // group
     acc = sch.get_block(acc_name)
     frag = sch.cache_write(acc, 0, "mma.accumulator")
