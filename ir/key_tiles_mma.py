@@ -64,6 +64,58 @@ def _threads(sch: Schedule, loop: RV) -> tuple[RV, RV]:
     return ty, tx
 
 
+def _pad_rows(sch: Schedule, block: RV, row_len: int) -> None:
+    """Pad the rows of the shared tile `block` writes by PAD elements: the 8 rows a fragment
+    load or store touches at once then start in distinct banks."""
+    rank = len(sch.get(block).writes[0].buffer.shape)
+    sch.storage_align(block, 0, rank - 2, row_len, PAD)
+
+
+def _shared_accumulator(sch: Schedule, block: RV, at: RV, row_len: int) -> RV:
+    """Accumulate `block` in `mma.accumulator` fragments, written back at loop `at` into a
+    float32 tile in shared memory (rows of `row_len` padded); returns the write-back."""
+    frag = sch.cache_write(block, 0, "mma.accumulator")
+    sch.compute_at(frag, at)
+    sch.set_scope(frag, 0, "shared")
+    _pad_rows(sch, frag, row_len)
+    return frag
+
+
+def _store_fragments(sch: Schedule, frag: RV, at: RV, warps_n: int) -> None:
+    """The write-back `frag` (under `at`) as each warp's fragment stores: the warps over the
+    heads and `warps_n` shares of the columns, 16 x 16 tiles."""
+    *heads, rows, cols = loops_below(sch, frag, at)
+    wn, fn, cc = sch.split(cols, [warps_n, None, FRAG])
+    sch.reorder(*heads, wn, fn, rows, cc)
+    sch.bind(fused_loop(sch, [*heads, wn]), "threadIdx.y")
+    sch.unroll(fn)
+    sch.tensorize(rows, "mma_store_f32")
+
+
+def _fragment_rows(sch: Schedule, frag: RV, at: RV) -> RV:
+    """An operand's fragment copy under loop `at`, its rows in 16-row tiles; returns the
+    loop to tensorize with an ldmatrix (rows x k tiles, contiguous along k)."""
+    sch.compute_at(frag, at)
+    rows, _ = loops_below(sch, frag, at)[-2:]
+    f, tile = sch.split(rows, [None, FRAG])
+    sch.unroll(f)
+    return tile
+
+
+def _copy_tile(sch: Schedule, tile: RV, at: RV, row_len: int, wide: bool = True) -> None:
+    """A shared tile filled under loop `at` by all the block's threads, 8 elements a thread
+    and step (one 16-byte access where `wide`), its rows padded."""
+    sch.compute_at(tile, at)
+    _pad_rows(sch, tile, row_len)
+    *lead, cols = loops_below(sch, tile, at)
+    c, vec = sch.split(cols, [None, 8])
+    _threads(sch, fused_loop(sch, [*lead, c]))
+    if wide:
+        sch.vectorize(vec)
+    else:
+        sch.unroll(vec)
+
+
 def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None:
     """Compute scores block `name` for the tile of keys of loop `at` on tensor cores into a
     float32 tile in shared memory: the block's queries copied into shared memory at `stage`
@@ -81,13 +133,7 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
     q_name, k_name = func.params[0].name, func.params[1].name
     q_tile = operand_copy(sch, s, q_name, "shared")
     k_tile = operand_copy(sch, s, k_name, "shared")
-    frag_out = sch.cache_write(s, 0, "mma.accumulator")
-    sch.compute_at(frag_out, at)
-    sch.set_scope(frag_out, 0, "shared")
-    # rows of the float32 tile padded by 8 floats: a fragment store's 8 rows of 8-byte
-    # pairs land in distinct banks instead of one
-    rank = len(sch.get(frag_out).writes[0].buffer.shape)
-    sch.storage_align(frag_out, 0, rank - 2, TILE, PAD)
+    frag_out = _shared_accumulator(sch, s, at, TILE)
     sch.compute_at(s, at)
     *g, r, t, k = loops_below(sch, s, at)  # no head loop where the group is one head
     warps_n = WARPS // group
@@ -99,31 +145,14 @@ def _mma_scores(sch: Schedule, name: str, at: RV, stage: RV, group: int) -> None
     for operand, (scope, intrin) in enumerate(
         (("mma.matrix_a", "ldmatrix_a_x4"), ("mma.matrix_b", "ldmatrix_b_x4"))
     ):
-        frag = sch.cache_read(s, operand, scope)
-        sch.compute_at(frag, ko)
-        rows, _ = loops_below(sch, frag, ko)[-2:]
-        f, fr = sch.split(rows, [None, FRAG])
-        sch.unroll(f)
-        sch.tensorize(fr, intrin)
+        sch.tensorize(_fragment_rows(sch, sch.cache_read(s, operand, scope), ko), intrin)
     init = init_before(sch, s, ko)
     sch.tensorize(sch.get_loops(init)[-2], "mma_fill_f32")
     sch.tensorize(r, MMA[func.params[0].dtype])
-    # the accumulators into the shared float32 tile: each warp stores its own fragments
-    *fg, fr_, ft = loops_below(sch, frag_out, at)
-    fwn, ffn, ftt = sch.split(ft, [warps_n, None, FRAG])
-    sch.reorder(*fg, fwn, ffn, fr_, ftt)
-    sch.bind(fused_loop(sch, [*fg, fwn]), "threadIdx.y")
-    sch.unroll(ffn)
-    sch.tensorize(fr_, "mma_store_f32")
+    _store_fragments(sch, frag_out, at, warps_n)
     # the operands: the queries once per block, the keys once per tile, 16 bytes a thread
     for tile, where in ((q_tile, stage), (k_tile, at)):
-        sch.compute_at(tile, where)
-        rank = len(sch.get(tile).writes[0].buffer.shape)
-        sch.storage_align(tile, 0, rank - 2, _head_dim(sch), PAD)
-        *lead, cols = loops_below(sch, tile, where)
-        c, vec = sch.split(cols, [None, 8])
-        _threads(sch, fused_loop(sch, [*lead, c]))
-        sch.vectorize(vec)
+        _copy_tile(sch, tile, where, _head_dim(sch))
 
 
 def _sums_tiles(
@@ -137,11 +166,7 @@ def _sums_tiles(
     fragment loads' loops) for `_sums_fragments` to tensorize after the trim."""
     warps_n = WARPS // group
     acc = sch.get_block(acc_name)
-    frag = sch.cache_write(acc, 0, "mma.accumulator")
-    sch.compute_at(frag, bx)
-    sch.set_scope(frag, 0, "shared")
-    rank = len(sch.get(frag).writes[0].buffer.shape)
-    sch.storage_align(frag, 0, rank - 2, cols, PAD)
+    frag = _shared_accumulator(sch, acc, bx, cols)
     sch.compute_at(acc, bx)
     *g, r, c, k = loops_below(sch, acc, bx)
     jo, kt = sch.split(k, [None, TILE])
@@ -153,31 +178,17 @@ def _sums_tiles(
     # each 16-wide key step's weights and values into fragments (the values' tile is
     # [key, column]: ldmatrix .trans)
     fa, fb = frags
-    sch.compute_at(fa, kk)
-    rows, _ = loops_below(sch, fa, kk)[-2:]
-    f, fr = sch.split(rows, [None, FRAG])
-    sch.unroll(f)
+    fr = _fragment_rows(sch, fa, kk)
     sch.compute_at(fb, kk)
     keys, bcols = loops_below(sch, fb, kk)[-2:]
     f, fbc = sch.split(bcols, [None, FRAG])
     sch.reorder(f, fbc, keys)
     sch.unroll(f)
     # the sums into the shared float32 tile once, after the last tile
-    *fg, srow, fcol = loops_below(sch, frag, bx)
-    fwn, ffn, fcc = sch.split(fcol, [warps_n, None, FRAG])
-    sch.reorder(*fg, fwn, ffn, srow, fcc)
-    sch.bind(fused_loop(sch, [*fg, fwn]), "threadIdx.y")
-    sch.unroll(ffn)
-    sch.tensorize(srow, "mma_store_f32")
-    # the tile's values (and the column of ones) in shared memory, rows padded
-    sch.compute_at(values, jo)
+    _store_fragments(sch, frag, bx, warps_n)
+    # the tile's values (and the column of ones, a select: no wide access) in shared memory
     sch.set_scope(values, 0, "shared")
-    rank = len(sch.get(values).writes[0].buffer.shape)
-    sch.storage_align(values, 0, rank - 2, cols, PAD)
-    *lead, vcols = loops_below(sch, values, jo)
-    vc, vec = sch.split(vcols, [None, 8])
-    _threads(sch, fused_loop(sch, [*lead, vc]))
-    sch.unroll(vec)
+    _copy_tile(sch, values, jo, cols, wide=False)
     return jo, r, fr, fbc
 
 
