@@ -53,11 +53,16 @@ def clamp_register_copies(func: PrimFunc) -> PrimFunc:
             return store if in_bounds(load.indices, shape, ranges) else None
         if load.buffer not in inputs:
             return None
-        indices = tuple(clamped(e, d, ranges) for e, d in zip(load.indices, shape, strict=True))
-        return dataclasses.replace(store, value=dataclasses.replace(load, indices=indices))
+        return dataclasses.replace(store, value=clamped_load(load, ranges))
 
     body = rewrite(func.body, post)
     return func if body is func.body else dataclasses.replace(func, body=body)
+
+
+def clamped_load(load: BufferLoad, ranges: Ranges) -> BufferLoad:
+    """`load` with each index held inside its dim (`clamped`)."""
+    pairs = zip(load.indices, load.buffer.shape, strict=True)
+    return dataclasses.replace(load, indices=tuple(clamped(e, d, ranges) for e, d in pairs))
 
 
 def clamped(index: Expr, dim: Expr, ranges: Ranges) -> Expr:
@@ -78,4 +83,4 @@ def loop_ranges(func: PrimFunc) -> dict[Var, tuple[int, int]]:
     }
 
 
-__all__ = ["clamp_register_copies", "clamped", "loop_ranges"]
+__all__ = ["clamp_register_copies", "clamped_load", "loop_ranges"]

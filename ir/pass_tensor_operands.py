@@ -22,7 +22,7 @@ from typing import Any
 
 from .annotation_keys import TENSORIZE
 from .expr import Buffer, BufferLoad
-from .pass_clamp_copies import clamped, loop_ranges
+from .pass_clamp_copies import clamped_load, loop_ranges
 from .simplify import Ranges, conjunction, conjuncts, in_bounds
 from .stmt import BufferStore, For, IfThenElse, PrimFunc, Stmt
 from .visit import free_vars, rewrite, walk
@@ -89,9 +89,6 @@ def _filled(store: BufferStore, inputs: set[Buffer], ranges: Ranges) -> BufferSt
             return None
 
     def clamp(n: Any) -> Any:
-        if isinstance(n, BufferLoad) and n.buffer in inputs:
-            pairs = zip(n.indices, n.buffer.shape, strict=True)
-            return dataclasses.replace(n, indices=tuple(clamped(e, d, ranges) for e, d in pairs))
-        return None
+        return clamped_load(n, ranges) if isinstance(n, BufferLoad) and n.buffer in inputs else None
 
     return dataclasses.replace(store, value=rewrite(store.value, clamp))
